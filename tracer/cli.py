@@ -1,0 +1,141 @@
+"""The `tracer` command: thin click views of the library."""
+import functools
+import sys
+
+import click
+
+from . import engine, gradcheck as gradcheck_module, scenario as scenario_module, templates
+from .errors import TracerError
+
+
+class _Failure(click.ClickException):
+    def __init__(self, message, exit_code):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _reports_errors(command):
+    """Turn a TracerError into one line on stderr and its exit code (2 = bad input)."""
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except TracerError as exc:
+            raise _Failure(str(exc), exc.exit_code) from None
+    return wrapper
+
+
+def _scenario_options(command):
+    command = click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE",
+                           help="Override a scenario key, e.g. --set optimizer.lr=0.001 or --set layers.0.activation=tanh.")(command)
+    command = click.option("--steps", type=click.IntRange(min=1), help="Override the number of steps.")(command)
+    return click.argument("scenario", metavar="SCENARIO")(command)
+
+
+def _load(scenario, overrides, steps):
+    return scenario_module.load(scenario, overrides=overrides, steps=steps)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="tracer")
+def main():
+    """Trace a small network's training one scalar at a time.
+
+    SCENARIO is a scenario TOML file or the name of a built-in template (see `tracer templates`).
+
+    \b
+    Example:
+      tracer run leaky-relu-explosion -o explosion.xlsx
+    """
+
+
+@main.command()
+@_scenario_options
+@click.option("--trace", "trace_path", type=click.Path(dir_okay=False), help="Write every recorded scalar to this CSV.")
+@_reports_errors
+def run(scenario, overrides, steps, trace_path):
+    """Train SCENARIO and export the trace.
+
+    \b
+    Example:
+      tracer run xor --steps 20 --trace xor.csv
+    """
+    loaded = _load(scenario, overrides, steps)
+    trace = engine.run(loaded)
+    if trace_path:
+        trace.write_csv(trace_path)
+        click.echo(f"wrote {trace_path}")
+    click.echo(_summary(trace))
+
+
+def _summary(trace):
+    first, last = trace.loss[0], trace.loss[-1]
+    text = f"{trace.scenario.name}: {trace.steps} steps, loss {first:.6g} -> {last:.6g}"
+    bad = trace.first_nonfinite_step()
+    if bad is not None:
+        text += f"; values become non-finite at step {bad}"
+    return text
+
+
+@main.command(name="templates")
+def list_templates():
+    """List the built-in templates with their one-line descriptions.
+
+    \b
+    Example:
+      tracer templates
+    """
+    for name in templates.names():
+        loaded = scenario_module.loads(templates.read(name), source=f"template {name}")
+        click.echo(f"{name:24} {loaded.description.splitlines()[0] if loaded.description else ''}")
+
+
+@main.command()
+@click.argument("name")
+@_reports_errors
+def show(name):
+    """Print the TOML of a built-in template (or scenario file).
+
+    \b
+    Example:
+      tracer show sigmoid-vanishing > my-run.toml
+    """
+    click.echo(_load(name, (), None).text, nl=False)
+
+
+@main.command()
+@_scenario_options
+@click.option("--step", "check_steps", type=click.IntRange(min=0), multiple=True,
+              help="Step(s) to check (default: the first, middle and last finite steps).")
+@_reports_errors
+def gradcheck(scenario, overrides, steps, check_steps):
+    """Compare backprop gradients with central finite differences; exit 1 beyond 1e-6.
+
+    \b
+    Example:
+      tracer gradcheck xor --step 0 --step 10
+    """
+    loaded = _load(scenario, overrides, steps)
+    trace = engine.run(loaded)
+    chosen = sorted(set(check_steps)) or sorted({0, trace.steps // 2, trace.steps - 1})
+    if any(step >= trace.steps for step in chosen):
+        raise _Failure(f"--step must be below the run's {trace.steps} steps", 2)
+    report = gradcheck_module.check(trace, chosen)
+    worst = report.worst
+    if report.nonfinite:
+        click.echo(f"skipped steps with non-finite values: {', '.join(map(str, report.nonfinite))}")
+    if report.skipped:
+        click.echo(f"skipped {len(report.skipped)} parameter(s) whose ±h step crosses a kink at u = 0")
+    if worst is None:
+        raise _Failure("no gradient could be checked (every chosen step is non-finite)", 1)
+    click.echo(
+        f"checked {len(report.checks)} gradients at step(s) {', '.join(str(s) for s in chosen if s not in report.nonfinite)}; "
+        f"largest relative error {worst.error:.3e} ({worst.name} at step {worst.step}: "
+        f"backprop {worst.backprop:.10g}, numeric {worst.numeric:.10g})"
+    )
+    if worst.error > 1e-6:
+        raise _Failure(f"gradient check failed: {worst.error:.3e} > 1e-6", 1)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main(sys.argv[1:])

@@ -1,0 +1,159 @@
+"""The scalar-trace engine: Scenario -> Trace, every intermediate kept.
+
+Per step t, for the batch's samples (a⁽⁰⁾ = x):
+  u⁽ˡ⁾_j = Σ_i a⁽ˡ⁻¹⁾_i W_l[i,j] + b_l[j]      (summed left to right, as a spreadsheet does)
+  a⁽ˡ⁾_j = f_l(u⁽ˡ⁾_j),  slope⁽ˡ⁾_j = f_l'(u⁽ˡ⁾_j)
+  δ⁽ᴸ⁾_k = ∂E/∂a⁽ᴸ⁾_k · slope⁽ᴸ⁾_k             (or y − t for bce / softmax_ce)
+  δ⁽ˡ⁾_j = slope⁽ˡ⁾_j · Σ_k W_{l+1}[j,k] δ⁽ˡ⁺¹⁾_k
+  ∂E/∂W_l[i,j] = a⁽ˡ⁻¹⁾_i δ⁽ˡ⁾_j,  ∂E/∂b_l[j] = δ⁽ˡ⁾_j       (per sample)
+  g = Σ_s (or mean_s) of the per-sample gradients;  Δθ = optimiser(g);  θ ← θ − Δθ
+Overflow never raises: inf/NaN propagate as IEEE arithmetic gives them, and a non-finite
+input poisons every output that reads it (see ieee.py); numpy's warnings are recorded.
+"""
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import activations, init as inits, losses, optim
+from .ieee import propagate_nonfinite
+from .trace import Trace
+
+
+@dataclass
+class Pass:
+    """One forward and backward pass over a batch (arrays have the batch on axis 0)."""
+
+    u: list
+    a: list
+    slope: list
+    delta: list
+    output_error: np.ndarray | None   # ∂E/∂a⁽ᴸ⁾ per sample, None for fused losses
+    sample_loss: np.ndarray
+    grad_W: list                      # per-sample (B, fan_in, units)
+    grad_b: list                      # per-sample (B, units)
+
+
+@dataclass
+class Recorder:
+    """Collects numpy floating-point warnings (overflow, invalid, ...) per step."""
+
+    step: int = 0
+    events: list = field(default_factory=list)
+
+    def __call__(self, kind, flag):
+        if not self.events or self.events[-1] != (self.step, kind):
+            self.events.append((self.step, kind))
+
+
+def initial_parameters(scenario):
+    """Draw W_l (fan_in × units) and b_l (units) for every layer, in order, from the seed."""
+    rng = np.random.default_rng(scenario.seed)
+    weights, biases = [], []
+    for fan_in, layer in zip(scenario.widths[:-1], scenario.layers):
+        if layer.init == "explicit":
+            weights.append(np.array(layer.weights, dtype=float))
+        else:
+            sampler = inits.INITS[layer.init][1]
+            weights.append(np.asarray(sampler(rng, (fan_in, layer.units), fan_in, layer.units, layer.init_params), dtype=float))
+        if layer.bias_init == "explicit":
+            biases.append(np.array(layer.bias, dtype=float))
+        else:
+            sampler = inits.INITS[layer.bias_init][1]
+            biases.append(np.asarray(sampler(rng, (layer.units,), fan_in, layer.units, layer.bias_params), dtype=float))
+    return weights, biases
+
+
+def weighted_sum(a, W, b):
+    """u_j = Σ_i a_i W[i,j] + b_j, summed left to right for every sample row of `a`."""
+    total = a[:, 0:1] * W[0]
+    for i in range(1, W.shape[0]):
+        total = total + a[:, i:i + 1] * W[i]
+    return total + b
+
+
+def back_sum(delta_next, W_next):
+    """Σ_k W_next[j,k] δ_k, summed left to right over k, for every sample row."""
+    total = delta_next[:, 0:1] * W_next[:, 0]
+    for k in range(1, W_next.shape[1]):
+        total = total + delta_next[:, k:k + 1] * W_next[:, k]
+    return total
+
+
+def forward_backward(scenario, weights, biases, x, t):
+    """Run one pass over the samples x (B × n_in) with targets t; return every intermediate."""
+    loss = losses.LOSSES[scenario.loss]
+    us, acts, slopes = [], [], []
+    previous = x
+    for layer, W, b in zip(scenario.layers, weights, biases):
+        definition = activations.get(layer.activation)
+        axis = None if definition.elementwise else -1
+        u = weighted_sum(previous, W, b)
+        a = propagate_nonfinite(definition.forward(u, layer.activation_params), u, axis=axis)
+        slope = propagate_nonfinite(definition.slope(u, a, layer.activation_params), u, a)
+        us.append(u), acts.append(a), slopes.append(slope)
+        previous = a
+    y, u_out = acts[-1], us[-1]
+    sample_loss = propagate_nonfinite(loss.value(u_out, y, t)[:, None], u_out, y, axis=-1)[:, 0]
+    if loss.fused:
+        output_error = None
+        delta = y - t
+    else:
+        output_error = loss.error(y, t)
+        delta = output_error * slopes[-1]
+    deltas = [delta]
+    for index in range(len(scenario.layers) - 2, -1, -1):
+        delta = slopes[index] * back_sum(deltas[0], weights[index + 1])
+        deltas.insert(0, delta)
+    inputs = [x] + acts[:-1]
+    grad_W = [below[:, :, None] * d[:, None, :] for below, d in zip(inputs, deltas)]
+    return Pass(us, acts, slopes, deltas, output_error, sample_loss, grad_W, list(deltas))
+
+
+def reduce_samples(per_sample, reduction):
+    """Batch total of per-sample values along axis 0: Σ_s, or Σ_s / B for `mean`."""
+    total = np.sum(per_sample, axis=0)
+    return total / per_sample.shape[0] if reduction == "mean" else total
+
+
+def batch_schedule(scenario):
+    """Sample ids per step, shape (steps, B), padded with -1 where the last batch is short."""
+    n, size = scenario.inputs.shape[0], scenario.batch_size
+    per_epoch = -(-n // size)
+    rng = np.random.default_rng([scenario.seed, 1])
+    ids = np.full((scenario.steps, size), -1, dtype=int)
+    order = np.arange(n)
+    for step in range(scenario.steps):
+        position = step % per_epoch
+        if position == 0 and scenario.shuffle:
+            order = rng.permutation(n)
+        chosen = order[position * size:(position + 1) * size]
+        ids[step, :len(chosen)] = chosen
+    return ids
+
+
+def run(scenario):
+    """Train for scenario.steps steps and return the full Trace."""
+    weights, biases = initial_parameters(scenario)
+    optimizer = optim.OPTIMIZERS[scenario.optimizer]
+    trace = Trace.allocate(scenario, batch_schedule(scenario))
+    recorder = Recorder()
+    with np.errstate(all="call", call=recorder):
+        for step in range(scenario.steps):
+            recorder.step = step
+            ids = trace.samples(step)
+            trace.set_parameters(step, weights, biases)
+            result = forward_backward(scenario, weights, biases, scenario.inputs[ids], scenario.targets[ids])
+            grads_W = [reduce_samples(g, scenario.reduction) for g in result.grad_W]
+            grads_b = [reduce_samples(g, scenario.reduction) for g in result.grad_b]
+            updates_W = [optimizer.update(g, scenario.optimizer_params) for g in grads_W]
+            updates_b = [
+                optimizer.update(g, scenario.optimizer_params) if layer.train_bias else np.zeros_like(g)
+                for g, layer in zip(grads_b, scenario.layers)
+            ]
+            loss = reduce_samples(result.sample_loss, scenario.reduction)
+            trace.record(step, result, grads_W, grads_b, updates_W, updates_b, loss)
+            weights = [W - d for W, d in zip(weights, updates_W)]
+            biases = [b - d for b, d in zip(biases, updates_b)]
+        trace.set_parameters(scenario.steps, weights, biases)
+    trace.warnings = recorder.events
+    return trace

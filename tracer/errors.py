@@ -1,0 +1,42 @@
+"""The domain exceptions. The CLI turns each into one line and an exit code."""
+
+
+class TracerError(Exception):
+    """Base class of every error a user can cause."""
+
+    exit_code = 1
+
+
+class ScenarioError(TracerError):
+    """A scenario file (or an override) is wrong: names the file, the key and the problem."""
+
+    exit_code = 2
+
+    def __init__(self, source, key, problem):
+        self.source, self.key, self.problem = source, key, problem
+        where = f"{source}: {key}: " if key else f"{source}: "
+        super().__init__(where + problem)
+
+
+class LimitError(TracerError):
+    """A run would break a spreadsheet limit; raised before anything is written."""
+
+    exit_code = 2
+
+
+class OutputExistsError(TracerError):
+    """The output file exists and --force was not given."""
+
+    exit_code = 2
+
+
+class LibreOfficeMissing(TracerError):
+    """LibreOffice (soffice) is not installed."""
+
+    exit_code = 1
+
+    def __init__(self):
+        super().__init__(
+            "LibreOffice (soffice) was not found on PATH; install it with "
+            "`apt-get install -y libreoffice-calc-nogui` (Debian/Ubuntu) and try again"
+        )

@@ -1,0 +1,114 @@
+"""Loss functions, each defined once: numpy value and gradient, Excel forms, sympy form.
+
+Per sample, with outputs y (activations of the last layer), targets t and K outputs:
+  half_sse    E = ½ Σ_k (t_k − y_k)²          ∂E/∂y_k = y_k − t_k
+  sse         E = Σ_k (t_k − y_k)²            ∂E/∂y_k = 2 (y_k − t_k)
+  mse         E = (1/K) Σ_k (t_k − y_k)²      ∂E/∂y_k = 2 (y_k − t_k) / K
+  bce         E = −Σ_k [t ln y + (1−t) ln(1−y)], sigmoid output, computed from u;
+              fused: δ_k = ∂E/∂u_k = y_k − t_k
+  softmax_ce  E = −Σ_k t_k ln y_k, softmax output, computed from u (log-sum-exp);
+              fused: δ_k = y_k − t_k
+"""
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import sympy as sp
+
+from .activations import _x_log1p
+
+
+@dataclass(frozen=True)
+class Loss:
+    name: str
+    value: Callable            # (u, y, t) -> per-sample loss, shape (B,)
+    excel_value: Callable      # (u_cells, y_cells, t_cells) -> formula body
+    symbolic: Callable         # (y_syms, t_syms) -> sympy expression
+    error: Callable | None = None        # (y, t) -> ∂E/∂y; None when fused
+    excel_error: Callable | None = None  # (y_cell, t_cell, K) -> formula body
+    output_activation: str | None = None  # the output activation a fused loss needs
+
+    @property
+    def fused(self):
+        """True when the output delta is y − t directly (bce with sigmoid, softmax_ce)."""
+        return self.error is None
+
+
+def _squares(y_cells, t_cells):
+    return "+".join(f"({t}-{y})^2" for y, t in zip(y_cells, t_cells))
+
+
+def _sq_sum(y, t):
+    with np.errstate(all="ignore"):
+        return np.sum((t - y) * (t - y), axis=-1)
+
+
+def _bce(u, y, t):
+    with np.errstate(all="ignore"):
+        return np.sum(np.maximum(u, 0.0) - u * t + np.log1p(np.exp(-np.abs(u))), axis=-1)
+
+
+def _x_bce(u_cells, y_cells, t_cells):
+    return "+".join(
+        f"(MAX({u},0)-{u}*{t}+{_x_log1p(f'EXP(-ABS({u}))')})" for u, t in zip(u_cells, t_cells)
+    )
+
+
+def _softmax_ce(u, y, t):
+    with np.errstate(all="ignore"):
+        top = np.max(u, axis=-1, keepdims=True)
+        log_total = np.log(np.sum(np.exp(u - top), axis=-1, keepdims=True))
+        return -np.sum(t * (u - top - log_total), axis=-1)
+
+
+def _x_softmax_ce(u_cells, y_cells, t_cells):
+    top = f"MAX({','.join(u_cells)})"
+    log_total = "LN(" + "+".join(f"EXP({u}-{top})" for u in u_cells) + ")"
+    return "-(" + "+".join(f"{t}*({u}-{top}-{log_total})" for u, t in zip(u_cells, t_cells)) + ")"
+
+
+LOSSES = {
+    loss.name: loss
+    for loss in [
+        Loss(
+            "half_sse",
+            value=lambda u, y, t: 0.5 * _sq_sum(y, t),
+            excel_value=lambda u, y, t: f"0.5*({_squares(y, t)})",
+            symbolic=lambda y, t: sp.Rational(1, 2) * sum((ti - yi) ** 2 for yi, ti in zip(y, t)),
+            error=lambda y, t: y - t,
+            excel_error=lambda y, t, k: f"{y}-{t}",
+        ),
+        Loss(
+            "sse",
+            value=lambda u, y, t: _sq_sum(y, t),
+            excel_value=lambda u, y, t: _squares(y, t),
+            symbolic=lambda y, t: sum((ti - yi) ** 2 for yi, ti in zip(y, t)),
+            error=lambda y, t: 2.0 * (y - t),
+            excel_error=lambda y, t, k: f"2*({y}-{t})",
+        ),
+        Loss(
+            "mse",
+            value=lambda u, y, t: _sq_sum(y, t) / y.shape[-1],
+            excel_value=lambda u, y, t: f"({_squares(y, t)})/{len(y)}",
+            symbolic=lambda y, t: sum((ti - yi) ** 2 for yi, ti in zip(y, t)) / len(y),
+            error=lambda y, t: 2.0 * (y - t) / y.shape[-1],
+            excel_error=lambda y, t, k: f"2*({y}-{t})/{k}",
+        ),
+        Loss(
+            "bce",
+            value=_bce,
+            excel_value=_x_bce,
+            symbolic=lambda y, t: -sum(ti * sp.log(yi) + (1 - ti) * sp.log(1 - yi) for yi, ti in zip(y, t)),
+            output_activation="sigmoid",
+        ),
+        Loss(
+            "softmax_ce",
+            value=_softmax_ce,
+            excel_value=_x_softmax_ce,
+            symbolic=lambda y, t: -sum(ti * sp.log(yi) for yi, ti in zip(y, t)),
+            output_activation="softmax",
+        ),
+    ]
+}
+
+REDUCTIONS = ("sum", "mean")

@@ -1,0 +1,476 @@
+"""Scenario files (TOML) -> a validated `Scenario`. Every user-facing input error is raised here.
+
+The schema (keys may be added, never renamed) is documented in README.md. Each error names
+the file, the key and the problem, in one line.
+"""
+from dataclasses import dataclass, field
+import csv
+import difflib
+import math
+from pathlib import Path
+import tomllib
+
+import numpy as np
+
+from . import activations, init as inits, losses, optim, templates
+from .errors import ScenarioError
+
+TOP_KEYS = ("name", "description", "seed", "steps", "data", "layers", "loss", "optimizer", "training", "diagnosis")
+DATA_KEYS = ("inputs", "targets", "file", "input_columns", "target_columns")
+LAYER_KEYS = (
+    "units", "activation", "slope", "alpha", "init", "low", "high", "mean", "std", "value", "weights",
+    "bias", "bias_init", "bias_low", "bias_high", "bias_mean", "bias_std", "bias_value", "train_bias",
+)
+LOSS_KEYS = ("name", "reduction")
+TRAINING_KEYS = ("batch", "shuffle")
+DIAGNOSIS_KEYS = ("vanishing", "exploding", "saturated")
+DIAGNOSIS_DEFAULTS = {"vanishing": 1e-7, "exploding": 1e3, "saturated": 1e-7}
+ACTIVATION_PARAM_KEYS = ("slope", "alpha")
+INIT_PARAM_KEYS = ("low", "high", "mean", "std", "value")
+
+
+@dataclass
+class Layer:
+    """One non-input layer: `units` units with activation f and parameters W (fan_in × units), b."""
+
+    units: int
+    activation: str
+    activation_params: dict
+    init: str
+    init_params: dict
+    weights: np.ndarray | None
+    bias_init: str
+    bias_params: dict
+    bias: np.ndarray | None
+    train_bias: bool
+
+
+@dataclass
+class Scenario:
+    """A fully validated run description."""
+
+    name: str
+    description: str
+    seed: int
+    steps: int
+    inputs: np.ndarray            # (N, n_inputs)
+    targets: np.ndarray           # (N, n_outputs)
+    layers: list
+    loss: str
+    reduction: str
+    optimizer: str
+    optimizer_params: dict
+    batch: int | None             # None = full batch
+    shuffle: bool
+    thresholds: dict
+    source: str = "<scenario>"
+    text: str = ""                # the TOML that describes this run
+    raw: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def widths(self):
+        """Units per layer, input layer first: [n_inputs, units_1, ..., units_L]."""
+        return [self.inputs.shape[1]] + [layer.units for layer in self.layers]
+
+    @property
+    def batch_size(self):
+        return self.inputs.shape[0] if self.batch is None else self.batch
+
+
+# ---------------------------------------------------------------- loading
+
+def load(reference, overrides=(), steps=None):
+    """Load a scenario from a path or a built-in template name, apply `key.path=value` overrides."""
+    path = Path(reference)
+    if path.is_file():
+        source, base = str(path), path.parent
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ScenarioError(source, None, f"cannot read the file ({exc})") from None
+    elif templates.exists(reference):
+        source, base, text = f"template {reference}", None, templates.read(reference)
+    else:
+        hint = _did_you_mean(reference, templates.names())
+        raise ScenarioError(
+            str(reference), None,
+            f"no such file or built-in template{hint} (templates: {', '.join(templates.names())})",
+        )
+    return loads(text, source=source, base=base, overrides=overrides, steps=steps)
+
+
+def loads(text, source="<scenario>", base=None, overrides=(), steps=None):
+    """Parse TOML text into a validated Scenario."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ScenarioError(source, None, f"malformed TOML: {exc}") from None
+    for item in overrides:
+        _apply_override(raw, item, source)
+    if steps is not None:
+        raw["steps"] = steps
+    if overrides or steps is not None:
+        text = dump_toml(raw)
+    return from_dict(raw, source=source, base=base, text=text)
+
+
+def _apply_override(raw, item, source):
+    if "=" not in item:
+        raise ScenarioError(source, item, "an override must look like key.path=value")
+    path, value_text = (part.strip() for part in item.split("=", 1))
+    try:
+        value = tomllib.loads(f"v = {value_text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = value_text
+    keys = path.split(".")
+    node = raw
+    for depth, key in enumerate(keys):
+        last = depth == len(keys) - 1
+        if isinstance(node, list):
+            if not key.isdigit() or int(key) >= len(node):
+                raise ScenarioError(source, path, f"--set: '{key}' is not an index below {len(node)}")
+            key = int(key)
+        elif not isinstance(node, dict):
+            raise ScenarioError(source, path, "--set: this key path goes inside a value")
+        if last:
+            node[key] = value
+        else:
+            if isinstance(node, dict) and key not in node:
+                node[key] = {}
+            node = node[key]
+
+
+# ---------------------------------------------------------------- validation
+
+def from_dict(raw, source="<scenario>", base=None, text=""):
+    """Validate a parsed TOML dict; raise ScenarioError naming the first problem."""
+    v = _Validator(source)
+    v.keys(raw, TOP_KEYS, "")
+    for key in ("steps", "data", "layers"):
+        v.require(raw, key, "")
+    steps = v.integer(raw, "steps", "", minimum=1)
+    seed = v.integer(raw, "seed", "", default=0, minimum=0)
+    inputs, targets = _data(v, v.table(raw, "data", ""), base)
+    layers_raw = raw["layers"]
+    if not isinstance(layers_raw, list) or not layers_raw or not all(isinstance(x, dict) for x in layers_raw):
+        raise ScenarioError(source, "layers", "must be one or more [[layers]] tables")
+    widths = [inputs.shape[1]]
+    layers = []
+    for index, layer_raw in enumerate(layers_raw):
+        layer = _layer(v, layer_raw, f"layers[{index}]", widths[-1], index == len(layers_raw) - 1)
+        layers.append(layer)
+        widths.append(layer.units)
+    if widths[-1] != targets.shape[1]:
+        raise ScenarioError(
+            source, f"layers[{len(layers) - 1}].units",
+            f"the output layer has {widths[-1]} units but the data has {targets.shape[1]} target column(s)",
+        )
+    loss_raw = v.table(raw, "loss", "", default={})
+    v.keys(loss_raw, LOSS_KEYS, "loss")
+    loss = v.choice(loss_raw, "name", "loss", losses.LOSSES, default="half_sse")
+    reduction = v.choice(loss_raw, "reduction", "loss", losses.REDUCTIONS, default="sum")
+    needed = losses.LOSSES[loss].output_activation
+    if needed and layers[-1].activation != needed:
+        raise ScenarioError(
+            source, f"layers[{len(layers) - 1}].activation",
+            f"loss '{loss}' needs a {needed} output layer, not {layers[-1].activation}",
+        )
+    optimizer, optimizer_params = _optimizer(v, v.table(raw, "optimizer", ""))
+    training = v.table(raw, "training", "", default={})
+    v.keys(training, TRAINING_KEYS, "training")
+    batch = _batch(v, training, inputs.shape[0])
+    shuffle = v.boolean(training, "shuffle", "training", default=False)
+    diagnosis = v.table(raw, "diagnosis", "", default={})
+    v.keys(diagnosis, DIAGNOSIS_KEYS, "diagnosis")
+    thresholds = {k: v.number(diagnosis, k, "diagnosis", default=d, positive=True) for k, d in DIAGNOSIS_DEFAULTS.items()}
+    name = v.string(raw, "name", "", default=Path(source).stem if source != "<scenario>" else "scenario")
+    return Scenario(
+        name=name, description=v.string(raw, "description", "", default=""), seed=seed, steps=steps,
+        inputs=inputs, targets=targets, layers=layers, loss=loss, reduction=reduction,
+        optimizer=optimizer, optimizer_params=optimizer_params, batch=batch, shuffle=shuffle,
+        thresholds=thresholds, source=source, text=text or dump_toml(raw), raw=raw,
+    )
+
+
+def _data(v, data, base):
+    v.keys(data, DATA_KEYS, "data")
+    if "file" in data:
+        for key in ("input_columns", "target_columns"):
+            v.require(data, key, "data")
+        inputs, targets = _read_data_file(v, data, base)
+    else:
+        v.require(data, "inputs", "data")
+        v.require(data, "targets", "data")
+        inputs = v.matrix(data, "inputs", "data")
+        targets = v.matrix(data, "targets", "data")
+    if inputs.shape[0] != targets.shape[0]:
+        raise ScenarioError(
+            v.source, "data.targets", f"{targets.shape[0]} target rows for {inputs.shape[0]} input rows",
+        )
+    return inputs, targets
+
+
+def _read_data_file(v, data, base):
+    name = v.string(data, "file", "data")
+    path = Path(name) if base is None or Path(name).is_absolute() else Path(base) / name
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            rows = list(csv.reader(handle))
+    except OSError as exc:
+        raise ScenarioError(v.source, "data.file", f"cannot read {path} ({exc.strerror})") from None
+    if len(rows) < 2:
+        raise ScenarioError(v.source, "data.file", f"{path} needs a header row and at least one data row")
+    header = [h.strip() for h in rows[0]]
+    picked = []
+    for key in ("input_columns", "target_columns"):
+        columns = data[key]
+        if not isinstance(columns, list) or not columns:
+            raise ScenarioError(v.source, f"data.{key}", "must be a non-empty list of column names")
+        indices = []
+        for column in columns:
+            if column not in header:
+                hint = _did_you_mean(str(column), header)
+                raise ScenarioError(v.source, f"data.{key}", f"no column '{column}' in {path}{hint}")
+            indices.append(header.index(column))
+        matrix = []
+        for line_no, row in enumerate(rows[1:], start=2):
+            try:
+                matrix.append([float(row[i]) for i in indices])
+            except (ValueError, IndexError):
+                raise ScenarioError(
+                    v.source, f"data.{key}", f"{path} line {line_no}: missing or non-numeric value",
+                ) from None
+        array = np.array(matrix, dtype=float)
+        if not np.isfinite(array).all():
+            line = int(np.argwhere(~np.isfinite(array))[0][0]) + 2
+            raise ScenarioError(v.source, f"data.{key}", f"{path} line {line}: NaN or infinite value")
+        picked.append(array)
+    return picked
+
+
+def _layer(v, raw, key, fan_in, is_output):
+    v.keys(raw, LAYER_KEYS, key)
+    v.require(raw, "units", key)
+    units = v.integer(raw, "units", key, minimum=1)
+    activation = v.choice(raw, "activation", key, activations.ACTIVATIONS, default="sigmoid")
+    definition = activations.get(activation)
+    if not definition.elementwise and not is_output:
+        raise ScenarioError(v.source, f"{key}.activation", f"{activation} is allowed on the output layer only")
+    activation_params = {}
+    for name in ACTIVATION_PARAM_KEYS:
+        if name in raw and name not in definition.params:
+            raise ScenarioError(v.source, f"{key}.{name}", f"'{name}' does not apply to activation {activation}")
+    for name, default in definition.params.items():
+        activation_params[name] = v.number(raw, name, key, default=default)
+    init_name, init_params = _init(v, raw, key, "", default="uniform")
+    weights = None
+    if init_name == "explicit":
+        v.require(raw, "weights", f"{key} (init = \"explicit\")")
+        weights = v.matrix(raw, "weights", key)
+        if weights.shape != (fan_in, units):
+            raise ScenarioError(
+                v.source, f"{key}.weights",
+                f"shape {weights.shape[0]}×{weights.shape[1]} does not match (fan_in, units) = ({fan_in}, {units})",
+            )
+    elif "weights" in raw:
+        raise ScenarioError(v.source, f"{key}.weights", "explicit weights need init = \"explicit\"")
+    bias = None
+    if "bias" in raw:
+        bias = v.vector(raw, "bias", key)
+        if bias.shape != (units,):
+            raise ScenarioError(v.source, f"{key}.bias", f"{bias.shape[0]} values for {units} units")
+        if "bias_init" in raw and raw["bias_init"] != "explicit":
+            raise ScenarioError(v.source, f"{key}.bias_init", "give either bias values or bias_init, not both")
+        bias_name, bias_params = "explicit", {}
+    else:
+        bias_name, bias_params = _init(v, raw, key, "bias_", default="constant")
+        if bias_name == "explicit":
+            raise ScenarioError(v.source, f"{key}.bias", "bias_init = \"explicit\" needs bias = [...]")
+    return Layer(
+        units=units, activation=activation, activation_params=activation_params, init=init_name,
+        init_params=init_params, weights=weights, bias_init=bias_name, bias_params=bias_params, bias=bias,
+        train_bias=v.boolean(raw, "train_bias", key, default=True),
+    )
+
+
+def _init(v, raw, key, prefix, default):
+    name = v.choice(raw, f"{prefix}init", key, inits.INITS, default=default)
+    defaults = inits.INITS[name][0]
+    for param in INIT_PARAM_KEYS:
+        if f"{prefix}{param}" in raw and param not in defaults:
+            raise ScenarioError(v.source, f"{key}.{prefix}{param}", f"'{prefix}{param}' does not apply to {prefix}init {name}")
+    params = {p: v.number(raw, f"{prefix}{p}", key, default=d) for p, d in defaults.items()}
+    if name == "uniform" and params["low"] >= params["high"]:
+        raise ScenarioError(v.source, f"{key}.{prefix}high", "must be greater than low")
+    if name == "normal" and params["std"] < 0:
+        raise ScenarioError(v.source, f"{key}.{prefix}std", "must not be negative")
+    return name, params
+
+
+def _optimizer(v, raw):
+    name = v.choice(raw, "name", "optimizer", optim.OPTIMIZERS, default="sgd")
+    definition = optim.OPTIMIZERS[name]
+    v.keys(raw, ("name",) + tuple(definition.params), "optimizer")
+    params = {}
+    for param, default in definition.params.items():
+        if default is None:
+            v.require(raw, param, "optimizer")
+        params[param] = v.number(raw, param, "optimizer", default=default, positive=(param == "lr"))
+    return name, params
+
+
+def _batch(v, training, n_samples):
+    batch = training.get("batch", "full")
+    if batch == "full":
+        return None
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ScenarioError(v.source, "training.batch", f"must be \"full\" or a positive integer, not {batch!r}")
+    if batch > n_samples:
+        raise ScenarioError(v.source, "training.batch", f"{batch} is larger than the {n_samples} samples")
+    return None if batch == n_samples else batch
+
+
+def _did_you_mean(word, candidates):
+    close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+class _Validator:
+    """Typed getters that raise ScenarioError with the file and key path."""
+
+    def __init__(self, source):
+        self.source = source
+
+    def _key(self, where, key):
+        return f"{where}.{key}" if where else key
+
+    def keys(self, table, allowed, where):
+        for key in table:
+            if key not in allowed:
+                hint = _did_you_mean(key, allowed)
+                raise ScenarioError(self.source, self._key(where, key), f"unknown key{hint}")
+
+    def require(self, table, key, where):
+        if key not in table:
+            raise ScenarioError(self.source, self._key(where, key), "missing required key")
+
+    def table(self, table, key, where, default=None):
+        if key not in table:
+            if default is None:
+                raise ScenarioError(self.source, self._key(where, key), "missing required table")
+            return default
+        if not isinstance(table[key], dict):
+            raise ScenarioError(self.source, self._key(where, key), "must be a table ([...])")
+        return table[key]
+
+    def number(self, table, key, where, default=None, positive=False):
+        value = table.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ScenarioError(self.source, self._key(where, key), f"must be a number, not {value!r}")
+        if not math.isfinite(value):
+            raise ScenarioError(self.source, self._key(where, key), "must be finite")
+        if positive and value <= 0:
+            raise ScenarioError(self.source, self._key(where, key), f"must be positive, not {value!r}")
+        return float(value)
+
+    def integer(self, table, key, where, default=None, minimum=None):
+        value = table.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ScenarioError(self.source, self._key(where, key), f"must be an integer, not {value!r}")
+        if minimum is not None and value < minimum:
+            raise ScenarioError(self.source, self._key(where, key), f"must be at least {minimum}, not {value}")
+        return value
+
+    def string(self, table, key, where, default=None):
+        value = table.get(key, default)
+        if not isinstance(value, str):
+            raise ScenarioError(self.source, self._key(where, key), f"must be a string, not {value!r}")
+        return value
+
+    def boolean(self, table, key, where, default=None):
+        value = table.get(key, default)
+        if not isinstance(value, bool):
+            raise ScenarioError(self.source, self._key(where, key), f"must be true or false, not {value!r}")
+        return value
+
+    def choice(self, table, key, where, known, default=None):
+        value = table.get(key, default)
+        if value is None:
+            raise ScenarioError(self.source, self._key(where, key), "missing required key")
+        if value not in known:
+            hint = _did_you_mean(str(value), known)
+            raise ScenarioError(
+                self.source, self._key(where, key), f"unknown {key.replace('_', ' ')} '{value}'{hint} (known: {', '.join(known)})",
+            )
+        return value
+
+    def matrix(self, table, key, where):
+        value = table[key]
+        full = self._key(where, key)
+        if not isinstance(value, list) or not value or not all(isinstance(row, list) for row in value):
+            raise ScenarioError(self.source, full, "must be a non-empty list of rows ([[...], ...])")
+        width = len(value[0])
+        for index, row in enumerate(value):
+            if len(row) != width or width == 0:
+                raise ScenarioError(self.source, full, f"ragged rows: row {index} has {len(row)} values, row 0 has {width}")
+            for item in row:
+                if isinstance(item, bool) or not isinstance(item, (int, float)):
+                    raise ScenarioError(self.source, full, f"row {index}: non-numeric value {item!r}")
+                if not math.isfinite(item):
+                    raise ScenarioError(self.source, full, f"row {index}: NaN or infinite value")
+        return np.array(value, dtype=float)
+
+    def vector(self, table, key, where):
+        value = table[key]
+        if not isinstance(value, list) or not value:
+            raise ScenarioError(self.source, self._key(where, key), "must be a non-empty list of numbers")
+        return self.matrix({key: [value]}, key, where)[0]
+
+
+# ---------------------------------------------------------------- TOML output
+
+def dump_toml(raw):
+    """Write a parsed scenario dict back as TOML (scalars first, then tables, then arrays of tables)."""
+    lines = []
+    _dump_table(raw, [], lines)
+    return "\n".join(lines).strip() + "\n"
+
+
+def _dump_table(table, path, lines):
+    scalars = {k: v for k, v in table.items() if not _is_table(v) and not _is_table_array(v)}
+    for key, value in scalars.items():
+        lines.append(f"{key} = {_toml_value(value)}")
+    for key, value in table.items():
+        if _is_table(value):
+            lines.append(f"\n[{'.'.join(path + [key])}]")
+            _dump_table(value, path + [key], lines)
+        elif _is_table_array(value):
+            for item in value:
+                lines.append(f"\n[[{'.'.join(path + [key])}]]")
+                _dump_table(item, path + [key], lines)
+
+
+def _is_table(value):
+    return isinstance(value, dict)
+
+
+def _is_table_array(value):
+    return isinstance(value, list) and value and all(isinstance(v, dict) for v in value)
+
+
+def _toml_value(value):
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML")

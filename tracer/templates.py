@@ -1,0 +1,27 @@
+"""Built-in templates: the top-level `templates/*.toml`, installed as package data."""
+from importlib import resources
+from pathlib import Path
+
+
+def _folder():
+    try:
+        folder = resources.files("tracer.templates_data")
+        if folder.is_dir():
+            return folder
+    except ModuleNotFoundError:
+        pass
+    return Path(__file__).resolve().parent.parent / "templates"
+
+
+def names():
+    """Sorted names of the built-in templates."""
+    return sorted(p.name[:-5] for p in _folder().iterdir() if p.name.endswith(".toml"))
+
+
+def exists(name):
+    return name in names()
+
+
+def read(name):
+    """The TOML text of template `name`."""
+    return (_folder() / f"{name}.toml").read_text(encoding="utf-8")

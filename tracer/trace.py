@@ -1,0 +1,161 @@
+"""The Trace: every recorded scalar of a run, its names, and the tidy CSV export.
+
+Layers are numbered from 1 (the first hidden layer); units, rows and columns from 0.
+Parameters are named W{layer}[i,j] (joining unit i below to unit j) and b{layer}[j].
+Per-sample arrays have shape (steps, B, ...) with B the batch size; a short last batch
+is padded with NaN and sample id -1.
+"""
+import csv
+from dataclasses import dataclass, field
+
+import numpy as np
+
+CSV_COLUMNS = ("step", "sample", "quantity", "layer", "row", "col", "value")
+PER_SAMPLE_UNIT = ("u", "a", "slope", "delta")
+
+
+def weight_name(layer, i, j):
+    return f"W{layer}[{i},{j}]"
+
+
+def bias_name(layer, j):
+    return f"b{layer}[{j}]"
+
+
+@dataclass
+class Trace:
+    scenario: object
+    sample_ids: np.ndarray             # (T, B), -1 = padding
+    u: list
+    a: list
+    slope: list
+    delta: list
+    output_error: np.ndarray | None    # (T, B, K) ∂E/∂a⁽ᴸ⁾, None for fused losses
+    sample_loss: np.ndarray            # (T, B)
+    loss: np.ndarray                   # (T,)
+    W: list                            # (T+1, fan_in, units): value used at step t; [T] = final
+    b: list                            # (T+1, units)
+    grad_W_sample: list                # (T, B, fan_in, units)
+    grad_b_sample: list                # (T, B, units)
+    grad_W: list                       # (T, fan_in, units), batch total
+    grad_b: list
+    update_W: list                     # Δθ subtracted at step t
+    update_b: list
+    warnings: list = field(default_factory=list)
+
+    @classmethod
+    def allocate(cls, scenario, sample_ids):
+        steps, size = sample_ids.shape
+        widths = scenario.widths
+        per_unit = lambda: [np.full((steps, size, n), np.nan) for n in widths[1:]]  # noqa: E731
+        shapes = list(zip(widths[:-1], widths[1:]))
+        fused = scenario.loss in ("bce", "softmax_ce")
+        return cls(
+            scenario=scenario, sample_ids=sample_ids,
+            u=per_unit(), a=per_unit(), slope=per_unit(), delta=per_unit(),
+            output_error=None if fused else np.full((steps, size, widths[-1]), np.nan),
+            sample_loss=np.full((steps, size), np.nan), loss=np.full(steps, np.nan),
+            W=[np.full((steps + 1, i, j), np.nan) for i, j in shapes],
+            b=[np.full((steps + 1, j), np.nan) for j in widths[1:]],
+            grad_W_sample=[np.full((steps, size, i, j), np.nan) for i, j in shapes],
+            grad_b_sample=per_unit(),
+            grad_W=[np.full((steps, i, j), np.nan) for i, j in shapes],
+            grad_b=[np.full((steps, j), np.nan) for j in widths[1:]],
+            update_W=[np.full((steps, i, j), np.nan) for i, j in shapes],
+            update_b=[np.full((steps, j), np.nan) for j in widths[1:]],
+        )
+
+    @property
+    def steps(self):
+        return self.sample_ids.shape[0]
+
+    @property
+    def layers(self):
+        return len(self.u)
+
+    def samples(self, step):
+        """The data row ids used at `step`."""
+        ids = self.sample_ids[step]
+        return ids[ids >= 0]
+
+    def set_parameters(self, step, weights, biases):
+        for store, value in zip(self.W, weights):
+            store[step] = value
+        for store, value in zip(self.b, biases):
+            store[step] = value
+
+    def record(self, step, result, grads_W, grads_b, updates_W, updates_b, loss):
+        n = result.sample_loss.shape[0]
+        for layer in range(self.layers):
+            self.u[layer][step, :n] = result.u[layer]
+            self.a[layer][step, :n] = result.a[layer]
+            self.slope[layer][step, :n] = result.slope[layer]
+            self.delta[layer][step, :n] = result.delta[layer]
+            self.grad_W_sample[layer][step, :n] = result.grad_W[layer]
+            self.grad_b_sample[layer][step, :n] = result.grad_b[layer]
+            self.grad_W[layer][step] = grads_W[layer]
+            self.grad_b[layer][step] = grads_b[layer]
+            self.update_W[layer][step] = updates_W[layer]
+            self.update_b[layer][step] = updates_b[layer]
+        if self.output_error is not None:
+            self.output_error[step, :n] = result.output_error
+        self.sample_loss[step, :n] = result.sample_loss
+        self.loss[step] = loss
+
+    def inputs_at(self, step):
+        """a⁽⁰⁾ = x for the samples of `step` (B_t × n_in)."""
+        return self.scenario.inputs[self.samples(step)]
+
+    def first_nonfinite_step(self):
+        """The first step at which any recorded value is inf or NaN, or None."""
+        bad = ~np.isfinite(self.loss)
+        for array in self.grad_W + self.grad_b + [w[:-1] for w in self.W]:
+            bad = bad | ~np.isfinite(array.reshape(self.steps, -1)).all(axis=1)
+        hits = np.flatnonzero(bad)
+        return int(hits[0]) if hits.size else None
+
+    # ------------------------------------------------------------ CSV
+
+    def rows(self):
+        """Yield tidy rows (step, sample, quantity, layer, row, col, value); sample None for totals."""
+        for step in range(self.steps):
+            for slot, sample in enumerate(self.samples(step)):
+                sample = int(sample)
+                for layer in range(self.layers):
+                    for name in PER_SAMPLE_UNIT:
+                        for j, value in enumerate(getattr(self, name)[layer][step, slot]):
+                            yield step, sample, name, layer + 1, j, None, value
+                if self.output_error is not None:
+                    for j, value in enumerate(self.output_error[step, slot]):
+                        yield step, sample, "dE_da", self.layers, j, None, value
+                for layer in range(self.layers):
+                    yield from _matrix_rows(step, sample, "grad_W", layer + 1, self.grad_W_sample[layer][step, slot])
+                    for j, value in enumerate(self.grad_b_sample[layer][step, slot]):
+                        yield step, sample, "grad_b", layer + 1, j, None, value
+                yield step, sample, "loss", None, None, None, self.sample_loss[step, slot]
+            for layer in range(self.layers):
+                yield from _matrix_rows(step, None, "W", layer + 1, self.W[layer][step])
+                yield from _matrix_rows(step, None, "grad_W", layer + 1, self.grad_W[layer][step])
+                yield from _matrix_rows(step, None, "update_W", layer + 1, self.update_W[layer][step])
+                for name, store in (("b", self.b), ("grad_b", self.grad_b), ("update_b", self.update_b)):
+                    for j, value in enumerate(store[layer][step]):
+                        yield step, None, name, layer + 1, j, None, value
+            yield step, None, "loss", None, None, None, self.loss[step]
+        for layer in range(self.layers):
+            yield from _matrix_rows(self.steps, None, "W", layer + 1, self.W[layer][self.steps])
+            for j, value in enumerate(self.b[layer][self.steps]):
+                yield self.steps, None, "b", layer + 1, j, None, value
+
+    def write_csv(self, path):
+        """Write the tidy CSV (columns: step,sample,quantity,layer,row,col,value)."""
+        with open(path, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(CSV_COLUMNS)
+            for row in self.rows():
+                writer.writerow(["" if v is None else (repr(float(v)) if i == 6 else v) for i, v in enumerate(row)])
+
+
+def _matrix_rows(step, sample, name, layer, matrix):
+    for i, row in enumerate(matrix):
+        for j, value in enumerate(row):
+            yield step, sample, name, layer, i, j, value
