@@ -91,7 +91,8 @@ ACTIVATIONS = {
             forward=lambda u, p: np.array(u, dtype=float),
             slope=lambda u, a, p: _ones(u),
             excel_value=lambda u, p: f"{u}",
-            excel_slope=lambda u, a, p: "1",
+            # 1, written so that an error in u still propagates (the engine's NaN rule)
+            excel_slope=lambda u, a, p: f"1+0*{u}",
             symbolic=lambda x, p: x,
         ),
         Activation(

@@ -1,0 +1,267 @@
+"""Which quantity goes in which cell: a pure function of the scenario and the batch plan.
+
+The Trace sheet has two header rows, then for every step its sample rows followed by one
+Σ row (batch totals, the parameters used at that step and their updates), and a final row
+with the parameters after the last step. Every column holds one formula shape all the way
+down; a template's placeholders are filled per row:
+  {r} this row   {p} this step's Σ row   {q} the previous Σ row   {d} the sample's Data row
+  {f}/{l} first/last sample row of the step   {n} samples in the step
+Each column also knows its quantity key, so the verifier can ask the Trace for the
+engine's value of every cell.
+"""
+from dataclasses import dataclass, field
+
+from openpyxl.utils import get_column_letter
+
+from .. import activations, losses, optim
+from ..trace import bias_name, weight_name
+from . import notation
+
+HEADER_ROWS = 2
+SETTINGS = "Settings"
+
+
+@dataclass
+class Column:
+    letter: str
+    group: str
+    header: str
+    comment: str
+    key: tuple                    # (quantity, layer, index) for Trace lookups
+    sample: str | None = None     # template in sample rows
+    total: str | None = None      # template in Σ rows (None: blank)
+    final: str | None = None      # template in the final row
+    width: float = 13
+
+
+@dataclass
+class Row:
+    number: int
+    kind: str                      # "sample" | "total" | "final"
+    step: int                      # index into the trace's steps
+    slot: int | None = None        # position in the batch (sample rows)
+    sample: int | None = None      # data row id (sample rows)
+    places: dict = field(default_factory=dict)
+
+
+class TraceLayout:
+    """Columns and rows of the Trace sheet for a scenario and its batch plan."""
+
+    def __init__(self, scenario, sample_ids, first_step=0, names=None):
+        self.scenario = scenario
+        self.sample_ids = sample_ids
+        self.first_step = first_step
+        self.names = names or settings_names(scenario)
+        self.columns = []
+        self._where = {}
+        self._build()
+
+    # ---------------------------------------------------------------- columns
+
+    def cell(self, key):
+        """Column letter of quantity `key`."""
+        return self._where[key]
+
+    def _add(self, group, header, comment, key, **templates):
+        column = Column(get_column_letter(len(self.columns) + 1), group, header, comment, key, **templates)
+        self.columns.append(column)
+        self._where[key] = column.letter
+        return column.letter
+
+    def _reduce(self, letter):
+        total = f"SUM({letter}{{f}}:{letter}{{l}})"
+        return f"{total}/{{n}}" if self.scenario.reduction == "mean" else total
+
+    def _build(self):
+        s = self.scenario
+        widths, L = s.widths, len(s.layers)
+        loss = losses.LOSSES[s.loss]
+        optimizer = optim.OPTIMIZERS[s.optimizer]
+        self._add("", "step", "training step t", ("step",), width=7)
+        self._add("", "sample", "data row of the sample (Σ: batch total of the step)", ("sample",), width=8)
+        for i in range(widths[0]):
+            self._add("input x", notation.sub("x", i), f"input x{i} of the sample (Data sheet)", ("x", 0, i),
+                      sample=f"Data!{data_letter(i)}{{d}}")
+        for k in range(widths[-1]):
+            self._add("target t", notation.sub("t", k), f"target t{k} of the sample (Data sheet)", ("t", 0, k),
+                      sample=f"Data!{data_letter(widths[0] + k)}{{d}}")
+        below = [self.cell(("x", 0, i)) for i in range(widths[0])]
+        # Parameter columns come later in the sheet, but forward formulas need their letters:
+        # reserve the letters by computing the column count of the groups in between first.
+        param_start = self._parameter_start()
+        self._params = {}
+        index = param_start
+        for l in range(1, L + 1):
+            for i in range(widths[l - 1]):
+                for j in range(widths[l]):
+                    self._params[("W", l, (i, j))] = get_column_letter(index)
+                    index += 1
+            for j in range(widths[l]):
+                self._params[("b", l, (j,))] = get_column_letter(index)
+                index += 1
+        for l, layer in enumerate(s.layers, start=1):
+            act = activations.get(layer.activation)
+            params = {name: self.names[(layer.activation, name, l)] for name in act.params}
+            u_cells = []
+            for j in range(widths[l]):
+                terms = "+".join(f"{below[i]}{{r}}*{self._params[('W', l, (i, j))]}{{p}}" for i in range(widths[l - 1]))
+                template = f"{terms}+{self._params[('b', l, (j,))]}{{p}}"
+                u_cells.append(self._add(f"layer {l} forward", notation.unit("u", l, j),
+                                         f"{notation.unit('u', l, j)} = Σᵢ {notation.unit('a', l - 1, 'ᵢ')}·W{l}[i,{j}] + b{l}[{j}]",
+                                         ("u", l, j), sample=template))
+            a_cells = []
+            for j in range(widths[l]):
+                if act.elementwise:
+                    template = act.excel_value(f"{u_cells[j]}{{r}}", params)
+                else:
+                    template = act.excel_value([f"{c}{{r}}" for c in u_cells], j, params)
+                a_cells.append(self._add(f"layer {l} forward", notation.unit("a", l, j),
+                                         f"{notation.unit('a', l, j)} = {act.symbol}({notation.unit('u', l, j)})",
+                                         ("a", l, j), sample=template))
+            below = a_cells
+        y_cells = below
+        t_cells = [self.cell(("t", 0, k)) for k in range(widths[-1])]
+        u_out = [self.cell(("u", L, k)) for k in range(widths[-1])]
+        error_cells = []
+        if not loss.fused:
+            for k in range(widths[-1]):
+                error_cells.append(self._add("loss", f"∂E/∂{notation.unit('a', L, k)}", f"derivative of the {s.loss} loss by the output",
+                                             ("dE_da", L, k), sample=loss.excel_error(f"{y_cells[k]}{{r}}", f"{t_cells[k]}{{r}}", widths[-1])))
+        loss_template = loss.excel_value([f"{c}{{r}}" for c in u_out], [f"{c}{{r}}" for c in y_cells], [f"{c}{{r}}" for c in t_cells])
+        letter = self._add("loss", "E", f"{s.loss} loss of the sample; Σ row: {s.reduction} over the batch",
+                           ("loss",), sample=loss_template)
+        self.columns[-1].total = self._reduce(letter)
+        delta_cells = {}
+        for l in range(L, 0, -1):
+            act = activations.get(s.layers[l - 1].activation)
+            params = {name: self.names[(s.layers[l - 1].activation, name, l)] for name in act.params}
+            slopes = []
+            for j in range(widths[l]):
+                a_ref, u_ref = f"{self.cell(('a', l, j))}{{r}}", f"{self.cell(('u', l, j))}{{r}}"
+                slopes.append(self._add(f"layer {l} backward", f"{act.symbol}'({notation.unit('u', l, j)})",
+                                        f"local slope f'(u) of {act.name}", ("slope", l, j),
+                                        sample=act.excel_slope(u_ref, a_ref, params)))
+            for j in range(widths[l]):
+                if l == L:
+                    if loss.fused:
+                        template, meaning = f"{y_cells[j]}{{r}}-{t_cells[j]}{{r}}", "δ = a − t (fused with the loss)"
+                    else:
+                        template, meaning = f"{error_cells[j]}{{r}}*{slopes[j]}{{r}}", "δ = ∂E/∂a · f'(u)"
+                else:
+                    back = "+".join(f"{self._params[('W', l + 1, (j, k))]}{{p}}*{delta_cells[(l + 1, k)]}{{r}}" for k in range(widths[l + 1]))
+                    template, meaning = f"{slopes[j]}{{r}}*({back})", f"δ = f'(u) · Σₖ W{l + 1}[{j},k]·δₖ⁽{l + 1}⁾"
+                delta_cells[(l, j)] = self._add(f"layer {l} backward", notation.unit("δ", l, j), meaning, ("delta", l, j), sample=template)
+        below_cells = {0: [self.cell(("x", 0, i)) for i in range(widths[0])]}
+        for l in range(1, L + 1):
+            below_cells[l] = [self.cell(("a", l, j)) for j in range(widths[l])]
+        grads = {}
+        for l in range(1, L + 1):
+            for i in range(widths[l - 1]):
+                for j in range(widths[l]):
+                    name = weight_name(l, i, j)
+                    letter = self._add("gradient ∂E/∂θ (Σ row: batch)", f"∂E/∂{name}", f"a⁽{l - 1}⁾{i}·δ⁽{l}⁾{j}; Σ row: {s.reduction} over the batch",
+                                       ("grad_W", l, (i, j)), sample=f"{below_cells[l - 1][i]}{{r}}*{delta_cells[(l, j)]}{{r}}")
+                    self.columns[-1].total = self._reduce(letter)
+                    grads[("W", l, (i, j))] = letter
+            for j in range(widths[l]):
+                name = bias_name(l, j)
+                letter = self._add("gradient ∂E/∂θ (Σ row: batch)", f"∂E/∂{name}", f"δ⁽{l}⁾{j}; Σ row: {s.reduction} over the batch",
+                                   ("grad_b", l, (j,)), sample=f"{delta_cells[(l, j)]}{{r}}")
+                self.columns[-1].total = self._reduce(letter)
+                grads[("b", l, (j,))] = letter
+        assert len(self.columns) + 1 == param_start, "parameter columns moved"
+        update_letters = {}
+        index = param_start + len(self._params)
+        for key in self._params:
+            frozen = key[0] == "b" and not s.layers[key[1] - 1].train_bias
+            if not frozen:
+                update_letters[key] = get_column_letter(index)
+                index += 1
+        for key, letter in self._params.items():
+            kind, l, idx = key
+            name = weight_name(l, *idx) if kind == "W" else bias_name(l, *idx)
+            if key in update_letters:
+                carry = f"{letter}{{q}}-{update_letters[key]}{{q}}"
+                meaning = f"{name} used at this step = previous value − previous update"
+            else:
+                carry, meaning = f"{letter}{{q}}", f"{name} (not trained: train_bias = false)"
+            got = self._add("parameters θ (value used at this step)", name, meaning, (kind, l, idx), total=carry, final=carry)
+            assert got == letter
+        hyper = {name: self.names[("optimizer", name)] for name in optimizer.params}
+        for key, letter in update_letters.items():
+            kind, l, idx = key
+            name = weight_name(l, *idx) if kind == "W" else bias_name(l, *idx)
+            got = self._add("update Δθ (subtracted)", f"Δ{name}", f"{s.optimizer}: Δθ = lr·g",
+                            (f"update_{kind}", l, idx), total=optimizer.excel_update(f"{grads[key]}{{r}}", hyper))
+            assert got == letter
+
+    def _parameter_start(self):
+        s = self.scenario
+        widths, L = s.widths, len(s.layers)
+        count = 2 + widths[0] + widths[-1]
+        count += sum(2 * n for n in widths[1:])                       # u, a
+        count += 0 if losses.LOSSES[s.loss].fused else widths[-1]      # ∂E/∂a
+        count += 1                                                     # E
+        count += sum(2 * n for n in widths[1:])                        # slope, δ
+        count += sum(i * j + j for i, j in zip(widths[:-1], widths[1:]))  # gradients
+        return count + 1
+
+    # ---------------------------------------------------------------- rows
+
+    def rows(self):
+        """Yield every data row of the Trace sheet in order."""
+        number = HEADER_ROWS + 1
+        previous_total = None
+        for step, ids in enumerate(self.sample_ids):
+            ids = [int(i) for i in ids if i >= 0]
+            first, total = number, number + len(ids)
+            common = {"p": total, "q": previous_total, "f": first, "l": total - 1, "n": len(ids)}
+            for slot, sample in enumerate(ids):
+                yield Row(number, "sample", step, slot, sample, dict(common, r=number, d=sample + 2))
+                number += 1
+            yield Row(number, "total", step, places=dict(common, r=number))
+            previous_total = number
+            number += 1
+        yield Row(number, "final", len(self.sample_ids), places={"r": number, "q": previous_total})
+
+    @property
+    def last_row(self):
+        return HEADER_ROWS + sum(int((ids >= 0).sum()) + 1 for ids in self.sample_ids) + 1
+
+    def total_row(self, step):
+        """Row number of the Σ row of trace step `step` (index within this layout)."""
+        counts = (self.sample_ids[:step] >= 0).sum()
+        return HEADER_ROWS + int(counts) + step + int((self.sample_ids[step] >= 0).sum()) + 1
+
+    def parameter_keys(self):
+        return list(self._params)
+
+
+def data_letter(index):
+    """Data sheet column of input/target `index` (column A holds the sample id)."""
+    return get_column_letter(index + 2)
+
+
+def settings_names(scenario):
+    """Defined names of the hyper-parameter cells: (owner, parameter[, layer]) -> name."""
+    names = {}
+    for param in optim.OPTIMIZERS[scenario.optimizer].params:
+        names[("optimizer", param)] = "learning_rate" if param == "lr" else f"opt_{param}"
+    for l, layer in enumerate(scenario.layers, start=1):
+        for param in activations.get(layer.activation).params:
+            prefix = {"slope": "leaky_slope", "alpha": "elu_alpha"}[param]
+            names[(layer.activation, param, l)] = f"{prefix}_{l}"
+    return names
+
+
+def settings_values(scenario):
+    """(defined name, value, meaning) for each hyper-parameter cell."""
+    entries = []
+    for param, value in scenario.optimizer_params.items():
+        name = settings_names(scenario)[("optimizer", param)]
+        entries.append((name, value, f"optimizer {scenario.optimizer}: {param}"))
+    for l, layer in enumerate(scenario.layers, start=1):
+        for param, value in layer.activation_params.items():
+            name = settings_names(scenario)[(layer.activation, param, l)]
+            entries.append((name, value, f"layer {l} {layer.activation}: {param}"))
+    return entries

@@ -1,0 +1,52 @@
+"""The Steps sheet: one row per step with the loss, each layer's gradient norm and log10|w|
+of the first weight of every layer, all formulas on the Trace sheet's Σ rows."""
+import numpy as np
+
+from ..trace import weight_name
+
+
+class StepsLayout:
+    def __init__(self, trace, trace_layout):
+        self.trace, self.layout = trace, trace_layout
+        self.first_step = getattr(trace, "first_step", 0)
+        self.layers = trace.layers
+        widths = trace.scenario.widths
+        self._gradient_ranges = []
+        for l in range(1, self.layers + 1):
+            first = trace_layout.cell(("grad_W", l, (0, 0)))
+            last = trace_layout.cell(("grad_b", l, (widths[l] - 1,)))
+            self._gradient_ranges.append((first, last))
+
+    def headers(self):
+        """(text, comment, width) per column."""
+        heads = [("step", "training step t", 7), ("E", "loss of the step (Trace Σ row)", 14)]
+        heads += [(f"‖∇⁽{l}⁾‖", f"L2 norm of the batch gradient of every W{l} and b{l} entry", 14) for l in range(1, self.layers + 1)]
+        heads += [(f"log10|{weight_name(l, 0, 0)}|", f"log10 of |{weight_name(l, 0, 0)}| used at this step", 16)
+                  for l in range(1, self.layers + 1)]
+        return heads
+
+    def rows(self):
+        loss = self.layout.cell(("loss",))
+        for step in range(self.trace.steps):
+            total = self.layout.total_row(step)
+            row = [self.first_step + step, f"=Trace!{loss}{total}"]
+            row += [f"=SQRT(SUMSQ(Trace!{a}{total}:{b}{total}))" for a, b in self._gradient_ranges]
+            row += [f"=LOG10(ABS(Trace!{self.layout.cell(('W', l, (0, 0)))}{total}))" for l in range(1, self.layers + 1)]
+            yield row
+
+    def expected(self):
+        """Engine values of the formula cells, row by row (the step column excluded)."""
+        norms = [gradient_norm(self.trace, l) for l in range(1, self.layers + 1)]
+        with np.errstate(all="ignore"):
+            logs = [np.log10(np.abs(self.trace.W[l - 1][:-1, 0, 0])) for l in range(1, self.layers + 1)]
+        for step in range(self.trace.steps):
+            yield [self.trace.loss[step]] + [n[step] for n in norms] + [g[step] for g in logs]
+
+
+def gradient_norm(trace, layer):
+    """‖∇⁽ˡ⁾‖ per step: sqrt(Σ (∂E/∂W_l)² + Σ (∂E/∂b_l)²) over the batch gradients."""
+    with np.errstate(all="ignore"):
+        steps = trace.steps
+        squares = np.sum(trace.grad_W[layer - 1].reshape(steps, -1) ** 2, axis=1)
+        squares = squares + np.sum(trace.grad_b[layer - 1].reshape(steps, -1) ** 2, axis=1)
+        return np.sqrt(squares)

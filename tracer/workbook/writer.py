@@ -1,0 +1,232 @@
+"""Stream a Trace into an .xlsx workbook of live formulas (openpyxl write-only mode).
+
+Sheets: Trace (every scalar, one row per sample and one Σ row per step), Steps (loss,
+gradient norms and log10|w| per step, with charts), Settings (hyper-parameters as named
+cells), Data (the inputs and targets), Scenario (the TOML of the run).
+The file is written to a temporary name beside the target and renamed when complete.
+"""
+import math
+import os
+from pathlib import Path
+import tempfile
+
+import numpy as np
+from openpyxl import Workbook
+from openpyxl.cell import WriteOnlyCell
+from openpyxl.comments import Comment
+from openpyxl.formatting.rule import CellIsRule, FormulaRule
+from openpyxl.styles import Alignment, Font, PatternFill
+from openpyxl.utils import get_column_letter
+from openpyxl.workbook.defined_name import DefinedName
+
+from ..errors import LimitError, OutputExistsError
+from . import charts, layout as layout_module, steps as steps_module
+
+MAX_ROWS, MAX_COLUMNS, MAX_FORMULA = 1_048_576, 16_384, 8_192
+_HEADER_FONT = Font(bold=True)
+_GROUP_FILL = PatternFill("solid", fgColor="DDEBF7")
+_HEADER_FILL = PatternFill("solid", fgColor="F2F2F2")
+_WRAP = Alignment(wrap_text=True, vertical="top")
+_ERROR_FILL = PatternFill("solid", fgColor="FF9999")
+_ZERO_FILL = PatternFill("solid", fgColor="FFCC66")
+_LARGE_FILL = PatternFill("solid", fgColor="FFF2A8")
+_SMALLEST_NORMAL = 2.2250738585072014e-308
+
+
+def constant(value):
+    """A number as a cell value: errors for inf/NaN, a formula for subnormals (not storable as text)."""
+    value = float(value)
+    if not math.isfinite(value):
+        return "#NUM!"
+    if value != 0 and abs(value) < _SMALLEST_NORMAL:
+        return f"={value * 1e300!r}*1E-300"
+    return value
+
+
+def build_layout(trace):
+    return layout_module.TraceLayout(trace.scenario, trace.sample_ids, first_step=getattr(trace, "first_step", 0))
+
+
+def check_limits(layout):
+    """Raise LimitError before writing when the run cannot fit a spreadsheet."""
+    if len(layout.columns) > MAX_COLUMNS:
+        raise LimitError(
+            f"the Trace sheet would need {len(layout.columns)} columns, above the spreadsheet limit of "
+            f"{MAX_COLUMNS}: use fewer or narrower layers"
+        )
+    if layout.last_row > MAX_ROWS:
+        rows_per_step = layout.last_row / max(1, len(layout.sample_ids))
+        fitting = int((MAX_ROWS - 3) // rows_per_step)
+        raise LimitError(
+            f"the Trace sheet would need {layout.last_row:,} rows, above the spreadsheet limit of {MAX_ROWS:,}: "
+            f"use --steps {fitting} or fewer, or export a slice with --window A:B"
+        )
+    big = {key: 1_048_576 for key in "rpqdfln"}
+    for column in layout.columns:
+        for template in (column.sample, column.total, column.final):
+            if template and len(template.format(**big)) + 1 > MAX_FORMULA:
+                raise LimitError(
+                    f"the formula of column {column.header} would be longer than the spreadsheet limit of "
+                    f"{MAX_FORMULA} characters: use fewer units per layer"
+                )
+
+
+def write(trace, path, force=False, progress=None):
+    """Write `trace` as a workbook at `path`; refuse to replace an existing file unless `force`.
+
+    Args:
+        trace: the engine's Trace (or a window of it).
+        path: target .xlsx path.
+        force: replace an existing file.
+        progress: optional callable(steps_done) called as steps are written.
+    Returns:
+        the TraceLayout used (cell positions of every quantity).
+    """
+    target = Path(path)
+    if target.exists() and not force:
+        raise OutputExistsError(f"{target} exists; use --force to replace it")
+    layout = build_layout(trace)
+    check_limits(layout)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    os.close(handle)
+    try:
+        workbook = Workbook(write_only=True)
+        _write_trace(workbook, trace, layout, progress)
+        steps_layout = steps_module.StepsLayout(trace, layout)
+        steps_sheet = _write_table(workbook, "Steps", steps_layout.headers(), steps_layout.rows())
+        charts.add(steps_sheet, trace, steps_layout)
+        _write_settings(workbook, trace.scenario)
+        _write_data(workbook, trace.scenario)
+        _write_text(workbook, "Scenario", trace.scenario.text.splitlines())
+        workbook.save(temporary)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)
+        os.replace(temporary, target)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+    return layout
+
+
+def _header_cell(sheet, value, fill, comment=None):
+    cell = WriteOnlyCell(sheet, value=value)
+    cell.font, cell.fill, cell.alignment = _HEADER_FONT, fill, _WRAP
+    if comment:
+        cell.comment = Comment(comment, "tracer", width=300, height=80)
+    return cell
+
+
+def _text_cell(sheet, value):
+    cell = WriteOnlyCell(sheet, value=value)
+    cell.data_type = "s"
+    return cell
+
+
+def _write_trace(workbook, trace, layout, progress):
+    sheet = workbook.create_sheet("Trace")
+    for column in layout.columns:
+        sheet.column_dimensions[column.letter].width = column.width
+    sheet.freeze_panes = "C3"
+    groups, previous = [], None
+    for column in layout.columns:
+        groups.append(_header_cell(sheet, column.group if column.group != previous else None, _GROUP_FILL))
+        previous = column.group
+    sheet.append(groups)
+    sheet.append([_header_cell(sheet, c.header, _HEADER_FILL, c.comment) for c in layout.columns])
+    _add_highlights(sheet, layout)
+    width = len(layout.columns)
+    sample_templates = [(i, "=" + c.sample) for i, c in enumerate(layout.columns) if c.sample]
+    total_templates = [(i, "=" + c.total) for i, c in enumerate(layout.columns) if c.total]
+    final_templates = [(i, "=" + c.final) for i, c in enumerate(layout.columns) if c.final]
+    parameters = [(i, c.key) for i, c in enumerate(layout.columns) if c.final]
+    first_step = getattr(trace, "first_step", 0)
+    for row in layout.rows():
+        values = [None] * width
+        places = row.places
+        values[0] = first_step + row.step
+        # efficiency is important here: one str.format per formula cell
+        if row.kind == "sample":
+            values[1] = row.sample
+            for index, template in sample_templates:
+                values[index] = template.format(**places)
+        elif row.kind == "total":
+            values[1] = "Σ"
+            if places["q"] is None:
+                start = dict(parameters)
+                for index, template in total_templates:
+                    if index in start:
+                        values[index] = constant(_parameter(trace, start[index], 0))
+                    else:
+                        values[index] = template.format(**places)
+            else:
+                for index, template in total_templates:
+                    values[index] = template.format(**places)
+            if progress:
+                progress(row.step + 1)
+        else:
+            values[1] = "final"
+            for index, template in final_templates:
+                values[index] = template.format(**places)
+        sheet.append(values)
+
+
+def _parameter(trace, key, step):
+    kind, layer, index = key
+    store = trace.W if kind == "W" else trace.b
+    return store[layer - 1][(step,) + tuple(index)]
+
+
+def _add_highlights(sheet, layout):
+    last = layout.last_row
+    first_letter, last_letter = layout.columns[2].letter, layout.columns[-1].letter
+    whole = f"{first_letter}3:{last_letter}{last}"
+    sheet.conditional_formatting.add(whole, FormulaRule(formula=[f"ISERROR({first_letter}3)"], fill=_ERROR_FILL, stopIfTrue=True))
+    for column in layout.columns:
+        if column.key[0] == "slope":
+            sheet.conditional_formatting.add(
+                f"{column.letter}3:{column.letter}{last}",
+                FormulaRule(formula=[f"AND(ISNUMBER({column.letter}3),{column.letter}3=0)"], fill=_ZERO_FILL, stopIfTrue=True),
+            )
+    sheet.conditional_formatting.add(
+        whole, FormulaRule(formula=[f"AND(ISNUMBER({first_letter}3),ABS({first_letter}3)>1000)"], fill=_LARGE_FILL),
+    )
+
+
+def _write_table(workbook, title, headers, rows):
+    sheet = workbook.create_sheet(title)
+    for index, (_, _, width) in enumerate(headers, start=1):
+        sheet.column_dimensions[get_column_letter(index)].width = width
+    sheet.freeze_panes = "B2"
+    sheet.append([_header_cell(sheet, text, _HEADER_FILL, comment) for text, comment, _ in headers])
+    for row in rows:
+        sheet.append(row)
+    return sheet
+
+
+def _write_settings(workbook, scenario):
+    sheet = workbook.create_sheet("Settings")
+    for letter, width in zip("ABC", (18, 14, 50)):
+        sheet.column_dimensions[letter].width = width
+    sheet.append([_header_cell(sheet, t, _HEADER_FILL) for t in ("name", "value", "meaning")])
+    for row, (name, value, meaning) in enumerate(layout_module.settings_values(scenario), start=2):
+        sheet.append([name, value, meaning])
+        workbook.defined_names[name] = DefinedName(name, attr_text=f"Settings!$B${row}")
+
+
+def _write_data(workbook, scenario):
+    sheet = workbook.create_sheet("Data")
+    n_in, n_out = scenario.inputs.shape[1], scenario.targets.shape[1]
+    headers = ["sample"] + [f"x{i}" for i in range(n_in)] + [f"t{k}" for k in range(n_out)]
+    sheet.append([_header_cell(sheet, h, _HEADER_FILL) for h in headers])
+    for index, (x, t) in enumerate(zip(scenario.inputs, scenario.targets)):
+        sheet.append([index] + [constant(v) for v in np.concatenate([x, t])])
+
+
+def _write_text(workbook, title, lines):
+    sheet = workbook.create_sheet(title)
+    sheet.column_dimensions["A"].width = 100
+    for line in lines:
+        sheet.append([_text_cell(sheet, line)])
