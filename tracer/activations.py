@@ -159,7 +159,7 @@ ACTIVATIONS = {
                 f"0.5*ERFC(-{u}/SQRT(2))+IF(ABS({u})>{_GELU_TAIL:g},0,"
                 f"{u}*EXP(-({u}*{u})/2)/SQRT(2*PI()))"
             ),
-            symbolic=lambda x, p: x * (1 + sp.erf(x / sp.sqrt(2))) / 2,
+            symbolic=lambda x, p: x * sp.erfc(-x / sp.sqrt(2)) / 2,
         ),
         Activation(
             "softplus", "softplus",

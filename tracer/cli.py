@@ -1,11 +1,14 @@
 """The `tracer` command: thin click views of the library."""
+import contextlib
 import functools
+from pathlib import Path
 import sys
 
 import click
 
-from . import engine, gradcheck as gradcheck_module, scenario as scenario_module, templates
-from .errors import TracerError
+from . import engine, gradcheck as gradcheck_module, scenario as scenario_module, templates, verify
+from .errors import OutputExistsError, TracerError
+from .workbook import writer
 
 
 class _Failure(click.ClickException):
@@ -51,21 +54,77 @@ def main():
 
 @main.command()
 @_scenario_options
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help="Workbook to write (default: NAME.xlsx, unless only --trace is asked for).")
 @click.option("--trace", "trace_path", type=click.Path(dir_okay=False), help="Write every recorded scalar to this CSV.")
+@click.option("--force", is_flag=True, help="Replace an existing output file.")
+@click.option("--verify", "verify_after", is_flag=True, help="Recompute the workbook with LibreOffice and compare every cell.")
 @_reports_errors
-def run(scenario, overrides, steps, trace_path):
-    """Train SCENARIO and export the trace.
+def run(scenario, overrides, steps, output, trace_path, force, verify_after):
+    """Train SCENARIO and export it as a workbook of live formulas (and/or a CSV trace).
 
     \b
-    Example:
-      tracer run xor --steps 20 --trace xor.csv
+    Examples:
+      tracer run leaky-relu-explosion -o explosion.xlsx
+      tracer run xor --steps 20 --set optimizer.lr=0.5 --trace xor.csv
     """
     loaded = _load(scenario, overrides, steps)
+    if output is None and trace_path is None:
+        output = f"{loaded.name}.xlsx"
+    for path in (output, trace_path):
+        if path and Path(path).exists() and not force:
+            raise OutputExistsError(f"{path} exists; use --force to replace it")
+    if output:
+        writer.check_scenario_fits(loaded)
     trace = engine.run(loaded)
     if trace_path:
         trace.write_csv(trace_path)
         click.echo(f"wrote {trace_path}")
+    if output:
+        with _progress(trace.steps, "writing workbook") as advance:
+            writer.write(trace, output, force=force, progress=advance)
+        click.echo(f"wrote {output}")
     click.echo(_summary(trace))
+    if output and verify_after:
+        _report_verification(verify.verify(trace, output))
+
+
+@contextlib.contextmanager
+def _progress(total, label):
+    """A progress bar on a terminal; nothing when output is redirected."""
+    if not sys.stderr.isatty() or total < 200:
+        yield None
+        return
+    with click.progressbar(length=total, label=label, file=sys.stderr) as bar:
+        done = [0]
+
+        def advance(steps_done):
+            bar.update(steps_done - done[0])
+            done[0] = steps_done
+        yield advance
+
+
+def _report_verification(report):
+    click.echo(report.summary())
+    if not report.ok:
+        raise _Failure("the workbook disagrees with the engine", 1)
+
+
+@main.command(name="verify")
+@_scenario_options
+@_reports_errors
+def verify_command(scenario, overrides, steps):
+    """Export SCENARIO, recompute it with LibreOffice and compare every formula cell.
+
+    Exits 1 on any difference beyond 1e-9 (relative, with an absolute floor for
+    cancellation) or any error cell where the engine is finite (or the reverse).
+
+    \b
+    Example:
+      tracer verify leaky-relu-explosion
+    """
+    trace = engine.run(_load(scenario, overrides, steps))
+    _report_verification(verify.verify(trace))
 
 
 def _summary(trace):

@@ -14,10 +14,12 @@ from dataclasses import dataclass, field
 from openpyxl.utils import get_column_letter
 
 from .. import activations, losses, optim
+from ..errors import LimitError
 from ..trace import bias_name, weight_name
 from . import notation
 
 HEADER_ROWS = 2
+MAX_COLUMNS = 16_384
 SETTINGS = "Settings"
 
 
@@ -31,7 +33,7 @@ class Column:
     sample: str | None = None     # template in sample rows
     total: str | None = None      # template in Σ rows (None: blank)
     final: str | None = None      # template in the final row
-    width: float = 13
+    width: float = 14
 
 
 @dataclass
@@ -54,6 +56,12 @@ class TraceLayout:
         self.names = names or settings_names(scenario)
         self.columns = []
         self._where = {}
+        count = self.column_count()
+        if count > MAX_COLUMNS:
+            raise LimitError(
+                f"the Trace sheet would need {count:,} columns, above the spreadsheet limit of "
+                f"{MAX_COLUMNS} columns: use fewer or narrower layers"
+            )
         self._build()
 
     # ---------------------------------------------------------------- columns
@@ -194,6 +202,14 @@ class TraceLayout:
             got = self._add("update Δθ (subtracted)", f"Δ{name}", f"{s.optimizer}: Δθ = lr·g",
                             (f"update_{kind}", l, idx), total=optimizer.excel_update(f"{grads[key]}{{r}}", hyper))
             assert got == letter
+        assert len(self.columns) == self.column_count()
+
+    def column_count(self):
+        """Columns of the Trace sheet: everything before the parameters, then θ and Δθ."""
+        s = self.scenario
+        parameters = sum(i * j + j for i, j in zip(s.widths[:-1], s.widths[1:]))
+        updates = parameters - sum(layer.units for layer in s.layers if not layer.train_bias)
+        return self._parameter_start() - 1 + parameters + updates
 
     def _parameter_start(self):
         s = self.scenario

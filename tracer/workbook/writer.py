@@ -14,23 +14,30 @@ import numpy as np
 from openpyxl import Workbook
 from openpyxl.cell import WriteOnlyCell
 from openpyxl.comments import Comment
-from openpyxl.formatting.rule import CellIsRule, FormulaRule
+from openpyxl.formatting.rule import FormulaRule, Rule
 from openpyxl.styles import Alignment, Font, PatternFill
+from openpyxl.styles.differential import DifferentialStyle
+from openpyxl.styles.numbers import NumberFormat
 from openpyxl.utils import get_column_letter
 from openpyxl.workbook.defined_name import DefinedName
 
 from ..errors import LimitError, OutputExistsError
 from . import charts, layout as layout_module, steps as steps_module
 
-MAX_ROWS, MAX_COLUMNS, MAX_FORMULA = 1_048_576, 16_384, 8_192
+MAX_ROWS, MAX_FORMULA = 1_048_576, 8_192
 _HEADER_FONT = Font(bold=True)
 _GROUP_FILL = PatternFill("solid", fgColor="DDEBF7")
 _HEADER_FILL = PatternFill("solid", fgColor="F2F2F2")
-_WRAP = Alignment(wrap_text=True, vertical="top")
+_HEADER_ALIGN = Alignment(vertical="top")
 _ERROR_FILL = PatternFill("solid", fgColor="FF9999")
 _ZERO_FILL = PatternFill("solid", fgColor="FFCC66")
 _LARGE_FILL = PatternFill("solid", fgColor="FFF2A8")
+_TOTAL_FILL = PatternFill("solid", fgColor="D9D9D9")
 _SMALLEST_NORMAL = 2.2250738585072014e-308
+# Large and tiny magnitudes switch to scientific notation through conditional formatting, so
+# 1.23E+57 and 4.5E-18 stay legible without a style on every cell (LibreOffice applies only
+# the first matching rule, so each rule carries its own number format).
+_SCIENTIFIC = NumberFormat(numFmtId=164, formatCode="0.000E+00")
 
 
 def constant(value):
@@ -47,13 +54,14 @@ def build_layout(trace):
     return layout_module.TraceLayout(trace.scenario, trace.sample_ids, first_step=getattr(trace, "first_step", 0))
 
 
+def check_scenario_fits(scenario):
+    """Refuse, before training, a run whose workbook would break a spreadsheet limit."""
+    from ..engine import batch_schedule
+    check_limits(layout_module.TraceLayout(scenario, batch_schedule(scenario)))
+
+
 def check_limits(layout):
     """Raise LimitError before writing when the run cannot fit a spreadsheet."""
-    if len(layout.columns) > MAX_COLUMNS:
-        raise LimitError(
-            f"the Trace sheet would need {len(layout.columns)} columns, above the spreadsheet limit of "
-            f"{MAX_COLUMNS}: use fewer or narrower layers"
-        )
     if layout.last_row > MAX_ROWS:
         rows_per_step = layout.last_row / max(1, len(layout.sample_ids))
         fitting = int((MAX_ROWS - 3) // rows_per_step)
@@ -90,8 +98,8 @@ def write(trace, path, force=False, progress=None):
     target.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
     os.close(handle)
+    workbook = Workbook(write_only=True)
     try:
-        workbook = Workbook(write_only=True)
         _write_trace(workbook, trace, layout, progress)
         steps_layout = steps_module.StepsLayout(trace, layout)
         steps_sheet = _write_table(workbook, "Steps", steps_layout.headers(), steps_layout.rows())
@@ -105,15 +113,25 @@ def write(trace, path, force=False, progress=None):
         os.chmod(temporary, 0o666 & ~umask)
         os.replace(temporary, target)
     except BaseException:
+        _discard(workbook)
         if os.path.exists(temporary):
             os.unlink(temporary)
         raise
     return layout
 
 
+def _discard(workbook):
+    """Close the streams of an abandoned write-only workbook (they would complain when collected)."""
+    for sheet in workbook.worksheets:
+        try:
+            sheet.close()
+        except Exception:  # noqa: BLE001 - the original error is the one to report
+            pass
+
+
 def _header_cell(sheet, value, fill, comment=None):
     cell = WriteOnlyCell(sheet, value=value)
-    cell.font, cell.fill, cell.alignment = _HEADER_FONT, fill, _WRAP
+    cell.font, cell.fill, cell.alignment = _HEADER_FONT, fill, _HEADER_ALIGN
     if comment:
         cell.comment = Comment(comment, "tracer", width=300, height=80)
     return cell
@@ -130,6 +148,9 @@ def _write_trace(workbook, trace, layout, progress):
     for column in layout.columns:
         sheet.column_dimensions[column.letter].width = column.width
     sheet.freeze_panes = "C3"
+    sheet.print_title_rows = "1:2"
+    sheet.print_title_cols = "A:B"
+    sheet.page_setup.orientation = "landscape"
     groups, previous = [], None
     for column in layout.columns:
         groups.append(_header_cell(sheet, column.group if column.group != previous else None, _GROUP_FILL))
@@ -153,7 +174,7 @@ def _write_trace(workbook, trace, layout, progress):
             for index, template in sample_templates:
                 values[index] = template.format(**places)
         elif row.kind == "total":
-            values[1] = "Σ"
+            values[0], values[1] = _total_label(sheet, values[0]), _total_label(sheet, "Σ")
             if places["q"] is None:
                 start = dict(parameters)
                 for index, template in total_templates:
@@ -173,26 +194,41 @@ def _write_trace(workbook, trace, layout, progress):
         sheet.append(values)
 
 
+def _total_label(sheet, value):
+    cell = WriteOnlyCell(sheet, value=value)
+    cell.font, cell.fill = _HEADER_FONT, _TOTAL_FILL
+    return cell
+
+
 def _parameter(trace, key, step):
     kind, layer, index = key
     store = trace.W if kind == "W" else trace.b
     return store[layer - 1][(step,) + tuple(index)]
 
 
+def _rule(formula, fill=None, stop=False, scientific=False):
+    style = DifferentialStyle(fill=fill, numFmt=_SCIENTIFIC if scientific else None)
+    return Rule(type="expression", dxf=style, formula=[formula], stopIfTrue=stop)
+
+
 def _add_highlights(sheet, layout):
+    """Mark error cells red, exact-zero slopes orange, |value| > 1e3 yellow (scientific)."""
     last = layout.last_row
     first_letter, last_letter = layout.columns[2].letter, layout.columns[-1].letter
     whole = f"{first_letter}3:{last_letter}{last}"
-    sheet.conditional_formatting.add(whole, FormulaRule(formula=[f"ISERROR({first_letter}3)"], fill=_ERROR_FILL, stopIfTrue=True))
+    cell = f"{first_letter}3"
+    sheet.conditional_formatting.add(whole, _rule(f"ISERROR({cell})", fill=_ERROR_FILL, stop=True))
     for column in layout.columns:
         if column.key[0] == "slope":
+            top = f"{column.letter}3"
             sheet.conditional_formatting.add(
                 f"{column.letter}3:{column.letter}{last}",
-                FormulaRule(formula=[f"AND(ISNUMBER({column.letter}3),{column.letter}3=0)"], fill=_ZERO_FILL, stopIfTrue=True),
+                _rule(f"AND(ISNUMBER({top}),{top}=0)", fill=_ZERO_FILL, stop=True),
             )
     sheet.conditional_formatting.add(
-        whole, FormulaRule(formula=[f"AND(ISNUMBER({first_letter}3),ABS({first_letter}3)>1000)"], fill=_LARGE_FILL),
-    )
+        whole, _rule(f"AND(ISNUMBER({cell}),ABS({cell})>1000)", fill=_LARGE_FILL, stop=True, scientific=True))
+    sheet.conditional_formatting.add(
+        whole, _rule(f"AND(ISNUMBER({cell}),{cell}<>0,ABS({cell})<0.001)", stop=True, scientific=True))
 
 
 def _write_table(workbook, title, headers, rows):

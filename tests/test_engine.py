@@ -1,0 +1,118 @@
+"""The engine's backprop against central finite differences, and IEEE/spreadsheet propagation."""
+import numpy as np
+from hypothesis import HealthCheck, assume, given, settings, strategies as st
+
+from tracer import activations, engine, gradcheck, scenario as scenario_module
+from tests.conftest import build
+
+ELEMENTWISE = sorted(n for n, a in activations.ACTIVATIONS.items() if a.elementwise)
+
+
+@st.composite
+def networks(draw):
+    depth = draw(st.integers(1, 5))
+    loss = draw(st.sampled_from(["half_sse", "sse", "mse", "bce", "softmax_ce"]))
+    n_in = draw(st.integers(1, 6))
+    widths = [draw(st.integers(1, 6)) for _ in range(depth)]
+    if loss == "softmax_ce":
+        widths[-1] = max(2, widths[-1])
+    layers = []
+    for index, units in enumerate(widths):
+        activation = draw(st.sampled_from(ELEMENTWISE))
+        if index == depth - 1:
+            activation = {"bce": "sigmoid", "softmax_ce": "softmax"}.get(loss, activation)
+        layer = {"units": units, "activation": activation, "init": draw(st.sampled_from(["xavier_normal", "he_uniform", "normal"])),
+                 "bias_init": "uniform", "bias_low": -0.5, "bias_high": 0.5}
+        if layer["init"] == "normal":
+            layer["std"] = 0.5
+        if activation == "leaky_relu":
+            layer["slope"] = draw(st.sampled_from([0.01, 0.1]))
+        if activation == "elu":
+            layer["alpha"] = draw(st.sampled_from([1.0, 0.5]))
+        layers.append(layer)
+    samples = draw(st.integers(1, 5))
+    seed = draw(st.integers(0, 2**16))
+    rng = np.random.default_rng(seed)
+    inputs = rng.normal(0, 1.5, (samples, n_in))
+    if loss == "softmax_ce":
+        targets = np.eye(widths[-1])[rng.integers(0, widths[-1], samples)]
+    elif loss == "bce":
+        targets = rng.integers(0, 2, (samples, widths[-1])).astype(float)
+    else:
+        targets = rng.normal(0, 1, (samples, widths[-1]))
+    batch = draw(st.sampled_from(["full", 1, 2]))
+    if isinstance(batch, int) and batch > samples:
+        batch = "full"
+    return {
+        "seed": seed, "steps": 2,
+        "data": {"inputs": inputs.tolist(), "targets": targets.tolist()},
+        "layers": layers, "loss": {"name": loss, "reduction": draw(st.sampled_from(["sum", "mean"]))},
+        "optimizer": {"name": "sgd", "lr": 0.05}, "training": {"batch": batch},
+    }
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(networks())
+def test_backprop_matches_finite_differences(raw):
+    trace = build(raw)
+    report = gradcheck.check(trace, steps=(0, 1))
+    assume(not report.nonfinite and report.checks)
+    worst = report.worst
+    assert worst.error < 1e-6, worst
+
+
+def test_gradcheck_catches_a_wrong_gradient(base_raw):
+    trace = build(base_raw)
+    trace.grad_W[0][0, 0, 0] *= 1.001
+    assert gradcheck.check(trace, steps=(0,)).worst.error > 1e-4
+
+
+def test_weighted_sum_is_left_to_right():
+    a = np.array([[1e16, 1.0, -1e16]])
+    W = np.ones((3, 1))
+    # ((1e16 + 1) - 1e16) + 0 = 0 in left-to-right double arithmetic, as in a spreadsheet
+    assert engine.weighted_sum(a, W, np.zeros(1))[0, 0] == 0.0
+
+
+def test_overflow_propagates_without_raising(base_raw):
+    base_raw["optimizer"]["lr"] = 1e150
+    base_raw["steps"] = 6
+    base_raw["layers"][0]["activation"] = "relu"
+    trace = build(base_raw)
+    assert trace.first_nonfinite_step() is not None
+    assert trace.warnings, "numpy's overflow warnings are recorded"
+    bad = trace.first_nonfinite_step()
+    # once a parameter is non-finite, everything computed from it stays non-finite
+    assert not np.isfinite(trace.loss[bad + 1:]).any()
+
+
+def test_relu_of_minus_infinity_is_poisoned_like_a_spreadsheet_error():
+    scenario = scenario_module.from_dict({
+        "steps": 1, "data": {"inputs": [[1.0]], "targets": [[0.0]]},
+        "layers": [{"units": 1, "activation": "relu", "init": "explicit", "weights": [[-1e308]], "bias": [-1e308]}],
+        "optimizer": {"lr": 0.1},
+    })
+    trace = engine.run(scenario)
+    assert np.isneginf(trace.u[0][0, 0, 0])
+    assert np.isnan(trace.a[0][0, 0, 0])  # IEEE would say max(-inf, 0) = 0; a spreadsheet says #NUM!
+
+
+def test_mean_reduction_divides_by_batch(base_raw):
+    summed = build(base_raw)
+    base_raw["loss"]["reduction"] = "mean"
+    mean = build(base_raw)
+    np.testing.assert_allclose(mean.grad_W[0][0], summed.grad_W[0][0] / 3, rtol=1e-15)
+
+
+def test_minibatches_cycle_through_the_data(base_raw):
+    base_raw["training"]["batch"] = 2
+    base_raw["steps"] = 4
+    trace = build(base_raw)
+    assert [trace.samples(t).tolist() for t in range(4)] == [[0, 1], [2], [0, 1], [2]]
+
+
+def test_frozen_bias_does_not_move(base_raw):
+    base_raw["layers"][0]["train_bias"] = False
+    trace = build(base_raw)
+    assert (trace.b[0][0] == trace.b[0][-1]).all()
+    assert not (trace.W[0][0] == trace.W[0][-1]).all()
