@@ -162,35 +162,33 @@ def _write_trace(workbook, trace, layout, progress):
     sample_templates = [(i, "=" + c.sample) for i, c in enumerate(layout.columns) if c.sample]
     total_templates = [(i, "=" + c.total) for i, c in enumerate(layout.columns) if c.total]
     final_templates = [(i, "=" + c.final) for i, c in enumerate(layout.columns) if c.final]
-    parameters = [(i, c.key) for i, c in enumerate(layout.columns) if c.final]
+    sample_width = sample_templates[-1][0] + 1  # sample rows end where their formulas end
+    first_parameters = {i: c.key for i, c in enumerate(layout.columns) if c.final}
     first_step = getattr(trace, "first_step", 0)
     for row in layout.rows():
-        values = [None] * width
         places = row.places
-        values[0] = first_step + row.step
-        # efficiency is important here: one str.format per formula cell
+        # efficiency is important here: one str.format_map per formula cell
         if row.kind == "sample":
-            values[1] = row.sample
+            values = [None] * sample_width
+            values[0], values[1] = first_step + row.step, row.sample
             for index, template in sample_templates:
-                values[index] = template.format(**places)
+                values[index] = template.format_map(places)
         elif row.kind == "total":
-            values[0], values[1] = _total_label(sheet, values[0]), _total_label(sheet, "Σ")
-            if places["q"] is None:
-                start = dict(parameters)
-                for index, template in total_templates:
-                    if index in start:
-                        values[index] = constant(_parameter(trace, start[index], 0))
-                    else:
-                        values[index] = template.format(**places)
-            else:
-                for index, template in total_templates:
-                    values[index] = template.format(**places)
+            values = [None] * width
+            values[0], values[1] = _total_label(sheet, first_step + row.step), _total_label(sheet, "Σ")
+            starting = places["q"] is None
+            for index, template in total_templates:
+                if starting and index in first_parameters:
+                    values[index] = constant(_parameter(trace, first_parameters[index], 0))
+                else:
+                    values[index] = template.format_map(places)
             if progress:
                 progress(row.step + 1)
         else:
-            values[1] = "final"
+            values = [None] * width
+            values[0], values[1] = first_step + row.step, "final"
             for index, template in final_templates:
-                values[index] = template.format(**places)
+                values[index] = template.format_map(places)
         sheet.append(values)
 
 

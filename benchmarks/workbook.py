@@ -1,0 +1,101 @@
+"""Benchmark: formula cells per second, scenario -> .xlsx on disk, against bare openpyxl.
+
+For runs of about 10k, 100k and 1M formula cells it prints the tracer's end-to-end throughput
+(engine + streamed workbook), the throughput of bare openpyxl write-only mode writing the same
+number of comparable formula cells (rows of the same width), their ratio, and the peak RSS of
+each (every measurement runs in a fresh subprocess). Targets: ratio >= 70 %, RSS <= 250 MB at 1M.
+
+    python benchmarks/workbook.py [--sizes 10000,100000,1000000]
+"""
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+def _tracer(steps, out):
+    from tracer import engine, scenario
+    from tracer.workbook import writer
+    start = time.perf_counter()
+    trace = engine.run(scenario.load("xor", steps=steps))
+    layout = writer.write(trace, out, force=True)
+    elapsed = time.perf_counter() - start
+    cells, length = _formula_cells(layout)
+    cells += trace.steps * (1 + 2 * trace.layers)  # the Steps sheet
+    return {"cells": cells, "seconds": elapsed, "width": len(layout.columns), "length": length}
+
+
+def _formula_cells(layout):
+    """Formula cells of the Trace sheet and their mean formula length."""
+    count = characters = 0
+    big = {k: 1000 for k in "rpqdfln"}
+    for row in layout.rows():
+        kind = row.kind
+        for column in layout.columns:
+            template = column.sample if kind == "sample" else column.total if kind == "total" else column.final
+            if template and not (kind == "total" and row.places.get("q") is None and column.final):
+                count += 1
+                characters += len(template.format_map(big)) + 1
+    return count, characters / count
+
+
+def _bare(cells, width, length, out):
+    """Bare write-only openpyxl: rows of `width` formulas of about `length` characters."""
+    from openpyxl import Workbook
+    start = time.perf_counter()
+    book = Workbook(write_only=True)
+    sheet = book.create_sheet("Trace")
+    written, row = 0, 1
+    while written < cells:
+        n = min(width, cells - written)
+        unit = f"A{row}*B{row}+"
+        formula = "=" + (unit * (length // len(unit) + 1))[:max(3, length - 3)] + "C1"
+        sheet.append([formula for _ in range(n)])
+        written += n
+        row += 1
+    book.save(out)
+    return {"cells": written, "seconds": time.perf_counter() - start}
+
+
+def _child(kind, arg, width, length):
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "bench.xlsx"
+        result = _tracer(arg, out) if kind == "tracer" else _bare(arg, width, length, out)
+        result["bytes"] = out.stat().st_size
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(result))
+
+
+def _measure(kind, arg, width=0, length=0):
+    done = subprocess.run([sys.executable, __file__, "--child", kind, str(arg), str(width), str(int(length))],
+                          capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="10000,100000,1000000")
+    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        kind, arg, width, length = args.child
+        _child(kind, int(arg), int(width), int(length))
+        return
+    probe = _measure("tracer", 10)
+    per_step = probe["cells"] / 10
+    print(f"{'target cells':>12} {'steps':>6} {'tracer cells/s':>15} {'openpyxl cells/s':>17} {'ratio':>6} "
+          f"{'tracer RSS MB':>13} {'openpyxl RSS MB':>15}")
+    for size in (int(s) for s in args.sizes.split(",")):
+        steps = max(1, round(size / per_step))
+        ours = _measure("tracer", steps)
+        bare = _measure("bare", ours["cells"], ours["width"], ours["length"])
+        ours_rate, bare_rate = ours["cells"] / ours["seconds"], bare["cells"] / bare["seconds"]
+        print(f"{ours['cells']:>12,} {steps:>6} {ours_rate:>15,.0f} {bare_rate:>17,.0f} {ours_rate / bare_rate:>6.0%} "
+              f"{ours['peak_rss_mb']:>13.0f} {bare['peak_rss_mb']:>15.0f}")
+
+
+if __name__ == "__main__":
+    main()
