@@ -43,17 +43,29 @@ def _formula_cells(layout):
 
 
 def _bare(cells, width, length, out):
-    """Bare write-only openpyxl: rows of `width` formulas of about `length` characters."""
+    """Bare write-only openpyxl: rows of `width` formulas of about `length` characters, each
+    referring to cells of its own row (varied like the tracer's, so compression is comparable)."""
     from openpyxl import Workbook
+    from openpyxl.utils import get_column_letter
+    templates = []
+    for column in range(width):
+        terms, text = [], ""
+        k = 0
+        while len(text) < length - 1:
+            a = get_column_letter((column + k) % width + 1)
+            b = get_column_letter((column + 3 * k + 1) % width + 1)
+            terms.append(f"{a}{{r}}*{b}{{r}}")
+            text = "+".join(terms).replace("{r}", "1000")
+            k += 1
+        templates.append("=" + "+".join(terms))
     start = time.perf_counter()
     book = Workbook(write_only=True)
     sheet = book.create_sheet("Trace")
     written, row = 0, 1
     while written < cells:
         n = min(width, cells - written)
-        unit = f"A{row}*B{row}+"
-        formula = "=" + (unit * (length // len(unit) + 1))[:max(3, length - 3)] + "C1"
-        sheet.append([formula for _ in range(n)])
+        places = {"r": row}
+        sheet.append([templates[i].format_map(places) for i in range(n)])
         written += n
         row += 1
     book.save(out)

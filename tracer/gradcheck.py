@@ -1,13 +1,15 @@
 """Backprop gradients against central finite differences.
 
 For a parameter θ at step t, with the batch of step t and every other parameter fixed:
-  numeric = (E(θ + h) − E(θ − h)) / 2h,   h = 1e-5 · max(1, |θ|)
+  D(h)    = (E(θ + h) − E(θ − h)) / 2h,   h = 1e-4 · max(1, |θ|)
+  numeric = D(h/2) + (D(h/2) − D(h)) / 3   (Richardson: truncation error O(h⁴), so h can be
+                                            large enough that round-off in u stays small)
   error   = |backprop − numeric| / max(|backprop|, |numeric|, floor)
 where E is the step's reduced batch loss and floor = 1e-3 · |E| / max(1, |θ|): the
-round-off of the difference quotient is about 1e-10 · |E| / max(1, |θ|), so gradients
+round-off of the difference quotient is about 1e-12 · |E| / max(1, |θ|), so gradients
 far below the typical scale |E|/|θ| (or exactly 0 on both sides) are compared with an
 absolute tolerance rather than divided by almost nothing.
-Parameters whose ±h perturbation flips the sign of any u (a kink of ReLU-like
+Parameters whose ±h or ±h/2 perturbation flips the sign of any u (a kink of ReLU-like
 activations) are skipped and counted.
 """
 from dataclasses import dataclass
@@ -67,16 +69,19 @@ def check(trace, steps=(0,)):
                 for array, index, name, backprop in targets:
                     original = array[index]
                     scale = max(1.0, abs(original))
-                    h = 1e-5 * scale
-                    array[index] = original + h
-                    plus, signs_plus = _batch_loss(scenario, weights, biases, x, t)
-                    array[index] = original - h
-                    minus, signs_minus = _batch_loss(scenario, weights, biases, x, t)
+                    h = 1e-4 * scale
+                    losses, crossed = {}, False
+                    for offset in (h, -h, h / 2, -h / 2):
+                        array[index] = original + offset
+                        losses[offset], perturbed = _batch_loss(scenario, weights, biases, x, t)
+                        crossed = crossed or any((p != s0).any() for p, s0 in zip(perturbed, signs))
                     array[index] = original
-                    if any((s1 != s0).any() or (s2 != s0).any() for s0, s1, s2 in zip(signs, signs_plus, signs_minus)):
+                    if crossed:
                         skipped.append((step, name))
                         continue
-                    numeric = (plus - minus) / (2 * h)
+                    wide = (losses[h] - losses[-h]) / (2 * h)
+                    narrow = (losses[h / 2] - losses[-h / 2]) / h
+                    numeric = narrow + (narrow - wide) / 3
                     floor = max(1e-3 * abs(loss) / scale, 1e-300)
                     error = abs(backprop - numeric) / max(abs(backprop), abs(numeric), floor)
                     checks.append(Check(step, name, float(backprop), float(numeric), float(error)))

@@ -15,6 +15,8 @@ def propagate_nonfinite(result, *inputs, axis=None):
     (a softmax row, a sum over samples).
     """
     result = np.asarray(result, dtype=float)
+    if all(np.isfinite(value).all() for value in inputs):
+        return result  # the common case: nothing to poison
     bad = np.zeros(result.shape, dtype=bool)
     for value in inputs:
         mask = ~np.isfinite(np.asarray(value, dtype=float))
