@@ -59,34 +59,52 @@ def main():
 @click.option("--trace", "trace_path", type=click.Path(dir_okay=False), help="Write every recorded scalar to this CSV.")
 @click.option("--force", is_flag=True, help="Replace an existing output file.")
 @click.option("--verify", "verify_after", is_flag=True, help="Recompute the workbook with LibreOffice and compare every cell.")
+@click.option("--window", metavar="A:B", help="Export only steps A..B, starting from the engine's parameters at step A.")
 @_reports_errors
-def run(scenario, overrides, steps, output, trace_path, force, verify_after):
+def run(scenario, overrides, steps, output, trace_path, force, verify_after, window):
     """Train SCENARIO and export it as a workbook of live formulas (and/or a CSV trace).
 
     \b
     Examples:
       tracer run leaky-relu-explosion -o explosion.xlsx
       tracer run xor --steps 20 --set optimizer.lr=0.5 --trace xor.csv
+      tracer run long-run.toml --window 19990:19999 -o zoom.xlsx
     """
     loaded = _load(scenario, overrides, steps)
+    span = _parse_window(window, loaded.steps)
     if output is None and trace_path is None:
         output = f"{loaded.name}.xlsx"
     for path in (output, trace_path):
         if path and Path(path).exists() and not force:
             raise OutputExistsError(f"{path} exists; use --force to replace it")
-    if output:
+    if output and span is None:
         writer.check_scenario_fits(loaded)
     trace = engine.run(loaded)
+    if span is not None:
+        trace = trace.window(*span)
     if trace_path:
         trace.write_csv(trace_path)
         click.echo(f"wrote {trace_path}")
     if output:
         with _progress(trace.steps, "writing workbook") as advance:
             writer.write(trace, output, force=force, progress=advance)
-        click.echo(f"wrote {output}")
+        click.echo(f"wrote {output}" + (f" (steps {span[0]}..{span[1]}, starting from the engine's parameters at step {span[0]})" if span else ""))
     click.echo(_summary(trace))
     if output and verify_after:
         _report_verification(verify.verify(trace, output))
+
+
+def _parse_window(text, steps):
+    """'A:B' -> (A, B) within 0..steps-1, or None."""
+    if text is None:
+        return None
+    try:
+        first, last = (int(part) for part in text.split(":"))
+    except ValueError:
+        raise _Failure(f"--window must look like A:B (two step numbers), not {text!r}", 2) from None
+    if not 0 <= first <= last < steps:
+        raise _Failure(f"--window {text}: steps must satisfy 0 <= A <= B <= {steps - 1}", 2)
+    return first, last
 
 
 @contextlib.contextmanager
@@ -110,6 +128,49 @@ def _report_verification(report):
         raise _Failure("the workbook disagrees with the engine", 1)
 
 
+@main.command()
+@_scenario_options
+@click.option("--param", "parameter", required=True, help="The parameter, e.g. W1[0,0] or b2[1].")
+@click.option("--step", "at_step", type=click.IntRange(min=0), default=0, show_default=True, help="Step of the run.")
+@click.option("--sample", type=click.IntRange(min=0), help="Data row (default: the step's first sample).")
+@click.option("--path", "path", help="Units from the parameter's layer to the output, e.g. 0,2,1 (default: the largest term).")
+@click.option("--latex", is_flag=True, help="Print LaTeX instead of Unicode.")
+@_reports_errors
+def chain(scenario, overrides, steps, parameter, at_step, sample, path, latex):
+    """Print the chain rule behind one gradient, symbolically and with the trace's numbers.
+
+    \b
+    Example:
+      tracer chain sigmoid-vanishing --param W1[0,0] --step 0
+    """
+    from . import chain as chain_module
+    trace = engine.run(_load(scenario, overrides, steps))
+    units = None
+    if path:
+        try:
+            units = [int(p) for p in path.split(",")]
+        except ValueError:
+            raise _Failure(f"--path must be unit numbers separated by commas, not {path!r}", 2) from None
+    explained = chain_module.explain(trace, parameter, step=at_step, sample=sample, path=units, latex=latex)
+    click.echo(chain_module.render(explained, latex=latex))
+
+
+@main.command()
+@_scenario_options
+@click.option("--rows", type=click.IntRange(min=1), default=20, show_default=True, help="Steps shown in the table.")
+@_reports_errors
+def diagnose(scenario, overrides, steps, rows):
+    """Report vanishing/exploding gradients, saturated and dead units, diverging weights, and why.
+
+    \b
+    Example:
+      tracer diagnose leaky-relu-explosion
+    """
+    from . import diagnose as diagnose_module
+    trace = engine.run(_load(scenario, overrides, steps))
+    click.echo(diagnose_module.render(diagnose_module.diagnose(trace), rows=rows))
+
+
 @main.command(name="verify")
 @_scenario_options
 @_reports_errors
@@ -129,10 +190,11 @@ def verify_command(scenario, overrides, steps):
 
 def _summary(trace):
     first, last = trace.loss[0], trace.loss[-1]
-    text = f"{trace.scenario.name}: {trace.steps} steps, loss {first:.6g} -> {last:.6g}"
+    span = f"steps {trace.first_step}..{trace.first_step + trace.steps - 1}" if trace.first_step else f"{trace.steps} steps"
+    text = f"{trace.scenario.name}: {span}, loss {first:.6g} -> {last:.6g}"
     bad = trace.first_nonfinite_step()
     if bad is not None:
-        text += f"; values become non-finite at step {bad}"
+        text += f"; values become non-finite at step {trace.first_step + bad}"
     return text
 
 

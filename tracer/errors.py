@@ -18,6 +18,12 @@ class ScenarioError(TracerError):
         super().__init__(where + problem)
 
 
+class InputError(TracerError):
+    """A command-line value is wrong (a parameter name, a step, a window)."""
+
+    exit_code = 2
+
+
 class LimitError(TracerError):
     """A run would break a spreadsheet limit; raised before anything is written."""
 

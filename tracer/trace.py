@@ -42,6 +42,7 @@ class Trace:
     update_W: list                     # Δθ subtracted at step t
     update_b: list
     warnings: list = field(default_factory=list)
+    first_step: int = 0                # the run's step number of index 0 (windows start later)
 
     @classmethod
     def allocate(cls, scenario, sample_ids):
@@ -63,6 +64,24 @@ class Trace:
             grad_b=[np.full((steps, j), np.nan) for j in widths[1:]],
             update_W=[np.full((steps, i, j), np.nan) for i, j in shapes],
             update_b=[np.full((steps, j), np.nan) for j in widths[1:]],
+        )
+
+    def window(self, first, last):
+        """Steps first..last (inclusive) as a Trace whose starting parameters are the engine's at `first`."""
+        if not 0 <= first <= last < self.steps:
+            raise ValueError(f"window {first}:{last} is outside steps 0..{self.steps - 1}")
+        steps, params = slice(first, last + 1), slice(first, last + 2)
+        cut = lambda arrays, part: [a[part] for a in arrays]  # noqa: E731
+        return Trace(
+            scenario=self.scenario, sample_ids=self.sample_ids[steps],
+            u=cut(self.u, steps), a=cut(self.a, steps), slope=cut(self.slope, steps), delta=cut(self.delta, steps),
+            output_error=None if self.output_error is None else self.output_error[steps],
+            sample_loss=self.sample_loss[steps], loss=self.loss[steps],
+            W=cut(self.W, params), b=cut(self.b, params),
+            grad_W_sample=cut(self.grad_W_sample, steps), grad_b_sample=cut(self.grad_b_sample, steps),
+            grad_W=cut(self.grad_W, steps), grad_b=cut(self.grad_b, steps),
+            update_W=cut(self.update_W, steps), update_b=cut(self.update_b, steps),
+            warnings=[w for w in self.warnings if first <= w[0] <= last], first_step=self.first_step + first,
         )
 
     @property
@@ -101,6 +120,13 @@ class Trace:
             self.output_error[step, :n] = result.output_error
         self.sample_loss[step, :n] = result.sample_loss
         self.loss[step] = loss
+
+    def gradient_norm(self, layer):
+        """‖∇⁽ˡ⁾‖ per step: sqrt(Σ (∂E/∂W_l)² + Σ (∂E/∂b_l)²) over the batch gradients (layer from 1)."""
+        with np.errstate(all="ignore"):
+            squares = np.sum(self.grad_W[layer - 1].reshape(self.steps, -1) ** 2, axis=1)
+            squares = squares + np.sum(self.grad_b[layer - 1].reshape(self.steps, -1) ** 2, axis=1)
+            return np.sqrt(squares)
 
     def inputs_at(self, step):
         """a⁽⁰⁾ = x for the samples of `step` (B_t × n_in)."""

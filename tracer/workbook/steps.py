@@ -8,7 +8,7 @@ from ..trace import weight_name
 class StepsLayout:
     def __init__(self, trace, trace_layout):
         self.trace, self.layout = trace, trace_layout
-        self.first_step = getattr(trace, "first_step", 0)
+        self.first_step = trace.first_step
         self.layers = trace.layers
         widths = trace.scenario.widths
         self._gradient_ranges = []
@@ -44,9 +44,4 @@ class StepsLayout:
 
 
 def gradient_norm(trace, layer):
-    """‖∇⁽ˡ⁾‖ per step: sqrt(Σ (∂E/∂W_l)² + Σ (∂E/∂b_l)²) over the batch gradients."""
-    with np.errstate(all="ignore"):
-        steps = trace.steps
-        squares = np.sum(trace.grad_W[layer - 1].reshape(steps, -1) ** 2, axis=1)
-        squares = squares + np.sum(trace.grad_b[layer - 1].reshape(steps, -1) ** 2, axis=1)
-        return np.sqrt(squares)
+    return trace.gradient_norm(layer)

@@ -51,7 +51,7 @@ def constant(value):
 
 
 def build_layout(trace):
-    return layout_module.TraceLayout(trace.scenario, trace.sample_ids, first_step=getattr(trace, "first_step", 0))
+    return layout_module.TraceLayout(trace.scenario, trace.sample_ids, first_step=trace.first_step)
 
 
 def check_scenario_fits(scenario):
@@ -164,7 +164,7 @@ def _write_trace(workbook, trace, layout, progress):
     final_templates = [(i, "=" + c.final) for i, c in enumerate(layout.columns) if c.final]
     sample_width = sample_templates[-1][0] + 1  # sample rows end where their formulas end
     first_parameters = {i: c.key for i, c in enumerate(layout.columns) if c.final}
-    first_step = getattr(trace, "first_step", 0)
+    first_step = trace.first_step
     for row in layout.rows():
         places = row.places
         # efficiency is important here: one str.format_map per formula cell
@@ -175,8 +175,9 @@ def _write_trace(workbook, trace, layout, progress):
                 values[index] = template.format_map(places)
         elif row.kind == "total":
             values = [None] * width
-            values[0], values[1] = _total_label(sheet, first_step + row.step), _total_label(sheet, "Σ")
             starting = places["q"] is None
+            label = "Σ θ from engine" if starting and first_step else "Σ"
+            values[0], values[1] = _total_label(sheet, first_step + row.step), _total_label(sheet, label)
             for index, template in total_templates:
                 if starting and index in first_parameters:
                     values[index] = constant(_parameter(trace, first_parameters[index], 0))

@@ -1,0 +1,288 @@
+"""The chain rule behind one gradient, symbolic (sympy) and with the trace's numbers.
+
+For W_l[i,j] (or b_l[j], whose input factor is 1) and one sample:
+  ∂E/∂W_l[i,j] = a⁽ˡ⁻¹⁾_i · e⁽ˡ⁾_j · f_l'(u⁽ˡ⁾_j)
+with the three factors of the write-up (seeds/002): ② the input a⁽ˡ⁻¹⁾_i, ④ the error
+arriving from above e⁽ˡ⁾_j = Σ_k W_{l+1}[j,k]·δ⁽ˡ⁺¹⁾_k (for the output layer ∂E/∂a_j), and
+⑤ the local slope f'(u). For bce / softmax_ce outputs the output factor is δ = a − t.
+For deeper nets the delta recursion δ⁽ᵐ⁾ = f'(u⁽ᵐ⁾)·Σ W δ⁽ᵐ⁺¹⁾ unrolls into a sum over paths
+j = j_l → j_{l+1} → … → j_L; one path's term is a_i · Π f'(u along the path) · Π W along it · ∂E/∂a.
+"""
+from dataclasses import dataclass
+import itertools
+import re
+
+import numpy as np
+import sympy as sp
+
+from . import activations, losses
+from .errors import InputError
+from .workbook import notation
+
+_LATEX = {"σ": "\\sigma", "δ": "\\delta", "tanh": "\\tanh"}
+_PARAM = re.compile(r"^\s*(W|b)(\d+)\[(\d+)(?:,\s*(\d+))?\]\s*$")
+
+
+@dataclass
+class Factor:
+    label: str        # ②, ④, ⑤
+    meaning: str
+    symbol: sp.Symbol
+    value: float
+
+
+@dataclass
+class Chain:
+    name: str
+    step: int
+    sample: int
+    slot: int
+    factors: list
+    product: float
+    engine: float           # the engine's per-sample gradient
+    batch: float            # the engine's batch gradient
+    symbolic: sp.Expr       # ∂E/∂θ as the product of the factor symbols
+    definitions: list       # (symbol, sympy expression) that explain the factors
+    path: list              # (unit per layer from l to L) of the shown path, deeper nets only
+    path_slopes: list       # (symbol, value) of every local slope along the path
+    path_weights: list      # (symbol, value)
+    path_output: tuple | None
+    path_term: float | None
+
+
+def parse_parameter(text, widths):
+    """'W1[0,2]' or 'b2[1]' -> (kind, layer, index); raise TracerError with the valid ranges."""
+    match = _PARAM.match(text)
+    if not match:
+        raise InputError(f"--param {text!r}: write W<layer>[i,j] or b<layer>[j], e.g. W1[0,0]")
+    kind, layer, first, second = match.group(1), int(match.group(2)), int(match.group(3)), match.group(4)
+    layers = len(widths) - 1
+    if not 1 <= layer <= layers:
+        raise InputError(f"--param {text}: layer must be 1..{layers}")
+    if kind == "W":
+        if second is None:
+            raise InputError(f"--param {text}: a weight needs two indices, W{layer}[i,j]")
+        index = (first, int(second))
+        if not (first < widths[layer - 1] and index[1] < widths[layer]):
+            raise InputError(f"--param {text}: W{layer} has shape {widths[layer - 1]}×{widths[layer]}")
+    else:
+        if second is not None or first >= widths[layer]:
+            raise InputError(f"--param {text}: b{layer} has {widths[layer]} entries, b{layer}[j]")
+        index = (first,)
+    return kind, layer, index
+
+
+class Names:
+    """Symbol names in Unicode (u₀⁽¹⁾) or LaTeX (u^{(1)}_{0})."""
+
+    def __init__(self, latex=False):
+        self.latex = latex
+
+    def unit(self, symbol, layer, j):
+        if self.latex:
+            return sp.Symbol(f"{_LATEX.get(symbol, symbol)}^{{({layer})}}_{{{j}}}")
+        return sp.Symbol(notation.unit(symbol, layer, j))
+
+    def weight(self, layer, i, j):
+        return sp.Symbol(f"W_{{{layer}}}[{i},{j}]" if self.latex else f"W{layer}[{i},{j}]")
+
+    def slope(self, act, layer, j):
+        return sp.Symbol(f"{_LATEX.get(act.symbol, act.symbol)}'(u^{{({layer})}}_{{{j}}})" if self.latex else f"{act.symbol}'({notation.unit('u', layer, j)})")
+
+    def error(self, layer, j):
+        return sp.Symbol(f"e^{{({layer})}}_{{{j}}}" if self.latex else notation.unit("e", layer, j))
+
+    def plain(self, text, latex_text):
+        return sp.Symbol(latex_text if self.latex else text)
+
+
+def explain(trace, parameter, step=0, sample=None, path=None, latex=False):
+    """Build the Chain of `parameter` (e.g. 'W1[0,0]') at `step` for one sample of that step."""
+    s = trace.scenario
+    widths, L = s.widths, len(s.layers)
+    kind, l, index = parse_parameter(parameter, widths)
+    if not 0 <= step < trace.steps:
+        raise InputError(f"--step {step}: the run has steps 0..{trace.steps - 1}")
+    ids = trace.samples(step).tolist()
+    sample = ids[0] if sample is None else sample
+    if sample not in ids:
+        raise InputError(f"--sample {sample}: step {step} uses samples {ids}")
+    slot = ids.index(sample)
+    names = Names(latex)
+    j = index[-1]
+    loss = losses.LOSSES[s.loss]
+    act = activations.get(s.layers[l - 1].activation)
+    below = _below(trace, step, slot, l)
+    factors = []
+    if kind == "W":
+        i = index[0]
+        symbol, meaning = (names.plain(f"x{i}", f"x_{{{i}}}"), f"input x{i}") if l == 1 else (
+            names.unit("a", l - 1, i), f"activation {notation.unit('a', l - 1, i)} from below")
+        factors.append(Factor("②", meaning, symbol, float(below[i])))
+    definitions = []
+    if l == L and loss.fused:
+        y, t = trace.a[L - 1][step, slot, j], s.targets[sample, j]
+        symbol = names.unit("δ", L, j)
+        factors.append(Factor("④", f"output error δ = a − t ({s.loss} with {act.name}: fused, no separate slope)", symbol, float(y - t)))
+        definitions.append((symbol, names.unit("a", L, j) - names.plain(f"t{j}", f"t_{{{j}}}")))
+    else:
+        if l == L:
+            value = trace.output_error[step, slot, j]
+            symbol = names.plain(f"∂E/∂{notation.unit('a', L, j)}", f"\\partial E/\\partial a^{{({L})}}_{{{j}}}")
+            factors.append(Factor("④", f"derivative of the {s.loss} loss by the output", symbol, float(value)))
+            ys = [names.unit("a", L, k) for k in range(widths[-1])]
+            ts = [names.plain(f"t{k}", f"t_{{{k}}}") for k in range(widths[-1])]
+            definitions.append((symbol, sp.diff(loss.symbolic(ys, ts), ys[j])))
+        else:
+            value = error_from_above(trace, step, slot, l, j)
+            symbol = names.error(l, j)
+            factors.append(Factor("④", f"error from above Σₖ W{l + 1}[{j},k]·δₖ⁽{l + 1}⁾", symbol, float(value)))
+            definitions.append((symbol, sp.Add(*[
+                sp.Mul(names.weight(l + 1, j, k), names.unit("δ", l + 1, k), evaluate=False)
+                for k in range(widths[l + 1])], evaluate=False)))
+        slope_symbol = names.slope(act, l, j)
+        factors.append(Factor("⑤", _slope_meaning(act, trace.u[l - 1][step, slot, j], trace.slope[l - 1][step, slot, j]),
+                              slope_symbol, float(trace.slope[l - 1][step, slot, j])))
+        definitions.append((slope_symbol, _symbolic_slope(act, s.layers[l - 1].activation_params, names, l, j)))
+    product = 1.0
+    for factor in factors:
+        product = product * factor.value
+    store = trace.grad_W_sample if kind == "W" else trace.grad_b_sample
+    total = trace.grad_W if kind == "W" else trace.grad_b
+    engine = float(store[l - 1][(step, slot) + index])
+    batch = float(total[l - 1][(step,) + index])
+    symbolic = sp.Mul(*[f.symbol for f in factors], evaluate=False)
+    name = f"{kind}{l}[{','.join(map(str, index))}]"
+    chain = Chain(name, step, sample, slot, factors, product, engine, batch, symbolic, definitions,
+                  [], [], [], None, None)
+    if l < L - 1 or path is not None:
+        _add_path(chain, trace, step, slot, l, j, below[index[0]] if kind == "W" else 1.0, names, path)
+    return chain
+
+
+def _slope_meaning(act, u, slope):
+    text = f"local slope of {act.name} at u = {u:.6g}"
+    if slope == 0 and act.name in ("sigmoid", "tanh") and np.isfinite(u):
+        rounds = "1" if u > 0 else ("0" if act.name == "sigmoid" else "-1")
+        text += f"; exactly 0 because u is far outside ±5 and {act.symbol}(u) rounds to {rounds}"
+    elif slope == 0:
+        text += "; exactly 0: the unit is off (u ≤ 0)"
+    return text
+
+
+def _below(trace, step, slot, layer):
+    if layer == 1:
+        return trace.scenario.inputs[trace.samples(step)[slot]]
+    return trace.a[layer - 2][step, slot]
+
+
+def error_from_above(trace, step, slot, layer, j):
+    """e⁽ˡ⁾_j = Σ_k W_{l+1}[j,k]·δ⁽ˡ⁺¹⁾_k at `step` for the sample in `slot` (summed left to right)."""
+    weights = trace.W[layer][step, j]
+    deltas = trace.delta[layer][step, slot]
+    total = weights[0] * deltas[0]
+    for k in range(1, len(deltas)):
+        total = total + weights[k] * deltas[k]
+    return total
+
+
+def _symbolic_slope(act, params, names, layer, j):
+    """f'(u) by sympy's own differentiation of the activation's definition."""
+    u = names.unit("u", layer, j)
+    if act.symbolic is None:
+        a = names.unit("a", layer, j)
+        return a * (1 - a)
+    return sp.diff(act.symbolic(u, params), u)
+
+
+def _add_path(chain, trace, step, slot, layer, j, input_value, names, path):
+    """The path from unit j of `layer` to an output: every local slope and weight along it."""
+    s = trace.scenario
+    widths, L = s.widths, len(s.layers)
+    loss = losses.LOSSES[s.loss]
+    if path is None:
+        path = _dominant_path(trace, step, slot, layer, j)
+    elif len(path) != L - layer + 1 or path[0] != j or any(not 0 <= p < widths[m] for p, m in zip(path, range(layer, L + 1))):
+        raise InputError(f"--path must list one unit per layer from layer {layer} (starting with {j}) to layer {L}")
+    slopes, weights = [], []
+    term = input_value
+    for m, unit in zip(range(layer, L + 1), path):
+        act = activations.get(s.layers[m - 1].activation)
+        if m == L and loss.fused:
+            output = (names.unit("δ", L, unit), float(trace.a[L - 1][step, slot, unit] - s.targets[trace.samples(step)[slot], unit]))
+        else:
+            value = float(trace.slope[m - 1][step, slot, unit])
+            slopes.append((names.slope(act, m, unit), value))
+            term *= value
+        if m > layer:
+            value = float(trace.W[m - 1][step, path[m - layer - 1], unit])
+            weights.append((names.weight(m, path[m - layer - 1], unit), value))
+            term *= value
+    if not loss.fused:
+        output = (names.plain(f"∂E/∂{notation.unit('a', L, path[-1])}", f"\\partial E/\\partial a^{{({L})}}_{{{path[-1]}}}"),
+                  float(trace.output_error[step, slot, path[-1]]))
+    term *= output[1]
+    chain.path, chain.path_slopes, chain.path_weights, chain.path_output, chain.path_term = path, slopes, weights, output, term
+
+
+def _dominant_path(trace, step, slot, layer, j):
+    """The path whose term has the largest magnitude (ties: lowest units)."""
+    s = trace.scenario
+    widths, L = s.widths, len(s.layers)
+    best, best_value = None, -1.0
+    for rest in itertools.product(*[range(widths[m]) for m in range(layer + 1, L + 1)]):
+        path = (j,) + rest
+        value = 1.0
+        with np.errstate(all="ignore"):
+            for m, unit in zip(range(layer + 1, L + 1), rest):
+                value *= trace.W[m - 1][step, path[m - layer - 1], unit] * trace.slope[m - 1][step, slot, unit]
+        magnitude = abs(value) if np.isfinite(value) else np.inf
+        if magnitude > best_value:
+            best, best_value = list(path), magnitude
+        if len(best) and np.isinf(best_value):
+            break
+    return best
+
+
+def render(chain, latex=False):
+    """The report: symbolic expression, definitions, numbers, product vs engine."""
+    # order="none" keeps the factors in the chain's order (②, ④, ⑤) instead of sympy's sort
+    show = (lambda e: sp.latex(e, order="none")) if latex else (lambda e: sp.pretty(e, use_unicode=True, order="none"))
+    lines = [f"∂E/∂{chain.name} at step {chain.step}, sample {chain.sample} (chain rule):", ""]
+    lines += _indent(show(sp.Eq(sp.Symbol(f"∂E/∂{chain.name}" if not latex else f"\\partial E/\\partial {chain.name}"),
+                                chain.symbolic, evaluate=False)))
+    lines.append("where")
+    for symbol, expression in chain.definitions:
+        lines += _indent(show(sp.Eq(symbol, expression, evaluate=False)))
+    lines.append("")
+    lines.append("with the numbers of the trace:")
+    for factor in chain.factors:
+        lines.append(f"  {factor.label} {factor.symbol} = {factor.value:.10g}    ({factor.meaning})")
+    numbers = sp.Mul(*[sp.Float(f.value, 10) for f in chain.factors], evaluate=False)
+    lines += _indent(show(sp.Eq(sp.Symbol("product"), numbers, evaluate=False)) + f" = {chain.product:.10g}")
+    agree = _close(chain.product, chain.engine)
+    lines.append(f"  engine's ∂E/∂{chain.name} for this sample = {chain.engine:.10g}  "
+                 f"({'equal' if agree else 'DIFFERENT'})")
+    lines.append(f"  batch gradient at step {chain.step} ({chain.name}, over the step's samples) = {chain.batch:.10g}")
+    if chain.path:
+        lines.append("")
+        lines.append(f"one path of the delta recursion: units {' → '.join(map(str, chain.path))}")
+        lines.append(f"  {len(chain.path_slopes)} local slopes along it:")
+        for symbol, value in chain.path_slopes:
+            lines.append(f"    {symbol} = {value:.10g}")
+        product_of_slopes = np.prod([v for _, v in chain.path_slopes]) if chain.path_slopes else 1.0
+        lines.append(f"  product of the slopes = {product_of_slopes:.6g}")
+        lines.append("  weights along it: " + ", ".join(f"{s} = {v:.6g}" for s, v in chain.path_weights))
+        lines.append(f"  output factor {chain.path_output[0]} = {chain.path_output[1]:.10g}")
+        lines.append(f"  this path's term = {chain.path_term:.10g} (the gradient is the sum over all paths)")
+    return "\n".join(lines)
+
+
+def _indent(text):
+    return ["  " + line for line in str(text).splitlines()]
+
+
+def _close(a, b):
+    if not (np.isfinite(a) and np.isfinite(b)):
+        return np.isfinite(a) == np.isfinite(b)
+    return abs(a - b) <= 1e-12 * max(abs(a), abs(b)) or a == b
