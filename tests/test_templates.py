@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 
 from tracer import engine, gradcheck, scenario as scenario_module, templates
-from tracer.workbook.steps import gradient_norm
 
 
 def run(name, **kwargs):
@@ -49,7 +48,7 @@ def test_leaky_relu_explosion_exponents_and_signs():
 
 def test_deep_sigmoid_first_layer_gradient_is_orders_below_last():
     trace = run("deep-sigmoid")
-    assert gradient_norm(trace, 1)[0] < 1e-2 * gradient_norm(trace, 6)[0]
+    assert trace.gradient_norm(1)[0] < 1e-2 * trace.gradient_norm(6)[0]
     assert (trace.slope[0] <= 0.25).all()
 
 
@@ -59,8 +58,8 @@ def test_remedies_learn_where_their_twin_does_not(remedy, twin):
     fixed, broken = run(remedy), run(twin)
     assert np.isfinite(fixed.loss).all()
     assert fixed.loss[-1] < 0.5 * fixed.loss[0]
-    ratio_fixed = gradient_norm(fixed, 1)[0] / gradient_norm(fixed, fixed.layers)[0]
-    ratio_broken = gradient_norm(broken, 1)[0] / gradient_norm(broken, broken.layers)[0]
+    ratio_fixed = fixed.gradient_norm(1)[0] / fixed.gradient_norm(fixed.layers)[0]
+    ratio_broken = broken.gradient_norm(1)[0] / broken.gradient_norm(broken.layers)[0]
     if twin == "leaky-relu-explosion":
         assert not np.isfinite(broken.loss).all()
     else:

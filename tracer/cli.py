@@ -7,6 +7,7 @@ import sys
 import click
 
 from . import engine, gradcheck as gradcheck_module, scenario as scenario_module, templates, verify
+from .chain import parse_parameter
 from .errors import OutputExistsError, TracerError
 from .workbook import writer
 
@@ -60,8 +61,10 @@ def main():
 @click.option("--force", is_flag=True, help="Replace an existing output file.")
 @click.option("--verify", "verify_after", is_flag=True, help="Recompute the workbook with LibreOffice and compare every cell.")
 @click.option("--window", metavar="A:B", help="Export only steps A..B, starting from the engine's parameters at step A.")
+@click.option("--param", "parameters", multiple=True, metavar="W1[0,2]",
+              help="Add a parameter to the ChainRule sheet (the first weight of every layer is always there).")
 @_reports_errors
-def run(scenario, overrides, steps, output, trace_path, force, verify_after, window):
+def run(scenario, overrides, steps, output, trace_path, force, verify_after, window, parameters):
     """Train SCENARIO and export it as a workbook of live formulas (and/or a CSV trace).
 
     \b
@@ -72,6 +75,8 @@ def run(scenario, overrides, steps, output, trace_path, force, verify_after, win
     """
     loaded = _load(scenario, overrides, steps)
     span = _parse_window(window, loaded.steps)
+    for parameter in parameters:
+        parse_parameter(parameter, loaded.widths)
     if output is None and trace_path is None:
         output = f"{loaded.name}.xlsx"
     for path in (output, trace_path):
@@ -87,11 +92,11 @@ def run(scenario, overrides, steps, output, trace_path, force, verify_after, win
         click.echo(f"wrote {trace_path}")
     if output:
         with _progress(trace.steps, "writing workbook") as advance:
-            writer.write(trace, output, force=force, progress=advance)
+            writer.write(trace, output, force=force, progress=advance, parameters=parameters)
         click.echo(f"wrote {output}" + (f" (steps {span[0]}..{span[1]}, starting from the engine's parameters at step {span[0]})" if span else ""))
     click.echo(_summary(trace))
     if output and verify_after:
-        _report_verification(verify.verify(trace, output))
+        _report_verification(verify.verify(trace, output, parameters=parameters))
 
 
 def _parse_window(text, steps):

@@ -15,10 +15,10 @@ from pathlib import Path
 import tempfile
 
 from openpyxl import load_workbook
+from openpyxl.utils import get_column_letter
 
 from . import libreoffice
 from .workbook import writer
-from .workbook.steps import StepsLayout
 
 TOLERANCE = 1e-9
 FLOOR = 1e-5
@@ -107,13 +107,14 @@ def _compare(report, pairs):
             report.mismatches.append(Mismatch(where, header, x, y))
 
 
-def compare(trace, layout, recomputed):
+def compare(trace, layout, recomputed, parameters=()):
     """Compare the recomputed workbook at `recomputed` with `trace`, cell by cell."""
     report = Report()
     book = load_workbook(recomputed, read_only=True, data_only=True)
     try:
         _compare_trace(report, trace, layout, book["Trace"])
-        _compare_steps(report, trace, layout, book["Steps"])
+        for table in writer.table_layouts(trace, layout, parameters, findings=[]):
+            _compare_table(report, table, book[table.title])
     finally:
         book.close()
     return report
@@ -142,24 +143,35 @@ def _compare_trace(report, trace, layout, sheet):
     _compare(report, block)
 
 
-def _compare_steps(report, trace, layout, sheet):
-    steps = StepsLayout(trace, layout)
-    headers = [h for h, _, _ in steps.headers()]
-    rows = sheet.iter_rows(min_row=2, max_col=len(headers), values_only=True)
-    for number, (expected, values) in enumerate(zip(steps.expected(), rows), start=2):
-        _compare(report, [
-            (f"Steps!{chr(66 + i)}{number}", headers[i + 1], i, float(x), values[i + 1])
-            for i, x in enumerate(expected)
-        ])
+def _compare_table(report, table, sheet):
+    """Compare a table sheet (Steps, Diagnosis, ChainRule) with its expected values; rows with the
+    same block key (a step; a parameter and step) share the cancellation floor of each column."""
+    headers = [h for h, _, _ in table.headers()]
+    rows = sheet.iter_rows(min_row=table.header_rows + 1, max_col=len(headers), values_only=True)
+    block, current = [], None
+    for number, ((key, expected), values) in enumerate(zip(table.expected(), rows), start=table.header_rows + 1):
+        if key != current:
+            _compare(report, block)
+            block, current = [], key
+        for index, x in expected.items():
+            y = values[index] if index < len(values) else None
+            where = f"{table.title}!{get_column_letter(index + 1)}{number}"
+            if isinstance(x, str):
+                report.cells += 1
+                if (y or "") != x:
+                    report.mismatches.append(Mismatch(where, headers[index], x, y))
+            else:
+                block.append((where, headers[index], index, float(x), y))
+    _compare(report, block)
 
 
-def verify(trace, workbook_path=None):
+def verify(trace, workbook_path=None, parameters=()):
     """Export (unless given), recompute with LibreOffice, compare; return the Report."""
     with tempfile.TemporaryDirectory(prefix="tracer-verify-") as folder:
         if workbook_path is None:
             workbook_path = Path(folder) / f"{trace.scenario.name}.xlsx"
-            layout = writer.write(trace, workbook_path)
+            layout = writer.write(trace, workbook_path, parameters=parameters)
         else:
             layout = writer.build_layout(trace)
         recomputed = libreoffice.convert(workbook_path, "xlsx", Path(folder) / "recomputed")
-        return compare(trace, layout, recomputed)
+        return compare(trace, layout, recomputed, parameters)

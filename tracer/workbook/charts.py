@@ -29,7 +29,7 @@ def add(sheet, trace, steps_layout):
     layers, steps = trace.layers, trace.steps
     anchor_column = 2 + 2 * layers + 2
     letter = get_column_letter(anchor_column)
-    norms = np.array([r[1:1 + layers] for r in steps_layout.expected()], dtype=float)
+    norms = np.array([[trace.gradient_norm(l)] for l in range(1, layers + 1)], dtype=float)
     loss = _line_chart(sheet, "Loss E per step", "E", 2, 2, steps, log=_spans_decades(trace.loss))
     sheet.add_chart(loss, f"{letter}2")
     gradient = _line_chart(sheet, "Gradient norm per layer", "‖∇‖", 3, 2 + layers, steps, log=_spans_decades(norms.ravel()))

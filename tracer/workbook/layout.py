@@ -280,4 +280,6 @@ def settings_values(scenario):
         for param, value in layer.activation_params.items():
             name = settings_names(scenario)[(layer.activation, param, l)]
             entries.append((name, value, f"layer {l} {layer.activation}: {param}"))
+    for key, value in scenario.thresholds.items():
+        entries.append((f"threshold_{key}", value, f"diagnosis: {key} threshold (Diagnosis sheet)"))
     return entries

@@ -6,6 +6,12 @@ from ..trace import weight_name
 
 
 class StepsLayout:
+    """Table-sheet protocol (shared by Steps, Diagnosis, ChainRule): title, headers(), rows(),
+    expected() -> per row (block key, {column index: engine value}), `header_rows` before the data."""
+
+    title = "Steps"
+    header_rows = 1
+
     def __init__(self, trace, trace_layout):
         self.trace, self.layout = trace, trace_layout
         self.first_step = trace.first_step
@@ -35,13 +41,14 @@ class StepsLayout:
             yield row
 
     def expected(self):
-        """Engine values of the formula cells, row by row (the step column excluded)."""
-        norms = [gradient_norm(self.trace, l) for l in range(1, self.layers + 1)]
+        """Engine values of the formula cells, row by row: (step, {column index: value})."""
+        norms = [self.trace.gradient_norm(l) for l in range(1, self.layers + 1)]
         with np.errstate(all="ignore"):
             logs = [np.log10(np.abs(self.trace.W[l - 1][:-1, 0, 0])) for l in range(1, self.layers + 1)]
         for step in range(self.trace.steps):
-            yield [self.trace.loss[step]] + [n[step] for n in norms] + [g[step] for g in logs]
+            values = [self.trace.loss[step]] + [n[step] for n in norms] + [g[step] for g in logs]
+            yield step, {index: value for index, value in enumerate(values, start=1)}
 
-
-def gradient_norm(trace, layer):
-    return trace.gradient_norm(layer)
+    def gradient_range(self, layer):
+        """First and last Trace column of layer's batch gradients (W then b)."""
+        return self._gradient_ranges[layer - 1]

@@ -22,7 +22,8 @@ from openpyxl.utils import get_column_letter
 from openpyxl.workbook.defined_name import DefinedName
 
 from ..errors import LimitError, OutputExistsError
-from . import charts, layout as layout_module, steps as steps_module
+from .. import diagnose as diagnose_module
+from . import chainrule, charts, diagnosis, layout as layout_module, steps as steps_module
 
 MAX_ROWS, MAX_FORMULA = 1_048_576, 8_192
 _HEADER_FONT = Font(bold=True)
@@ -79,7 +80,16 @@ def check_limits(layout):
                 )
 
 
-def write(trace, path, force=False, progress=None):
+def table_layouts(trace, layout, parameters=(), findings=None):
+    """The Steps, Diagnosis and ChainRule sheets' layouts (each: title, headers, rows, expected)."""
+    steps_layout = steps_module.StepsLayout(trace, layout)
+    if findings is None:
+        findings = diagnose_module.diagnose(trace).findings
+    return [steps_layout, diagnosis.DiagnosisLayout(trace, layout, steps_layout, findings),
+            chainrule.ChainRuleLayout(trace, layout, parameters)]
+
+
+def write(trace, path, force=False, progress=None, parameters=()):
     """Write `trace` as a workbook at `path`; refuse to replace an existing file unless `force`.
 
     Args:
@@ -87,6 +97,7 @@ def write(trace, path, force=False, progress=None):
         path: target .xlsx path.
         force: replace an existing file.
         progress: optional callable(steps_done) called as steps are written.
+        parameters: extra parameter names (W2[1,0], b1[0]) for the ChainRule sheet.
     Returns:
         the TraceLayout used (cell positions of every quantity).
     """
@@ -95,15 +106,17 @@ def write(trace, path, force=False, progress=None):
         raise OutputExistsError(f"{target} exists; use --force to replace it")
     layout = build_layout(trace)
     check_limits(layout)
+    tables = table_layouts(trace, layout, parameters)
     target.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
     os.close(handle)
     workbook = Workbook(write_only=True)
     try:
         _write_trace(workbook, trace, layout, progress)
-        steps_layout = steps_module.StepsLayout(trace, layout)
-        steps_sheet = _write_table(workbook, "Steps", steps_layout.headers(), steps_layout.rows())
-        charts.add(steps_sheet, trace, steps_layout)
+        for table in tables:
+            sheet = _write_table(workbook, table.title, table.headers(), table.rows())
+            if table.title == "Steps":
+                charts.add(sheet, trace, table)
         _write_settings(workbook, trace.scenario)
         _write_data(workbook, trace.scenario)
         _write_text(workbook, "Scenario", trace.scenario.text.splitlines())
@@ -210,6 +223,14 @@ def _rule(formula, fill=None, stop=False, scientific=False):
     return Rule(type="expression", dxf=style, formula=[formula], stopIfTrue=stop)
 
 
+def _add_number_rules(sheet, whole, cell):
+    """|value| > 1e3 yellow and scientific; tiny non-zero values scientific (after any earlier rule)."""
+    sheet.conditional_formatting.add(
+        whole, _rule(f"AND(ISNUMBER({cell}),ABS({cell})>1000)", fill=_LARGE_FILL, stop=True, scientific=True))
+    sheet.conditional_formatting.add(
+        whole, _rule(f"AND(ISNUMBER({cell}),{cell}<>0,ABS({cell})<0.001)", stop=True, scientific=True))
+
+
 def _add_highlights(sheet, layout):
     """Mark error cells red, exact-zero slopes orange, |value| > 1e3 yellow (scientific)."""
     last = layout.last_row
@@ -224,10 +245,7 @@ def _add_highlights(sheet, layout):
                 f"{column.letter}3:{column.letter}{last}",
                 _rule(f"AND(ISNUMBER({top}),{top}=0)", fill=_ZERO_FILL, stop=True),
             )
-    sheet.conditional_formatting.add(
-        whole, _rule(f"AND(ISNUMBER({cell}),ABS({cell})>1000)", fill=_LARGE_FILL, stop=True, scientific=True))
-    sheet.conditional_formatting.add(
-        whole, _rule(f"AND(ISNUMBER({cell}),{cell}<>0,ABS({cell})<0.001)", stop=True, scientific=True))
+    _add_number_rules(sheet, whole, cell)
 
 
 def _write_table(workbook, title, headers, rows):
@@ -236,8 +254,13 @@ def _write_table(workbook, title, headers, rows):
         sheet.column_dimensions[get_column_letter(index)].width = width
     sheet.freeze_panes = "B2"
     sheet.append([_header_cell(sheet, text, _HEADER_FILL, comment) for text, comment, _ in headers])
+    count = 0
     for row in rows:
         sheet.append(row)
+        count += 1
+    whole = f"B2:{get_column_letter(len(headers))}{count + 1}"
+    sheet.conditional_formatting.add(whole, _rule("ISERROR(B2)", fill=_ERROR_FILL, stop=True))
+    _add_number_rules(sheet, whole, "B2")
     return sheet
 
 

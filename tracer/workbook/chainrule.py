@@ -1,0 +1,110 @@
+"""The ChainRule sheet: for the first weight of every layer (and any parameter asked for), per
+step and sample, the factors ② input · ④ error from above · ⑤ local slope as live formulas on
+the Trace cells, their product, the Trace's gradient and whether they agree (to 1e-9)."""
+import numpy as np
+from openpyxl.utils import get_column_letter
+
+from .. import losses
+from ..chain import error_from_above, parse_parameter
+
+MAX_STEPS = 200   # the sheet covers the first steps only; the identity is the same at every step
+
+
+class ChainRuleLayout:
+    title = "ChainRule"
+    header_rows = 1
+
+    def __init__(self, trace, trace_layout, parameters=()):
+        self.trace, self.layout = trace, trace_layout
+        s = trace.scenario
+        wanted = [f"W{l}[0,0]" for l in range(1, len(s.layers) + 1)] + list(parameters)
+        self.parameters = []
+        for text in wanted:
+            parsed = parse_parameter(text, s.widths)
+            if parsed not in self.parameters:
+                self.parameters.append(parsed)
+        self.steps = min(trace.steps, MAX_STEPS)
+        self.fused = losses.LOSSES[s.loss].fused
+
+    def headers(self):
+        return [
+            ("θ", "the parameter whose per-sample gradient is factored", 11),
+            ("step", "training step t", 7), ("sample", "data row", 8),
+            ("② input", "a⁽ˡ⁻¹⁾ᵢ (xᵢ for layer 1; 1 for a bias)", 14),
+            ("④ error from above", "Σₖ W_{l+1}[j,k]·δₖ⁽ˡ⁺¹⁾; for the output ∂E/∂a (or a − t for bce/softmax_ce)", 16),
+            ("⑤ local slope", "f'(u⁽ˡ⁾ⱼ) (blank where the loss is fused with the output: δ = a − t)", 14),
+            ("②·④·⑤", "the chain-rule product", 14),
+            ("∂E/∂θ (Trace)", "the per-sample gradient cell of the Trace sheet", 14),
+            ("agree", "✓ when the product equals the Trace's gradient to 1e-9", 7),
+        ]
+
+    def _cells(self, kind, layer, index):
+        """Formula templates (with {r} sample row, {p} Σ row) for ②, ④, ⑤ and the gradient."""
+        L, cell = len(self.trace.scenario.layers), self.layout.cell
+        j = index[-1]
+        if kind == "W":
+            i = index[0]
+            source = ("x", 0, i) if layer == 1 else ("a", layer - 1, i)
+            first = f"=Trace!{cell(source)}{{r}}"
+            gradient = f"=Trace!{cell(('grad_W', layer, index))}{{r}}"
+        else:
+            first, gradient = 1, f"=Trace!{cell(('grad_b', layer, index))}{{r}}"
+        slope = f"=Trace!{cell(('slope', layer, j))}{{r}}"
+        if layer == L and self.fused:
+            error, slope = f"=Trace!{cell(('a', L, j))}{{r}}-Trace!{cell(('t', 0, j))}{{r}}", None
+        elif layer == L:
+            error = f"=Trace!{cell(('dE_da', L, j))}{{r}}"
+        else:
+            widths = self.trace.scenario.widths
+            error = "=" + "+".join(f"Trace!{cell(('W', layer + 1, (j, k)))}{{p}}*Trace!{cell(('delta', layer + 1, k))}{{r}}"
+                                   for k in range(widths[layer + 1]))
+        return first, error, slope, gradient
+
+    def rows(self):
+        row_number = self.header_rows + 1
+        for kind, layer, index in self.parameters:
+            name = f"{kind}{layer}[{','.join(map(str, index))}]"
+            first, error, slope, gradient = self._cells(kind, layer, index)
+            for step in range(self.steps):
+                total = self.layout.total_row(step)
+                for slot, sample in enumerate(self.trace.samples(step)):
+                    number = total - len(self.trace.samples(step)) + slot
+                    places = {"r": number, "p": total}
+                    product = f"=D{row_number}*E{row_number}" + (f"*F{row_number}" if slope else "")
+                    check = (f'=IF(ABS(G{row_number}-H{row_number})<=1E-9*MAX(ABS(G{row_number}),ABS(H{row_number})),"✓","✗")')
+                    yield [name, self.trace.first_step + step, int(sample),
+                           first if not isinstance(first, str) else first.format_map(places),
+                           error.format_map(places), slope.format_map(places) if slope else None,
+                           product, gradient.format_map(places), check]
+                    row_number += 1
+
+    def expected(self):
+        t, s = self.trace, self.trace.scenario
+        L = len(s.layers)
+        for kind, layer, index in self.parameters:
+            j = index[-1]
+            for step in range(self.steps):
+                for slot, sample in enumerate(t.samples(step)):
+                    values = {}
+                    if kind == "W":
+                        below = s.inputs[sample] if layer == 1 else t.a[layer - 2][step, slot]
+                        first = float(below[index[0]])
+                        values[3] = first
+                        gradient = t.grad_W_sample[layer - 1][(step, slot) + index]
+                    else:
+                        first, gradient = 1.0, t.grad_b_sample[layer - 1][step, slot, j]
+                    if layer == L and self.fused:
+                        error, slope = t.a[L - 1][step, slot, j] - s.targets[sample, j], None
+                    elif layer == L:
+                        error, slope = t.output_error[step, slot, j], t.slope[layer - 1][step, slot, j]
+                    else:
+                        error, slope = error_from_above(t, step, slot, layer, j), t.slope[layer - 1][step, slot, j]
+                    with np.errstate(all="ignore"):
+                        product = first * error if slope is None else first * error * slope
+                    values[4] = error
+                    if slope is not None:
+                        values[5] = slope
+                    values[6], values[7] = product, gradient
+                    finite = np.isfinite(product) and np.isfinite(gradient)
+                    values[8] = ("✓" if abs(product - gradient) <= 1e-9 * max(abs(product), abs(gradient)) else "✗") if finite else np.nan
+                    yield (kind, layer, index, step), values

@@ -1,0 +1,68 @@
+"""The Diagnosis sheet: per step, each layer's gradient norm, its flag and its count of exact-zero
+slopes, all live formulas (thresholds are named cells on Settings), and the diagnosis in sentences."""
+import numpy as np
+
+from ..diagnose import layer_flag
+
+
+class DiagnosisLayout:
+    title = "Diagnosis"
+    header_rows = 1
+
+    def __init__(self, trace, trace_layout, steps_layout, findings):
+        self.trace, self.layout, self.steps = trace, trace_layout, steps_layout
+        self.layers = trace.layers
+        self.findings = findings
+        self.slope_ranges = []
+        for l in range(1, self.layers + 1):
+            units = trace.scenario.widths[l]
+            self.slope_ranges.append((trace_layout.cell(("slope", l, 0)), trace_layout.cell(("slope", l, units - 1))))
+
+    def headers(self):
+        L = self.layers
+        heads = [("step", "training step t", 7)]
+        heads += [(f"‖∇⁽{l}⁾‖", "gradient norm of the layer (Steps sheet)", 12) for l in range(1, L + 1)]
+        heads += [(f"flag⁽{l}⁾", "non-finite if a gradient entry is an error; else vanishing below threshold_vanishing, "
+                   "exploding above threshold_exploding (Settings)", 12) for l in range(1, L + 1)]
+        heads += [(f"f'(u⁽{l}⁾) = 0", "how many slopes of the layer are exactly 0 in the step's sample rows", 12)
+                  for l in range(1, L + 1)]
+        heads += [("findings", "the diagnosis of the run, in sentences (tracer diagnose)", 120)]
+        return heads
+
+    def rows(self):
+        L = self.layers
+        for step in range(self.trace.steps):
+            number = step + 2
+            total = self.layout.total_row(step)
+            first = total - len(self.trace.samples(step))
+            norms = [f"=Steps!{_letter(l + 2)}{number}" for l in range(1, L + 1)]
+            flags = []
+            for l in range(1, L + 1):
+                norm = f"{_letter(l + 1)}{number}"
+                a, b = self.steps.gradient_range(l)
+                flags.append(
+                    f'=IF(SUMPRODUCT(ISERROR(Trace!{a}{total}:{b}{total})*1)>0,"non-finite",'
+                    f'IF(ISERROR({norm}),"exploding",IF({norm}<threshold_vanishing,"vanishing",'
+                    f'IF({norm}>threshold_exploding,"exploding",""))))'
+                )
+            zeros = [f"=COUNTIF(Trace!{a}{first}:{b}{total - 1},0)" for a, b in self.slope_ranges]
+            finding = self.findings[step] if step < len(self.findings) else None
+            yield [self.trace.first_step + step] + norms + flags + zeros + [finding]
+
+    def expected(self):
+        L, th = self.layers, self.trace.scenario.thresholds
+        norms = [self.trace.gradient_norm(l) for l in range(1, L + 1)]
+        for step in range(self.trace.steps):
+            n = len(self.trace.samples(step))
+            values = {}
+            for l in range(1, L + 1):
+                finite = bool(np.isfinite(self.trace.grad_W[l - 1][step]).all() and np.isfinite(self.trace.grad_b[l - 1][step]).all())
+                values[l] = norms[l - 1][step]
+                values[L + l] = layer_flag(norms[l - 1][step], finite, th)
+                values[2 * L + l] = float((self.trace.slope[l - 1][step, :n] == 0).sum())
+            yield step, values
+
+
+def _letter(index):
+    from openpyxl.utils import get_column_letter
+    return get_column_letter(index)
