@@ -1,5 +1,6 @@
 """The engine's backprop against central finite differences, and IEEE/spreadsheet propagation."""
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
 from tracer import activations, engine, gradcheck, scenario as scenario_module
@@ -116,3 +117,22 @@ def test_frozen_bias_does_not_move(base_raw):
     trace = build(base_raw)
     assert (trace.b[0][0] == trace.b[0][-1]).all()
     assert not (trace.W[0][0] == trace.W[0][-1]).all()
+
+
+def test_clip_norm_as_pytorch(base_raw):
+    base_raw["training"]["clip_norm"] = 0.05
+    trace = build(base_raw)
+    for step in range(trace.steps):
+        grads = np.concatenate([g[step].ravel() for pair in zip(trace.grad_W, trace.grad_b) for g in pair])
+        norm = np.sqrt(np.sum(grads ** 2))
+        factor = min(1.0, 0.05 / (norm + 1e-6))
+        assert trace.grad_norm[step] == pytest.approx(norm, rel=1e-14)
+        assert trace.clip_factor[step] == pytest.approx(factor, rel=1e-14)
+        np.testing.assert_allclose(trace.update_W[0][step], 0.1 * trace.grad_W[0][step] * factor, rtol=1e-14)
+
+
+def test_clip_value_clamps_each_entry(base_raw):
+    base_raw["training"]["clip_value"] = 0.01
+    trace = build(base_raw)
+    np.testing.assert_allclose(trace.update_W[0][0], 0.1 * np.clip(trace.grad_W[0][0], -0.01, 0.01), rtol=1e-15)
+    assert np.abs(trace.update_W[0]).max() <= 0.1 * 0.01 + 1e-18

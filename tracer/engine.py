@@ -115,6 +115,27 @@ def reduce_samples(per_sample, reduction):
     return total / per_sample.shape[0] if reduction == "mean" else total
 
 
+def clip(scenario, grads_W, grads_b, trace, step):
+    """Gradient clipping before the update, as PyTorch does it.
+
+    clip_norm:  ‖g‖ = sqrt(Σ g²) over every parameter; c = min(1, clip_norm / (‖g‖ + 1e-6)); g ← g·c
+    clip_value: g ← min(clip_value, max(−clip_value, g)), entry by entry (applied after clip_norm)
+    The norm and c are recorded per step. An overflowing norm makes c non-finite (#NUM! in a sheet).
+    """
+    if scenario.clip_norm is not None:
+        flat = np.concatenate([g.ravel() for pair in zip(grads_W, grads_b) for g in pair])
+        norm = np.sqrt(np.sum(flat * flat))
+        factor = propagate_nonfinite(np.minimum(1.0, scenario.clip_norm / (norm + 1e-6)), norm)
+        trace.grad_norm[step], trace.clip_factor[step] = norm, factor
+        grads_W = [g * factor for g in grads_W]
+        grads_b = [g * factor for g in grads_b]
+    if scenario.clip_value is not None:
+        c = scenario.clip_value
+        grads_W = [propagate_nonfinite(np.minimum(c, np.maximum(-c, g)), g) for g in grads_W]
+        grads_b = [propagate_nonfinite(np.minimum(c, np.maximum(-c, g)), g) for g in grads_b]
+    return grads_W, grads_b
+
+
 def batch_schedule(scenario):
     """Sample ids per step, shape (steps, B), padded with -1 where the last batch is short."""
     n, size = scenario.inputs.shape[0], scenario.batch_size
@@ -145,10 +166,11 @@ def run(scenario):
             result = forward_backward(scenario, weights, biases, scenario.inputs[ids], scenario.targets[ids])
             grads_W = [reduce_samples(g, scenario.reduction) for g in result.grad_W]
             grads_b = [reduce_samples(g, scenario.reduction) for g in result.grad_b]
-            updates_W = [optimizer.update(g, scenario.optimizer_params) for g in grads_W]
+            used_W, used_b = clip(scenario, grads_W, grads_b, trace, step)
+            updates_W = [optimizer.update(g, scenario.optimizer_params) for g in used_W]
             updates_b = [
                 optimizer.update(g, scenario.optimizer_params) if layer.train_bias else np.zeros_like(g)
-                for g, layer in zip(grads_b, scenario.layers)
+                for g, layer in zip(used_b, scenario.layers)
             ]
             loss = reduce_samples(result.sample_loss, scenario.reduction)
             trace.record(step, result, grads_W, grads_b, updates_W, updates_b, loss)

@@ -22,7 +22,7 @@ LAYER_KEYS = (
     "bias", "bias_init", "bias_low", "bias_high", "bias_mean", "bias_std", "bias_value", "train_bias",
 )
 LOSS_KEYS = ("name", "reduction")
-TRAINING_KEYS = ("batch", "shuffle")
+TRAINING_KEYS = ("batch", "shuffle", "clip_norm", "clip_value")
 DIAGNOSIS_KEYS = ("vanishing", "exploding", "saturated")
 DIAGNOSIS_DEFAULTS = {"vanishing": 1e-7, "exploding": 1e3, "saturated": 1e-7}
 ACTIVATION_PARAM_KEYS = ("slope", "alpha")
@@ -62,6 +62,8 @@ class Scenario:
     optimizer_params: dict
     batch: int | None             # None = full batch
     shuffle: bool
+    clip_norm: float | None       # PyTorch clip_grad_norm_: g ← g·min(1, clip_norm/(‖g‖ + 1e-6))
+    clip_value: float | None      # g ← clamp(g, −clip_value, clip_value)
     thresholds: dict
     source: str = "<scenario>"
     text: str = ""                # the TOML that describes this run
@@ -180,6 +182,8 @@ def from_dict(raw, source="<scenario>", base=None, text=""):
     v.keys(training, TRAINING_KEYS, "training")
     batch = _batch(v, training, inputs.shape[0])
     shuffle = v.boolean(training, "shuffle", "training", default=False)
+    clip_norm, clip_value = (v.number(training, key, "training", positive=True) if key in training else None
+                             for key in ("clip_norm", "clip_value"))
     diagnosis = v.table(raw, "diagnosis", "", default={})
     v.keys(diagnosis, DIAGNOSIS_KEYS, "diagnosis")
     thresholds = {k: v.number(diagnosis, k, "diagnosis", default=d, positive=True) for k, d in DIAGNOSIS_DEFAULTS.items()}
@@ -188,6 +192,7 @@ def from_dict(raw, source="<scenario>", base=None, text=""):
         name=name, description=v.string(raw, "description", "", default=""), seed=seed, steps=steps,
         inputs=inputs, targets=targets, layers=layers, loss=loss, reduction=reduction,
         optimizer=optimizer, optimizer_params=optimizer_params, batch=batch, shuffle=shuffle,
+        clip_norm=clip_norm, clip_value=clip_value,
         thresholds=thresholds, source=source, text=text or dump_toml(raw), raw=raw,
     )
 

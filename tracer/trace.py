@@ -41,6 +41,8 @@ class Trace:
     grad_b: list
     update_W: list                     # Δθ subtracted at step t
     update_b: list
+    grad_norm: np.ndarray | None = None     # (T,) ‖g‖ over all parameters, with clip_norm
+    clip_factor: np.ndarray | None = None   # (T,) the clip factor c, with clip_norm
     warnings: list = field(default_factory=list)
     first_step: int = 0                # the run's step number of index 0 (windows start later)
 
@@ -64,6 +66,8 @@ class Trace:
             grad_b=[np.full((steps, j), np.nan) for j in widths[1:]],
             update_W=[np.full((steps, i, j), np.nan) for i, j in shapes],
             update_b=[np.full((steps, j), np.nan) for j in widths[1:]],
+            grad_norm=np.full(steps, np.nan) if scenario.clip_norm is not None else None,
+            clip_factor=np.full(steps, np.nan) if scenario.clip_norm is not None else None,
         )
 
     def window(self, first, last):
@@ -81,6 +85,8 @@ class Trace:
             grad_W_sample=cut(self.grad_W_sample, steps), grad_b_sample=cut(self.grad_b_sample, steps),
             grad_W=cut(self.grad_W, steps), grad_b=cut(self.grad_b, steps),
             update_W=cut(self.update_W, steps), update_b=cut(self.update_b, steps),
+            grad_norm=None if self.grad_norm is None else self.grad_norm[steps],
+            clip_factor=None if self.clip_factor is None else self.clip_factor[steps],
             warnings=[w for w in self.warnings if first <= w[0] <= last], first_step=self.first_step + first,
         )
 
@@ -167,6 +173,9 @@ class Trace:
                     for j, value in enumerate(store[layer][step]):
                         yield step, None, name, layer + 1, j, None, value
             yield step, None, "loss", None, None, None, self.loss[step]
+            if self.clip_factor is not None:
+                yield step, None, "grad_norm", None, None, None, self.grad_norm[step]
+                yield step, None, "clip_factor", None, None, None, self.clip_factor[step]
         for layer in range(self.layers):
             yield from _matrix_rows(self.steps, None, "W", layer + 1, self.W[layer][self.steps])
             for j, value in enumerate(self.b[layer][self.steps]):

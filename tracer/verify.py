@@ -64,6 +64,8 @@ def engine_value(trace, key, row):
     name = key[0]
     if name == "loss":
         return trace.sample_loss[row.step, row.slot] if row.kind == "sample" else trace.loss[row.step]
+    if name in ("grad_norm", "clip_factor"):
+        return getattr(trace, name)[row.step]
     layer, index = key[1], key[2]
     if name == "x":
         return trace.scenario.inputs[row.sample, index]

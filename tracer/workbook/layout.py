@@ -196,20 +196,39 @@ class TraceLayout:
             got = self._add("parameters θ (value used at this step)", name, meaning, (kind, l, idx), total=carry, final=carry)
             assert got == letter
         hyper = {name: self.names[("optimizer", name)] for name in optimizer.params}
+        clip_letter = get_column_letter(index + 1) if s.clip_norm is not None else None
         for key, letter in update_letters.items():
             kind, l, idx = key
             name = weight_name(l, *idx) if kind == "W" else bias_name(l, *idx)
-            got = self._add("update Δθ (subtracted)", f"Δ{name}", f"{s.optimizer}: Δθ = lr·g",
-                            (f"update_{kind}", l, idx), total=optimizer.excel_update(f"{grads[key]}{{r}}", hyper))
+            used, meaning = self._clipped(f"{grads[key]}{{r}}", clip_letter)
+            got = self._add("update Δθ (subtracted)", f"Δ{name}", f"{s.optimizer}: Δθ = lr·g{meaning}",
+                            (f"update_{kind}", l, idx), total=optimizer.excel_update(used, hyper))
             assert got == letter
+        if s.clip_norm is not None:
+            first, last = grads[next(iter(grads))], grads[list(grads)[-1]]
+            norm = self._add("gradient clipping", "‖g‖", "L2 norm of every batch gradient of the step", ("grad_norm",),
+                             total=f"SQRT(SUMSQ({first}{{r}}:{last}{{r}}))")
+            got = self._add("gradient clipping", "clip c", "c = min(1, clip_norm / (‖g‖ + 1e-6)); the update uses g·c",
+                            ("clip_factor",), total=f"MIN(1,clip_norm/({norm}{{r}}+1E-6))")
+            assert got == clip_letter
         assert len(self.columns) == self.column_count()
+
+    def _clipped(self, gradient, clip_letter):
+        """The gradient as the update sees it (clip_norm factor, then clip_value clamp)."""
+        meaning = ""
+        if clip_letter:
+            gradient, meaning = f"({gradient}*{clip_letter}{{r}})", ", g clipped by norm (×c)"
+        if self.scenario.clip_value is not None:
+            gradient, meaning = f"MIN(clip_value,MAX(-clip_value,{gradient}))", meaning + ", g clamped to ±clip_value"
+        return gradient, meaning
 
     def column_count(self):
         """Columns of the Trace sheet: everything before the parameters, then θ and Δθ."""
         s = self.scenario
         parameters = sum(i * j + j for i, j in zip(s.widths[:-1], s.widths[1:]))
         updates = parameters - sum(layer.units for layer in s.layers if not layer.train_bias)
-        return self._parameter_start() - 1 + parameters + updates
+        clipping = 2 if s.clip_norm is not None else 0
+        return self._parameter_start() - 1 + parameters + updates + clipping
 
     def _parameter_start(self):
         s = self.scenario
@@ -280,6 +299,9 @@ def settings_values(scenario):
         for param, value in layer.activation_params.items():
             name = settings_names(scenario)[(layer.activation, param, l)]
             entries.append((name, value, f"layer {l} {layer.activation}: {param}"))
+    for key in ("clip_norm", "clip_value"):
+        if getattr(scenario, key) is not None:
+            entries.append((key, getattr(scenario, key), f"training: gradient {key.replace('_', ' by ')}"))
     for key, value in scenario.thresholds.items():
         entries.append((f"threshold_{key}", value, f"diagnosis: {key} threshold (Diagnosis sheet)"))
     return entries
