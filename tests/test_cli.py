@@ -48,6 +48,6 @@ def test_gradcheck_rejects_step_outside_run(invoke):
 
 
 def test_every_command_has_help_with_example(invoke):
-    for command in ("run", "templates", "show", "gradcheck", "verify"):
+    for command in ("run", "templates", "show", "gradcheck", "verify", "chain", "diagnose"):
         result = invoke(command, "--help")
         assert result.exit_code == 0 and "Example" in result.output

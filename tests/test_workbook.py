@@ -115,3 +115,25 @@ def test_too_many_columns_and_too_long_formulas_are_refused(base_raw):
     raw["layers"][0]["units"] = 2
     with pytest.raises(LimitError, match="8192 characters"):
         writer.check_scenario_fits(scenario_module.from_dict(raw))
+
+
+def test_values_that_cannot_be_plain_cells(soffice, base_raw):
+    raw = copy.deepcopy(base_raw)
+    raw["layers"][1].update({"init": "explicit", "weights": [[1e-310], [2.5e-320], [0.5]], "bias": [5e-324]})
+    trace = build(raw)
+    assert writer.constant(1e-310).startswith("=") and writer.constant(float("inf")) == "#NUM!"
+    report = verify.verify(trace)
+    assert report.ok, report.summary()
+
+
+def test_window_starting_from_non_finite_parameters(soffice):
+    trace = engine.run(scenario_module.load("leaky-relu-explosion")).window(5, 5)
+    assert not np.isfinite(trace.W[0][0]).all()
+    report = verify.verify(trace)
+    assert report.ok, report.summary()
+
+
+def test_missing_libreoffice_says_how_to_install(monkeypatch, invoke):
+    monkeypatch.setattr(libreoffice.shutil, "which", lambda name: None)
+    result = invoke("verify", "xor", "--steps", "2")
+    assert result.exit_code == 1 and "apt-get install -y libreoffice-calc-nogui" in result.output
