@@ -52,3 +52,15 @@ def test_cells_named_in_the_tour():
     assert (trace.slope[0][1, :, 0] == 0.01).all() and "rows 8–11" in text
     shown = [f"{v:.2E}".replace("E+0", "E+") for v in trace.grad_W[0][:4, 0, 0]]
     assert ", ".join(shown) in text.replace("3.98E+06", "3.98E+6")
+
+
+def test_check_example_prints_what_the_readme_shows(tmp_path, invoke):
+    text = README.read_text(encoding="utf-8")
+    after = text.split("<!-- check-example -->", 1)[1]
+    blocks = after.split("```")
+    hand, shown = blocks[1].strip("\n"), blocks[3].strip("\n")
+    (tmp_path / "my-numbers.csv").write_text(hand + "\n", encoding="utf-8")
+    result = invoke("check", "linear-regression", tmp_path / "my-numbers.csv")
+    assert result.exit_code == 1
+    assert result.output.strip("\n") == shown
+    assert "1 mistake(s), 4 number(s) that only follow from earlier ones" in shown

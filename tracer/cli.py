@@ -176,6 +176,36 @@ def diagnose(scenario, overrides, steps, rows):
     click.echo(diagnose_module.render(diagnose_module.diagnose(trace), rows=rows))
 
 
+@main.command(name="check")
+@_scenario_options
+@click.argument("hand", type=click.Path(exists=True, dir_okay=False))
+@click.option("--map", "mapping", type=click.Path(exists=True, dir_okay=False),
+              help="For a workbook HAND: a CSV of name,cell lines saying which cell holds which number.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@_reports_errors
+def check_command(scenario, overrides, steps, hand, mapping, as_json):
+    """Check a hand calculation (HAND.csv of name,value lines, or a workbook with --map) against
+    the trace; explain every wrong number. Exit 0 when all are right, 1 otherwise.
+
+    \b
+    Example:
+      tracer check linear-regression my-numbers.csv
+      tracer check xor my-sheet.xlsx --map cells.csv --json
+    """
+    from . import check as check_module
+    trace = engine.run(_load(scenario, overrides, steps))
+    if hand.lower().endswith((".xlsx", ".xlsm", ".ods", ".xls")):
+        if not mapping:
+            raise _Failure("a workbook needs --map map.csv (name,cell per line)", 2)
+        entries = check_module.read_workbook(hand, mapping, trace)
+    else:
+        entries = check_module.read_hand(hand, trace)
+    results = check_module.check(trace, entries)
+    click.echo(check_module.to_json(results) if as_json else check_module.render(results))
+    if not all(r.right for r in results):
+        sys.exit(1)
+
+
 @main.command(name="verify")
 @_scenario_options
 @_reports_errors

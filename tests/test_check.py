@@ -1,0 +1,199 @@
+"""tracer check: hand tables with each kind of slip, on networks of several shapes."""
+import copy
+import json
+
+import numpy as np
+import pytest
+
+from tracer import check, engine, scenario as scenario_module
+from tests.conftest import BASE
+
+DEEP = copy.deepcopy(BASE)
+DEEP["layers"] = [
+    {"units": 3, "activation": "sigmoid", "init": "xavier_uniform", "bias_init": "normal", "bias_std": 0.3},
+    {"units": 2, "activation": "tanh", "init": "xavier_uniform", "bias_init": "normal", "bias_std": 0.3},
+    {"units": 1, "activation": "identity", "init": "xavier_uniform"},
+]
+SHAPES = {"2-3-1 tanh": BASE, "2-3-2-1 sigmoid/tanh": DEEP}
+
+
+def g(v):
+    return f"{v:.10g}"
+
+
+def run(raw):
+    return engine.run(scenario_module.from_dict(copy.deepcopy(raw)))
+
+
+def results(trace, rows, tmp_path):
+    path = tmp_path / "hand.csv"
+    path.write_text("name,value\n" + "\n".join(f"{n},{v}" for n, v in rows) + "\n", encoding="utf-8")
+    return {r.entry.text: r for r in check.check(trace, check.read_hand(path, trace))}
+
+
+def correct_rows(trace):
+    L = trace.layers
+    rows = [("u1[0]", g(trace.u[0][0, 0, 0])), ("a1[0]", g(trace.a[0][0, 0, 0])),
+            (f"a{L}[0]", g(trace.a[L - 1][0, 0, 0])), ("loss", g(trace.loss[0])),
+            (f"delta{L}[0]", g(trace.delta[L - 1][0, 0, 0])), ("delta1[0]", g(trace.delta[0][0, 0, 0])),
+            ("grad W1[0,1]#0", g(trace.grad_W_sample[0][0, 0, 0, 1])), ("grad W1[0,0]", g(trace.grad_W[0][0, 0, 0])),
+            ("update W1[0,0]", g(trace.update_W[0][0, 0, 0])), ("W1[0,0]@1", g(trace.W[0][1, 0, 0]))]
+    return rows
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_all_correct_numbers_pass(shape, tmp_path, invoke):
+    trace = run(SHAPES[shape])
+    found = results(trace, correct_rows(trace), tmp_path)
+    assert all(r.right for r in found.values())
+
+
+def test_precision_as_written(tmp_path):
+    trace = run(BASE)
+    a = trace.a[0][0, 0, 0]
+    ok = f"{a:.4f}"
+    off = f"{float(ok) + 1e-4:.4f}"
+    found = results(trace, [("a1[0]", ok)], tmp_path)
+    assert found["a1[0]"].right
+    found = results(trace, [("a1[0]", off)], tmp_path)
+    assert not found["a1[0]"].right
+    assert check.tolerance_of("0.2413") == pytest.approx(5e-5) and check.tolerance_of("1.83e18") == pytest.approx(5e15)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_factor_from_another_unit(shape, tmp_path):
+    trace = run(SHAPES[shape])
+    x0 = trace.scenario.inputs[0, 0]
+    planted = x0 * trace.delta[0][0, 0, 2]          # δ of unit 2 where unit 1 belongs
+    found = results(trace, [("grad W1[0,1]#0", g(planted))], tmp_path)
+    r = found["grad W1[0,1]#0"]
+    assert r.kind == "mistake" and "taken from another unit" in r.explanation and "delta1[2]@0#0" in r.explanation
+
+
+def test_factor_from_another_step(tmp_path):
+    trace = run(BASE)
+    # δ⁽¹⁾₀ at step 1 computed with the slope of step 0
+    back = trace.W[1][1, 0, 0] * trace.delta[1][1, 0, 0]
+    planted = trace.slope[0][0, 0, 0] * back
+    found = results(trace, [("delta1[0]@1", g(planted))], tmp_path)
+    r = found["delta1[0]@1"]
+    assert r.kind == "mistake" and "another step" in r.explanation and "slope1[0]@1#0" in r.explanation
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_sign_flip(shape, tmp_path):
+    trace = run(SHAPES[shape])
+    found = results(trace, [("delta1[0]", g(-trace.delta[0][0, 0, 0]))], tmp_path)
+    assert "sign is flipped" in found["delta1[0]"].explanation
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_missing_half_in_the_loss(shape, tmp_path):
+    trace = run(SHAPES[shape])
+    L = trace.layers
+    y, t = trace.a[L - 1][0, 0, 0], trace.scenario.targets[0, 0]
+    rows = [("loss#0", g((t - y) ** 2)),                                     # the ½ dropped
+            (f"delta{L}[0]", g(2 * (y - t) * trace.slope[L - 1][0, 0, 0]))]  # and its derivative doubled
+    found = results(trace, rows, tmp_path)
+    for name, _ in rows:
+        assert found[name].kind == "mistake" and "missing ½ or factor 2" in found[name].explanation
+
+
+def test_update_with_wrong_sign_and_wrong_learning_rate(tmp_path):
+    trace = run(BASE)
+    W, g2 = trace.W[1][0, 0, 0], trace.grad_W[1][0, 0, 0]
+    rows = [("W2[0,0]@1", g(W + 0.1 * g2)), ("update W2[0,0]", g(0.01 * g2)), ("update W2[1,0]", g(trace.grad_W[1][0, 1, 0]))]
+    found = results(trace, rows, tmp_path)
+    assert "wrong sign" in found["W2[0,0]@1"].explanation
+    assert "learning rate of 0.01 instead of 0.1" in found["update W2[0,0]"].explanation
+    assert "learning rate is left out" in found["update W2[1,0]"].explanation
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_value_carried_forward_after_rounding(shape, tmp_path):
+    trace = run(SHAPES[shape])
+    widths = trace.scenario.widths
+    a = trace.a[0][0, 0]
+    rounded = np.round(a, 2)
+    # u2[0] computed from activations rounded to 2 decimals (each right at that precision)
+    u = sum(rounded[i] * trace.W[1][0, i, 0] for i in range(widths[1])) + trace.b[1][0, 0]
+    rows = [(f"a1[{i}]", f"{rounded[i]:.2f}") for i in range(widths[1])] + [("u2[0]", f"{u:.10f}")]
+    found = results(trace, rows, tmp_path)
+    assert all(found[f"a1[{i}]"].right for i in range(widths[1]))
+    assert found["u2[0]"].kind == "rounding" and "carried forward after rounding" in found["u2[0]"].explanation
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_consequences_are_not_new_mistakes(shape, tmp_path):
+    trace = run(SHAPES[shape])
+    widths = trace.scenario.widths
+    wrong_a = trace.a[0][0, 0].copy()
+    wrong_a[0] += 0.25
+    wrong_a = [float(g(v)) for v in wrong_a]   # a person carries on with the numbers as written
+    u = sum(wrong_a[i] * trace.W[1][0, i, 0] for i in range(widths[1])) + trace.b[1][0, 0]
+    rows = [(f"a1[{i}]", g(wrong_a[i])) for i in range(widths[1])] + [("u2[0]", g(u))]
+    found = results(trace, rows, tmp_path)
+    assert found["a1[0]"].kind == "mistake"
+    assert found["u2[0]"].kind == "consequence" and "a1[0]" in found["u2[0]"].explanation
+
+
+def test_parameters_updated_one_layer_at_a_time(tmp_path):
+    trace = run(BASE)
+    # δ⁽¹⁾₀ back-propagated through W2 after W2 was already updated
+    back = trace.W[1][1, 0, 0] * trace.delta[1][0, 0, 0]
+    planted = trace.slope[0][0, 0, 0] * back
+    found = results(trace, [("delta1[0]", g(planted))], tmp_path)
+    assert "updated one layer at a time" in found["delta1[0]"].explanation
+
+
+def test_updated_one_layer_at_a_time_in_a_batch_gradient(tmp_path):
+    trace = run(DEEP)
+    s = trace.scenario
+    total = 0.0
+    for slot in range(3):
+        # δ⁽²⁾ and then δ⁽¹⁾ with W3 and W2 of step 1 (each layer updated before the one below)
+        d3 = trace.delta[2][0, slot]
+        d2 = trace.slope[1][0, slot] * (trace.W[2][1] @ d3)
+        d1 = trace.slope[0][0, slot] * (trace.W[1][1] @ d2)
+        total += s.inputs[slot, 0] * d1[0]
+    found = results(trace, [("grad W1[0,0]", g(total))], tmp_path)
+    assert "updated one layer at a time" in found["grad W1[0,0]"].explanation
+
+
+def test_cli_exit_codes_and_json(tmp_path, invoke):
+    trace = run(BASE)
+    path = tmp_path / "scenario.toml"
+    path.write_text(scenario_module.dump_toml(copy.deepcopy(BASE)), encoding="utf-8")
+    good = tmp_path / "good.csv"
+    good.write_text("\n".join(f"{n},{v}" for n, v in correct_rows(trace)) + "\n", encoding="utf-8")
+    assert invoke("check", path, good).exit_code == 0
+    bad = tmp_path / "bad.csv"
+    bad.write_text(f"delta1[0],{g(-trace.delta[0][0, 0, 0])}\n", encoding="utf-8")
+    result = invoke("check", path, bad, "--json")
+    assert result.exit_code == 1
+    data = json.loads(result.output)
+    assert data["right"] == 0 and data["numbers"][0]["kind"] == "mistake"
+    typo = tmp_path / "typo.csv"
+    typo.write_text("grad X1[0,0],1\n", encoding="utf-8")
+    result = invoke("check", path, typo)
+    assert result.exit_code == 2 and "line 1" in result.output
+
+
+def test_check_a_persons_workbook(tmp_path, soffice):
+    openpyxl = pytest.importorskip("openpyxl")
+    trace = engine.run(scenario_module.load("linear-regression"))
+    book = openpyxl.Workbook()
+    sheet = book.active
+    sheet.title = "Mine"
+    sheet["A1"], sheet["A2"], sheet["A3"], sheet["A4"] = 170, 65, 0.5, 10
+    sheet["B1"] = "=A3*A1+A4"                 # prediction 95
+    sheet["B2"] = "=(B1-A2)^2"                # E = 900
+    sheet["B3"] = "=(B1-A2)*A1"               # the 2 forgotten: 5100
+    path = tmp_path / "mine.xlsx"
+    book.save(path)
+    mapping = tmp_path / "map.csv"
+    mapping.write_text("name,cell\nu1[0],Mine!B1\nloss,Mine!B2\ngrad W1[0,0],Mine!B3\n", encoding="utf-8")
+    entries = check.read_workbook(path, mapping, trace)
+    found = {r.entry.text: r for r in check.check(trace, entries)}
+    assert found["u1[0]"].right and found["loss"].right
+    assert "missing ½ or factor 2" in found["grad W1[0,0]"].explanation

@@ -1,0 +1,560 @@
+"""Check a person's hand calculation against the trace, and explain each wrong number.
+
+HAND.csv holds one number per line, `name,value`. Names (a contract):
+  u{l}[j]  a{l}[j]  slope{l}[j]  delta{l}[j]        per sample (default sample 0)
+  W{l}[i,j]  b{l}[j]                                the value used at the step
+  grad W{l}[i,j]  grad b{l}[j]                      the batch gradient (or one sample's with #s)
+  update W{l}[i,j]  update b{l}[j]                  Δθ subtracted at the step
+  loss                                              the batch loss (or one sample's with #s)
+each optionally followed by @t (step, default 0) and #s (data row of the sample).
+A number is right when it equals the engine's value at the precision it was written with:
+0.2413 stands for [0.24125, 0.24135], so it matches 0.241300709 and 0.2414 does not.
+
+For a wrong number, its local chain-rule formula is evaluated again with the person's own
+numbers where they gave them. If that reproduces their value, the mistake is earlier: it is a
+consequence (of a wrong number) or a value carried forward after rounding (of a right but
+rounded one). Otherwise it is a new mistake, and the recognisable slips are tried: a sign
+flip, a factor 2 or ½ from the loss, the update's sign or learning rate, one factor taken
+from another unit, sample or step, and the next layer's weights already updated (layer by
+layer instead of all at once). When none fits, the report says which factor would have to
+change, and to what.
+"""
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+import itertools
+import json
+import math
+from pathlib import Path
+import re
+
+import numpy as np
+
+from . import activations, losses, optim
+from .errors import InputError
+
+_NAME = re.compile(
+    r"^(?:(grad|update)\s+)?(u|a|slope|delta|W|b|loss)(\d+)?(?:\[(\d+)(?:,\s*(\d+))?\])?(?:@(\d+))?(?:#(\d+))?$"
+)
+PER_SAMPLE = ("u", "a", "slope", "delta")
+PHASE = {"W": 0, "b": 0, "u": 1, "a": 1, "loss": 2, "slope": 3, "delta": 3,
+         "grad_W": 4, "grad_b": 4, "update_W": 5, "update_b": 5}
+
+
+@dataclass(frozen=True)
+class Key:
+    quantity: str          # u a slope delta W b grad_W grad_b update_W update_b loss
+    layer: int | None
+    index: tuple
+    step: int
+    sample: int | None     # data row; None for batch values and parameters
+
+    def label(self):
+        base = {"grad_W": "grad W", "grad_b": "grad b", "update_W": "update W", "update_b": "update b"}.get(
+            self.quantity, self.quantity)
+        if self.quantity == "loss":
+            text = "loss"
+        else:
+            letter = base.split()[-1]
+            prefix = base[: -len(letter)]
+            text = f"{prefix}{letter}{self.layer}[{','.join(map(str, self.index))}]"
+        text += f"@{self.step}"
+        return text + (f"#{self.sample}" if self.sample is not None else "")
+
+
+@dataclass
+class Entry:
+    line: int
+    text: str
+    key: Key
+    written: str
+    value: float
+    tolerance: float
+
+
+@dataclass
+class Result:
+    entry: Entry
+    engine: float
+    right: bool
+    kind: str = "right"           # right | mistake | consequence | rounding
+    explanation: str = ""
+    causes: list = field(default_factory=list)
+
+
+def tolerance_of(text):
+    """Half a unit in the last written digit: '0.2413' -> 5e-5, '1.83e18' -> 5e15, '379' -> 0.5."""
+    try:
+        exponent = Decimal(text.strip()).as_tuple().exponent
+    except InvalidOperation:
+        raise ValueError(text) from None
+    return 0.5 * 10.0 ** exponent
+
+
+def parse_name(text, trace, line=0, source="hand"):
+    """A hand name ('grad W1[0,2]@1#3') -> Key, checked against the network's shape and steps."""
+    match = _NAME.match(text.strip())
+    where = f"{source} line {line}" if line else source
+    if not match:
+        raise InputError(f"{where}: cannot read the name {text!r}; write e.g. u1[0], W1[0,1], grad W1[0,1]@2#0 or loss")
+    prefix, symbol, layer, first, second, step, sample = match.groups()
+    s = trace.scenario
+    widths, L = s.widths, len(s.layers)
+    step = int(step) if step else 0
+    sample = int(sample) if sample is not None else None
+    if symbol == "loss":
+        if prefix or layer or first:
+            raise InputError(f"{where}: {text!r}: write the loss as loss, loss@t or loss@t#s")
+        quantity, layer, index = "loss", None, ()
+    else:
+        if layer is None or first is None:
+            raise InputError(f"{where}: {text!r} needs a layer and an index, e.g. {symbol}1[0]")
+        layer = int(layer)
+        if not 1 <= layer <= L:
+            raise InputError(f"{where}: {text!r}: layers are 1..{L}")
+        if symbol == "W":
+            if second is None:
+                raise InputError(f"{where}: {text!r}: a weight has two indices, W{layer}[i,j]")
+            index = (int(first), int(second))
+            if not (index[0] < widths[layer - 1] and index[1] < widths[layer]):
+                raise InputError(f"{where}: {text!r}: W{layer} has shape {widths[layer - 1]}×{widths[layer]}")
+        else:
+            if second is not None or int(first) >= widths[layer]:
+                raise InputError(f"{where}: {text!r}: layer {layer} has units 0..{widths[layer] - 1}")
+            index = (int(first),)
+        if prefix and symbol not in ("W", "b"):
+            raise InputError(f"{where}: {text!r}: '{prefix}' applies to W or b only")
+        quantity = f"{prefix}_{symbol}" if prefix else symbol
+    last = trace.steps if quantity in ("W", "b") else trace.steps - 1
+    if not 0 <= step <= last:
+        raise InputError(f"{where}: {text!r}: step {step} is outside 0..{last}")
+    if quantity in PER_SAMPLE and sample is None:
+        sample = 0
+    if quantity in ("W", "b", "update_W", "update_b") and sample is not None:
+        raise InputError(f"{where}: {text!r}: parameters and updates belong to the step, not to a sample")
+    if sample is not None and sample not in trace.samples(step).tolist():
+        raise InputError(f"{where}: {text!r}: sample {sample} is not in step {step}'s batch {trace.samples(step).tolist()}")
+    return Key(quantity, layer, index, step, sample)
+
+
+def read_hand(path, trace):
+    """Read HAND.csv (name,value per line; an optional header line 'name,value')."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: cannot read the file ({exc})") from None
+    entries = []
+    for number, raw in enumerate(lines, start=1):
+        line = raw.strip()
+        if not line or (number == 1 and line.replace(" ", "").lower() == "name,value"):
+            continue
+        if "," not in line:
+            raise InputError(f"{path} line {number}: expected name,value")
+        name, written = (part.strip() for part in line.rsplit(",", 1))
+        try:
+            value, tol = float(written), tolerance_of(written)
+        except ValueError:
+            raise InputError(f"{path} line {number}: {written!r} is not a number") from None
+        if not math.isfinite(value):
+            raise InputError(f"{path} line {number}: {written!r} is not a finite number")
+        entries.append(Entry(number, name, parse_name(name, trace, number, str(path)), written, value, tol))
+    if not entries:
+        raise InputError(f"{path}: no numbers to check")
+    return entries
+
+
+def read_workbook(path, mapping, trace):
+    """Recompute a person's workbook with LibreOffice, then read the cells `mapping` (name,cell per
+    line, e.g. `grad W1[0,0],Sheet1!C7`) names. Full-precision values are compared to 1e-9 relative."""
+    import tempfile
+    from openpyxl import load_workbook
+    from . import libreoffice
+    try:
+        lines = Path(mapping).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{mapping}: cannot read the file ({exc})") from None
+    pairs = []
+    for number, raw in enumerate(lines, start=1):
+        line = raw.strip()
+        if not line or (number == 1 and line.replace(" ", "").lower() == "name,cell"):
+            continue
+        if "," not in line:
+            raise InputError(f"{mapping} line {number}: expected name,cell")
+        name, cell = (part.strip() for part in line.rsplit(",", 1))
+        pairs.append((number, name, parse_name(name, trace, number, str(mapping)), cell))
+    with tempfile.TemporaryDirectory(prefix="tracer-check-") as folder:
+        recomputed = libreoffice.convert(path, "xlsx", folder)
+        book = load_workbook(recomputed, data_only=True)
+        entries = []
+        for number, name, key, cell in pairs:
+            sheet_name, _, address = cell.rpartition("!")
+            sheet_name = sheet_name.strip("'") or book.sheetnames[0]
+            if sheet_name not in book.sheetnames:
+                raise InputError(f"{mapping} line {number}: no sheet {sheet_name!r} in {path}")
+            value = book[sheet_name][address].value
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise InputError(f"{mapping} line {number}: {cell} holds {value!r}, not a number")
+            value = float(value)
+            entries.append(Entry(number, name, key, repr(value), value, max(1e-9 * abs(value), 1e-15)))
+    if not entries:
+        raise InputError(f"{mapping}: no cells to check")
+    return entries
+
+
+# ------------------------------------------------------------------ the engine's values
+
+def engine_value(trace, key):
+    t, l = key.step, key.layer
+    slot = None if key.sample is None else trace.samples(t).tolist().index(key.sample)
+    q = key.quantity
+    if q == "loss":
+        return float(trace.loss[t] if slot is None else trace.sample_loss[t, slot])
+    if q in PER_SAMPLE:
+        return float(getattr(trace, q)[l - 1][(t, slot) + key.index])
+    if q in ("W", "b"):
+        return float(getattr(trace, q)[l - 1][(t,) + key.index])
+    if q in ("grad_W", "grad_b"):
+        if slot is None:
+            return float(getattr(trace, q)[l - 1][(t,) + key.index])
+        return float(getattr(trace, q + "_sample")[l - 1][(t, slot) + key.index])
+    return float(getattr(trace, q)[l - 1][(t,) + key.index])
+
+
+# ------------------------------------------------------------------ local formulas
+
+class Local:
+    """Evaluate one quantity's local chain-rule formula from the values `get` supplies."""
+
+    def __init__(self, trace):
+        self.trace = trace
+        self.s = trace.scenario
+
+    def inputs(self, key):
+        """True when the quantity has a local formula (step-0 parameters are the starting values)."""
+        return not (key.quantity in ("W", "b") and key.step == 0)
+
+    def __call__(self, key, get):
+        q, l, t, smp = key.quantity, key.layer, key.step, key.sample
+        s, widths, L = self.s, self.s.widths, len(self.s.layers)
+        if q in ("W", "b"):
+            layer = s.layers[l - 1]
+            if q == "b" and not layer.train_bias:
+                return get(Key("b", l, key.index, t - 1, None))
+            return get(Key(q, l, key.index, t - 1, None)) - get(Key(f"update_{q}", l, key.index, t - 1, None))
+        if q in ("update_W", "update_b"):
+            g = get(Key(q.replace("update", "grad"), l, key.index, t, None))
+            factor = 1.0 if self.trace.clip_factor is None else float(self.trace.clip_factor[t])
+            g = g * factor
+            if s.clip_value is not None:
+                g = min(s.clip_value, max(-s.clip_value, g))
+            return float(optim.OPTIMIZERS[s.optimizer].update(np.float64(g), s.optimizer_params))
+        if q in ("grad_W", "grad_b") and smp is None:
+            per = [get(Key(q, l, key.index, t, int(x))) for x in self.trace.samples(t)]
+            total = sum(per[1:], per[0])
+            return total / len(per) if s.reduction == "mean" else total
+        if q == "grad_W":
+            return self.below(l, key.index[0], t, smp, get) * get(Key("delta", l, (key.index[1],), t, smp))
+        if q == "grad_b":
+            return get(Key("delta", l, key.index, t, smp))
+        if q == "loss" and smp is None:
+            per = [get(Key("loss", None, (), t, int(x))) for x in self.trace.samples(t)]
+            total = sum(per[1:], per[0])
+            return total / len(per) if s.reduction == "mean" else total
+        if q == "loss":
+            u = np.array([[get(Key("u", L, (k,), t, smp)) for k in range(widths[-1])]])
+            a = np.array([[get(Key("a", L, (k,), t, smp)) for k in range(widths[-1])]])
+            return float(losses.LOSSES[s.loss].value(u, a, s.targets[[smp]])[0])
+        j = key.index[0]
+        act = activations.get(s.layers[l - 1].activation)
+        params = s.layers[l - 1].activation_params
+        if q == "u":
+            total = self.below(l, 0, t, smp, get) * get(Key("W", l, (0, j), t, None))
+            for i in range(1, widths[l - 1]):
+                total = total + self.below(l, i, t, smp, get) * get(Key("W", l, (i, j), t, None))
+            return total + get(Key("b", l, (j,), t, None))
+        if q == "a":
+            if act.elementwise:
+                return float(act.forward(np.array([get(Key("u", l, (j,), t, smp))]), params)[0])
+            u = np.array([[get(Key("u", l, (k,), t, smp)) for k in range(widths[l])]])
+            return float(act.forward(u, params)[0, j])
+        if q == "slope":
+            u, a = get(Key("u", l, (j,), t, smp)), get(Key("a", l, (j,), t, smp))
+            if act.elementwise:
+                return float(act.slope(np.array([u]), np.array([a]), params)[0])
+            return a * (1 - a)
+        if q == "delta":
+            loss = losses.LOSSES[s.loss]
+            if l == L:
+                y = np.array([[get(Key("a", L, (k,), t, smp)) for k in range(widths[-1])]])
+                target = s.targets[[smp]]
+                if loss.fused:
+                    return float(y[0, j] - target[0, j])
+                return float(loss.error(y, target)[0, j]) * get(Key("slope", l, (j,), t, smp))
+            back = get(Key("W", l + 1, (j, 0), t, None)) * get(Key("delta", l + 1, (0,), t, smp))
+            for k in range(1, widths[l + 1]):
+                back = back + get(Key("W", l + 1, (j, k), t, None)) * get(Key("delta", l + 1, (k,), t, smp))
+            return get(Key("slope", l, (j,), t, smp)) * back
+        raise ValueError(key)
+
+    def below(self, layer, i, t, sample, get):
+        if layer == 1:
+            return float(self.s.inputs[sample, i])
+        return get(Key("a", layer - 1, (i,), t, sample))
+
+
+# ------------------------------------------------------------------ the check
+
+def _matches(value, target, tolerance):
+    return math.isfinite(value) and abs(value - target) <= tolerance * (1 + 1e-9) + 1e-300
+
+
+class _Values:
+    """Values for recomputation: the person's where written, or a substitute for a direct factor;
+    where not written, recomputed from the person's numbers within the step (so a number follows
+    from their earlier ones even through quantities they skipped), without substitutions; the
+    engine's for parameters and the data."""
+
+    def __init__(self, trace, written, substitute=None, local=None, memo=None):
+        self.trace, self.written, self.substitute = trace, written, substitute or {}
+        self.local = local or Local(trace)
+        self.memo = {} if memo is None else memo
+        self.used, self.direct = [], []
+
+    def __call__(self, key):
+        self.used.append(key)
+        self.direct.append(key)
+        if key in self.substitute:
+            other = self.substitute[key]
+            return other(self) if callable(other) else self._value(other)
+        return self._value(key)
+
+    def _value(self, key):
+        if key in self.written:
+            return self.written[key]
+        if key.quantity in ("W", "b"):
+            return engine_value(self.trace, key)
+        if key not in self.memo:
+            plain = _Values(self.trace, self.written, local=self.local, memo=self.memo)
+            self.memo[key] = (self.local(key, plain), plain.used)
+        value, used = self.memo[key]
+        self.used.extend(used)
+        return value
+
+
+def check(trace, entries):
+    """Classify every entry; returns Results in the order of the computation."""
+    local = Local(trace)
+    written = {e.key: e.value for e in entries}
+    results = {}
+    order = sorted(entries, key=lambda e: _order(e.key))
+    for entry in order:
+        engine = engine_value(trace, entry.key)
+        result = Result(entry, engine, _matches(engine, entry.value, entry.tolerance))
+        results[entry.key] = result
+        if result.right:
+            continue
+        _explain(trace, local, written, results, result)
+    return [results[e.key] for e in order]
+
+
+def _order(key):
+    layer = key.layer or 0
+    phase = PHASE[key.quantity]
+    if key.quantity == "loss":
+        layer = 0
+    if phase == 3:
+        layer = -layer       # backward: the output layer first
+    return (key.step, phase, layer, key.index, -1 if key.sample is None else key.sample)
+
+
+def _explain(trace, local, written, results, result):
+    entry = result.entry
+    key, person, tol = entry.key, entry.value, entry.tolerance
+    engine = result.engine
+    if local.inputs(key):
+        values = _Values(trace, written)
+        again = local(key, values)
+        earlier = [results[k] for k in dict.fromkeys(values.used) if k in results and k != key]
+        wrong = [r for r in earlier if not r.right]
+        if _matches(again, person, tol) and wrong:
+            result.kind, result.causes = "consequence", [r.entry.key for r in wrong]
+            result.explanation = (f"a consequence of your earlier {_names(wrong)}: with your numbers the formula "
+                                  f"gives {again:.6g}, which is what you wrote; the trace has {engine:.6g}")
+            return
+        if _matches(again, person, tol) and earlier and not wrong:
+            rounded = [r for r in earlier if r.entry.value != r.engine]
+            if rounded:
+                result.kind, result.causes = "rounding", [r.entry.key for r in rounded]
+                result.explanation = (f"a value carried forward after rounding: you used {_names(rounded, written=True)} "
+                                      f"as written (rounded) in this calculation, which gives {again:.6g}; with the "
+                                      f"unrounded values it is {engine:.6g}. Keep more digits in intermediate results")
+                return
+    result.kind = "mistake"
+    result.explanation = _slip(trace, local, written, key, person, tol, engine)
+
+
+def _names(results, written=False):
+    return ", ".join(f"{r.entry.text} = {r.entry.written}" if written else r.entry.text for r in results)
+
+
+def _slip(trace, local, written, key, person, tol, engine):
+    s = trace.scenario
+    q = key.quantity
+    if _matches(-engine, person, tol) and engine != 0:
+        return f"the sign is flipped: the trace has {engine:.6g}"
+    backward = q in ("loss", "delta", "grad_W", "grad_b", "update_W", "update_b")
+    if backward and engine != 0:
+        for factor, meaning in ((2.0, "a factor 2 too large"), (0.5, "a factor ½ too small")):
+            if _matches(factor * engine, person, tol):
+                hint = {"half_sse": "E = ½Σ(t−y)² has ∂E/∂y = y − t (the ½ cancels the 2)",
+                        "sse": "E = Σ(t−y)² has ∂E/∂y = 2(y − t)",
+                        "mse": "E = (1/K)Σ(t−y)² has ∂E/∂y = 2(y − t)/K"}.get(s.loss, "")
+                return (f"{meaning}: a missing ½ or factor 2 in the loss ({s.loss}) or its derivative; {hint}; "
+                        f"the trace has {engine:.6g}")
+    lr = s.optimizer_params.get("lr")
+    if q in ("update_W", "update_b", "W", "b") and lr:
+        text = _update_slip(trace, key, person, tol, engine, lr)
+        if text:
+            return text
+    if local.inputs(key):
+        text = _substitution(trace, local, written, key, person, tol)
+        if text:
+            return f"{text}; the trace has {engine:.6g}"
+        return _required_factor(trace, local, written, key, person, engine)
+    return f"the starting value differs: the trace has {engine:.6g}"
+
+
+def _update_slip(trace, key, person, tol, engine, lr):
+    kind = key.quantity[-1]
+    if key.quantity.startswith("update"):
+        grad = engine_value(trace, Key(f"grad_{kind}", key.layer, key.index, key.step, None))
+        if grad != 0:
+            if _matches(grad, person, tol):
+                return f"the learning rate is left out: Δθ = lr·g = {lr:g} × {grad:.6g} = {engine:.6g}"
+            used = person / grad
+            return f"the update used a learning rate of {used:.4g} instead of {lr:g}: Δθ = lr·g = {engine:.6g}"
+        return None
+    if key.step == 0:
+        return None
+    before = engine_value(trace, Key(kind, key.layer, key.index, key.step - 1, None))
+    update = engine_value(trace, Key(f"update_{kind}", key.layer, key.index, key.step - 1, None))
+    grad = engine_value(trace, Key(f"grad_{kind}", key.layer, key.index, key.step - 1, None))
+    if _matches(before + update, person, tol) and update != 0:
+        return f"the update was applied with the wrong sign: θ ← θ − lr·g = {before:.6g} − {update:.6g} = {engine:.6g}"
+    if _matches(before - grad, person, tol) and grad != 0:
+        return f"the learning rate is left out: θ ← θ − lr·g with lr = {lr:g} gives {engine:.6g}"
+    if grad != 0:
+        used = (before - person) / grad
+        if used > 0 and not _matches(used, lr, 1e-12 * lr):
+            return f"the update used a learning rate of {used:.4g} instead of {lr:g}: θ ← θ − lr·g = {engine:.6g}"
+    return None
+
+
+def _alternatives(trace, key):
+    """(alternative key, description) for one factor: other units, samples and steps."""
+    s = trace.scenario
+    widths = s.widths
+    q, l = key.quantity, key.layer
+    out = []
+    if l is not None and key.index:
+        if q in ("W", "grad_W", "update_W"):
+            shape = (widths[l - 1], widths[l])
+            units = itertools.product(range(shape[0]), range(shape[1]))
+        else:
+            units = ((j,) for j in range(widths[l]))
+        for index in units:
+            if index != key.index:
+                out.append((Key(q, l, tuple(index), key.step, key.sample), "another unit"))
+    if key.sample is not None:
+        for other in trace.samples(key.step).tolist():
+            if other != key.sample:
+                out.append((Key(q, l, key.index, key.step, other), "another sample"))
+    for step in (key.step - 1, key.step + 1):
+        last = trace.steps if q in ("W", "b") else trace.steps - 1
+        if 0 <= step <= last and (key.sample is None or key.sample in trace.samples(step).tolist()):
+            out.append((Key(q, l, key.index, step, key.sample), "another step"))
+    return out
+
+
+def _substitution(trace, local, written, key, person, tol):
+    """Try one factor taken from elsewhere, and the layers above already updated."""
+    if key.quantity in ("delta", "grad_W", "grad_b") and key.layer < len(trace.scenario.layers) \
+            and key.step + 1 <= trace.steps:
+        values = _Values(trace, written, _updated_above(trace, local, key))
+        if _matches(local(key, values), person, tol):
+            return ("the parameters were updated one layer at a time: the back-propagation used the already-updated "
+                    f"weights of layer {key.layer + 1} (their step {key.step + 1} values) instead of the values of "
+                    f"step {key.step}; update every layer at once, after the whole backward pass")
+    probe = _Values(trace, written)
+    local(key, probe)
+    for factor in dict.fromkeys(probe.direct):
+        for other, where in _alternatives(trace, factor):
+            values = _Values(trace, written, {factor: other})
+            if _matches(local(key, values), person, tol):
+                return f"the factor {factor.label()} was taken from {where}: {other.label()} was used instead"
+    return None
+
+
+def _updated_above(trace, local, key):
+    """Substitutions for a layer-by-layer update: every W above `key`'s layer at its next-step value,
+    and every delta (and per-sample gradient) from `key`'s layer up recomputed with them."""
+    s = trace.scenario
+    widths, L = s.widths, len(s.layers)
+    t = key.step
+    substitutes = {}
+    for layer in range(key.layer + 1, L + 1):
+        for i, j in itertools.product(range(widths[layer - 1]), range(widths[layer])):
+            substitutes[Key("W", layer, (i, j), t, None)] = Key("W", layer, (i, j), t + 1, None)
+    samples = [key.sample] if key.sample is not None else trace.samples(t).tolist()
+    recomputed = []
+    for sample in samples:
+        recomputed += [Key("delta", layer, (j,), t, sample) for layer in range(key.layer, L) for j in range(widths[layer])]
+        if key.quantity in ("grad_W", "grad_b") and key.sample is None:
+            units = (itertools.product(range(widths[key.layer - 1]), range(widths[key.layer]))
+                     if key.quantity == "grad_W" else ((j,) for j in range(widths[key.layer])))
+            recomputed += [Key(key.quantity, key.layer, tuple(u), t, sample) for u in units]
+    for target in recomputed:
+        if target != key:
+            substitutes[target] = lambda values, target=target: local(target, values)
+    return substitutes
+
+
+def _required_factor(trace, local, written, key, person, engine):
+    """Name the factor of a product that would have to change, and to what."""
+    probe = _Values(trace, written)
+    value = local(key, probe)
+    factors = [f for f in dict.fromkeys(probe.direct)]
+    if key.quantity in ("grad_W", "grad_b", "delta") and key.sample is not None and value != 0:
+        ratio = person / value
+        parts = ", ".join(f"{f.label()} = {probe._value(f):.6g}" for f in factors)
+        return (f"with the trace's factors ({parts}) the product is {value:.6g}; your value is {ratio:.4g} times that, "
+                f"so one factor differs (none matches another unit, sample or step); the trace has {engine:.6g}")
+    parts = ", ".join(f"{f.label()} = {probe._value(f):.6g}" for f in factors[:6])
+    return f"recomputed from {parts} it is {value:.6g}; the trace has {engine:.6g}"
+
+
+# ------------------------------------------------------------------ reports
+
+def render(results):
+    lines = []
+    for r in results:
+        mark = "right" if r.right else "WRONG"
+        lines.append(f"{r.entry.text:<22} {r.entry.written:>16}  {mark:<5}  engine {r.engine:.10g}")
+        if not r.right:
+            lines.append(f"    {r.kind}: {r.explanation}")
+    wrong = [r for r in results if not r.right]
+    new = [r for r in wrong if r.kind == "mistake"]
+    lines.append("")
+    lines.append(f"{len(results) - len(wrong)} of {len(results)} numbers right; {len(new)} mistake(s), "
+                 f"{len(wrong) - len(new)} number(s) that only follow from earlier ones")
+    return "\n".join(lines)
+
+
+def to_json(results):
+    return json.dumps({
+        "right": sum(r.right for r in results), "total": len(results),
+        "numbers": [{
+            "name": r.entry.text, "key": r.entry.key.label(), "written": r.entry.written, "engine": r.engine,
+            "right": r.right, "kind": r.kind, "explanation": r.explanation,
+            "caused_by": [k.label() for k in r.causes],
+        } for r in results],
+    }, indent=2, ensure_ascii=False)
