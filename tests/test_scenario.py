@@ -66,7 +66,7 @@ def test_bad_input_is_one_line_exit_2(tmp_path, invoke, label, edit, expected):
 
 def test_good_scenario_loads(tmp_path):
     loaded = scenario_module.load(write_toml(tmp_path, GOOD))
-    assert loaded.widths == [2, 2, 1] and loaded.optimizer_params == {"lr": 0.1}
+    assert loaded.widths == [2, 2, 1] and loaded.optimizer_params == {"lr": 0.1, "weight_decay": 0.0, "schedule": "constant"}
 
 
 def test_unknown_template_or_missing_file(invoke):

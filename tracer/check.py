@@ -246,7 +246,12 @@ class Local:
             g = g * factor
             if s.clip_value is not None:
                 g = min(s.clip_value, max(-s.clip_value, g))
-            return float(optim.OPTIMIZERS[s.optimizer].update(np.float64(g), s.optimizer_params))
+            kind = q[-1]
+            theta = engine_value(self.trace, Key(kind, l, key.index, t, None))
+            before = {name: value[key.index] for name, value in self.trace.state_before(kind, l - 1, t).items()}
+            hyper = dict(s.optimizer_params, lr=float(self.trace.lr[t]))
+            update, _ = optim.OPTIMIZERS[s.optimizer].step(np.float64(g), theta, before, hyper, t + 1)
+            return float(update)
         if q in ("grad_W", "grad_b") and smp is None:
             per = [get(Key(q, l, key.index, t, int(x))) for x in self.trace.samples(t)]
             total = sum(per[1:], per[0])
@@ -410,8 +415,8 @@ def _slip(trace, local, written, key, person, tol, engine):
                         "mse": "E = (1/K)Σ(t−y)² has ∂E/∂y = 2(y − t)/K"}.get(s.loss, "")
                 return (f"{meaning}: a missing ½ or factor 2 in the loss ({s.loss}) or its derivative; {hint}; "
                         f"the trace has {engine:.6g}")
-    lr = s.optimizer_params.get("lr")
-    if q in ("update_W", "update_b", "W", "b") and lr:
+    lr = float(trace.lr[min(key.step, trace.steps - 1)])
+    if q in ("update_W", "update_b", "W", "b") and s.optimizer == "sgd" and not s.optimizer_params.get("weight_decay"):
         text = _update_slip(trace, key, person, tol, engine, lr)
         if text:
             return text

@@ -167,11 +167,19 @@ def run(scenario):
             grads_W = [reduce_samples(g, scenario.reduction) for g in result.grad_W]
             grads_b = [reduce_samples(g, scenario.reduction) for g in result.grad_b]
             used_W, used_b = clip(scenario, grads_W, grads_b, trace, step)
-            updates_W = [optimizer.update(g, scenario.optimizer_params) for g in used_W]
-            updates_b = [
-                optimizer.update(g, scenario.optimizer_params) if layer.train_bias else np.zeros_like(g)
-                for g, layer in zip(used_b, scenario.layers)
-            ]
+            hyper = dict(scenario.optimizer_params, lr=optim.learning_rate(scenario.optimizer_params, step))
+            trace.lr[step] = hyper["lr"]
+            updates_W, updates_b = [], []
+            for l, layer in enumerate(scenario.layers):
+                update, state = optimizer.step(used_W[l], weights[l], trace.state_before("W", l, step), hyper, step + 1)
+                trace.record_state("W", l, step, state)
+                updates_W.append(update)
+                if layer.train_bias:
+                    update, state = optimizer.step(used_b[l], biases[l], trace.state_before("b", l, step), hyper, step + 1)
+                    trace.record_state("b", l, step, state)
+                else:
+                    update = np.zeros_like(used_b[l])
+                updates_b.append(update)
             loss = reduce_samples(result.sample_loss, scenario.reduction)
             trace.record(step, result, grads_W, grads_b, updates_W, updates_b, loss)
             weights = [W - d for W, d in zip(weights, updates_W)]

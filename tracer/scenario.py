@@ -312,15 +312,50 @@ def _init(v, raw, key, prefix, default):
     return name, params
 
 
+SCHEDULE_KEYS = ("schedule", "step_size", "gamma")
+
+
 def _optimizer(v, raw):
+    """Optimizer name and hyper-parameters (betas = [β1, β2] becomes beta1, beta2), with the schedule."""
     name = v.choice(raw, "name", "optimizer", optim.OPTIMIZERS, default="sgd")
     definition = optim.OPTIMIZERS[name]
-    v.keys(raw, ("name",) + tuple(definition.params), "optimizer")
+    public = ["betas" if p == "beta1" else p for p in definition.params if p != "beta2"]
+    v.keys(raw, ("name",) + tuple(public) + SCHEDULE_KEYS, "optimizer")
     params = {}
     for param, default in definition.params.items():
+        if param in ("beta1", "beta2"):
+            continue
         if default is None:
             v.require(raw, param, "optimizer")
-        params[param] = v.number(raw, param, "optimizer", default=default, positive=(param == "lr"))
+        if param == "nesterov":
+            params[param] = v.boolean(raw, param, "optimizer", default=default)
+            continue
+        value = v.number(raw, param, "optimizer", default=default, positive=param in ("lr", "eps"))
+        if param in ("momentum", "weight_decay") and value < 0:
+            raise ScenarioError(v.source, f"optimizer.{param}", f"must not be negative, not {value!r}")
+        if param in ("momentum", "alpha") and not value < 1:
+            raise ScenarioError(v.source, f"optimizer.{param}", f"must be below 1, not {value!r}")
+        params[param] = value
+    if "beta1" in definition.params:
+        betas = raw.get("betas", [definition.params["beta1"], definition.params["beta2"]])
+        if (not isinstance(betas, list) or len(betas) != 2
+                or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in betas)):
+            raise ScenarioError(v.source, "optimizer.betas", f"must be two numbers in [0, 1), not {betas!r}")
+        params["beta1"], params["beta2"] = float(betas[0]), float(betas[1])
+    if params.get("nesterov") and not params.get("momentum"):
+        raise ScenarioError(v.source, "optimizer.nesterov", "needs momentum > 0")
+    schedule = v.choice(raw, "schedule", "optimizer", optim.SCHEDULES, default="constant")
+    params["schedule"] = schedule
+    if schedule != "constant":
+        v.require(raw, "gamma", "optimizer")
+        params["gamma"] = v.number(raw, "gamma", "optimizer", positive=True)
+        if schedule == "step":
+            v.require(raw, "step_size", "optimizer")
+            params["step_size"] = v.integer(raw, "step_size", "optimizer", minimum=1)
+    else:
+        for key in ("gamma", "step_size"):
+            if key in raw:
+                raise ScenarioError(v.source, f"optimizer.{key}", "applies only with schedule = \"step\" or \"exponential\"")
     return name, params
 
 

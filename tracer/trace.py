@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import optim
+
 CSV_COLUMNS = ("step", "sample", "quantity", "layer", "row", "col", "value")
 PER_SAMPLE_UNIT = ("u", "a", "slope", "delta")
 
@@ -41,6 +43,9 @@ class Trace:
     grad_b: list
     update_W: list                     # Δθ subtracted at step t
     update_b: list
+    lr: np.ndarray | None = None            # (T,) learning rate used at each step (schedules)
+    state: dict = field(default_factory=dict)    # (name, "W"|"b") -> per layer (T, ...) optimiser state after step t
+    initial_state: dict = field(default_factory=dict)  # (name, kind) -> per layer state before the first step
     grad_norm: np.ndarray | None = None     # (T,) ‖g‖ over all parameters, with clip_norm
     clip_factor: np.ndarray | None = None   # (T,) the clip factor c, with clip_norm
     warnings: list = field(default_factory=list)
@@ -66,6 +71,13 @@ class Trace:
             grad_b=[np.full((steps, j), np.nan) for j in widths[1:]],
             update_W=[np.full((steps, i, j), np.nan) for i, j in shapes],
             update_b=[np.full((steps, j), np.nan) for j in widths[1:]],
+            lr=np.full(steps, np.nan),
+            state={(name, kind): [np.full((steps,) + shape, np.nan) for shape in
+                                  (shapes if kind == "W" else [(j,) for j in widths[1:]])]
+                   for name in optim.OPTIMIZERS[scenario.optimizer].state for kind in ("W", "b")},
+            initial_state={(name, kind): [np.zeros(shape) for shape in
+                                          (shapes if kind == "W" else [(j,) for j in widths[1:]])]
+                           for name in optim.OPTIMIZERS[scenario.optimizer].state for kind in ("W", "b")},
             grad_norm=np.full(steps, np.nan) if scenario.clip_norm is not None else None,
             clip_factor=np.full(steps, np.nan) if scenario.clip_norm is not None else None,
         )
@@ -85,10 +97,23 @@ class Trace:
             grad_W_sample=cut(self.grad_W_sample, steps), grad_b_sample=cut(self.grad_b_sample, steps),
             grad_W=cut(self.grad_W, steps), grad_b=cut(self.grad_b, steps),
             update_W=cut(self.update_W, steps), update_b=cut(self.update_b, steps),
+            lr=self.lr[steps],
+            state={key: cut(arrays, steps) for key, arrays in self.state.items()},
+            initial_state={key: [a[first - 1] if first else self.initial_state[key][i] for i, a in enumerate(arrays)]
+                           for key, arrays in self.state.items()},
             grad_norm=None if self.grad_norm is None else self.grad_norm[steps],
             clip_factor=None if self.clip_factor is None else self.clip_factor[steps],
             warnings=[w for w in self.warnings if first <= w[0] <= last], first_step=self.first_step + first,
         )
+
+    def state_before(self, kind, layer, step):
+        """Optimiser state of parameter kind W/b of layer (0-based) before `step`: {name: array}."""
+        return {name: (self.initial_state[(name, k)][layer] if step == 0 else arrays[layer][step - 1])
+                for (name, k), arrays in self.state.items() if k == kind}
+
+    def record_state(self, kind, layer, step, state):
+        for name, value in state.items():
+            self.state[(name, kind)][layer][step] = value
 
     @property
     def steps(self):
@@ -173,6 +198,14 @@ class Trace:
                     for j, value in enumerate(store[layer][step]):
                         yield step, None, name, layer + 1, j, None, value
             yield step, None, "loss", None, None, None, self.loss[step]
+            yield step, None, "lr", None, None, None, self.lr[step]
+            for (name, kind), arrays in self.state.items():
+                for layer, array in enumerate(arrays):
+                    if kind == "W":
+                        yield from _matrix_rows(step, None, f"{name}_W", layer + 1, array[step])
+                    elif self.scenario.layers[layer].train_bias:
+                        for j, value in enumerate(array[step]):
+                            yield step, None, f"{name}_b", layer + 1, j, None, value
             if self.clip_factor is not None:
                 yield step, None, "grad_norm", None, None, None, self.grad_norm[step]
                 yield step, None, "clip_factor", None, None, None, self.clip_factor[step]

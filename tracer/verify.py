@@ -4,16 +4,19 @@ For each formula cell with spreadsheet value y and engine value x:
   both non-finite / error      agree (an error cell is where the engine has inf or NaN)
   one error, one finite        disagree
   both numbers                 rel = |x − y| / max(|x|, |y|, floor)
-floor = 1e-5 × the largest finite |x| of the same column within the same step: the absolute
-floor for cancellation (LibreOffice rounds a − b to 0 when a and b agree to ~15 digits, so
-1 − σ for σ within 4e-15 of 1 is 0 there and ~1e-15 in the engine). A cell disagrees when
-rel > 1e-9.
+floor = 1e-5 × the larger of the largest finite |x| of the same column within the same step
+and the largest |value| among the cells the formula reads (its operands): the absolute floor
+for cancellation. LibreOffice rounds a − b to 0 when a and b agree to ~15 digits, so 1 − σ
+for σ within 4e-15 of 1 is 0 there and ~1e-15 in the engine; such a difference is tiny next
+to the operands, never next to the result. A cell disagrees when rel > 1e-9.
 """
 from dataclasses import dataclass, field
 import math
+import re
 from pathlib import Path
 import tempfile
 
+import numpy as np
 from openpyxl import load_workbook
 from openpyxl.utils import get_column_letter
 
@@ -62,10 +65,16 @@ def _is_error(value):
 def engine_value(trace, key, row):
     """The engine's value of quantity `key` in layout row `row`."""
     name = key[0]
+    if name == "step":
+        return float(trace.first_step + row.step)
+    if name == "sample":
+        return float(row.sample) if row.sample is not None else 0.0
     if name == "loss":
         return trace.sample_loss[row.step, row.slot] if row.kind == "sample" else trace.loss[row.step]
-    if name in ("grad_norm", "clip_factor"):
+    if name in ("grad_norm", "clip_factor", "lr"):
         return getattr(trace, name)[row.step]
+    if (name.rsplit("_", 1)[0], name[-1]) in trace.state:
+        return trace.state[(name.rsplit("_", 1)[0], name[-1])][key[1] - 1][(row.step,) + tuple(key[2])]
     layer, index = key[1], key[2]
     if name == "x":
         return trace.scenario.inputs[row.sample, index]
@@ -84,12 +93,16 @@ def engine_value(trace, key, row):
 
 
 def _compare(report, pairs):
-    """Compare one block of (where, header, column id, engine, sheet) tuples, sharing column floors."""
+    """Compare one block of (where, header, column id, engine, sheet[, operand scale]) tuples,
+    sharing column floors."""
     scale = {}
-    for _, _, column, x, _ in pairs:
+    for pair in pairs:
+        column, x = pair[2], pair[3]
         if math.isfinite(x):
             scale[column] = max(scale.get(column, 0.0), abs(x))
-    for where, header, column, x, y in pairs:
+    for pair in pairs:
+        where, header, column, x, y = pair[:5]
+        operands = pair[5] if len(pair) > 5 else 0.0
         report.cells += 1
         engine_finite = math.isfinite(x)
         if _is_error(y) or y is None or isinstance(y, str):
@@ -101,7 +114,7 @@ def _compare(report, pairs):
         if not engine_finite:
             report.mismatches.append(Mismatch(where, header, x, y))
             continue
-        floor = max(FLOOR * scale.get(column, 0.0), 1e-300)
+        floor = max(FLOOR * max(scale.get(column, 0.0), operands), 1e-300)
         rel = abs(x - y) / max(abs(x), abs(y), floor)
         if rel > report.worst:
             report.worst, report.worst_where = rel, f"{where} ({header})"
@@ -122,6 +135,21 @@ def compare(trace, layout, recomputed, parameters=()):
     return report
 
 
+_REFERENCE = re.compile(r"(?<![!A-Za-z_])([A-Z]{1,3})\{([rpqfl])\}")
+
+
+def _operands(layout):
+    """Per column and row kind: the (column, placeholder) pairs its formula reads on the Trace sheet."""
+    by_letter = {c.letter: c for c in layout.columns}
+    found = {}
+    for index, column in enumerate(layout.columns):
+        for kind, template in (("sample", column.sample), ("total", column.total), ("final", column.final)):
+            if template:
+                found[(index, kind)] = [(by_letter[letter], where) for letter, where in _REFERENCE.findall(template)
+                                        if letter in by_letter]
+    return found
+
+
 def _compare_trace(report, trace, layout, sheet):
     columns = layout.columns
     formulas = {
@@ -129,20 +157,35 @@ def _compare_trace(report, trace, layout, sheet):
         "total": [(i, c) for i, c in enumerate(columns) if c.total],
         "final": [(i, c) for i, c in enumerate(columns) if c.final],
     }
+    operands = _operands(layout)
     rows = sheet.iter_rows(min_row=3, max_col=len(columns), values_only=True)
-    block, current = [], None
+    block, previous_total = [], None
     for row, values in zip(layout.rows(), rows):
-        if row.step != current:
-            _compare(report, block)
-            block, current = [], row.step
-        first_parameters = row.kind == "total" and row.places["q"] is None
-        for index, column in formulas[row.kind]:
-            if first_parameters and column.final:
-                continue  # step 0 parameters are constants
-            value = values[index] if index < len(values) else None
-            block.append((f"Trace!{column.letter}{row.number}", column.header, index,
-                          float(engine_value(trace, column.key, row)), value))
-    _compare(report, block)
+        block.append((row, values))
+        if row.kind == "sample":
+            continue
+        samples = [r for r, _ in block if r.kind == "sample"]
+        pairs = []
+        for current, cells in block:
+            places = {"r": current, "p": row if row.kind == "total" else None, "q": previous_total}
+            first_parameters = current.kind == "total" and current.places["q"] is None
+            for index, column in formulas[current.kind]:
+                if first_parameters and column.final:
+                    continue  # the first step's parameters are constants
+                scale = 0.0
+                for source, where in operands[(index, current.kind)]:
+                    for source_row in (samples if where in "fl" else [places[where]]):
+                        if source_row is None:
+                            continue
+                        with np.errstate(all="ignore"):
+                            value = abs(float(engine_value(trace, source.key, source_row)))
+                        if math.isfinite(value):
+                            scale = max(scale, value)
+                value = cells[index] if index < len(cells) else None
+                pairs.append((f"Trace!{column.letter}{current.number}", column.header, index,
+                              float(engine_value(trace, column.key, current)), value, scale))
+        _compare(report, pairs)
+        previous_total, block = (row if row.kind == "total" else previous_total), []
 
 
 def _compare_table(report, table, sheet):

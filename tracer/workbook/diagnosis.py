@@ -24,8 +24,8 @@ class DiagnosisLayout:
         heads += [(f"‖∇⁽{l}⁾‖", "gradient norm of the layer (Steps sheet)", 12) for l in range(1, L + 1)]
         heads += [(f"flag⁽{l}⁾", "non-finite if a gradient entry is an error; else vanishing below threshold_vanishing, "
                    "exploding above threshold_exploding (Settings)", 12) for l in range(1, L + 1)]
-        heads += [(f"f'(u⁽{l}⁾) = 0", "how many slopes of the layer are exactly 0 in the step's sample rows", 12)
-                  for l in range(1, L + 1)]
+        heads += [(f"saturated⁽{l}⁾", "how many slopes of the layer are below threshold_saturated in magnitude "
+                   "(exact zeros are orange on the Trace sheet)", 12) for l in range(1, L + 1)]
         heads += [("findings", "the diagnosis of the run, in sentences (tracer diagnose)", 120)]
         return heads
 
@@ -45,7 +45,8 @@ class DiagnosisLayout:
                     f'IF(ISERROR({norm}),"exploding",IF({norm}<threshold_vanishing,"vanishing",'
                     f'IF({norm}>threshold_exploding,"exploding",""))))'
                 )
-            zeros = [f"=COUNTIF(Trace!{a}{first}:{b}{total - 1},0)" for a, b in self.slope_ranges]
+            zeros = [f"=SUMPRODUCT((ABS(Trace!{a}{first}:{b}{total - 1})<threshold_saturated)*1)"
+                     for a, b in self.slope_ranges]
             finding = self.findings[step] if step < len(self.findings) else None
             yield [self.trace.first_step + step] + norms + flags + zeros + [finding]
 
@@ -59,7 +60,9 @@ class DiagnosisLayout:
                 finite = bool(np.isfinite(self.trace.grad_W[l - 1][step]).all() and np.isfinite(self.trace.grad_b[l - 1][step]).all())
                 values[l] = norms[l - 1][step]
                 values[L + l] = layer_flag(norms[l - 1][step], finite, th)
-                values[2 * L + l] = float((self.trace.slope[l - 1][step, :n] == 0).sum())
+                slopes = self.trace.slope[l - 1][step, :n]
+                values[2 * L + l] = (float((np.abs(slopes) < th["saturated"]).sum()) if np.isfinite(slopes).all()
+                                     else np.nan)
             yield step, values
 
 

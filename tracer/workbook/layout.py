@@ -33,6 +33,7 @@ class Column:
     sample: str | None = None     # template in sample rows
     total: str | None = None      # template in Σ rows (None: blank)
     final: str | None = None      # template in the final row
+    first: str | None = None      # template in the first Σ row ({prev0}: the state before it)
     width: float = 14
 
 
@@ -195,15 +196,52 @@ class TraceLayout:
                 carry, meaning = f"{letter}{{q}}", f"{name} (not trained: train_bias = false)"
             got = self._add("parameters θ (value used at this step)", name, meaning, (kind, l, idx), total=carry, final=carry)
             assert got == letter
-        hyper = {name: self.names[("optimizer", name)] for name in optimizer.params}
+        # letters of the columns after the updates: optimiser state, lr of the step, clipping
+        state_letters = {}
+        for state in optimizer.state:
+            for key in update_letters:
+                state_letters[(state, key)] = get_column_letter(index)
+                index += 1
+        lr_letter = None
+        if s.optimizer_params["schedule"] != "constant":
+            lr_letter = get_column_letter(index)
+            index += 1
         clip_letter = get_column_letter(index + 1) if s.clip_norm is not None else None
+        hyper = s.optimizer_params
+        names = {p: self.names[("optimizer", p)] for p in hyper if ("optimizer", p) in self.names}
+        refs = dict(names, lr=f"{lr_letter}{{r}}" if lr_letter else names["lr"], t="($A{r}+1)",
+                    nesterov=hyper.get("nesterov", False))
+        self._state_first = {}
         for key, letter in update_letters.items():
             kind, l, idx = key
             name = weight_name(l, *idx) if kind == "W" else bias_name(l, *idx)
             used, meaning = self._clipped(f"{grads[key]}{{r}}", clip_letter)
-            got = self._add("update Δθ (subtracted)", f"Δ{name}", f"{s.optimizer}: Δθ = lr·g{meaning}",
-                            (f"update_{kind}", l, idx), total=optimizer.excel_update(used, hyper))
+            used = optim.excel_gradient(used, f"{self._params[key]}{{r}}", names, hyper)
+            row_refs = dict(refs, g=used, **{state: f"{state_letters[(state, key)]}{{r}}" for state in optimizer.state})
+            got = self._add("update Δθ (subtracted)", f"Δ{name}", f"{s.optimizer}: {optimizer.meaning}{meaning}",
+                            (f"update_{kind}", l, idx), total=optimizer.excel_update(row_refs))
             assert got == letter
+        for state in optimizer.state:
+            for key in update_letters:
+                kind, l, idx = key
+                name = weight_name(l, *idx) if kind == "W" else bias_name(l, *idx)
+                used, _ = self._clipped(f"{grads[key]}{{r}}", clip_letter)
+                used = optim.excel_gradient(used, f"{self._params[key]}{{r}}", names, hyper)
+                letter = state_letters[(state, key)]
+                row_refs = dict(refs, g=used, **{st: f"{state_letters[(st, key)]}{{r}}" for st in optimizer.state})
+                previous = {f"prev_{st}": f"{state_letters[(st, key)]}{{q}}" for st in optimizer.state}
+                first = {f"prev_{st}": "{prev0}" for st in optimizer.state}
+                formula = optimizer.excel_state[state]
+                symbol = optim.STATE_SYMBOLS.get(state, state)
+                got = self._add(f"optimiser state ({s.optimizer})", f"{symbol} {name}", f"{state} of {name} after this step",
+                                (f"{state}_{kind}", l, idx), total=formula(dict(row_refs, **previous)))
+                self.columns[-1].first = formula(dict(row_refs, **first))
+                assert got == letter
+        if lr_letter:
+            decay = ("learning_rate*schedule_gamma^INT($A{r}/schedule_step_size)" if hyper["schedule"] == "step"
+                     else "learning_rate*schedule_gamma^$A{r}")
+            got = self._add("schedule", "lr", f"learning rate of the step ({hyper['schedule']} decay)", ("lr",), total=decay)
+            assert got == lr_letter
         if s.clip_norm is not None:
             first, last = grads[next(iter(grads))], grads[list(grads)[-1]]
             norm = self._add("gradient clipping", "‖g‖", "L2 norm of every batch gradient of the step", ("grad_norm",),
@@ -228,7 +266,9 @@ class TraceLayout:
         parameters = sum(i * j + j for i, j in zip(s.widths[:-1], s.widths[1:]))
         updates = parameters - sum(layer.units for layer in s.layers if not layer.train_bias)
         clipping = 2 if s.clip_norm is not None else 0
-        return self._parameter_start() - 1 + parameters + updates + clipping
+        states = updates * len(optim.OPTIMIZERS[s.optimizer].state)
+        schedule = 0 if s.optimizer_params["schedule"] == "constant" else 1
+        return self._parameter_start() - 1 + parameters + updates + states + schedule + clipping
 
     def _parameter_start(self):
         s = self.scenario
@@ -280,8 +320,15 @@ def data_letter(index):
 def settings_names(scenario):
     """Defined names of the hyper-parameter cells: (owner, parameter[, layer]) -> name."""
     names = {}
-    for param in optim.OPTIMIZERS[scenario.optimizer].params:
-        names[("optimizer", param)] = "learning_rate" if param == "lr" else f"opt_{param}"
+    for param, value in scenario.optimizer_params.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue  # nesterov and the schedule's name shape the formulas, they are not cells
+        if param == "lr":
+            names[("optimizer", param)] = "learning_rate"
+        elif param in ("gamma", "step_size"):
+            names[("optimizer", param)] = f"schedule_{param}"
+        else:
+            names[("optimizer", param)] = f"opt_{param}"
     for l, layer in enumerate(scenario.layers, start=1):
         for param in activations.get(layer.activation).params:
             prefix = {"slope": "leaky_slope", "alpha": "elu_alpha"}[param]
@@ -292,13 +339,13 @@ def settings_names(scenario):
 def settings_values(scenario):
     """(defined name, value, meaning) for each hyper-parameter cell."""
     entries = []
+    names = settings_names(scenario)
     for param, value in scenario.optimizer_params.items():
-        name = settings_names(scenario)[("optimizer", param)]
-        entries.append((name, value, f"optimizer {scenario.optimizer}: {param}"))
+        if ("optimizer", param) in names:
+            entries.append((names[("optimizer", param)], value, f"optimizer {scenario.optimizer}: {param}"))
     for l, layer in enumerate(scenario.layers, start=1):
         for param, value in layer.activation_params.items():
-            name = settings_names(scenario)[(layer.activation, param, l)]
-            entries.append((name, value, f"layer {l} {layer.activation}: {param}"))
+            entries.append((names[(layer.activation, param, l)], value, f"layer {l} {layer.activation}: {param}"))
     for key in ("clip_norm", "clip_value"):
         if getattr(scenario, key) is not None:
             entries.append((key, getattr(scenario, key), f"training: gradient {key.replace('_', ' by ')}"))

@@ -177,6 +177,7 @@ def _write_trace(workbook, trace, layout, progress):
     final_templates = [(i, "=" + c.final) for i, c in enumerate(layout.columns) if c.final]
     sample_width = sample_templates[-1][0] + 1  # sample rows end where their formulas end
     first_parameters = {i: c.key for i, c in enumerate(layout.columns) if c.final}
+    first_states = {i: ("=" + c.first, c.key) for i, c in enumerate(layout.columns) if c.first}
     first_step = trace.first_step
     for row in layout.rows():
         places = row.places
@@ -194,6 +195,8 @@ def _write_trace(workbook, trace, layout, progress):
             for index, template in total_templates:
                 if starting and index in first_parameters:
                     values[index] = constant(_parameter(trace, first_parameters[index], 0))
+                elif starting and index in first_states:
+                    values[index] = _first_state(trace, *first_states[index], places)
                 else:
                     values[index] = template.format_map(places)
             if progress:
@@ -204,6 +207,17 @@ def _write_trace(workbook, trace, layout, progress):
             for index, template in final_templates:
                 values[index] = template.format_map(places)
         sheet.append(values)
+
+
+def _first_state(trace, template, key, places):
+    """The first Σ row's optimiser state: its formula with the state before it written in (0 at
+    step 0, the engine's value at the start of a window; an error cell if that is not finite)."""
+    quantity, layer, index = key
+    name, kind = quantity.rsplit("_", 1)
+    before = float(trace.initial_state[(name, kind)][layer - 1][index])
+    if not math.isfinite(before):
+        return "#NUM!"
+    return template.format_map(dict(places, prev0=repr(before) if before else "0"))
 
 
 def _total_label(sheet, value):
