@@ -113,3 +113,9 @@ def test_dump_toml_round_trips(tmp_path):
     loaded = scenario_module.load(write_toml(tmp_path, GOOD))
     again = scenario_module.loads(scenario_module.dump_toml(loaded.raw))
     assert again.raw == loaded.raw
+
+
+def test_constant_input_column_cannot_be_normalised(tmp_path, invoke):
+    text = GOOD.replace("inputs = [[1.0, 2.0], [3.0, 4.0]]", "inputs = [[1.0, 2.0], [1.0, 4.0]]\nnormalize = \"standard\"")
+    result = invoke("run", write_toml(tmp_path, text), "--trace", tmp_path / "t.csv")
+    assert result.exit_code == 2 and "input column 0 is constant" in result.output

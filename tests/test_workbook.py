@@ -137,3 +137,19 @@ def test_missing_libreoffice_says_how_to_install(monkeypatch, invoke):
     monkeypatch.setattr(libreoffice.shutil, "which", lambda name: None)
     result = invoke("verify", "xor", "--steps", "2")
     assert result.exit_code == 1 and "apt-get install -y libreoffice-calc-nogui" in result.output
+
+
+@pytest.mark.parametrize("normalize", ["standard", "minmax"])
+def test_normalised_inputs_are_computed_in_the_data_sheet(soffice, base_raw, normalize, tmp_path):
+    raw = copy.deepcopy(base_raw)
+    raw["data"]["normalize"] = normalize
+    trace = build(raw)
+    x = np.array(base_raw["data"]["inputs"])
+    expected = (x - x.mean(0)) / x.std(0) if normalize == "standard" else (x - x.min(0)) / (x.max(0) - x.min(0))
+    np.testing.assert_allclose(trace.scenario.inputs, expected, rtol=1e-14)
+    report = verify.verify(trace)
+    assert report.ok, report.summary()
+    path = tmp_path / "n.xlsx"
+    writer.write(trace, path)
+    data = openpyxl.load_workbook(path)["Data"]
+    assert str(data["F2"].value).startswith("=(B2-B$")   # x̂ from the raw cell and the statistics rows

@@ -16,7 +16,8 @@ from . import activations, init as inits, losses, optim, templates
 from .errors import ScenarioError
 
 TOP_KEYS = ("name", "description", "seed", "steps", "data", "layers", "loss", "optimizer", "training", "diagnosis")
-DATA_KEYS = ("inputs", "targets", "file", "input_columns", "target_columns")
+DATA_KEYS = ("inputs", "targets", "file", "input_columns", "target_columns", "normalize")
+NORMALIZATIONS = ("none", "standard", "minmax")
 LAYER_KEYS = (
     "units", "activation", "slope", "alpha", "init", "low", "high", "mean", "std", "value", "weights",
     "bias", "bias_init", "bias_low", "bias_high", "bias_mean", "bias_std", "bias_value", "train_bias",
@@ -65,6 +66,8 @@ class Scenario:
     clip_norm: float | None       # PyTorch clip_grad_norm_: g ← g·min(1, clip_norm/(‖g‖ + 1e-6))
     clip_value: float | None      # g ← clamp(g, −clip_value, clip_value)
     thresholds: dict
+    raw_inputs: np.ndarray | None = None   # the data as given; `inputs` is what the network sees
+    normalize: str = "none"                # none | standard | minmax
     source: str = "<scenario>"
     text: str = ""                # the TOML that describes this run
     raw: dict = field(default_factory=dict, repr=False)
@@ -152,7 +155,10 @@ def from_dict(raw, source="<scenario>", base=None, text=""):
         v.require(raw, key, "")
     steps = v.integer(raw, "steps", "", minimum=1)
     seed = v.integer(raw, "seed", "", default=0, minimum=0)
-    inputs, targets = _data(v, v.table(raw, "data", ""), base)
+    data_raw = v.table(raw, "data", "")
+    raw_inputs, targets = _data(v, data_raw, base)
+    normalize = v.choice(data_raw, "normalize", "data", NORMALIZATIONS, default="none")
+    inputs = normalized(raw_inputs, normalize, v)
     layers_raw = raw["layers"]
     if not isinstance(layers_raw, list) or not layers_raw or not all(isinstance(x, dict) for x in layers_raw):
         raise ScenarioError(source, "layers", "must be one or more [[layers]] tables")
@@ -191,10 +197,33 @@ def from_dict(raw, source="<scenario>", base=None, text=""):
     return Scenario(
         name=name, description=v.string(raw, "description", "", default=""), seed=seed, steps=steps,
         inputs=inputs, targets=targets, layers=layers, loss=loss, reduction=reduction,
+        raw_inputs=raw_inputs, normalize=normalize,
         optimizer=optimizer, optimizer_params=optimizer_params, batch=batch, shuffle=shuffle,
         clip_norm=clip_norm, clip_value=clip_value,
         thresholds=thresholds, source=source, text=text or dump_toml(raw), raw=raw,
     )
+
+
+def normalization_stats(raw_inputs, normalize):
+    """Per input column: (mean, population std) for standard, (min, max) for minmax."""
+    n = raw_inputs.shape[0]
+    if normalize == "standard":
+        mean = np.sum(raw_inputs, axis=0) / n
+        return mean, np.sqrt(np.sum((raw_inputs - mean) ** 2, axis=0) / n)
+    return raw_inputs.min(axis=0), raw_inputs.max(axis=0)
+
+
+def normalized(raw_inputs, normalize, v=None):
+    """x̂ = (x − μ)/σ (standard, population σ) or (x − min)/(max − min) (minmax), per input column."""
+    if normalize == "none":
+        return raw_inputs
+    first, second = normalization_stats(raw_inputs, normalize)
+    spread = second if normalize == "standard" else second - first
+    if (spread == 0).any():
+        column = int(np.flatnonzero(spread == 0)[0])
+        raise ScenarioError(v.source if v else "<scenario>", "data.normalize",
+                            f"input column {column} is constant, so it cannot be {normalize}-normalised")
+    return (raw_inputs - first) / spread
 
 
 def _data(v, data, base):

@@ -90,7 +90,7 @@ class TraceLayout:
         self._add("", "sample", "data row of the sample (Σ: batch total of the step)", ("sample",), width=8)
         for i in range(widths[0]):
             self._add("input x", notation.sub("x", i), f"input x{i} of the sample (Data sheet)", ("x", 0, i),
-                      sample=f"Data!{data_letter(i)}{{d}}")
+                      sample=f"Data!{input_letter(s, i)}{{d}}")
         for k in range(widths[-1]):
             self._add("target t", notation.sub("t", k), f"target t{k} of the sample (Data sheet)", ("t", 0, k),
                       sample=f"Data!{data_letter(widths[0] + k)}{{d}}")
@@ -310,6 +310,13 @@ class TraceLayout:
 
     def parameter_keys(self):
         return list(self._params)
+
+
+def input_letter(scenario, i):
+    """Data sheet column of the input the network sees: the raw one, or its normalised copy."""
+    if scenario.normalize == "none":
+        return data_letter(i)
+    return data_letter(scenario.widths[0] + scenario.widths[-1] + i)
 
 
 def data_letter(index):

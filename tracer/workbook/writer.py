@@ -289,12 +289,44 @@ def _write_settings(workbook, scenario):
 
 
 def _write_data(workbook, scenario):
+    """Inputs and targets as constants; with normalisation, the statistics and the normalised
+    inputs as formulas on the raw cells, so the sheet shows how x̂ comes about."""
     sheet = workbook.create_sheet("Data")
-    n_in, n_out = scenario.inputs.shape[1], scenario.targets.shape[1]
+    raw = scenario.raw_inputs if scenario.raw_inputs is not None else scenario.inputs
+    n, n_in, n_out = raw.shape[0], raw.shape[1], scenario.targets.shape[1]
     headers = ["sample"] + [f"x{i}" for i in range(n_in)] + [f"t{k}" for k in range(n_out)]
+    normalize = scenario.normalize
+    if normalize != "none":
+        headers += [f"x̂{i} ({normalize})" for i in range(n_in)]
     sheet.append([_header_cell(sheet, h, _HEADER_FILL) for h in headers])
-    for index, (x, t) in enumerate(zip(scenario.inputs, scenario.targets)):
-        sheet.append([index] + [constant(v) for v in np.concatenate([x, t])])
+    first_row, last_row = 2, n + 1
+    stats = (last_row + 2, last_row + 3)
+    for index, (x, t) in enumerate(zip(raw, scenario.targets)):
+        row = [index] + [constant(v) for v in np.concatenate([x, t])]
+        number = index + 2
+        for i in range(n_in):
+            cell, (one, two) = f"{layout_module.data_letter(i)}{number}", stats
+            column = layout_module.data_letter(i)
+            if normalize == "standard":
+                row.append(f"=({cell}-{column}${one})/{column}${two}")
+            elif normalize == "minmax":
+                row.append(f"=({cell}-{column}${one})/({column}${two}-{column}${one})")
+        sheet.append(row)
+    if normalize != "none":
+        sheet.append([])
+        labels = ("mean μ", "std σ (population)") if normalize == "standard" else ("min", "max")
+        for label, which in zip(labels, (0, 1)):
+            row = [label]
+            for i in range(n_in):
+                column = layout_module.data_letter(i)
+                span = f"{column}{first_row}:{column}{last_row}"
+                if normalize == "standard" and which == 0:
+                    row.append(f"=SUM({span})/{n}")
+                elif normalize == "standard":
+                    row.append(f"=SQRT(SUMPRODUCT(({span}-{column}${stats[0]})^2)/{n})")
+                else:
+                    row.append(f"={'MIN' if which == 0 else 'MAX'}({span})")
+            sheet.append(row)
 
 
 def _write_text(workbook, title, lines):
