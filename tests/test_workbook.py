@@ -152,4 +152,4 @@ def test_normalised_inputs_are_computed_in_the_data_sheet(soffice, base_raw, nor
     path = tmp_path / "n.xlsx"
     writer.write(trace, path)
     data = openpyxl.load_workbook(path)["Data"]
-    assert str(data["F2"].value).startswith("=(B2-B$")   # x̂ from the raw cell and the statistics rows
+    assert str(data["E2"].value).startswith("=(B2-B$")   # x̂ from the raw cell and the statistics rows
