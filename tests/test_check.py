@@ -197,3 +197,18 @@ def test_check_a_persons_workbook(tmp_path, soffice):
     found = {r.entry.text: r for r in check.check(trace, entries)}
     assert found["u1[0]"].right and found["loss"].right
     assert "missing ½ or factor 2" in found["grad W1[0,0]"].explanation
+
+
+def test_residual_network_hand_values(tmp_path):
+    raw = copy.deepcopy(DEEP)
+    raw["layers"][0]["units"] = 2
+    raw["layers"][1]["residual"] = True
+    trace = run(raw)
+    rows = [("a2[1]", g(trace.a[1][0, 0, 1])), ("slope2[1]", g(trace.slope[1][0, 0, 1])),
+            ("delta1[0]", g(trace.delta[0][0, 0, 0])), ("grad W1[1,0]", g(trace.grad_W[0][0, 1, 0]))]
+    found = results(trace, rows, tmp_path)
+    assert all(r.right for r in found.values()), {k: r.explanation for k, r in found.items()}
+    # forgetting the skip connection in the backward pass is caught as a mistake
+    no_skip = trace.slope[0][0, 0, 0] * (trace.W[1][0, 0] @ trace.delta[1][0, 0])
+    found = results(trace, [("delta1[0]", g(no_skip))], tmp_path)
+    assert found["delta1[0]"].kind == "mistake"

@@ -30,6 +30,9 @@ def networks(draw):
             layer["slope"] = draw(st.sampled_from([0.01, 0.1]))
         if activation == "elu":
             layer["alpha"] = draw(st.sampled_from([1.0, 0.5]))
+        previous = n_in if index == 0 else widths[index - 1]
+        if index < depth - 1 and units == previous:
+            layer["residual"] = draw(st.booleans())
         layers.append(layer)
     samples = draw(st.integers(1, 5))
     seed = draw(st.integers(0, 2**16))

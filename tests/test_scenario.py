@@ -119,3 +119,12 @@ def test_constant_input_column_cannot_be_normalised(tmp_path, invoke):
     text = GOOD.replace("inputs = [[1.0, 2.0], [3.0, 4.0]]", "inputs = [[1.0, 2.0], [1.0, 4.0]]\nnormalize = \"standard\"")
     result = invoke("run", write_toml(tmp_path, text), "--trace", tmp_path / "t.csv")
     assert result.exit_code == 2 and "input column 0 is constant" in result.output
+
+
+def test_residual_needs_equal_widths_and_a_hidden_layer(tmp_path, invoke):
+    text = GOOD.replace('units = 2\nactivation = "sigmoid"', 'units = 3\nactivation = "sigmoid"\nresidual = true')
+    result = invoke("run", write_toml(tmp_path, text), "--trace", tmp_path / "t.csv")
+    assert result.exit_code == 2 and "needs as many units as the layer below (2)" in result.output
+    text = GOOD.replace('units = 1\nactivation = "identity"', 'units = 1\nactivation = "identity"\nresidual = true')
+    result = invoke("run", write_toml(tmp_path, text), "--trace", tmp_path / "t.csv")
+    assert result.exit_code == 2 and "not the output layer" in result.output

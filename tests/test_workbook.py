@@ -153,3 +153,15 @@ def test_normalised_inputs_are_computed_in_the_data_sheet(soffice, base_raw, nor
     writer.write(trace, path)
     data = openpyxl.load_workbook(path)["Data"]
     assert str(data["E2"].value).startswith("=(B2-B$")   # x̂ from the raw cell and the statistics rows
+
+
+def test_residual_network_verifies(soffice, base_raw):
+    raw = copy.deepcopy(base_raw)
+    raw["data"]["inputs"] = [[0.5, -1.0, 0.3], [1.5, 0.2, -0.4], [0.1, 0.7, 0.9]]
+    raw["layers"] = [{"units": 3, "activation": "tanh", "init": "xavier_uniform", "residual": True},
+                     {"units": 3, "activation": "sigmoid", "init": "xavier_uniform", "residual": True},
+                     {"units": 1, "activation": "identity", "init": "xavier_uniform"}]
+    trace = build(raw)
+    assert not np.allclose(trace.a[1], trace.h[1])   # the skip adds a⁽¹⁾
+    report = verify.verify(trace)
+    assert report.ok, report.summary()

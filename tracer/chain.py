@@ -137,9 +137,11 @@ def explain(trace, parameter, step=0, sample=None, path=None, latex=False):
             value = error_from_above(trace, step, slot, l, j)
             symbol = names.error(l, j)
             factors.append(Factor("④", f"error from above Σₖ W{l + 1}[{j},k]·δₖ⁽{l + 1}⁾", symbol, float(value)))
-            definitions.append((symbol, sp.Add(*[
-                sp.Mul(names.weight(l + 1, j, k), names.unit("δ", l + 1, k), evaluate=False)
-                for k in range(widths[l + 1])], evaluate=False)))
+            terms = [sp.Mul(names.weight(l + 1, j, k), names.unit("δ", l + 1, k), evaluate=False)
+                     for k in range(widths[l + 1])]
+            if s.layers[l].residual:
+                terms.append(names.error(l + 1, j))   # the skip connection of layer l+1
+            definitions.append((symbol, sp.Add(*terms, evaluate=False)))
         slope_symbol = names.slope(act, l, j)
         factors.append(Factor("⑤", _slope_meaning(act, trace.u[l - 1][step, slot, j], trace.slope[l - 1][step, slot, j]),
                               slope_symbol, float(trace.slope[l - 1][step, slot, j])))
@@ -177,13 +179,9 @@ def _below(trace, step, slot, layer):
 
 
 def error_from_above(trace, step, slot, layer, j):
-    """e⁽ˡ⁾_j = Σ_k W_{l+1}[j,k]·δ⁽ˡ⁺¹⁾_k at `step` for the sample in `slot` (summed left to right)."""
-    weights = trace.W[layer][step, j]
-    deltas = trace.delta[layer][step, slot]
-    total = weights[0] * deltas[0]
-    for k in range(1, len(deltas)):
-        total = total + weights[k] * deltas[k]
-    return total
+    """e⁽ˡ⁾_j = Σ_k W_{l+1}[j,k]·δ⁽ˡ⁺¹⁾_k (+ e⁽ˡ⁺¹⁾_j above a residual layer) at `step` for the
+    sample in `slot`: the engine's recorded ∂E/∂a⁽ˡ⁾_j."""
+    return trace.error[layer - 1][step, slot, j]
 
 
 def _symbolic_slope(act, params, names, layer, j):

@@ -278,11 +278,17 @@ class Local:
             return total + get(Key("b", l, (j,), t, None))
         if q == "a":
             if act.elementwise:
-                return float(act.forward(np.array([get(Key("u", l, (j,), t, smp))]), params)[0])
-            u = np.array([[get(Key("u", l, (k,), t, smp)) for k in range(widths[l])]])
-            return float(act.forward(u, params)[0, j])
+                h = float(act.forward(np.array([get(Key("u", l, (j,), t, smp))]), params)[0])
+            else:
+                u = np.array([[get(Key("u", l, (k,), t, smp)) for k in range(widths[l])]])
+                h = float(act.forward(u, params)[0, j])
+            return h + self.below(l, j, t, smp, get) if s.layers[l - 1].residual else h
         if q == "slope":
-            u, a = get(Key("u", l, (j,), t, smp)), get(Key("a", l, (j,), t, smp))
+            u = get(Key("u", l, (j,), t, smp))
+            if s.layers[l - 1].residual:   # the slope reads f(u), not f(u) + the skip
+                a = float(act.forward(np.array([u]), params)[0])
+            else:
+                a = get(Key("a", l, (j,), t, smp))
             if act.elementwise:
                 return float(act.slope(np.array([u]), np.array([a]), params)[0])
             return a * (1 - a)
@@ -294,11 +300,18 @@ class Local:
                 if loss.fused:
                     return float(y[0, j] - target[0, j])
                 return float(loss.error(y, target)[0, j]) * get(Key("slope", l, (j,), t, smp))
-            back = get(Key("W", l + 1, (j, 0), t, None)) * get(Key("delta", l + 1, (0,), t, smp))
-            for k in range(1, widths[l + 1]):
-                back = back + get(Key("W", l + 1, (j, k), t, None)) * get(Key("delta", l + 1, (k,), t, smp))
-            return get(Key("slope", l, (j,), t, smp)) * back
+            return get(Key("slope", l, (j,), t, smp)) * self.error(l, j, t, smp, get)
         raise ValueError(key)
+
+    def error(self, l, j, t, smp, get):
+        """e⁽ˡ⁾_j = Σ_k W_{l+1}[j,k]·δ⁽ˡ⁺¹⁾_k (+ e⁽ˡ⁺¹⁾_j when layer l+1 is residual)."""
+        widths = self.s.widths
+        back = get(Key("W", l + 1, (j, 0), t, None)) * get(Key("delta", l + 1, (0,), t, smp))
+        for k in range(1, widths[l + 1]):
+            back = back + get(Key("W", l + 1, (j, k), t, None)) * get(Key("delta", l + 1, (k,), t, smp))
+        if self.s.layers[l].residual:
+            back = back + self.error(l + 1, j, t, smp, get)
+        return back
 
     def below(self, layer, i, t, sample, get):
         if layer == 1:

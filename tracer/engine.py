@@ -2,9 +2,11 @@
 
 Per step t, for the batch's samples (a⁽⁰⁾ = x):
   u⁽ˡ⁾_j = Σ_i a⁽ˡ⁻¹⁾_i W_l[i,j] + b_l[j]      (summed left to right, as a spreadsheet does)
-  a⁽ˡ⁾_j = f_l(u⁽ˡ⁾_j),  slope⁽ˡ⁾_j = f_l'(u⁽ˡ⁾_j)
+  h⁽ˡ⁾_j = f_l(u⁽ˡ⁾_j),  slope⁽ˡ⁾_j = f_l'(u⁽ˡ⁾_j)
+  a⁽ˡ⁾_j = h⁽ˡ⁾_j, or h⁽ˡ⁾_j + a⁽ˡ⁻¹⁾_j for a residual layer
   δ⁽ᴸ⁾_k = ∂E/∂a⁽ᴸ⁾_k · slope⁽ᴸ⁾_k             (or y − t for bce / softmax_ce)
-  δ⁽ˡ⁾_j = slope⁽ˡ⁾_j · Σ_k W_{l+1}[j,k] δ⁽ˡ⁺¹⁾_k
+  e⁽ˡ⁾_j = Σ_k W_{l+1}[j,k] δ⁽ˡ⁺¹⁾_k (+ e⁽ˡ⁺¹⁾_j when layer l+1 is residual)   the error ∂E/∂a⁽ˡ⁾_j
+  δ⁽ˡ⁾_j = slope⁽ˡ⁾_j · e⁽ˡ⁾_j
   ∂E/∂W_l[i,j] = a⁽ˡ⁻¹⁾_i δ⁽ˡ⁾_j,  ∂E/∂b_l[j] = δ⁽ˡ⁾_j       (per sample)
   g = Σ_s (or mean_s) of the per-sample gradients;  Δθ = optimiser(g);  θ ← θ − Δθ
 Overflow never raises: inf/NaN propagate as IEEE arithmetic gives them, and a non-finite
@@ -27,6 +29,8 @@ class Pass:
     a: list
     slope: list
     delta: list
+    h: list                           # f(u) before a residual skip is added (= a otherwise)
+    error: list                       # e = ∂E/∂a per hidden layer (None for the output layer)
     output_error: np.ndarray | None   # ∂E/∂a⁽ᴸ⁾ per sample, None for fused losses
     sample_loss: np.ndarray
     grad_W: list                      # per-sample (B, fan_in, units)
@@ -82,15 +86,16 @@ def back_sum(delta_next, W_next):
 def forward_backward(scenario, weights, biases, x, t):
     """Run one pass over the samples x (B × n_in) with targets t; return every intermediate."""
     loss = losses.LOSSES[scenario.loss]
-    us, acts, slopes = [], [], []
+    us, hs, acts, slopes = [], [], [], []
     previous = x
     for layer, W, b in zip(scenario.layers, weights, biases):
         definition = activations.get(layer.activation)
         axis = None if definition.elementwise else -1
         u = weighted_sum(previous, W, b)
-        a = propagate_nonfinite(definition.forward(u, layer.activation_params), u, axis=axis)
-        slope = propagate_nonfinite(definition.slope(u, a, layer.activation_params), u, a)
-        us.append(u), acts.append(a), slopes.append(slope)
+        h = propagate_nonfinite(definition.forward(u, layer.activation_params), u, axis=axis)
+        slope = propagate_nonfinite(definition.slope(u, h, layer.activation_params), u, h)
+        a = h + previous if layer.residual else h
+        us.append(u), hs.append(h), acts.append(a), slopes.append(slope)
         previous = a
     y, u_out = acts[-1], us[-1]
     sample_loss = propagate_nonfinite(loss.value(u_out, y, t)[:, None], u_out, y, axis=-1)[:, 0]
@@ -100,13 +105,17 @@ def forward_backward(scenario, weights, biases, x, t):
     else:
         output_error = loss.error(y, t)
         delta = output_error * slopes[-1]
-    deltas = [delta]
+    deltas, errors = [delta], [None]
     for index in range(len(scenario.layers) - 2, -1, -1):
-        delta = slopes[index] * back_sum(deltas[0], weights[index + 1])
+        error = back_sum(deltas[0], weights[index + 1])
+        if scenario.layers[index + 1].residual:
+            error = error + errors[0]
+        delta = slopes[index] * error
         deltas.insert(0, delta)
+        errors.insert(0, error)
     inputs = [x] + acts[:-1]
     grad_W = [below[:, :, None] * d[:, None, :] for below, d in zip(inputs, deltas)]
-    return Pass(us, acts, slopes, deltas, output_error, sample_loss, grad_W, list(deltas))
+    return Pass(us, acts, slopes, deltas, hs, errors, output_error, sample_loss, grad_W, list(deltas))
 
 
 def reduce_samples(per_sample, reduction):

@@ -21,6 +21,7 @@ NORMALIZATIONS = ("none", "standard", "minmax")
 LAYER_KEYS = (
     "units", "activation", "slope", "alpha", "init", "low", "high", "mean", "std", "value", "weights",
     "bias", "bias_init", "bias_low", "bias_high", "bias_mean", "bias_std", "bias_value", "train_bias",
+    "residual",
 )
 LOSS_KEYS = ("name", "reduction")
 TRAINING_KEYS = ("batch", "shuffle", "clip_norm", "clip_value")
@@ -44,6 +45,7 @@ class Layer:
     bias_params: dict
     bias: np.ndarray | None
     train_bias: bool
+    residual: bool = False        # a = f(u) + a⁽ˡ⁻¹⁾ (a skip connection; equal widths, hidden layers)
 
 
 @dataclass
@@ -324,7 +326,17 @@ def _layer(v, raw, key, fan_in, is_output):
         units=units, activation=activation, activation_params=activation_params, init=init_name,
         init_params=init_params, weights=weights, bias_init=bias_name, bias_params=bias_params, bias=bias,
         train_bias=v.boolean(raw, "train_bias", key, default=True),
+        residual=_residual(v, raw, key, fan_in, units, is_output),
     )
+
+
+def _residual(v, raw, key, fan_in, units, is_output):
+    residual = v.boolean(raw, "residual", key, default=False)
+    if residual and is_output:
+        raise ScenarioError(v.source, f"{key}.residual", "a residual connection is for hidden layers, not the output layer")
+    if residual and fan_in != units:
+        raise ScenarioError(v.source, f"{key}.residual", f"needs as many units as the layer below ({fan_in}), not {units}")
+    return residual
 
 
 def _init(v, raw, key, prefix, default):

@@ -32,6 +32,8 @@ class Trace:
     a: list
     slope: list
     delta: list
+    h: list                            # f(u) before a residual skip is added (= a elsewhere)
+    error: list                        # e = ∂E/∂a of hidden layers (the last entry unused)
     output_error: np.ndarray | None    # (T, B, K) ∂E/∂a⁽ᴸ⁾, None for fused losses
     sample_loss: np.ndarray            # (T, B)
     loss: np.ndarray                   # (T,)
@@ -60,7 +62,7 @@ class Trace:
         fused = scenario.loss in ("bce", "softmax_ce")
         return cls(
             scenario=scenario, sample_ids=sample_ids,
-            u=per_unit(), a=per_unit(), slope=per_unit(), delta=per_unit(),
+            u=per_unit(), a=per_unit(), slope=per_unit(), delta=per_unit(), h=per_unit(), error=per_unit(),
             output_error=None if fused else np.full((steps, size, widths[-1]), np.nan),
             sample_loss=np.full((steps, size), np.nan), loss=np.full(steps, np.nan),
             W=[np.full((steps + 1, i, j), np.nan) for i, j in shapes],
@@ -91,6 +93,7 @@ class Trace:
         return Trace(
             scenario=self.scenario, sample_ids=self.sample_ids[steps],
             u=cut(self.u, steps), a=cut(self.a, steps), slope=cut(self.slope, steps), delta=cut(self.delta, steps),
+            h=cut(self.h, steps), error=cut(self.error, steps),
             output_error=None if self.output_error is None else self.output_error[steps],
             sample_loss=self.sample_loss[steps], loss=self.loss[steps],
             W=cut(self.W, params), b=cut(self.b, params),
@@ -141,6 +144,9 @@ class Trace:
             self.a[layer][step, :n] = result.a[layer]
             self.slope[layer][step, :n] = result.slope[layer]
             self.delta[layer][step, :n] = result.delta[layer]
+            self.h[layer][step, :n] = result.h[layer]
+            if result.error[layer] is not None:
+                self.error[layer][step, :n] = result.error[layer]
             self.grad_W_sample[layer][step, :n] = result.grad_W[layer]
             self.grad_b_sample[layer][step, :n] = result.grad_b[layer]
             self.grad_W[layer][step] = grads_W[layer]
@@ -179,9 +185,10 @@ class Trace:
             for slot, sample in enumerate(self.samples(step)):
                 sample = int(sample)
                 for layer in range(self.layers):
-                    for name in PER_SAMPLE_UNIT:
+                    names = PER_SAMPLE_UNIT + (("h", "error") if self.scenario.layers[layer].residual else ())
+                    for name in names:
                         for j, value in enumerate(getattr(self, name)[layer][step, slot]):
-                            yield step, sample, name, layer + 1, j, None, value
+                            yield step, sample, "e" if name == "error" else name, layer + 1, j, None, value
                 if self.output_error is not None:
                     for j, value in enumerate(self.output_error[step, slot]):
                         yield step, sample, "dE_da", self.layers, j, None, value

@@ -80,8 +80,9 @@ def engine_value(trace, key, row):
         return trace.scenario.inputs[row.sample, index]
     if name == "t":
         return trace.scenario.targets[row.sample, index]
-    if name in ("u", "a", "slope", "delta"):
-        return getattr(trace, name)[layer - 1][row.step, row.slot, index]
+    if name in ("u", "a", "slope", "delta", "h", "e"):
+        store = trace.error if name == "e" else getattr(trace, name)
+        return store[layer - 1][row.step, row.slot, index]
     if name == "dE_da":
         return trace.output_error[row.step, row.slot, index]
     if name in ("grad_W", "grad_b"):

@@ -54,10 +54,14 @@ class ChainRuleLayout:
             error, slope = f"=Trace!{cell(('a', L, j))}{{r}}-Trace!{cell(('t', 0, j))}{{r}}", None
         elif layer == L:
             error = f"=Trace!{cell(('dE_da', L, j))}{{r}}"
+        elif self.trace.scenario.layers[layer - 1].residual:
+            error = f"=Trace!{cell(('e', layer, j))}{{r}}"
         else:
             widths = self.trace.scenario.widths
             error = "=" + "+".join(f"Trace!{cell(('W', layer + 1, (j, k)))}{{p}}*Trace!{cell(('delta', layer + 1, k))}{{r}}"
                                    for k in range(widths[layer + 1]))
+            if self.trace.scenario.layers[layer].residual:
+                error += f"+Trace!{cell(('e', layer + 1, j))}{{r}}"
         return first, error, slope, gradient
 
     def rows(self):

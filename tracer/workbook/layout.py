@@ -118,15 +118,23 @@ class TraceLayout:
                 u_cells.append(self._add(f"layer {l} forward", notation.unit("u", l, j),
                                          f"{notation.unit('u', l, j)} = Σᵢ {notation.unit('a', l - 1, 'ᵢ')}·W{l}[i,{j}] + b{l}[{j}]",
                                          ("u", l, j), sample=template))
-            a_cells = []
+            f_cells = []
+            symbol = "h" if layer.residual else "a"
             for j in range(widths[l]):
                 if act.elementwise:
                     template = act.excel_value(f"{u_cells[j]}{{r}}", params)
                 else:
                     template = act.excel_value([f"{c}{{r}}" for c in u_cells], j, params)
-                a_cells.append(self._add(f"layer {l} forward", notation.unit("a", l, j),
-                                         f"{notation.unit('a', l, j)} = {act.symbol}({notation.unit('u', l, j)})",
-                                         ("a", l, j), sample=template))
+                f_cells.append(self._add(f"layer {l} forward", notation.unit(symbol, l, j),
+                                         f"{notation.unit(symbol, l, j)} = {act.symbol}({notation.unit('u', l, j)})",
+                                         (symbol, l, j), sample=template))
+            if layer.residual:
+                a_cells = [self._add(f"layer {l} forward", notation.unit("a", l, j),
+                                     f"{notation.unit('a', l, j)} = {notation.unit('h', l, j)} + {notation.unit('a', l - 1, j)} "
+                                     "(residual connection)", ("a", l, j), sample=f"{f_cells[j]}{{r}}+{below[j]}{{r}}")
+                           for j in range(widths[l])]
+            else:
+                a_cells = f_cells
             below = a_cells
         y_cells = below
         t_cells = [self.cell(("t", 0, k)) for k in range(widths[-1])]
@@ -140,24 +148,33 @@ class TraceLayout:
         letter = self._add("loss", "E", f"{s.loss} loss of the sample; Σ row: {s.reduction} over the batch",
                            ("loss",), sample=loss_template)
         self.columns[-1].total = self._reduce(letter)
-        delta_cells = {}
+        delta_cells, error_cells_hidden = {}, {}
         for l in range(L, 0, -1):
             act = activations.get(s.layers[l - 1].activation)
             params = {name: self.names[(s.layers[l - 1].activation, name, l)] for name in act.params}
             slopes = []
+            activated = "h" if s.layers[l - 1].residual else "a"
             for j in range(widths[l]):
-                a_ref, u_ref = f"{self.cell(('a', l, j))}{{r}}", f"{self.cell(('u', l, j))}{{r}}"
+                a_ref, u_ref = f"{self.cell((activated, l, j))}{{r}}", f"{self.cell(('u', l, j))}{{r}}"
                 slopes.append(self._add(f"layer {l} backward", f"{act.symbol}'({notation.unit('u', l, j)})",
                                         f"local slope f'(u) of {act.name}", ("slope", l, j),
                                         sample=act.excel_slope(u_ref, a_ref, params)))
+            if l < L and s.layers[l - 1].residual:
+                for j in range(widths[l]):
+                    error_cells_hidden[(l, j)] = self._add(
+                        f"layer {l} backward", notation.unit("e", l, j),
+                        f"e = ∂E/∂a: Σₖ W{l + 1}[{j},k]·δₖ⁽{l + 1}⁾" + (" + e⁽ˡ⁺¹⁾" if s.layers[l].residual else ""),
+                        ("e", l, j), sample=self._error_from_above(l, j, delta_cells, error_cells_hidden))
             for j in range(widths[l]):
                 if l == L:
                     if loss.fused:
                         template, meaning = f"{y_cells[j]}{{r}}-{t_cells[j]}{{r}}", "δ = a − t (fused with the loss)"
                     else:
                         template, meaning = f"{error_cells[j]}{{r}}*{slopes[j]}{{r}}", "δ = ∂E/∂a · f'(u)"
+                elif (l, j) in error_cells_hidden:
+                    template, meaning = f"{slopes[j]}{{r}}*{error_cells_hidden[(l, j)]}{{r}}", "δ = f'(u) · e"
                 else:
-                    back = "+".join(f"{self._params[('W', l + 1, (j, k))]}{{p}}*{delta_cells[(l + 1, k)]}{{r}}" for k in range(widths[l + 1]))
+                    back = self._error_from_above(l, j, delta_cells, error_cells_hidden)
                     template, meaning = f"{slopes[j]}{{r}}*({back})", f"δ = f'(u) · Σₖ W{l + 1}[{j},k]·δₖ⁽{l + 1}⁾"
                 delta_cells[(l, j)] = self._add(f"layer {l} backward", notation.unit("δ", l, j), meaning, ("delta", l, j), sample=template)
         below_cells = {0: [self.cell(("x", 0, i)) for i in range(widths[0])]}
@@ -251,6 +268,14 @@ class TraceLayout:
             assert got == clip_letter
         assert len(self.columns) == self.column_count()
 
+    def _error_from_above(self, l, j, delta_cells, error_cells):
+        """Σₖ W_{l+1}[j,k]·δₖ⁽ˡ⁺¹⁾ (+ e⁽ˡ⁺¹⁾_j when layer l+1 is residual), as a formula body."""
+        widths = self.scenario.widths
+        back = "+".join(f"{self._params[('W', l + 1, (j, k))]}{{p}}*{delta_cells[(l + 1, k)]}{{r}}" for k in range(widths[l + 1]))
+        if self.scenario.layers[l].residual:
+            back += f"+{error_cells[(l + 1, j)]}{{r}}"
+        return back
+
     def _clipped(self, gradient, clip_letter):
         """The gradient as the update sees it (clip_norm factor, then clip_value clamp)."""
         meaning = ""
@@ -275,6 +300,7 @@ class TraceLayout:
         widths, L = s.widths, len(s.layers)
         count = 2 + widths[0] + widths[-1]
         count += sum(2 * n for n in widths[1:])                       # u, a
+        count += sum(2 * layer.units for layer in s.layers if layer.residual)  # h, e
         count += 0 if losses.LOSSES[s.loss].fused else widths[-1]      # ∂E/∂a
         count += 1                                                     # E
         count += sum(2 * n for n in widths[1:])                        # slope, δ
