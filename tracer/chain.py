@@ -17,10 +17,11 @@ import sympy as sp
 
 from . import activations, losses
 from .errors import InputError
+from .trace import param_name
 from .workbook import notation
 
 _LATEX = {"σ": "\\sigma", "δ": "\\delta", "tanh": "\\tanh"}
-_PARAM = re.compile(r"^\s*(W|b)(\d+)\[(\d+)(?:,\s*(\d+))?\]\s*$")
+_PARAM = re.compile(r"^\s*(W|b|gamma|beta)(\d+)\[(\d+)(?:,\s*(\d+))?\]\s*$")
 
 
 @dataclass
@@ -50,8 +51,9 @@ class Chain:
     path_term: float | None
 
 
-def parse_parameter(text, widths):
-    """'W1[0,2]' or 'b2[1]' -> (kind, layer, index); raise TracerError with the valid ranges."""
+def parse_parameter(text, widths, scenario=None):
+    """'W1[0,2]', 'b2[1]' (or 'gamma2[1]', 'beta2[1]' of a batchnorm layer) -> (kind, layer, index)
+    with kind W or b; raise InputError with the valid ranges."""
     match = _PARAM.match(text)
     if not match:
         raise InputError(f"--param {text!r}: write W<layer>[i,j] or b<layer>[j], e.g. W1[0,0]")
@@ -59,6 +61,15 @@ def parse_parameter(text, widths):
     layers = len(widths) - 1
     if not 1 <= layer <= layers:
         raise InputError(f"--param {text}: layer must be 1..{layers}")
+    norm = scenario is not None and scenario.layers[layer - 1].kind == "batchnorm"
+    if norm != (kind in ("gamma", "beta")):
+        raise InputError(f"--param {text}: layer {layer} is " + (
+            f"a batchnorm layer: its parameters are gamma{layer}[j] and beta{layer}[j]" if norm
+            else f"a dense layer: its parameters are W{layer}[i,j] and b{layer}[j]"))
+    if norm:
+        if second is not None or first >= widths[layer]:
+            raise InputError(f"--param {text}: layer {layer} has units 0..{widths[layer] - 1}")
+        return ("W", layer, (0, first)) if kind == "gamma" else ("b", layer, (first,))
     if kind == "W":
         if second is None:
             raise InputError(f"--param {text}: a weight needs two indices, W{layer}[i,j]")
@@ -100,7 +111,7 @@ def explain(trace, parameter, step=0, sample=None, path=None, latex=False):
     """Build the Chain of `parameter` (e.g. 'W1[0,0]') at `step` for one sample of that step."""
     s = trace.scenario
     widths, L = s.widths, len(s.layers)
-    kind, l, index = parse_parameter(parameter, widths)
+    kind, l, index = parse_parameter(parameter, widths, s)
     if not 0 <= step < trace.steps:
         raise InputError(f"--step {step}: the run has steps 0..{trace.steps - 1}")
     ids = trace.samples(step).tolist()
@@ -114,7 +125,11 @@ def explain(trace, parameter, step=0, sample=None, path=None, latex=False):
     act = activations.get(s.layers[l - 1].activation)
     below = _below(trace, step, slot, l)
     factors = []
-    if kind == "W":
+    norm = s.layers[l - 1].kind == "batchnorm"
+    if kind == "W" and norm:
+        factors.append(Factor("②", f"normalised input x̂ of unit {j} (batchnorm)", names.unit("x̂", l, j),
+                              float(trace.norm["xhat"][l - 1][step, slot, j])))
+    elif kind == "W":
         i = index[0]
         symbol, meaning = (names.plain(f"x{i}", f"x_{{{i}}}"), f"input x{i}") if l == 1 else (
             names.unit("a", l - 1, i), f"activation {notation.unit('a', l - 1, i)} from below")
@@ -133,6 +148,14 @@ def explain(trace, parameter, step=0, sample=None, path=None, latex=False):
             ys = [names.unit("a", L, k) for k in range(widths[-1])]
             ts = [names.plain(f"t{k}", f"t_{{{k}}}") for k in range(widths[-1])]
             definitions.append((symbol, sp.diff(loss.symbolic(ys, ts), ys[j])))
+        elif s.layers[l].kind == "batchnorm":
+            value = error_from_above(trace, step, slot, l, j)
+            symbol = names.error(l, j)
+            factors.append(Factor("④", f"error from the batchnorm layer {l + 1} above", symbol, float(value)))
+            m1, m2, var = (names.plain(f"{q}{notation.unit('', l + 1, j)}", f"{q}^{{({l + 1})}}_{{{j}}}") for q in ("m1", "m2", "σ²"))
+            eps = names.plain("ε", "\\varepsilon")
+            definitions.append((symbol, (names.unit("dx̂", l + 1, j) - m1 - names.unit("x̂", l + 1, j) * m2)
+                                / sp.sqrt(var + eps)))
         else:
             value = error_from_above(trace, step, slot, l, j)
             symbol = names.error(l, j)
@@ -154,10 +177,11 @@ def explain(trace, parameter, step=0, sample=None, path=None, latex=False):
     engine = float(store[l - 1][(step, slot) + index])
     batch = float(total[l - 1][(step,) + index])
     symbolic = sp.Mul(*[f.symbol for f in factors], evaluate=False)
-    name = f"{kind}{l}[{','.join(map(str, index))}]"
+    name = param_name(s, kind, l, index)
     chain = Chain(name, step, sample, slot, factors, product, engine, batch, symbolic, definitions,
                   [], [], [], None, None)
-    if l < L - 1 or path is not None:
+    plain = all(layer.kind == "dense" and not layer.residual for layer in s.layers[l - 1:])
+    if (l < L - 1 or path is not None) and plain:
         _add_path(chain, trace, step, slot, l, j, below[index[0]] if kind == "W" else 1.0, names, path)
     return chain
 

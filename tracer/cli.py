@@ -76,7 +76,7 @@ def run(scenario, overrides, steps, output, trace_path, force, verify_after, win
     loaded = _load(scenario, overrides, steps)
     span = _parse_window(window, loaded.steps)
     for parameter in parameters:
-        parse_parameter(parameter, loaded.widths)
+        parse_parameter(parameter, loaded.widths, loaded)
     if output is None and trace_path is None:
         output = f"{loaded.name}.xlsx"
     for path in (output, trace_path):

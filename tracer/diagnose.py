@@ -16,7 +16,7 @@ import math
 import numpy as np
 
 from . import activations, chain as chain_module
-from .trace import bias_name, weight_name
+from .trace import param_name, weight_name
 
 
 SWING_GROWTH = 2.0   # |θ| must at least double per step on average, and end above 1, to count as diverging
@@ -102,9 +102,9 @@ def _parameters(trace):
         W = trace.W[l - 1]
         for i in range(W.shape[1]):
             for j in range(W.shape[2]):
-                yield weight_name(l, i, j), W[:, i, j], trace.grad_W[l - 1][:, i, j]
+                yield param_name(trace.scenario, "W", l, (i, j)), W[:, i, j], trace.grad_W[l - 1][:, i, j]
         for j in range(trace.b[l - 1].shape[1]):
-            yield bias_name(l, j), trace.b[l - 1][:, j], trace.grad_b[l - 1][:, j]
+            yield param_name(trace.scenario, "b", l, (j,)), trace.b[l - 1][:, j], trace.grad_b[l - 1][:, j]
 
 
 def _longest_swing(values):
@@ -147,7 +147,7 @@ def _why(trace, result):
         grads = np.abs(trace.grad_W[layer - 1][step])
         with np.errstate(invalid="ignore"):
             index = np.unravel_index(np.nanargmax(grads) if kind == "exploding" else 0, grads.shape)
-        name = weight_name(layer, *index)
+        name = param_name(trace.scenario, "W", layer, index)
         explained = chain_module.explain(trace, name, step=step)
         values = [abs(f.value) for f in explained.factors]
         if kind == "vanishing":
@@ -160,10 +160,10 @@ def _why(trace, result):
                 f"∂E/∂{name} = {' · '.join(str(f.symbol) for f in explained.factors)} = {product} "
                 f"(sample {explained.sample}); the factor responsible is {culprit.label} {culprit.symbol} = {culprit.value:.4g}, "
                 f"the {culprit.meaning}.")
-        if culprit.label == "④" and layer < trace.layers:
+        if culprit.label == "④" and layer < trace.layers and trace.scenario.layers[layer].kind == "dense":
             above = trace.W[layer][step, index[-1]]
             k = int(np.argmax(np.abs(above)))
-            text += f" It carries the weight {weight_name(layer + 1, index[-1], k)} = {above[k]:.4g} from the layer above."
+            text += f" It carries the weight {param_name(trace.scenario, 'W', layer + 1, (index[-1], k))} = {above[k]:.4g} from the layer above."
         return text
     return ""
 

@@ -35,6 +35,41 @@ class Pass:
     sample_loss: np.ndarray
     grad_W: list                      # per-sample (B, fan_in, units)
     grad_b: list                      # per-sample (B, units)
+    norm: dict = field(default_factory=dict)  # batchnorm layer index -> BatchNorm
+
+
+@dataclass
+class BatchNorm:
+    """One batch-normalisation layer's statistics and backward terms for a batch (training mode).
+
+    μ = Σ_s x_s / B,  σ² = Σ_s (x_s − μ)² / B (biased),  x̂ = (x − μ)/√(σ² + eps),  u = γ·x̂ + β
+    backward, with δ = ∂E/∂u (per sample, relative to the summed loss):
+      ∂E/∂γ = Σ_s δ·x̂,  ∂E/∂β = Σ_s δ,  dx̂ = δ·γ,  m1 = Σ_s dx̂ / B,  m2 = Σ_s dx̂·x̂ / B
+      ∂E/∂x = (dx̂ − m1 − x̂·m2) / √(σ² + eps)        (the error arriving at the layer below)
+    """
+
+    mean: np.ndarray
+    var: np.ndarray
+    xhat: np.ndarray
+    dxhat: np.ndarray | None = None
+    m1: np.ndarray | None = None
+    m2: np.ndarray | None = None
+    dx: np.ndarray | None = None
+
+    @classmethod
+    def forward(cls, x, eps):
+        n = x.shape[0]
+        mean = np.sum(x, axis=0) / n
+        centred = x - mean
+        var = np.sum(centred * centred, axis=0) / n
+        return cls(mean, var, centred / np.sqrt(var + eps))
+
+    def backward(self, delta, gamma, eps):
+        n = delta.shape[0]
+        self.dxhat = delta * gamma
+        self.m1 = np.sum(self.dxhat, axis=0) / n
+        self.m2 = np.sum(self.dxhat * self.xhat, axis=0) / n
+        self.dx = (self.dxhat - self.m1 - self.xhat * self.m2) / np.sqrt(self.var + eps)
 
 
 @dataclass
@@ -54,6 +89,10 @@ def initial_parameters(scenario):
     rng = np.random.default_rng(scenario.seed)
     weights, biases = [], []
     for fan_in, layer in zip(scenario.widths[:-1], scenario.layers):
+        if layer.kind == "batchnorm":   # γ = 1, β = 0: no draw from the seed
+            weights.append(np.ones((1, layer.units)))
+            biases.append(np.zeros(layer.units))
+            continue
         if layer.init == "explicit":
             weights.append(np.array(layer.weights, dtype=float))
         else:
@@ -86,12 +125,16 @@ def back_sum(delta_next, W_next):
 def forward_backward(scenario, weights, biases, x, t):
     """Run one pass over the samples x (B × n_in) with targets t; return every intermediate."""
     loss = losses.LOSSES[scenario.loss]
-    us, hs, acts, slopes = [], [], [], []
+    us, hs, acts, slopes, norm = [], [], [], [], {}
     previous = x
-    for layer, W, b in zip(scenario.layers, weights, biases):
+    for index, (layer, W, b) in enumerate(zip(scenario.layers, weights, biases)):
         definition = activations.get(layer.activation)
         axis = None if definition.elementwise else -1
-        u = weighted_sum(previous, W, b)
+        if layer.kind == "batchnorm":
+            norm[index] = BatchNorm.forward(previous, layer.eps)
+            u = W[0] * norm[index].xhat + b
+        else:
+            u = weighted_sum(previous, W, b)
         h = propagate_nonfinite(definition.forward(u, layer.activation_params), u, axis=axis)
         slope = propagate_nonfinite(definition.slope(u, h, layer.activation_params), u, h)
         a = h + previous if layer.residual else h
@@ -105,17 +148,27 @@ def forward_backward(scenario, weights, biases, x, t):
     else:
         output_error = loss.error(y, t)
         delta = output_error * slopes[-1]
+    last = len(scenario.layers) - 1
+    if last in norm:
+        norm[last].backward(delta, weights[last][0], scenario.layers[last].eps)
     deltas, errors = [delta], [None]
-    for index in range(len(scenario.layers) - 2, -1, -1):
-        error = back_sum(deltas[0], weights[index + 1])
-        if scenario.layers[index + 1].residual:
-            error = error + errors[0]
+    for index in range(last - 1, -1, -1):
+        above = scenario.layers[index + 1]
+        if above.kind == "batchnorm":
+            error = norm[index + 1].dx
+        else:
+            error = back_sum(deltas[0], weights[index + 1])
+            if above.residual:
+                error = error + errors[0]
         delta = slopes[index] * error
+        if index in norm:
+            norm[index].backward(delta, weights[index][0], scenario.layers[index].eps)
         deltas.insert(0, delta)
         errors.insert(0, error)
     inputs = [x] + acts[:-1]
-    grad_W = [below[:, :, None] * d[:, None, :] for below, d in zip(inputs, deltas)]
-    return Pass(us, acts, slopes, deltas, hs, errors, output_error, sample_loss, grad_W, list(deltas))
+    grad_W = [(d * norm[i].xhat)[:, None, :] if i in norm else below[:, :, None] * d[:, None, :]
+              for i, (below, d) in enumerate(zip(inputs, deltas))]
+    return Pass(us, acts, slopes, deltas, hs, errors, output_error, sample_loss, grad_W, list(deltas), norm)
 
 
 def reduce_samples(per_sample, reduction):

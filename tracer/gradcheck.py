@@ -18,7 +18,7 @@ import numpy as np
 
 from . import activations
 from .engine import forward_backward, reduce_samples
-from .trace import bias_name, weight_name
+from .trace import param_name
 
 
 @dataclass
@@ -62,9 +62,9 @@ def check(trace, steps=(0,)):
                 nonfinite.append(step)
                 continue
             for layer in range(trace.layers):
-                targets = [(weights[layer], (i, j), weight_name(layer + 1, i, j), trace.grad_W[layer][step, i, j])
+                targets = [(weights[layer], (i, j), param_name(scenario, "W", layer + 1, (i, j)), trace.grad_W[layer][step, i, j])
                            for i in range(weights[layer].shape[0]) for j in range(weights[layer].shape[1])]
-                targets += [(biases[layer], (j,), bias_name(layer + 1, j), trace.grad_b[layer][step, j])
+                targets += [(biases[layer], (j,), param_name(scenario, "b", layer + 1, (j,)), trace.grad_b[layer][step, j])
                             for j in range(biases[layer].shape[0])]
                 for array, index, name, backprop in targets:
                     original = array[index]

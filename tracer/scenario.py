@@ -21,8 +21,10 @@ NORMALIZATIONS = ("none", "standard", "minmax")
 LAYER_KEYS = (
     "units", "activation", "slope", "alpha", "init", "low", "high", "mean", "std", "value", "weights",
     "bias", "bias_init", "bias_low", "bias_high", "bias_mean", "bias_std", "bias_value", "train_bias",
-    "residual",
+    "residual", "kind", "eps",
 )
+LAYER_KINDS = ("dense", "batchnorm")
+BATCHNORM_KEYS = ("kind", "units", "activation", "slope", "alpha", "eps", "train_bias")
 LOSS_KEYS = ("name", "reduction")
 TRAINING_KEYS = ("batch", "shuffle", "clip_norm", "clip_value")
 DIAGNOSIS_KEYS = ("vanishing", "exploding", "saturated")
@@ -46,6 +48,8 @@ class Layer:
     bias: np.ndarray | None
     train_bias: bool
     residual: bool = False        # a = f(u) + a⁽ˡ⁻¹⁾ (a skip connection; equal widths, hidden layers)
+    kind: str = "dense"           # dense | batchnorm (u = γ·x̂ + β over the batch, x̂ = (x − μ)/√(σ² + eps))
+    eps: float = 1e-5             # batchnorm only
 
 
 @dataclass
@@ -286,6 +290,11 @@ def _read_data_file(v, data, base):
 
 def _layer(v, raw, key, fan_in, is_output):
     v.keys(raw, LAYER_KEYS, key)
+    kind = v.choice(raw, "kind", key, LAYER_KINDS, default="dense")
+    if kind == "batchnorm":
+        return _batchnorm(v, raw, key, fan_in, is_output)
+    if "eps" in raw:
+        raise ScenarioError(v.source, f"{key}.eps", "'eps' applies to kind = \"batchnorm\" layers")
     v.require(raw, "units", key)
     units = v.integer(raw, "units", key, minimum=1)
     activation = v.choice(raw, "activation", key, activations.ACTIVATIONS, default="sigmoid")
@@ -327,6 +336,31 @@ def _layer(v, raw, key, fan_in, is_output):
         init_params=init_params, weights=weights, bias_init=bias_name, bias_params=bias_params, bias=bias,
         train_bias=v.boolean(raw, "train_bias", key, default=True),
         residual=_residual(v, raw, key, fan_in, units, is_output),
+    )
+
+
+def _batchnorm(v, raw, key, fan_in, is_output):
+    """A batch-normalisation layer: γ = 1 and β = 0 to start (as PyTorch), its own activation."""
+    for name in raw:
+        if name not in BATCHNORM_KEYS:
+            raise ScenarioError(v.source, f"{key}.{name}", f"'{name}' does not apply to a batchnorm layer "
+                                f"(its keys: {', '.join(BATCHNORM_KEYS)})")
+    units = v.integer(raw, "units", key, default=fan_in, minimum=1)
+    if units != fan_in:
+        raise ScenarioError(v.source, f"{key}.units", f"a batchnorm layer keeps the width of the layer below ({fan_in})")
+    activation = v.choice(raw, "activation", key, activations.ACTIVATIONS, default="identity")
+    definition = activations.get(activation)
+    if not definition.elementwise and not is_output:
+        raise ScenarioError(v.source, f"{key}.activation", f"{activation} is allowed on the output layer only")
+    for name in ACTIVATION_PARAM_KEYS:
+        if name in raw and name not in definition.params:
+            raise ScenarioError(v.source, f"{key}.{name}", f"'{name}' does not apply to activation {activation}")
+    params = {name: v.number(raw, name, key, default=default) for name, default in definition.params.items()}
+    return Layer(
+        units=units, activation=activation, activation_params=params, init="constant", init_params={"value": 1.0},
+        weights=None, bias_init="constant", bias_params={"value": 0.0}, bias=None,
+        train_bias=v.boolean(raw, "train_bias", key, default=True), kind="batchnorm",
+        eps=v.number(raw, "eps", key, default=1e-5, positive=True),
     )
 
 

@@ -13,6 +13,8 @@ import numpy as np
 from . import optim
 
 CSV_COLUMNS = ("step", "sample", "quantity", "layer", "row", "col", "value")
+BATCHNORM_PER_SAMPLE = ("xhat", "dxhat")
+BATCHNORM_PER_STEP = ("mean", "var", "m1", "m2")
 PER_SAMPLE_UNIT = ("u", "a", "slope", "delta")
 
 
@@ -22,6 +24,23 @@ def weight_name(layer, i, j):
 
 def bias_name(layer, j):
     return f"b{layer}[{j}]"
+
+
+def param_name(scenario, kind, layer, index):
+    """W{l}[i,j] / b{l}[j]; for a batchnorm layer its scale gamma{l}[j] / shift beta{l}[j]
+    (stored as a 1 × units W and a b)."""
+    if scenario.layers[layer - 1].kind == "batchnorm":
+        return f"gamma{layer}[{index[-1]}]" if kind == "W" else f"beta{layer}[{index[0]}]"
+    return weight_name(layer, *index) if kind == "W" else bias_name(layer, *index)
+
+
+def param_quantity(scenario, quantity, layer):
+    """CSV quantity name: W, grad_W, update_W, ... become gamma, grad_gamma, ... on batchnorm layers."""
+    if scenario.layers[layer - 1].kind != "batchnorm":
+        return quantity
+    if quantity in ("W", "b"):
+        return {"W": "gamma", "b": "beta"}[quantity]
+    return quantity[:-2] + ("_gamma" if quantity.endswith("_W") else "_beta")
 
 
 @dataclass
@@ -45,6 +64,7 @@ class Trace:
     grad_b: list
     update_W: list                     # Δθ subtracted at step t
     update_b: list
+    norm: dict = field(default_factory=dict)   # quantity -> per layer arrays: xhat, dxhat (T, B, n); mean, var, m1, m2 (T, n)
     lr: np.ndarray | None = None            # (T,) learning rate used at each step (schedules)
     state: dict = field(default_factory=dict)    # (name, "W"|"b") -> per layer (T, ...) optimiser state after step t
     initial_state: dict = field(default_factory=dict)  # (name, kind) -> per layer state before the first step
@@ -58,7 +78,8 @@ class Trace:
         steps, size = sample_ids.shape
         widths = scenario.widths
         per_unit = lambda: [np.full((steps, size, n), np.nan) for n in widths[1:]]  # noqa: E731
-        shapes = list(zip(widths[:-1], widths[1:]))
+        shapes = [(1, j) if layer.kind == "batchnorm" else (i, j)
+                  for i, j, layer in zip(widths[:-1], widths[1:], scenario.layers)]
         fused = scenario.loss in ("bce", "softmax_ce")
         return cls(
             scenario=scenario, sample_ids=sample_ids,
@@ -73,6 +94,8 @@ class Trace:
             grad_b=[np.full((steps, j), np.nan) for j in widths[1:]],
             update_W=[np.full((steps, i, j), np.nan) for i, j in shapes],
             update_b=[np.full((steps, j), np.nan) for j in widths[1:]],
+            norm={**{q: per_unit() for q in BATCHNORM_PER_SAMPLE},
+                  **{q: [np.full((steps, n), np.nan) for n in widths[1:]] for q in BATCHNORM_PER_STEP}},
             lr=np.full(steps, np.nan),
             state={(name, kind): [np.full((steps,) + shape, np.nan) for shape in
                                   (shapes if kind == "W" else [(j,) for j in widths[1:]])]
@@ -100,6 +123,7 @@ class Trace:
             grad_W_sample=cut(self.grad_W_sample, steps), grad_b_sample=cut(self.grad_b_sample, steps),
             grad_W=cut(self.grad_W, steps), grad_b=cut(self.grad_b, steps),
             update_W=cut(self.update_W, steps), update_b=cut(self.update_b, steps),
+            norm={q: cut(arrays, steps) for q, arrays in self.norm.items()},
             lr=self.lr[steps],
             state={key: cut(arrays, steps) for key, arrays in self.state.items()},
             initial_state={key: [a[first - 1] if first else self.initial_state[key][i] for i, a in enumerate(arrays)]
@@ -153,6 +177,11 @@ class Trace:
             self.grad_b[layer][step] = grads_b[layer]
             self.update_W[layer][step] = updates_W[layer]
             self.update_b[layer][step] = updates_b[layer]
+        for index, norm in result.norm.items():
+            for q in BATCHNORM_PER_SAMPLE:
+                self.norm[q][index][step, :n] = getattr(norm, q)
+            for q in BATCHNORM_PER_STEP:
+                self.norm[q][index][step] = getattr(norm, q)
         if self.output_error is not None:
             self.output_error[step, :n] = result.output_error
         self.sample_loss[step, :n] = result.sample_loss
@@ -185,6 +214,10 @@ class Trace:
             for slot, sample in enumerate(self.samples(step)):
                 sample = int(sample)
                 for layer in range(self.layers):
+                    if self.scenario.layers[layer].kind == "batchnorm":
+                        for name in BATCHNORM_PER_SAMPLE:
+                            for j, value in enumerate(self.norm[name][layer][step, slot]):
+                                yield step, sample, name, layer + 1, j, None, value
                     names = PER_SAMPLE_UNIT + (("h", "error") if self.scenario.layers[layer].residual else ())
                     for name in names:
                         for j, value in enumerate(getattr(self, name)[layer][step, slot]):
@@ -193,33 +226,39 @@ class Trace:
                     for j, value in enumerate(self.output_error[step, slot]):
                         yield step, sample, "dE_da", self.layers, j, None, value
                 for layer in range(self.layers):
-                    yield from _matrix_rows(step, sample, "grad_W", layer + 1, self.grad_W_sample[layer][step, slot])
-                    for j, value in enumerate(self.grad_b_sample[layer][step, slot]):
-                        yield step, sample, "grad_b", layer + 1, j, None, value
+                    yield from self._param_rows(step, sample, "grad_W", layer, self.grad_W_sample[layer][step, slot])
+                    yield from self._param_rows(step, sample, "grad_b", layer, self.grad_b_sample[layer][step, slot])
                 yield step, sample, "loss", None, None, None, self.sample_loss[step, slot]
             for layer in range(self.layers):
-                yield from _matrix_rows(step, None, "W", layer + 1, self.W[layer][step])
-                yield from _matrix_rows(step, None, "grad_W", layer + 1, self.grad_W[layer][step])
-                yield from _matrix_rows(step, None, "update_W", layer + 1, self.update_W[layer][step])
-                for name, store in (("b", self.b), ("grad_b", self.grad_b), ("update_b", self.update_b)):
-                    for j, value in enumerate(store[layer][step]):
-                        yield step, None, name, layer + 1, j, None, value
+                for name, store in (("W", self.W), ("grad_W", self.grad_W), ("update_W", self.update_W),
+                                    ("b", self.b), ("grad_b", self.grad_b), ("update_b", self.update_b)):
+                    yield from self._param_rows(step, None, name, layer, store[layer][step])
+                if self.scenario.layers[layer].kind == "batchnorm":
+                    for name in BATCHNORM_PER_STEP:
+                        for j, value in enumerate(self.norm[name][layer][step]):
+                            yield step, None, f"bn_{name}", layer + 1, j, None, value
             yield step, None, "loss", None, None, None, self.loss[step]
             yield step, None, "lr", None, None, None, self.lr[step]
             for (name, kind), arrays in self.state.items():
                 for layer, array in enumerate(arrays):
-                    if kind == "W":
-                        yield from _matrix_rows(step, None, f"{name}_W", layer + 1, array[step])
-                    elif self.scenario.layers[layer].train_bias:
-                        for j, value in enumerate(array[step]):
-                            yield step, None, f"{name}_b", layer + 1, j, None, value
+                    if kind == "W" or self.scenario.layers[layer].train_bias:
+                        yield from self._param_rows(step, None, f"{name}_{kind}", layer, array[step])
             if self.clip_factor is not None:
                 yield step, None, "grad_norm", None, None, None, self.grad_norm[step]
                 yield step, None, "clip_factor", None, None, None, self.clip_factor[step]
         for layer in range(self.layers):
-            yield from _matrix_rows(self.steps, None, "W", layer + 1, self.W[layer][self.steps])
-            for j, value in enumerate(self.b[layer][self.steps]):
-                yield self.steps, None, "b", layer + 1, j, None, value
+            yield from self._param_rows(self.steps, None, "W", layer, self.W[layer][self.steps])
+            yield from self._param_rows(self.steps, None, "b", layer, self.b[layer][self.steps])
+
+    def _param_rows(self, step, sample, quantity, layer, array):
+        """Rows of one parameter-shaped array: W-like (row i, col j) or b-like (row j); on a
+        batchnorm layer gamma/beta-like, row j."""
+        name = param_quantity(self.scenario, quantity, layer + 1)
+        if array.ndim == 2 and name == quantity:
+            yield from _matrix_rows(step, sample, quantity, layer + 1, array)
+        else:
+            for j, value in enumerate(array.reshape(-1)):
+                yield step, sample, name, layer + 1, j, None, value
 
     def write_csv(self, path):
         """Write the tidy CSV (columns: step,sample,quantity,layer,row,col,value)."""

@@ -80,6 +80,10 @@ def engine_value(trace, key, row):
         return trace.scenario.inputs[row.sample, index]
     if name == "t":
         return trace.scenario.targets[row.sample, index]
+    if name in ("xhat", "dxhat"):
+        return trace.norm[name][layer - 1][row.step, row.slot, index]
+    if name in ("bn_mean", "bn_var", "bn_m1", "bn_m2"):
+        return trace.norm[name[3:]][layer - 1][row.step, index]
     if name in ("u", "a", "slope", "delta", "h", "e"):
         store = trace.error if name == "e" else getattr(trace, name)
         return store[layer - 1][row.step, row.slot, index]
@@ -160,33 +164,65 @@ def _compare_trace(report, trace, layout, sheet):
     }
     operands = _operands(layout)
     rows = sheet.iter_rows(min_row=3, max_col=len(columns), values_only=True)
-    block, previous_total = [], None
+    block, previous_total, carried = [], None, {}
     for row, values in zip(layout.rows(), rows):
         block.append((row, values))
         if row.kind == "sample":
             continue
-        samples = [r for r, _ in block if r.kind == "sample"]
-        pairs = []
-        for current, cells in block:
-            places = {"r": current, "p": row if row.kind == "total" else None, "q": previous_total}
-            first_parameters = current.kind == "total" and current.places["q"] is None
-            for index, column in formulas[current.kind]:
-                if first_parameters and column.final:
-                    continue  # the first step's parameters are constants
-                scale = 0.0
-                for source, where in operands[(index, current.kind)]:
-                    for source_row in (samples if where in "fl" else [places[where]]):
-                        if source_row is None:
-                            continue
-                        with np.errstate(all="ignore"):
-                            value = abs(float(engine_value(trace, source.key, source_row)))
-                        if math.isfinite(value):
-                            scale = max(scale, value)
-                value = cells[index] if index < len(cells) else None
-                pairs.append((f"Trace!{column.letter}{current.number}", column.header, index,
-                              float(engine_value(trace, column.key, current)), value, scale))
+        pairs, carried = _block_pairs(trace, block, formulas, operands, row, previous_total, carried)
         _compare(report, pairs)
         previous_total, block = (row if row.kind == "total" else previous_total), []
+
+
+def _block_pairs(trace, block, formulas, operands, closing, previous_total, carried):
+    """(where, header, column, engine, sheet, scale) for the formula cells of one step's rows,
+    and the scales of its Σ row to carry into the next step.
+
+    scale is the largest magnitude that flowed into the cell: its operands' values and, passed
+    on through the dependency graph (within the step, and from the previous Σ row), their
+    operands' — the base of the cancellation floor."""
+    samples = [r for r, _ in block if r.kind == "sample"]
+    cells, index_of = [], {}
+    for current, values in block:
+        first_parameters = current.kind == "total" and current.places["q"] is None
+        for index, column in formulas[current.kind]:
+            if first_parameters and column.final:
+                continue  # the first step's parameters are constants
+            index_of[(current.number, index)] = len(cells)
+            cells.append((current, index, column, values[index] if index < len(values) else None))
+    engine = np.array([float(engine_value(trace, column.key, current)) for current, _, column, _ in cells])
+    with np.errstate(all="ignore"):
+        scale = np.where(np.isfinite(engine), np.abs(engine), 0.0)
+    sources = []
+    for current, index, column, _ in cells:
+        places = {"r": current, "p": closing if closing.kind == "total" else None, "q": previous_total}
+        inside, fixed = [], 0.0
+        for source, where in operands[(index, current.kind)]:
+            for source_row in (samples if where in "fl" else [places[where]]):
+                if source_row is None:
+                    continue
+                position = index_of.get((source_row.number, source.index))
+                if position is not None:
+                    inside.append(position)
+                else:
+                    with np.errstate(all="ignore"):
+                        value = abs(float(engine_value(trace, source.key, source_row)))
+                    value = value if math.isfinite(value) else 0.0
+                    if where == "q":
+                        value = max(value, carried.get(source.index, 0.0))
+                    fixed = max(fixed, value)
+        sources.append((inside, fixed))
+    flowed = np.array([max(fixed, max((scale[i] for i in inside), default=0.0)) for inside, fixed in sources])
+    for _ in range(8):  # pass magnitudes along the step's chains (x → u → a → … → δ → g → Δθ)
+        updated = np.array([max(flowed[k], max((flowed[i] for i in inside), default=0.0))
+                            for k, (inside, _) in enumerate(sources)])
+        if np.array_equal(updated, flowed):
+            break
+        flowed = updated
+    pairs = [(f"Trace!{column.letter}{current.number}", column.header, index, float(x), value, float(f))
+             for (current, index, column, value), x, f in zip(cells, engine, flowed)]
+    closing_scales = {index: float(f) for (current, index, _, _), f in zip(cells, flowed) if current is closing}
+    return pairs, closing_scales
 
 
 def _compare_table(report, table, sheet):
@@ -199,6 +235,8 @@ def _compare_table(report, table, sheet):
         if key != current:
             _compare(report, block)
             block, current = [], key
+        numbers = [abs(float(x)) for x in expected.values() if not isinstance(x, str) and math.isfinite(float(x))]
+        row_scale = max(numbers, default=0.0) if getattr(table, "row_floor", False) else 0.0
         for index, x in expected.items():
             y = values[index] if index < len(values) else None
             where = f"{table.title}!{get_column_letter(index + 1)}{number}"
@@ -207,7 +245,7 @@ def _compare_table(report, table, sheet):
                 if (y or "") != x:
                     report.mismatches.append(Mismatch(where, headers[index], x, y))
             else:
-                block.append((where, headers[index], index, float(x), y))
+                block.append((where, headers[index], index, float(x), y, row_scale))
     _compare(report, block)
 
 

@@ -6,6 +6,7 @@ from openpyxl.utils import get_column_letter
 
 from .. import losses
 from ..chain import error_from_above, parse_parameter
+from ..trace import param_name
 
 MAX_STEPS = 200   # the sheet covers the first steps only; the identity is the same at every step
 
@@ -13,14 +14,15 @@ MAX_STEPS = 200   # the sheet covers the first steps only; the identity is the s
 class ChainRuleLayout:
     title = "ChainRule"
     header_rows = 1
+    row_floor = True   # the factors of a row share one cancellation floor (they multiply together)
 
     def __init__(self, trace, trace_layout, parameters=()):
         self.trace, self.layout = trace, trace_layout
         s = trace.scenario
-        wanted = [f"W{l}[0,0]" for l in range(1, len(s.layers) + 1)] + list(parameters)
+        wanted = [param_name(s, "W", l, (0, 0)) for l in range(1, len(s.layers) + 1)] + list(parameters)
         self.parameters = []
         for text in wanted:
-            parsed = parse_parameter(text, s.widths)
+            parsed = parse_parameter(text, s.widths, s)
             if parsed not in self.parameters:
                 self.parameters.append(parsed)
         self.steps = min(trace.steps, MAX_STEPS)
@@ -42,7 +44,10 @@ class ChainRuleLayout:
         """Formula templates (with {r} sample row, {p} Σ row) for ②, ④, ⑤ and the gradient."""
         L, cell = len(self.trace.scenario.layers), self.layout.cell
         j = index[-1]
-        if kind == "W":
+        if kind == "W" and self.trace.scenario.layers[layer - 1].kind == "batchnorm":
+            first = f"=Trace!{cell(('xhat', layer, j))}{{r}}"
+            gradient = f"=Trace!{cell(('grad_W', layer, index))}{{r}}"
+        elif kind == "W":
             i = index[0]
             source = ("x", 0, i) if layer == 1 else ("a", layer - 1, i)
             first = f"=Trace!{cell(source)}{{r}}"
@@ -54,7 +59,7 @@ class ChainRuleLayout:
             error, slope = f"=Trace!{cell(('a', L, j))}{{r}}-Trace!{cell(('t', 0, j))}{{r}}", None
         elif layer == L:
             error = f"=Trace!{cell(('dE_da', L, j))}{{r}}"
-        elif self.trace.scenario.layers[layer - 1].residual:
+        elif self.trace.scenario.layers[layer - 1].residual or self.trace.scenario.layers[layer].kind == "batchnorm":
             error = f"=Trace!{cell(('e', layer, j))}{{r}}"
         else:
             widths = self.trace.scenario.widths
@@ -67,7 +72,7 @@ class ChainRuleLayout:
     def rows(self):
         row_number = self.header_rows + 1
         for kind, layer, index in self.parameters:
-            name = f"{kind}{layer}[{','.join(map(str, index))}]"
+            name = param_name(self.trace.scenario, kind, layer, index)
             first, error, slope, gradient = self._cells(kind, layer, index)
             for step in range(self.steps):
                 total = self.layout.total_row(step)
@@ -90,7 +95,11 @@ class ChainRuleLayout:
             for step in range(self.steps):
                 for slot, sample in enumerate(t.samples(step)):
                     values = {}
-                    if kind == "W":
+                    if kind == "W" and s.layers[layer - 1].kind == "batchnorm":
+                        first = float(t.norm["xhat"][layer - 1][step, slot, j])
+                        values[3] = first
+                        gradient = t.grad_W_sample[layer - 1][(step, slot) + index]
+                    elif kind == "W":
                         below = s.inputs[sample] if layer == 1 else t.a[layer - 2][step, slot]
                         first = float(below[index[0]])
                         values[3] = first

@@ -15,7 +15,7 @@ from openpyxl.utils import get_column_letter
 
 from .. import activations, losses, optim
 from ..errors import LimitError
-from ..trace import bias_name, weight_name
+from ..trace import param_name
 from . import notation
 
 HEADER_ROWS = 2
@@ -35,6 +35,7 @@ class Column:
     final: str | None = None      # template in the final row
     first: str | None = None      # template in the first Σ row ({prev0}: the state before it)
     width: float = 14
+    index: int = 0                # position in the sheet (0 = column A)
 
 
 @dataclass
@@ -72,7 +73,8 @@ class TraceLayout:
         return self._where[key]
 
     def _add(self, group, header, comment, key, **templates):
-        column = Column(get_column_letter(len(self.columns) + 1), group, header, comment, key, **templates)
+        column = Column(get_column_letter(len(self.columns) + 1), group, header, comment, key, **templates,
+                        index=len(self.columns))
         self.columns.append(column)
         self._where[key] = column.letter
         return column.letter
@@ -101,7 +103,7 @@ class TraceLayout:
         self._params = {}
         index = param_start
         for l in range(1, L + 1):
-            for i in range(widths[l - 1]):
+            for i in range(self._fan_in(l)):
                 for j in range(widths[l]):
                     self._params[("W", l, (i, j))] = get_column_letter(index)
                     index += 1
@@ -111,13 +113,16 @@ class TraceLayout:
         for l, layer in enumerate(s.layers, start=1):
             act = activations.get(layer.activation)
             params = {name: self.names[(layer.activation, name, l)] for name in act.params}
-            u_cells = []
-            for j in range(widths[l]):
-                terms = "+".join(f"{below[i]}{{r}}*{self._params[('W', l, (i, j))]}{{p}}" for i in range(widths[l - 1]))
-                template = f"{terms}+{self._params[('b', l, (j,))]}{{p}}"
-                u_cells.append(self._add(f"layer {l} forward", notation.unit("u", l, j),
-                                         f"{notation.unit('u', l, j)} = Σᵢ {notation.unit('a', l - 1, 'ᵢ')}·W{l}[i,{j}] + b{l}[{j}]",
-                                         ("u", l, j), sample=template))
+            if layer.kind == "batchnorm":
+                u_cells = self._batchnorm_forward(l, below)
+            else:
+                u_cells = []
+                for j in range(widths[l]):
+                    terms = "+".join(f"{below[i]}{{r}}*{self._params[('W', l, (i, j))]}{{p}}" for i in range(widths[l - 1]))
+                    template = f"{terms}+{self._params[('b', l, (j,))]}{{p}}"
+                    u_cells.append(self._add(f"layer {l} forward", notation.unit("u", l, j),
+                                             f"{notation.unit('u', l, j)} = Σᵢ {notation.unit('a', l - 1, 'ᵢ')}·W{l}[i,{j}] + b{l}[{j}]",
+                                             ("u", l, j), sample=template))
             f_cells = []
             symbol = "h" if layer.residual else "a"
             for j in range(widths[l]):
@@ -159,11 +164,14 @@ class TraceLayout:
                 slopes.append(self._add(f"layer {l} backward", f"{act.symbol}'({notation.unit('u', l, j)})",
                                         f"local slope f'(u) of {act.name}", ("slope", l, j),
                                         sample=act.excel_slope(u_ref, a_ref, params)))
-            if l < L and s.layers[l - 1].residual:
+            if self._has_error_columns(l):
                 for j in range(widths[l]):
+                    if s.layers[l].kind == "batchnorm":
+                        meaning = (f"e = ∂E/∂a from the batchnorm above: (dx̂ − m1 − x̂·m2)/√(σ² + eps) of layer {l + 1}")
+                    else:
+                        meaning = f"e = ∂E/∂a: Σₖ W{l + 1}[{j},k]·δₖ⁽{l + 1}⁾" + (" + e⁽ˡ⁺¹⁾" if s.layers[l].residual else "")
                     error_cells_hidden[(l, j)] = self._add(
-                        f"layer {l} backward", notation.unit("e", l, j),
-                        f"e = ∂E/∂a: Σₖ W{l + 1}[{j},k]·δₖ⁽{l + 1}⁾" + (" + e⁽ˡ⁺¹⁾" if s.layers[l].residual else ""),
+                        f"layer {l} backward", notation.unit("e", l, j), meaning,
                         ("e", l, j), sample=self._error_from_above(l, j, delta_cells, error_cells_hidden))
             for j in range(widths[l]):
                 if l == L:
@@ -177,20 +185,25 @@ class TraceLayout:
                     back = self._error_from_above(l, j, delta_cells, error_cells_hidden)
                     template, meaning = f"{slopes[j]}{{r}}*({back})", f"δ = f'(u) · Σₖ W{l + 1}[{j},k]·δₖ⁽{l + 1}⁾"
                 delta_cells[(l, j)] = self._add(f"layer {l} backward", notation.unit("δ", l, j), meaning, ("delta", l, j), sample=template)
+            if s.layers[l - 1].kind == "batchnorm":
+                self._batchnorm_backward(l, delta_cells)
         below_cells = {0: [self.cell(("x", 0, i)) for i in range(widths[0])]}
         for l in range(1, L + 1):
             below_cells[l] = [self.cell(("a", l, j)) for j in range(widths[l])]
         grads = {}
         for l in range(1, L + 1):
-            for i in range(widths[l - 1]):
+            norm = s.layers[l - 1].kind == "batchnorm"
+            for i in range(self._fan_in(l)):
                 for j in range(widths[l]):
-                    name = weight_name(l, i, j)
-                    letter = self._add("gradient ∂E/∂θ (Σ row: batch)", f"∂E/∂{name}", f"a⁽{l - 1}⁾{i}·δ⁽{l}⁾{j}; Σ row: {s.reduction} over the batch",
-                                       ("grad_W", l, (i, j)), sample=f"{below_cells[l - 1][i]}{{r}}*{delta_cells[(l, j)]}{{r}}")
+                    name = param_name(s, "W", l, (i, j))
+                    factor = self.cell(("xhat", l, j)) if norm else below_cells[l - 1][i]
+                    meaning = f"x̂⁽{l}⁾{j}·δ⁽{l}⁾{j}" if norm else f"a⁽{l - 1}⁾{i}·δ⁽{l}⁾{j}"
+                    letter = self._add("gradient ∂E/∂θ (Σ row: batch)", f"∂E/∂{name}", f"{meaning}; Σ row: {s.reduction} over the batch",
+                                       ("grad_W", l, (i, j)), sample=f"{factor}{{r}}*{delta_cells[(l, j)]}{{r}}")
                     self.columns[-1].total = self._reduce(letter)
                     grads[("W", l, (i, j))] = letter
             for j in range(widths[l]):
-                name = bias_name(l, j)
+                name = param_name(s, "b", l, (j,))
                 letter = self._add("gradient ∂E/∂θ (Σ row: batch)", f"∂E/∂{name}", f"δ⁽{l}⁾{j}; Σ row: {s.reduction} over the batch",
                                    ("grad_b", l, (j,)), sample=f"{delta_cells[(l, j)]}{{r}}")
                 self.columns[-1].total = self._reduce(letter)
@@ -205,7 +218,7 @@ class TraceLayout:
                 index += 1
         for key, letter in self._params.items():
             kind, l, idx = key
-            name = weight_name(l, *idx) if kind == "W" else bias_name(l, *idx)
+            name = param_name(s, kind, l, idx)
             if key in update_letters:
                 carry = f"{letter}{{q}}-{update_letters[key]}{{q}}"
                 meaning = f"{name} used at this step = previous value − previous update"
@@ -231,7 +244,7 @@ class TraceLayout:
         self._state_first = {}
         for key, letter in update_letters.items():
             kind, l, idx = key
-            name = weight_name(l, *idx) if kind == "W" else bias_name(l, *idx)
+            name = param_name(s, kind, l, idx)
             used, meaning = self._clipped(f"{grads[key]}{{r}}", clip_letter)
             used = optim.excel_gradient(used, f"{self._params[key]}{{r}}", names, hyper)
             row_refs = dict(refs, g=used, **{state: f"{state_letters[(state, key)]}{{r}}" for state in optimizer.state})
@@ -241,7 +254,7 @@ class TraceLayout:
         for state in optimizer.state:
             for key in update_letters:
                 kind, l, idx = key
-                name = weight_name(l, *idx) if kind == "W" else bias_name(l, *idx)
+                name = param_name(s, kind, l, idx)
                 used, _ = self._clipped(f"{grads[key]}{{r}}", clip_letter)
                 used = optim.excel_gradient(used, f"{self._params[key]}{{r}}", names, hyper)
                 letter = state_letters[(state, key)]
@@ -268,8 +281,53 @@ class TraceLayout:
             assert got == clip_letter
         assert len(self.columns) == self.column_count()
 
+    def _fan_in(self, l):
+        """Rows of W_l: the width below, or 1 for a batchnorm layer's γ."""
+        return 1 if self.scenario.layers[l - 1].kind == "batchnorm" else self.scenario.widths[l - 1]
+
+    def _has_error_columns(self, l):
+        """Hidden layers whose error e = ∂E/∂a gets its own columns: residual ones, and those below a batchnorm."""
+        layers = self.scenario.layers
+        return l < len(layers) and (layers[l - 1].residual or layers[l].kind == "batchnorm")
+
+    def _batchnorm_forward(self, l, below):
+        """μ and σ² in the Σ row, then x̂ and u = γ·x̂ + β in the sample rows; returns the u letters."""
+        n, eps = self.scenario.widths[l], self.names[("batchnorm", "eps", l)]
+        group = f"layer {l} batchnorm"
+        means = [self._add(group, notation.unit("μ", l, j), "batch mean of the input (Σ row)", ("bn_mean", l, j),
+                           total=f"SUM({below[j]}{{f}}:{below[j]}{{l}})/{{n}}") for j in range(n)]
+        variances = [self._add(group, notation.unit("σ²", l, j), "biased batch variance Σ(x − μ)²/B (Σ row)", ("bn_var", l, j),
+                               total=f"SUMPRODUCT(({below[j]}{{f}}:{below[j]}{{l}}-{means[j]}{{r}})^2)/{{n}}")
+                     for j in range(n)]
+        xhats = [self._add(group, notation.unit("x̂", l, j), f"x̂ = (x − μ)/√(σ² + eps), eps = {eps}", ("xhat", l, j),
+                           sample=f"({below[j]}{{r}}-{means[j]}{{p}})/SQRT({variances[j]}{{p}}+{eps})") for j in range(n)]
+        self._norm_cells = {"mean": means, "var": variances, "xhat": xhats}
+        return [self._add(group, notation.unit("u", l, j), f"u = γ·x̂ + β with γ{l}[{j}], β{l}[{j}]", ("u", l, j),
+                          sample=f"{self._params[('W', l, (0, j))]}{{p}}*{xhats[j]}{{r}}+{self._params[('b', l, (j,))]}{{p}}")
+                for j in range(n)]
+
+    def _batchnorm_backward(self, l, delta_cells):
+        """dx̂ = δ·γ in the sample rows, m1 = mean(dx̂) and m2 = mean(dx̂·x̂) in the Σ row."""
+        n = self.scenario.widths[l]
+        group = f"layer {l} batchnorm backward"
+        xhat = [self.cell(("xhat", l, j)) for j in range(n)]
+        dxhat = [self._add(group, notation.unit("dx̂", l, j), "dx̂ = δ·γ", ("dxhat", l, j),
+                           sample=f"{delta_cells[(l, j)]}{{r}}*{self._params[('W', l, (0, j))]}{{p}}") for j in range(n)]
+        for j in range(n):
+            self._add(group, notation.unit("m1", l, j), "m1 = Σ dx̂ / B (Σ row)", ("bn_m1", l, j),
+                      total=f"SUM({dxhat[j]}{{f}}:{dxhat[j]}{{l}})/{{n}}")
+        for j in range(n):
+            self._add(group, notation.unit("m2", l, j), "m2 = Σ dx̂·x̂ / B (Σ row)", ("bn_m2", l, j),
+                      total=f"SUMPRODUCT({dxhat[j]}{{f}}:{dxhat[j]}{{l}},{xhat[j]}{{f}}:{xhat[j]}{{l}})/{{n}}")
+
     def _error_from_above(self, l, j, delta_cells, error_cells):
-        """Σₖ W_{l+1}[j,k]·δₖ⁽ˡ⁺¹⁾ (+ e⁽ˡ⁺¹⁾_j when layer l+1 is residual), as a formula body."""
+        """Σₖ W_{l+1}[j,k]·δₖ⁽ˡ⁺¹⁾ (+ e⁽ˡ⁺¹⁾_j when layer l+1 is residual), or the batchnorm
+        backward (dx̂ − m1 − x̂·m2)/√(σ² + eps) of layer l+1, as a formula body."""
+        if self.scenario.layers[l].kind == "batchnorm":
+            c = self.cell
+            eps = self.names[("batchnorm", "eps", l + 1)]
+            return (f"({c(('dxhat', l + 1, j))}{{r}}-{c(('bn_m1', l + 1, j))}{{p}}-{c(('xhat', l + 1, j))}{{r}}*"
+                    f"{c(('bn_m2', l + 1, j))}{{p}})/SQRT({c(('bn_var', l + 1, j))}{{p}}+{eps})")
         widths = self.scenario.widths
         back = "+".join(f"{self._params[('W', l + 1, (j, k))]}{{p}}*{delta_cells[(l + 1, k)]}{{r}}" for k in range(widths[l + 1]))
         if self.scenario.layers[l].residual:
@@ -288,7 +346,7 @@ class TraceLayout:
     def column_count(self):
         """Columns of the Trace sheet: everything before the parameters, then θ and Δθ."""
         s = self.scenario
-        parameters = sum(i * j + j for i, j in zip(s.widths[:-1], s.widths[1:]))
+        parameters = sum(self._fan_in(l) * s.widths[l] + s.widths[l] for l in range(1, len(s.layers) + 1))
         updates = parameters - sum(layer.units for layer in s.layers if not layer.train_bias)
         clipping = 2 if s.clip_norm is not None else 0
         states = updates * len(optim.OPTIMIZERS[s.optimizer].state)
@@ -300,11 +358,13 @@ class TraceLayout:
         widths, L = s.widths, len(s.layers)
         count = 2 + widths[0] + widths[-1]
         count += sum(2 * n for n in widths[1:])                       # u, a
-        count += sum(2 * layer.units for layer in s.layers if layer.residual)  # h, e
+        count += sum(layer.units for layer in s.layers if layer.residual)   # h
+        count += sum(widths[l] for l in range(1, L + 1) if self._has_error_columns(l))  # e
+        count += sum(6 * layer.units for layer in s.layers if layer.kind == "batchnorm")  # μ σ² x̂ dx̂ m1 m2
         count += 0 if losses.LOSSES[s.loss].fused else widths[-1]      # ∂E/∂a
         count += 1                                                     # E
         count += sum(2 * n for n in widths[1:])                        # slope, δ
-        count += sum(i * j + j for i, j in zip(widths[:-1], widths[1:]))  # gradients
+        count += sum(self._fan_in(l) * widths[l] + widths[l] for l in range(1, L + 1))  # gradients
         return count + 1
 
     # ---------------------------------------------------------------- rows
@@ -366,6 +426,8 @@ def settings_names(scenario):
         for param in activations.get(layer.activation).params:
             prefix = {"slope": "leaky_slope", "alpha": "elu_alpha"}[param]
             names[(layer.activation, param, l)] = f"{prefix}_{l}"
+        if layer.kind == "batchnorm":
+            names[("batchnorm", "eps", l)] = f"bn_eps_{l}"
     return names
 
 
@@ -379,6 +441,9 @@ def settings_values(scenario):
     for l, layer in enumerate(scenario.layers, start=1):
         for param, value in layer.activation_params.items():
             entries.append((names[(layer.activation, param, l)], value, f"layer {l} {layer.activation}: {param}"))
+    for l, layer in enumerate(scenario.layers, start=1):
+        if layer.kind == "batchnorm":
+            entries.append((names[("batchnorm", "eps", l)], layer.eps, f"layer {l} batchnorm: eps"))
     for key in ("clip_norm", "clip_value"):
         if getattr(scenario, key) is not None:
             entries.append((key, getattr(scenario, key), f"training: gradient {key.replace('_', ' by ')}"))

@@ -2,7 +2,7 @@
 of the first weight of every layer, all formulas on the Trace sheet's Σ rows."""
 import numpy as np
 
-from ..trace import weight_name
+from ..trace import param_name
 
 
 class StepsLayout:
@@ -27,8 +27,8 @@ class StepsLayout:
         """(text, comment, width) per column."""
         heads = [("step", "training step t", 7), ("E", "loss of the step (Trace Σ row)", 14)]
         heads += [(f"‖∇⁽{l}⁾‖", f"L2 norm of the batch gradient of every W{l} and b{l} entry", 14) for l in range(1, self.layers + 1)]
-        heads += [(f"log10|{weight_name(l, 0, 0)}|", f"log10 of |{weight_name(l, 0, 0)}| used at this step", 16)
-                  for l in range(1, self.layers + 1)]
+        names = [param_name(self.trace.scenario, "W", l, (0, 0)) for l in range(1, self.layers + 1)]
+        heads += [(f"log10|{name}|", f"log10 of |{name}| used at this step", 16) for name in names]
         return heads
 
     def rows(self):
