@@ -212,3 +212,16 @@ def test_residual_network_hand_values(tmp_path):
     no_skip = trace.slope[0][0, 0, 0] * (trace.W[1][0, 0] @ trace.delta[1][0, 0])
     found = results(trace, [("delta1[0]", g(no_skip))], tmp_path)
     assert found["delta1[0]"].kind == "mistake"
+
+
+def test_batchnorm_names_and_slips(tmp_path):
+    from tests.test_remedies import network
+    trace = run(network(batchnorm=True))
+    rows = [("gamma2[1]@1", g(trace.W[1][1, 0, 1])), ("grad gamma2[0]", g(trace.grad_W[1][0, 0, 0])),
+            ("grad beta2[0]#1", g(trace.grad_b_sample[1][0, 1, 0])), ("u2[1]", g(trace.u[1][0, 0, 1])),
+            ("update gamma2[1]", g(-trace.update_W[1][0, 0, 1]))]
+    found = results(trace, rows, tmp_path)
+    assert all(found[name].right for name, _ in rows[:4])
+    assert "sign is flipped" in found["update gamma2[1]"].explanation
+    with pytest.raises(check.InputError, match="batchnorm layer: its parameters are gamma2"):
+        check.parse_name("W2[0,0]", trace)

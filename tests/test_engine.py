@@ -34,6 +34,13 @@ def networks(draw):
         if index < depth - 1 and units == previous:
             layer["residual"] = draw(st.booleans())
         layers.append(layer)
+        if index < depth - 1 and draw(st.integers(0, 3)) == 0:
+            layers.append({"kind": "batchnorm", "activation": draw(st.sampled_from(ELEMENTWISE)), "slope": 0.1,
+                           "alpha": 0.5})
+            for key in ("slope", "alpha"):
+                if not (key == "slope" and layers[-1]["activation"] == "leaky_relu"
+                        or key == "alpha" and layers[-1]["activation"] == "elu"):
+                    del layers[-1][key]
     samples = draw(st.integers(1, 5))
     seed = draw(st.integers(0, 2**16))
     rng = np.random.default_rng(seed)

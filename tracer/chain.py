@@ -49,6 +49,7 @@ class Chain:
     path_weights: list      # (symbol, value)
     path_output: tuple | None
     path_term: float | None
+    update_lines: list = None   # how the batch gradient became the update: clipping, lr, optimiser
 
 
 def parse_parameter(text, widths, scenario=None):
@@ -179,11 +180,31 @@ def explain(trace, parameter, step=0, sample=None, path=None, latex=False):
     symbolic = sp.Mul(*[f.symbol for f in factors], evaluate=False)
     name = param_name(s, kind, l, index)
     chain = Chain(name, step, sample, slot, factors, product, engine, batch, symbolic, definitions,
-                  [], [], [], None, None)
+                  [], [], [], None, None, _update_lines(trace, kind, l, index, step, batch))
     plain = all(layer.kind == "dense" and not layer.residual for layer in s.layers[l - 1:])
     if (l < L - 1 or path is not None) and plain:
         _add_path(chain, trace, step, slot, l, j, below[index[0]] if kind == "W" else 1.0, names, path)
     return chain
+
+
+def _update_lines(trace, kind, layer, index, step, batch):
+    """From the batch gradient to the update: the clip factor, the clamp, lr and the optimiser."""
+    s = trace.scenario
+    if kind == "b" and not s.layers[layer - 1].train_bias:
+        return ["(not trained: train_bias = false)"]
+    lines, used = [], f"g = {batch:.10g}"
+    if trace.clip_factor is not None:
+        c = float(trace.clip_factor[step])
+        lines.append(f"clip by norm: ‖g‖ = {trace.grad_norm[step]:.6g} over all parameters, clip factor c = {c:.6g}"
+                     + (" (clipping: g is scaled)" if c < 1 else " (no clipping at this step)"))
+        used = f"g·c = {batch * c:.10g}"
+    if s.clip_value is not None:
+        lines.append(f"clip by value: g clamped to ±{s.clip_value:g}")
+    update = (trace.update_W if kind == "W" else trace.update_b)[layer - 1][(step,) + tuple(index)]
+    from . import optim
+    lines.append(f"update at step {step}: {s.optimizer} ({optim.OPTIMIZERS[s.optimizer].meaning}) with lr = "
+                 f"{trace.lr[step]:.6g} and {used}: Δθ = {update:.10g}")
+    return lines
 
 
 def _slope_meaning(act, u, slope):
@@ -286,6 +307,7 @@ def render(chain, latex=False):
     lines.append(f"  engine's ∂E/∂{chain.name} for this sample = {chain.engine:.10g}  "
                  f"({'equal' if agree else 'DIFFERENT'})")
     lines.append(f"  batch gradient at step {chain.step} ({chain.name}, over the step's samples) = {chain.batch:.10g}")
+    lines += [f"  {line}" for line in chain.update_lines]
     if chain.path:
         lines.append("")
         lines.append(f"one path of the delta recursion: units {' → '.join(map(str, chain.path))}")

@@ -31,9 +31,10 @@ import numpy as np
 
 from . import activations, losses, optim
 from .errors import InputError
+from .trace import param_name
 
 _NAME = re.compile(
-    r"^(?:(grad|update)\s+)?(u|a|slope|delta|W|b|loss)(\d+)?(?:\[(\d+)(?:,\s*(\d+))?\])?(?:@(\d+))?(?:#(\d+))?$"
+    r"^(?:(grad|update)\s+)?(u|a|slope|delta|W|b|gamma|beta|loss)(\d+)?(?:\[(\d+)(?:,\s*(\d+))?\])?(?:@(\d+))?(?:#(\d+))?$"
 )
 PER_SAMPLE = ("u", "a", "slope", "delta")
 PHASE = {"W": 0, "b": 0, "u": 1, "a": 1, "loss": 2, "slope": 3, "delta": 3,
@@ -48,11 +49,15 @@ class Key:
     step: int
     sample: int | None     # data row; None for batch values and parameters
 
-    def label(self):
+    def label(self, scenario=None):
         base = {"grad_W": "grad W", "grad_b": "grad b", "update_W": "update W", "update_b": "update b"}.get(
             self.quantity, self.quantity)
         if self.quantity == "loss":
             text = "loss"
+        elif scenario is not None and self.quantity[-1] in "Wb" and self.layer \
+                and scenario.layers[self.layer - 1].kind == "batchnorm":
+            prefix = base[:-1]
+            text = f"{prefix}{param_name(scenario, self.quantity[-1], self.layer, self.index)}"
         else:
             letter = base.split()[-1]
             prefix = base[: -len(letter)]
@@ -111,7 +116,21 @@ def parse_name(text, trace, line=0, source="hand"):
         layer = int(layer)
         if not 1 <= layer <= L:
             raise InputError(f"{where}: {text!r}: layers are 1..{L}")
-        if symbol == "W":
+        norm = s.layers[layer - 1].kind == "batchnorm"
+        if symbol in ("W", "b", "gamma", "beta") and norm != (symbol in ("gamma", "beta")):
+            raise InputError(f"{where}: {text!r}: layer {layer} is " + (
+                f"a batchnorm layer: its parameters are gamma{layer}[j] and beta{layer}[j]" if norm
+                else f"a dense layer: its parameters are W{layer}[i,j] and b{layer}[j]"))
+        if symbol == "gamma":
+            if second is not None or int(first) >= widths[layer]:
+                raise InputError(f"{where}: {text!r}: layer {layer} has units 0..{widths[layer] - 1}")
+            symbol, index = "W", (0, int(first))
+        elif symbol == "beta":
+            symbol = "b"
+            if second is not None or int(first) >= widths[layer]:
+                raise InputError(f"{where}: {text!r}: layer {layer} has units 0..{widths[layer] - 1}")
+            index = (int(first),)
+        elif symbol == "W":
             if second is None:
                 raise InputError(f"{where}: {text!r}: a weight has two indices, W{layer}[i,j]")
             index = (int(first), int(second))
@@ -122,7 +141,7 @@ def parse_name(text, trace, line=0, source="hand"):
                 raise InputError(f"{where}: {text!r}: layer {layer} has units 0..{widths[layer] - 1}")
             index = (int(first),)
         if prefix and symbol not in ("W", "b"):
-            raise InputError(f"{where}: {text!r}: '{prefix}' applies to W or b only")
+            raise InputError(f"{where}: {text!r}: '{prefix}' applies to parameters only (W, b, gamma, beta)")
         quantity = f"{prefix}_{symbol}" if prefix else symbol
     last = trace.steps if quantity in ("W", "b") else trace.steps - 1
     if not 0 <= step <= last:
@@ -256,6 +275,8 @@ class Local:
             per = [get(Key(q, l, key.index, t, int(x))) for x in self.trace.samples(t)]
             total = sum(per[1:], per[0])
             return total / len(per) if s.reduction == "mean" else total
+        if q == "grad_W" and s.layers[l - 1].kind == "batchnorm":
+            return self.xhat(l, key.index[1], t, smp) * get(Key("delta", l, (key.index[1],), t, smp))
         if q == "grad_W":
             return self.below(l, key.index[0], t, smp, get) * get(Key("delta", l, (key.index[1],), t, smp))
         if q == "grad_b":
@@ -271,6 +292,9 @@ class Local:
         j = key.index[0]
         act = activations.get(s.layers[l - 1].activation)
         params = s.layers[l - 1].activation_params
+        if q == "u" and s.layers[l - 1].kind == "batchnorm":
+            # x̂ comes from the batch statistics: the engine's, not recomputed from hand values
+            return get(Key("W", l, (0, j), t, None)) * self.xhat(l, j, t, smp) + get(Key("b", l, (j,), t, None))
         if q == "u":
             total = self.below(l, 0, t, smp, get) * get(Key("W", l, (0, j), t, None))
             for i in range(1, widths[l - 1]):
@@ -303,9 +327,17 @@ class Local:
             return get(Key("slope", l, (j,), t, smp)) * self.error(l, j, t, smp, get)
         raise ValueError(key)
 
+    def xhat(self, l, j, t, smp):
+        slot = self.trace.samples(t).tolist().index(smp)
+        return float(self.trace.norm["xhat"][l - 1][t, slot, j])
+
     def error(self, l, j, t, smp, get):
-        """e⁽ˡ⁾_j = Σ_k W_{l+1}[j,k]·δ⁽ˡ⁺¹⁾_k (+ e⁽ˡ⁺¹⁾_j when layer l+1 is residual)."""
+        """e⁽ˡ⁾_j = Σ_k W_{l+1}[j,k]·δ⁽ˡ⁺¹⁾_k (+ e⁽ˡ⁺¹⁾_j when layer l+1 is residual); below a
+        batchnorm layer, the engine's ∂E/∂a (its batch terms are not hand quantities)."""
         widths = self.s.widths
+        if self.s.layers[l].kind == "batchnorm":
+            slot = self.trace.samples(t).tolist().index(smp)
+            return float(self.trace.error[l - 1][t, slot, j])
         back = get(Key("W", l + 1, (j, 0), t, None)) * get(Key("delta", l + 1, (0,), t, smp))
         for k in range(1, widths[l + 1]):
             back = back + get(Key("W", l + 1, (j, k), t, None)) * get(Key("delta", l + 1, (k,), t, smp))
@@ -508,7 +540,8 @@ def _substitution(trace, local, written, key, person, tol):
         for other, where in _alternatives(trace, factor):
             values = _Values(trace, written, {factor: other})
             if _matches(local(key, values), person, tol):
-                return f"the factor {factor.label()} was taken from {where}: {other.label()} was used instead"
+                return (f"the factor {factor.label(trace.scenario)} was taken from {where}: "
+                        f"{other.label(trace.scenario)} was used instead")
     return None
 
 
@@ -543,10 +576,10 @@ def _required_factor(trace, local, written, key, person, engine):
     factors = [f for f in dict.fromkeys(probe.direct)]
     if key.quantity in ("grad_W", "grad_b", "delta") and key.sample is not None and value != 0:
         ratio = person / value
-        parts = ", ".join(f"{f.label()} = {probe._value(f):.6g}" for f in factors)
+        parts = ", ".join(f"{f.label(trace.scenario)} = {probe._value(f):.6g}" for f in factors)
         return (f"with the trace's factors ({parts}) the product is {value:.6g}; your value is {ratio:.4g} times that, "
                 f"so one factor differs (none matches another unit, sample or step); the trace has {engine:.6g}")
-    parts = ", ".join(f"{f.label()} = {probe._value(f):.6g}" for f in factors[:6])
+    parts = ", ".join(f"{f.label(trace.scenario)} = {probe._value(f):.6g}" for f in factors[:6])
     return f"recomputed from {parts} it is {value:.6g}; the trace has {engine:.6g}"
 
 
@@ -567,12 +600,12 @@ def render(results):
     return "\n".join(lines)
 
 
-def to_json(results):
+def to_json(results, scenario=None):
     return json.dumps({
         "right": sum(r.right for r in results), "total": len(results),
         "numbers": [{
-            "name": r.entry.text, "key": r.entry.key.label(), "written": r.entry.written, "engine": r.engine,
+            "name": r.entry.text, "key": r.entry.key.label(scenario), "written": r.entry.written, "engine": r.engine,
             "right": r.right, "kind": r.kind, "explanation": r.explanation,
-            "caused_by": [k.label() for k in r.causes],
+            "caused_by": [k.label(scenario) for k in r.causes],
         } for r in results],
     }, indent=2, ensure_ascii=False)

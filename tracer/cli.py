@@ -201,7 +201,7 @@ def check_command(scenario, overrides, steps, hand, mapping, as_json):
     else:
         entries = check_module.read_hand(hand, trace)
     results = check_module.check(trace, entries)
-    click.echo(check_module.to_json(results) if as_json else check_module.render(results))
+    click.echo(check_module.to_json(results, trace.scenario) if as_json else check_module.render(results))
     if not all(r.right for r in results):
         sys.exit(1)
 

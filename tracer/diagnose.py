@@ -213,6 +213,13 @@ def _sentences(d):
         out.append("Why it diverges: each update θ ← θ − lr·∂E/∂θ overshoots (lr·∂E/∂θ is larger than θ), so θ flips "
                    "sign and grows; the next gradient contains the grown weights (in the error from above) and is "
                    "larger still, with the opposite sign.")
+    if t.clip_factor is not None:
+        finite = t.clip_factor[np.isfinite(t.clip_factor)]
+        active = int((finite < 1).sum())
+        if active:
+            out.append(f"Gradient clipping (clip_norm = {s.clip_norm:g}) scaled the gradients at {active} of {t.steps} "
+                       f"steps; the smallest clip factor was c = {finite.min():.3g} (‖g‖ = {np.nanmax(t.grad_norm):.3g} "
+                       f"at its largest). The norms above are before clipping.")
     if d.why:
         out.append(d.why)
     if not out:
