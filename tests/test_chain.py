@@ -5,6 +5,7 @@ from hypothesis import HealthCheck, given, settings
 
 from tracer import chain, engine, scenario as scenario_module
 from tracer.errors import InputError
+from tracer.trace import param_name
 from tests.conftest import build
 from tests.test_engine import networks
 
@@ -19,7 +20,8 @@ def test_product_of_factors_equals_engine_gradient(raw):
     trace = build(raw)
     widths = trace.scenario.widths
     for layer in range(1, len(widths)):
-        for name in (f"W{layer}[{widths[layer - 1] - 1},0]", f"b{layer}[{widths[layer] - 1}]"):
+        last = 0 if trace.scenario.layers[layer - 1].kind == "batchnorm" else widths[layer - 1] - 1
+        for name in (param_name(trace.scenario, "W", layer, (last, 0)), param_name(trace.scenario, "b", layer, (widths[layer] - 1,))):
             explained = chain.explain(trace, name, step=1)
             if np.isfinite(explained.engine):
                 assert explained.product == pytest.approx(explained.engine, rel=1e-12, abs=1e-300)
