@@ -23,22 +23,22 @@ def _tracer(steps, out):
     trace = engine.run(scenario.load("xor", steps=steps))
     layout = writer.write(trace, out, force=True)
     elapsed = time.perf_counter() - start
-    cells, length = _formula_cells(layout)
-    cells += trace.steps * (1 + 2 * trace.layers)  # the Steps sheet
+    cells, length = _formula_cells(out)
     return {"cells": cells, "seconds": elapsed, "width": len(layout.columns), "length": length}
 
 
-def _formula_cells(layout):
-    """Formula cells of the Trace sheet and their mean formula length."""
+def _formula_cells(path):
+    """Every formula cell the workbook holds (all sheets) and their mean length (counted after timing)."""
+    from openpyxl import load_workbook
+    book = load_workbook(path, read_only=True)
     count = characters = 0
-    big = {k: 1000 for k in "rpqdfln"}
-    for row in layout.rows():
-        kind = row.kind
-        for column in layout.columns:
-            template = column.sample if kind == "sample" else column.total if kind == "total" else column.final
-            if template and not (kind == "total" and row.places.get("q") is None and column.final):
-                count += 1
-                characters += len(template.format_map(big)) + 1
+    for sheet in book.worksheets:
+        for row in sheet.iter_rows(values_only=True):
+            for value in row:
+                if isinstance(value, str) and value.startswith("="):
+                    count += 1
+                    characters += len(value)
+    book.close()
     return count, characters / count
 
 
@@ -96,12 +96,14 @@ def main():
         kind, arg, width, length = args.child
         _child(kind, int(arg), int(width), int(length))
         return
-    probe = _measure("tracer", 10)
-    per_step = probe["cells"] / 10
+    # cells = fixed + per_step·steps beyond the ChainRule sheet's first 200 steps: two probes
+    low, high = _measure("tracer", 300), _measure("tracer", 600)
+    per_step = (high["cells"] - low["cells"]) / 300
+    fixed = low["cells"] - 300 * per_step
     print(f"{'target cells':>12} {'steps':>6} {'tracer cells/s':>15} {'openpyxl cells/s':>17} {'ratio':>6} "
           f"{'tracer RSS MB':>13} {'openpyxl RSS MB':>15}")
     for size in (int(s) for s in args.sizes.split(",")):
-        steps = max(1, round(size / per_step))
+        steps = max(1, round((size - fixed) / per_step)) if size > fixed + 200 * per_step else max(1, round(size / (per_step * 1.5)))
         ours = _measure("tracer", steps)
         bare = _measure("bare", ours["cells"], ours["width"], ours["length"])
         ours_rate, bare_rate = ours["cells"] / ours["seconds"], bare["cells"] / bare["seconds"]

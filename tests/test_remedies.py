@@ -5,9 +5,11 @@ import itertools
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
 from tracer import chain, diagnose, gradcheck, scenario as scenario_module, verify
 from tests.conftest import build
+from tests.test_engine import networks
 
 INPUTS = [[0.5, -1.0, 0.3], [1.5, 0.2, -0.4], [0.1, 0.7, 0.9], [-0.6, 0.4, 1.2]]
 
@@ -93,3 +95,18 @@ def test_combination_gradchecks_and_verifies(soffice, optimizer, clip, batchnorm
     assert report.checks and report.worst.error < 1e-6, report.worst
     verified = verify.verify(trace)
     assert verified.ok, verified.summary()
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(networks(), st.sampled_from(["sgd", "momentum", "adagrad", "rmsprop", "adam"]), st.booleans())
+def test_random_networks_verify_in_libreoffice(soffice, raw, optimizer, clip):
+    raw["optimizer"] = {"name": optimizer, "lr": 0.05}
+    if clip:
+        raw["training"]["clip_norm"] = 0.5
+    for index, layer in enumerate(raw["layers"][:-1]):
+        if raw["layers"][index + 1].get("kind") == "batchnorm":
+            layer["train_bias"] = False   # see the caution in the README
+    trace = build(raw)
+    assume(all(np.isfinite(g).all() for g in trace.grad_W))
+    report = verify.verify(trace)
+    assert report.ok, report.summary()
