@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from tracer import engine, optim, scenario as scenario_module, verify
+from tracer import optim, scenario as scenario_module, verify
 from tests.conftest import build
 
 # E = ½(w·x − t)² with x = 2, t = 1, w0 = 0.3: g = (w·x − t)·x

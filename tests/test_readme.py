@@ -5,7 +5,6 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from tracer import engine, scenario as scenario_module
 from tracer.workbook import writer

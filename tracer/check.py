@@ -155,20 +155,27 @@ def parse_name(text, trace, line=0, source="hand"):
     return Key(quantity, layer, index, step, sample)
 
 
-def read_hand(path, trace):
-    """Read HAND.csv (name,value per line; an optional header line 'name,value')."""
+def _name_lines(path, second):
+    """(line number, name, text after the last comma) of a `name,<second>` CSV; skips blank lines
+    and an optional header line. A name may hold commas (W1[0,1]), so the split is at the last one."""
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: cannot read the file ({exc})") from None
-    entries = []
     for number, raw in enumerate(lines, start=1):
         line = raw.strip()
-        if not line or (number == 1 and line.replace(" ", "").lower() == "name,value"):
+        if not line or (number == 1 and line.replace(" ", "").lower() == f"name,{second}"):
             continue
         if "," not in line:
-            raise InputError(f"{path} line {number}: expected name,value")
-        name, written = (part.strip() for part in line.rsplit(",", 1))
+            raise InputError(f"{path} line {number}: expected name,{second}")
+        name, other = (part.strip() for part in line.rsplit(",", 1))
+        yield number, name, other
+
+
+def read_hand(path, trace):
+    """Read HAND.csv (name,value per line; an optional header line 'name,value')."""
+    entries = []
+    for number, name, written in _name_lines(path, "value"):
         try:
             value, tol = float(written), tolerance_of(written)
         except ValueError:
@@ -187,19 +194,8 @@ def read_workbook(path, mapping, trace):
     import tempfile
     from openpyxl import load_workbook
     from . import libreoffice
-    try:
-        lines = Path(mapping).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"{mapping}: cannot read the file ({exc})") from None
-    pairs = []
-    for number, raw in enumerate(lines, start=1):
-        line = raw.strip()
-        if not line or (number == 1 and line.replace(" ", "").lower() == "name,cell"):
-            continue
-        if "," not in line:
-            raise InputError(f"{mapping} line {number}: expected name,cell")
-        name, cell = (part.strip() for part in line.rsplit(",", 1))
-        pairs.append((number, name, parse_name(name, trace, number, str(mapping)), cell))
+    pairs = [(number, name, parse_name(name, trace, number, str(mapping)), cell)
+             for number, name, cell in _name_lines(mapping, "cell")]
     with tempfile.TemporaryDirectory(prefix="tracer-check-") as folder:
         recomputed = libreoffice.convert(path, "xlsx", folder)
         book = load_workbook(recomputed, data_only=True)

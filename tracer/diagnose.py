@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 
-from . import activations, chain as chain_module
+from . import chain as chain_module
 from .trace import param_name, weight_name
 
 

@@ -194,10 +194,6 @@ class Trace:
             squares = squares + np.sum(self.grad_b[layer - 1].reshape(self.steps, -1) ** 2, axis=1)
             return np.sqrt(squares)
 
-    def inputs_at(self, step):
-        """a⁽⁰⁾ = x for the samples of `step` (B_t × n_in)."""
-        return self.scenario.inputs[self.samples(step)]
-
     def first_nonfinite_step(self):
         """The first step at which any recorded value is inf or NaN, or None."""
         bad = ~np.isfinite(self.loss)

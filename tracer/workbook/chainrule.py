@@ -2,7 +2,6 @@
 step and sample, the factors ② input · ④ error from above · ⑤ local slope as live formulas on
 the Trace cells, their product, the Trace's gradient and whether they agree (to 1e-9)."""
 import numpy as np
-from openpyxl.utils import get_column_letter
 
 from .. import losses
 from ..chain import error_from_above, parse_parameter

@@ -24,15 +24,15 @@ def _line_chart(sheet, title, y_title, first_column, last_column, rows, log=Fals
     return chart
 
 
-def add(sheet, trace, steps_layout):
+def add(sheet, trace):
     """Place the three charts to the right of the Steps table."""
     layers, steps = trace.layers, trace.steps
     anchor_column = 2 + 2 * layers + 2
     letter = get_column_letter(anchor_column)
-    norms = np.array([[trace.gradient_norm(l)] for l in range(1, layers + 1)], dtype=float)
+    norms = np.concatenate([trace.gradient_norm(l) for l in range(1, layers + 1)])
     loss = _line_chart(sheet, "Loss E per step", "E", 2, 2, steps, log=_spans_decades(trace.loss))
     sheet.add_chart(loss, f"{letter}2")
-    gradient = _line_chart(sheet, "Gradient norm per layer", "‖∇‖", 3, 2 + layers, steps, log=_spans_decades(norms.ravel()))
+    gradient = _line_chart(sheet, "Gradient norm per layer", "‖∇‖", 3, 2 + layers, steps, log=_spans_decades(norms))
     sheet.add_chart(gradient, f"{letter}18")
     weights = _line_chart(sheet, "log10|w| per step", "log10|w|", 3 + layers, 2 + 2 * layers, steps)
     sheet.add_chart(weights, f"{letter}34")

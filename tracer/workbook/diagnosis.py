@@ -1,6 +1,7 @@
 """The Diagnosis sheet: per step, each layer's gradient norm, its flag and its count of exact-zero
 slopes, all live formulas (thresholds are named cells on Settings), and the diagnosis in sentences."""
 import numpy as np
+from openpyxl.utils import get_column_letter as _letter
 
 from ..diagnose import layer_flag
 
@@ -64,8 +65,3 @@ class DiagnosisLayout:
                 values[2 * L + l] = (float((np.abs(slopes) < th["saturated"]).sum()) if np.isfinite(slopes).all()
                                      else np.nan)
             yield step, values
-
-
-def _letter(index):
-    from openpyxl.utils import get_column_letter
-    return get_column_letter(index)

@@ -394,9 +394,6 @@ class TraceLayout:
         counts = (self.sample_ids[:step] >= 0).sum()
         return HEADER_ROWS + int(counts) + step + int((self.sample_ids[step] >= 0).sum()) + 1
 
-    def parameter_keys(self):
-        return list(self._params)
-
 
 def input_letter(scenario, i):
     """Data sheet column of the input the network sees: the raw one, or its normalised copy."""

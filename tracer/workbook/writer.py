@@ -14,7 +14,7 @@ import numpy as np
 from openpyxl import Workbook
 from openpyxl.cell import WriteOnlyCell
 from openpyxl.comments import Comment
-from openpyxl.formatting.rule import FormulaRule, Rule
+from openpyxl.formatting.rule import Rule
 from openpyxl.styles import Alignment, Font, PatternFill
 from openpyxl.styles.differential import DifferentialStyle
 from openpyxl.styles.numbers import NumberFormat
@@ -116,7 +116,7 @@ def write(trace, path, force=False, progress=None, parameters=()):
         for table in tables:
             sheet = _write_table(workbook, table.title, table.headers(), table.rows())
             if table.title == "Steps":
-                charts.add(sheet, trace, table)
+                charts.add(sheet, trace)
         _write_settings(workbook, trace.scenario)
         _write_data(workbook, trace.scenario)
         _write_text(workbook, "Scenario", trace.scenario.text.splitlines())
