@@ -54,7 +54,8 @@ def test_deep_sigmoid_first_layer_gradient_is_orders_below_last():
 
 @pytest.mark.parametrize("remedy,twin", [("normalized-inputs", "sigmoid-vanishing"), ("small-lr", "leaky-relu-explosion"),
                                          ("clipped-explosion", "leaky-relu-explosion"),
-                                         ("xavier-tanh", "deep-sigmoid"), ("he-relu-deep", "deep-sigmoid")])
+                                         ("xavier-tanh", "deep-sigmoid"), ("he-relu-deep", "deep-sigmoid"),
+                                         ("batchnorm-deep", "deep-sigmoid")])
 def test_remedies_learn_where_their_twin_does_not(remedy, twin):
     fixed, broken = run(remedy), run(twin)
     assert np.isfinite(fixed.loss).all()
