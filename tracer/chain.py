@@ -52,34 +52,36 @@ class Chain:
     update_lines: list = None   # how the batch gradient became the update: clipping, lr, optimiser
 
 
-def parse_parameter(text, widths, scenario=None):
+def parse_parameter(text, widths, scenario=None, where=None):
     """'W1[0,2]', 'b2[1]' (or 'gamma2[1]', 'beta2[1]' of a batchnorm layer) -> (kind, layer, index)
-    with kind W or b; raise InputError with the valid ranges."""
+    with kind W or b; raise InputError with the valid ranges, each message starting with `where`
+    (default: the --param option)."""
+    where = where or f"--param {text}"
     match = _PARAM.match(text)
     if not match:
-        raise InputError(f"--param {text!r}: write W<layer>[i,j] or b<layer>[j], e.g. W1[0,0]")
+        raise InputError(f"{where}: write W<layer>[i,j] or b<layer>[j], e.g. W1[0,0]")
     kind, layer, first, second = match.group(1), int(match.group(2)), int(match.group(3)), match.group(4)
     layers = len(widths) - 1
     if not 1 <= layer <= layers:
-        raise InputError(f"--param {text}: layer must be 1..{layers}")
+        raise InputError(f"{where}: layer must be 1..{layers}")
     norm = scenario is not None and scenario.layers[layer - 1].kind == "batchnorm"
     if norm != (kind in ("gamma", "beta")):
-        raise InputError(f"--param {text}: layer {layer} is " + (
+        raise InputError(f"{where}: layer {layer} is " + (
             f"a batchnorm layer: its parameters are gamma{layer}[j] and beta{layer}[j]" if norm
             else f"a dense layer: its parameters are W{layer}[i,j] and b{layer}[j]"))
     if norm:
         if second is not None or first >= widths[layer]:
-            raise InputError(f"--param {text}: layer {layer} has units 0..{widths[layer] - 1}")
+            raise InputError(f"{where}: layer {layer} has units 0..{widths[layer] - 1}")
         return ("W", layer, (0, first)) if kind == "gamma" else ("b", layer, (first,))
     if kind == "W":
         if second is None:
-            raise InputError(f"--param {text}: a weight needs two indices, W{layer}[i,j]")
+            raise InputError(f"{where}: a weight needs two indices, W{layer}[i,j]")
         index = (first, int(second))
         if not (first < widths[layer - 1] and index[1] < widths[layer]):
-            raise InputError(f"--param {text}: W{layer} has shape {widths[layer - 1]}×{widths[layer]}")
+            raise InputError(f"{where}: W{layer} has shape {widths[layer - 1]}×{widths[layer]}")
     else:
         if second is not None or first >= widths[layer]:
-            raise InputError(f"--param {text}: b{layer} has {widths[layer]} entries, b{layer}[j]")
+            raise InputError(f"{where}: b{layer} has {widths[layer]} entries, b{layer}[j]")
         index = (first,)
     return kind, layer, index
 

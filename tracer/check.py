@@ -30,6 +30,7 @@ import re
 import numpy as np
 
 from . import activations, losses, optim
+from .chain import parse_parameter
 from .errors import InputError
 from .trace import param_name
 
@@ -116,29 +117,12 @@ def parse_name(text, trace, line=0, source="hand"):
         layer = int(layer)
         if not 1 <= layer <= L:
             raise InputError(f"{where}: {text!r}: layers are 1..{L}")
-        norm = s.layers[layer - 1].kind == "batchnorm"
-        if symbol in ("W", "b", "gamma", "beta") and norm != (symbol in ("gamma", "beta")):
-            raise InputError(f"{where}: {text!r}: layer {layer} is " + (
-                f"a batchnorm layer: its parameters are gamma{layer}[j] and beta{layer}[j]" if norm
-                else f"a dense layer: its parameters are W{layer}[i,j] and b{layer}[j]"))
-        if symbol == "gamma":
-            if second is not None or int(first) >= widths[layer]:
-                raise InputError(f"{where}: {text!r}: layer {layer} has units 0..{widths[layer] - 1}")
-            symbol, index = "W", (0, int(first))
-        elif symbol == "beta":
-            symbol = "b"
-            if second is not None or int(first) >= widths[layer]:
-                raise InputError(f"{where}: {text!r}: layer {layer} has units 0..{widths[layer] - 1}")
-            index = (int(first),)
-        elif symbol == "W":
-            if second is None:
-                raise InputError(f"{where}: {text!r}: a weight has two indices, W{layer}[i,j]")
-            index = (int(first), int(second))
-            if not (index[0] < widths[layer - 1] and index[1] < widths[layer]):
-                raise InputError(f"{where}: {text!r}: W{layer} has shape {widths[layer - 1]}×{widths[layer]}")
+        if symbol in ("W", "b", "gamma", "beta"):
+            parameter = f"{symbol}{layer}[{first}" + (f",{second}" if second is not None else "") + "]"
+            symbol, layer, index = parse_parameter(parameter, widths, s, where=f"{where}: {text!r}")
+        elif int(first) >= widths[layer] or second is not None:
+            raise InputError(f"{where}: {text!r}: layer {layer} has units 0..{widths[layer] - 1}")
         else:
-            if second is not None or int(first) >= widths[layer]:
-                raise InputError(f"{where}: {text!r}: layer {layer} has units 0..{widths[layer] - 1}")
             index = (int(first),)
         if prefix and symbol not in ("W", "b"):
             raise InputError(f"{where}: {text!r}: '{prefix}' applies to parameters only (W, b, gamma, beta)")

@@ -193,8 +193,8 @@ def clip(scenario, grads_W, grads_b, trace, step):
         grads_b = [g * factor for g in grads_b]
     if scenario.clip_value is not None:
         c = scenario.clip_value
-        grads_W = [propagate_nonfinite(np.minimum(c, np.maximum(-c, g)), g) for g in grads_W]
-        grads_b = [propagate_nonfinite(np.minimum(c, np.maximum(-c, g)), g) for g in grads_b]
+        clamp = lambda g: propagate_nonfinite(np.minimum(c, np.maximum(-c, g)), g)  # noqa: E731
+        grads_W, grads_b = [clamp(g) for g in grads_W], [clamp(g) for g in grads_b]
     return grads_W, grads_b
 
 
@@ -231,17 +231,16 @@ def run(scenario):
             used_W, used_b = clip(scenario, grads_W, grads_b, trace, step)
             hyper = dict(scenario.optimizer_params, lr=optim.learning_rate(scenario.optimizer_params, step))
             trace.lr[step] = hyper["lr"]
-            updates_W, updates_b = [], []
+            updates = {"W": [], "b": []}
             for l, layer in enumerate(scenario.layers):
-                update, state = optimizer.step(used_W[l], weights[l], trace.state_before("W", l, step), hyper, step + 1)
-                trace.record_state("W", l, step, state)
-                updates_W.append(update)
-                if layer.train_bias:
-                    update, state = optimizer.step(used_b[l], biases[l], trace.state_before("b", l, step), hyper, step + 1)
-                    trace.record_state("b", l, step, state)
-                else:
-                    update = np.zeros_like(used_b[l])
-                updates_b.append(update)
+                for kind, grads, params in (("W", used_W, weights), ("b", used_b, biases)):
+                    if kind == "b" and not layer.train_bias:
+                        updates[kind].append(np.zeros_like(grads[l]))
+                        continue
+                    update, state = optimizer.step(grads[l], params[l], trace.state_before(kind, l, step), hyper, step + 1)
+                    trace.record_state(kind, l, step, state)
+                    updates[kind].append(update)
+            updates_W, updates_b = updates["W"], updates["b"]
             loss = reduce_samples(result.sample_loss, scenario.reduction)
             trace.record(step, result, grads_W, grads_b, updates_W, updates_b, loss)
             weights = [W - d for W, d in zip(weights, updates_W)]

@@ -80,6 +80,8 @@ class Trace:
         per_unit = lambda: [np.full((steps, size, n), np.nan) for n in widths[1:]]  # noqa: E731
         shapes = [(1, j) if layer.kind == "batchnorm" else (i, j)
                   for i, j, layer in zip(widths[:-1], widths[1:], scenario.layers)]
+        parameter_shapes = {"W": shapes, "b": [(j,) for j in widths[1:]]}
+        states = optim.OPTIMIZERS[scenario.optimizer].state
         fused = scenario.loss in ("bce", "softmax_ce")
         return cls(
             scenario=scenario, sample_ids=sample_ids,
@@ -97,12 +99,10 @@ class Trace:
             norm={**{q: per_unit() for q in BATCHNORM_PER_SAMPLE},
                   **{q: [np.full((steps, n), np.nan) for n in widths[1:]] for q in BATCHNORM_PER_STEP}},
             lr=np.full(steps, np.nan),
-            state={(name, kind): [np.full((steps,) + shape, np.nan) for shape in
-                                  (shapes if kind == "W" else [(j,) for j in widths[1:]])]
-                   for name in optim.OPTIMIZERS[scenario.optimizer].state for kind in ("W", "b")},
-            initial_state={(name, kind): [np.zeros(shape) for shape in
-                                          (shapes if kind == "W" else [(j,) for j in widths[1:]])]
-                           for name in optim.OPTIMIZERS[scenario.optimizer].state for kind in ("W", "b")},
+            state={(name, kind): [np.full((steps,) + shape, np.nan) for shape in parameter_shapes[kind]]
+                   for name in states for kind in parameter_shapes},
+            initial_state={(name, kind): [np.zeros(shape) for shape in parameter_shapes[kind]]
+                           for name in states for kind in parameter_shapes},
             grad_norm=np.full(steps, np.nan) if scenario.clip_norm is not None else None,
             clip_factor=np.full(steps, np.nan) if scenario.clip_norm is not None else None,
         )

@@ -242,31 +242,30 @@ class TraceLayout:
         refs = dict(names, lr=f"{lr_letter}{{r}}" if lr_letter else names["lr"], t="($A{r}+1)",
                     nesterov=hyper.get("nesterov", False))
         self._state_first = {}
+        # per parameter: the gradient as its update reads it, and this row's state cells
+        row_refs, clipping = {}, ""
+        for key in update_letters:
+            used, clipping = self._clipped(f"{grads[key]}{{r}}", clip_letter)
+            used = optim.excel_gradient(used, f"{self._params[key]}{{r}}", names, hyper)
+            row_refs[key] = dict(refs, g=used, **{st: f"{state_letters[(st, key)]}{{r}}" for st in optimizer.state})
         for key, letter in update_letters.items():
             kind, l, idx = key
             name = param_name(s, kind, l, idx)
-            used, meaning = self._clipped(f"{grads[key]}{{r}}", clip_letter)
-            used = optim.excel_gradient(used, f"{self._params[key]}{{r}}", names, hyper)
-            row_refs = dict(refs, g=used, **{state: f"{state_letters[(state, key)]}{{r}}" for state in optimizer.state})
-            got = self._add("update Δθ (subtracted)", f"Δ{name}", f"{s.optimizer}: {optimizer.meaning}{meaning}",
-                            (f"update_{kind}", l, idx), total=optimizer.excel_update(row_refs))
+            got = self._add("update Δθ (subtracted)", f"Δ{name}", f"{s.optimizer}: {optimizer.meaning}{clipping}",
+                            (f"update_{kind}", l, idx), total=optimizer.excel_update(row_refs[key]))
             assert got == letter
         for state in optimizer.state:
+            formula = optimizer.excel_state[state]
+            symbol = optim.STATE_SYMBOLS.get(state, state)
             for key in update_letters:
                 kind, l, idx = key
                 name = param_name(s, kind, l, idx)
-                used, _ = self._clipped(f"{grads[key]}{{r}}", clip_letter)
-                used = optim.excel_gradient(used, f"{self._params[key]}{{r}}", names, hyper)
-                letter = state_letters[(state, key)]
-                row_refs = dict(refs, g=used, **{st: f"{state_letters[(st, key)]}{{r}}" for st in optimizer.state})
                 previous = {f"prev_{st}": f"{state_letters[(st, key)]}{{q}}" for st in optimizer.state}
                 first = {f"prev_{st}": "{prev0}" for st in optimizer.state}
-                formula = optimizer.excel_state[state]
-                symbol = optim.STATE_SYMBOLS.get(state, state)
                 got = self._add(f"optimiser state ({s.optimizer})", f"{symbol} {name}", f"{state} of {name} after this step",
-                                (f"{state}_{kind}", l, idx), total=formula(dict(row_refs, **previous)))
-                self.columns[-1].first = formula(dict(row_refs, **first))
-                assert got == letter
+                                (f"{state}_{kind}", l, idx), total=formula(dict(row_refs[key], **previous)))
+                self.columns[-1].first = formula(dict(row_refs[key], **first))
+                assert got == state_letters[(state, key)]
         if lr_letter:
             decay = ("learning_rate*schedule_gamma^INT($A{r}/schedule_step_size)" if hyper["schedule"] == "step"
                      else "learning_rate*schedule_gamma^$A{r}")
