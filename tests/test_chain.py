@@ -1,7 +1,7 @@
 """The chain rule: factors from the trace, their product equal to the engine's gradient."""
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from tracer import chain, engine, scenario as scenario_module
 from tracer.errors import InputError
@@ -70,3 +70,59 @@ def test_bad_parameter_names():
     for text in ("W1[0]", "V1[0,0]", "b1[0,0]", "W0[0,0]"):
         with pytest.raises(InputError):
             chain.parse_parameter(text, [2, 2, 1])
+
+
+def _deep_net(depth, width, seed=0, loss="half_sse", outputs=1):
+    """`depth` sigmoid layers of `width` units, then `outputs` outputs (as a scenario dict)."""
+    rng = np.random.default_rng(seed)
+    layers = [{"units": width, "activation": "sigmoid", "init": "normal", "std": 1.5} for _ in range(depth)]
+    out = {"bce": "sigmoid", "softmax_ce": "softmax"}.get(loss, "identity")
+    layers.append({"units": outputs, "activation": out, "init": "normal", "std": 1.5})
+    targets = (np.eye(outputs)[rng.integers(0, outputs, 3)] if loss == "softmax_ce"
+               else rng.integers(0, 2, (3, outputs)).astype(float))
+    return {"seed": seed, "steps": 1, "data": {"inputs": rng.normal(0, 1, (3, 2)).tolist(), "targets": targets.tolist()},
+            "layers": layers, "loss": {"name": loss}, "optimizer": {"name": "sgd", "lr": 0.1}}
+
+
+def _brute_force_terms(trace, layer, j, step=0, slot=0):
+    """|term| of every path from unit j of `layer` to an output, enumerated:
+    Π_{l<m<L} f'(u⁽ᵐ⁾) · Π_{m>l} W_m · δ⁽ᴸ⁾ (the factors common to all paths left out)."""
+    import itertools
+    widths, L = trace.scenario.widths, trace.layers
+    terms = {}
+    for rest in itertools.product(*[range(widths[m]) for m in range(layer + 1, L + 1)]):
+        path = (j,) + rest
+        term = trace.delta[L - 1][step, slot, path[-1]]
+        for m in range(layer + 1, L + 1):
+            term *= trace.W[m - 1][step, path[m - layer - 1], path[m - layer]]
+            if m < L:
+                term *= trace.slope[m - 1][step, slot, path[m - layer]]
+        terms[path] = abs(term)
+    return terms
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(2, 5), st.integers(1, 4), st.integers(1, 3), st.integers(0, 2**16),
+       st.sampled_from(["half_sse", "bce", "softmax_ce"]))
+def test_dominant_path_is_the_largest_term_of_the_brute_force_enumeration(depth, width, outputs, seed, loss):
+    if loss == "softmax_ce":
+        outputs = max(2, outputs)
+    trace = build(_deep_net(depth, width, seed, loss, outputs))
+    terms = _brute_force_terms(trace, 1, 0)
+    explained = chain.explain(trace, "W1[0,0]", step=0)
+    largest = max(terms.values())
+    assert terms[tuple(explained.path)] == pytest.approx(largest, rel=1e-12, abs=0)
+    # ties go to the lowest units: no path before it in enumeration order is as large
+    assert all(value < largest * (1 - 1e-12) for path, value in terms.items() if path < tuple(explained.path))
+
+
+def test_chain_of_a_30_layer_net_returns(tmp_path):
+    """8³⁰ paths: enumerating them never ends; the dynamic programme takes O(depth·width²)."""
+    import subprocess
+    import sys
+    from tests.conftest import write_toml
+    path = write_toml(tmp_path, scenario_module.dump_toml(_deep_net(30, 8)))
+    done = subprocess.run([sys.executable, "-m", "tracer", "chain", str(path), "--param", "W1[0,0]"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "31 local slopes" in done.stdout or "30 local slopes" in done.stdout

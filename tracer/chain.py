@@ -9,7 +9,6 @@ For deeper nets the delta recursion δ⁽ᵐ⁾ = f'(u⁽ᵐ⁾)·Σ W δ⁽ᵐ�
 j = j_l → j_{l+1} → … → j_L; one path's term is a_i · Π f'(u along the path) · Π W along it · ∂E/∂a.
 """
 from dataclasses import dataclass
-import itertools
 import re
 
 import numpy as np
@@ -271,22 +270,39 @@ def _add_path(chain, trace, step, slot, layer, j, input_value, names, path):
 
 
 def _dominant_path(trace, step, slot, layer, j):
-    """The path whose term has the largest magnitude (ties: lowest units)."""
-    s = trace.scenario
-    widths, L = s.widths, len(s.layers)
-    best, best_value = None, -1.0
-    for rest in itertools.product(*[range(widths[m]) for m in range(layer + 1, L + 1)]):
-        path = (j,) + rest
-        value = 1.0
-        with np.errstate(all="ignore"):
-            for m, unit in zip(range(layer + 1, L + 1), rest):
-                value *= trace.W[m - 1][step, path[m - layer - 1], unit] * trace.slope[m - 1][step, slot, unit]
-        magnitude = abs(value) if np.isfinite(value) else np.inf
-        if magnitude > best_value:
-            best, best_value = list(path), magnitude
-        if len(best) and np.isinf(best_value):
-            break
-    return best
+    """The path j = p_l → p_{l+1} → … → p_L whose term has the largest magnitude (ties: lowest units).
+
+    Apart from the factors every path shares (the input and f'(u⁽ˡ⁾_j)), a path's term is
+      Π_{l<m<L} f'(u⁽ᵐ⁾_{p_m}) · Π_{l<m≤L} W_m[p_{m−1}, p_m] · δ⁽ᴸ⁾_{p_L},
+    a product of one factor per edge, so the largest |term| is found by dynamic programming over
+    the layers, from the output down, in O(depth·width²) (not by enumerating the width^depth paths):
+      best_L(k) = log|δ⁽ᴸ⁾_k|,  best_{m−1}(p) = max_k log|W_m[p,k]·f'(u⁽ᵐ⁾_k)| + best_m(k)
+    (no slope factor for m = L: δ⁽ᴸ⁾ holds it). Logarithms keep deep products from under- or
+    overflowing; a non-finite factor counts as the largest.
+    """
+    L = len(trace.scenario.layers)
+    best = _log_magnitude(trace.delta[L - 1][step, slot])
+    choices = []
+    for m in range(L, layer, -1):
+        edges = trace.W[m - 1][step] if m == L else trace.W[m - 1][step] * trace.slope[m - 1][step, slot][None, :]
+        with np.errstate(invalid="ignore"):
+            scores = _log_magnitude(edges) + best[None, :]
+        scores[np.isnan(scores)] = np.inf            # inf·0 along a path: as large as can be
+        pick = np.argmax(scores, axis=1)             # the first maximum: the lowest unit on ties
+        choices.append(pick)
+        best = scores[np.arange(len(pick)), pick]
+    path = [j]
+    for pick in reversed(choices):
+        path.append(int(pick[path[-1]]))
+    return path
+
+
+def _log_magnitude(values):
+    """log|x| elementwise: −inf for 0, +inf for inf and NaN."""
+    with np.errstate(all="ignore"):
+        logs = np.log(np.abs(np.asarray(values, dtype=float)))
+    logs[~np.isfinite(values)] = np.inf
+    return logs
 
 
 def render(chain, latex=False):
