@@ -128,3 +128,32 @@ def test_residual_needs_equal_widths_and_a_hidden_layer(tmp_path, invoke):
     text = GOOD.replace('units = 1\nactivation = "identity"', 'units = 1\nactivation = "identity"\nresidual = true')
     result = invoke("run", write_toml(tmp_path, text), "--trace", tmp_path / "t.csv")
     assert result.exit_code == 2 and "not the output layer" in result.output
+
+
+BATCHNORM = GOOD.replace('[[layers]]\nunits = 1', '[[layers]]\nkind = "batchnorm"\n[[layers]]\nunits = 1', 1)
+THREE_ROWS = ('[[1.0, 2.0], [3.0, 4.0]]\ntargets = [[1.0], [0.0]]', '[[1.0, 2.0], [3.0, 4.0], [0.5, 1.0]]\ntargets = [[1.0], [0.0], [1.0]]')
+
+
+@pytest.mark.parametrize("edits,detail", [
+    ([('lr = 0.1', 'lr = 0.1\n[training]\nbatch = 1')], "batches of 1 sample"),
+    ([('[[1.0, 2.0], [3.0, 4.0]]\ntargets = [[1.0], [0.0]]', '[[1.0, 2.0]]\ntargets = [[1.0]]')], "batches of 1 sample"),
+    ([THREE_ROWS, ('lr = 0.1', 'lr = 0.1\n[training]\nbatch = 2')], "the last batch of each epoch has 1 sample (3 samples in batches of 2)"),
+], ids=["batch 1", "one sample", "last batch of 1"])
+def test_batchnorm_refuses_a_batch_of_one_sample(tmp_path, invoke, edits, detail):
+    """PyTorch: 'Expected more than 1 value per channel when training'; x̂ would be 0 for every input."""
+    text = BATCHNORM
+    for old, new in edits:
+        assert old in text
+        text = text.replace(old, new, 1)
+    result = invoke("run", write_toml(tmp_path, text), "-o", tmp_path / "out.xlsx")
+    assert result.exit_code == 2, result.output
+    line = result.output.strip()
+    assert len(line.splitlines()) == 1 and line.startswith("Error:")
+    assert "training.batch" in line and "layers[1]" in line and "more than 1 sample" in line and detail in line, line
+    assert not (tmp_path / "out.xlsx").exists()
+
+
+def test_batchnorm_with_batches_of_two_or_more_loads(tmp_path):
+    text = BATCHNORM.replace(*THREE_ROWS).replace('lr = 0.1', 'lr = 0.1\n[training]\nbatch = 2')
+    scenario_module.load(write_toml(tmp_path, text.replace("batch = 2", "batch = 3")))
+    scenario_module.load(write_toml(tmp_path, BATCHNORM.replace('lr = 0.1', 'lr = 0.1\n[training]\nbatch = 2')))

@@ -193,6 +193,7 @@ def from_dict(raw, source="<scenario>", base=None, text=""):
     training = v.table(raw, "training", "", default={})
     v.keys(training, TRAINING_KEYS, "training")
     batch = _batch(v, training, inputs.shape[0])
+    _batchnorm_batches(v, layers, inputs.shape[0], batch)
     shuffle = v.boolean(training, "shuffle", "training", default=False)
     clip_norm, clip_value = (v.number(training, key, "training", positive=True) if key in training else None
                              for key in ("clip_norm", "clip_value"))
@@ -443,6 +444,20 @@ def _batch(v, training, n_samples):
     if batch > n_samples:
         raise ScenarioError(v.source, "training.batch", f"{batch} is larger than the {n_samples} samples")
     return None if batch == n_samples else batch
+
+
+def _batchnorm_batches(v, layers, n_samples, batch):
+    """Refuse a batch of one sample under batchnorm, as PyTorch does in training mode ("Expected
+    more than 1 value per channel when training"): σ² = 0 there, so x̂ = 0 whatever the input."""
+    norms = [index for index, layer in enumerate(layers) if layer.kind == "batchnorm"]
+    size = n_samples if batch is None else batch
+    if not norms or (size > 1 and n_samples % size != 1):
+        return
+    detail = (f"batches of 1 sample ({n_samples} sample{'s' if n_samples > 1 else ''}, batch {size})" if size == 1
+              else f"the last batch of each epoch has 1 sample ({n_samples} samples in batches of {size})")
+    raise ScenarioError(v.source, "training.batch",
+                        f"batchnorm (layers[{norms[0]}]) needs more than 1 sample in every batch, as in PyTorch; "
+                        f"here {detail}")
 
 
 def _did_you_mean(word, candidates):
