@@ -110,3 +110,97 @@ def test_random_networks_verify_in_libreoffice(soffice, raw, optimizer, clip):
     assume(all(np.isfinite(g).all() for g in trace.grad_W))
     report = verify.verify(trace)
     assert report.ok, report.summary()
+
+
+def _frozen_bias_case(clip_value=None):
+    """The issue's case: y = W·x + b with W = 1, a frozen bias b = 1, x = 1, t = 0, lr 0.1, clip_norm 0.1."""
+    training = {"clip_norm": 0.1, **({"clip_value": clip_value} if clip_value else {})}
+    return {"seed": 0, "steps": 2, "data": {"inputs": [[1.0]], "targets": [[0.0]]},
+            "layers": [{"units": 1, "activation": "identity", "init": "explicit", "weights": [[1.0]], "bias": [1.0],
+                        "train_bias": False}],
+            "loss": {"name": "half_sse"}, "optimizer": {"name": "sgd", "lr": 0.1}, "training": training}
+
+
+def test_clip_norm_leaves_frozen_parameters_out_of_the_norm():
+    trace = build(_frozen_bias_case())
+    # E = ½(W + b)², ∂E/∂W = W + b = 2; b is not trained, so ‖g‖ = |∂E/∂W| = 2 (not √8)
+    assert trace.grad_W[0][0, 0, 0] == 2.0 and trace.grad_b[0][0, 0] == 2.0
+    assert trace.grad_norm[0] == 2.0
+    assert trace.clip_factor[0] == 0.1 / (2.0 + 1e-6)
+    assert trace.update_W[0][0, 0, 0] == pytest.approx(0.1 * 2.0 * 0.1 / (2.0 + 1e-6), rel=1e-15)
+    assert trace.b[0][-1, 0] == 1.0
+    report = gradcheck.check(trace, steps=(0, 1))
+    assert report.worst.error < 1e-8, report.worst
+
+
+@pytest.mark.libreoffice
+def test_clip_norm_of_trained_parameters_verifies(soffice):
+    raw = network(clip=True, batchnorm=True)           # the layer below batchnorm has a frozen bias
+    raw["layers"][1]["train_bias"] = False             # and the batchnorm's β is frozen too
+    trace = build(raw)
+    report = verify.verify(trace)
+    assert report.ok, report.summary()
+    frozen = build(_frozen_bias_case())
+    report = verify.verify(frozen)
+    assert report.ok, report.summary()
+
+
+def _torch_run(trace, steps, clip_norm, clip_value):
+    """The same dense net trained in torch (float64) from the documented clip_grad_norm_ and
+    clip_grad_value_: per step, (total norm, clip coefficient min(1, max_norm/(norm + 1e-6))) and
+    the parameters after `steps` steps."""
+    torch = pytest.importorskip("torch")
+    s = trace.scenario
+    torch_act = {"tanh": torch.tanh, "sigmoid": torch.sigmoid, "identity": lambda z: z}
+    linears = []
+    for l, layer in enumerate(s.layers):
+        linear = torch.nn.Linear(trace.W[l].shape[1], trace.W[l].shape[2], dtype=torch.float64)
+        with torch.no_grad():
+            linear.weight.copy_(torch.tensor(trace.W[l][0].T))
+            linear.bias.copy_(torch.tensor(trace.b[l][0]))
+        linear.bias.requires_grad_(layer.train_bias)
+        linears.append(linear)
+    trained = [p for linear in linears for p in linear.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(trained, lr=s.optimizer_params["lr"])
+    norms, factors = [], []
+    for step in range(steps):
+        ids = trace.samples(step)
+        a = torch.tensor(s.inputs[ids])
+        for linear, layer in zip(linears, s.layers):
+            a = torch_act[layer.activation](linear(a))
+        loss = 0.5 * ((a - torch.tensor(s.targets[ids])) ** 2).sum()   # half_sse, summed over the batch
+        if s.reduction == "mean":
+            loss = loss / len(ids)
+        optimizer.zero_grad()
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(trained, clip_norm)
+        norms.append(float(norm))
+        factors.append(min(1.0, clip_norm / (float(norm) + 1e-6)))
+        if clip_value is not None:
+            torch.nn.utils.clip_grad_value_(trained, clip_value)
+        optimizer.step()
+    final = [(linear.weight.detach().numpy().T, linear.bias.detach().numpy()) for linear in linears]
+    return norms, factors, final
+
+
+@pytest.mark.parametrize("frozen,clip_value", [(False, None), (True, None), (True, 0.004), (False, 0.004)],
+                         ids=["trained", "frozen-bias", "frozen-bias+clip-value", "trained+clip-value"])
+def test_clipping_matches_torch(frozen, clip_value):
+    raw = network(clip=True, steps=4)
+    raw["training"] = {"batch": "full", "clip_norm": 0.05, **({"clip_value": clip_value} if clip_value else {})}
+    raw["layers"][0]["train_bias"] = not frozen
+    trace = build(raw)
+    norms, factors, final = _torch_run(trace, trace.steps, 0.05, clip_value)
+    np.testing.assert_allclose(trace.grad_norm, norms, rtol=1e-12, atol=0)
+    np.testing.assert_allclose(trace.clip_factor, factors, rtol=1e-12, atol=0)
+    assert (trace.clip_factor < 1).all()    # the norm clipped at every step
+    for l, (W, b) in enumerate(final):
+        np.testing.assert_allclose(trace.W[l][-1], W, rtol=1e-12, atol=0)
+        np.testing.assert_allclose(trace.b[l][-1], b, rtol=1e-12, atol=0)
+
+
+def test_the_issue_case_matches_torch():
+    trace = build(_frozen_bias_case())
+    norms, factors, final = _torch_run(trace, 2, 0.1, None)
+    assert norms[0] == 2.0 and trace.grad_norm[0] == 2.0
+    np.testing.assert_allclose(trace.W[0][-1], final[0][0], rtol=1e-15)

@@ -196,7 +196,7 @@ def _update_lines(trace, kind, layer, index, step, batch):
     lines, used = [], f"g = {batch:.10g}"
     if trace.clip_factor is not None:
         c = float(trace.clip_factor[step])
-        lines.append(f"clip by norm: ‖g‖ = {trace.grad_norm[step]:.6g} over all parameters, clip factor c = {c:.6g}"
+        lines.append(f"clip by norm: ‖g‖ = {trace.grad_norm[step]:.6g} over the trained parameters, clip factor c = {c:.6g}"
                      + (" (clipping: g is scaled)" if c < 1 else " (no clipping at this step)"))
         used = f"g·c = {batch * c:.10g}"
     if s.clip_value is not None:

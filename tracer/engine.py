@@ -180,12 +180,17 @@ def reduce_samples(per_sample, reduction):
 def clip(scenario, grads_W, grads_b, trace, step):
     """Gradient clipping before the update, as PyTorch does it.
 
-    clip_norm:  ‖g‖ = sqrt(Σ g²) over every parameter; c = min(1, clip_norm / (‖g‖ + 1e-6)); g ← g·c
-    clip_value: g ← min(clip_value, max(−clip_value, g)), entry by entry (applied after clip_norm)
+    clip_norm:  ‖g‖ = sqrt(Σ g²) over every trained parameter (a frozen bias, train_bias = false,
+                receives no gradient in PyTorch and is left out, as clip_grad_norm_ leaves it out);
+                c = min(1, clip_norm / (‖g‖ + 1e-6)); g ← g·c
+    clip_value: g ← min(clip_value, max(−clip_value, g)), entry by entry (applied after clip_norm,
+                as clip_grad_norm_ followed by clip_grad_value_: ‖g‖ is the norm before the clamp)
     The norm and c are recorded per step. An overflowing norm makes c non-finite (#NUM! in a sheet).
     """
     if scenario.clip_norm is not None:
-        flat = np.concatenate([g.ravel() for pair in zip(grads_W, grads_b) for g in pair])
+        trained = [(g_W, g_b) if layer.train_bias else (g_W,)
+                   for g_W, g_b, layer in zip(grads_W, grads_b, scenario.layers)]
+        flat = np.concatenate([g.ravel() for group in trained for g in group])
         norm = np.sqrt(np.sum(flat * flat))
         factor = propagate_nonfinite(np.minimum(1.0, scenario.clip_norm / (norm + 1e-6)), norm)
         trace.grad_norm[step], trace.clip_factor[step] = norm, factor

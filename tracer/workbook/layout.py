@@ -11,7 +11,7 @@ engine's value of every cell.
 """
 from dataclasses import dataclass, field
 
-from openpyxl.utils import get_column_letter
+from openpyxl.utils import column_index_from_string, get_column_letter
 
 from .. import activations, losses, optim
 from ..errors import LimitError
@@ -272,9 +272,9 @@ class TraceLayout:
             got = self._add("schedule", "lr", f"learning rate of the step ({hyper['schedule']} decay)", ("lr",), total=decay)
             assert got == lr_letter
         if s.clip_norm is not None:
-            first, last = grads[next(iter(grads))], grads[list(grads)[-1]]
-            norm = self._add("gradient clipping", "‖g‖", "L2 norm of every batch gradient of the step", ("grad_norm",),
-                             total=f"SQRT(SUMSQ({first}{{r}}:{last}{{r}}))")
+            trained = [grads[key] for key in update_letters]   # a frozen bias is not in ‖g‖
+            norm = self._add("gradient clipping", "‖g‖", "L2 norm of the batch gradients of every trained parameter",
+                             ("grad_norm",), total=f"SQRT({_sum_of_squares(trained)})")
             got = self._add("gradient clipping", "clip c", "c = min(1, clip_norm / (‖g‖ + 1e-6)); the update uses g·c",
                             ("clip_factor",), total=f"MIN(1,clip_norm/({norm}{{r}}+1E-6))")
             assert got == clip_letter
@@ -392,6 +392,24 @@ class TraceLayout:
         """Row number of the Σ row of trace step `step` (index within this layout)."""
         counts = (self.sample_ids[:step] >= 0).sum()
         return HEADER_ROWS + int(counts) + step + int((self.sample_ids[step] >= 0).sum()) + 1
+
+
+def _sum_of_squares(letters):
+    """SUMSQ over the cells {r} of the given columns, as ranges of adjacent columns (at most 255
+    arguments per SUMSQ, the spreadsheet's limit, added up when there are more)."""
+    ranges, start, end = [], None, None
+    for letter in letters:
+        index = column_index_from_string(letter)
+        if start is not None and index == end + 1:
+            end = index
+            continue
+        if start is not None:
+            ranges.append((start, end))
+        start = end = index
+    ranges.append((start, end))
+    cells = [f"{get_column_letter(a)}{{r}}" if a == b else f"{get_column_letter(a)}{{r}}:{get_column_letter(b)}{{r}}"
+             for a, b in ranges]
+    return "+".join(f"SUMSQ({','.join(cells[i:i + 255])})" for i in range(0, len(cells), 255))
 
 
 def input_letter(scenario, i):
