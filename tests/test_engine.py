@@ -46,14 +46,17 @@ def networks(draw):
     seed = draw(st.integers(0, 2**16))
     rng = np.random.default_rng(seed)
     inputs = rng.normal(0, 1.5, (samples, n_in))
-    if loss == "softmax_ce":
+    soft = draw(st.booleans())   # cross-entropy targets in [0, 1] whose rows need not sum to 1
+    if loss in ("softmax_ce", "bce") and soft:
+        targets = rng.uniform(0, 1, (samples, widths[-1]))
+    elif loss == "softmax_ce":
         targets = np.eye(widths[-1])[rng.integers(0, widths[-1], samples)]
     elif loss == "bce":
         targets = rng.integers(0, 2, (samples, widths[-1])).astype(float)
     else:
         targets = rng.normal(0, 1, (samples, widths[-1]))
     batch = draw(st.sampled_from(["full", 1, 2]))
-    if isinstance(batch, int) and (batch > samples or norm and samples % batch == 1):
+    if isinstance(batch, int) and (batch > samples or norm and (batch == 1 or samples % batch == 1)):
         batch = "full"   # (batchnorm refuses a batch of one sample)
     return {
         "seed": seed, "steps": 2,

@@ -157,3 +157,35 @@ def test_batchnorm_with_batches_of_two_or_more_loads(tmp_path):
     text = BATCHNORM.replace(*THREE_ROWS).replace('lr = 0.1', 'lr = 0.1\n[training]\nbatch = 2')
     scenario_module.load(write_toml(tmp_path, text.replace("batch = 2", "batch = 3")))
     scenario_module.load(write_toml(tmp_path, BATCHNORM.replace('lr = 0.1', 'lr = 0.1\n[training]\nbatch = 2')))
+
+
+@pytest.mark.parametrize("edits,key,fragments", [
+    ([('units = 1\nactivation = "identity"', 'units = 1\nactivation = "softmax"\n[loss]\nname = "softmax_ce"')],
+     "layers[1].units", ["softmax of a single unit is the constant 1", "sigmoid", "bce"]),
+    ([('units = 1\nactivation = "identity"', 'units = 2\nactivation = "softmax"'),
+      ('targets = [[1.0], [0.0]]', 'targets = [[1.0, 0.0], [0.0, 1.0]]')],
+     "loss.name", ["softmax output needs loss softmax_ce", "half_sse"]),
+    ([('units = 1\nactivation = "identity"', 'units = 1\nactivation = "sigmoid"\n[loss]\nname = "bce"'),
+      ('targets = [[1.0], [0.0]]', 'targets = [[1.0], [1.5]]')],
+     "data.targets", ["row 1", "1.5", "outside [0, 1]", "bce"]),
+    ([('units = 1\nactivation = "identity"', 'units = 2\nactivation = "softmax"\n[loss]\nname = "softmax_ce"'),
+      ('targets = [[1.0], [0.0]]', 'targets = [[1.0, 0.0], [-0.25, 1.0]]')],
+     "data.targets", ["row 1", "-0.25", "outside [0, 1]", "softmax_ce"]),
+], ids=["softmax one unit", "softmax without softmax_ce", "bce target 1.5", "softmax_ce target -0.25"])
+def test_losses_whose_gradient_would_be_wrong_are_refused(tmp_path, invoke, edits, key, fragments):
+    text = GOOD
+    for old, new in edits:
+        assert old in text
+        text = text.replace(old, new, 1)
+    result = invoke("run", write_toml(tmp_path, text), "-o", tmp_path / "out.xlsx")
+    assert result.exit_code == 2, result.output
+    line = result.output.strip()
+    assert len(line.splitlines()) == 1 and line.startswith("Error:") and f": {key}: " in line, line
+    for fragment in fragments:
+        assert fragment in line, line
+
+
+def test_cross_entropy_targets_need_not_sum_to_one(tmp_path):
+    text = GOOD.replace('units = 1\nactivation = "identity"', 'units = 3\nactivation = "softmax"\n[loss]\nname = "softmax_ce"')
+    text = text.replace('targets = [[1.0], [0.0]]', 'targets = [[0.3, 0.9, 0.0], [0.0, 0.0, 0.0]]')
+    assert scenario_module.load(write_toml(tmp_path, text)).loss == "softmax_ce"

@@ -4,7 +4,8 @@ For W_l[i,j] (or b_l[j], whose input factor is 1) and one sample:
   ∂E/∂W_l[i,j] = a⁽ˡ⁻¹⁾_i · e⁽ˡ⁾_j · f_l'(u⁽ˡ⁾_j)
 with the three factors of the write-up (seeds/002): ② the input a⁽ˡ⁻¹⁾_i, ④ the error
 arriving from above e⁽ˡ⁾_j = Σ_k W_{l+1}[j,k]·δ⁽ˡ⁺¹⁾_k (for the output layer ∂E/∂a_j), and
-⑤ the local slope f'(u). For bce / softmax_ce outputs the output factor is δ = a − t.
+⑤ the local slope f'(u). For bce / softmax_ce outputs the output factor is the loss's fused
+δ = ∂E/∂u (a − t for bce, a·Σt − t for softmax_ce).
 For deeper nets the delta recursion δ⁽ᵐ⁾ = f'(u⁽ᵐ⁾)·Σ W δ⁽ᵐ⁺¹⁾ unrolls into a sum over paths
 j = j_l → j_{l+1} → … → j_L; one path's term is a_i · Π f'(u along the path) · Π W along it · ∂E/∂a.
 """
@@ -138,10 +139,12 @@ def explain(trace, parameter, step=0, sample=None, path=None, latex=False):
         factors.append(Factor("②", meaning, symbol, float(below[i])))
     definitions = []
     if l == L and loss.fused:
-        y, t = trace.a[L - 1][step, slot, j], s.targets[sample, j]
         symbol = names.unit("δ", L, j)
-        factors.append(Factor("④", f"output error δ = a − t ({s.loss} with {act.name}: fused, no separate slope)", symbol, float(y - t)))
-        definitions.append((symbol, names.unit("a", L, j) - names.plain(f"t{j}", f"t_{{{j}}}")))
+        factors.append(Factor("④", f"output error δ = {loss.delta_text} ({s.loss} with {act.name}: fused, no separate slope)",
+                              symbol, _fused_delta(trace, step, slot, sample, j)))
+        ys = [names.unit("a", L, k) for k in range(widths[-1])]
+        ts = [names.plain(f"t{k}", f"t_{{{k}}}") for k in range(widths[-1])]
+        definitions.append((symbol, loss.symbolic_delta(ys, ts, j)))
     else:
         if l == L:
             value = trace.output_error[step, slot, j]
@@ -208,6 +211,13 @@ def _update_lines(trace, kind, layer, index, step, batch):
     return lines
 
 
+def _fused_delta(trace, step, slot, sample, k):
+    """δ⁽ᴸ⁾_k of a fused loss from the trace's outputs and the sample's targets."""
+    s = trace.scenario
+    outputs = trace.a[len(s.layers) - 1][step, slot][None]
+    return float(losses.LOSSES[s.loss].delta(outputs, s.targets[[sample]])[0, k])
+
+
 def _slope_meaning(act, u, slope):
     text = f"local slope of {act.name} at u = {u:.6g}"
     if slope == 0 and act.name in ("sigmoid", "tanh") and np.isfinite(u):
@@ -253,7 +263,7 @@ def _add_path(chain, trace, step, slot, layer, j, input_value, names, path):
     for m, unit in zip(range(layer, L + 1), path):
         act = activations.get(s.layers[m - 1].activation)
         if m == L and loss.fused:
-            output = (names.unit("δ", L, unit), float(trace.a[L - 1][step, slot, unit] - s.targets[trace.samples(step)[slot], unit]))
+            output = (names.unit("δ", L, unit), _fused_delta(trace, step, slot, int(trace.samples(step)[slot]), unit))
         else:
             value = float(trace.slope[m - 1][step, slot, unit])
             slopes.append((names.slope(act, m, unit), value))

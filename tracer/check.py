@@ -302,7 +302,7 @@ class Local:
                 y = np.array([[get(Key("a", L, (k,), t, smp)) for k in range(widths[-1])]])
                 target = s.targets[[smp]]
                 if loss.fused:
-                    return float(y[0, j] - target[0, j])
+                    return float(loss.delta(y, target)[0, j])
                 return float(loss.error(y, target)[0, j]) * get(Key("slope", l, (j,), t, smp))
             return get(Key("slope", l, (j,), t, smp)) * self.error(l, j, t, smp, get)
         raise ValueError(key)

@@ -5,9 +5,12 @@ Per sample, with outputs y (activations of the last layer), targets t and K outp
   sse         E = Σ_k (t_k − y_k)²            ∂E/∂y_k = 2 (y_k − t_k)
   mse         E = (1/K) Σ_k (t_k − y_k)²      ∂E/∂y_k = 2 (y_k − t_k) / K
   bce         E = −Σ_k [t ln y + (1−t) ln(1−y)], sigmoid output, computed from u;
-              fused: δ_k = ∂E/∂u_k = y_k − t_k
+              fused: δ_k = ∂E/∂u_k = y_k − t_k            (for any t)
   softmax_ce  E = −Σ_k t_k ln y_k, softmax output, computed from u (log-sum-exp);
-              fused: δ_k = y_k − t_k
+              fused: δ_k = ∂E/∂u_k = y_k·Σ_m t_m − t_k    (Σ_m t_m summed left to right;
+              exactly y_k − t_k when the targets of the sample sum to 1)
+A fused loss owns its output delta δ = ∂E/∂u (numpy, Excel and sympy forms); the output layer's
+slope is then not used.
 """
 from dataclasses import dataclass
 from typing import Callable
@@ -27,6 +30,11 @@ class Loss:
     error: Callable | None = None        # (y, t) -> ∂E/∂y; None when fused
     excel_error: Callable | None = None  # (y_cell, t_cell, K) -> formula body
     output_activation: str | None = None  # the output activation a fused loss needs
+    delta: Callable | None = None          # fused: (y, t) -> δ = ∂E/∂u
+    excel_delta: Callable | None = None    # fused: (y_cells, t_cells, k) -> formula body of δ_k
+    symbolic_delta: Callable | None = None  # fused: (y_syms, t_syms, k) -> sympy expression of δ_k
+    delta_text: str = ""                   # fused: δ in words, for headers and explanations
+    probabilities: bool = False            # targets must lie in [0, 1] (else the loss has no minimum)
 
     @property
     def fused(self):
@@ -52,6 +60,19 @@ def _x_bce(u_cells, y_cells, t_cells):
     return "+".join(
         f"(MAX({u},0)-{u}*{t}+{_x_log1p(f'EXP(-ABS({u}))')})" for u, t in zip(u_cells, t_cells)
     )
+
+
+def _target_total(t):
+    """Σ_m t_m per sample, summed left to right (as the workbook's t0+t1+… does)."""
+    total = t[..., 0:1]
+    for m in range(1, t.shape[-1]):
+        total = total + t[..., m:m + 1]
+    return total
+
+
+def _softmax_ce_delta(y, t):
+    with np.errstate(all="ignore"):
+        return y * _target_total(t) - t
 
 
 def _softmax_ce(u, y, t):
@@ -100,6 +121,11 @@ LOSSES = {
             excel_value=_x_bce,
             symbolic=lambda y, t: -sum(ti * sp.log(yi) + (1 - ti) * sp.log(1 - yi) for yi, ti in zip(y, t)),
             output_activation="sigmoid",
+            delta=lambda y, t: y - t,
+            excel_delta=lambda y, t, k: f"{y[k]}-{t[k]}",
+            symbolic_delta=lambda y, t, k: y[k] - t[k],
+            delta_text="a − t",
+            probabilities=True,
         ),
         Loss(
             "softmax_ce",
@@ -107,6 +133,12 @@ LOSSES = {
             excel_value=_x_softmax_ce,
             symbolic=lambda y, t: -sum(ti * sp.log(yi) for yi, ti in zip(y, t)),
             output_activation="softmax",
+            delta=_softmax_ce_delta,
+            excel_delta=lambda y, t, k: f"{y[k]}*({'+'.join(t)})-{t[k]}",
+            symbolic_delta=lambda y, t, k: sp.Add(sp.Mul(y[k], sp.Add(*t, evaluate=False), evaluate=False), -t[k],
+                                                  evaluate=False),
+            delta_text="a·Σt − t",
+            probabilities=True,
         ),
     ]
 }

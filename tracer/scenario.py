@@ -189,6 +189,11 @@ def from_dict(raw, source="<scenario>", base=None, text=""):
             source, f"layers[{len(layers) - 1}].activation",
             f"loss '{loss}' needs a {needed} output layer, not {layers[-1].activation}",
         )
+    if layers[-1].activation == "softmax" and loss != "softmax_ce":
+        raise ScenarioError(source, "loss.name", f"a softmax output needs loss softmax_ce, not {loss}: the engine "
+                            "backpropagates through softmax only fused with its cross-entropy (δ = a·Σt − t)")
+    if losses.LOSSES[loss].probabilities:
+        _probability_targets(v, targets, loss, "data.targets" if "targets" in data_raw else "data.target_columns")
     optimizer, optimizer_params = _optimizer(v, v.table(raw, "optimizer", ""))
     training = v.table(raw, "training", "", default={})
     v.keys(training, TRAINING_KEYS, "training")
@@ -289,6 +294,22 @@ def _read_data_file(v, data, base):
     return picked
 
 
+def _probability_targets(v, targets, loss, key):
+    """Cross-entropy targets are probabilities in [0, 1]; outside, E has no minimum (u → ±∞)."""
+    outside = np.argwhere((targets < 0) | (targets > 1))
+    if outside.size:
+        row, column = (int(i) for i in outside[0])
+        raise ScenarioError(v.source, key, f"row {row}, column {column}: target {targets[row, column]!r} is outside [0, 1]; "
+                            f"{loss} targets are probabilities (rows need not sum to 1)")
+
+
+def _softmax_units(v, key, activation, units):
+    """Softmax over one unit is the constant 1: its output and every gradient through it are fixed."""
+    if activation == "softmax" and units == 1:
+        raise ScenarioError(v.source, f"{key}.units", "softmax of a single unit is the constant 1 (nothing to learn); "
+                            "for one output use activation = \"sigmoid\" with loss bce")
+
+
 def _layer(v, raw, key, fan_in, is_output):
     v.keys(raw, LAYER_KEYS, key)
     kind = v.choice(raw, "kind", key, LAYER_KINDS, default="dense")
@@ -302,6 +323,7 @@ def _layer(v, raw, key, fan_in, is_output):
     definition = activations.get(activation)
     if not definition.elementwise and not is_output:
         raise ScenarioError(v.source, f"{key}.activation", f"{activation} is allowed on the output layer only")
+    _softmax_units(v, key, activation, units)
     activation_params = {}
     for name in ACTIVATION_PARAM_KEYS:
         if name in raw and name not in definition.params:
@@ -353,6 +375,7 @@ def _batchnorm(v, raw, key, fan_in, is_output):
     definition = activations.get(activation)
     if not definition.elementwise and not is_output:
         raise ScenarioError(v.source, f"{key}.activation", f"{activation} is allowed on the output layer only")
+    _softmax_units(v, key, activation, units)
     for name in ACTIVATION_PARAM_KEYS:
         if name in raw and name not in definition.params:
             raise ScenarioError(v.source, f"{key}.{name}", f"'{name}' does not apply to activation {activation}")

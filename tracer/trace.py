@@ -68,7 +68,7 @@ class Trace:
     lr: np.ndarray | None = None            # (T,) learning rate used at each step (schedules)
     state: dict = field(default_factory=dict)    # (name, "W"|"b") -> per layer (T, ...) optimiser state after step t
     initial_state: dict = field(default_factory=dict)  # (name, kind) -> per layer state before the first step
-    grad_norm: np.ndarray | None = None     # (T,) ‖g‖ over all parameters, with clip_norm
+    grad_norm: np.ndarray | None = None     # (T,) ‖g‖ over the trained parameters, with clip_norm
     clip_factor: np.ndarray | None = None   # (T,) the clip factor c, with clip_norm
     warnings: list = field(default_factory=list)
     first_step: int = 0                # the run's step number of index 0 (windows start later)

@@ -32,8 +32,8 @@ class ChainRuleLayout:
             ("θ", "the parameter whose per-sample gradient is factored", 11),
             ("step", "training step t", 7), ("sample", "data row", 8),
             ("② input", "a⁽ˡ⁻¹⁾ᵢ (xᵢ for layer 1; 1 for a bias)", 14),
-            ("④ error from above", "Σₖ W_{l+1}[j,k]·δₖ⁽ˡ⁺¹⁾; for the output ∂E/∂a (or a − t for bce/softmax_ce)", 16),
-            ("⑤ local slope", "f'(u⁽ˡ⁾ⱼ) (blank where the loss is fused with the output: δ = a − t)", 14),
+            ("④ error from above", "Σₖ W_{l+1}[j,k]·δₖ⁽ˡ⁺¹⁾; for the output ∂E/∂a (or δ = a − t for bce, a·Σt − t for softmax_ce)", 16),
+            ("⑤ local slope", "f'(u⁽ˡ⁾ⱼ) (blank where the loss is fused with the output: δ = ∂E/∂u)", 14),
             ("②·④·⑤", "the chain-rule product", 14),
             ("∂E/∂θ (Trace)", "the per-sample gradient cell of the Trace sheet", 14),
             ("agree", "✓ when the product equals the Trace's gradient to 1e-9", 7),
@@ -55,7 +55,10 @@ class ChainRuleLayout:
             first, gradient = 1, f"=Trace!{cell(('grad_b', layer, index))}{{r}}"
         slope = f"=Trace!{cell(('slope', layer, j))}{{r}}"
         if layer == L and self.fused:
-            error, slope = f"=Trace!{cell(('a', L, j))}{{r}}-Trace!{cell(('t', 0, j))}{{r}}", None
+            widths = self.trace.scenario.widths
+            outputs = [f"Trace!{cell(('a', L, k))}{{r}}" for k in range(widths[-1])]
+            targets = [f"Trace!{cell(('t', 0, k))}{{r}}" for k in range(widths[-1])]
+            error, slope = "=" + losses.LOSSES[self.trace.scenario.loss].excel_delta(outputs, targets, j), None
         elif layer == L:
             error = f"=Trace!{cell(('dE_da', L, j))}{{r}}"
         elif self.trace.scenario.layers[layer - 1].residual or self.trace.scenario.layers[layer].kind == "batchnorm":
@@ -106,7 +109,8 @@ class ChainRuleLayout:
                     else:
                         first, gradient = 1.0, t.grad_b_sample[layer - 1][step, slot, j]
                     if layer == L and self.fused:
-                        error, slope = t.a[L - 1][step, slot, j] - s.targets[sample, j], None
+                        fused = losses.LOSSES[s.loss].delta(t.a[L - 1][step, slot][None], s.targets[[sample]])
+                        error, slope = fused[0, j], None
                     elif layer == L:
                         error, slope = t.output_error[step, slot, j], t.slope[layer - 1][step, slot, j]
                     else:

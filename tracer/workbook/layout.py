@@ -176,7 +176,8 @@ class TraceLayout:
             for j in range(widths[l]):
                 if l == L:
                     if loss.fused:
-                        template, meaning = f"{y_cells[j]}{{r}}-{t_cells[j]}{{r}}", "δ = a − t (fused with the loss)"
+                        template = loss.excel_delta([f"{c}{{r}}" for c in y_cells], [f"{c}{{r}}" for c in t_cells], j)
+                        meaning = f"δ = ∂E/∂u = {loss.delta_text} (fused with the loss)"
                     else:
                         template, meaning = f"{error_cells[j]}{{r}}*{slopes[j]}{{r}}", "δ = ∂E/∂a · f'(u)"
                 elif (l, j) in error_cells_hidden:
