@@ -150,3 +150,48 @@ def test_clip_value_clamps_each_entry(base_raw):
     trace = build(base_raw)
     np.testing.assert_allclose(trace.update_W[0][0], 0.1 * np.clip(trace.grad_W[0][0], -0.01, 0.01), rtol=1e-15)
     assert np.abs(trace.update_W[0]).max() <= 0.1 * 0.01 + 1e-18
+
+
+def _single_unit(inputs, targets, **extra):
+    raw = {"seed": 1, "steps": 2, "data": {"inputs": inputs, "targets": targets},
+           "layers": [{"units": 1, "activation": "identity", "init": "explicit", "weights": [[0.5]], "bias": [0.0]}],
+           "optimizer": {"name": "sgd", "lr": 0.1}}
+    for key, value in extra.items():
+        raw[key] = value if not isinstance(value, dict) else dict(raw.get(key, {}), **value)
+    return raw
+
+
+# Where numpy and a spreadsheet part ways at the ends of the double range: LibreOffice's x^y is
+# #NUM! when the result underflows below 2.2e-308 (x·x gives 0 or a subnormal, as numpy does), and
+# it reads the literal 1.7976931348623157E+308 as infinite.
+EXTREMES = {
+    "squared error underflows": _single_unit([[1e-170], [2e-170]], [[1e-170], [3e-170]]),
+    "input of the largest double": _single_unit([[1.7976931348623157e308], [1.0]], [[1.0], [0.0]]),
+    "target of the largest double": _single_unit([[1.0], [2.0]], [[-1.7976931348623157e308], [0.0]]),
+    "batchnorm variance overflows": dict(_single_unit([[1e200], [-1e200]], [[1.0], [0.0]]),
+                                         layers=[{"kind": "batchnorm"}, {"units": 1, "activation": "identity"}]),
+    "batchnorm variance underflows": dict(_single_unit([[1e-170], [-1e-170]], [[1.0], [0.0]]),
+                                          layers=[{"kind": "batchnorm"}, {"units": 1, "activation": "identity"}]),
+    "standardised inputs underflow": _single_unit([[1e-155, 1.0], [3e-155, 2.0], [0.0, 4.0]], [[1.0], [0.0], [0.5]],
+                                                  data={"normalize": "standard"}),
+    "adam bias correction underflows": _single_unit([[1.0], [2.0]], [[1.0], [0.0]], steps=160,
+                                                    optimizer={"name": "adam", "lr": 0.001, "betas": [0.01, 0.999]}),
+    "exponential schedule underflows": _single_unit([[1.0], [2.0]], [[1.0], [0.0]], steps=160,
+                                                    optimizer={"schedule": "exponential", "gamma": 0.01}),
+}
+EXTREMES["standardised inputs underflow"]["layers"][0]["weights"] = [[0.5], [0.5]]
+
+
+def test_batchnorm_whose_variance_overflows_is_non_finite_like_the_sheet():
+    """σ² = inf: IEEE gives x̂ = x/√inf = 0, a spreadsheet an error in every cell that reads σ²."""
+    trace = build(EXTREMES["batchnorm variance overflows"])
+    assert np.isinf(trace.norm["var"][0][0, 0])
+    assert np.isnan(trace.norm["xhat"][0][0]).all()
+
+
+@pytest.mark.libreoffice
+@pytest.mark.parametrize("label", list(EXTREMES))
+def test_error_cells_fall_where_the_engine_is_not_finite_at_the_ends_of_the_range(soffice, label):
+    from tracer import verify
+    report = verify.verify(build(EXTREMES[label]))
+    assert report.ok, report.summary()

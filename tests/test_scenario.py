@@ -189,3 +189,18 @@ def test_cross_entropy_targets_need_not_sum_to_one(tmp_path):
     text = GOOD.replace('units = 1\nactivation = "identity"', 'units = 3\nactivation = "softmax"\n[loss]\nname = "softmax_ce"')
     text = text.replace('targets = [[1.0], [0.0]]', 'targets = [[0.3, 0.9, 0.0], [0.0, 0.0, 0.0]]')
     assert scenario_module.load(write_toml(tmp_path, text)).loss == "softmax_ce"
+
+
+@pytest.mark.parametrize("normalize,inputs", [("minmax", "[[1e308, 1.0], [-1e308, 2.0]]"), ("standard", "[[1e200, 1.0], [-1e200, 2.0]]"),
+                                              ("standard", "[[1.7e308, 1.0], [1.7e308, 2.0], [1.0, 3.0]]")],
+                         ids=["minmax range", "standard variance", "standard mean"])
+def test_normalisation_that_overflows_is_refused(tmp_path, invoke, normalize, inputs):
+    """max − min (or Σx, or Σ(x − μ)²) beyond the largest double: numpy turns finite data into 0 or NaN,
+    the spreadsheet into #NUM!; refused before anything runs."""
+    text = GOOD.replace("inputs = [[1.0, 2.0], [3.0, 4.0]]", f'inputs = {inputs}\nnormalize = "{normalize}"')
+    if inputs.count("[") == 4:
+        text = text.replace("targets = [[1.0], [0.0]]", "targets = [[1.0], [0.0], [1.0]]")
+    result = invoke("run", write_toml(tmp_path, text), "-o", tmp_path / "out.xlsx")
+    assert result.exit_code == 2, result.output
+    line = result.output.strip()
+    assert len(line.splitlines()) == 1 and ": data.normalize: input column 0" in line and "overflow" in line, line

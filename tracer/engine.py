@@ -62,7 +62,8 @@ class BatchNorm:
         mean = np.sum(x, axis=0) / n
         centred = x - mean
         var = np.sum(centred * centred, axis=0) / n
-        return cls(mean, var, centred / np.sqrt(var + eps))
+        # σ² = inf gives x̂ = x/√inf = 0 in IEEE arithmetic, an error in a spreadsheet (whose x̂ reads σ²)
+        return cls(mean, var, propagate_nonfinite(centred / np.sqrt(var + eps), var))
 
     def backward(self, delta, gamma, eps):
         n = delta.shape[0]

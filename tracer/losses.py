@@ -43,7 +43,8 @@ class Loss:
 
 
 def _squares(y_cells, t_cells):
-    return "+".join(f"({t}-{y})^2" for y, t in zip(y_cells, t_cells))
+    # (t−y)·(t−y), not (t−y)^2: a spreadsheet's power is #NUM! when it underflows, a product is 0
+    return "+".join(f"({t}-{y})*({t}-{y})" for y, t in zip(y_cells, t_cells))
 
 
 def _sq_sum(y, t):

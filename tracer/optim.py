@@ -113,8 +113,9 @@ OPTIMIZERS = {
             excel_state={
                 "exp_avg": lambda r: f"{r['beta1']}*{r['prev_exp_avg']}+(1-{r['beta1']})*{r['g']}",
                 "exp_avg_sq": lambda r: f"{r['beta2']}*{r['prev_exp_avg_sq']}+(1-{r['beta2']})*({r['g']}*{r['g']})",
-                "m_hat": lambda r: f"{r['exp_avg']}/(1-{r['beta1']}^{r['t']})",
-                "v_hat": lambda r: f"{r['exp_avg_sq']}/(1-{r['beta2']}^{r['t']})",
+                # IFERROR: β^t below 2.2e-308 is #NUM! in a spreadsheet, 0 (or subnormal) in IEEE
+                "m_hat": lambda r: f"{r['exp_avg']}/(1-IFERROR({r['beta1']}^{r['t']},0))",
+                "v_hat": lambda r: f"{r['exp_avg_sq']}/(1-IFERROR({r['beta2']}^{r['t']},0))",
             },
             excel_update=lambda r: f"{r['lr']}*{r['m_hat']}/(SQRT({r['v_hat']})+{r['eps']})",
             meaning="m, v moving averages of g and g²; Δθ = lr·m̂/(√v̂ + eps) with bias correction",

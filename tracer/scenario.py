@@ -229,13 +229,25 @@ def normalized(raw_inputs, normalize, v=None):
     """x̂ = (x − μ)/σ (standard, population σ) or (x − min)/(max − min) (minmax), per input column."""
     if normalize == "none":
         return raw_inputs
-    first, second = normalization_stats(raw_inputs, normalize)
-    spread = second if normalize == "standard" else second - first
+    source = v.source if v else "<scenario>"
+    with np.errstate(all="ignore"):
+        first, second = normalization_stats(raw_inputs, normalize)
+        spread = second if normalize == "standard" else second - first
+        result = (raw_inputs - first) / spread
     if (spread == 0).any():
         column = int(np.flatnonzero(spread == 0)[0])
-        raise ScenarioError(v.source if v else "<scenario>", "data.normalize",
+        raise ScenarioError(source, "data.normalize",
                             f"input column {column} is constant, so it cannot be {normalize}-normalised")
-    return (raw_inputs - first) / spread
+    # statistics beyond the largest double: numpy would turn finite data into 0 or NaN, a
+    # spreadsheet shows #NUM!; neither is a normalisation, so refuse
+    overflow = ~np.isfinite(first) | ~np.isfinite(spread) | ~np.isfinite(result).all(axis=0)
+    if overflow.any():
+        column = int(np.flatnonzero(overflow)[0])
+        what = "max − min" if normalize == "minmax" else "its mean or standard deviation"
+        raise ScenarioError(source, "data.normalize",
+                            f"input column {column}: {what} would overflow the largest double (|x| up to "
+                            f"{np.abs(raw_inputs[:, column]).max():.3g}), so it cannot be {normalize}-normalised; scale the data")
+    return result
 
 
 def _data(v, data, base):

@@ -268,8 +268,9 @@ class TraceLayout:
                 self.columns[-1].first = formula(dict(row_refs[key], **first))
                 assert got == state_letters[(state, key)]
         if lr_letter:
-            decay = ("learning_rate*schedule_gamma^INT($A{r}/schedule_step_size)" if hyper["schedule"] == "step"
-                     else "learning_rate*schedule_gamma^$A{r}")
+            # IFERROR: γ^k below 2.2e-308 is #NUM! in a spreadsheet, 0 (or subnormal) in IEEE arithmetic
+            decay = ("learning_rate*IFERROR(schedule_gamma^INT($A{r}/schedule_step_size),0)" if hyper["schedule"] == "step"
+                     else "learning_rate*IFERROR(schedule_gamma^$A{r},0)")
             got = self._add("schedule", "lr", f"learning rate of the step ({hyper['schedule']} decay)", ("lr",), total=decay)
             assert got == lr_letter
         if s.clip_norm is not None:
@@ -297,7 +298,8 @@ class TraceLayout:
         means = [self._add(group, notation.unit("μ", l, j), "batch mean of the input (Σ row)", ("bn_mean", l, j),
                            total=f"SUM({below[j]}{{f}}:{below[j]}{{l}})/{{n}}") for j in range(n)]
         variances = [self._add(group, notation.unit("σ²", l, j), "biased batch variance Σ(x − μ)²/B (Σ row)", ("bn_var", l, j),
-                               total=f"SUMPRODUCT(({below[j]}{{f}}:{below[j]}{{l}}-{means[j]}{{r}})^2)/{{n}}")
+                               total=f"SUMPRODUCT({below[j]}{{f}}:{below[j]}{{l}}-{means[j]}{{r}},"
+                                     f"{below[j]}{{f}}:{below[j]}{{l}}-{means[j]}{{r}})/{{n}}")
                      for j in range(n)]
         xhats = [self._add(group, notation.unit("x̂", l, j), f"x̂ = (x − μ)/√(σ² + eps), eps = {eps}", ("xhat", l, j),
                            sample=f"({below[j]}{{r}}-{means[j]}{{p}})/SQRT({variances[j]}{{p}}+{eps})") for j in range(n)]

@@ -42,12 +42,16 @@ _SCIENTIFIC = NumberFormat(numFmtId=164, formatCode="0.000E+00")
 
 
 def constant(value):
-    """A number as a cell value: errors for inf/NaN, a formula for subnormals (not storable as text)."""
+    """A number as a cell value: errors for inf/NaN, a formula for subnormals (not storable as text)
+    and for magnitudes above 1e308 (LibreOffice reads 1.7976931348623157E+308 as infinite; half of
+    it, doubled, is exact)."""
     value = float(value)
     if not math.isfinite(value):
         return "#NUM!"
     if value != 0 and abs(value) < _SMALLEST_NORMAL:
         return f"={value * 1e300!r}*1E-300"
+    if abs(value) > 1e308:
+        return f"={value / 2!r}*2"
     return value
 
 
@@ -284,7 +288,7 @@ def _write_settings(workbook, scenario):
         sheet.column_dimensions[letter].width = width
     sheet.append([_header_cell(sheet, t, _HEADER_FILL) for t in ("name", "value", "meaning")])
     for row, (name, value, meaning) in enumerate(layout_module.settings_values(scenario), start=2):
-        sheet.append([name, value, meaning])
+        sheet.append([name, constant(value), meaning])
         workbook.defined_names[name] = DefinedName(name, attr_text=f"Settings!$B${row}")
 
 
@@ -323,7 +327,8 @@ def _write_data(workbook, scenario):
                 if normalize == "standard" and which == 0:
                     row.append(f"=SUM({span})/{n}")
                 elif normalize == "standard":
-                    row.append(f"=SQRT(SUMPRODUCT(({span}-{column}${stats[0]})^2)/{n})")
+                    deviation = f"{span}-{column}${stats[0]}"
+                    row.append(f"=SQRT(SUMPRODUCT({deviation},{deviation})/{n})")
                 else:
                     row.append(f"={'MIN' if which == 0 else 'MAX'}({span})")
             sheet.append(row)
