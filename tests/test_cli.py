@@ -2,8 +2,13 @@
 gradcheck exit codes."""
 import csv
 import os
+from pathlib import Path
+import random
 import signal
+import subprocess
+import sys
 import tempfile
+import time
 import tomllib
 import zipfile
 
@@ -210,3 +215,65 @@ def test_the_first_time_estimate_ignores_the_set_up_before_the_first_step():
     assert remaining.text(21) == "about 1 min 38 s left"
     now[0] = 160.0
     assert remaining.text(601) == "about 40 s left"
+
+
+def _wait_for(condition, process, timeout=120):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert process.poll() is None and time.monotonic() < deadline, ("the run never got there", process.poll())
+        time.sleep(0.01)
+
+
+def _holds_data(paths):
+    """Whether one of `paths` is a non-empty file (the probe of the outputs comes and goes empty)."""
+    for path in paths:
+        try:
+            if path.stat().st_size:
+                return True
+        except FileNotFoundError:
+            pass
+    return False
+
+
+@pytest.mark.slow
+def test_killed_runs_leave_every_target_as_it_was_or_complete(tmp_path):
+    """`python -m tracer run` killed with SIGINT and SIGTERM at seeded random moments of a
+    20,000-step run (at start-up, while the CSV is written, while the workbook is written) over
+    existing outputs: each target is byte-identical to before or complete, and no temporary file
+    is left beside the targets or in the run's own TMPDIR."""
+    rng = random.Random(10)
+    folder, private = tmp_path / "out", tmp_path / "tmp"
+    folder.mkdir()
+    private.mkdir()
+    workbook, trace_csv = folder / "run.xlsx", folder / "run.csv"
+    workbook.write_bytes(b"the old workbook")
+    trace_csv.write_bytes(b"the old trace")
+    environment = dict(os.environ, TMPDIR=str(private), PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    command = [sys.executable, "-m", "tracer", "run", "linear-regression", "--steps", "20000",
+               "-o", str(workbook), "--trace", str(trace_csv), "--force"]
+    for signum, moment in [(signal.SIGINT, "start"), (signal.SIGTERM, "csv"), (signal.SIGINT, "workbook"),
+                           (signal.SIGTERM, "workbook")]:
+        before = {target: target.read_bytes() for target in (workbook, trace_csv)}
+        process = subprocess.Popen(command, cwd=tmp_path, env=environment, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+        if moment == "start":
+            time.sleep(rng.uniform(0.2, 1.5))
+        elif moment == "csv":
+            _wait_for(lambda: _holds_data(folder.glob(".run.csv.*.part")), process)
+            time.sleep(rng.uniform(0, 0.5))
+        else:  # the workbook is written once the CSV is announced
+            assert process.stdout.readline() == f"wrote {trace_csv}\n"
+            time.sleep(rng.uniform(0, 2))
+        process.send_signal(signum)
+        out, err = process.communicate(timeout=120)
+        assert process.returncode in (128 + signum, -signum), (moment, err)
+        if process.returncode > 0:  # not killed before the handlers were in place
+            assert err.splitlines() == [f"Error: interrupted by {signal.Signals(signum).name}; no partial file was left"]
+        if trace_csv.read_bytes() != before[trace_csv]:
+            lines = trace_csv.read_text().splitlines()
+            assert lines[0] == "step,sample,quantity,layer,row,col,value" and lines[-1].startswith("20000,,b,1,0,,")
+        if workbook.read_bytes() != before[workbook]:
+            with zipfile.ZipFile(workbook) as opened:
+                assert opened.testzip() is None
+        assert sorted(p.name for p in folder.iterdir()) == ["run.csv", "run.xlsx"], moment
+        assert list(private.iterdir()) == [], moment
