@@ -277,3 +277,14 @@ def test_killed_runs_leave_every_target_as_it_was_or_complete(tmp_path):
                 assert opened.testzip() is None
         assert sorted(p.name for p in folder.iterdir()) == ["run.csv", "run.xlsx"], moment
         assert list(private.iterdir()) == [], moment
+
+
+@pytest.mark.libreoffice
+def test_verify_a_scenario_with_a_long_name(tmp_path, invoke, soffice):
+    """verify names its temporary workbook after the scenario: 300 characters must not break it."""
+    scenario = tmp_path / "s.toml"
+    scenario.write_text(templates.read("linear-regression").replace('name = "linear-regression"', f'name = "{"v" * 300}"'),
+                        encoding="utf-8")
+    result = invoke("verify", scenario, "--steps", "2")
+    assert result.exit_code == 0, result.output
+    assert files_in(tmp_path) == ["s.toml"]
