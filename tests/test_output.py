@@ -81,11 +81,45 @@ def test_a_folder_as_target_is_refused(tmp_path):
         output.check_targets({"-o": tmp_path}, force=True)
 
 
+@pytest.mark.parametrize("through_link", [False, True])
+def test_a_device_is_never_replaced(tmp_path, through_link):
+    device = tmp_path / "null" if through_link else "/dev/null"
+    if through_link:
+        device.symlink_to("/dev/null")
+    with pytest.raises(OutputError, match="is not a regular file"):
+        output.check_targets({"--trace": device}, force=True)
+    with pytest.raises(OutputError, match="is not a regular file"):
+        output.commit(tmp_path / ".x.part", device)
+    assert not os.path.isfile("/dev/null") and os.path.islink(device) == through_link
+
+
+def test_a_link_stays_and_the_file_it_names_is_replaced(tmp_path):
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "a.csv").write_text("old")
+    link = tmp_path / "latest.csv"
+    link.symlink_to(tmp_path / "runs" / "a.csv")
+    output.check_targets({"--trace": link}, force=True)
+    with output.atomic_path(link) as temporary:
+        assert temporary.parent == tmp_path / "runs"
+        temporary.write_text("new")
+    assert link.is_symlink() and (tmp_path / "runs" / "a.csv").read_text() == "new"
+    assert leftovers(tmp_path / "runs") == ["a.csv"]
+
+
 def test_a_name_longer_than_the_filesystem_allows_is_refused(tmp_path):
     target = tmp_path / ("x" * 300 + ".xlsx")
     with pytest.raises(OutputError, match=r"^cannot write .*x\.xlsx: File name too long$") as caught:
         output.check_targets({"-o": target})
     assert caught.value.exit_code == 2 and leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("name", ["x" * 256, "f" * 256 + "/x.csv", "d/" * 2100 + "x.csv"])
+def test_a_name_too_long_is_refused_before_the_temporary_is_made(tmp_path, name):
+    with pytest.raises(OutputError, match=r"File name too long$"):
+        output.check_targets({"--trace": tmp_path / name})
+    with pytest.raises(OutputError, match=r"File name too long$"):
+        output.temporary_beside(tmp_path / name)
+    assert leftovers(tmp_path) == []
 
 
 def test_the_longest_allowed_name_is_accepted_and_written(tmp_path):

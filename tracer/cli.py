@@ -7,7 +7,8 @@ import time
 
 import click
 
-from . import engine, gradcheck as gradcheck_module, output as output_module, scenario as scenario_module, templates, verify
+from . import engine, gradcheck as gradcheck_module, output as output_module, scenario as scenario_module
+from . import templates, verify
 from .chain import parse_parameter
 from .errors import TracerError
 from .workbook import writer
@@ -72,7 +73,8 @@ class _Tracer(click.Group):
             with _signals_unwind(), output_module.private_tempdir():
                 return super().invoke(ctx)
         except Interrupted as interrupted:
-            raise _Failure(f"interrupted by {interrupted}; no partial file was left", 128 + interrupted.number) from None
+            message = f"interrupted by {interrupted}; no partial file was left"
+            raise _Failure(message, 128 + interrupted.number) from None
 
 
 def _scenario_options(command):

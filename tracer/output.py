@@ -44,15 +44,18 @@ def check_targets(targets, force=False):
     Raises:
         InputError: two options name the same file.
         OutputExistsError: a target exists and not `force`.
-        OutputError: a target is a folder, its folder is missing or not a folder, its name is
-            longer than the file system allows, or no file can be created in its folder.
+        OutputError: a target is a folder or a device, its folder is missing or not a folder, its
+            name is longer than the file system allows, or no file can be created in its folder.
     """
     chosen = [(label, Path(path)) for label, path in targets.items() if path is not None]
     for number, (label, target) in enumerate(chosen):
         for other_label, other in chosen[:number]:
             if _same_file(target, other):
                 raise InputError(f"{other_label} and {label} name the same file {other}; give two different files")
-        _check_target(target, force)
+        try:
+            _check_target(target, force)
+        except OSError as exc:  # looking the path up failed: a folder name too long, a loop of links
+            raise cannot_write(target, exc) from None
 
 
 def _same_file(first, second):
@@ -62,21 +65,44 @@ def _same_file(first, second):
 
 
 def _check_target(target, force):
-    folder = _folder_of(target)
+    written = _written(target)
+    folder = _folder_of(written)
     _check_folder(folder)
-    if len(os.fsencode(target.name)) > _name_limit(folder):
-        raise cannot_write(target, OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG)))
-    if target.is_dir():
+    _check_name(target, written, folder)
+    if written.is_dir():
         raise OutputError(f"{target} is a folder; give a file name")
-    if target.exists() and not force:
+    _refuse_special(target)
+    if written.exists() and not force:
         raise OutputExistsError(f"{target} exists; use --force to replace it")
     with signals_deferred():  # a probe: can a temporary be created beside the target?
         try:
-            handle, probe = tempfile.mkstemp(prefix=_temporary_prefix(target), suffix=PART_SUFFIX, dir=folder)
+            handle, probe = tempfile.mkstemp(prefix=_temporary_prefix(written), suffix=PART_SUFFIX, dir=folder)
         except OSError as exc:
             raise cannot_write(target, exc) from None
         os.close(handle)
         os.unlink(probe)
+
+
+def _written(target):
+    """The file a write to `target` replaces: a symbolic link is followed, as open() would, so the
+    link stays and the file it names is replaced."""
+    try:
+        linked = target.is_symlink()
+    except OSError:  # a name too long to look up is refused where it is checked
+        return target
+    return Path(os.path.realpath(target)) if linked else target
+
+
+def _refuse_special(target):
+    """A device, pipe or socket (/dev/null, a terminal) would be replaced by a regular file."""
+    written = _written(target)
+    if written.exists() and not written.is_file():
+        raise OutputError(f"{target} is not a regular file; give a file name")
+
+
+def _check_name(target, written, folder):
+    if len(os.fsencode(written.name)) > _name_limit(folder):
+        raise cannot_write(target, OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG)))
 
 
 def _folder_of(target):
@@ -119,13 +145,15 @@ def atomic_path(target):
 
 
 def temporary_beside(target):
-    """Create an empty temporary file `.NAME.XXXX.part` in `target`'s folder and return its path."""
-    target = Path(target)
-    folder = _folder_of(target)
-    _check_folder(folder)
+    """Create an empty temporary file `.NAME.XXXX.part` in the folder of `target` (of the file it
+    names, for a symbolic link) and return its path."""
+    written = _written(Path(target))
+    folder = _folder_of(written)
     with signals_deferred():
         try:
-            handle, temporary = tempfile.mkstemp(prefix=_temporary_prefix(target), suffix=PART_SUFFIX, dir=folder)
+            _check_folder(folder)
+            _check_name(target, written, folder)
+            handle, temporary = tempfile.mkstemp(prefix=_temporary_prefix(written), suffix=PART_SUFFIX, dir=folder)
         except OSError as exc:
             raise cannot_write(target, exc) from None
         os.close(handle)
@@ -133,13 +161,16 @@ def temporary_beside(target):
 
 
 def commit(temporary, target):
-    """Rename the complete `temporary` to `target` (0666 less the umask, as open() would make it)."""
+    """Rename the complete `temporary` to `target` (0666 less the umask, as open() would make it;
+    through a symbolic link to the file it names)."""
+    target = Path(target)
+    _refuse_special(target)
     with signals_deferred():
         umask = os.umask(0)
         os.umask(umask)
         try:
             os.chmod(temporary, 0o666 & ~umask)
-            os.replace(temporary, target)
+            os.replace(temporary, _written(target))
         except OSError as exc:
             raise cannot_write(target, exc) from None
 
