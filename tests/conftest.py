@@ -1,5 +1,8 @@
 """Shared fixtures: a CLI runner, scenario builders, and LibreOffice availability."""
+import builtins
 import copy
+import errno
+import io
 import os
 import shutil
 
@@ -60,3 +63,50 @@ def write_toml(tmp_path, text, name="scenario.toml"):
     path = tmp_path / name
     path.write_text(text, encoding="utf-8")
     return path
+
+
+class _FullFile:
+    """A file that takes `budget` bytes, then fails every write like a full disk."""
+
+    def __init__(self, handle, budget):
+        self._handle, self._budget = handle, budget
+
+    def write(self, data):
+        if len(data) > self._budget:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self._budget -= len(data)
+        return self._handle.write(data)
+
+    def writelines(self, lines):
+        for line in lines:
+            self.write(line)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._handle.close()
+
+    def __iter__(self):
+        return iter(self._handle)
+
+    def __getattr__(self, name):
+        return getattr(self._handle, name)
+
+
+@pytest.fixture
+def full_disk(monkeypatch):
+    """`full_disk(folder, budget)`: files opened for writing under `folder` take `budget` bytes,
+    then raise OSError(ENOSPC), in this process (chmod does not stop root; a real full disk cannot
+    be made in a test)."""
+    def install(folder, budget=0):
+        folder, real_open = os.path.abspath(folder), io.open
+
+        def open_full(file, mode="r", *args, **kwargs):
+            handle = real_open(file, mode, *args, **kwargs)
+            inside = isinstance(file, (str, bytes, os.PathLike)) and \
+                os.path.abspath(os.fsdecode(file)).startswith(folder + os.sep)
+            return _FullFile(handle, budget) if inside and set(mode) & set("wax+") else handle
+        monkeypatch.setattr(io, "open", open_full)
+        monkeypatch.setattr(builtins, "open", open_full)
+    return install

@@ -1,7 +1,22 @@
-"""The thin CLI: templates, show, run (workbook, CSV, --force), gradcheck exit codes."""
+"""The thin CLI: templates, show, run (workbook, CSV, --force, outputs checked first, signals),
+gradcheck exit codes."""
+import csv
+import os
+from pathlib import Path
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
 import tomllib
+import zipfile
 
-from tracer import templates
+import pytest
+
+from tracer import cli, engine, templates
+from tracer.trace import Trace
+from tracer.workbook import writer
 
 
 def test_templates_lists_every_template(invoke):
@@ -51,3 +66,225 @@ def test_every_command_has_help_with_example(invoke):
     for command in ("run", "templates", "show", "gradcheck", "verify", "chain", "diagnose"):
         result = invoke(command, "--help")
         assert result.exit_code == 0 and "Example" in result.output
+
+
+# --- outputs: all checked before training, each written under a temporary name ---
+
+def files_in(folder):
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    """Fail the test if the engine runs: refusals must come before any work."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("trained before the outputs were checked")
+    monkeypatch.setattr(engine, "run", refuse)
+
+
+def test_an_interrupted_csv_keeps_the_old_one(tmp_path, invoke, monkeypatch):
+    old = tmp_path / "t.csv"
+    old.write_text("step,sample,quantity,layer,row,col,value\n")
+    before = old.read_bytes()
+    rows = Trace.rows
+
+    def stop_half_way(self):
+        for number, row in enumerate(rows(self)):
+            if number == 40:
+                raise RuntimeError("stopped")
+            yield row
+    monkeypatch.setattr(Trace, "rows", stop_half_way)
+    with pytest.raises(RuntimeError):
+        invoke("run", "xor", "--steps", "3", "--trace", old, "--force")
+    assert old.read_bytes() == before and files_in(tmp_path) == ["t.csv"]
+
+
+@pytest.mark.parametrize("second", ["same", "dotted"])
+def test_one_file_for_workbook_and_trace_is_refused(tmp_path, invoke, no_training, second):
+    path = tmp_path / "out.xlsx"
+    other = path if second == "same" else f"{tmp_path}/./out.xlsx"
+    result = invoke("run", "xor", "-o", path, "--trace", other)
+    assert result.exit_code == 2 and result.output.startswith("Error: -o and --trace")
+    assert files_in(tmp_path) == []
+
+
+@pytest.mark.parametrize("option", ["-o", "--trace"])
+def test_a_missing_folder_is_refused_before_training(tmp_path, invoke, no_training, option):
+    good = {"-o": tmp_path / "t.csv", "--trace": tmp_path / "w.xlsx"}[option]
+    other = "--trace" if option == "-o" else "-o"
+    result = invoke("run", "xor", option, tmp_path / "missing" / "x", other, good)
+    assert result.exit_code == 2
+    assert result.output == f"Error: folder {tmp_path / 'missing'} does not exist\n"
+    assert files_in(tmp_path) == []
+
+
+def test_an_existing_trace_is_refused_before_training(tmp_path, invoke, no_training):
+    (tmp_path / "t.csv").write_text("old")
+    result = invoke("run", "xor", "-o", tmp_path / "w.xlsx", "--trace", tmp_path / "t.csv")
+    assert result.exit_code == 2 and "--force" in result.output
+    assert files_in(tmp_path) == ["t.csv"]
+
+
+def test_a_name_too_long_for_the_filesystem_is_refused(tmp_path, invoke, no_training):
+    path = tmp_path / ("w" * 256 + ".xlsx")
+    result = invoke("run", "xor", "-o", path)
+    assert result.exit_code == 2 and result.output == f"Error: cannot write {path}: File name too long\n"
+
+
+@pytest.mark.parametrize("option, name", [("-o", "w.xlsx"), ("--trace", "t.csv")])
+def test_a_full_disk_keeps_the_old_file(tmp_path, invoke, full_disk, option, name):
+    target = tmp_path / name
+    target.write_bytes(b"old")
+    full_disk(tmp_path, budget=1000)
+    result = invoke("run", "xor", "--steps", "3", option, target, "--force")
+    assert result.exit_code == 1, result.output
+    assert result.output.splitlines()[-1] == f"Error: cannot write {target}: No space left on device"
+    assert target.read_bytes() == b"old" and files_in(tmp_path) == [name]
+
+
+def test_verify_without_a_workbook_is_refused(tmp_path, invoke, no_training):
+    result = invoke("run", "xor", "--trace", tmp_path / "t.csv", "--verify")
+    assert result.exit_code == 2 and "--verify" in result.output and "-o" in result.output
+    assert files_in(tmp_path) == []
+
+
+@pytest.mark.parametrize("name, written", [("../../x", "_.._x.xlsx"), ("/tmp/abs", "_tmp_abs.xlsx"),
+                                           ("a b:c\\\\d", "a_b_c_d.xlsx"), ("n" * 400, "n" * 100 + ".xlsx")])
+def test_the_default_workbook_name_stays_in_the_current_folder(tmp_path, invoke, monkeypatch, name, written):
+    here = tmp_path / "deep" / "er"
+    here.mkdir(parents=True)
+    (tmp_path / "s.toml").write_text(
+        templates.read("linear-regression").replace('name = "linear-regression"', f'name = "{name}"'), encoding="utf-8")
+    monkeypatch.chdir(here)
+    result = invoke("run", tmp_path / "s.toml", "--steps", "1")
+    assert result.exit_code == 0, result.output
+    assert files_in(tmp_path) == ["deep", "deep/er", f"deep/er/{written}", "s.toml"]
+
+
+# --- signals: old outputs kept, temporaries removed, conventional exit codes ---
+
+def _kill_self_when(monkeypatch, module, name, signum, after=1):
+    """Send `signum` to this process on the `after`-th call of module.name."""
+    original, calls = getattr(module, name), [0]
+
+    def wrapped(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == after:
+            os.kill(os.getpid(), signum)
+        return original(*args, **kwargs)
+    monkeypatch.setattr(module, name, wrapped)
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.parametrize("phase", ["csv", "workbook"])
+def test_a_signal_keeps_old_outputs_and_removes_temporaries(tmp_path, invoke, monkeypatch, signum, code, phase):
+    private = tmp_path / "tmp"
+    private.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(private))
+    workbook, trace_csv = tmp_path / "w.xlsx", tmp_path / "t.csv"
+    workbook.write_bytes(b"old workbook")
+    trace_csv.write_bytes(b"old csv")
+    if phase == "csv":
+        _kill_self_when(monkeypatch, csv, "writer", signum)
+    else:  # after the Trace sheet: openpyxl's temporary files exist by then
+        _kill_self_when(monkeypatch, writer, "_write_settings", signum)
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    result = invoke("run", "xor", "--steps", "5", "-o", workbook, "--trace", trace_csv, "--force")
+    assert result.exit_code == code
+    assert result.output.splitlines()[-1] == f"Error: interrupted by {signal.Signals(signum).name}; no partial file was left"
+    assert workbook.read_bytes() == b"old workbook"
+    if phase == "csv":
+        assert trace_csv.read_bytes() == b"old csv"
+    else:
+        assert trace_csv.read_text().splitlines()[-1].startswith("5,,b,2,0,,")
+    assert files_in(tmp_path) == ["t.csv", "tmp", "w.xlsx"]
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers
+    assert tempfile.gettempdir() == str(private)
+
+
+def test_the_first_time_estimate_ignores_the_set_up_before_the_first_step():
+    """Bug: 100 s of layout before step 1 made click estimate 100 s per step (08:35:27 for 62 s)."""
+    now = [0.0]
+    remaining = cli._Remaining(total=1000, clock=lambda: now[0])
+    now[0] = 100.0
+    assert remaining.estimate(1) is None  # one point gives no rate
+    now[0] = 100.5
+    assert remaining.estimate(6) is None  # too soon to say
+    now[0] = 102.0
+    assert remaining.estimate(21) == pytest.approx(979 * 0.1)
+    assert remaining.text(21) == "about 1 min 38 s left"
+    now[0] = 160.0
+    assert remaining.text(601) == "about 40 s left"
+
+
+def _wait_for(condition, process, timeout=120):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert process.poll() is None and time.monotonic() < deadline, ("the run never got there", process.poll())
+        time.sleep(0.01)
+
+
+def _holds_data(paths):
+    """Whether one of `paths` is a non-empty file (the probe of the outputs comes and goes empty)."""
+    for path in paths:
+        try:
+            if path.stat().st_size:
+                return True
+        except FileNotFoundError:
+            pass
+    return False
+
+
+@pytest.mark.slow
+def test_killed_runs_leave_every_target_as_it_was_or_complete(tmp_path):
+    """`python -m tracer run` killed with SIGINT and SIGTERM at seeded random moments of a
+    20,000-step run (at start-up, while the CSV is written, while the workbook is written) over
+    existing outputs: each target is byte-identical to before or complete, and no temporary file
+    is left beside the targets or in the run's own TMPDIR."""
+    rng = random.Random(10)
+    folder, private = tmp_path / "out", tmp_path / "tmp"
+    folder.mkdir()
+    private.mkdir()
+    workbook, trace_csv = folder / "run.xlsx", folder / "run.csv"
+    workbook.write_bytes(b"the old workbook")
+    trace_csv.write_bytes(b"the old trace")
+    environment = dict(os.environ, TMPDIR=str(private), PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    command = [sys.executable, "-m", "tracer", "run", "linear-regression", "--steps", "20000",
+               "-o", str(workbook), "--trace", str(trace_csv), "--force"]
+    for signum, moment in [(signal.SIGINT, "start"), (signal.SIGTERM, "csv"), (signal.SIGINT, "workbook"),
+                           (signal.SIGTERM, "workbook")]:
+        before = {target: target.read_bytes() for target in (workbook, trace_csv)}
+        process = subprocess.Popen(command, cwd=tmp_path, env=environment, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+        if moment == "start":
+            time.sleep(rng.uniform(0.2, 1.5))
+        elif moment == "csv":
+            _wait_for(lambda: _holds_data(folder.glob(".run.csv.*.part")), process)
+            time.sleep(rng.uniform(0, 0.5))
+        else:  # the workbook is written once the CSV is announced
+            assert process.stdout.readline() == f"wrote {trace_csv}\n"
+            time.sleep(rng.uniform(0, 2))
+        process.send_signal(signum)
+        out, err = process.communicate(timeout=120)
+        assert process.returncode in (128 + signum, -signum), (moment, err)
+        if process.returncode > 0:  # not killed before the handlers were in place
+            assert err.splitlines() == [f"Error: interrupted by {signal.Signals(signum).name}; no partial file was left"]
+        if trace_csv.read_bytes() != before[trace_csv]:
+            lines = trace_csv.read_text().splitlines()
+            assert lines[0] == "step,sample,quantity,layer,row,col,value" and lines[-1].startswith("20000,,b,1,0,,")
+        if workbook.read_bytes() != before[workbook]:
+            with zipfile.ZipFile(workbook) as opened:
+                assert opened.testzip() is None
+        assert sorted(p.name for p in folder.iterdir()) == ["run.csv", "run.xlsx"], moment
+        assert list(private.iterdir()) == [], moment
+
+
+@pytest.mark.libreoffice
+def test_verify_a_scenario_with_a_long_name(tmp_path, invoke, soffice):
+    """verify names its temporary workbook after the scenario: 300 characters must not break it."""
+    scenario = tmp_path / "s.toml"
+    scenario.write_text(templates.read("linear-regression").replace('name = "linear-regression"', f'name = "{"v" * 300}"'),
+                        encoding="utf-8")
+    result = invoke("verify", scenario, "--steps", "2")
+    assert result.exit_code == 0, result.output
+    assert files_in(tmp_path) == ["s.toml"]

@@ -1,15 +1,25 @@
 """The README cannot drift: its tour commands run as written, and the cells it points at hold
 what it says."""
+import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from tracer import engine, scenario as scenario_module
 from tracer.workbook import writer
 
 README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def setup_commands():
+    """The `tracer` parts of the README's first set-up command (after `pip install .`)."""
+    text = README.read_text(encoding="utf-8")
+    first = next(line for line in text.split("```", 2)[1].splitlines() if line.strip())
+    return [part.strip() for part in first.split("&&") if part.strip().startswith("tracer ")]
 
 
 def tour_commands():
@@ -27,13 +37,26 @@ def test_setup_block_has_two_commands():
     assert "python -m pytest" in lines[1]
 
 
-def test_tour_commands_run(tmp_path, soffice):
-    commands = tour_commands()
-    assert len(commands) >= 8
+@pytest.mark.libreoffice
+def test_setup_then_tour_run_in_one_folder(tmp_path, soffice):
+    """As a user runs them: the set-up command's `tracer run ...`, then every tour command, in
+    order, in one folder, each with exit code 0. `tracer` is this checkout's code, not whichever
+    `tracer` is installed."""
+    commands = setup_commands() + tour_commands()
+    assert len(setup_commands()) == 1 and len(commands) >= 9
+    folder, bin_folder = tmp_path / "work", tmp_path / "bin"
+    folder.mkdir()
+    bin_folder.mkdir()
+    (bin_folder / "tracer").write_text(f'#!/bin/sh\nexec "{sys.executable}" -m tracer "$@"\n', encoding="utf-8")
+    (bin_folder / "tracer").chmod(0o755)
+    environment = dict(os.environ, PATH=f"{bin_folder}{os.pathsep}{os.environ['PATH']}",
+                       PYTHONPATH=str(README.parent))
     for command in commands:
-        done = subprocess.run(command, shell=True, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+        done = subprocess.run(command, shell=True, cwd=folder, env=environment, capture_output=True, text=True,
+                              timeout=600)
         assert done.returncode == 0, (command, done.stdout, done.stderr)
-    assert (tmp_path / "explosion.xlsx").exists() and (tmp_path / "my-run.xlsx").exists()
+    assert (folder / "explosion.xlsx").exists() and (folder / "my-run.xlsx").exists()
+    assert not list(folder.glob(".*.part"))
 
 
 def test_cells_named_in_the_tour():

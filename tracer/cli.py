@@ -1,14 +1,16 @@
 """The `tracer` command: thin click views of the library."""
 import contextlib
 import functools
-from pathlib import Path
+import signal
 import sys
+import time
 
 import click
 
-from . import engine, gradcheck as gradcheck_module, scenario as scenario_module, templates, verify
+from . import engine, gradcheck as gradcheck_module, output as output_module, scenario as scenario_module
+from . import templates, verify
 from .chain import parse_parameter
-from .errors import OutputExistsError, TracerError
+from .errors import TracerError
 from .workbook import writer
 
 
@@ -29,6 +31,52 @@ def _reports_errors(command):
     return wrapper
 
 
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM arrived. Raised where the program is, it unwinds through every cleanup
+    (temporaries beside the targets, the private temporary folder) like an error would."""
+
+    def __init__(self, number):
+        super().__init__(signal.Signals(number).name)
+        self.number = number
+
+
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _interrupt(number, frame):
+    for each in _SIGNALS:  # one clean-up, which a second signal must not cut short
+        signal.signal(each, signal.SIG_IGN)
+    raise Interrupted(number)
+
+
+@contextlib.contextmanager
+def _signals_unwind():
+    """SIGINT and SIGTERM raise Interrupted during the block (unless they are ignored, as in a
+    background job); the previous handlers come back afterwards."""
+    previous = {number: signal.getsignal(number) for number in _SIGNALS}
+    for number, handler in previous.items():
+        if handler is not signal.SIG_IGN:
+            signal.signal(number, _interrupt)
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, signal.SIG_DFL if handler is None else handler)
+
+
+class _Tracer(click.Group):
+    """Every command runs with its own temporary folder (removed at the end) and turns SIGINT and
+    SIGTERM into one line and the conventional exit code 128 + signal (130, 143)."""
+
+    def invoke(self, ctx):
+        try:
+            with _signals_unwind(), output_module.private_tempdir():
+                return super().invoke(ctx)
+        except Interrupted as interrupted:
+            message = f"interrupted by {interrupted}; no partial file was left"
+            raise _Failure(message, 128 + interrupted.number) from None
+
+
 def _scenario_options(command):
     command = click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE",
                            help="Override a scenario key, e.g. --set optimizer.lr=0.001 or --set layers.0.activation=tanh.")(command)
@@ -40,7 +88,7 @@ def _load(scenario, overrides, steps):
     return scenario_module.load(scenario, overrides=overrides, steps=steps)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Tracer, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="tracer")
 def main():
     """Trace a small network's training one scalar at a time.
@@ -73,15 +121,15 @@ def run(scenario, overrides, steps, output, trace_path, force, verify_after, win
       tracer run xor --steps 20 --set optimizer.lr=0.5 --trace xor.csv
       tracer run long-run.toml --window 19990:19999 -o zoom.xlsx
     """
+    if verify_after and output is None and trace_path is not None:
+        raise _Failure("--verify checks a workbook: add -o FILE.xlsx (only --trace was given)", 2)
     loaded = _load(scenario, overrides, steps)
     span = _parse_window(window, loaded.steps)
     for parameter in parameters:
         parse_parameter(parameter, loaded.widths, loaded)
     if output is None and trace_path is None:
-        output = f"{loaded.name}.xlsx"
-    for path in (output, trace_path):
-        if path and Path(path).exists() and not force:
-            raise OutputExistsError(f"{path} exists; use --force to replace it")
+        output = output_module.safe_file_name(loaded.name, ".xlsx")
+    output_module.check_targets({"-o": output, "--trace": trace_path}, force=force)
     if output and span is None:
         writer.check_scenario_fits(loaded)
     trace = engine.run(loaded)
@@ -114,17 +162,50 @@ def _parse_window(text, steps):
 
 @contextlib.contextmanager
 def _progress(total, label):
-    """A progress bar on a terminal; nothing when output is redirected."""
+    """A progress bar on a terminal, with the time left; nothing when output is redirected."""
     if not sys.stderr.isatty() or total < 200:
         yield None
         return
-    with click.progressbar(length=total, label=label, file=sys.stderr) as bar:
+    remaining = _Remaining(total)
+    with click.progressbar(length=total, label=label, file=sys.stderr, show_eta=False,
+                           item_show_func=lambda text: text) as bar:
         done = [0]
 
         def advance(steps_done):
-            bar.update(steps_done - done[0])
+            bar.update(steps_done - done[0], remaining.text(steps_done))
             done[0] = steps_done
         yield advance
+
+
+class _Remaining:
+    """The time left, from the rate since the first step was done: (now − t₁)/(n − n₁) per step
+    times the steps left. Not from when the bar appeared: the layout before the first step can
+    take longer than hundreds of steps (click's own estimate divided that by one step)."""
+
+    def __init__(self, total, clock=time.monotonic):
+        self.total, self._clock, self._first = total, clock, None
+
+    def estimate(self, done):
+        """Seconds left after `done` steps, or None until 5 steps and 1 s have been measured."""
+        now = self._clock()
+        if self._first is None:
+            self._first = now, done
+            return None
+        started, done_then = self._first
+        if done - done_then < 5 or now - started < 1.0:
+            return None
+        return (now - started) / (done - done_then) * (self.total - done)
+
+    def text(self, done):
+        """'about 1 min 38 s left', or None while there is no estimate."""
+        seconds = self.estimate(done)
+        if seconds is None:
+            return None
+        minutes, seconds = divmod(round(seconds), 60)
+        hours, minutes = divmod(minutes, 60)
+        if hours:
+            return f"about {hours} h {minutes} min left"
+        return f"about {minutes} min {seconds} s left" if minutes else f"about {seconds} s left"
 
 
 def _report_verification(report):

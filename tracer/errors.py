@@ -36,6 +36,17 @@ class OutputExistsError(TracerError):
     exit_code = 2
 
 
+class OutputError(TracerError):
+    """An output cannot be written: its folder is missing or not writable, its name is too long,
+    the disk is full. Nothing is left behind. Exit 2 (the path is the problem), 1 for a full disk."""
+
+    exit_code = 2
+
+    def __init__(self, message, exit_code=2):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 class LibreOfficeMissing(TracerError):
     """LibreOffice (soffice) is not installed."""
 

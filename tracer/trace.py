@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import optim
+from . import optim, output
 
 CSV_COLUMNS = ("step", "sample", "quantity", "layer", "row", "col", "value")
 BATCHNORM_PER_SAMPLE = ("xhat", "dxhat")
@@ -257,8 +257,9 @@ class Trace:
                 yield step, sample, name, layer + 1, j, None, value
 
     def write_csv(self, path):
-        """Write the tidy CSV (columns: step,sample,quantity,layer,row,col,value)."""
-        with open(path, "w", newline="", encoding="utf-8") as handle:
+        """Write the tidy CSV (columns: step,sample,quantity,layer,row,col,value) under a temporary
+        name beside `path`, renamed to `path` when complete."""
+        with output.atomic_path(path) as temporary, open(temporary, "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
             writer.writerow(CSV_COLUMNS)
             for row in self.rows():

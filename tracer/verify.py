@@ -20,7 +20,7 @@ import numpy as np
 from openpyxl import load_workbook
 from openpyxl.utils import get_column_letter
 
-from . import libreoffice
+from . import libreoffice, output
 from .workbook import writer
 
 TOLERANCE = 1e-9
@@ -253,7 +253,7 @@ def verify(trace, workbook_path=None, parameters=()):
     """Export (unless given), recompute with LibreOffice, compare; return the Report."""
     with tempfile.TemporaryDirectory(prefix="tracer-verify-") as folder:
         if workbook_path is None:
-            workbook_path = Path(folder) / f"{trace.scenario.name}.xlsx"
+            workbook_path = Path(folder) / output.safe_file_name(trace.scenario.name, ".xlsx")
             layout = writer.write(trace, workbook_path, parameters=parameters)
         else:
             layout = writer.build_layout(trace)

@@ -6,9 +6,7 @@ cells), Data (the inputs and targets), Scenario (the TOML of the run).
 The file is written to a temporary name beside the target and renamed when complete.
 """
 import math
-import os
 from pathlib import Path
-import tempfile
 
 import numpy as np
 from openpyxl import Workbook
@@ -22,7 +20,7 @@ from openpyxl.utils import get_column_letter
 from openpyxl.workbook.defined_name import DefinedName
 
 from ..errors import LimitError, OutputExistsError
-from .. import diagnose as diagnose_module
+from .. import diagnose as diagnose_module, output
 from . import chainrule, charts, diagnosis, layout as layout_module, steps as steps_module
 
 MAX_ROWS, MAX_FORMULA = 1_048_576, 8_192
@@ -111,9 +109,7 @@ def write(trace, path, force=False, progress=None, parameters=()):
     layout = build_layout(trace)
     check_limits(layout)
     tables = table_layouts(trace, layout, parameters)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-    os.close(handle)
+    temporary = output.temporary_beside(target)
     workbook = Workbook(write_only=True)
     try:
         _write_trace(workbook, trace, layout, progress)
@@ -125,14 +121,12 @@ def write(trace, path, force=False, progress=None, parameters=()):
         _write_data(workbook, trace.scenario)
         _write_text(workbook, "Scenario", trace.scenario.text.splitlines())
         workbook.save(temporary)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)
-        os.replace(temporary, target)
-    except BaseException:
+        output.commit(temporary, target)
+    except BaseException as exc:
         _discard(workbook)
-        if os.path.exists(temporary):
-            os.unlink(temporary)
+        output.abandon(temporary)
+        if isinstance(exc, OSError):
+            raise output.cannot_write(target, exc) from None
         raise
     return layout
 
