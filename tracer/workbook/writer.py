@@ -254,23 +254,24 @@ _CHUNK_ROWS = 2048
 def _trace_chunk(trace, layout, kinds, templates, rows, label, progress):
     """The XML of a run of whole steps' rows."""
     first_step = trace.first_step
-    values, finite = {}, {}
+    values, finite, texts = {}, {}, {}
     for kind in ("sample", "total"):
         block = _engine_values(trace, kinds[kind], kind, [row for row in rows if row.kind == kind])
         values[kind], finite[kind] = iter(block.tolist()), iter(np.isfinite(block).all(axis=1).tolist())
+        texts[kind] = iter(xlsx.numbers(block).tolist())
     sample_template, total_template = templates["sample"], templates["total"]
     for row in rows:
         kind = row.kind
-        cached, all_finite = next(values[kind]), next(finite[kind])
+        cached, all_finite, text = next(values[kind]), next(finite[kind]), next(texts[kind])
         if kind == "sample":
             if all_finite:
-                yield sample_template.format(first_step + row.step, row.sample, *map(repr, cached), **row.places)
+                yield sample_template.format(first_step + row.step, row.sample, *text, **row.places)
             else:
                 yield _slow_row(trace, kinds[kind], row, cached, label, False)
             continue
         starting = row.places["q"] is None
         if all_finite and not starting:
-            yield total_template.format(first_step + row.step, *map(repr, cached), **row.places)
+            yield total_template.format(first_step + row.step, *text, **row.places)
         else:
             yield _slow_row(trace, kinds[kind], row, cached, label, starting)
         if progress:

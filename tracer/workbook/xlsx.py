@@ -15,7 +15,11 @@ import datetime
 import math
 import os
 import re
+import threading
+import queue
 import zipfile
+
+import numpy as np
 
 ERRORS = frozenset(("#NULL!", "#DIV/0!", "#VALUE!", "#REF!", "#NAME?", "#NUM!", "#N/A"))
 NO_VALUE = object()         # a formula whose cached result is unknown (written without <v>)
@@ -35,10 +39,24 @@ def escape(text):
     return text
 
 
+def _markup(text):
+    """A formula as XML character data (formulas are made by tracer: only & < > need escaping)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def number(value):
     """A finite float's shortest round-trip text; None when it is not finite (NaN, ±inf)."""
     value = float(value)
     return repr(value) if -_INFINITY < value < _INFINITY else None
+
+
+def numbers(block):
+    """repr of every entry of a float array, as an object array of the same shape; each distinct
+    value (bit pattern: -0.0 is not 0.0) is converted once (data columns and zeros repeat)."""
+    block = np.ascontiguousarray(block, dtype=np.float64)
+    distinct, inverse = np.unique(block.view(np.int64), return_inverse=True)
+    texts = np.array(list(map(float.__repr__, distinct.view(np.float64).tolist())), dtype=object)
+    return texts[inverse.reshape(block.shape)]
 
 
 def style(index):
@@ -66,7 +84,7 @@ def value_cell(ref, value, style_attr=""):
 def formula_cell(ref, formula, cached=NO_VALUE, style_attr="", error="#NUM!"):
     """A formula cell (`formula` without its "=", not yet escaped) with its cached result:
     a number, `error` where the number is not finite, a string (t="str"), or none."""
-    body = f"<f>{escape(formula)}</f>"
+    body = f"<f>{_markup(formula)}</f>"
     if cached is NO_VALUE or cached is None:
         return f'<c r="{ref}"{style_attr}>{body}</c>'
     if isinstance(cached, str):
@@ -101,7 +119,7 @@ def row_template(cells):
             parts.append(cell)
             continue
         letter, formula, style_attr = cell
-        body = "" if formula is None else f"<f>{escape(formula)}</f>"
+        body = "" if formula is None else f"<f>{_markup(formula)}</f>"
         parts.append(f'<c r="{letter}{{r}}"{style_attr}>{body}<v>{{{position}}}</v></c>')
         position += 1
     parts.append("</row>")
@@ -141,12 +159,41 @@ def write_package(skeleton, path, bodies, moment, replace=None):
             found = _SHEET_DATA.search(data)
             head = data[:found.start()] + (b"<sheetData>" if found.group().endswith(b"/>") else b"")
             with target.open(entry, "w", force_zip64=True) as stream:
-                stream.write(head)
+                _stream(stream, head, bodies[info.filename], b"</sheetData>" + data[found.end():])
+
+
+def _stream(stream, head, rows, tail):
+    """Write head, the rows (joined in chunks) and tail to `stream`. Deflating and writing run in
+    a second thread (zlib releases the GIL), overlapping the rendering of the next rows."""
+    chunks = queue.Queue(maxsize=8)          # bounded: memory does not grow with the rows
+    failure = []
+
+    def drain():
+        try:
+            while (chunk := chunks.get()) is not None:
+                if not failure:
+                    stream.write(chunk)
+        except BaseException as error:  # noqa: BLE001 - re-raised in the producing thread
+            failure.append(error)
+            while chunks.get() is not None:
+                pass
+
+    worker = threading.Thread(target=drain, name="xlsx-deflate", daemon=True)
+    worker.start()
+    try:
+        chunks.put(head)
+        buffer = []
+        for text in rows:
+            buffer.append(text)
+            if len(buffer) >= _CHUNK:
+                chunks.put("".join(buffer).encode())
                 buffer = []
-                for text in bodies[info.filename]:
-                    buffer.append(text)
-                    if len(buffer) >= _CHUNK:
-                        stream.write("".join(buffer).encode())
-                        buffer = []
-                stream.write("".join(buffer).encode())
-                stream.write(b"</sheetData>" + data[found.end():])
+                if failure:
+                    break
+        chunks.put("".join(buffer).encode())
+        chunks.put(tail)
+    finally:
+        chunks.put(None)
+        worker.join()
+    if failure:
+        raise failure[0]
