@@ -359,6 +359,8 @@ def _write_table(workbook, table):
     for index, (text, _, width) in enumerate(headers, start=1):
         sheet.column_dimensions[get_column_letter(index)].width = _fit(width, text)
     sheet.freeze_panes = "B2"
+    if table.title == "Steps":
+        charts.prepare(sheet)
     sheet.append([_header_cell(sheet, text, _HEADER_FILL, comment) for text, comment, _ in headers])
     # the rules cover every row a sheet can have: the rows are streamed after this frame is written
     whole = f"B2:{get_column_letter(len(headers))}{MAX_ROWS}"
