@@ -417,3 +417,26 @@ def test_cached_values_survive_recalculation(soffice, tmp_path):
     assert verify.compare(trace, layout, recomputed).ok
     steps = _errors(recomputed, "Steps")
     assert steps and set(steps.values()) == {"#N/A"}
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 10_000])
+def test_cached_values_across_chunks_and_short_batches(base_raw, tmp_path, monkeypatch, chunk):
+    """Rows are looked up a chunk of whole steps at a time; any chunk size gives the same file,
+    with short last batches (padding) and windows."""
+    raw = copy.deepcopy(base_raw)
+    raw["training"]["batch"] = 2
+    raw["steps"] = 9
+    raw["optimizer"] = {"name": "adam", "lr": 0.05}
+    trace = build(raw).window(2, 8)
+    monkeypatch.setattr(writer, "_CHUNK_ROWS", chunk)
+    path = tmp_path / "w.xlsx"
+    layout = writer.write(trace, path)
+    grid = _grids(path)["calamine"]["Trace"]
+    for row in layout.rows():
+        for column in layout.columns[2:]:
+            if getattr(column, row.kind) is not None:
+                expected = verify.engine_value(trace, column.key, row)
+                assert _reads_as(_at(grid, row.number, column.index), expected), (column.letter, row.number)
+    monkeypatch.setattr(writer, "_CHUNK_ROWS", 3)
+    writer.write(trace, tmp_path / "again.xlsx")
+    assert (tmp_path / "again.xlsx").read_bytes() == path.read_bytes()

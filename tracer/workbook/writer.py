@@ -221,6 +221,9 @@ def _write_trace(workbook, trace, layout, progress):
     return _trace_rows(trace, layout, xlsx.style(label.style_id), progress)
 
 
+_CHUNK_ROWS = 2048   # rows whose engine values are looked up together (whole steps)
+
+
 def _trace_rows(trace, layout, label, progress):
     """Every data row of the Trace sheet as XML, a chunk of steps at a time: formulas with the
     engine's values cached; a row whose values are all finite is one format call."""
@@ -234,7 +237,7 @@ def _trace_rows(trace, layout, label, progress):
     chunk, step = [], None
     for row in layout.rows():
         if row.kind == "final":
-            yield from _trace_chunk(trace, layout, kinds, templates, chunk, label, progress)
+            yield from _trace_chunk(trace, kinds, templates, chunk, label, progress)
             values = _engine_values(trace, kinds["final"], "final", [row])[0]
             cells = [xlsx.value_cell(f"A{row.number}", first_step + row.step), xlsx.value_cell(f"B{row.number}", "final")]
             cells += [xlsx.formula_cell(f"{c.letter}{row.number}", c.final.format_map(row.places), x)
@@ -242,16 +245,13 @@ def _trace_rows(trace, layout, label, progress):
             yield xlsx.row(row.number, cells)
             return
         if row.step != step and len(chunk) >= _CHUNK_ROWS:
-            yield from _trace_chunk(trace, layout, kinds, templates, chunk, label, progress)
+            yield from _trace_chunk(trace, kinds, templates, chunk, label, progress)
             chunk = []
         chunk.append(row)
         step = row.step
 
 
-_CHUNK_ROWS = 2048
-
-
-def _trace_chunk(trace, layout, kinds, templates, rows, label, progress):
+def _trace_chunk(trace, kinds, templates, rows, label, progress):
     """The XML of a run of whole steps' rows."""
     first_step = trace.first_step
     values, finite, texts = {}, {}, {}
