@@ -1,5 +1,9 @@
 """Workbooks: live formulas recomputed by LibreOffice (never mocked) equal the engine, cell for cell."""
 import copy
+import math
+import numbers
+import xml.etree.ElementTree as ET
+import zipfile
 
 import numpy as np
 import openpyxl
@@ -7,7 +11,7 @@ import pytest
 
 from tracer import engine, libreoffice, scenario as scenario_module, templates, verify
 from tracer.errors import LimitError
-from tracer.workbook import writer
+from tracer.workbook import charts, writer
 from tests.conftest import build
 
 
@@ -165,3 +169,274 @@ def test_residual_network_verifies(soffice, base_raw):
     assert not np.allclose(trace.a[1], trace.h[1])   # the skip adds a⁽¹⁾
     report = verify.verify(trace)
     assert report.ok, report.summary()
+
+
+# ---------------------------------------------------------------- what every client reads
+
+def _grids(path):
+    """Every sheet as a list of rows, read by pandas (openpyxl engine) and by python-calamine."""
+    import pandas as pd
+    from python_calamine import CalamineWorkbook
+    frames = pd.read_excel(path, sheet_name=None, header=None, engine="openpyxl")
+    by_pandas = {name: frame.to_numpy(dtype=object).tolist() for name, frame in frames.items()}
+    book = CalamineWorkbook.from_path(str(path))
+    by_calamine = {name: book.get_sheet_by_name(name).to_python(skip_empty_area=False) for name in book.sheet_names}
+    return {"pandas": by_pandas, "calamine": by_calamine}
+
+
+def _at(grid, number, index):
+    """The value at 1-based row `number`, 0-based column `index` (None beyond the data)."""
+    if number - 1 >= len(grid) or index >= len(grid[number - 1]):
+        return None
+    return grid[number - 1][index]
+
+
+def _reads_as(value, engine):
+    """A cached value as read equals the engine's: the same float, the same text, and nothing
+    (pandas: NaN, calamine: '') where the engine is not finite (an error cell)."""
+    missing = value is None or value == "" or (isinstance(value, float) and math.isnan(value))
+    if isinstance(engine, str):
+        return (value if isinstance(value, str) else "") == engine or (missing and engine == "")
+    engine = float(engine)
+    if not math.isfinite(engine):
+        return missing
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and float(value) == engine
+
+
+def _errors(path, sheet):
+    """{(row, column index): error text} of a sheet, read by openpyxl (cached values)."""
+    book = openpyxl.load_workbook(path, read_only=True, data_only=True)
+    found = {}
+    for number, row in enumerate(book[sheet].iter_rows(values_only=True), start=1):
+        for index, value in enumerate(row):
+            if isinstance(value, str) and value.startswith("#"):
+                found[(number, index)] = value
+    book.close()
+    return found
+
+
+@pytest.mark.parametrize("name", templates.names())
+def test_every_formula_carries_the_engines_value(name, tmp_path):
+    """pandas and calamine read, without recalculation, the engine's value in every formula cell
+    of every sheet (an error where the engine is inf/NaN) and every constant bit for bit."""
+    trace = engine.run(scenario_module.load(name))
+    path = tmp_path / f"{name}.xlsx"
+    layout = writer.write(trace, path)
+    grids = _grids(path)
+    trace_errors = _errors(path, "Trace")
+    checked = 0
+    for row in layout.rows():
+        for column in layout.columns[2:]:
+            if getattr(column, row.kind) is None:
+                continue
+            expected = verify.engine_value(trace, column.key, row)
+            for reader, grid in grids.items():
+                got = _at(grid["Trace"], row.number, column.index)
+                assert _reads_as(got, expected), (reader, f"Trace!{column.letter}{row.number}", got, expected)
+            if not math.isfinite(float(expected)):
+                assert trace_errors[(row.number, column.index)] == "#NUM!"
+            checked += 1
+    assert checked > 100
+    for table in writer.table_layouts(trace, layout):
+        errors = _errors(path, table.title)
+        for number, (_, expected) in enumerate(table.expected(), start=table.header_rows + 1):
+            for index, value in expected.items():
+                for reader, grid in grids.items():
+                    got = _at(grid[table.title], number, index)
+                    assert _reads_as(got, value), (reader, table.title, number, index, got, value)
+                if not isinstance(value, str) and not math.isfinite(float(value)):
+                    assert errors[(number, index)] == ("#N/A" if table.title == "Steps" else "#NUM!")
+    nonfinite = sum(int((~np.isfinite(g)).sum()) for g in trace.grad_W)
+    assert (len(trace_errors) > 0) == (nonfinite > 0)
+
+
+def test_data_formulas_carry_the_normalised_inputs(base_raw, tmp_path):
+    raw = copy.deepcopy(base_raw)
+    raw["data"]["normalize"] = "standard"
+    trace = build(raw)
+    path = tmp_path / "n.xlsx"
+    writer.write(trace, path)
+    for grid in _grids(path).values():
+        data = grid["Data"]
+        assert [[float(v) for v in row[4:6]] for row in data[1:4]] == trace.scenario.inputs.tolist()
+        raw_inputs = trace.scenario.raw_inputs
+        assert [float(v) for v in data[5][1:3]] == (raw_inputs.sum(0) / 3).tolist()
+
+
+def test_constants_are_the_engines_floats_bit_for_bit(base_raw, tmp_path):
+    """openpyxl wrote 16 significant digits (0.16432407212873557 read back as 0.1643240721287356)."""
+    raw = copy.deepcopy(base_raw)
+    weights = [[0.16432407212873557, -0.1, 1 / 3], [2 / 3, 1e-300, -7.000000000000001]]
+    raw["layers"][0] = {"units": 3, "activation": "tanh", "init": "explicit", "weights": weights,
+                        "bias": [0.1 + 0.2, 5e-324, -0.0]}
+    raw["data"]["inputs"] = [[0.1 + 0.2, 1 / 7], [1e300, -2 / 3], [np.nextafter(1, 2), 123456.78901234567]]
+    trace = build(raw)
+    path = tmp_path / "c.xlsx"
+    layout = writer.write(trace, path)
+    first_total = layout.total_row(0)
+    for reader, grid in _grids(path).items():
+        for l, kind in ((1, "W"), (1, "b"), (2, "W"), (2, "b")):
+            store = (trace.W if kind == "W" else trace.b)[l - 1][0]
+            for index in np.ndindex(store.shape):
+                column = layout.cell((kind, l, index))
+                got = _at(grid["Trace"], first_total, openpyxl.utils.column_index_from_string(column) - 1)
+                assert float(got) == store[index], (reader, kind, l, index, got)   # pandas reads -0.0 as 0
+        data = grid["Data"]
+        for i, row in enumerate(raw["data"]["inputs"]):
+            assert [float(v) for v in data[i + 1][1:3]] == row
+        settings = {row[0]: row[1] for row in grid["Settings"][1:]}
+        assert settings["learning_rate"] == 0.1
+    assert trace.W[0][0, 0, 0] == 0.16432407212873557
+    cells = {c.get("r"): c.find(f"{S}v").text for c in _part(path, "xl/worksheets/sheet1.xml").iter(f"{S}c")
+             if c.find(f"{S}v") is not None}
+    for l, kind in ((1, "W"), (1, "b")):
+        store = (trace.W if kind == "W" else trace.b)[l - 1][0]
+        for index in np.ndindex(store.shape):
+            text = cells.get(f"{layout.cell((kind, l, index))}{first_total}")
+            assert text == repr(float(store[index])) or (text is None and store[index] == 5e-324), (kind, index, text)
+
+
+def test_two_runs_give_byte_identical_files(tmp_path, monkeypatch):
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+    trace = engine.run(scenario_module.load("leaky-relu-explosion"))
+    first, second = tmp_path / "a.xlsx", tmp_path / "b.xlsx"
+    writer.write(trace, first)
+    writer.write(engine.run(scenario_module.load("leaky-relu-explosion")), second)
+    assert first.read_bytes() == second.read_bytes()
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    third = tmp_path / "c.xlsx"
+    writer.write(trace, third)
+    with zipfile.ZipFile(third) as book:
+        assert b"2023-11-14T22:13:20Z" in book.read("docProps/core.xml")
+        assert {info.date_time for info in book.infolist()} == {(2023, 11, 14, 22, 13, 20)}
+
+
+def _part(path, name):
+    with zipfile.ZipFile(path) as book:
+        return ET.fromstring(book.read(name))
+
+
+C = "{http://schemas.openxmlformats.org/drawingml/2006/chart}"
+S = "{http://schemas.openxmlformats.org/spreadsheetml/2006/main}"
+
+
+@pytest.mark.parametrize("name, steps", [("xor", 300), ("leaky-relu-explosion", 6), ("small-lr", 40)])
+def test_charts_are_honest(name, steps, tmp_path):
+    """No smoothing, blanks and #N/A as gaps, a readable number of x labels, labels low."""
+    path = tmp_path / "c.xlsx"
+    writer.write(engine.run(scenario_module.load(name)), path)
+    with zipfile.ZipFile(path) as book:
+        names = sorted(n for n in book.namelist() if n.startswith("xl/charts/chart"))
+    assert len(names) == 3
+    for chart_name in names:
+        chart = _part(path, chart_name)
+        series = chart.findall(f".//{C}ser")
+        assert series and all(s.find(f"{C}smooth").get("val") == "0" for s in series)
+        # the range ends with the empty row below the table (LibreOffice draws #N/A as gaps then)
+        assert all(s.find(f"{C}val/{C}numRef/{C}f").text.endswith(f"${steps + 2}") for s in series)
+        assert chart.find(f".//{C}dispBlanksAs").get("val") == "gap"
+        axis = chart.find(f".//{C}catAx")
+        skip = int(axis.find(f"{C}tickLblSkip").get("val"))
+        assert int(axis.find(f"{C}tickMarkSkip").get("val")) == skip
+        assert steps / skip <= charts.MAX_LABELS and (skip == 1 or steps / skip > charts.MAX_LABELS / 5)
+        assert axis.find(f"{C}axPos").get("val") == "b"
+        for axis in chart.find(f".//{C}plotArea"):
+            if axis.tag in (f"{C}catAx", f"{C}valAx"):
+                assert axis.find(f"{C}tickLblPos").get("val") == "low"
+
+
+def test_non_finite_steps_are_gaps_not_zeros(tmp_path):
+    """Where the engine is not finite the Steps cells evaluate to #N/A (a chart gap)."""
+    trace = engine.run(scenario_module.load("leaky-relu-explosion"))
+    path = tmp_path / "e.xlsx"
+    writer.write(trace, path)
+    sheet = _part(path, "xl/worksheets/sheet2.xml")
+    cells = {c.get("r"): c for c in sheet.iter(f"{S}c")}
+    assert not np.isfinite(trace.loss[-1])
+    last = trace.steps + 1
+    for letter in "BCDEF":
+        cell = cells[f"{letter}{last}"]
+        assert cell.find(f"{S}f").text.startswith("IFERROR(") and cell.find(f"{S}f").text.endswith(",NA())")
+        assert cell.get("t") == "e" and cell.find(f"{S}v").text == "#N/A"
+    assert cells["E2"].get("t") is None and float(cells["E2"].find(f"{S}v").text) == np.log10(abs(trace.W[0][0, 0, 0]))
+
+
+def test_highlights_and_number_formats(tmp_path):
+    """Differential fills set bgColor (Excel) and fgColor (LibreOffice); numbers between 1e-3 and
+    1e3 in a fixed format, larger and smaller ones scientific."""
+    path = tmp_path / "h.xlsx"
+    writer.write(engine.run(scenario_module.load("xor", steps=3)), path)
+    styles = _part(path, "xl/styles.xml")
+    fills = styles.findall(f"{S}dxfs/{S}dxf/{S}fill/{S}patternFill")
+    assert fills and all(f.find(f"{S}fgColor").get("rgb") == f.find(f"{S}bgColor").get("rgb") for f in fills)
+    formats = {f.get("formatCode") for f in styles.iter(f"{S}numFmt")}
+    assert {"0.000000", "0.000E+00"} <= formats
+    rules = [r.find(f"{S}formula").text for r in sorted(_part(path, "xl/worksheets/sheet1.xml").iter(f"{S}cfRule"),
+                                                         key=lambda r: int(r.get("priority")))]
+    assert rules[0] == "ISERROR(C3)" and "C3<>INT(C3)" in rules[-1]
+
+
+def test_headers_are_not_cut(tmp_path):
+    path = tmp_path / "w.xlsx"
+    trace = engine.run(scenario_module.load("batchnorm-deep"))
+    writer.write(trace.window(3, 5), path)
+    book = openpyxl.load_workbook(path)
+    for sheet in ("Trace", "Steps", "Diagnosis", "ChainRule", "Settings", "Data"):
+        ws = book[sheet]
+        header_row = 2 if sheet == "Trace" else 1
+        for cell in ws[header_row]:
+            if cell.value:
+                assert ws.column_dimensions[cell.column_letter].width >= len(cell.value), (sheet, cell.value)
+    assert book["Trace"].column_dimensions["B"].width >= len("Σ θ from engine")
+    assert book["Steps"]["C1"].value == "‖∇⁽¹⁾‖" and book["Diagnosis"]["B1"].value == "‖∇⁽¹⁾‖"
+
+
+def test_scenario_text_that_xml_forbids_stays_well_formed(tmp_path):
+    text = scenario_module.load("xor").text + "\n# a comment with \ufffe and \uffff\n"
+    toml = tmp_path / "odd.toml"
+    toml.write_text(text, encoding="utf-8")
+    trace = engine.run(scenario_module.load(str(toml)))
+    path = tmp_path / "odd.xlsx"
+    writer.write(trace, path)
+    with zipfile.ZipFile(path) as book:
+        for name in book.namelist():
+            if name.endswith(".xml"):
+                ET.fromstring(book.read(name))
+    lines = [row[0] for row in _grids(path)["calamine"]["Scenario"]]
+    assert any("a comment with" in str(line) for line in lines)
+
+
+@pytest.mark.libreoffice
+def test_cached_values_survive_recalculation(soffice, tmp_path):
+    """LibreOffice's recomputed values equal the cached ones (to verify's tolerance) and it keeps
+    the #N/A gaps of the Steps sheet."""
+    trace = engine.run(scenario_module.load("leaky-relu-explosion"))
+    path = tmp_path / "e.xlsx"
+    layout = writer.write(trace, path)
+    recomputed = libreoffice.convert(path, "xlsx", tmp_path / "lo")
+    assert verify.compare(trace, layout, recomputed).ok
+    steps = _errors(recomputed, "Steps")
+    assert steps and set(steps.values()) == {"#N/A"}
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 10_000])
+def test_cached_values_across_chunks_and_short_batches(base_raw, tmp_path, monkeypatch, chunk):
+    """Rows are looked up a chunk of whole steps at a time; any chunk size gives the same file,
+    with short last batches (padding) and windows."""
+    raw = copy.deepcopy(base_raw)
+    raw["training"]["batch"] = 2
+    raw["steps"] = 9
+    raw["optimizer"] = {"name": "adam", "lr": 0.05}
+    trace = build(raw).window(2, 8)
+    monkeypatch.setattr(writer, "_CHUNK_ROWS", chunk)
+    path = tmp_path / "w.xlsx"
+    layout = writer.write(trace, path)
+    grid = _grids(path)["calamine"]["Trace"]
+    for row in layout.rows():
+        for column in layout.columns[2:]:
+            if getattr(column, row.kind) is not None:
+                expected = verify.engine_value(trace, column.key, row)
+                assert _reads_as(_at(grid, row.number, column.index), expected), (column.letter, row.number)
+    monkeypatch.setattr(writer, "_CHUNK_ROWS", 3)
+    writer.write(trace, tmp_path / "again.xlsx")
+    assert (tmp_path / "again.xlsx").read_bytes() == path.read_bytes()

@@ -4,6 +4,7 @@ import numpy as np
 from openpyxl.utils import get_column_letter as _letter
 
 from ..diagnose import layer_flag
+from .notation import layer as _layer
 
 
 class DiagnosisLayout:
@@ -22,10 +23,10 @@ class DiagnosisLayout:
     def headers(self):
         L = self.layers
         heads = [("step", "training step t", 7)]
-        heads += [(f"‖∇⁽{l}⁾‖", "gradient norm of the layer (Steps sheet)", 12) for l in range(1, L + 1)]
-        heads += [(f"flag⁽{l}⁾", "non-finite if a gradient entry is an error; else vanishing below threshold_vanishing, "
+        heads += [(f"‖∇{_layer(l)}‖", "gradient norm of the layer (Steps sheet)", 12) for l in range(1, L + 1)]
+        heads += [(f"flag{_layer(l)}", "non-finite if a gradient entry is an error; else vanishing below threshold_vanishing, "
                    "exploding above threshold_exploding (Settings)", 12) for l in range(1, L + 1)]
-        heads += [(f"saturated⁽{l}⁾", "how many slopes of the layer are below threshold_saturated in magnitude "
+        heads += [(f"saturated{_layer(l)}", "how many slopes of the layer are below threshold_saturated in magnitude "
                    "(exact zeros are orange on the Trace sheet)", 12) for l in range(1, L + 1)]
         heads += [("findings", "the diagnosis of the run, in sentences (tracer diagnose)", 120)]
         return heads

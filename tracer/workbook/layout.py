@@ -11,6 +11,7 @@ engine's value of every cell.
 """
 from dataclasses import dataclass, field
 
+import numpy as np
 from openpyxl.utils import column_index_from_string, get_column_letter
 
 from .. import activations, losses, optim
@@ -393,8 +394,9 @@ class TraceLayout:
 
     def total_row(self, step):
         """Row number of the Σ row of trace step `step` (index within this layout)."""
-        counts = (self.sample_ids[:step] >= 0).sum()
-        return HEADER_ROWS + int(counts) + step + int((self.sample_ids[step] >= 0).sum()) + 1
+        if getattr(self, "_total_rows", None) is None:   # Σ rows after the samples of every step
+            self._total_rows = HEADER_ROWS + np.cumsum((np.asarray(self.sample_ids) >= 0).sum(axis=1) + 1)
+        return int(self._total_rows[step])
 
 
 def _sum_of_squares(letters):

@@ -10,3 +10,8 @@ def unit(symbol, layer, j):
 
 def sub(symbol, j):
     return f"{symbol}{str(j).translate(_SUB)}"
+
+
+def layer(l):
+    """The layer index as a superscript in parentheses: ⁽¹⁾."""
+    return f"⁽{str(l).translate(_SUP)}⁾"

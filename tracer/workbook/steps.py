@@ -1,8 +1,10 @@
 """The Steps sheet: one row per step with the loss, each layer's gradient norm and log10|w|
-of the first weight of every layer, all formulas on the Trace sheet's Σ rows."""
+of the first weight of every layer, all formulas on the Trace sheet's Σ rows. Where a value is
+not finite the cell is #N/A (IFERROR(…,NA())), which the charts draw as a gap, not as 0."""
 import numpy as np
 
 from ..trace import param_name
+from . import notation
 
 
 class StepsLayout:
@@ -11,6 +13,7 @@ class StepsLayout:
 
     title = "Steps"
     header_rows = 1
+    error_value = "#N/A"   # the cells' value where the engine is not finite
 
     def __init__(self, trace, trace_layout):
         self.trace, self.layout = trace, trace_layout
@@ -26,7 +29,7 @@ class StepsLayout:
     def headers(self):
         """(text, comment, width) per column."""
         heads = [("step", "training step t", 7), ("E", "loss of the step (Trace Σ row)", 14)]
-        heads += [(f"‖∇⁽{l}⁾‖", f"L2 norm of the batch gradient of every W{l} and b{l} entry", 14) for l in range(1, self.layers + 1)]
+        heads += [(f"‖∇{notation.layer(l)}‖", f"L2 norm of the batch gradient of every W{l} and b{l} entry", 14) for l in range(1, self.layers + 1)]
         names = [param_name(self.trace.scenario, "W", l, (0, 0)) for l in range(1, self.layers + 1)]
         heads += [(f"log10|{name}|", f"log10 of |{name}| used at this step", 16) for name in names]
         return heads
@@ -35,10 +38,10 @@ class StepsLayout:
         loss = self.layout.cell(("loss",))
         for step in range(self.trace.steps):
             total = self.layout.total_row(step)
-            row = [self.first_step + step, f"=Trace!{loss}{total}"]
-            row += [f"=SQRT(SUMSQ(Trace!{a}{total}:{b}{total}))" for a, b in self._gradient_ranges]
-            row += [f"=LOG10(ABS(Trace!{self.layout.cell(('W', l, (0, 0)))}{total}))" for l in range(1, self.layers + 1)]
-            yield row
+            row = [f"Trace!{loss}{total}"]
+            row += [f"SQRT(SUMSQ(Trace!{a}{total}:{b}{total}))" for a, b in self._gradient_ranges]
+            row += [f"LOG10(ABS(Trace!{self.layout.cell(('W', l, (0, 0)))}{total}))" for l in range(1, self.layers + 1)]
+            yield [self.first_step + step] + [f"=IFERROR({body},NA())" for body in row]
 
     def expected(self):
         """Engine values of the formula cells, row by row: (step, {column index: value})."""

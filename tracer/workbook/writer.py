@@ -1,10 +1,13 @@
-"""Stream a Trace into an .xlsx workbook of live formulas (openpyxl write-only mode).
+"""Stream a Trace into an .xlsx workbook of live formulas, each with the engine's value cached.
 
 Sheets: Trace (every scalar, one row per sample and one Σ row per step), Steps (loss,
 gradient norms and log10|w| per step, with charts), Settings (hyper-parameters as named
 cells), Data (the inputs and targets), Scenario (the TOML of the run).
+openpyxl (write-only mode) writes each sheet's frame: widths, header rows with comments,
+conditional formats, charts, defined names; the rows are streamed as XML by xlsx.py.
 The file is written to a temporary name beside the target and renamed when complete.
 """
+import io
 import math
 from pathlib import Path
 
@@ -18,25 +21,30 @@ from openpyxl.styles.differential import DifferentialStyle
 from openpyxl.styles.numbers import NumberFormat
 from openpyxl.utils import get_column_letter
 from openpyxl.workbook.defined_name import DefinedName
+from openpyxl.xml.functions import tostring
 
 from ..errors import LimitError, OutputExistsError
-from .. import diagnose as diagnose_module, output
-from . import chainrule, charts, diagnosis, layout as layout_module, steps as steps_module
+from .. import diagnose as diagnose_module, output, scenario as scenario_module
+from . import chainrule, charts, diagnosis, layout as layout_module, steps as steps_module, xlsx
 
 MAX_ROWS, MAX_FORMULA = 1_048_576, 8_192
 _HEADER_FONT = Font(bold=True)
 _GROUP_FILL = PatternFill("solid", fgColor="DDEBF7")
 _HEADER_FILL = PatternFill("solid", fgColor="F2F2F2")
 _HEADER_ALIGN = Alignment(vertical="top")
-_ERROR_FILL = PatternFill("solid", fgColor="FF9999")
-_ZERO_FILL = PatternFill("solid", fgColor="FFCC66")
-_LARGE_FILL = PatternFill("solid", fgColor="FFF2A8")
 _TOTAL_FILL = PatternFill("solid", fgColor="D9D9D9")
+# Differential (conditional-format) fills: Excel paints them from bgColor, LibreOffice from fgColor.
+_ERROR_FILL = PatternFill("solid", fgColor="FF9999", bgColor="FF9999")
+_ZERO_FILL = PatternFill("solid", fgColor="FFCC66", bgColor="FFCC66")
+_LARGE_FILL = PatternFill("solid", fgColor="FFF2A8", bgColor="FFF2A8")
 _SMALLEST_NORMAL = 2.2250738585072014e-308
-# Large and tiny magnitudes switch to scientific notation through conditional formatting, so
-# 1.23E+57 and 4.5E-18 stay legible without a style on every cell (LibreOffice applies only
-# the first matching rule, so each rule carries its own number format).
+# Number formats come from conditional formatting, so they follow the value after a recalculation
+# and no cell needs a style: |x| ≥ 1e3 and tiny non-zero |x| < 1e-3 scientific (1.234E+57,
+# 4.500E-18), other non-integers fixed with six decimals (758.093564, 0.001234: at least four
+# significant digits like the scientific ones), integers General (0, 1, 3). LibreOffice applies
+# only the first matching rule, so each rule carries its own number format.
 _SCIENTIFIC = NumberFormat(numFmtId=164, formatCode="0.000E+00")
+_FIXED = NumberFormat(numFmtId=165, formatCode="0.000000")
 
 
 def constant(value):
@@ -51,6 +59,17 @@ def constant(value):
     if abs(value) > 1e308:
         return f"={value / 2!r}*2"
     return value
+
+
+def constant_cell(ref, value):
+    """A constant cell of `value`; a number a spreadsheet cannot hold as text (subnormal, above
+    1e308) becomes its exact formula, with the number itself as the cached result."""
+    if not isinstance(value, (float, np.floating)):
+        return xlsx.value_cell(ref, value)
+    written = constant(value)
+    if isinstance(written, str) and written.startswith("="):
+        return xlsx.formula_cell(ref, written[1:], float(value))
+    return xlsx.value_cell(ref, written)
 
 
 def build_layout(trace):
@@ -112,15 +131,16 @@ def write(trace, path, force=False, progress=None, parameters=()):
     temporary = output.temporary_beside(target)
     workbook = Workbook(write_only=True)
     try:
-        _write_trace(workbook, trace, layout, progress)
+        bodies = [_write_trace(workbook, trace, layout, progress)]
         for table in tables:
-            sheet = _write_table(workbook, table.title, table.headers(), table.rows())
+            sheet, body = _write_table(workbook, table)
+            bodies.append(body)
             if table.title == "Steps":
                 charts.add(sheet, trace)
-        _write_settings(workbook, trace.scenario)
-        _write_data(workbook, trace.scenario)
-        _write_text(workbook, "Scenario", trace.scenario.text.splitlines())
-        workbook.save(temporary)
+        bodies.append(_write_settings(workbook, trace.scenario))
+        bodies.append(_write_data(workbook, trace.scenario))
+        bodies.append(_write_text(workbook, "Scenario", trace.scenario.text.splitlines()))
+        _save(workbook, temporary, bodies)
         output.commit(temporary, target)
     except BaseException as exc:
         _discard(workbook)
@@ -129,6 +149,19 @@ def write(trace, path, force=False, progress=None, parameters=()):
             raise output.cannot_write(target, exc) from None
         raise
     return layout
+
+
+def _save(workbook, path, bodies):
+    """openpyxl writes the package with each sheet's header rows (in memory); the rows of every
+    sheet are then streamed into it on the way to `path` (see xlsx.py), with fixed dates."""
+    moment = xlsx.package_time()
+    skeleton = io.BytesIO()
+    workbook.save(skeleton)
+    properties = workbook.properties
+    properties.creator, properties.created, properties.modified = "tracer", moment, moment
+    core = b'<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n' + tostring(properties.to_tree())
+    parts = {sheet.path[1:]: body for sheet, body in zip(workbook.worksheets, bodies)}
+    xlsx.write_package(skeleton, path, parts, moment, replace={"docProps/core.xml": core})
 
 
 def _discard(workbook):
@@ -148,16 +181,39 @@ def _header_cell(sheet, value, fill, comment=None):
     return cell
 
 
-def _text_cell(sheet, value):
-    cell = WriteOnlyCell(sheet, value=value)
-    cell.data_type = "s"
-    return cell
+def _fit(width, *texts):
+    """A column width that shows `texts` whole (about one unit per character, plus a margin)."""
+    return max([width] + [len(str(t)) + 2 for t in texts if t is not None])
+
+
+class _Rows:
+    """Several layout rows of one kind at once: step, slot and sample are index arrays, so that
+    verify.engine_value (one lookup of the engine's value per quantity) returns them all."""
+
+    def __init__(self, kind, rows):
+        self.kind = kind
+        self.step = np.array([row.step for row in rows], dtype=np.intp)
+        self.slot = np.array([row.slot or 0 for row in rows], dtype=np.intp)
+        self.sample = np.array([row.sample or 0 for row in rows], dtype=np.intp)
+
+
+def _engine_values(trace, columns, kind, rows):
+    """(rows × columns) engine values of the formula cells of `rows` (all of one kind)."""
+    from ..verify import engine_value
+    if not rows or not columns:
+        return np.empty((len(rows), len(columns)))
+    block = _Rows(kind, rows)
+    with np.errstate(all="ignore"):
+        return np.column_stack([np.broadcast_to(np.asarray(engine_value(trace, c.key, block), dtype=float), (len(rows),))
+                                for c in columns])
 
 
 def _write_trace(workbook, trace, layout, progress):
+    """The Trace sheet's frame and header rows; returns the generator of its data rows."""
     sheet = workbook.create_sheet("Trace")
     for column in layout.columns:
-        sheet.column_dimensions[column.letter].width = column.width
+        sheet.column_dimensions[column.letter].width = _fit(column.width, column.header)
+    sheet.column_dimensions["B"].width = _fit(layout.columns[1].width, "final", "Σ θ from engine")
     sheet.freeze_panes = "C3"
     sheet.print_title_rows = "1:2"
     sheet.print_title_cols = "A:B"
@@ -169,42 +225,88 @@ def _write_trace(workbook, trace, layout, progress):
     sheet.append(groups)
     sheet.append([_header_cell(sheet, c.header, _HEADER_FILL, c.comment) for c in layout.columns])
     _add_highlights(sheet, layout)
-    width = len(layout.columns)
-    sample_templates = [(i, "=" + c.sample) for i, c in enumerate(layout.columns) if c.sample]
-    total_templates = [(i, "=" + c.total) for i, c in enumerate(layout.columns) if c.total]
-    final_templates = [(i, "=" + c.final) for i, c in enumerate(layout.columns) if c.final]
-    sample_width = sample_templates[-1][0] + 1  # sample rows end where their formulas end
-    first_parameters = {i: c.key for i, c in enumerate(layout.columns) if c.final}
-    first_states = {i: ("=" + c.first, c.key) for i, c in enumerate(layout.columns) if c.first}
+    label = WriteOnlyCell(sheet)
+    label.font, label.fill = _HEADER_FONT, _TOTAL_FILL
+    return _trace_rows(trace, layout, xlsx.style(label.style_id), progress)
+
+
+_CHUNK_ROWS = 2048   # rows whose engine values are looked up together (whole steps)
+
+
+def _trace_rows(trace, layout, label, progress):
+    """Every data row of the Trace sheet as XML, a chunk of steps at a time: formulas with the
+    engine's values cached; a row whose values are all finite is one format call."""
     first_step = trace.first_step
+    kinds = {kind: [c for c in layout.columns if getattr(c, kind)] for kind in ("sample", "total", "final")}
+    templates = {
+        "sample": xlsx.row_template([("A", None, ""), ("B", None, "")] + [(c.letter, c.sample, "") for c in kinds["sample"]]),
+        "total": xlsx.row_template([("A", None, label), xlsx.value_cell("B{r}", "Σ", label)]
+                                   + [(c.letter, c.total, "") for c in kinds["total"]]),
+    }
+    chunk, step = [], None
     for row in layout.rows():
-        places = row.places
-        # efficiency is important here: one str.format_map per formula cell
-        if row.kind == "sample":
-            values = [None] * sample_width
-            values[0], values[1] = first_step + row.step, row.sample
-            for index, template in sample_templates:
-                values[index] = template.format_map(places)
-        elif row.kind == "total":
-            values = [None] * width
-            starting = places["q"] is None
-            label = "Σ θ from engine" if starting and first_step else "Σ"
-            values[0], values[1] = _total_label(sheet, first_step + row.step), _total_label(sheet, label)
-            for index, template in total_templates:
-                if starting and index in first_parameters:
-                    values[index] = constant(_parameter(trace, first_parameters[index], 0))
-                elif starting and index in first_states:
-                    values[index] = _first_state(trace, *first_states[index], places)
-                else:
-                    values[index] = template.format_map(places)
-            if progress:
-                progress(row.step + 1)
+        if row.kind == "final":
+            yield from _trace_chunk(trace, kinds, templates, chunk, label, progress)
+            values = _engine_values(trace, kinds["final"], "final", [row])[0]
+            cells = [xlsx.value_cell(f"A{row.number}", first_step + row.step), xlsx.value_cell(f"B{row.number}", "final")]
+            cells += [xlsx.formula_cell(f"{c.letter}{row.number}", c.final.format_map(row.places), x)
+                      for c, x in zip(kinds["final"], values.tolist())]
+            yield xlsx.row(row.number, cells)
+            return
+        if row.step != step and len(chunk) >= _CHUNK_ROWS:
+            yield from _trace_chunk(trace, kinds, templates, chunk, label, progress)
+            chunk = []
+        chunk.append(row)
+        step = row.step
+
+
+def _trace_chunk(trace, kinds, templates, rows, label, progress):
+    """The XML of a run of whole steps' rows."""
+    first_step = trace.first_step
+    values, finite, texts = {}, {}, {}
+    for kind in ("sample", "total"):
+        block = _engine_values(trace, kinds[kind], kind, [row for row in rows if row.kind == kind])
+        values[kind], finite[kind] = iter(block.tolist()), iter(np.isfinite(block).all(axis=1).tolist())
+        texts[kind] = iter(xlsx.numbers(block).tolist())
+    sample_template, total_template = templates["sample"], templates["total"]
+    for row in rows:
+        kind = row.kind
+        cached, all_finite, text = next(values[kind]), next(finite[kind]), next(texts[kind])
+        if kind == "sample":
+            if all_finite:
+                yield sample_template.format(first_step + row.step, row.sample, *text, **row.places)
+            else:
+                yield _slow_row(trace, kinds[kind], row, cached, label, False)
+            continue
+        starting = row.places["q"] is None
+        if all_finite and not starting:
+            yield total_template.format(first_step + row.step, *text, **row.places)
         else:
-            values = [None] * width
-            values[0], values[1] = first_step + row.step, "final"
-            for index, template in final_templates:
-                values[index] = template.format_map(places)
-        sheet.append(values)
+            yield _slow_row(trace, kinds[kind], row, cached, label, starting)
+        if progress:
+            progress(row.step + 1)
+
+
+def _slow_row(trace, columns, row, cached, label, starting):
+    """A row cell by cell: with non-finite values, or the first Σ row (its parameters are the
+    engine's constants, its optimiser states start from the state before the run)."""
+    first_step, r = trace.first_step, row.number
+    if row.kind == "sample":
+        cells = [xlsx.value_cell(f"A{r}", first_step + row.step), xlsx.value_cell(f"B{r}", row.sample)]
+    else:
+        text = "Σ θ from engine" if starting and first_step else "Σ"
+        cells = [xlsx.value_cell(f"A{r}", first_step + row.step, label), xlsx.value_cell(f"B{r}", text, label)]
+    for column, x in zip(columns, cached):
+        ref = f"{column.letter}{r}"
+        if starting and column.final:
+            cells.append(constant_cell(ref, float(_parameter(trace, column.key, 0))))
+        elif starting and column.first:
+            formula = _first_state(trace, "=" + column.first, column.key, row.places)
+            cells.append(xlsx.value_cell(ref, formula) if formula == "#NUM!" else xlsx.formula_cell(ref, formula[1:], x))
+        else:
+            template = column.sample if row.kind == "sample" else column.total
+            cells.append(xlsx.formula_cell(ref, template.format_map(row.places), x))
+    return xlsx.row(r, cells)
 
 
 def _first_state(trace, template, key, places):
@@ -218,29 +320,26 @@ def _first_state(trace, template, key, places):
     return template.format_map(dict(places, prev0=repr(before) if before else "0"))
 
 
-def _total_label(sheet, value):
-    cell = WriteOnlyCell(sheet, value=value)
-    cell.font, cell.fill = _HEADER_FONT, _TOTAL_FILL
-    return cell
-
-
 def _parameter(trace, key, step):
     kind, layer, index = key
     store = trace.W if kind == "W" else trace.b
     return store[layer - 1][(step,) + tuple(index)]
 
 
-def _rule(formula, fill=None, stop=False, scientific=False):
-    style = DifferentialStyle(fill=fill, numFmt=_SCIENTIFIC if scientific else None)
+def _rule(formula, fill=None, stop=False, number_format=None):
+    style = DifferentialStyle(fill=fill, numFmt=number_format)
     return Rule(type="expression", dxf=style, formula=[formula], stopIfTrue=stop)
 
 
 def _add_number_rules(sheet, whole, cell):
-    """|value| > 1e3 yellow and scientific; tiny non-zero values scientific (after any earlier rule)."""
+    """|value| ≥ 1e3 yellow and scientific; tiny non-zero values scientific; other non-integers
+    fixed (after any earlier rule)."""
     sheet.conditional_formatting.add(
-        whole, _rule(f"AND(ISNUMBER({cell}),ABS({cell})>1000)", fill=_LARGE_FILL, stop=True, scientific=True))
+        whole, _rule(f"AND(ISNUMBER({cell}),ABS({cell})>=1000)", fill=_LARGE_FILL, stop=True, number_format=_SCIENTIFIC))
     sheet.conditional_formatting.add(
-        whole, _rule(f"AND(ISNUMBER({cell}),{cell}<>0,ABS({cell})<0.001)", stop=True, scientific=True))
+        whole, _rule(f"AND(ISNUMBER({cell}),{cell}<>0,ABS({cell})<0.001)", stop=True, number_format=_SCIENTIFIC))
+    sheet.conditional_formatting.add(
+        whole, _rule(f"AND(ISNUMBER({cell}),{cell}<>INT({cell}))", stop=True, number_format=_FIXED))
 
 
 def _add_highlights(sheet, layout):
@@ -260,30 +359,51 @@ def _add_highlights(sheet, layout):
     _add_number_rules(sheet, whole, cell)
 
 
-def _write_table(workbook, title, headers, rows):
-    sheet = workbook.create_sheet(title)
-    for index, (_, _, width) in enumerate(headers, start=1):
-        sheet.column_dimensions[get_column_letter(index)].width = width
+def _write_table(workbook, table):
+    """A table sheet's frame and header row; returns the sheet and the generator of its rows."""
+    sheet = workbook.create_sheet(table.title)
+    headers = table.headers()
+    for index, (text, _, width) in enumerate(headers, start=1):
+        sheet.column_dimensions[get_column_letter(index)].width = _fit(width, text)
     sheet.freeze_panes = "B2"
+    if table.title == "Steps":
+        charts.prepare(sheet)
     sheet.append([_header_cell(sheet, text, _HEADER_FILL, comment) for text, comment, _ in headers])
-    count = 0
-    for row in rows:
-        sheet.append(row)
-        count += 1
-    whole = f"B2:{get_column_letter(len(headers))}{count + 1}"
+    # the rules cover every row a sheet can have: the rows are streamed after this frame is written
+    whole = f"B2:{get_column_letter(len(headers))}{MAX_ROWS}"
     sheet.conditional_formatting.add(whole, _rule("ISERROR(B2)", fill=_ERROR_FILL, stop=True))
     _add_number_rules(sheet, whole, "B2")
-    return sheet
+    return sheet, _table_rows(table, [get_column_letter(i + 1) for i in range(len(headers))])
+
+
+def _table_rows(table, letters):
+    """A table's rows as XML: its formulas carry the values of table.expected() (an error value,
+    the table's `error_value` or #NUM!, where the engine is not finite)."""
+    error = getattr(table, "error_value", "#NUM!")
+    formula_cell, value_cell = xlsx.formula_cell, xlsx.value_cell
+    for number, (values, (_, expected)) in enumerate(zip(table.rows(), table.expected()), start=table.header_rows + 1):
+        cells = []
+        for index, value in enumerate(values):
+            ref = f"{letters[index]}{number}"
+            if isinstance(value, str) and value.startswith("="):
+                cells.append(formula_cell(ref, value[1:], expected.get(index, xlsx.NO_VALUE), error=error))
+            else:
+                cells.append(value_cell(ref, value))
+        yield xlsx.row(number, cells)
 
 
 def _write_settings(workbook, scenario):
+    """The Settings sheet: hyper-parameters as named cells (defined names Settings!$B$n)."""
     sheet = workbook.create_sheet("Settings")
-    for letter, width in zip("ABC", (18, 14, 50)):
+    entries = list(layout_module.settings_values(scenario))
+    widths = (_fit(18, *(e[0] for e in entries)), 14, _fit(50, *(e[2] for e in entries)))
+    for letter, width in zip("ABC", widths):
         sheet.column_dimensions[letter].width = width
     sheet.append([_header_cell(sheet, t, _HEADER_FILL) for t in ("name", "value", "meaning")])
-    for row, (name, value, meaning) in enumerate(layout_module.settings_values(scenario), start=2):
-        sheet.append([name, constant(value), meaning])
+    for row, (name, _, _) in enumerate(entries, start=2):
         workbook.defined_names[name] = DefinedName(name, attr_text=f"Settings!$B${row}")
+    return (xlsx.row(number, [constant_cell(f"{letter}{number}", value) for letter, value in zip("ABC", entry)])
+            for number, entry in enumerate(entries, start=2))
 
 
 def _write_data(workbook, scenario):
@@ -291,45 +411,61 @@ def _write_data(workbook, scenario):
     inputs as formulas on the raw cells, so the sheet shows how x̂ comes about."""
     sheet = workbook.create_sheet("Data")
     raw = scenario.raw_inputs if scenario.raw_inputs is not None else scenario.inputs
-    n, n_in, n_out = raw.shape[0], raw.shape[1], scenario.targets.shape[1]
+    n_in, n_out = raw.shape[1], scenario.targets.shape[1]
     headers = ["sample"] + [f"x{i}" for i in range(n_in)] + [f"t{k}" for k in range(n_out)]
-    normalize = scenario.normalize
-    if normalize != "none":
-        headers += [f"x̂{i} ({normalize})" for i in range(n_in)]
+    if scenario.normalize != "none":
+        headers += [f"x̂{i} ({scenario.normalize})" for i in range(n_in)]
+    for index, header in enumerate(headers, start=1):
+        sheet.column_dimensions[get_column_letter(index)].width = _fit(10, header)
     sheet.append([_header_cell(sheet, h, _HEADER_FILL) for h in headers])
+    return _data_rows(scenario, raw)
+
+
+def _data_rows(scenario, raw):
+    normalize = scenario.normalize
+    n, n_in = raw.shape[0], raw.shape[1]
     first_row, last_row = 2, n + 1
     stats = (last_row + 2, last_row + 3)
+    letter = layout_module.data_letter
     for index, (x, t) in enumerate(zip(raw, scenario.targets)):
-        row = [index] + [constant(v) for v in np.concatenate([x, t])]
         number = index + 2
+        constants = [index] + [float(v) for v in np.concatenate([x, t])]
+        cells = [constant_cell(f"{get_column_letter(position + 1)}{number}", value)
+                 for position, value in enumerate(constants)]
         for i in range(n_in):
-            cell, (one, two) = f"{layout_module.data_letter(i)}{number}", stats
-            column = layout_module.data_letter(i)
+            cell, column, (one, two) = f"{letter(i)}{number}", letter(i), stats
             if normalize == "standard":
-                row.append(f"=({cell}-{column}${one})/{column}${two}")
+                formula = f"({cell}-{column}${one})/{column}${two}"
             elif normalize == "minmax":
-                row.append(f"=({cell}-{column}${one})/({column}${two}-{column}${one})")
-        sheet.append(row)
-    if normalize != "none":
-        sheet.append([])
-        labels = ("mean μ", "std σ (population)") if normalize == "standard" else ("min", "max")
-        for label, which in zip(labels, (0, 1)):
-            row = [label]
-            for i in range(n_in):
-                column = layout_module.data_letter(i)
-                span = f"{column}{first_row}:{column}{last_row}"
-                if normalize == "standard" and which == 0:
-                    row.append(f"=SUM({span})/{n}")
-                elif normalize == "standard":
-                    deviation = f"{span}-{column}${stats[0]}"
-                    row.append(f"=SQRT(SUMPRODUCT({deviation},{deviation})/{n})")
-                else:
-                    row.append(f"={'MIN' if which == 0 else 'MAX'}({span})")
-            sheet.append(row)
+                formula = f"({cell}-{column}${one})/({column}${two}-{column}${one})"
+            else:
+                continue
+            ref = f"{letter(len(constants) - 1 + i)}{number}"
+            cells.append(xlsx.formula_cell(ref, formula, float(scenario.inputs[index, i])))
+        yield xlsx.row(number, cells)
+    if normalize == "none":
+        return
+    labels = ("mean μ", "std σ (population)") if normalize == "standard" else ("min", "max")
+    with np.errstate(all="ignore"):
+        values = scenario_module.normalization_stats(raw, normalize)
+    for which, (label, number) in enumerate(zip(labels, stats)):
+        cells = [xlsx.value_cell(f"A{number}", label)]
+        for i in range(n_in):
+            column = letter(i)
+            span = f"{column}{first_row}:{column}{last_row}"
+            if normalize == "standard" and which == 0:
+                formula = f"SUM({span})/{n}"
+            elif normalize == "standard":
+                deviation = f"{span}-{column}${stats[0]}"
+                formula = f"SQRT(SUMPRODUCT({deviation},{deviation})/{n})"
+            else:
+                formula = f"{'MIN' if which == 0 else 'MAX'}({span})"
+            cells.append(xlsx.formula_cell(f"{column}{number}", formula, float(values[which][i])))
+        yield xlsx.row(number, cells)
 
 
 def _write_text(workbook, title, lines):
+    """A sheet of text lines in column A (the scenario's TOML)."""
     sheet = workbook.create_sheet(title)
     sheet.column_dimensions["A"].width = 100
-    for line in lines:
-        sheet.append([_text_cell(sheet, line)])
+    return (xlsx.row(number, [xlsx.value_cell(f"A{number}", line)]) for number, line in enumerate(lines, start=1))
