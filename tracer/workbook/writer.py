@@ -23,7 +23,7 @@ from openpyxl.workbook.defined_name import DefinedName
 
 from ..errors import LimitError, OutputExistsError
 from .. import diagnose as diagnose_module
-from . import chainrule, charts, diagnosis, layout as layout_module, steps as steps_module
+from . import chainrule, charts, diagnosis, histograms, layout as layout_module, steps as steps_module
 
 MAX_ROWS, MAX_FORMULA = 1_048_576, 8_192
 _HEADER_FONT = Font(bold=True)
@@ -81,12 +81,12 @@ def check_limits(layout):
 
 
 def table_layouts(trace, layout, parameters=(), findings=None):
-    """The Steps, Diagnosis and ChainRule sheets' layouts (each: title, headers, rows, expected)."""
+    """The Steps, Diagnosis, ChainRule and Histograms sheets' layouts (each: title, headers, rows, expected)."""
     steps_layout = steps_module.StepsLayout(trace, layout)
     if findings is None:
         findings = diagnose_module.diagnose(trace).findings
     return [steps_layout, diagnosis.DiagnosisLayout(trace, layout, steps_layout, findings),
-            chainrule.ChainRuleLayout(trace, layout, parameters)]
+            chainrule.ChainRuleLayout(trace, layout, parameters), histograms.HistogramLayout(trace, layout, steps_layout)]
 
 
 def write(trace, path, force=False, progress=None, parameters=()):
@@ -117,6 +117,8 @@ def write(trace, path, force=False, progress=None, parameters=()):
             sheet = _write_table(workbook, table.title, table.headers(), table.rows())
             if table.title == "Steps":
                 charts.add(sheet, trace)
+            elif table.title == histograms.HistogramLayout.title:
+                histograms.add_charts(sheet, table)
         _write_settings(workbook, trace.scenario)
         _write_data(workbook, trace.scenario)
         _write_text(workbook, "Scenario", trace.scenario.text.splitlines())
