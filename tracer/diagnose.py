@@ -381,7 +381,8 @@ def _floor_sentence(d):
 def _progress_sentence(d, found):
     """What went well: the loss fell (and whether it still falls), the gradient reaches layer 1, values stay finite."""
     t, series = d.trace, d.series
-    if series is None or t.first_nonfinite_step() is not None or any(kind in STALL_KINDS for kind, _ in found):
+    stalled = ("plateau", "depth", "frozen", "oscillation", "non-finite", "vanishing")
+    if series is None or t.first_nonfinite_step() is not None or any(kind in stalled for kind, _ in found):
         return ""
     E, L = t.loss, t.layers
     if not E[-1] < E[0]:

@@ -1,11 +1,13 @@
 """The Histograms sheet: per step, for every layer, how many gradients and how many parameters
 fall in each bin of log10|value|, as live COUNTIFS formulas over the Trace sheet's Σ row.
 
-Bins, the same for every layer and step of a workbook:
-  0            value = 0                                  COUNTIF(R,0)
-  [1eA,1eB)    10^A ≤ |value| < 10^B (A, B edges that cover every finite non-zero |value|
+Per layer, step and quantity (R: the Σ-row range), with M the largest finite |value| of R:
+  tol          ZERO · M   =ZERO*MAX(MAXIFS(R,R,">0"),-MINIFS(R,R,"<0"))  (error cells skipped)
+  0            |value| ≤ tol: zero up to rounding (a sum that cancels is exactly 0 in a spreadsheet,
+               which rounds a − b to 0 when they agree to ~15 digits, and ~1e-17 in numpy)
+  [1eA,1eB)    10^A ≤ |value| < 10^B and |value| > tol (A, B edges that cover every such |value|
                of the run in at most MAX_BINS bins of equal width in decades)
-               COUNTIFS(R,">=1EA",R,"<1EB") + COUNTIFS(R,"<=-1EA",R,">-1EB")
+               COUNTIFS(R,">=1EA",R,"<1EB",R,">"&tol) + COUNTIFS(R,"<=-1EA",R,">-1EB",R,"<"&-tol)
   non-finite   inf or NaN: error cells       COLUMNS(R) − COUNT(R) (COUNT skips error cells)
 A stacked column chart per layer shows the distribution move step by step: the "cliff" of an
 exploding run (all mass jumps to the top bins, then to non-finite) and the slide toward 0 of a
@@ -18,12 +20,25 @@ from openpyxl.chart import BarChart, Reference
 from openpyxl.utils import get_column_letter as _letter
 
 MAX_BINS = 12
+ZERO = 1e-12     # |value| at most this fraction of the largest |value| of its group counts as 0
 
 
-def decade_edges(values):
-    """Exponents A_0 < A_1 < ... of the bin edges 10^A covering every finite non-zero |value|."""
-    magnitudes = np.abs(np.concatenate([np.asarray(v, dtype=float).ravel() for v in values]))
-    magnitudes = magnitudes[np.isfinite(magnitudes) & (magnitudes > 0)]
+def tolerance(values):
+    """ZERO × the largest finite |value| (0 when there is none)."""
+    values = np.asarray(values, dtype=float).ravel()
+    finite = values[np.isfinite(values)]
+    return ZERO * float(np.max(np.abs(finite))) if finite.size else 0.0
+
+
+def decade_edges(groups):
+    """Exponents A_0 < A_1 < ... of the bin edges 10^A covering every finite |value| above the
+    tolerance of its group (groups: arrays)."""
+    kept = []
+    for values in groups:
+        values = np.abs(np.asarray(values, dtype=float).ravel())
+        values = values[np.isfinite(values)]
+        kept.append(values[values > tolerance(values)])
+    magnitudes = np.concatenate(kept) if kept else np.zeros(0)
     if magnitudes.size == 0:
         return [0, 1]
     low = math.floor(math.log10(magnitudes.min()))
@@ -43,13 +58,14 @@ def _power(exponent):
 
 
 def counts(values, edges):
-    """[zero, one count per decade bin, non-finite] of an array of values."""
+    """[tol, zero, one count per decade bin, non-finite] of an array of values."""
     values = np.asarray(values, dtype=float).ravel()
     finite = np.isfinite(values)
     magnitude = np.abs(np.where(finite, values, 0.0))
-    result = [int((finite & (values == 0)).sum())]
+    tol = tolerance(values)
+    result = [tol, int((finite & (magnitude <= tol)).sum())]
     for low, high in zip(edges, edges[1:]):
-        result.append(int((finite & (magnitude >= _power(low)) & (magnitude < _power(high))).sum()))
+        result.append(int((finite & (magnitude > tol) & (magnitude >= _power(low)) & (magnitude < _power(high))).sum()))
     result.append(int((~finite).sum()))
     return result
 
@@ -69,23 +85,18 @@ class HistogramLayout:
         for l in range(1, self.layers + 1):
             self.ranges[("gradient", l)] = steps_layout.gradient_range(l)
             self.ranges[("weight", l)] = (trace_layout.cell(("W", l, (0, 0))), trace_layout.cell(("b", l, (widths[l] - 1,))))
-        self.edges = decade_edges(self._arrays(None))
-        self.labels = ["0"] + [f"[1e{a},1e{b})" for a, b in zip(self.edges, self.edges[1:])] + ["non-finite"]
+        self.edges = decade_edges([self._values(step, group) for step in range(trace.steps) for group in self.groups()])
+        self.labels = ["tol", "0"] + [f"[1e{a},1e{b})" for a, b in zip(self.edges, self.edges[1:])] + ["non-finite"]
 
     def groups(self):
         """(quantity, layer) of each column group, in sheet order."""
         return [(quantity, l) for quantity in ("gradient", "weight") for l in range(1, self.layers + 1)]
 
-    def _arrays(self, step, group=None):
-        t = self.trace
-        steps = slice(None, t.steps) if step is None else step
-        found = []
-        for quantity, l in ([group] if group else self.groups()):
-            if quantity == "gradient":
-                found += [t.grad_W[l - 1][steps], t.grad_b[l - 1][steps]]
-            else:
-                found += [t.W[l - 1][steps], t.b[l - 1][steps]]
-        return found
+    def _values(self, step, group):
+        """The group's values at `step` (the Σ row's cells, in sheet order)."""
+        t, (quantity, l) = self.trace, group
+        pair = (t.grad_W, t.grad_b) if quantity == "gradient" else (t.W, t.b)
+        return np.concatenate([pair[0][l - 1][step].ravel(), pair[1][l - 1][step].ravel()])
 
     def headers(self):
         heads = [("step", "training step t", 7)]
@@ -93,7 +104,8 @@ class HistogramLayout:
             symbol = f"∇⁽{l}⁾" if quantity == "gradient" else f"θ⁽{l}⁾"
             what = (f"batch gradients of W{l} and b{l}" if quantity == "gradient"
                     else f"parameters W{l} and b{l} used at the step")
-            for label in self.labels:
+            heads.append((f"{symbol} tol", f"{ZERO:g} × the largest finite |value| of the {what}: at most this counts as 0", 11))
+            for label in self.labels[1:]:
                 heads.append((f"{symbol} {label}", f"how many {what} have |value| in {label} (Trace Σ row)", 11))
         return heads
 
@@ -108,10 +120,12 @@ class HistogramLayout:
             for group in self.groups():
                 first, last = self.ranges[group]
                 span = f"Trace!{first}{total}:{last}{total}"
-                row.append(f"=COUNTIF({span},0)")
+                tol = f"{_letter(self.first_column(group))}{step + 2}"
+                row.append(f'={ZERO!r}*MAX(_xlfn.MAXIFS({span},{span},">0"),-_xlfn.MINIFS({span},{span},"<0"))')
+                row.append(f'=COUNTIFS({span},">="&-{tol},{span},"<="&{tol})')
                 for low, high in zip(self.edges, self.edges[1:]):
-                    row.append(f'=COUNTIFS({span},">=1E{low}",{span},"<1E{high}")'
-                               f'+COUNTIFS({span},"<=-1E{low}",{span},">-1E{high}")')
+                    row.append(f'=COUNTIFS({span},">=1E{low}",{span},"<1E{high}",{span},">"&{tol})'
+                               f'+COUNTIFS({span},"<=-1E{low}",{span},">-1E{high}",{span},"<"&-{tol})')
                 row.append(f"=COLUMNS({span})-COUNT({span})")
             yield row
 
@@ -119,7 +133,7 @@ class HistogramLayout:
         for step in range(self.trace.steps):
             values = []
             for group in self.groups():
-                values += counts(np.concatenate([a.ravel() for a in self._arrays(step, group)]), self.edges)
+                values += counts(self._values(step, group), self.edges)
             yield step, {index: float(v) for index, v in enumerate(values, start=1)}
 
 
@@ -133,14 +147,14 @@ def add_charts(sheet, table, most=4):
         for l in layers:
             if place >= most:
                 return
-            first = table.first_column((quantity, l))
+            first = table.first_column((quantity, l)) + 1   # the bins, after the tolerance
             chart = BarChart()
             chart.type, chart.grouping, chart.overlap = "col", "stacked", 100
             chart.title = (f"Layer {l} {'gradients' if quantity == 'gradient' else 'parameters'}: "
                            "count per bin of log10|value|")
             chart.y_axis.title, chart.x_axis.title = "count", "step"
             chart.height, chart.width = 7.5, 18
-            data = Reference(sheet, min_col=first, max_col=first + len(table.labels) - 1, min_row=1, max_row=steps + 1)
+            data = Reference(sheet, min_col=first, max_col=first + len(table.labels) - 2, min_row=1, max_row=steps + 1)
             chart.add_data(data, titles_from_data=True)
             chart.set_categories(Reference(sheet, min_col=1, min_row=2, max_row=steps + 1))
             chart.x_axis.delete = False
