@@ -100,3 +100,18 @@ def test_cli_grid_writes_summary_csv_and_workbooks_and_refuses_existing(tmp_path
     again = invoke(*args)
     assert again.exit_code == 2 and "exists; use --force" in again.output
     assert not list(tmp_path.glob(".*.part"))
+
+
+def test_readme_sweep_examples_run(tmp_path, invoke, monkeypatch):
+    from pathlib import Path
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    block = text.split("<!-- sweep -->", 1)[1].split("```", 2)[1]
+    commands = [line.split()[1:] for line in block.strip().splitlines()]
+    assert len(commands) == 2
+    monkeypatch.chdir(tmp_path)
+    for command in commands:
+        result = invoke(*command, "--jobs", "1")
+        assert result.exit_code == 0, result.output
+    rows = read_rows("remedies.csv")
+    assert {row["outcome"] for row in rows} >= {"converged", "non-finite"}
+    assert len(read_rows("seeds.csv")) == 20 and (tmp_path / "seeds.xlsx").exists()
