@@ -1,5 +1,6 @@
 """Diagnosis: the write-up's two failures named, with the numbers and the responsible factor."""
 import numpy as np
+import pytest
 
 from tracer import diagnose, engine, scenario as scenario_module
 
@@ -46,3 +47,100 @@ def test_dead_relu_units_are_found():
 def test_cli_diagnose(invoke):
     result = invoke("diagnose", "sigmoid-vanishing")
     assert result.exit_code == 0 and "vanishing" in result.output and "Findings" in result.output
+
+
+# ---------------------------------------------------------------- why did the net stop learning?
+
+from tracer import templates  # noqa: E402
+
+
+def _norm(trace, layer, step):
+    """‖∇⁽ˡ⁾‖ at `step`, from the batch gradients with plain numpy."""
+    return float(np.sqrt(np.sum(trace.grad_W[layer - 1][step] ** 2) + np.sum(trace.grad_b[layer - 1][step] ** 2)))
+
+
+def _stalled(loss, window=5, still=1e-4, far=0.1):
+    """The loss changed by less than `still` of itself at each of the last `window` steps while it is
+    above `far` of its starting value (minimum 0 for squared errors and 0/1 targets)."""
+    changes = np.abs(np.diff(loss[-window - 1:])) / np.abs(loss[-window - 1:-1])
+    return bool(np.all(changes < still) and loss[-1] > far * loss[0])
+
+
+def test_deep_sigmoid_names_the_plateau_the_depth_ratio_and_the_sigma_slopes():
+    d = diagnosed("deep-sigmoid")
+    trace = d.trace
+    assert _stalled(trace.loss)
+    assert "plateau" in d.stalls and "depth" in d.stalls
+    text = "\n".join(d.findings)
+    assert "No anomaly" not in text
+    plateau = next(t for k, t in zip(d.kinds, d.findings) if k == "plateau")
+    assert "since step 2" in plateau and f"{trace.loss[-1]:.6g}" in plateau
+    ratio = _norm(trace, 1, 0) / _norm(trace, 6, 0)
+    assert 1e-4 < ratio < 1e-2          # about 1e-3 of the output layer's
+    depth = next(t for k, t in zip(d.kinds, d.findings) if k == "depth")
+    assert f"{ratio:.2g} of the output layer 6's" in depth
+    assert "five σ' ≤ 0.25" in depth
+    slopes = [float(np.mean(trace.slope[l][0, :4], axis=0).max()) for l in range(5)]
+    assert all(s <= 0.25 for s in slopes)
+
+
+def test_sigmoid_vanishing_names_saturation():
+    d = diagnosed("sigmoid-vanishing")
+    trace = d.trace
+    hidden = trace.a[0][0, :4]
+    assert np.all(np.minimum(np.abs(hidden), np.abs(1 - hidden)) < 1e-2)   # σ within 0.01 of 0 or 1
+    saturation = next(t for k, t in zip(d.kinds, d.findings) if k == "saturation")
+    assert "Saturated σ units" in saturation and "layer 1, 100% of the unit-samples from step 0" in saturation
+
+
+def test_leaky_relu_explosion_names_the_producer_of_the_first_nonfinite_value():
+    d = diagnosed("leaky-relu-explosion")
+    p = d.producer
+    assert p.step == 4 and p.name.startswith("u2[0]") and "product" in p.operation
+    (_, a), (_, w) = p.operands
+    assert np.isfinite(a) and np.isfinite(w)
+    with np.errstate(over="ignore"):
+        assert np.isinf(np.float64(a) * np.float64(w))
+    # nothing earlier in the run is non-finite: every step before is finite everywhere
+    trace = d.trace
+    for store in trace.u + trace.a + trace.grad_W + trace.delta:
+        assert np.isfinite(store[:4]).all()
+    assert any(k == "non-finite" and "The first non-finite value is u2[0]" in t for k, t in zip(d.kinds, d.findings))
+
+
+def test_xor_has_no_stall_finding():
+    d = diagnosed("xor")
+    assert not d.stalls and "progress" in d.kinds
+
+
+def test_an_oscillating_loss_is_named():
+    d = diagnosed("xor", overrides=["optimizer.lr=50.0"])
+    flips = np.sign(np.diff(d.trace.loss))
+    assert (flips[1:] * flips[:-1] < 0).sum() >= 3
+    assert "oscillation" in d.stalls
+
+
+def test_no_template_says_no_anomaly_while_stalled_and_remedies_say_what_improved():
+    for name in templates.names():
+        d = diagnosed(name)
+        text = "\n".join(d.findings)
+        if np.isfinite(d.trace.loss).all() and _stalled(d.trace.loss):
+            assert "plateau" in d.stalls and "No anomaly" not in text, name
+    for name in ("batchnorm-deep", "he-relu-deep", "normalized-inputs", "clipped-explosion", "small-lr", "xavier-tanh"):
+        d = diagnosed(name)
+        progress = next(t for k, t in zip(d.kinds, d.findings) if k == "progress")
+        assert f"{d.trace.loss[-1]:.4g}" in progress and "lower" in progress
+
+
+def test_update_ratio_and_units_at_their_floor():
+    d = diagnosed("deep-sigmoid")
+    trace = d.trace
+    step = 10
+    update = np.sqrt(np.sum(trace.update_W[0][step] ** 2) + np.sum(trace.update_b[0][step] ** 2))
+    weight = np.sqrt(np.sum(trace.W[0][step] ** 2) + np.sum(trace.b[0][step] ** 2))
+    assert d.series.update[step, 0] == pytest.approx(update / weight, rel=1e-12)
+    assert "frozen" in d.stalls
+    relu = diagnosed("he-relu-deep")
+    for l, counts in relu.series.floor.items():
+        u = relu.trace.u[l - 1][0, :4]
+        assert counts[0] == float((u <= 0).all(axis=0).sum())

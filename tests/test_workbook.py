@@ -76,7 +76,7 @@ def test_sheet_structure(tmp_path):
     path = tmp_path / "run.xlsx"
     layout = writer.write(engine.run(scenario_module.load("sigmoid-vanishing")), path)
     book = openpyxl.load_workbook(path)
-    assert book.sheetnames == ["Trace", "Steps", "Diagnosis", "ChainRule", "Settings", "Data", "Scenario"]
+    assert book.sheetnames == ["Trace", "Steps", "Diagnosis", "ChainRule", "Histograms", "Settings", "Data", "Scenario"]
     sheet = book["Trace"]
     assert sheet.freeze_panes == "C3"
     u = layout.cell(("u", 1, 0))

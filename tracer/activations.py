@@ -40,6 +40,10 @@ class Activation:
     params: dict = field(default_factory=dict)   # parameter name -> default value
     elementwise: bool = True
     piecewise: bool = False          # its slope jumps at u = 0 (finite differences must not cross it)
+    # Diagnosis properties (read by diagnose.py, never by name):
+    saturates_at: tuple = ()         # output levels a approaches where f' → 0 (σ: 0 and 1; tanh: ±1)
+    can_die: bool = False            # u ≤ 0 for every sample leaves the unit at its floor (ReLU: f' = 0)
+    slope_bound: float | None = None  # max |f'(u)| when it is below 1 (σ' ≤ 0.25): the depth factor
 
 
 def _sigmoid(u):
@@ -104,6 +108,8 @@ ACTIVATIONS = {
             excel_value=lambda u, p: _x_sigmoid(u),
             excel_slope=lambda u, a, p: f"{a}*(1-{a})",
             symbolic=lambda x, p: 1 / (1 + sp.exp(-x)),
+            saturates_at=(0.0, 1.0),
+            slope_bound=0.25,
         ),
         Activation(
             "tanh", "tanh",
@@ -112,6 +118,7 @@ ACTIVATIONS = {
             excel_value=lambda u, p: f"TANH({u})",
             excel_slope=lambda u, a, p: f"1-{a}*{a}",
             symbolic=lambda x, p: sp.tanh(x),
+            saturates_at=(-1.0, 1.0),
         ),
         Activation(
             "relu", "ReLU",
@@ -121,6 +128,7 @@ ACTIVATIONS = {
             excel_slope=lambda u, a, p: f"IF({u}>0,1,0)",
             symbolic=lambda x, p: sp.Piecewise((x, x > 0), (0, True)),
             piecewise=True,
+            can_die=True,
         ),
         Activation(
             "leaky_relu", "LReLU",
@@ -131,6 +139,7 @@ ACTIVATIONS = {
             symbolic=lambda x, p: sp.Piecewise((x, x > 0), (p["slope"] * x, True)),
             params={"slope": 0.01},
             piecewise=True,
+            can_die=True,
         ),
         Activation(
             "elu", "ELU",
@@ -141,6 +150,7 @@ ACTIVATIONS = {
             symbolic=lambda x, p: sp.Piecewise((x, x > 0), (p["alpha"] * (sp.exp(x) - 1), True)),
             params={"alpha": 1.0},
             piecewise=True,
+            can_die=True,
         ),
         Activation(
             "silu", "SiLU",
@@ -181,6 +191,8 @@ ACTIVATIONS = {
             excel_slope=lambda u, a, p: f"{a}*(1-{a})",
             symbolic=None,
             elementwise=False,
+            saturates_at=(0.0, 1.0),
+            slope_bound=0.25,
         ),
     ]
 }

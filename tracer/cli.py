@@ -257,6 +257,52 @@ def diagnose(scenario, overrides, steps, rows):
     click.echo(diagnose_module.render(diagnose_module.diagnose(trace), rows=rows))
 
 
+@main.command()
+@click.argument("scenario", metavar="SCENARIO")
+@click.option("--seeds", type=click.IntRange(min=1), help="Monte Carlo: run the scenario with seeds 0..N-1.")
+@click.option("--remedies", is_flag=True, help="Apply the articles' remedies one at a time.")
+@click.option("--set", "grid", multiple=True, metavar="KEY.PATH=V1,V2,...",
+              help="A grid axis (or, with one value, a change applied to every variant).")
+@click.option("--steps", type=click.IntRange(min=1), help="Override the number of steps.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Summary workbook (default: NAME-sweep.xlsx).")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="Write the tidy CSV of the variants here.")
+@click.option("--workbooks", type=click.Path(file_okay=False), help="Write each variant's full workbook into this folder.")
+@click.option("--jobs", type=click.IntRange(min=1), default=2, show_default=True, help="Worker processes.")
+@click.option("--force", is_flag=True, help="Replace existing outputs.")
+@_reports_errors
+def sweep(scenario, seeds, remedies, grid, steps, output, csv_path, workbooks, jobs, force):
+    """Run SCENARIO many ways (seeds, remedies, a --set grid) and rank the outcomes.
+
+    \b
+    Examples:
+      tracer sweep sigmoid-vanishing --seeds 200
+      tracer sweep leaky-relu-explosion --remedies --csv remedies.csv
+      tracer sweep xor --set optimizer.lr=0.1,1,10 --set layers.0.init=xavier_uniform,he_uniform
+    """
+    from . import sweep as sweep_module
+    loaded = _load(scenario, (), steps)
+    axes = sweep_module.grid_axes(grid)
+    if seeds:
+        axes.insert(0, sweep_module.seed_axis(seeds))
+    if remedies:
+        axes.insert(0, sweep_module.remedies(loaded))
+    variants = sweep_module.combine(axes)
+    if output is None:
+        output = f"{Path(loaded.name).name}-sweep.xlsx"
+    bar = click.progressbar(length=len(variants), label="runs", file=sys.stderr) if sys.stderr.isatty() else None
+
+    def advance(result, done, total):
+        if bar is not None:
+            bar.update(1)
+    with bar if bar is not None else contextlib.nullcontext():
+        results = sweep_module.sweep(scenario, variants, steps=steps, workers=jobs, summary=output, csv_path=csv_path,
+                                     workbooks=workbooks, force=force, on_result=advance)
+    click.echo(sweep_module.render(results, results.interrupted))
+    click.echo(f"wrote {output}" + (f" and {csv_path}" if csv_path else "") + (f"; workbooks in {workbooks}" if workbooks else ""))
+    if results.interrupted:
+        sys.exit(130)
+
+
 @main.command(name="check")
 @_scenario_options
 @click.argument("hand", type=click.Path(exists=True, dir_okay=False))

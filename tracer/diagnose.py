@@ -9,13 +9,21 @@ Per step and layer, with the scenario's thresholds (defaults 1e-7 and 1e3):
 A parameter "alternates and grows" when, on consecutive steps, its sign flips and its
 magnitude increases (the write-up's -1e18 → +1e57 → -1e170); its growth exponent is the
 ratio of successive log10 magnitudes (about 3 in the write-up).
+
+Why a net stops learning (thresholds in [diagnosis], see StallSeries for the exact rules): a
+plateau of the loss far from its minimum, vanishing relative to depth (a layer's ‖∇‖ a small
+fraction of the output layer's, with the product of slopes along the dominant path), the
+update-to-weight ratio |Δθ|/|θ| (≈1e-3 healthy; far below frozen, far above unstable),
+saturated units (activations with `saturates_at`) and units at their floor (`can_die`), an
+oscillating loss, and for a non-finite run the producer: the first scalar that became inf/NaN,
+the operation that made it and its finite operands.
 """
 from dataclasses import dataclass, field
 import math
 
 import numpy as np
 
-from . import chain as chain_module
+from . import activations, chain as chain_module, losses
 from .trace import param_name, weight_name
 
 
@@ -43,10 +51,23 @@ class Diagnosis:
     swings: list = field(default_factory=list)
     why: str = ""
     window: tuple | None = None
+    series: object = None                        # StallSeries
+    producer: object = None                      # Producer of the first non-finite value, or None
+    outcome: tuple = ("", 0)                     # (outcome, step)
 
     @property
     def findings(self):
-        return _sentences(self)
+        return [text for _, text in _sentences(self)]
+
+    @property
+    def kinds(self):
+        """The kinds of the findings, in order (plateau, depth, frozen, ..., progress, note)."""
+        return [kind for kind, _ in _sentences(self)]
+
+    @property
+    def stalls(self):
+        """The findings that explain why the net stopped (or failed) to learn."""
+        return [kind for kind in self.kinds if kind in STALL_KINDS]
 
 
 def layer_flag(norm, finite, thresholds):
@@ -86,14 +107,18 @@ def diagnose(trace):
             if small:
                 result.saturated[(step, l)] = (small, zero)
                 result.first.setdefault("saturated", (step, l))
-            if s.layers[l - 1].activation == "relu":
-                for unit in np.flatnonzero((trace.u[l - 1][step, :n] <= 0).all(axis=0)):
+            if activations.get(s.layers[l - 1].activation).can_die:
+                u = trace.u[l - 1][step, :n]
+                for unit in np.flatnonzero((np.isfinite(u) & (u <= 0)).all(axis=0)):
                     result.dead.setdefault((l, int(unit)), step)
                     result.first.setdefault("dead", (step, l))
         flags.append(row)
     result.swings = _swings(trace)
     result.why = _why(trace, result)
     result.window = _window(trace, result)
+    result.series = stall_series(trace, norms)
+    result.producer = find_producer(trace)
+    result.outcome = outcome(trace, result.series, norms)
     return result
 
 
@@ -179,6 +204,7 @@ def _window(trace, result):
 
 
 def _sentences(d):
+    """(kind, sentence) pairs: the findings of the diagnosis, most telling first."""
     t, s = d.trace, d.trace.scenario
     out = []
     th = s.thresholds
@@ -189,16 +215,19 @@ def _sentences(d):
         if kind in d.first:
             step, layer = d.first[kind]
             layers = sorted({l for row in d.flags for l, f in row.items() if f == kind})
-            out.append(f"First {names[kind]} at step {t.first_step + step}, layer {layer} "
-                       f"(layers affected: {', '.join(map(str, layers))}).")
+            out.append((kind, f"First {names[kind]} at step {t.first_step + step}, layer {layer} "
+                              f"(layers affected: {', '.join(map(str, layers))})."))
+    if d.producer is not None:
+        out.append(("non-finite", _producer_sentence(d.producer, t)))
+    if d.series is not None:
+        out += _stall_sentences(d)
     if d.saturated:
         (step, layer), (small, zero) = next(iter(d.saturated.items()))
         total_zero = sum(z for _, z in d.saturated.values())
-        out.append(f"Saturated units: first at step {t.first_step + step}, layer {layer}: {small} unit-sample slope(s) "
-                   f"|f'(u)| < {th['saturated']:g}, {zero} of them exactly 0 ({total_zero} exact zeros over the run).")
+        out.append(("saturated", f"Saturated slopes: first at step {t.first_step + step}, layer {layer}: {small} unit-sample slope(s) "
+                                 f"|f'(u)| < {th['saturated']:g}, {zero} of them exactly 0 ({total_zero} exact zeros over the run)."))
     if d.dead:
-        units = ", ".join(f"layer {l} unit {u} (from step {t.first_step + st})" for (l, u), st in sorted(d.dead.items()))
-        out.append(f"Dead ReLU units (u ≤ 0 for every sample of a step, so ReLU'(u) = 0): {units}.")
+        out.append(("dead", _floor_sentence(d)))
     for quantity in ("value", "gradient"):
         swings = [w for w in d.swings if w.quantity == quantity]
         preferred = [w for w in swings if w.name == weight_name(1, 0, 0)]
@@ -208,23 +237,165 @@ def _sentences(d):
                       else f"|·| grows about ×{swing.factor:.3g} per step")
             what = swing.name if quantity == "value" else f"∂E/∂{swing.name}"
             others = f" ({len(swings) - 1} other parameters do the same)" if len(swings) > 1 else ""
-            out.append(f"{what} alternates in sign while it grows, from step {swing.first}: {values}; {growth}{others}.")
+            out.append(("swing", f"{what} alternates in sign while it grows, from step {swing.first}: {values}; {growth}{others}."))
     if any(w.quantity == "value" for w in d.swings):
-        out.append("Why it diverges: each update θ ← θ − lr·∂E/∂θ overshoots (lr·∂E/∂θ is larger than θ), so θ flips "
-                   "sign and grows; the next gradient contains the grown weights (in the error from above) and is "
-                   "larger still, with the opposite sign.")
+        out.append(("swing", "Why it diverges: each update θ ← θ − lr·∂E/∂θ overshoots (lr·∂E/∂θ is larger than θ), so θ flips "
+                             "sign and grows; the next gradient contains the grown weights (in the error from above) and is "
+                             "larger still, with the opposite sign."))
     if t.clip_factor is not None:
         finite = t.clip_factor[np.isfinite(t.clip_factor)]
         active = int((finite < 1).sum())
         if active:
-            out.append(f"Gradient clipping (clip_norm = {s.clip_norm:g}) scaled the gradients at {active} of {t.steps} "
-                       f"steps; the smallest clip factor was c = {finite.min():.3g} (‖g‖ = {np.nanmax(t.grad_norm):.3g} "
-                       f"at its largest). The norms above are before clipping.")
+            out.append(("note", f"Gradient clipping (clip_norm = {s.clip_norm:g}) scaled the gradients at {active} of {t.steps} "
+                                f"steps; the smallest clip factor was c = {finite.min():.3g} (‖g‖ = {np.nanmax(t.grad_norm):.3g} "
+                                f"at its largest). The norms above are before clipping."))
     if d.why:
-        out.append(d.why)
+        out.append(("why", d.why))
+    progress = _progress_sentence(d, out)
+    if progress:
+        out.append(("progress", progress))
     if not out:
-        out.append("No anomaly: every gradient norm is within the thresholds and finite.")
+        out.append(("note", "No anomaly: every gradient norm is within the thresholds and finite."))
     return out
+
+
+def _layers_text(layers):
+    layers = list(layers)
+    return f"layer {layers[0]}" if len(layers) == 1 else "layers " + ", ".join(map(str, layers))
+
+
+def _producer_sentence(p, trace):
+    operands = ", ".join(f"{name} = {value:.4g}" for name, value in p.operands)
+    return (f"The first non-finite value is {p.name} = {p.value} at step {trace.first_step + p.step}: it is produced by "
+            f"{p.operation}" + (f", from the finite operands {operands}" if operands else "") +
+            "; every later inf/NaN only propagates it.")
+
+
+def _stall_sentences(d):
+    t, s, series = d.trace, d.trace.scenario, d.series
+    th = s.thresholds
+    E, T, L, first = t.loss, t.steps, t.layers, t.first_step
+    out = []
+    finite_run = d.producer is None and t.first_nonfinite_step() is None
+    last = T - 1
+    if series.plateau[last] == "plateau":
+        since = last - int(series.quiet[last])
+        moves = float(np.nanmax(series.rel[since + 1:]))
+        m0, m = series.minimum[0], series.minimum[last]
+        share = (E[last] - m) / (E[0] - m0)
+        total = abs(E[last] - E[since]) / abs(E[since])
+        out.append(("plateau", f"Plateau: the loss has stopped falling since step {first + since}: it moves by at most "
+                               f"{moves:.2g} of itself per step (threshold plateau = {th['plateau']:g}), "
+                               f"E = {E[since]:.6g} → {E[last]:.6g} over {last - since} steps ({total:.2g} in all), while it is "
+                               f"still {E[last] - m:.4g} above its minimum {m:g} ({share:.0%} of the way from E₀ = {E[0]:.4g}; "
+                               f"plateau_far = {th['plateau_far']:g})."))
+    if L > 1 and (series.deep > 0).any():
+        step = int(np.flatnonzero(series.deep > 0)[0])
+        ratios = series.depth[step]
+        layer = int(np.nanargmin(ratios)) + 1
+        below = [l + 1 for l in range(L - 1) if ratios[l] < th["depth_ratio"]]
+        steps_count = int((series.deep > 0).sum())
+        units, slopes, weights = dominant_path(t, layer, step)
+        symbols = [activations.get(s.layers[m].activation) for m in range(layer - 1, layer - 1 + len(slopes))]
+        counts = {}
+        for act, value in zip(symbols, slopes):
+            counts.setdefault(act.symbol, []).append((act, value))
+        factors = []
+        for symbol, items in counts.items():
+            bound = items[0][0].slope_bound
+            word = _COUNT_WORDS.get(len(items), str(len(items)))
+            factors.append(f"{word} {symbol}'" + (f" ≤ {bound:g}" if bound else "") + " (" +
+                           " × ".join(f"{v:.3g}" for _, v in items) + ")")
+        slope_product = float(np.prod(slopes))
+        weight_product = float(np.prod(np.abs(weights))) if weights else 1.0
+        out.append(("depth", f"Vanishing relative to depth: at step {first + step}, layer {layer}'s gradient norm is "
+                             f"{ratios[layer - 1]:.2g} of the output layer {L}'s (below depth_ratio = {th['depth_ratio']:g}; "
+                             f"{_layers_text(below)} below it; at {steps_count} of {T} steps). The factor responsible: along the "
+                             f"dominant path (units {', '.join(map(str, units))} of layers {layer}..{L}) the error is multiplied by "
+                             f"{' and '.join(factors)} = {slope_product:.2g}, and by {len(weights)} weight(s) with "
+                             f"Π|W| = {weight_product:.3g}."))
+    if finite_run:
+        with np.errstate(all="ignore"):
+            medians = np.array([np.nanmedian(np.where(np.isfinite(series.update[:, l]), series.update[:, l], np.nan))
+                                if np.isfinite(series.update[:, l]).any() else np.nan for l in range(L)])
+        unstable = [l + 1 for l in range(L) if medians[l] > th["update_unstable"]]
+        frozen = [l + 1 for l in range(L) if medians[l] < th["update_frozen"]]
+        if unstable:
+            out.append(("unstable", f"Unstable updates: the median update-to-weight ratio |Δθ|/|θ| of {_layers_text(unstable)} is "
+                                    + ", ".join(f"{medians[l - 1]:.2g}" for l in unstable) +
+                                    f" (above update_unstable = {th['update_unstable']:g}; about 1e-3 is healthy): each step "
+                                    "changes the weights by a large part of themselves."))
+        if frozen and d.outcome[0] != "converged":
+            out.append(("frozen", f"Frozen weights: the median update-to-weight ratio |Δθ|/|θ| of {_layers_text(frozen)} is "
+                                  + ", ".join(f"{medians[l - 1]:.2g}" for l in frozen) +
+                                  f" (below update_frozen = {th['update_frozen']:g}; about 1e-3 is healthy): the steps barely "
+                                  "move the weights."))
+    for l, fractions in series.saturation.items():
+        if l == L and losses.LOSSES[s.loss].fused:
+            continue   # the output delta y − t of a fused loss does not pass through σ'
+        if not (fractions > 0).any():
+            continue
+        act = activations.get(s.layers[l - 1].activation)
+        levels = " or ".join(f"{v:g}" for v in act.saturates_at)
+        step = int(np.flatnonzero(fractions > 0)[0])
+        n = len(t.samples(last))
+        a = (t.h if s.layers[l - 1].residual else t.a)[l - 1][last, :n]
+        stuck = [j for j in range(a.shape[1]) if all(
+            any(level - th["saturation"] < v < level + th["saturation"] for level in act.saturates_at) for v in a[:, j])]
+        kind = "near one-hot" if not act.elementwise else f"within {th['saturation']:g} of {levels}"
+        out.append(("saturation", f"Saturated {act.symbol} units ({kind}, where the slope is about 0): layer {l}, "
+                                  f"{fractions[step]:.0%} of the unit-samples from step {first + step}, {fractions[last]:.0%} at the last "
+                                  f"step" + (f"; units {', '.join(map(str, stuck))} saturated for every sample of the last step"
+                                             if stuck else "") + "."))
+    oscillating = [k for k, flag in enumerate(series.oscillating) if flag == "oscillating"]
+    if oscillating:
+        k = oscillating[0]
+        start = k - int(series.flips[k]) - 1
+        values = " → ".join(f"{v:.4g}" for v in E[start:k + 1])
+        out.append(("oscillation", f"Oscillating loss: from step {first + start} the change of the loss flips sign at every step "
+                                   f"({int(series.flips[k])} flips in a row, oscillation = {th['oscillation']}): {values}, at "
+                                   f"{len(oscillating)} step(s) in all; the steps overshoot the minimum: the learning rate is too large."))
+    return out
+
+
+_COUNT_WORDS = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five", 6: "six", 7: "seven", 8: "eight", 9: "nine", 10: "ten"}
+
+
+def _floor_sentence(d):
+    t, s = d.trace, d.trace.scenario
+    parts = []
+    for (l, u), st in sorted(d.dead.items()):
+        share = []
+        for step in range(t.steps):
+            n = len(t.samples(step))
+            values = t.u[l - 1][step, :n, u]
+            share.extend(np.isfinite(values) & (values <= 0))
+        parts.append(f"layer {l} unit {u} (from step {t.first_step + st}, at its floor for {np.mean(share):.0%} of the samples)")
+    names = sorted({s.layers[l - 1].activation for l, _ in d.dead})
+    relu_only = all(name == "relu" for name in names)
+    head = ("Dead ReLU units (u ≤ 0 for every sample of a step, so ReLU'(u) = 0)" if relu_only else
+            f"Units at their floor ({', '.join(names)}: u ≤ 0 for every sample of a step, where the slope is 0 or small)")
+    return f"{head}: {', '.join(parts)}."
+
+
+def _progress_sentence(d, found):
+    """What went well: the loss fell (and whether it still falls), the gradient reaches layer 1, values stay finite."""
+    t, series = d.trace, d.series
+    stalled = ("plateau", "depth", "frozen", "oscillation", "non-finite", "vanishing")
+    if series is None or t.first_nonfinite_step() is not None or any(kind in stalled for kind, _ in found):
+        return ""
+    E, L = t.loss, t.layers
+    if not E[-1] < E[0]:
+        return ""
+    text = (f"Learning ({d.outcome[0]}): the loss fell from {E[0]:.4g} to {E[-1]:.4g} ({(E[0] - E[-1]) / E[0]:.1%} lower) "
+            f"over {t.steps} steps, with no plateau")
+    if L > 1:
+        with np.errstate(invalid="ignore"):
+            worst = np.nanmin(series.depth[:, 0]) if np.isfinite(series.depth[:, 0]).any() else np.nan
+        text += f"; layer 1's gradient norm is at least {worst:.2g} of the output layer's"
+    medians = [np.nanmedian(series.update[:, l]) for l in range(L)]
+    text += f"; median |Δθ|/|θ| per layer {min(medians):.2g}..{max(medians):.2g}; every value finite."
+    return text
 
 
 def render(d, rows=20):
@@ -251,3 +422,354 @@ def render(d, rows=20):
 def _reference(scenario):
     source = scenario.source
     return source[len("template "):] if source.startswith("template ") else source
+
+
+# ---------------------------------------------------------------- stalls: why did the net stop learning?
+
+STALL_KINDS = ("plateau", "depth", "frozen", "unstable", "oscillation", "non-finite", "vanishing", "exploding")
+OUTCOMES = ("converged", "falling", "plateaued", "vanishing", "exploding", "non-finite")   # best first
+
+
+def loss_minimum(trace):
+    """Per step, the smallest value the batch loss can take with these targets: 0 for squared errors
+    and for 0/1 targets; −Σ_k [t ln t + (1−t) ln(1−t)] per sample for bce, −Σ_k t ln t for softmax_ce
+    (reduced over the step's samples like the loss)."""
+    s = trace.scenario
+    t = s.targets
+    with np.errstate(all="ignore"):
+        plogp = lambda p: np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0)  # noqa: E731
+        if s.loss == "bce":
+            per_sample = -np.sum(plogp(t) + plogp(1.0 - t), axis=1)
+        elif s.loss == "softmax_ce":
+            per_sample = -np.sum(plogp(t), axis=1)
+        else:
+            per_sample = np.zeros(t.shape[0])
+    floors = np.zeros(trace.steps)
+    for step in range(trace.steps):
+        ids = trace.samples(step)
+        total = float(np.sum(per_sample[ids])) + 0.0
+        floors[step] = total / len(ids) if s.reduction == "mean" else total
+    return floors
+
+
+def _finite(*values):
+    return all(math.isfinite(float(v)) for v in values)
+
+
+def _layer_norm(arrays, step):
+    """sqrt(Σ x²) over the arrays' entries at `step` (inf when the squares overflow, as in a sheet: #NUM!)."""
+    with np.errstate(all="ignore"):
+        return float(np.sqrt(sum(float(np.sum(np.asarray(a[step], dtype=float) ** 2)) for a in arrays)))
+
+
+def _ratio(top, bottom):
+    """top / bottom as a spreadsheet computes it: NaN (an error cell) for non-finite operands or /0."""
+    if not _finite(top, bottom) or bottom == 0:
+        return math.nan
+    return top / bottom
+
+
+@dataclass
+class StallSeries:
+    """Per-step series behind the stall findings; the Diagnosis sheet computes the same with formulas.
+
+      rel_t      = |E_t − E_{t−1}| / |E_{t−1}|                      (NaN at t = 0: no previous step)
+      quiet_t    = quiet_{t−1} + 1 if rel_t < plateau else 0        (steps in a row of a still loss)
+      plateau_t  = quiet_t ≥ plateau_window and E_t − m_t > plateau_far·(E_0 − m_0)   (m: loss minimum)
+      flips_t    = flips_{t−1} + 1 if ΔE_t and ΔE_{t−1} differ in sign else 0
+      oscillating_t = flips_t ≥ oscillation and rel_t > plateau
+      depth_t[l] = ‖∇⁽ˡ⁾‖ / ‖∇⁽ᴸ⁾‖ (hidden layers);  deep_t = how many are below depth_ratio
+      update_t[l] = ‖Δθ⁽ˡ⁾‖ / ‖θ⁽ˡ⁾‖;  update_flag_t = unstable (any above update_unstable), else frozen
+                    (any below update_frozen)
+      saturation_t[l] = share of unit-samples with a within `saturation` of a saturating level
+      floor_t[l] = units with u ≤ 0 for every sample of the step (activations that can die)
+    A NaN stands for an error cell (a non-finite operand); flags are "" when not raised."""
+
+    minimum: np.ndarray
+    rel: np.ndarray
+    quiet: np.ndarray
+    plateau: list
+    flips: np.ndarray
+    oscillating: list
+    depth: np.ndarray
+    deep: np.ndarray
+    update: np.ndarray
+    update_flag: list
+    saturation: dict
+    floor: dict
+
+
+def stall_series(trace, norms=None):
+    """Compute the StallSeries of `trace` with the scenario's thresholds."""
+    s, th = trace.scenario, trace.scenario.thresholds
+    T, L = trace.steps, trace.layers
+    E = trace.loss
+    if norms is None:
+        norms = np.stack([trace.gradient_norm(l) for l in range(1, L + 1)], axis=1)
+    minimum = loss_minimum(trace)
+    rel, quiet, flips = np.full(T, np.nan), np.zeros(T), np.zeros(T)
+    plateau, oscillating = [""] * T, [""] * T
+    for t in range(1, T):
+        rel[t] = _ratio(abs(E[t] - E[t - 1]) if _finite(E[t], E[t - 1]) else math.nan, abs(E[t - 1]))
+        if math.isnan(rel[t]):
+            quiet[t] = math.nan
+        else:
+            quiet[t] = quiet[t - 1] + 1 if rel[t] < th["plateau"] else 0.0
+        if not _finite(quiet[t], E[t], E[0]):
+            plateau[t] = math.nan
+        elif quiet[t] >= th["plateau_window"] and E[t] - minimum[t] > th["plateau_far"] * (E[0] - minimum[0]):
+            plateau[t] = "plateau"
+        if t >= 2:
+            if not _finite(E[t], E[t - 1], E[t - 2]):
+                flips[t] = math.nan
+            else:
+                turned = np.sign(E[t] - E[t - 1]) * np.sign(E[t - 1] - E[t - 2]) < 0
+                flips[t] = flips[t - 1] + 1 if turned else 0.0
+            if not _finite(flips[t], rel[t]):
+                oscillating[t] = math.nan
+            elif flips[t] >= th["oscillation"] and rel[t] > th["plateau"]:
+                oscillating[t] = "oscillating"
+    depth = np.array([[_ratio(norms[t, l], norms[t, L - 1]) for l in range(L - 1)] for t in range(T)]).reshape(T, L - 1)
+    with np.errstate(invalid="ignore"):
+        deep = np.sum(depth < th["depth_ratio"], axis=1).astype(float)
+    update = np.array([[_ratio(_layer_norm([trace.update_W[l], trace.update_b[l]], t), _layer_norm([trace.W[l], trace.b[l]], t))
+                        for l in range(L)] for t in range(T)])
+    update_flag = []
+    with np.errstate(invalid="ignore"):
+        for row in update:
+            update_flag.append("unstable" if (row > th["update_unstable"]).any()
+                               else "frozen" if (row < th["update_frozen"]).any() else "")
+    saturation, floor = {}, {}
+    for l, layer in enumerate(s.layers, start=1):
+        act = activations.get(layer.activation)
+        store = trace.h if layer.residual else trace.a
+        if act.saturates_at:
+            series = np.zeros(T)
+            for t in range(T):
+                n = len(trace.samples(t))
+                a = store[l - 1][t, :n]
+                with np.errstate(invalid="ignore"):
+                    near = sum(int(((a > level - th["saturation"]) & (a < level + th["saturation"])).sum())
+                               for level in act.saturates_at)
+                series[t] = near / a.size
+            saturation[l] = series
+        if act.can_die:
+            series = np.zeros(T)
+            for t in range(T):
+                n = len(trace.samples(t))
+                u = trace.u[l - 1][t, :n]
+                series[t] = float((np.isfinite(u) & (u <= 0)).all(axis=0).sum())
+            floor[l] = series
+    return StallSeries(minimum, rel, quiet, plateau, flips, oscillating, depth, deep, update, update_flag, saturation, floor)
+
+
+def dominant_path(trace, layer, step):
+    """The path of units from `layer` to the output along which the error is multiplied most:
+    maximise |f'⁽ˡ⁾_j|·Π_m |W_m[j_{m−1}, j_m]|·|f'⁽ᵐ⁾_{j_m}| (slopes averaged over the step's samples)
+    by dynamic programming over the layers, O(depth·width²). Returns (units, slopes, weights)."""
+    s = trace.scenario
+    L, n = trace.layers, len(trace.samples(step))
+    fused = losses.LOSSES[s.loss].fused
+    with np.errstate(all="ignore"):
+        slope = [np.nanmean(np.abs(trace.slope[m][step, :n]), axis=0) for m in range(L)]
+    if fused:
+        slope[L - 1] = np.ones_like(slope[L - 1])
+    # best[m][j]: the largest product from unit j of layer m+1 (1-based m+1) up to the output
+    best = slope[L - 1].copy()
+    choice = [None] * L
+    for m in range(L - 2, layer - 2, -1):       # 0-based layer m, the layer above is m + 1
+        above = s.layers[m + 1]
+        if above.kind == "batchnorm":
+            scale = np.abs(trace.W[m + 1][step, 0]) / np.sqrt(np.nan_to_num(trace.norm["var"][m + 1][step]) + above.eps)
+            link = np.diag(scale)
+        else:
+            link = np.abs(trace.W[m + 1][step])
+            if above.residual:
+                link = link + np.eye(*link.shape)
+        with np.errstate(all="ignore"):
+            candidates = link * best[None, :]
+        candidates = np.nan_to_num(candidates, nan=-1.0)
+        choice[m] = np.argmax(candidates, axis=1)
+        best = slope[m] * candidates[np.arange(len(choice[m])), choice[m]]
+    unit = int(np.nanargmax(np.nan_to_num(best, nan=-1.0)))
+    units, slopes, weights = [unit], [float(slope[layer - 1][unit])], []
+    for m in range(layer - 1, L - 1):
+        following = int(choice[m][units[-1]])
+        above = s.layers[m + 1]
+        weights.append(float(trace.W[m + 1][step, 0, following] if above.kind == "batchnorm"
+                             else trace.W[m + 1][step, units[-1], following]))
+        units.append(following)
+        slopes.append(float(slope[m + 1][following]))
+    if fused:
+        slopes.pop()   # the output delta y − t carries no slope
+    return units, slopes, weights
+
+
+@dataclass
+class Producer:
+    """The first scalar of the run that became inf or NaN, and the operation that made it."""
+
+    step: int
+    name: str
+    value: float
+    operation: str
+    operands: list     # (name, value), all finite
+
+
+def _first_bad(array):
+    bad = np.argwhere(~np.isfinite(np.asarray(array, dtype=float)))
+    return tuple(int(i) for i in bad[0]) if bad.size else None
+
+
+def _product(name_a, a, name_b, b):
+    return f"the product {name_a} × {name_b}", [(name_a, float(a)), (name_b, float(b))]
+
+
+def find_producer(trace):
+    """Scan the run in computation order (forward, loss, backward, batch gradients, update, next θ)
+    and explain the first non-finite scalar by its finite operands, or return None."""
+    s = trace.scenario
+    L = trace.layers
+    for step in range(trace.steps):
+        ids = trace.samples(step)
+        n = len(ids)
+        for l in range(1, L + 1):
+            layer, act = s.layers[l - 1], activations.get(s.layers[l - 1].activation)
+            below = s.inputs[ids] if l == 1 else trace.a[l - 2][step, :n]
+            below_name = "x" if l == 1 else f"a{l - 1}"
+            hit = _first_bad(trace.u[l - 1][step, :n])
+            if hit:
+                slot, j = hit
+                if layer.kind == "batchnorm":
+                    return Producer(step, f"u{l}[{j}]", trace.u[l - 1][step, slot, j], "the batchnorm γ·x̂ + β",
+                                    [(f"x̂{l}[{j}]", float(trace.norm["xhat"][l - 1][step, slot, j]))])
+                W, b = trace.W[l - 1][step], trace.b[l - 1][step]
+                with np.errstate(all="ignore"):
+                    products = below[slot] * W[:, j]
+                bad = _first_bad(products)
+                if bad:
+                    i = bad[0]
+                    op, operands = _product(f"{below_name}[{i}]", below[slot, i], f"W{l}[{i},{j}]", W[i, j])
+                    op += " (inside u = Σᵢ aᵢ·Wᵢⱼ + bⱼ), which overflows"
+                else:
+                    op = "the weighted sum u = Σᵢ aᵢ·Wᵢⱼ + bⱼ of finite products overflows"
+                    k = int(np.argmax(np.abs(products)))
+                    operands = [(f"{below_name}[{k}]·W{l}[{k},{j}]", float(products[k])), (f"b{l}[{j}]", float(b[j]))]
+                return Producer(step, f"u{l}[{j}] (sample {ids[slot]})", trace.u[l - 1][step, slot, j], op, operands)
+            for store, symbol in ((trace.h, "h") if layer.residual else (trace.a, "a"), (trace.slope, "f'")):
+                hit = _first_bad(store[l - 1][step, :n])
+                if hit:
+                    slot, j = hit
+                    what = "the exponential inside" if act.name in ("elu", "softplus", "silu", "gelu", "softmax") else "the activation"
+                    return Producer(step, f"{symbol}{l}[{j}] (sample {ids[slot]})", store[l - 1][step, slot, j],
+                                    f"{what} {act.symbol}(u)" + ("'s slope" if symbol == "f'" else ""),
+                                    [(f"u{l}[{j}]", float(trace.u[l - 1][step, slot, j]))])
+            if layer.residual:
+                hit = _first_bad(trace.a[l - 1][step, :n])
+                if hit:
+                    slot, j = hit
+                    return Producer(step, f"a{l}[{j}] (sample {ids[slot]})", trace.a[l - 1][step, slot, j],
+                                    "the residual sum h + a", [(f"h{l}[{j}]", float(trace.h[l - 1][step, slot, j])),
+                                                               (f"{below_name}[{j}]", float(below[slot, j]))])
+        hit = _first_bad(trace.sample_loss[step, :n])
+        if hit:
+            slot = hit[0]
+            y, t = trace.a[L - 1][step, slot], s.targets[ids[slot]]
+            operands = [(f"y[{k}]", float(v)) for k, v in enumerate(y)] + [(f"t[{k}]", float(v)) for k, v in enumerate(t)]
+            return Producer(step, f"E (sample {ids[slot]})", trace.sample_loss[step, slot],
+                            f"the {s.loss} loss (its square (t − y)² overflows)" if "sse" in s.loss else f"the {s.loss} loss",
+                            operands)
+        if trace.output_error is not None:
+            hit = _first_bad(trace.output_error[step, :n])
+            if hit:
+                slot, k = hit
+                return Producer(step, f"∂E/∂y[{k}] (sample {ids[slot]})", trace.output_error[step, slot, k],
+                                f"the {s.loss} derivative", [(f"y[{k}]", float(trace.a[L - 1][step, slot, k]))])
+        for l in range(L, 0, -1):
+            if l < L:
+                hit = _first_bad(trace.error[l - 1][step, :n])
+                if hit:
+                    slot, j = hit
+                    W, delta = trace.W[l][step], trace.delta[l][step, slot]
+                    with np.errstate(all="ignore"):
+                        products = W[j] * delta if s.layers[l].kind != "batchnorm" else np.array([np.nan])
+                    bad = _first_bad(products) if s.layers[l].kind != "batchnorm" else None
+                    if bad:
+                        k = bad[0]
+                        op, operands = _product(f"W{l + 1}[{j},{k}]", W[j, k], f"δ{l + 1}[{k}]", delta[k])
+                        op += " (inside e = Σₖ Wⱼₖ·δₖ), which overflows"
+                    else:
+                        op, operands = "the error from the layer above (a sum of finite terms) overflows", []
+                    return Producer(step, f"e{l}[{j}] (sample {ids[slot]})", trace.error[l - 1][step, slot, j], op, operands)
+            hit = _first_bad(trace.delta[l - 1][step, :n])
+            if hit:
+                slot, j = hit
+                if l == L and losses.LOSSES[s.loss].fused:
+                    op, operands = "y − t", [(f"y[{j}]", float(trace.a[L - 1][step, slot, j]))]
+                else:
+                    e = trace.output_error[step, slot, j] if l == L else trace.error[l - 1][step, slot, j]
+                    op, operands = _product(f"f'(u{l}[{j}])", trace.slope[l - 1][step, slot, j], f"e{l}[{j}]", e)
+                    op += " (δ = f'(u)·e), which overflows"
+                return Producer(step, f"δ{l}[{j}] (sample {ids[slot]})", trace.delta[l - 1][step, slot, j], op, operands)
+        for l in range(1, L + 1):
+            hit = _first_bad(trace.grad_W_sample[l - 1][step, :n])
+            if hit:
+                slot, i, j = hit
+                below = s.inputs[ids[slot], i] if l == 1 else trace.a[l - 2][step, slot, i]
+                name = param_name(s, "W", l, (i, j))
+                op, operands = _product("x" + f"[{i}]" if l == 1 else f"a{l - 1}[{i}]", below,
+                                        f"δ{l}[{j}]", trace.delta[l - 1][step, slot, j])
+                return Producer(step, f"∂E/∂{name} (sample {ids[slot]})", trace.grad_W_sample[l - 1][step, slot, i, j],
+                                op + " (∂E/∂W = a·δ), which overflows", operands)
+        for l in range(1, L + 1):
+            for kind, store in (("W", trace.grad_W), ("b", trace.grad_b)):
+                hit = _first_bad(store[l - 1][step])
+                if hit:
+                    name = param_name(s, kind, l, hit)
+                    return Producer(step, f"∂E/∂{name}", store[l - 1][step][hit],
+                                    f"the {s.reduction} of finite per-sample gradients over the batch overflows", [])
+        for l in range(1, L + 1):
+            for kind, store, grads in (("W", trace.update_W, trace.grad_W), ("b", trace.update_b, trace.grad_b)):
+                hit = _first_bad(store[l - 1][step])
+                if hit:
+                    name = param_name(s, kind, l, hit)
+                    operands = [("lr", float(trace.lr[step])), (f"∂E/∂{name}", float(grads[l - 1][step][hit]))]
+                    op = "the update Δθ = lr·g" if s.optimizer == "sgd" else f"the {s.optimizer} update Δθ"
+                    return Producer(step, f"Δ{name}", store[l - 1][step][hit], op, operands)
+        for l in range(1, L + 1):
+            for kind, store, updates in (("W", trace.W, trace.update_W), ("b", trace.b, trace.update_b)):
+                hit = _first_bad(store[l - 1][step + 1])
+                if hit:
+                    name = param_name(s, kind, l, hit)
+                    operands = [(name, float(store[l - 1][step][hit])), (f"Δ{name}", float(updates[l - 1][step][hit]))]
+                    return Producer(step + 1, name, store[l - 1][step + 1][hit], "the update θ − lr·g (θ − Δθ)", operands)
+    return None
+
+
+def outcome(trace, series=None, norms=None):
+    """The outcome of a run and the step it refers to:
+      non-finite  a loss, gradient or parameter became inf/NaN (at the first such step)
+      exploding   the loss ended above where it started
+      converged   E_last − m ≤ plateau_far·(E_0 − m)   (m: the loss minimum)
+      vanishing   otherwise, and at the last step a layer's ‖∇‖ is below `vanishing` or below
+                  depth_ratio × the output layer's
+      plateaued   otherwise, and the loss sits on a plateau at the last step
+      falling     otherwise (still falling, far from its minimum)."""
+    th = trace.scenario.thresholds
+    bad = trace.first_nonfinite_step()
+    if bad is not None:
+        return "non-finite", trace.first_step + bad
+    E, last = trace.loss, trace.steps - 1
+    if E[last] > E[0]:
+        return "exploding", trace.first_step + last
+    if norms is None:
+        norms = np.stack([trace.gradient_norm(l) for l in range(1, trace.layers + 1)], axis=1)
+    series = series or stall_series(trace, norms)
+    m = series.minimum
+    if E[last] - m[last] <= th["plateau_far"] * (E[0] - m[0]):
+        return "converged", trace.first_step + last
+    if (norms[last] < th["vanishing"]).any() or series.deep[last] > 0:
+        return "vanishing", trace.first_step + last
+    if series.plateau[last] == "plateau":
+        return "plateaued", trace.first_step + last
+    return "falling", trace.first_step + last

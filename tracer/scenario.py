@@ -27,8 +27,17 @@ LAYER_KINDS = ("dense", "batchnorm")
 BATCHNORM_KEYS = ("kind", "units", "activation", "slope", "alpha", "eps", "train_bias")
 LOSS_KEYS = ("name", "reduction")
 TRAINING_KEYS = ("batch", "shuffle", "clip_norm", "clip_value")
-DIAGNOSIS_KEYS = ("vanishing", "exploding", "saturated")
-DIAGNOSIS_DEFAULTS = {"vanishing": 1e-7, "exploding": 1e3, "saturated": 1e-7}
+DIAGNOSIS_DEFAULTS = {
+    "vanishing": 1e-7, "exploding": 1e3, "saturated": 1e-7,
+    # a stall: |ΔE|/|E| below `plateau` for `plateau_window` steps running while E − E_min is above
+    # plateau_far × (E₀ − E_min); `depth_ratio`: a layer's ‖∇‖ below this fraction of the output layer's;
+    # |Δθ|/|θ| below update_frozen or above update_unstable; a saturating unit within `saturation` of
+    # its level; `oscillation` sign changes of ΔE in a row
+    "plateau": 1e-4, "plateau_window": 5, "plateau_far": 0.1, "depth_ratio": 1e-2,
+    "update_frozen": 1e-4, "update_unstable": 1e-1, "saturation": 1e-2, "oscillation": 3,
+}
+DIAGNOSIS_KEYS = tuple(DIAGNOSIS_DEFAULTS)
+DIAGNOSIS_COUNTS = ("plateau_window", "oscillation")   # whole numbers of steps
 ACTIVATION_PARAM_KEYS = ("slope", "alpha")
 INIT_PARAM_KEYS = ("low", "high", "mean", "std", "value")
 
@@ -204,7 +213,8 @@ def from_dict(raw, source="<scenario>", base=None, text=""):
                              for key in ("clip_norm", "clip_value"))
     diagnosis = v.table(raw, "diagnosis", "", default={})
     v.keys(diagnosis, DIAGNOSIS_KEYS, "diagnosis")
-    thresholds = {k: v.number(diagnosis, k, "diagnosis", default=d, positive=True) for k, d in DIAGNOSIS_DEFAULTS.items()}
+    thresholds = {k: v.integer(diagnosis, k, "diagnosis", default=d, minimum=1) if k in DIAGNOSIS_COUNTS
+                  else v.number(diagnosis, k, "diagnosis", default=d, positive=True) for k, d in DIAGNOSIS_DEFAULTS.items()}
     name = v.string(raw, "name", "", default=Path(source).stem if source != "<scenario>" else "scenario")
     return Scenario(
         name=name, description=v.string(raw, "description", "", default=""), seed=seed, steps=steps,

@@ -227,7 +227,8 @@ def _block_pairs(trace, block, formulas, operands, closing, previous_total, carr
 
 def _compare_table(report, table, sheet):
     """Compare a table sheet (Steps, Diagnosis, ChainRule) with its expected values; rows with the
-    same block key (a step; a parameter and step) share the cancellation floor of each column."""
+    same block key (a step; a parameter and step) share the cancellation floor of each column. An
+    expected value may be (value, operand magnitude) when the cell's operands are larger than it."""
     headers = [h for h, _, _ in table.headers()]
     rows = sheet.iter_rows(min_row=table.header_rows + 1, max_col=len(headers), values_only=True)
     block, current = [], None
@@ -235,9 +236,12 @@ def _compare_table(report, table, sheet):
         if key != current:
             _compare(report, block)
             block, current = [], key
-        numbers = [abs(float(x)) for x in expected.values() if not isinstance(x, str) and math.isfinite(float(x))]
+        numbers = [abs(float(x)) for x in expected.values() if not isinstance(x, (str, tuple)) and math.isfinite(float(x))]
         row_scale = max(numbers, default=0.0) if getattr(table, "row_floor", False) else 0.0
         for index, x in expected.items():
+            scale = row_scale
+            if isinstance(x, tuple):   # (value, magnitude of its operands): the cancellation floor of this cell
+                x, scale = x
             y = values[index] if index < len(values) else None
             where = f"{table.title}!{get_column_letter(index + 1)}{number}"
             if isinstance(x, str):
@@ -245,7 +249,7 @@ def _compare_table(report, table, sheet):
                 if (y or "") != x:
                     report.mismatches.append(Mismatch(where, headers[index], x, y))
             else:
-                block.append((where, headers[index], index, float(x), y, row_scale))
+                block.append((where, headers[index], index, float(x), y, scale))
     _compare(report, block)
 
 

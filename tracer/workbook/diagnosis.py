@@ -1,9 +1,12 @@
 """The Diagnosis sheet: per step, each layer's gradient norm, its flag and its count of exact-zero
-slopes, all live formulas (thresholds are named cells on Settings), and the diagnosis in sentences."""
+slopes, then the stall series (plateau, oscillation, gradient relative to depth, update-to-weight
+ratio, saturated share and units at their floor; see diagnose.StallSeries), all live formulas
+(thresholds are named cells on Settings), and the diagnosis in sentences."""
 import numpy as np
 from openpyxl.utils import get_column_letter as _letter
 
-from ..diagnose import layer_flag
+from .. import activations
+from ..diagnose import layer_flag, stall_series
 from .notation import layer as _layer
 
 
@@ -28,6 +31,7 @@ class DiagnosisLayout:
                    "exploding above threshold_exploding (Settings)", 12) for l in range(1, L + 1)]
         heads += [(f"saturated{_layer(l)}", "how many slopes of the layer are below threshold_saturated in magnitude "
                    "(exact zeros are orange on the Trace sheet)", 12) for l in range(1, L + 1)]
+        heads += self._stall_headers()
         heads += [("findings", "the diagnosis of the run, in sentences (tracer diagnose)", 120)]
         return heads
 
@@ -50,11 +54,12 @@ class DiagnosisLayout:
             zeros = [f"=SUMPRODUCT((ABS(Trace!{a}{first}:{b}{total - 1})<threshold_saturated)*1)"
                      for a, b in self.slope_ranges]
             finding = self.findings[step] if step < len(self.findings) else None
-            yield [self.trace.first_step + step] + norms + flags + zeros + [finding]
+            yield [self.trace.first_step + step] + norms + flags + zeros + self._stall_cells(step) + [finding]
 
     def expected(self):
         L, th = self.layers, self.trace.scenario.thresholds
         norms = [self.trace.gradient_norm(l) for l in range(1, L + 1)]
+        series = stall_series(self.trace, np.stack(norms, axis=1))
         for step in range(self.trace.steps):
             n = len(self.trace.samples(step))
             values = {}
@@ -65,4 +70,124 @@ class DiagnosisLayout:
                 slopes = self.trace.slope[l - 1][step, :n]
                 values[2 * L + l] = (float((np.abs(slopes) < th["saturated"]).sum()) if np.isfinite(slopes).all()
                                      else np.nan)
+            values.update(self._stall_expected(series, step))
             yield step, values
+
+    # ------------------------------------------------------------ stall series (diagnose.StallSeries)
+
+    def _stall_columns(self):
+        """(key, header, comment) of the stall columns, in sheet order."""
+        L, s = self.layers, self.trace.scenario
+        columns = [("rel", "|ΔE|/|E|", "relative change of the loss from the previous step"),
+                   ("quiet", "still steps", "steps in a row with |ΔE|/|E| < threshold_plateau"),
+                   ("plateau", "plateau", "plateau: still steps ≥ threshold_plateau_window while E − E_min > "
+                                          "threshold_plateau_far·(E₀ − E_min)"),
+                   ("flips", "ΔE sign flips", "steps in a row where ΔE changed sign"),
+                   ("oscillating", "oscillating", "sign flips ≥ threshold_oscillation while |ΔE|/|E| > threshold_plateau")]
+        columns += [(("depth", l), f"‖∇⁽{l}⁾‖/‖∇⁽{L}⁾‖", "gradient norm relative to the output layer's")
+                    for l in range(1, L)]
+        if L > 1:
+            columns.append(("deep", "below depth", "layers whose ratio is below threshold_depth_ratio (vanishing relative to depth)"))
+        columns += [(("update", l), f"|Δθ⁽{l}⁾|/|θ⁽{l}⁾|", "update-to-weight ratio of the layer (≈1e-3 healthy)")
+                    for l in range(1, L + 1)]
+        columns.append(("update_flag", "updates", "unstable if a ratio exceeds threshold_update_unstable, else frozen if "
+                                                  "one is below threshold_update_frozen"))
+        for l, layer in enumerate(s.layers, start=1):
+            act = activations.get(layer.activation)
+            if act.saturates_at:
+                levels = ", ".join(f"{v:g}" for v in act.saturates_at)
+                columns.append((("saturation", l), f"saturated⁽{l}⁾ share",
+                                f"share of the step's unit-samples with {act.symbol} within threshold_saturation of {levels}"))
+        for l, layer in enumerate(s.layers, start=1):
+            if activations.get(layer.activation).can_die:
+                columns.append((("floor", l), f"at floor⁽{l}⁾", "units with u ≤ 0 for every sample of the step"))
+        return columns
+
+    def _stall_headers(self):
+        return [(header, comment, 12) for _, header, comment in self._stall_columns()]
+
+    def _stall_letters(self):
+        start = 2 + 3 * self.layers   # 1-based column of the first stall column
+        return {key: _letter(start + k) for k, (key, _, _) in enumerate(self._stall_columns())}
+
+    def _stall_cells(self, step):
+        """The stall columns' formulas in the row of `step` (None where a rule needs earlier steps)."""
+        L, s = self.layers, self.trace.scenario
+        c = self._stall_letters()
+        r = step + 2
+        E, E_prev, E_before = f"Steps!B{r}", f"Steps!B{r - 1}", f"Steps!B{r - 2}"
+        minimum, first_minimum = float(self.minimum[step]), float(self.minimum[0])
+        cells = {}
+        if step == 0:
+            cells.update(rel=None, quiet=0, plateau=None)
+        else:
+            cells["rel"] = f"=ABS({E}-{E_prev})/ABS({E_prev})"
+            cells["quiet"] = f"=IF({c['rel']}{r}<threshold_plateau,{c['quiet']}{r - 1}+1,0)"
+            cells["plateau"] = (f'=IF(AND({c["quiet"]}{r}>=threshold_plateau_window,{E}-{minimum!r}>threshold_plateau_far*'
+                                f'(Steps!B$2-{first_minimum!r})),"plateau","")')
+        if step < 2:
+            cells.update(flips=0, oscillating=None)
+        else:
+            cells["flips"] = f"=IF(SIGN({E}-{E_prev})*SIGN({E_prev}-{E_before})<0,{c['flips']}{r - 1}+1,0)"
+            cells["oscillating"] = (f'=IF(AND({c["flips"]}{r}>=threshold_oscillation,{c["rel"]}{r}>threshold_plateau),'
+                                    f'"oscillating","")')
+        for l in range(1, L):
+            cells[("depth", l)] = f"={_letter(l + 1)}{r}/{_letter(L + 1)}{r}"
+        if L > 1:
+            cells["deep"] = f'=COUNTIF({c[("depth", 1)]}{r}:{c[("depth", L - 1)]}{r},"<"&threshold_depth_ratio)'
+        total = self.layout.total_row(step)
+        first, last = total - len(self.trace.samples(step)), total - 1
+        for l in range(1, L + 1):
+            rows, units = self.trace.W[l - 1].shape[1:]
+            last_update = ("update_b", l, (units - 1,)) if s.layers[l - 1].train_bias else ("update_W", l, (rows - 1, units - 1))
+            up = f"Trace!{self.layout.cell(('update_W', l, (0, 0)))}{total}:{self.layout.cell(last_update)}{total}"
+            theta = f"Trace!{self.layout.cell(('W', l, (0, 0)))}{total}:{self.layout.cell(('b', l, (s.widths[l] - 1,)))}{total}"
+            cells[("update", l)] = f"=SQRT(SUMSQ({up}))/SQRT(SUMSQ({theta}))"
+        ratios = f"{c[('update', 1)]}{r}:{c[('update', L)]}{r}"
+        cells["update_flag"] = (f'=IF(COUNTIF({ratios},">"&threshold_update_unstable)>0,"unstable",'
+                                f'IF(COUNTIF({ratios},"<"&threshold_update_frozen)>0,"frozen",""))')
+        n = len(self.trace.samples(step))
+        for l, layer in enumerate(s.layers, start=1):
+            act = activations.get(layer.activation)
+            symbol = "h" if layer.residual else "a"
+            if act.saturates_at:
+                span = (f"Trace!{self.layout.cell((symbol, l, 0))}{first}:"
+                        f"{self.layout.cell((symbol, l, s.widths[l] - 1))}{last}")
+                terms = "+".join(f'COUNTIFS({span},">"&({level:g}-threshold_saturation),{span},"<"&({level:g}+threshold_saturation))'
+                                 for level in act.saturates_at)
+                cells[("saturation", l)] = f"=({terms})/{n * s.widths[l]}"
+            if act.can_die:
+                units = "+".join(f'(COUNTIF(Trace!{self.layout.cell(("u", l, j))}{first}:{self.layout.cell(("u", l, j))}{last},'
+                                 f'"<=0")={n})' for j in range(s.widths[l]))
+                cells[("floor", l)] = f"=0+{units}"
+        return [cells[key] for key, _, _ in self._stall_columns()]
+
+    @property
+    def minimum(self):
+        if not hasattr(self, "_minimum"):
+            from ..diagnose import loss_minimum
+            self._minimum = loss_minimum(self.trace)
+        return self._minimum
+
+    def _stall_expected(self, series, step):
+        """Engine values of the stall formula cells of `step`: {column index: value}."""
+        L = self.layers
+        start = 1 + 3 * L   # 0-based index of the first stall column
+        E = self.trace.loss
+        # |E_t − E_{t−1}|/|E_{t−1}| cancels: its operands are of the size E_t/E_{t−1}
+        rel = (series.rel[step], abs(float(E[step] / E[step - 1]))) if step and np.isfinite(series.rel[step]) else series.rel[step]
+        values = {"rel": rel, "quiet": series.quiet[step], "plateau": series.plateau[step],
+                  "flips": series.flips[step], "oscillating": series.oscillating[step], "deep": series.deep[step],
+                  "update_flag": series.update_flag[step]}
+        for l in range(1, L):
+            values[("depth", l)] = series.depth[step, l - 1]
+        for l in range(1, L + 1):
+            values[("update", l)] = series.update[step, l - 1]
+        for l, fractions in series.saturation.items():
+            values[("saturation", l)] = fractions[step]
+        for l, counts in series.floor.items():
+            values[("floor", l)] = counts[step]
+        skipped = {"rel", "quiet", "plateau"} if step == 0 else set()
+        skipped |= {"flips", "oscillating"} if step < 2 else set()
+        return {start + k: values[key] for k, (key, _, _) in enumerate(self._stall_columns())
+                if key not in skipped}

@@ -25,7 +25,7 @@ from openpyxl.xml.functions import tostring
 
 from ..errors import LimitError, OutputExistsError
 from .. import diagnose as diagnose_module, output, scenario as scenario_module
-from . import chainrule, charts, diagnosis, layout as layout_module, steps as steps_module, xlsx
+from . import chainrule, charts, diagnosis, histograms, layout as layout_module, steps as steps_module, xlsx
 
 MAX_ROWS, MAX_FORMULA = 1_048_576, 8_192
 _HEADER_FONT = Font(bold=True)
@@ -102,12 +102,12 @@ def check_limits(layout):
 
 
 def table_layouts(trace, layout, parameters=(), findings=None):
-    """The Steps, Diagnosis and ChainRule sheets' layouts (each: title, headers, rows, expected)."""
+    """The Steps, Diagnosis, ChainRule and Histograms sheets' layouts (each: title, headers, rows, expected)."""
     steps_layout = steps_module.StepsLayout(trace, layout)
     if findings is None:
         findings = diagnose_module.diagnose(trace).findings
     return [steps_layout, diagnosis.DiagnosisLayout(trace, layout, steps_layout, findings),
-            chainrule.ChainRuleLayout(trace, layout, parameters)]
+            chainrule.ChainRuleLayout(trace, layout, parameters), histograms.HistogramLayout(trace, layout, steps_layout)]
 
 
 def write(trace, path, force=False, progress=None, parameters=()):
@@ -137,6 +137,8 @@ def write(trace, path, force=False, progress=None, parameters=()):
             bodies.append(body)
             if table.title == "Steps":
                 charts.add(sheet, trace)
+            elif table.title == histograms.HistogramLayout.title:
+                histograms.add_charts(sheet, table)
         bodies.append(_write_settings(workbook, trace.scenario))
         bodies.append(_write_data(workbook, trace.scenario))
         bodies.append(_write_text(workbook, "Scenario", trace.scenario.text.splitlines()))
@@ -386,7 +388,10 @@ def _table_rows(table, letters):
         for index, value in enumerate(values):
             ref = f"{letters[index]}{number}"
             if isinstance(value, str) and value.startswith("="):
-                cells.append(formula_cell(ref, value[1:], expected.get(index, xlsx.NO_VALUE), error=error))
+                cached = expected.get(index, xlsx.NO_VALUE)
+                if isinstance(cached, tuple):   # (value, magnitude of its operands) for verify
+                    cached = cached[0]
+                cells.append(formula_cell(ref, value[1:], cached, error=error))
             else:
                 cells.append(value_cell(ref, value))
         yield xlsx.row(number, cells)
