@@ -46,3 +46,13 @@ class LibreOfficeMissing(TracerError):
             "LibreOffice (soffice) was not found on PATH; install it with "
             "`apt-get install -y libreoffice-calc-nogui` (Debian/Ubuntu) and try again"
         )
+
+
+def shorten(value, limit=80):
+    """A value as it is echoed in a message: its repr (or the text itself for `str`), at most
+    `limit` characters, the middle replaced by '…' when longer."""
+    text = value if isinstance(value, str) else repr(value)
+    if len(text) <= limit:
+        return text
+    keep = limit - 1
+    return text[: keep - keep // 3] + "…" + text[len(text) - keep // 3:]
