@@ -359,3 +359,31 @@ def test_normalising_extreme_inputs_raises_no_warning(normalize):
     loaded = scenario_module.from_dict(raw)
     assert loaded.inputs[:, 1].tolist() == ([-1.0, 1.0] if normalize == "standard" else [0.0, 1.0])
     engine.run(loaded)
+
+
+@pytest.mark.libreoffice
+def test_storable_unusual_text_reaches_the_scenario_sheet_whole(tmp_path, invoke, soffice):
+    """What the loader lets through (tab, DEL, C1 controls, U+2028, emoji, combining and RTL text,
+    lines longer than a cell holds) LibreOffice reads back from the Scenario sheet unchanged."""
+    from openpyxl import load_workbook
+    from tracer import libreoffice
+    unusual = "tab\there DEL\x7f NEL\x85 C1\x9f LS\u2028PS\u2029 😀 e\u0301 עברית \u00a0 \ufffd \U0010fffd"
+    comment = "".join(char for char in unusual if char not in "\x7f\u2028\u2029")   # TOML refuses DEL in a comment
+    text = GOOD.replace('name = "t"', f'name = "t"\ndescription = {scenario_module._toml_string(unusual)}\n# {comment}'
+                        f'\n# {"long " * 4000}\n# {"longer😀" * 6000}')
+    scenario = write_toml(tmp_path, text)
+    for overrides in ([], [f"name={unusual}"]):
+        out = tmp_path / f"o{len(overrides)}.xlsx"
+        result = invoke("run", scenario, "-o", out, *(f"--set={o}" for o in overrides))
+        assert result.exit_code == 0, result.output
+        loaded = scenario_module.load(scenario, overrides=overrides)
+        assert loaded.description == unusual and loaded.name == (unusual if overrides else "t")
+        again = libreoffice.convert(out, "xlsx", tmp_path / f"lo{len(overrides)}")
+        sheet = load_workbook(again, read_only=True)["Scenario"]
+        lines = ["".join(str(cell) for cell in row if cell is not None) for row in sheet.iter_rows(values_only=True)]
+        while lines and not lines[-1]:
+            lines.pop()
+        assert lines == loaded.text.splitlines()
+        if not overrides:   # the comment (split at NEL, as str.splitlines does) and the long line, whole
+            assert "C1\x9f LSPS 😀 e\u0301 עברית \u00a0 \ufffd \U0010fffd" in "\n".join(lines)
+            assert max(map(len, lines)) == 2 + 7 * 6000   # beyond a cell's 32,767 UTF-16 units

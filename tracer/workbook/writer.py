@@ -334,8 +334,26 @@ def _write_data(workbook, scenario):
             sheet.append(row)
 
 
+MAX_CELL_TEXT = 32_767   # UTF-16 code units a cell holds; LibreOffice and Excel cut longer text
+
+
+def _cell_pieces(line):
+    """`line` cut into pieces a cell holds whole (a character beyond U+FFFF counts twice)."""
+    if 2 * len(line) <= MAX_CELL_TEXT:
+        return [line]
+    pieces, start, units = [], 0, 0
+    for index, char in enumerate(line):
+        width = 2 if ord(char) > 0xFFFF else 1
+        if units + width > MAX_CELL_TEXT:
+            pieces.append(line[start:index])
+            start, units = index, 0
+        units += width
+    return pieces + [line[start:]]
+
+
 def _write_text(workbook, title, lines):
+    """One line per row; a line too long for a cell continues in the next columns of its row."""
     sheet = workbook.create_sheet(title)
     sheet.column_dimensions["A"].width = 100
     for line in lines:
-        sheet.append([_text_cell(sheet, line)])
+        sheet.append([_text_cell(sheet, piece) for piece in _cell_pieces(line)])
