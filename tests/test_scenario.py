@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 import numpy as np
 import pytest
 
-from tracer import engine, scenario as scenario_module
+from tracer import engine, scenario as scenario_module, templates
 from tracer.errors import ScenarioError, shorten
 from tracer.trace import Trace
 from tests.conftest import assert_refused, write_toml
@@ -236,13 +236,17 @@ def _key_paths(node, path=()):
 VALID = tomllib.loads(GOOD.replace("[optimizer]", '[loss]\nname = "half_sse"\n[training]\nbatch = 1\nclip_norm = 1.0'
                                    '\n[diagnosis]\nvanishing = 1e-6\n[optimizer]\nname = "adam"\nschedule = "step"'
                                    '\ngamma = 0.5\nstep_size = 2\nbetas = [0.9, 0.99]'))
-PATHS = sorted(_key_paths(VALID), key=str)
+BASES = [VALID] + [tomllib.loads(templates.read(name)) for name in templates.names()]
+BASE_AND_PATH = st.sampled_from(BASES).flatmap(
+    lambda base: st.tuples(st.just(base), st.sampled_from(sorted(_key_paths(base), key=str))))
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(path=st.sampled_from(PATHS), value=TOML_VALUES | st.text(max_size=20))
-def test_any_value_at_any_key_is_a_scenario_error_or_valid(path, value):
-    raw = copy.deepcopy(VALID)
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(base_and_path=BASE_AND_PATH, value=TOML_VALUES | st.text(max_size=20))
+def test_any_value_at_any_key_is_a_scenario_error_or_valid(base_and_path, value):
+    """Any TOML value (or a string as --set gives it) at any key of a valid scenario or template."""
+    base, path = base_and_path
+    raw = copy.deepcopy(base)
     node = raw
     for key in path[:-1]:
         node = node[key]
