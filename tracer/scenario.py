@@ -579,7 +579,7 @@ class _Validator:
         for key in table:
             if key not in allowed:
                 hint = _did_you_mean(key, allowed)
-                self.fail(where, shorten(key, 60), f"unknown key{hint}")
+                self.fail(where, shorten(key, 60) or '""', f"unknown key{hint}")
 
     def require(self, table, key, where):
         if key not in table:
