@@ -5,7 +5,6 @@ import os
 import tomllib
 
 from hypothesis import HealthCheck, given, settings, strategies as st
-import numpy as np
 import pytest
 
 from tracer import engine, scenario as scenario_module, templates
