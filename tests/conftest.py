@@ -48,6 +48,16 @@ def invoke():
     return call
 
 
+def assert_refused(result, *fragments):
+    """Bad input: exit code 2 and one line `Error: ...` holding every fragment, no traceback."""
+    message = result.output.strip()
+    assert result.exit_code == 2, result.output
+    assert len(message.splitlines()) == 1 and message.startswith("Error: "), message
+    for fragment in fragments:
+        assert str(fragment) in message, (fragment, message)
+    return message
+
+
 @pytest.fixture(scope="session")
 def soffice():
     """LibreOffice must be there in CI (never mocked); locally a missing one skips."""

@@ -1,12 +1,14 @@
 """tracer check: hand tables with each kind of slip, on networks of several shapes."""
 import copy
 import json
+import math
+import zipfile
 
 import numpy as np
 import pytest
 
 from tracer import check, engine, scenario as scenario_module
-from tests.conftest import BASE
+from tests.conftest import BASE, assert_refused
 
 DEEP = copy.deepcopy(BASE)
 DEEP["layers"] = [
@@ -225,3 +227,92 @@ def test_batchnorm_names_and_slips(tmp_path):
     assert "sign is flipped" in found["update gamma2[1]"].explanation
     with pytest.raises(check.InputError, match="batchnorm layer: its parameters are gamma2"):
         check.parse_name("W2[0,0]", trace)
+
+
+# ------------------------------------------------------------------ bad input: one line, exit 2
+
+@pytest.mark.parametrize("written", ["nan", "NaN", "inf", "Infinity", "-inf", "1e309", "-1e309", "0e999", "1E+400"])
+def test_a_value_that_is_not_a_finite_number(tmp_path, invoke, written):
+    hand = tmp_path / "hand.csv"
+    hand.write_text(f"name,value\nloss,0.5\nu1[0],{written}\n", encoding="utf-8")
+    assert_refused(invoke("check", "xor", hand), f"{hand} line 3: '{written}' is not a finite number")
+
+
+def test_tolerance_of_extreme_exponents():
+    assert check.tolerance_of("0e999") == math.inf and check.tolerance_of("1e-400") == 0.0
+    for text in ("nan", "inf", "-Infinity", "x"):
+        with pytest.raises(ValueError):
+            check.tolerance_of(text)
+    assert check.written_number("1.5e2") == (150.0, 5.0)
+
+
+def test_byte_order_mark_in_hand_csv_and_map(tmp_path, invoke):
+    trace = engine.run(scenario_module.load("xor"))
+    hand = tmp_path / "hand.csv"
+    hand.write_bytes("\ufeffname,value\nloss,{}\n".format(g(trace.loss[0])).encode("utf-8"))
+    result = invoke("check", "xor", hand)
+    assert result.exit_code == 0, result.output
+    mapping = tmp_path / "map.csv"
+    mapping.write_bytes("\ufeffname,cell\nloss,Sheet1!A0\n".encode("utf-8"))
+    (tmp_path / "mine.xlsx").write_bytes(b"PK\x03\x04")
+    assert_refused(invoke("check", "xor", tmp_path / "mine.xlsx", "--map", mapping), f"{mapping} line 2", "row 0")
+
+
+def test_hand_file_that_is_not_a_regular_file(tmp_path, invoke):
+    assert_refused(invoke("check", "xor", "/dev/zero"), "/dev/zero", "not a regular file")
+    (tmp_path / "hand.csv").write_bytes(b"name,value\nloss,\xff\n")
+    assert_refused(invoke("check", "xor", tmp_path / "hand.csv"), "not UTF-8 text (byte 0xff on line 2)")
+
+
+CELLS = {"Sheet1!ZZZZ1": "column ZZZZ is beyond XFD", "A0": "row 0 is outside the rows 1..1,048,576",
+         "1A": "is not a cell reference", "Sheet1!": "no cell after '!'", "XFD1048577": "row 1048577 is outside",
+         "A1:B2": "is a range", "A:A": "is a range", "!A1": "no sheet name", "": "expected name,cell"}
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_map_cell_references_are_checked_before_libreoffice(tmp_path, invoke, cell):
+    mapping = tmp_path / "map.csv"
+    mapping.write_text(f"name,cell\nloss,Sheet1!A1\nu1[0],{cell}\n" if cell else "name,cell\nloss\n", encoding="utf-8")
+    workbook = tmp_path / "mine.xlsx"
+    workbook.write_bytes(b"not looked at: the map is read first")
+    line = 3 if cell else 2
+    assert_refused(invoke("check", "xor", workbook, "--map", mapping), f"{mapping} line {line}", CELLS[cell])
+
+
+def test_parse_cell_accepts_quoted_sheets_and_absolute_references():
+    assert check.parse_cell("'My ''own'' sheet'!$C$7") == ("My 'own' sheet", "C7")
+    assert check.parse_cell("xfd1048576") == (None, "XFD1048576")
+
+
+@pytest.mark.parametrize("content,problem", [(b"", "the file is empty"), (b"name,value\nloss,1\n", "not a workbook")])
+def test_a_workbook_that_is_not_a_spreadsheet(tmp_path, invoke, content, problem):
+    mapping = tmp_path / "map.csv"
+    mapping.write_text("name,cell\nloss,Sheet1!A1\n", encoding="utf-8")
+    workbook = tmp_path / "mine.xlsx"
+    workbook.write_bytes(content)
+    assert_refused(invoke("check", "xor", workbook, "--map", mapping), workbook, problem)
+
+
+@pytest.mark.libreoffice
+def test_a_zip_that_is_not_a_workbook_and_an_unknown_sheet(tmp_path, invoke, soffice):
+    mapping = tmp_path / "map.csv"
+    mapping.write_text("name,cell\nloss,Other!A1\n", encoding="utf-8")
+    fake = tmp_path / "fake.xlsx"
+    with zipfile.ZipFile(fake, "w") as archive:
+        archive.writestr("hello.txt", "not a spreadsheet")
+    assert_refused(invoke("check", "xor", fake, "--map", mapping), fake, "cannot be opened as a workbook")
+    openpyxl = pytest.importorskip("openpyxl")
+    book = openpyxl.Workbook()
+    book.active.title, book.active["A1"] = "Mine", 0.5
+    real = tmp_path / "real.xlsx"
+    book.save(real)
+    assert_refused(invoke("check", "xor", real, "--map", mapping), f"{mapping} line 2", "no sheet 'Other'", "Mine")
+
+
+def test_a_long_name_is_shortened(tmp_path, invoke):
+    hand = tmp_path / "hand.csv"
+    hand.write_text("u1[0]" + "x" * 100_000 + ",1\n", encoding="utf-8")
+    message = assert_refused(invoke("check", "xor", hand), "cannot read the name")
+    assert len(message) < 300
+    hand.write_text("W1[" + "9" * 5000 + ",0],1\n", encoding="utf-8")
+    assert_refused(invoke("check", "xor", hand), "cannot read the name")

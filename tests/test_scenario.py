@@ -1,8 +1,16 @@
 """Bad input: one line naming the file, the key and the problem, exit code 2, no traceback."""
+import copy
+import datetime
+import os
+import tomllib
+
+from hypothesis import HealthCheck, given, settings, strategies as st
 import pytest
 
-from tracer import scenario as scenario_module
-from tests.conftest import write_toml
+from tracer import engine, scenario as scenario_module, templates
+from tracer.errors import ScenarioError, shorten
+from tracer.trace import Trace
+from tests.conftest import assert_refused, write_toml
 
 GOOD = """
 name = "t"
@@ -204,3 +212,257 @@ def test_normalisation_that_overflows_is_refused(tmp_path, invoke, normalize, in
     assert result.exit_code == 2, result.output
     line = result.output.strip()
     assert len(line.splitlines()) == 1 and ": data.normalize: input column 0" in line and "overflow" in line, line
+
+
+# ---------------------------------------------------------------- values of the wrong type
+
+NAME_KEYS = [("layers.0.activation", "layers[0].activation"), ("layers.0.init", "layers[0].init"),
+             ("layers.0.bias_init", "layers[0].bias_init"), ("layers.0.kind", "layers[0].kind"),
+             ("loss.name", "loss.name"), ("loss.reduction", "loss.reduction"), ("optimizer.name", "optimizer.name"),
+             ("optimizer.schedule", "optimizer.schedule"), ("data.normalize", "data.normalize")]
+WRONG_TYPES = {"array": "[1]", "table": "{a = 1}", "number": "3", "boolean": "true", "date": "1979-05-27",
+               "nested array": "[[[1]]]"}
+
+
+@pytest.mark.parametrize("path,key", NAME_KEYS, ids=[k for k, _ in NAME_KEYS])
+@pytest.mark.parametrize("kind", WRONG_TYPES)
+def test_a_name_of_the_wrong_type_is_refused(tmp_path, invoke, path, key, kind):
+    scenario = write_toml(tmp_path, GOOD)
+    result = invoke("run", scenario, "--set", f"{path}={WRONG_TYPES[kind]}", "-o", tmp_path / "o.xlsx",
+                    "--trace", tmp_path / "t.csv")
+    assert_refused(result, scenario, key, "must be a name (one of: ")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scenario.toml"]
+
+
+NUMBER_CASES = [
+    ("steps = 2", "steps = true", "steps", "must be an integer, not true"),
+    ("steps = 2", "steps = 2.0", "steps", "must be an integer, not 2.0"),
+    ("steps = 2", 'steps = "2"', "steps", "must be an integer, not '2'"),
+    ("steps = 2", "steps = 2\nseed = 1979-05-27", "seed", "must be an integer, not the date 1979-05-27"),
+    ("lr = 0.1", "lr = true", "optimizer.lr", "must be a number, not true"),
+    ("lr = 0.1", 'lr = "0.1"', "optimizer.lr", "must be a number, not '0.1'"),
+    ("lr = 0.1", "lr = [0.1]", "optimizer.lr", "must be a number, not an array [0.1]"),
+    ("lr = 0.1", "lr = 07:32:00", "optimizer.lr", "must be a number, not the time 07:32:00"),
+    ("lr = 0.1", "lr = 1979-05-27T07:32:00Z", "optimizer.lr", "not the date-time 1979-05-27T07:32:00+00:00"),
+    ("lr = 0.1", "lr = 1" + "0" * 400, "optimizer.lr", "must be a finite number"),
+    ("lr = 0.1", "lr = 1" + "0" * 5000, "", "malformed TOML"),
+    ("lr = 0.1", "lr = nan", "optimizer.lr", "must be a finite number, not nan"),
+    ("units = 2\n", "units = 2\ntrain_bias = 1\n", "layers[0].train_bias", "must be true or false, not 1"),
+    ("[[1.0, 2.0], [3.0, 4.0]]", "[[1.0, 2.0], [3.0, true]]", "data.inputs", "non-numeric value true"),
+    ("[[1.0, 2.0], [3.0, 4.0]]", "[[1.0, 2.0], [3.0, [4.0]]]", "data.inputs", "non-numeric value an array [4.0]"),
+    ("[[1.0, 2.0], [3.0, 4.0]]", "[[], []]", "data.inputs", "row 0 is empty"),
+    ("[[1.0, 2.0], [3.0, 4.0]]", "[]", "data.inputs", "must be a non-empty list of rows"),
+    ("[[1.0, 2.0], [3.0, 4.0]]", "[1.0, 2.0]", "data.inputs", "must be a non-empty list of rows"),
+    ("[[1.0, 2.0], [3.0, 4.0]]", "[[1.0, 2.0], [3.0, 1" + "0" * 400 + "]]", "data.inputs", "NaN or infinite"),
+    ("[optimizer]", "[training]\nbatch = true\n[optimizer]", "training.batch", "not true"),
+    ('name = "t"', 'data = 3\nname = "t"', "", "malformed TOML"),
+    ("units = 2\n", 'units = 2\nbias = [[1.0], [2.0]]\n', "layers[0].bias", "non-numeric value an array [1.0]"),
+    ("units = 2\n", "units = 2\nhigh = 1e308\nlow = -1e308\n", "layers[0].high", "overflows"),
+]
+
+
+@pytest.mark.parametrize("old,new,key,problem", NUMBER_CASES, ids=[c[1][:30] for c in NUMBER_CASES])
+def test_every_getter_checks_the_type_first(tmp_path, invoke, old, new, key, problem):
+    assert old in GOOD
+    scenario = write_toml(tmp_path, GOOD.replace(old, new, 1))
+    result = invoke("run", scenario, "--trace", tmp_path / "t.csv")
+    message = assert_refused(result, scenario, problem)
+    assert f": {key}: " in message if key else True
+    assert not (tmp_path / "t.csv").exists()
+
+
+def test_a_date_with_overrides_is_refused_not_a_crash(tmp_path, invoke):
+    scenario = write_toml(tmp_path, GOOD.replace("steps = 2", "steps = 2\nseed = 1979-05-27"))
+    for extra in (("--steps", "3"), ("--set", "optimizer.lr=0.5")):
+        result = invoke("run", scenario, *extra, "--trace", tmp_path / "t.csv")
+        assert_refused(result, "seed", "the date 1979-05-27")
+
+
+TOML_SCALARS = st.one_of(
+    st.booleans(), st.integers(min_value=-2**63, max_value=2**63 - 1), st.integers(min_value=2**63, max_value=2**80),
+    st.floats(allow_nan=False), st.text(st.characters(exclude_categories=("Cs",)), max_size=12),
+    st.dates(), st.times(),
+    st.datetimes(timezones=st.one_of(st.none(), st.integers(-1439, 1439).map(
+        lambda minutes: datetime.timezone(datetime.timedelta(minutes=minutes))))),
+)
+TOML_VALUES = st.recursive(
+    TOML_SCALARS,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    max_leaves=12,
+)
+TOML_TABLES = st.dictionaries(st.text(st.characters(exclude_categories=("Cs",)), max_size=8), TOML_VALUES, max_size=6)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(TOML_TABLES)
+def test_dump_toml_writes_every_toml_type(document):
+    text = scenario_module.dump_toml(document)
+    assert tomllib.loads(text) == document
+
+
+def _key_paths(node, path=()):
+    """Every key path of a parsed scenario, at any depth (list indices included)."""
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, value in items:
+        yield path + (key,)
+        yield from _key_paths(value, path + (key,))
+
+
+VALID = tomllib.loads(GOOD.replace("[optimizer]", '[loss]\nname = "half_sse"\n[training]\nbatch = 1\nclip_norm = 1.0'
+                                   '\n[diagnosis]\nvanishing = 1e-6\n[optimizer]\nname = "adam"\nschedule = "step"'
+                                   '\ngamma = 0.5\nstep_size = 2\nbetas = [0.9, 0.99]'))
+BASES = [VALID] + [tomllib.loads(templates.read(name)) for name in templates.names()]
+BASE_AND_PATH = st.sampled_from(BASES).flatmap(
+    lambda base: st.tuples(st.just(base), st.sampled_from(sorted(_key_paths(base), key=str))))
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(base_and_path=BASE_AND_PATH, value=TOML_VALUES | st.text(max_size=20))
+def test_any_value_at_any_key_is_a_scenario_error_or_valid(base_and_path, value):
+    """Any TOML value (or a string as --set gives it) at any key of a valid scenario or template."""
+    base, path = base_and_path
+    raw = copy.deepcopy(base)
+    node = raw
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    try:
+        loaded = scenario_module.from_dict(raw, source="fuzz.toml")
+    except ScenarioError as exc:
+        assert str(exc).startswith("fuzz.toml: ") and "\n" not in str(exc) and len(str(exc)) < 400
+    else:
+        assert tomllib.loads(loaded.text) == loaded.raw
+
+
+# ---------------------------------------------------------------- sizes, files, text, messages
+
+@pytest.mark.parametrize("steps", [100_000_000_000, 9223372036854775807, 10_000_000])
+def test_a_run_too_large_for_memory_is_refused_at_load_time(tmp_path, steps):
+    with pytest.raises(ScenarioError) as caught:
+        scenario_module.load(write_toml(tmp_path, GOOD), steps=steps)
+    assert caught.value.key == "steps" and "above tracer's cap of 2 GiB" in str(caught.value)
+    fitting = int(str(caught.value).split("use at most ")[1].split(" steps")[0].replace(",", ""))
+    loaded = scenario_module.load(write_toml(tmp_path, GOOD), steps=fitting)
+    assert Trace.bytes_needed(loaded, fitting, loaded.batch_size) <= 2 * 2**30
+    with pytest.raises(ScenarioError):
+        scenario_module.load(write_toml(tmp_path, GOOD), steps=fitting + 1)
+
+
+def test_a_network_too_wide_for_memory_names_the_layer(tmp_path):
+    text = GOOD.replace("units = 2\nactivation = \"sigmoid\"", "units = 200000000\nactivation = \"sigmoid\"")
+    with pytest.raises(ScenarioError) as caught:
+        scenario_module.load(write_toml(tmp_path, text), steps=1)
+    assert caught.value.key == "layers[0].units" and "one step would need" in str(caught.value)
+
+
+DATA = 'file = "d.csv"\ninput_columns = ["a", "b"]\ntarget_columns = ["y"]'
+INLINE = 'inputs = [[1.0, 2.0], [3.0, 4.0]]\ntargets = [[1.0], [0.0]]'
+
+
+def _with_data_file(tmp_path, name="d.csv"):
+    return write_toml(tmp_path, GOOD.replace(INLINE, DATA.replace("d.csv", name)))
+
+
+def test_data_file_with_a_byte_order_mark(tmp_path):
+    (tmp_path / "d.csv").write_bytes(b"\xef\xbb\xbfa,b,y\n1,2,0\n3,4,1\n")
+    loaded = scenario_module.load(_with_data_file(tmp_path))
+    assert loaded.inputs.tolist() == [[1.0, 2.0], [3.0, 4.0]]
+
+
+@pytest.mark.parametrize("kind", ["not utf-8", "huge field", "directory", "fifo", "device", "too large", "missing"])
+def test_data_file_problems_are_one_line(tmp_path, invoke, kind):
+    target = tmp_path / "d.csv"
+    name, expected = "d.csv", {
+        "not utf-8": "is not UTF-8 text (byte 0xff on line 2)", "huge field": "line 2: field larger than field limit",
+        "directory": "is not a regular file", "fifo": "is not a regular file", "device": "is not a regular file",
+        "too large": "larger than the 64 MiB", "missing": "cannot read"}[kind]
+    if kind == "not utf-8":
+        target.write_bytes(b"a,b,y\n1,\xff2,0\n")
+    elif kind == "huge field":
+        target.write_text("a,b,y\n1," + "2" * 140_000 + ",0\n", encoding="utf-8")
+    elif kind == "directory":
+        target.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(target)
+    elif kind == "device":
+        name = "/dev/zero"
+    elif kind == "too large":
+        with open(target, "wb") as handle:
+            handle.truncate(65 * 2**20)
+    scenario = _with_data_file(tmp_path, name)
+    result = invoke("run", scenario, "--trace", tmp_path / "t.csv")
+    assert_refused(result, scenario, "data.file", expected)
+    assert not (tmp_path / "t.csv").exists()
+
+
+@pytest.mark.parametrize("char", ["\x07", "\x00", "\x1b", "\ufffe", "\uffff", "\udcff"])
+def test_text_a_workbook_cannot_hold_is_refused(tmp_path, invoke, char):
+    scenario = write_toml(tmp_path, GOOD)
+    result = invoke("run", scenario, "--set", f"description={char}x", "-o", tmp_path / "o.xlsx", "--trace", tmp_path / "t.csv")
+    assert_refused(result, scenario, "description: ", f"U+{ord(char):04X}")
+    result = invoke("run", scenario, "--set", f"layers.0.activation=sig{char}", "-o", tmp_path / "o.xlsx")
+    assert_refused(result, scenario, "layers[0].activation", f"U+{ord(char):04X}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scenario.toml"]
+
+
+@pytest.mark.parametrize("char", ["\ufffe", "\uffff"])
+def test_a_comment_a_workbook_cannot_hold_names_its_line(tmp_path, invoke, char):
+    scenario = write_toml(tmp_path, GOOD.replace("[optimizer]", f"# a comment {char}\n[optimizer]"))
+    result = invoke("run", scenario, "-o", tmp_path / "o.xlsx")
+    assert_refused(result, scenario, "line 13: ", f"U+{ord(char):04X}", "XML 1.0")
+    assert not (tmp_path / "o.xlsx").exists()
+
+
+def test_echoed_values_are_shortened(tmp_path, invoke):
+    scenario = write_toml(tmp_path, GOOD)
+    long = "x" * 100_000
+    for options in ([f"layers.0.activation={long}"], [f"layers.0.{long}=1"], [f"optimizer.lr={long}"],
+                    ["optimizer.name=adam", f"optimizer.betas=[{', '.join(['1'] * 20_000)}]"], [long],
+                    [f"x\n{long}=1"]):
+        message = assert_refused(invoke("run", scenario, *(f"--set={option}" for option in options)), scenario)
+        assert len(message) < 400 and "…" in message
+
+
+def test_shorten_keeps_both_ends():
+    assert shorten("abc", 80) == "abc"
+    text = shorten("a" * 50 + "b" * 50, 21)
+    assert len(text) == 21 and text.startswith("a") and text.endswith("b") and "…" in text
+
+
+@pytest.mark.filterwarnings("error")
+@pytest.mark.parametrize("normalize", ["standard", "minmax"])
+def test_normalising_extreme_inputs_raises_no_warning(normalize):
+    raw = tomllib.loads(GOOD)
+    raw["data"]["inputs"] = [[1.7976931348623157e308, 1.0], [-1.7976931348623157e308, 2.0]]
+    raw["data"]["normalize"] = normalize
+    loaded = scenario_module.from_dict(raw)
+    assert loaded.inputs[:, 1].tolist() == ([-1.0, 1.0] if normalize == "standard" else [0.0, 1.0])
+    engine.run(loaded)
+
+
+@pytest.mark.libreoffice
+def test_storable_unusual_text_reaches_the_scenario_sheet_whole(tmp_path, invoke, soffice):
+    """What the loader lets through (tab, DEL, C1 controls, U+2028, emoji, combining and RTL text,
+    lines longer than a cell holds) LibreOffice reads back from the Scenario sheet unchanged."""
+    from openpyxl import load_workbook
+    from tracer import libreoffice
+    unusual = "tab\there DEL\x7f NEL\x85 C1\x9f LS\u2028PS\u2029 😀 e\u0301 עברית \u00a0 \ufffd \U0010fffd"
+    comment = "".join(char for char in unusual if char not in "\x7f\u2028\u2029")   # TOML refuses DEL in a comment
+    text = GOOD.replace('name = "t"', f'name = "t"\ndescription = {scenario_module._toml_string(unusual)}\n# {comment}'
+                        f'\n# {"long " * 4000}\n# {"longer😀" * 6000}')
+    scenario = write_toml(tmp_path, text)
+    for overrides in ([], [f"name={unusual}"]):
+        out = tmp_path / f"o{len(overrides)}.xlsx"
+        result = invoke("run", scenario, "-o", out, *(f"--set={o}" for o in overrides))
+        assert result.exit_code == 0, result.output
+        loaded = scenario_module.load(scenario, overrides=overrides)
+        assert loaded.description == unusual and loaded.name == (unusual if overrides else "t")
+        again = libreoffice.convert(out, "xlsx", tmp_path / f"lo{len(overrides)}")
+        sheet = load_workbook(again, read_only=True)["Scenario"]
+        lines = ["".join(str(cell) for cell in row if cell is not None) for row in sheet.iter_rows(values_only=True)]
+        while lines and not lines[-1]:
+            lines.pop()
+        assert lines == loaded.text.splitlines()
+        if not overrides:   # the comment (split at NEL, as str.splitlines does) and the long line, whole
+            assert "C1\x9f LSPS 😀 e\u0301 עברית \u00a0 \ufffd \U0010fffd" in "\n".join(lines)
+            assert max(map(len, lines)) == 2 + 7 * 6000   # beyond a cell's 32,767 UTF-16 units

@@ -2,7 +2,10 @@
 import csv
 import math
 
-from tracer.trace import CSV_COLUMNS
+import pytest
+
+from tracer import engine, scenario as scenario_module, templates
+from tracer.trace import CSV_COLUMNS, Trace
 from tests.conftest import build
 
 
@@ -42,3 +45,19 @@ def test_csv_writes_inf_and_nan(tmp_path, base_raw):
     trace.write_csv(path)
     values = {r["value"] for r in read(path)}
     assert "nan" in values or "inf" in values or "-inf" in values
+
+
+@pytest.mark.parametrize("name", templates.names())
+@pytest.mark.parametrize("steps", [1, 7])
+def test_bytes_needed_is_what_allocate_takes(name, steps):
+    """The size guard's figure (computed without allocating) equals the arrays' bytes."""
+    loaded = scenario_module.load(name, steps=steps)
+    schedule = engine.batch_schedule(loaded)
+    trace = Trace.allocate(loaded, schedule)
+    arrays = [schedule, trace.output_error, trace.sample_loss, trace.loss, trace.lr, trace.grad_norm, trace.clip_factor]
+    for quantity in ("u", "a", "slope", "delta", "h", "error", "W", "b", "grad_W_sample", "grad_b_sample",
+                     "grad_W", "grad_b", "update_W", "update_b"):
+        arrays += getattr(trace, quantity)
+    for group in (trace.norm, trace.state, trace.initial_state):
+        arrays += [array for per_layer in group.values() for array in per_layer]
+    assert Trace.bytes_needed(loaded, steps, loaded.batch_size) == sum(a.nbytes for a in arrays if a is not None)

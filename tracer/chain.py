@@ -16,12 +16,12 @@ import numpy as np
 import sympy as sp
 
 from . import activations, losses
-from .errors import InputError
+from .errors import InputError, shorten
 from .trace import param_name
 from .workbook import notation
 
 _LATEX = {"σ": "\\sigma", "δ": "\\delta", "tanh": "\\tanh"}
-_PARAM = re.compile(r"^\s*(W|b|gamma|beta)(\d+)\[(\d+)(?:,\s*(\d+))?\]\s*$")
+_PARAM = re.compile(r"^\s*(W|b|gamma|beta)([0-9]{1,9})\[([0-9]{1,9})(?:,\s*([0-9]{1,9}))?\]\s*$")
 
 
 @dataclass
@@ -56,7 +56,7 @@ def parse_parameter(text, widths, scenario=None, where=None):
     """'W1[0,2]', 'b2[1]' (or 'gamma2[1]', 'beta2[1]' of a batchnorm layer) -> (kind, layer, index)
     with kind W or b; raise InputError with the valid ranges, each message starting with `where`
     (default: the --param option)."""
-    where = where or f"--param {text}"
+    where = where or f"--param {shorten(text, 60)}"
     match = _PARAM.match(text)
     if not match:
         raise InputError(f"{where}: write W<layer>[i,j] or b<layer>[j], e.g. W1[0,0]")

@@ -24,18 +24,18 @@ from decimal import Decimal, InvalidOperation
 import itertools
 import json
 import math
-from pathlib import Path
 import re
 
 import numpy as np
 
-from . import activations, losses, optim
+from . import activations, inputs, losses, optim
 from .chain import parse_parameter
-from .errors import InputError
+from .errors import InputError, LibreOfficeMissing, TracerError, shorten
 from .trace import param_name
 
 _NAME = re.compile(
-    r"^(?:(grad|update)\s+)?(u|a|slope|delta|W|b|gamma|beta|loss)(\d+)?(?:\[(\d+)(?:,\s*(\d+))?\])?(?:@(\d+))?(?:#(\d+))?$"
+    r"^(?:(grad|update)\s+)?(u|a|slope|delta|W|b|gamma|beta|loss)([0-9]{1,9})?(?:\[([0-9]{1,9})(?:,\s*([0-9]{1,9}))?\])?"
+    r"(?:@([0-9]{1,9}))?(?:#([0-9]{1,9}))?$"
 )
 PER_SAMPLE = ("u", "a", "slope", "delta")
 PHASE = {"W": 0, "b": 0, "u": 1, "a": 1, "loss": 2, "slope": 3, "delta": 3,
@@ -88,20 +88,36 @@ class Result:
 
 
 def tolerance_of(text):
-    """Half a unit in the last written digit: '0.2413' -> 5e-5, '1.83e18' -> 5e15, '379' -> 0.5."""
+    """Half a unit in the last written digit: '0.2413' -> 5e-5, '1.83e18' -> 5e15, '379' -> 0.5;
+    inf when that unit is beyond the float range ('0e999'). ValueError for text that is not a
+    number or is NaN/infinity."""
     try:
         exponent = Decimal(text.strip()).as_tuple().exponent
     except InvalidOperation:
         raise ValueError(text) from None
-    return 0.5 * 10.0 ** exponent
+    if not isinstance(exponent, int):     # 'n', 'N' (NaN) or 'F' (infinity)
+        raise ValueError(text)
+    try:
+        return 0.5 * 10.0 ** exponent
+    except OverflowError:
+        return math.inf
+
+
+def written_number(text):
+    """(value, tolerance) of a number as a person wrote it; ValueError unless both are finite."""
+    value, tolerance = float(text), tolerance_of(text)
+    if not (math.isfinite(value) and math.isfinite(tolerance)):
+        raise ValueError(text)
+    return value, tolerance
 
 
 def parse_name(text, trace, line=0, source="hand"):
     """A hand name ('grad W1[0,2]@1#3') -> Key, checked against the network's shape and steps."""
     match = _NAME.match(text.strip())
     where = f"{source} line {line}" if line else source
+    shown = shorten(repr(text), 60)
     if not match:
-        raise InputError(f"{where}: cannot read the name {text!r}; write e.g. u1[0], W1[0,1], grad W1[0,1]@2#0 or loss")
+        raise InputError(f"{where}: cannot read the name {shown}; write e.g. u1[0], W1[0,1], grad W1[0,1]@2#0 or loss")
     prefix, symbol, layer, first, second, step, sample = match.groups()
     s = trace.scenario
     widths, L = s.widths, len(s.layers)
@@ -109,33 +125,33 @@ def parse_name(text, trace, line=0, source="hand"):
     sample = int(sample) if sample is not None else None
     if symbol == "loss":
         if prefix or layer or first:
-            raise InputError(f"{where}: {text!r}: write the loss as loss, loss@t or loss@t#s")
+            raise InputError(f"{where}: {shown}: write the loss as loss, loss@t or loss@t#s")
         quantity, layer, index = "loss", None, ()
     else:
         if layer is None or first is None:
-            raise InputError(f"{where}: {text!r} needs a layer and an index, e.g. {symbol}1[0]")
+            raise InputError(f"{where}: {shown} needs a layer and an index, e.g. {symbol}1[0]")
         layer = int(layer)
         if not 1 <= layer <= L:
-            raise InputError(f"{where}: {text!r}: layers are 1..{L}")
+            raise InputError(f"{where}: {shown}: layers are 1..{L}")
         if symbol in ("W", "b", "gamma", "beta"):
             parameter = f"{symbol}{layer}[{first}" + (f",{second}" if second is not None else "") + "]"
-            symbol, layer, index = parse_parameter(parameter, widths, s, where=f"{where}: {text!r}")
+            symbol, layer, index = parse_parameter(parameter, widths, s, where=f"{where}: {shown}")
         elif int(first) >= widths[layer] or second is not None:
-            raise InputError(f"{where}: {text!r}: layer {layer} has units 0..{widths[layer] - 1}")
+            raise InputError(f"{where}: {shown}: layer {layer} has units 0..{widths[layer] - 1}")
         else:
             index = (int(first),)
         if prefix and symbol not in ("W", "b"):
-            raise InputError(f"{where}: {text!r}: '{prefix}' applies to parameters only (W, b, gamma, beta)")
+            raise InputError(f"{where}: {shown}: '{prefix}' applies to parameters only (W, b, gamma, beta)")
         quantity = f"{prefix}_{symbol}" if prefix else symbol
     last = trace.steps if quantity in ("W", "b") else trace.steps - 1
     if not 0 <= step <= last:
-        raise InputError(f"{where}: {text!r}: step {step} is outside 0..{last}")
+        raise InputError(f"{where}: {shown}: step {step} is outside 0..{last}")
     if quantity in PER_SAMPLE and sample is None:
         sample = 0
     if quantity in ("W", "b", "update_W", "update_b") and sample is not None:
-        raise InputError(f"{where}: {text!r}: parameters and updates belong to the step, not to a sample")
+        raise InputError(f"{where}: {shown}: parameters and updates belong to the step, not to a sample")
     if sample is not None and sample not in trace.samples(step).tolist():
-        raise InputError(f"{where}: {text!r}: sample {sample} is not in step {step}'s batch {trace.samples(step).tolist()}")
+        raise InputError(f"{where}: {shown}: sample {sample} is not in step {step}'s batch {trace.samples(step).tolist()}")
     return Key(quantity, layer, index, step, sample)
 
 
@@ -143,15 +159,15 @@ def _name_lines(path, second):
     """(line number, name, text after the last comma) of a `name,<second>` CSV; skips blank lines
     and an optional header line. A name may hold commas (W1[0,1]), so the split is at the last one."""
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: cannot read the file ({exc})") from None
+        lines = inputs.read_text(path).splitlines()
+    except ValueError as exc:
+        raise InputError(f"{path}: cannot read the file: {exc}") from None
     for number, raw in enumerate(lines, start=1):
         line = raw.strip()
         if not line or (number == 1 and line.replace(" ", "").lower() == f"name,{second}"):
             continue
         if "," not in line:
-            raise InputError(f"{path} line {number}: expected name,{second}")
+            raise InputError(f"{path} line {number}: expected name,{second}, not {shorten(repr(line), 60)}")
         name, other = (part.strip() for part in line.rsplit(",", 1))
         yield number, name, other
 
@@ -160,16 +176,67 @@ def read_hand(path, trace):
     """Read HAND.csv (name,value per line; an optional header line 'name,value')."""
     entries = []
     for number, name, written in _name_lines(path, "value"):
+        shown = shorten(repr(written), 60)
         try:
-            value, tol = float(written), tolerance_of(written)
+            float(written)
         except ValueError:
-            raise InputError(f"{path} line {number}: {written!r} is not a number") from None
-        if not math.isfinite(value):
-            raise InputError(f"{path} line {number}: {written!r} is not a finite number")
+            raise InputError(f"{path} line {number}: {shown} is not a number") from None
+        try:
+            value, tol = written_number(written)
+        except ValueError:
+            raise InputError(f"{path} line {number}: {shown} is not a finite number") from None
         entries.append(Entry(number, name, parse_name(name, trace, number, str(path)), written, value, tol))
     if not entries:
         raise InputError(f"{path}: no numbers to check")
     return entries
+
+
+_CELL = re.compile(r"^\$?([A-Za-z]+)\$?([0-9]+)$")
+MAX_COLUMN, MAX_ROW = 16_384, 1_048_576      # XFD, the last column; the last row
+_SPREADSHEET_MAGIC = {b"PK\x03\x04": "a zip archive (xlsx, xlsm, ods)",
+                      b"\xd0\xcf\x11\xe0": "an OLE2 file (xls)"}
+
+
+def parse_cell(text):
+    """'Sheet1!C7', "'My sheet'!$C$7" or 'C7' -> (sheet name or None, 'C7'); ValueError (one
+    sentence) for anything else: a range, an empty address, a column beyond XFD or a row
+    outside 1..1048576."""
+    sheet, bang, address = text.strip().rpartition("!")
+    sheet = sheet.strip()
+    if len(sheet) >= 2 and sheet[0] == sheet[-1] == "'":
+        sheet = sheet[1:-1].replace("''", "'")
+    if bang and not sheet:
+        raise ValueError("no sheet name before '!'")
+    address = address.strip()
+    if not address:
+        raise ValueError("no cell after '!', e.g. Sheet1!C7" if bang else "no cell given, e.g. Sheet1!C7")
+    if ":" in address:
+        raise ValueError(f"{shorten(address, 30)} is a range; give one cell, e.g. C7")
+    match = _CELL.match(address)
+    if not match:
+        raise ValueError(f"{shorten(repr(address), 30)} is not a cell reference such as C7 or Sheet1!C7")
+    letters, digits = match.group(1).upper(), match.group(2)
+    column = 0
+    for letter in letters[:4]:
+        column = column * 26 + ord(letter) - ord("A") + 1
+    if len(letters) > 3 or column > MAX_COLUMN:
+        raise ValueError(f"column {shorten(letters, 20)} is beyond XFD, the last column")
+    if len(digits) > 7 or not 1 <= int(digits) <= MAX_ROW:
+        raise ValueError(f"row {shorten(digits, 20)} is outside the rows 1..{MAX_ROW:,}")
+    return sheet or None, f"{letters}{int(digits)}"
+
+
+def _check_spreadsheet_file(path):
+    """Refuse, before LibreOffice is started, a HAND workbook that is not a spreadsheet file."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the file ({exc.strerror})") from None
+    if not head:
+        raise InputError(f"{path}: the file is empty, not a workbook")
+    if head not in _SPREADSHEET_MAGIC:
+        raise InputError(f"{path}: not a workbook (an .xlsx or .ods file is a zip archive, an .xls an OLE2 file)")
 
 
 def read_workbook(path, mapping, trace):
@@ -178,24 +245,39 @@ def read_workbook(path, mapping, trace):
     import tempfile
     from openpyxl import load_workbook
     from . import libreoffice
-    pairs = [(number, name, parse_name(name, trace, number, str(mapping)), cell)
-             for number, name, cell in _name_lines(mapping, "cell")]
+    pairs = []
+    for number, name, cell in _name_lines(mapping, "cell"):
+        key = parse_name(name, trace, number, str(mapping))
+        try:
+            sheet_name, address = parse_cell(cell)
+        except ValueError as exc:
+            raise InputError(f"{mapping} line {number}: {shorten(cell, 40)}: {exc}") from None
+        pairs.append((number, name, key, cell, sheet_name, address))
+    if not pairs:
+        raise InputError(f"{mapping}: no cells to check")
+    _check_spreadsheet_file(path)
     with tempfile.TemporaryDirectory(prefix="tracer-check-") as folder:
-        recomputed = libreoffice.convert(path, "xlsx", folder)
-        book = load_workbook(recomputed, data_only=True)
+        try:
+            recomputed = libreoffice.convert(path, "xlsx", folder)
+            book = load_workbook(recomputed, data_only=True)
+        except LibreOfficeMissing:
+            raise
+        except (TracerError, OSError, ValueError, KeyError) as exc:
+            reason = "; ".join(str(exc).split("\n")[:1])
+            raise InputError(f"{path}: cannot be opened as a workbook ({shorten(reason, 120)})") from None
         entries = []
-        for number, name, key, cell in pairs:
-            sheet_name, _, address = cell.rpartition("!")
-            sheet_name = sheet_name.strip("'") or book.sheetnames[0]
+        for number, name, key, cell, sheet_name, address in pairs:
+            sheet_name = sheet_name or book.sheetnames[0]
             if sheet_name not in book.sheetnames:
-                raise InputError(f"{mapping} line {number}: no sheet {sheet_name!r} in {path}")
+                raise InputError(f"{mapping} line {number}: no sheet {shorten(repr(sheet_name), 40)} in {path} "
+                                 f"(its sheets: {shorten(', '.join(book.sheetnames), 80)})")
             value = book[sheet_name][address].value
             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise InputError(f"{mapping} line {number}: {cell} holds {value!r}, not a number")
+                raise InputError(f"{mapping} line {number}: {shorten(cell, 40)} holds {shorten(repr(value), 40)}, not a number")
             value = float(value)
+            if not math.isfinite(value):
+                raise InputError(f"{mapping} line {number}: {shorten(cell, 40)} holds {value!r}, not a finite number")
             entries.append(Entry(number, name, key, repr(value), value, max(1e-9 * abs(value), 1e-15)))
-    if not entries:
-        raise InputError(f"{mapping}: no cells to check")
     return entries
 
 

@@ -10,7 +10,7 @@ import click
 from . import engine, gradcheck as gradcheck_module, output as output_module, scenario as scenario_module
 from . import templates, verify
 from .chain import parse_parameter
-from .errors import TracerError
+from .errors import TracerError, shorten
 from .workbook import writer
 
 
@@ -154,7 +154,7 @@ def _parse_window(text, steps):
     try:
         first, last = (int(part) for part in text.split(":"))
     except ValueError:
-        raise _Failure(f"--window must look like A:B (two step numbers), not {text!r}", 2) from None
+        raise _Failure(f"--window must look like A:B (two step numbers), not {shorten(repr(text), 60)}", 2) from None
     if not 0 <= first <= last < steps:
         raise _Failure(f"--window {text}: steps must satisfy 0 <= A <= B <= {steps - 1}", 2)
     return first, last
@@ -236,7 +236,7 @@ def chain(scenario, overrides, steps, parameter, at_step, sample, path, latex):
         try:
             units = [int(p) for p in path.split(",")]
         except ValueError:
-            raise _Failure(f"--path must be unit numbers separated by commas, not {path!r}", 2) from None
+            raise _Failure(f"--path must be unit numbers separated by commas, not {shorten(repr(path), 60)}", 2) from None
     explained = chain_module.explain(trace, parameter, step=at_step, sample=sample, path=units, latex=latex)
     click.echo(chain_module.render(explained, latex=latex))
 
@@ -288,7 +288,7 @@ def sweep(scenario, seeds, remedies, grid, steps, output, csv_path, workbooks, j
         axes.insert(0, sweep_module.remedies(loaded))
     variants = sweep_module.combine(axes)
     if output is None:
-        output = f"{Path(loaded.name).name}-sweep.xlsx"
+        output = output_module.safe_file_name(f"{loaded.name}-sweep", ".xlsx")
     bar = click.progressbar(length=len(variants), label="runs", file=sys.stderr) if sys.stderr.isatty() else None
 
     def advance(result, done, total):

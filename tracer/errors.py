@@ -2,9 +2,13 @@
 
 
 class TracerError(Exception):
-    """Base class of every error a user can cause."""
+    """Base class of every error a user can cause. Its message is one line: characters that
+    would break the line (newlines, other control characters) appear as escapes."""
 
     exit_code = 1
+
+    def __str__(self):
+        return one_line(super().__str__())
 
 
 class ScenarioError(TracerError):
@@ -25,9 +29,15 @@ class InputError(TracerError):
 
 
 class LimitError(TracerError):
-    """A run would break a spreadsheet limit; raised before anything is written."""
+    """A run would break a spreadsheet limit; raised before anything is written. With `source`
+    and `key` the message names the scenario file and the key to change."""
 
     exit_code = 2
+
+    def __init__(self, problem, source=None, key=None):
+        self.source, self.key, self.problem = source, key, problem
+        where = "".join(f"{part}: " for part in (source, key) if part)
+        super().__init__(where + problem)
 
 
 class OutputExistsError(TracerError):
@@ -57,3 +67,21 @@ class LibreOfficeMissing(TracerError):
             "LibreOffice (soffice) was not found on PATH; install it with "
             "`apt-get install -y libreoffice-calc-nogui` (Debian/Ubuntu) and try again"
         )
+
+
+def one_line(text):
+    """`text` with every non-printable character (newline, tab, other controls, line and
+    paragraph separators, U+FFFE) written as its Python escape, so it stays on one line."""
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
+
+
+def shorten(value, limit=80):
+    """A value as it is echoed in a message: its repr (or the text itself for `str`) on one line
+    (see one_line), at most `limit` characters, the middle replaced by '…' when longer."""
+    text = one_line(value if isinstance(value, str) else repr(value))
+    if len(text) <= limit:
+        return text
+    keep = limit - 1
+    return text[: keep - keep // 3] + "…" + text[len(text) - keep // 3:]

@@ -4,16 +4,19 @@ The schema (keys may be added, never renamed) is documented in README.md. Each e
 the file, the key and the problem, in one line.
 """
 from dataclasses import dataclass, field
-import csv
+import datetime
 import difflib
 import math
 from pathlib import Path
+import re
 import tomllib
+import unicodedata
 
 import numpy as np
 
-from . import activations, init as inits, losses, optim, templates
-from .errors import ScenarioError
+from . import activations, init as inits, inputs, losses, optim, templates
+from .errors import ScenarioError, shorten
+from .trace import MAX_BYTES as MAX_TRACE_BYTES, Trace
 
 TOP_KEYS = ("name", "description", "seed", "steps", "data", "layers", "loss", "optimizer", "training", "diagnosis")
 DATA_KEYS = ("inputs", "targets", "file", "input_columns", "target_columns", "normalize")
@@ -102,29 +105,37 @@ class Scenario:
 def load(reference, overrides=(), steps=None):
     """Load a scenario from a path or a built-in template name, apply `key.path=value` overrides."""
     path = Path(reference)
-    if path.is_file():
+    if path.is_file() or (_exists(path) and not templates.exists(reference)):
         source, base = str(path), path.parent
         try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ScenarioError(source, None, f"cannot read the file ({exc})") from None
+            text = inputs.read_text(path)
+        except ValueError as exc:
+            raise ScenarioError(source, None, f"cannot read the file: {exc}") from None
     elif templates.exists(reference):
         source, base, text = f"template {reference}", None, templates.read(reference)
     else:
-        hint = _did_you_mean(reference, templates.names())
+        hint = _did_you_mean(str(reference), templates.names())
         raise ScenarioError(
-            str(reference), None,
+            shorten(str(reference)), None,
             f"no such file or built-in template{hint} (templates: {', '.join(templates.names())})",
         )
     return loads(text, source=source, base=base, overrides=overrides, steps=steps)
+
+
+def _exists(path):
+    try:
+        return path.exists()
+    except (OSError, ValueError):
+        return False
 
 
 def loads(text, source="<scenario>", base=None, overrides=(), steps=None):
     """Parse TOML text into a validated Scenario."""
     try:
         raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ScenarioError(source, None, f"malformed TOML: {exc}") from None
+    except ValueError as exc:   # TOMLDecodeError, or an integer of more than 4300 digits
+        raise ScenarioError(source, None, f"malformed TOML: {shorten(str(exc), 200)}") from None
+    _check_text_lines(text, source)
     for item in overrides:
         _apply_override(raw, item, source)
     if steps is not None:
@@ -134,24 +145,56 @@ def loads(text, source="<scenario>", base=None, overrides=(), steps=None):
     return from_dict(raw, source=source, base=base, text=text)
 
 
+# Characters XML 1.0 forbids (C0 controls but tab, LF and CR; lone surrogates; U+FFFE, U+FFFF):
+# a workbook cannot hold them, and the scenario's text and strings go into the workbook.
+_UNSTORABLE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def _unstorable_problem(char):
+    if "\ud800" <= char <= "\udfff":
+        return f"is not valid Unicode (a lone surrogate U+{ord(char):04X}, from bytes that are not UTF-8)"
+    return (f"holds the character U+{ord(char):04X}, which a spreadsheet cannot store (XML 1.0 forbids it); "
+            "remove it")
+
+
+def _check_text_lines(text, source):
+    """Refuse scenario text (comments included: the Scenario sheet shows it) a workbook cannot hold."""
+    found = _UNSTORABLE.search(text)
+    if found:
+        line = text.count("\n", 0, found.start()) + 1
+        raise ScenarioError(source, f"line {line}", _unstorable_problem(found.group()))
+
+
+def _check_text_values(node, path, source):
+    """Refuse keys and strings (at any depth, e.g. from --set) a workbook cannot hold."""
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, value in items:
+        where = f"{path}[{key}]" if isinstance(key, int) else f"{path}.{key}" if path else key
+        for text in (key, value):
+            found = _UNSTORABLE.search(text) if isinstance(text, str) else None
+            if found:
+                raise ScenarioError(source, shorten(where, 60), _unstorable_problem(found.group()))
+        _check_text_values(value, where, source)
+
+
 def _apply_override(raw, item, source):
     if "=" not in item:
-        raise ScenarioError(source, item, "an override must look like key.path=value")
+        raise ScenarioError(source, shorten(item, 60), "an override must look like key.path=value")
     path, value_text = (part.strip() for part in item.split("=", 1))
     try:
         value = tomllib.loads(f"v = {value_text}")["v"]
-    except tomllib.TOMLDecodeError:
+    except ValueError:   # not a TOML value (or an integer of more than 4300 digits): a string
         value = value_text
     keys = path.split(".")
     node = raw
     for depth, key in enumerate(keys):
         last = depth == len(keys) - 1
         if isinstance(node, list):
-            if not key.isdigit() or int(key) >= len(node):
-                raise ScenarioError(source, path, f"--set: '{key}' is not an index below {len(node)}")
+            if not re.fullmatch(r"[0-9]{1,9}", key) or int(key) >= len(node):
+                raise ScenarioError(source, shorten(path, 60), f"--set: '{shorten(key, 20)}' is not an index below {len(node)}")
             key = int(key)
         elif not isinstance(node, dict):
-            raise ScenarioError(source, path, "--set: this key path goes inside a value")
+            raise ScenarioError(source, shorten(path, 60), "--set: this key path goes inside a value")
         if last:
             node[key] = value
         else:
@@ -165,6 +208,8 @@ def _apply_override(raw, item, source):
 def from_dict(raw, source="<scenario>", base=None, text=""):
     """Validate a parsed TOML dict; raise ScenarioError naming the first problem."""
     v = _Validator(source)
+    _check_text_values(raw, "", source)
+    _check_text_lines(text, source)
     v.keys(raw, TOP_KEYS, "")
     for key in ("steps", "data", "layers"):
         v.require(raw, key, "")
@@ -216,7 +261,7 @@ def from_dict(raw, source="<scenario>", base=None, text=""):
     thresholds = {k: v.integer(diagnosis, k, "diagnosis", default=d, minimum=1) if k in DIAGNOSIS_COUNTS
                   else v.number(diagnosis, k, "diagnosis", default=d, positive=True) for k, d in DIAGNOSIS_DEFAULTS.items()}
     name = v.string(raw, "name", "", default=Path(source).stem if source != "<scenario>" else "scenario")
-    return Scenario(
+    loaded = Scenario(
         name=name, description=v.string(raw, "description", "", default=""), seed=seed, steps=steps,
         inputs=inputs, targets=targets, layers=layers, loss=loss, reduction=reduction,
         raw_inputs=raw_inputs, normalize=normalize,
@@ -224,14 +269,49 @@ def from_dict(raw, source="<scenario>", base=None, text=""):
         clip_norm=clip_norm, clip_value=clip_value,
         thresholds=thresholds, source=source, text=text or dump_toml(raw), raw=raw,
     )
+    _check_size(loaded)
+    return loaded
+
+
+def _check_size(scenario):
+    """Refuse, before anything is allocated, a run whose trace would take more than
+    trace.MAX_BYTES (8 bytes per recorded scalar: steps × samples × quantities)."""
+    needed = Trace.bytes_needed(scenario, scenario.steps, scenario.batch_size)
+    if needed <= MAX_TRACE_BYTES:
+        return
+    fixed = Trace.bytes_needed(scenario, 0, scenario.batch_size)
+    per_step = Trace.bytes_needed(scenario, 1, scenario.batch_size) - fixed
+    fitting = (MAX_TRACE_BYTES - fixed) // per_step
+    cap = f"above tracer's cap of {MAX_TRACE_BYTES / 2**30:g} GiB"
+    if fitting >= 1:
+        raise ScenarioError(
+            scenario.source, "steps",
+            f"{scenario.steps:,} steps would need {_size(needed)} of memory for the trace, {cap}: "
+            f"use at most {fitting:,} steps (steps = {fitting} or --steps {fitting})",
+        )
+    widest = max(range(len(scenario.layers)), key=lambda index: scenario.layers[index].units)
+    raise ScenarioError(
+        scenario.source, f"layers[{widest}].units",
+        f"one step would need {_size(per_step + fixed)} of memory for the trace, {cap}: "
+        "use fewer units (or a smaller batch)",
+    )
+
+
+def _size(count):
+    """A byte count in words: 8.0 GiB, 12.5 MiB, 3.2 TiB."""
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if count < 1024 or unit == "PiB":
+            return f"{count:,.1f} {unit}" if unit != "bytes" else f"{count} bytes"
+        count /= 1024
 
 
 def normalization_stats(raw_inputs, normalize):
     """Per input column: (mean, population std) for standard, (min, max) for minmax."""
     n = raw_inputs.shape[0]
     if normalize == "standard":
-        mean = np.sum(raw_inputs, axis=0) / n
-        return mean, np.sqrt(np.sum((raw_inputs - mean) ** 2, axis=0) / n)
+        with np.errstate(all="ignore"):   # overflow gives inf, as in the Data sheet's formulas
+            mean = np.sum(raw_inputs, axis=0) / n
+            return mean, np.sqrt(np.sum((raw_inputs - mean) ** 2, axis=0) / n)
     return raw_inputs.min(axis=0), raw_inputs.max(axis=0)
 
 
@@ -282,23 +362,22 @@ def _read_data_file(v, data, base):
     name = v.string(data, "file", "data")
     path = Path(name) if base is None or Path(name).is_absolute() else Path(base) / name
     try:
-        with open(path, newline="", encoding="utf-8") as handle:
-            rows = list(csv.reader(handle))
-    except OSError as exc:
-        raise ScenarioError(v.source, "data.file", f"cannot read {path} ({exc.strerror})") from None
+        rows = inputs.read_csv(path)
+    except ValueError as exc:
+        raise ScenarioError(v.source, "data.file", str(exc)) from None
     if len(rows) < 2:
         raise ScenarioError(v.source, "data.file", f"{path} needs a header row and at least one data row")
     header = [h.strip() for h in rows[0]]
     picked = []
     for key in ("input_columns", "target_columns"):
         columns = data[key]
-        if not isinstance(columns, list) or not columns:
-            raise ScenarioError(v.source, f"data.{key}", "must be a non-empty list of column names")
+        if not isinstance(columns, list) or not columns or not all(isinstance(c, str) for c in columns):
+            raise ScenarioError(v.source, f"data.{key}", f"must be a non-empty list of column names, not {describe(columns)}")
         indices = []
         for column in columns:
             if column not in header:
-                hint = _did_you_mean(str(column), header)
-                raise ScenarioError(v.source, f"data.{key}", f"no column '{column}' in {path}{hint}")
+                hint = _did_you_mean(column, header)
+                raise ScenarioError(v.source, f"data.{key}", f"no column '{shorten(column, 60)}' in {path}{hint}")
             indices.append(header.index(column))
         matrix = []
         for line_no, row in enumerate(rows[1:], start=2):
@@ -428,6 +507,8 @@ def _init(v, raw, key, prefix, default):
     params = {p: v.number(raw, f"{prefix}{p}", key, default=d) for p, d in defaults.items()}
     if name == "uniform" and params["low"] >= params["high"]:
         raise ScenarioError(v.source, f"{key}.{prefix}high", "must be greater than low")
+    if name == "uniform" and not math.isfinite(params["high"] - params["low"]):
+        raise ScenarioError(v.source, f"{key}.{prefix}high", "high − low must be below 1.8e308 (it overflows)")
     if name == "normal" and params["std"] < 0:
         raise ScenarioError(v.source, f"{key}.{prefix}std", "must not be negative")
     return name, params
@@ -453,15 +534,15 @@ def _optimizer(v, raw):
             continue
         value = v.number(raw, param, "optimizer", default=default, positive=param in ("lr", "eps"))
         if param in ("momentum", "weight_decay") and value < 0:
-            raise ScenarioError(v.source, f"optimizer.{param}", f"must not be negative, not {value!r}")
+            raise ScenarioError(v.source, f"optimizer.{param}", f"must not be negative, not {describe(value)}")
         if param in ("momentum", "alpha") and not value < 1:
-            raise ScenarioError(v.source, f"optimizer.{param}", f"must be below 1, not {value!r}")
+            raise ScenarioError(v.source, f"optimizer.{param}", f"must be below 1, not {describe(value)}")
         params[param] = value
     if "beta1" in definition.params:
         betas = raw.get("betas", [definition.params["beta1"], definition.params["beta2"]])
         if (not isinstance(betas, list) or len(betas) != 2
                 or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in betas)):
-            raise ScenarioError(v.source, "optimizer.betas", f"must be two numbers in [0, 1), not {betas!r}")
+            raise ScenarioError(v.source, "optimizer.betas", f"must be two numbers in [0, 1), not {describe(betas)}")
         params["beta1"], params["beta2"] = float(betas[0]), float(betas[1])
     if params.get("nesterov") and not params.get("momentum"):
         raise ScenarioError(v.source, "optimizer.nesterov", "needs momentum > 0")
@@ -485,7 +566,7 @@ def _batch(v, training, n_samples):
     if batch == "full":
         return None
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-        raise ScenarioError(v.source, "training.batch", f"must be \"full\" or a positive integer, not {batch!r}")
+        raise ScenarioError(v.source, "training.batch", f"must be \"full\" or a positive integer, not {describe(batch)}")
     if batch > n_samples:
         raise ScenarioError(v.source, "training.batch", f"{batch} is larger than the {n_samples} samples")
     return None if batch == n_samples else batch
@@ -510,8 +591,38 @@ def _did_you_mean(word, candidates):
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
+def describe(value):
+    """A TOML value as a message names it: 'an array [1]', 'the date 1979-05-27', '"text"', 3.5."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
+        kind = ("date-time" if isinstance(value, datetime.datetime)
+                else "date" if isinstance(value, datetime.date) else "time")
+        return f"the {kind} {value.isoformat()}"
+    if isinstance(value, list):
+        return f"an array {shorten(repr(value), 60)}"
+    if isinstance(value, dict):
+        return f"a table {shorten(repr(value), 60)}"
+    return shorten(repr(value), 60)
+
+
+def _finite(value):
+    """A TOML number as a finite float, or None (NaN, ±inf, or an integer beyond the float range)."""
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 class _Validator:
-    """Typed getters that raise ScenarioError with the file and key path."""
+    """Typed getters that raise ScenarioError with the file and key path. Each checks the type
+    first, so a value of any TOML type (array, table, date, bool, string, number) is refused in
+    one line, never passed on to a lookup or to numpy."""
 
     def __init__(self, source):
         self.source = source
@@ -519,93 +630,102 @@ class _Validator:
     def _key(self, where, key):
         return f"{where}.{key}" if where else key
 
+    def fail(self, where, key, problem):
+        raise ScenarioError(self.source, self._key(where, key), problem)
+
     def keys(self, table, allowed, where):
         for key in table:
             if key not in allowed:
                 hint = _did_you_mean(key, allowed)
-                raise ScenarioError(self.source, self._key(where, key), f"unknown key{hint}")
+                self.fail(where, shorten(key, 60) or '""', f"unknown key{hint}")
 
     def require(self, table, key, where):
         if key not in table:
-            raise ScenarioError(self.source, self._key(where, key), "missing required key")
+            self.fail(where, key, "missing required key")
 
     def table(self, table, key, where, default=None):
         if key not in table:
             if default is None:
-                raise ScenarioError(self.source, self._key(where, key), "missing required table")
+                self.fail(where, key, "missing required table")
             return default
         if not isinstance(table[key], dict):
-            raise ScenarioError(self.source, self._key(where, key), "must be a table ([...])")
+            self.fail(where, key, f"must be a table ([...]), not {describe(table[key])}")
         return table[key]
 
     def number(self, table, key, where, default=None, positive=False):
         value = table.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ScenarioError(self.source, self._key(where, key), f"must be a number, not {value!r}")
-        if not math.isfinite(value):
-            raise ScenarioError(self.source, self._key(where, key), "must be finite")
-        if positive and value <= 0:
-            raise ScenarioError(self.source, self._key(where, key), f"must be positive, not {value!r}")
-        return float(value)
+        if not _is_number(value):
+            self.fail(where, key, f"must be a number, not {describe(value)}")
+        number = _finite(value)
+        if number is None:
+            self.fail(where, key, f"must be a finite number, not {describe(value)}")
+        if positive and number <= 0:
+            self.fail(where, key, f"must be positive, not {describe(value)}")
+        return number
 
     def integer(self, table, key, where, default=None, minimum=None):
         value = table.get(key, default)
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ScenarioError(self.source, self._key(where, key), f"must be an integer, not {value!r}")
+            self.fail(where, key, f"must be an integer, not {describe(value)}")
         if minimum is not None and value < minimum:
-            raise ScenarioError(self.source, self._key(where, key), f"must be at least {minimum}, not {value}")
+            self.fail(where, key, f"must be at least {minimum}, not {describe(value)}")
         return value
 
     def string(self, table, key, where, default=None):
         value = table.get(key, default)
         if not isinstance(value, str):
-            raise ScenarioError(self.source, self._key(where, key), f"must be a string, not {value!r}")
+            self.fail(where, key, f"must be a string, not {describe(value)}")
         return value
 
     def boolean(self, table, key, where, default=None):
         value = table.get(key, default)
         if not isinstance(value, bool):
-            raise ScenarioError(self.source, self._key(where, key), f"must be true or false, not {value!r}")
+            self.fail(where, key, f"must be true or false, not {describe(value)}")
         return value
 
     def choice(self, table, key, where, known, default=None):
         value = table.get(key, default)
         if value is None:
-            raise ScenarioError(self.source, self._key(where, key), "missing required key")
+            self.fail(where, key, "missing required key")
+        if not isinstance(value, str):
+            self.fail(where, key, f"must be a name (one of: {', '.join(known)}), not {describe(value)}")
         if value not in known:
-            hint = _did_you_mean(str(value), known)
-            raise ScenarioError(
-                self.source, self._key(where, key), f"unknown {key.replace('_', ' ')} '{value}'{hint} (known: {', '.join(known)})",
-            )
+            hint = _did_you_mean(value, known)
+            self.fail(where, key, f"unknown {key.replace('_', ' ')} '{shorten(value, 60)}'{hint} (known: {', '.join(known)})")
         return value
 
     def matrix(self, table, key, where):
+        """A non-empty array of equally long, non-empty rows of finite numbers."""
         value = table[key]
-        full = self._key(where, key)
         if not isinstance(value, list) or not value or not all(isinstance(row, list) for row in value):
-            raise ScenarioError(self.source, full, "must be a non-empty list of rows ([[...], ...])")
+            self.fail(where, key, f"must be a non-empty list of rows ([[...], ...]), not {describe(value)}")
         width = len(value[0])
         for index, row in enumerate(value):
-            if len(row) != width or width == 0:
-                raise ScenarioError(self.source, full, f"ragged rows: row {index} has {len(row)} values, row 0 has {width}")
+            if not row:
+                self.fail(where, key, f"row {index} is empty")
+            if len(row) != width:
+                self.fail(where, key, f"ragged rows: row {index} has {len(row)} values, row 0 has {width}")
             for item in row:
-                if isinstance(item, bool) or not isinstance(item, (int, float)):
-                    raise ScenarioError(self.source, full, f"row {index}: non-numeric value {item!r}")
-                if not math.isfinite(item):
-                    raise ScenarioError(self.source, full, f"row {index}: NaN or infinite value")
-        return np.array(value, dtype=float)
+                if not _is_number(item):
+                    self.fail(where, key, f"row {index}: non-numeric value {describe(item)}")
+                if _finite(item) is None:
+                    self.fail(where, key, f"row {index}: NaN or infinite value {describe(item)}")
+        return np.array([[float(item) for item in row] for row in value], dtype=float)
 
     def vector(self, table, key, where):
         value = table[key]
         if not isinstance(value, list) or not value:
-            raise ScenarioError(self.source, self._key(where, key), "must be a non-empty list of numbers")
+            self.fail(where, key, f"must be a non-empty list of numbers, not {describe(value)}")
         return self.matrix({key: [value]}, key, where)[0]
 
 
 # ---------------------------------------------------------------- TOML output
 
 def dump_toml(raw):
-    """Write a parsed scenario dict back as TOML (scalars first, then tables, then arrays of tables)."""
+    """Write a parsed scenario dict back as TOML (scalars first, then tables, then arrays of tables).
+
+    Every type tomllib produces is written (strings, integers, floats with nan/inf, booleans,
+    dates, times, date-times, arrays, tables), so tomllib.loads(dump_toml(raw)) == raw."""
     lines = []
     _dump_table(raw, [], lines)
     return "\n".join(lines).strip() + "\n"
@@ -614,14 +734,15 @@ def dump_toml(raw):
 def _dump_table(table, path, lines):
     scalars = {k: v for k, v in table.items() if not _is_table(v) and not _is_table_array(v)}
     for key, value in scalars.items():
-        lines.append(f"{key} = {_toml_value(value)}")
+        lines.append(f"{_toml_key(key)} = {_toml_value(value)}")
     for key, value in table.items():
+        header = ".".join(_toml_key(k) for k in path + [key])
         if _is_table(value):
-            lines.append(f"\n[{'.'.join(path + [key])}]")
+            lines.append(f"\n[{header}]")
             _dump_table(value, path + [key], lines)
         elif _is_table_array(value):
             for item in value:
-                lines.append(f"\n[[{'.'.join(path + [key])}]]")
+                lines.append(f"\n[[{header}]]")
                 _dump_table(item, path + [key], lines)
 
 
@@ -631,6 +752,27 @@ def _is_table(value):
 
 def _is_table_array(value):
     return isinstance(value, list) and value and all(isinstance(v, dict) for v in value)
+
+
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+_STRING_ESCAPES = {"\\": "\\\\", '"': '\\"', "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
+
+
+def _toml_key(key):
+    return key if _BARE_KEY.fullmatch(key) else _toml_string(key)
+
+
+def _toml_string(text):
+    """A basic string; control characters, U+FFFE/U+FFFF and lone surrogates as escapes."""
+    out = []
+    for char in text:
+        if char in _STRING_ESCAPES:
+            out.append(_STRING_ESCAPES[char])
+        elif unicodedata.category(char) in ("Cc", "Cs") or char in "\ufffe\uffff":
+            out.append(f"\\u{ord(char):04X}")
+        else:
+            out.append(char)
+    return '"' + "".join(out) + '"'
 
 
 def _toml_value(value):
@@ -645,7 +787,11 @@ def _toml_value(value):
     if isinstance(value, int):
         return str(value)
     if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+        return _toml_string(value)
+    if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
+        return value.isoformat()
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"cannot write {value!r} as TOML")
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"cannot write {type(value).__name__} as TOML")

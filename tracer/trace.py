@@ -16,6 +16,7 @@ CSV_COLUMNS = ("step", "sample", "quantity", "layer", "row", "col", "value")
 BATCHNORM_PER_SAMPLE = ("xhat", "dxhat")
 BATCHNORM_PER_STEP = ("mean", "var", "m1", "m2")
 PER_SAMPLE_UNIT = ("u", "a", "slope", "delta")
+MAX_BYTES = 2 * 2**30   # the cap on a run's recorded scalars (README: "Bad input"), checked at load time
 
 
 def weight_name(layer, i, j):
@@ -106,6 +107,23 @@ class Trace:
             grad_norm=np.full(steps, np.nan) if scenario.clip_norm is not None else None,
             clip_factor=np.full(steps, np.nan) if scenario.clip_norm is not None else None,
         )
+
+    @staticmethod
+    def bytes_needed(scenario, steps, size):
+        """Bytes `allocate` (and the batch schedule) take for `steps` steps of `size` samples:
+        8 bytes per recorded scalar, the same shapes as `allocate`, computed without allocating."""
+        widths = scenario.widths
+        units = sum(widths[1:])
+        weights = sum((1 if layer.kind == "batchnorm" else i) * j
+                      for i, j, layer in zip(widths[:-1], widths[1:], scenario.layers))
+        states = len(optim.OPTIMIZERS[scenario.optimizer].state)
+        fused = scenario.loss in ("bce", "softmax_ce")
+        per_sample = (len(PER_SAMPLE_UNIT) + 3 + len(BATCHNORM_PER_SAMPLE)) * units + weights \
+            + (0 if fused else widths[-1]) + 1 + 1          # + sample_loss and the sample id
+        per_step = size * per_sample + 3 * (weights + units) + len(BATCHNORM_PER_STEP) * units \
+            + 2 + states * (weights + units) + (2 if scenario.clip_norm is not None else 0)
+        once = weights + units + states * (weights + units)  # final parameters, initial optimiser state
+        return 8 * (steps * per_step + once)
 
     def window(self, first, last):
         """Steps first..last (inclusive) as a Trace whose starting parameters are the engine's at `first`."""

@@ -49,6 +49,15 @@ class Row:
     places: dict = field(default_factory=dict)
 
 
+def widest_key(scenario, layer=None):
+    """The scenario key of the widest layer (the input columns count as layer 0), among layer−1,
+    layer and layer+1 when `layer` is given: the width that makes a sheet or formula too large."""
+    widths = scenario.widths
+    near = range(len(widths)) if layer is None else range(max(0, layer - 1), min(len(widths), layer + 2))
+    widest = max(near, key=lambda index: widths[index])
+    return "data.inputs" if widest == 0 else f"layers[{widest - 1}].units"
+
+
 class TraceLayout:
     """Columns and rows of the Trace sheet for a scenario and its batch plan."""
 
@@ -63,7 +72,8 @@ class TraceLayout:
         if count > MAX_COLUMNS:
             raise LimitError(
                 f"the Trace sheet would need {count:,} columns, above the spreadsheet limit of "
-                f"{MAX_COLUMNS} columns: use fewer or narrower layers"
+                f"{MAX_COLUMNS} columns: use fewer or narrower layers",
+                scenario.source, widest_key(scenario),
             )
         self._build()
 

@@ -84,20 +84,25 @@ def check_scenario_fits(scenario):
 
 def check_limits(layout):
     """Raise LimitError before writing when the run cannot fit a spreadsheet."""
+    source = layout.scenario.source
     if layout.last_row > MAX_ROWS:
         rows_per_step = layout.last_row / max(1, len(layout.sample_ids))
         fitting = int((MAX_ROWS - 3) // rows_per_step)
-        raise LimitError(
-            f"the Trace sheet would need {layout.last_row:,} rows, above the spreadsheet limit of {MAX_ROWS:,}: "
-            f"use --steps {fitting} or fewer, or export a slice with --window A:B"
-        )
+        problem = f"the Trace sheet would need {layout.last_row:,} rows, above the spreadsheet limit of {MAX_ROWS:,}"
+        if fitting < 1:
+            raise LimitError(f"{problem}: one step takes {rows_per_step:,.0f} rows (a row per sample); "
+                             "use a smaller batch", source, "training.batch")
+        raise LimitError(f"{problem}: use --steps {fitting} or fewer (steps = {fitting}), "
+                         "or export a slice with --window A:B", source, "steps")
     big = {key: 1_048_576 for key in "rpqdfln"}
     for column in layout.columns:
         for template in (column.sample, column.total, column.final):
             if template and len(template.format(**big)) + 1 > MAX_FORMULA:
+                layer = column.key[1] if len(column.key) > 1 and isinstance(column.key[1], int) else None
                 raise LimitError(
                     f"the formula of column {column.header} would be longer than the spreadsheet limit of "
-                    f"{MAX_FORMULA} characters: use fewer units per layer"
+                    f"{MAX_FORMULA} characters: use fewer units per layer",
+                    source, layout_module.widest_key(layout.scenario, layer),
                 )
 
 
@@ -469,8 +474,28 @@ def _data_rows(scenario, raw):
         yield xlsx.row(number, cells)
 
 
+MAX_CELL_TEXT = 32_767   # UTF-16 code units a cell holds; LibreOffice and Excel cut longer text
+
+
+def _cell_pieces(line):
+    """`line` cut into pieces a cell holds whole (a character beyond U+FFFF counts twice)."""
+    if 2 * len(line) <= MAX_CELL_TEXT:
+        return [line]
+    pieces, start, units = [], 0, 0
+    for index, char in enumerate(line):
+        width = 2 if ord(char) > 0xFFFF else 1
+        if units + width > MAX_CELL_TEXT:
+            pieces.append(line[start:index])
+            start, units = index, 0
+        units += width
+    return pieces + [line[start:]]
+
+
 def _write_text(workbook, title, lines):
-    """A sheet of text lines in column A (the scenario's TOML)."""
+    """One line per row in column A (the scenario's TOML); a line too long for a cell continues in
+    the next columns of its row."""
     sheet = workbook.create_sheet(title)
     sheet.column_dimensions["A"].width = 100
-    return (xlsx.row(number, [xlsx.value_cell(f"A{number}", line)]) for number, line in enumerate(lines, start=1))
+    return (xlsx.row(number, [xlsx.value_cell(f"{get_column_letter(index)}{number}", piece)
+                              for index, piece in enumerate(_cell_pieces(line), start=1)])
+            for number, line in enumerate(lines, start=1))
