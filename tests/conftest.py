@@ -1,4 +1,4 @@
-"""Shared fixtures: a CLI runner, scenario builders, and LibreOffice availability."""
+"""Shared fixtures: a CLI runner, scenario builders, LibreOffice availability; hypothesis profiles."""
 import builtins
 import copy
 import errno
@@ -8,9 +8,24 @@ import shutil
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import settings
 
 from tracer import engine, scenario as scenario_module
 from tracer.cli import main
+
+# Property tests draw the same examples on every run and machine ("ci", the default: the random
+# generator is seeded from each test's source, no example database), so CI is not flaky; a failure
+# prints a blob for @reproduce_failure. To hunt for new failures, draw fresh examples and replay
+# the ones saved in .hypothesis/: python -m pytest --hypothesis-profile=explore --hypothesis-seed=N
+settings.register_profile("ci", derandomize=True, print_blob=True)
+settings.register_profile("explore", derandomize=False, print_blob=True)
+
+
+def pytest_configure(config):
+    """Load the "ci" hypothesis profile unless --hypothesis-profile names another (loaded in a hook,
+    not on import: the test modules import this file again as tests.conftest)."""
+    settings.load_profile(config.getoption("hypothesis_profile", None) or "ci")
+
 
 BASE = {
     "name": "small",

@@ -1,7 +1,7 @@
 """The engine's backprop against central finite differences, and IEEE/spreadsheet propagation."""
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, assume, given, settings, strategies as st
+from hypothesis import HealthCheck, assume, example, given, settings, strategies as st
 
 from tracer import activations, engine, gradcheck, scenario as scenario_module
 from tests.conftest import build
@@ -66,14 +66,59 @@ def networks(draw):
     }
 
 
+# Found by hypothesis: a batch of two whose batchnorm variance (7e-5 in layer 2, 2.4e-5 in layer 4)
+# is of the order of eps = 1e-5, so x̂ = d/√(d² + eps) bends within ~1e-3 of W1[1,4]; the fixed step
+# h = 1e-4 left a Richardson remainder of 2.7e-5 (backprop −49.32561256, numeric −49.32430078).
+BATCHNORM_VARIANCE_NEAR_EPS = {
+    "seed": 2, "steps": 2,
+    "data": {"inputs": [[0.2835800726902996, -0.784122662221121], [-0.6195953150878402, -3.6622010739597837]],
+             "targets": [[1.799707382720902], [1.1441658720372287]]},
+    "layers": [
+        {"units": 5, "activation": "identity", "init": "xavier_normal", "bias_init": "uniform", "bias_low": -0.5, "bias_high": 0.5},
+        {"kind": "batchnorm", "activation": "elu", "alpha": 0.5},
+        {"units": 2, "activation": "gelu", "init": "xavier_normal", "bias_init": "uniform", "bias_low": -0.5, "bias_high": 0.5},
+        {"kind": "batchnorm", "activation": "elu", "alpha": 0.5},
+        {"units": 1, "activation": "elu", "init": "xavier_normal", "bias_init": "uniform", "bias_low": -0.5, "bias_high": 0.5,
+         "alpha": 1.0},
+    ],
+    "loss": {"name": "half_sse", "reduction": "sum"},
+    "optimizer": {"name": "sgd", "lr": 0.05}, "training": {"batch": "full"},
+}
+
+
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(networks())
+@example(BATCHNORM_VARIANCE_NEAR_EPS)
 def test_backprop_matches_finite_differences(raw):
     trace = build(raw)
     report = gradcheck.check(trace, steps=(0, 1))
     assume(not report.nonfinite and report.checks)
     worst = report.worst
     assert worst.error < 1e-6, worst
+
+
+def test_gradcheck_shrinks_its_step_where_batchnorm_variance_is_near_eps():
+    trace = build(BATCHNORM_VARIANCE_NEAR_EPS)
+    assert trace.norm["var"][1][0, 4] < 10 * 1e-5   # σ² of the order of eps
+    report = gradcheck.check(trace, steps=(0,))
+    assert not report.unresolved and not report.skipped
+    checked = {c.name: c for c in report.checks}
+    assert abs(checked["W1[1,4]"].backprop) > 10 and checked["W1[1,4]"].error < 1e-8
+
+
+def test_gradcheck_reports_a_gradient_finite_differences_cannot_resolve():
+    # two inputs 1e4 apart and σ² = eps: x̂ = d/√(d² + eps) turns over within ~1e-6 of W1[0,0],
+    # finer than the smallest step 1e-4/16; the check lists the parameter instead of failing it
+    scenario = scenario_module.from_dict({
+        "steps": 1, "data": {"inputs": [[0.0], [1e4]], "targets": [[0.3], [-0.2]]},
+        "layers": [{"units": 1, "activation": "identity", "init": "explicit", "weights": [[2 * 10 ** -2.5 / 1e4]], "bias": [0.0]},
+                   {"kind": "batchnorm", "activation": "identity"},
+                   {"units": 1, "activation": "tanh", "init": "explicit", "weights": [[0.7]], "bias": [0.1]}],
+        "optimizer": {"lr": 0.1},
+    })
+    report = gradcheck.check(engine.run(scenario), steps=(0,))
+    assert (0, "W1[0,0]") in report.unresolved
+    assert report.checks and report.worst.error < 1e-6
 
 
 def test_gradcheck_catches_a_wrong_gradient(base_raw):

@@ -5,7 +5,7 @@ import itertools
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, assume, given, settings, strategies as st
+from hypothesis import HealthCheck, assume, example, given, settings, strategies as st
 
 from tracer import chain, diagnose, gradcheck, scenario as scenario_module, verify
 from tests.conftest import build
@@ -97,15 +97,79 @@ def test_combination_gradchecks_and_verifies(soffice, optimizer, clip, batchnorm
     assert verified.ok, verified.summary()
 
 
+# Activations that are affine on a batch whose u all fall in one linear piece (identity always).
+AFFINE_ON_A_BATCH = {"identity", "relu", "leaky_relu", "elu"}
+
+
+def freeze_shift_removed_biases(layers):
+    """Give train_bias = false to every bias whose gradient can be 0 in exact arithmetic (README,
+    "Remedies", the caution on biases below batchnorm): that of a layer whose output reaches a batchnorm
+    layer through activations that can be affine on the batch only, since an affine map passes a shift
+    on as a shift and batchnorm removes it. Only rounding noise is left in such a gradient, which
+    adagrad, rmsprop and adam blow up to a full-size update that a spreadsheet computes differently."""
+    for index, layer in enumerate(layers):
+        if layer.get("kind") != "batchnorm":
+            continue
+        for below in range(index - 1, -1, -1):
+            if layers[below]["activation"] not in AFFINE_ON_A_BATCH:
+                break
+            layers[below]["train_bias"] = False
+            if layers[below].get("kind") == "batchnorm":   # it removes the shifts from further down
+                break
+
+
+# Found by hypothesis: b1 of identity → identity → batchnorm got −6.1e-9 from rmsprop in the engine
+# and 0 in LibreOffice (its gradient is rounding noise, ~1e-15), when only the layer right below
+# batchnorm was frozen.
+BIAS_TWO_LAYERS_BELOW_BATCHNORM = {
+    "seed": 0, "steps": 2,
+    "data": {"inputs": [[0.18859533164008996], [-0.19815729493695283], [0.9606339756649231],
+                        [0.15735017572955956], [-0.8035040597416665]],
+             "targets": [[0.36159505490948474], [1.3040000451301372], [0.9470809631292422],
+                         [-0.7037352358069926], [-1.2654214710460525]]},
+    "layers": [
+        {"units": 2, "activation": "identity", "init": "xavier_normal", "bias_init": "uniform", "bias_low": -0.5, "bias_high": 0.5},
+        {"units": 5, "activation": "identity", "init": "xavier_normal", "bias_init": "uniform", "bias_low": -0.5, "bias_high": 0.5},
+        {"kind": "batchnorm", "activation": "elu", "alpha": 0.5},
+        {"units": 1, "activation": "elu", "init": "xavier_normal", "bias_init": "uniform", "bias_low": -0.5, "bias_high": 0.5,
+         "alpha": 1.0},
+        {"units": 1, "activation": "gelu", "init": "xavier_normal", "bias_init": "uniform", "bias_low": -0.5, "bias_high": 0.5},
+    ],
+    "loss": {"name": "half_sse", "reduction": "sum"},
+    "optimizer": {"name": "sgd", "lr": 0.05}, "training": {"batch": "full"},
+}
+
+
+def test_biases_joined_to_batchnorm_by_affine_layers_have_only_rounding_noise():
+    trace = build(BIAS_TWO_LAYERS_BELOW_BATCHNORM)
+    above = np.abs(trace.grad_b[3][0]).max()          # a bias above batchnorm: a real gradient
+    assert above > 1e-2
+    for layer in (0, 1):                              # b1 and b2: 0 in exact arithmetic
+        assert np.abs(trace.grad_b[layer][0]).max() < 1e-13 * above
+    layers = copy.deepcopy(BIAS_TWO_LAYERS_BELOW_BATCHNORM["layers"])
+    freeze_shift_removed_biases(layers)
+    assert [layer.get("train_bias", True) for layer in layers] == [False, False, True, True, True]
+
+
+def test_freezing_stops_at_a_curved_activation():
+    layers = [{"units": 2, "activation": "identity"}, {"units": 2, "activation": "relu"},
+              {"units": 2, "activation": "tanh"}, {"units": 2, "activation": "leaky_relu"},
+              {"kind": "batchnorm", "activation": "tanh"}, {"units": 1, "activation": "identity"}]
+    freeze_shift_removed_biases(layers)
+    # leaky ReLU may be affine on the batch, so a shift of its bias reaches batchnorm as a shift;
+    # tanh bends the shift of its own bias and of every bias below it
+    assert [layer.get("train_bias", True) for layer in layers] == [True, True, True, False, True, True]
+
+
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(networks(), st.sampled_from(["sgd", "momentum", "adagrad", "rmsprop", "adam"]), st.booleans())
+@example(raw=BIAS_TWO_LAYERS_BELOW_BATCHNORM, optimizer="rmsprop", clip=False)
 def test_random_networks_verify_in_libreoffice(soffice, raw, optimizer, clip):
+    raw = copy.deepcopy(raw)
     raw["optimizer"] = {"name": optimizer, "lr": 0.05}
     if clip:
         raw["training"]["clip_norm"] = 0.5
-    for index, layer in enumerate(raw["layers"][:-1]):
-        if raw["layers"][index + 1].get("kind") == "batchnorm":
-            layer["train_bias"] = False   # see the caution in the README
+    freeze_shift_removed_biases(raw["layers"])
     trace = build(raw)
     assume(all(np.isfinite(g).all() for g in trace.grad_W))
     report = verify.verify(trace)
@@ -204,3 +268,26 @@ def test_the_issue_case_matches_torch():
     norms, factors, final = _torch_run(trace, 2, 0.1, None)
     assert norms[0] == 2.0 and trace.grad_norm[0] == 2.0
     np.testing.assert_allclose(trace.W[0][-1], final[0][0], rtol=1e-15)
+
+
+# Found by hypothesis (explore profile) after the fix above: b1, b2 are frozen, but their gradient
+# cells are still compared, and they are pure rounding noise (engine 0, LibreOffice 5.1e-14 at
+# ∂E/∂b2[0]). The noise comes through batchnorm's backward, e = (dx̂ − m1 − x̂·m2)/√(σ² + eps),
+# which cancels and then multiplies by 1/√(σ² + eps) ≈ 170 here (σ² = 2.5e-5, of the order of eps);
+# the verification floor (1e-5 × the magnitudes flowing into a cell) does not follow that
+# amplification. A verify.py matter, left open: strict, so the fix there shows up here.
+NOISE_AMPLIFIED_BY_BATCHNORM_BACKWARD = copy.deepcopy(BIAS_TWO_LAYERS_BELOW_BATCHNORM)
+NOISE_AMPLIFIED_BY_BATCHNORM_BACKWARD["data"] = {"inputs": [[0.18859533164008996], [-0.19815729493695283]],
+                                                 "targets": [[0.6404226504432821], [0.10490011715303971]]}
+NOISE_AMPLIFIED_BY_BATCHNORM_BACKWARD["layers"][3]["units"] = 6
+NOISE_AMPLIFIED_BY_BATCHNORM_BACKWARD["optimizer"] = {"name": "rmsprop", "lr": 0.05}
+
+
+@pytest.mark.xfail(strict=True, reason="verify floor misses the 1/√(σ² + eps) amplification of rounding noise")
+def test_noise_of_a_frozen_bias_below_batchnorm_verifies(soffice):
+    raw = copy.deepcopy(NOISE_AMPLIFIED_BY_BATCHNORM_BACKWARD)
+    freeze_shift_removed_biases(raw["layers"])
+    trace = build(raw)
+    assert 1e-6 < trace.norm["var"][2][0].min() < 1e-4
+    report = verify.verify(trace)
+    assert report.ok, report.summary()

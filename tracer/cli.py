@@ -409,6 +409,9 @@ def gradcheck(scenario, overrides, steps, check_steps):
         click.echo(f"skipped steps with non-finite values: {', '.join(map(str, report.nonfinite))}")
     if report.skipped:
         click.echo(f"skipped {len(report.skipped)} parameter(s) whose ±h step crosses a kink at u = 0")
+    if report.unresolved:
+        click.echo(f"skipped {len(report.unresolved)} parameter(s) whose loss bends too sharply for finite differences "
+                   "even at the smallest step (e.g. batchnorm with σ² near eps)")
     if worst is None:
         raise _Failure("no gradient could be checked (every chosen step is non-finite)", 1)
     click.echo(
