@@ -1,13 +1,35 @@
-"""Shared fixtures: a CLI runner, scenario builders, and LibreOffice availability."""
+"""Shared fixtures: a CLI runner, scenario builders, LibreOffice and Gnumeric availability, and the
+session's recomputation: the workbooks of every selected test recomputed together.
+
+A test that needs workbooks recomputed says so with its marker and a factory:
+
+    @pytest.mark.libreoffice(workbooks=lambda name: engine.run(scenario_module.load(name)))
+    @pytest.mark.parametrize("name", NAMES)
+    def test_x(recomputed, name):
+        (trace, report), = recomputed      # one Verified per Trace the factory returned
+
+The factory receives the test's parameters by name (and `folder`, a scratch folder, if it asks)
+and returns a Trace, a Path of a workbook, or a list of them. Before the first such test runs,
+the factories of ALL selected tests are called and their workbooks recomputed at once: one
+LibreOffice process for every `libreoffice` workbook (about 2 s of start-up paid once, not per
+test) and, at the same time on the other core, Gnumeric for every `gnumeric` workbook. Each
+test then finds its Traces as Verified(trace, report) and its Paths as the recomputed Paths.
+"""
 import copy
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+import inspect
 import os
+from pathlib import Path
 import shutil
 
 import pytest
 from click.testing import CliRunner
 
-from tracer import engine, scenario as scenario_module
+from tracer import engine, gnumeric, libreoffice, scenario as scenario_module, verify
 from tracer.cli import main
+from tracer.trace import Trace
+from tracer.workbook import writer
 
 BASE = {
     "name": "small",
@@ -54,6 +76,115 @@ def soffice():
             pytest.fail("LibreOffice is required in CI: apt-get install -y libreoffice-calc-nogui")
         pytest.skip("LibreOffice (soffice) not installed")
     return found
+
+
+@pytest.fixture(scope="session")
+def ssconvert():
+    """Gnumeric's ssconvert must be there in CI; locally a missing one skips."""
+    found = shutil.which("ssconvert")
+    if not found:
+        if os.environ.get("CI"):
+            pytest.fail(f"Gnumeric is required in CI: {gnumeric.INSTALL}")
+        pytest.skip("Gnumeric (ssconvert) not installed")
+    return found
+
+
+@dataclass
+class Verified:
+    trace: Trace
+    report: verify.Report
+
+
+SPREADSHEETS = ("libreoffice", "gnumeric")
+
+
+def _call_factory(factory, item, folder):
+    """The factory's workbooks for one test item, as a list (and whether it returned one thing)."""
+    params = getattr(item, "callspec", None)
+    params = params.params if params else {}
+    wanted = inspect.signature(factory).parameters
+    arguments = {name: (folder if name == "folder" else params[name]) for name in wanted}
+    made = factory(**arguments)
+    single = not isinstance(made, (list, tuple))
+    return ([made] if single else list(made)), single
+
+
+def _recompute_all(spreadsheet, entries, folder):
+    """Recompute every workbook of `entries` ({nodeid: [Trace | Path, ...]}) with one call of
+    `spreadsheet`; returns {nodeid: [Verified | Path, ...]}."""
+    jobs = [(nodeid, thing) for nodeid, things in entries.items() for thing in things]
+    traces = [(k, thing) for k, (_, thing) in enumerate(jobs) if isinstance(thing, Trace)]
+    paths = [(k, thing) for k, (_, thing) in enumerate(jobs) if not isinstance(thing, Trace)]
+    done = [None] * len(jobs)
+    exported = folder / f"{spreadsheet}-exported"
+    exported.mkdir()
+    sources, layouts = [], []
+    for k, trace in traces:
+        sources.append(exported / f"workbook-{k}.xlsx")
+        layouts.append(writer.write(trace, sources[-1]))
+    for k, path in paths:
+        sources.append(exported / f"workbook-{k}.xlsx")
+        shutil.copyfile(path, sources[-1])
+    outdir = folder / f"{spreadsheet}-recomputed"
+    if spreadsheet == "gnumeric":
+        results = gnumeric.recalc_many(sources, outdir, processes=1)
+    else:
+        results = libreoffice.convert_many(sources, "xlsx", outdir)
+    for (k, trace), layout, result in zip(traces, layouts, results):
+        done[k] = Verified(trace, verify.compare(trace, layout, result, spreadsheet=verify.SPREADSHEETS[spreadsheet]))
+    for (k, _), result in zip(paths, results[len(traces):]):
+        done[k] = result
+    found = {}
+    for (nodeid, _), result in zip(jobs, done):
+        found.setdefault(nodeid, []).append(result)
+    return found
+
+
+@pytest.fixture(scope="session")
+def recomputations(request, tmp_path_factory):
+    """{nodeid: (results, single) or the exception its factory raised}, for every selected test
+    whose `libreoffice`/`gnumeric` marker names `workbooks`, all recomputed together."""
+    folder = tmp_path_factory.mktemp("recomputed")
+    entries = {spreadsheet: {} for spreadsheet in SPREADSHEETS}
+    shapes, failures = {}, {}
+    for item in request.session.items:
+        for spreadsheet in SPREADSHEETS:
+            marker = item.get_closest_marker(spreadsheet)
+            if marker is None or "workbooks" not in marker.kwargs:
+                continue
+            scratch = folder / f"item-{len(shapes)}"
+            scratch.mkdir()
+            try:
+                things, single = _call_factory(marker.kwargs["workbooks"], item, scratch)
+            except Exception as exc:  # reported by the test itself
+                failures[item.nodeid] = exc
+                continue
+            entries[spreadsheet][item.nodeid] = things
+            shapes[item.nodeid] = single
+    installed = {"libreoffice": shutil.which("soffice") or shutil.which("libreoffice"),
+                 "gnumeric": shutil.which("ssconvert")}
+    wanted = [s for s in SPREADSHEETS if entries[s] and installed[s]]   # the tests skip (or fail in CI) otherwise
+    with ThreadPoolExecutor(max_workers=2) as pool:   # LibreOffice on one core, Gnumeric on the other
+        running = {s: pool.submit(_recompute_all, s, entries[s], folder) for s in wanted}
+        found = {}
+        for spreadsheet, future in running.items():
+            found.update(future.result())
+    return {nodeid: (results, shapes[nodeid]) for nodeid, results in found.items()}, failures
+
+
+@pytest.fixture
+def recomputed(request, recomputations):
+    """This test's workbooks after the session's recomputation (see the module docstring)."""
+    for spreadsheet, fixture in zip(SPREADSHEETS, ("soffice", "ssconvert")):
+        if request.node.get_closest_marker(spreadsheet):
+            request.getfixturevalue(fixture)   # skips when missing locally, fails in CI
+    results, failures = recomputations
+    if request.node.nodeid in failures:
+        raise failures[request.node.nodeid]
+    if request.node.nodeid not in results:
+        pytest.fail("the test's libreoffice/gnumeric marker names no `workbooks` factory")
+    found, single = results[request.node.nodeid]
+    return found[0] if single else found
 
 
 def write_toml(tmp_path, text, name="scenario.toml"):

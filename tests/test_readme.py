@@ -5,6 +5,7 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from tracer import engine, scenario as scenario_module
 from tracer.workbook import writer
@@ -27,6 +28,7 @@ def test_setup_block_has_two_commands():
     assert "python -m pytest" in lines[1]
 
 
+@pytest.mark.libreoffice
 def test_tour_commands_run(tmp_path, soffice):
     commands = tour_commands()
     assert len(commands) >= 8

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
-from tracer import chain, diagnose, gradcheck, scenario as scenario_module, verify
+from tracer import chain, diagnose, gradcheck, scenario as scenario_module
 from tests.conftest import build
 from tests.test_engine import networks
 
@@ -86,27 +86,40 @@ def test_batchnorm_settings_are_validated(tmp_path, invoke):
 MATRIX = list(itertools.product(["sgd", "momentum", "adagrad", "rmsprop", "adam"], [False, True], [False, True], [False, True]))
 
 
+@pytest.mark.libreoffice(workbooks=lambda optimizer, clip, batchnorm, residual: build(network(batchnorm, residual, optimizer, clip)))
 @pytest.mark.parametrize("optimizer,clip,batchnorm,residual", MATRIX,
                          ids=[f"{o}-{'clip' if c else 'noclip'}-{'bn' if b else 'nobn'}-{'res' if r else 'nores'}"
                               for o, c, b, r in MATRIX])
-def test_combination_gradchecks_and_verifies(soffice, optimizer, clip, batchnorm, residual):
-    trace = build(network(batchnorm, residual, optimizer, clip))
+def test_combination_gradchecks_and_verifies(recomputed, optimizer, clip, batchnorm, residual):
+    trace, verified = recomputed.trace, recomputed.report
     report = gradcheck.check(trace, steps=(0, 2))
     assert report.checks and report.worst.error < 1e-6, report.worst
-    verified = verify.verify(trace)
     assert verified.ok, verified.summary()
 
 
-@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-@given(networks(), st.sampled_from(["sgd", "momentum", "adagrad", "rmsprop", "adam"]), st.booleans())
-def test_random_networks_verify_in_libreoffice(soffice, raw, optimizer, clip):
-    raw["optimizer"] = {"name": optimizer, "lr": 0.05}
-    if clip:
-        raw["training"]["clip_norm"] = 0.5
-    for index, layer in enumerate(raw["layers"][:-1]):
-        if raw["layers"][index + 1].get("kind") == "batchnorm":
-            layer["train_bias"] = False   # see the caution in the README
-    trace = build(raw)
-    assume(all(np.isfinite(g).all() for g in trace.grad_W))
-    report = verify.verify(trace)
-    assert report.ok, report.summary()
+def random_networks():
+    """The finite runs of hypothesis' random networks × optimisers × clipping (6 examples), to be
+    recomputed together."""
+    traces = []
+
+    @settings(max_examples=6, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(networks(), st.sampled_from(["sgd", "momentum", "adagrad", "rmsprop", "adam"]), st.booleans())
+    def collect(raw, optimizer, clip):
+        raw["optimizer"] = {"name": optimizer, "lr": 0.05}
+        if clip:
+            raw["training"]["clip_norm"] = 0.5
+        for index, layer in enumerate(raw["layers"][:-1]):
+            if raw["layers"][index + 1].get("kind") == "batchnorm":
+                layer["train_bias"] = False   # see the caution in the README
+        trace = build(raw)
+        assume(all(np.isfinite(g).all() for g in trace.grad_W))
+        traces.append(trace)
+    collect()
+    return traces
+
+
+@pytest.mark.libreoffice(workbooks=random_networks)
+def test_random_networks_verify_in_libreoffice(recomputed):
+    assert recomputed
+    for verified in recomputed:
+        assert verified.report.ok, (verified.trace.scenario.text, verified.report.summary())
