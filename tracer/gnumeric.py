@@ -39,7 +39,8 @@ def recalc_many(sources, outdir, timeout=3600, processes=2):
         source, result = pair
         result.unlink(missing_ok=True)
         try:
-            done = subprocess.run([ssconvert, "--recalc", str(source), str(result)],
+            done = subprocess.run([ssconvert, "--import-type=Gnumeric_Excel:xlsx", "--export-type=Gnumeric_Excel:xlsx",
+                                   "--recalc", str(source), str(result)],
                                   capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
             return f"{source.name} (no result within {timeout} s)"

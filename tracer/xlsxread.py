@@ -3,7 +3,7 @@
 openpyxl's reader builds a Python object per cell (about 10 µs each); verifying a workbook of a
 million formula cells spent more time reading than LibreOffice spent recomputing. This reader
 matches the cells of a sheet's XML with one regular expression and converts the values with
-numpy. Cells it does not recognise (another writer's attribute order, inline strings) make it
+numpy. Cells it does not recognise (another writer's attribute order, say) make it
 fall back to openpyxl for that sheet, so the result never depends on the fast path.
 """
 from dataclasses import dataclass, field
@@ -21,7 +21,9 @@ _MAIN = "{http://schemas.openxmlformats.org/spreadsheetml/2006/main}"
 _RELATIONSHIP = "{http://schemas.openxmlformats.org/officeDocument/2006/relationships}id"
 _CELL = re.compile(
     rb'<c r="([A-Z]{1,3})([0-9]+)"(?: s="[0-9]+")?(?: t="([a-zA-Z]+)")?\s*'
-    rb'(?:/>|>\s*(?:<f(?:\s[^>]*)?/>|<f(?:\s[^>]*)?>[^<]*</f>)?\s*(?:<v>([^<]*)</v>|<v/>)?\s*</c>)')
+    rb'(?:/>|>\s*(?:<f(?:\s[^>]*)?/>|<f(?:\s[^>]*)?>[^<]*</f>)?\s*(?:<v>([^<]*)</v>|<v/>|<is>(.*?)</is>)?\s*</c>)',
+    re.S)
+_TEXT = re.compile(rb"<t(?:\s[^>]*)?>([^<]*)</t>")
 
 
 @dataclass
@@ -101,7 +103,8 @@ def _parse(xml, shared):
         return None
     if not found:
         return SheetValues(np.full((0, 0), np.nan), np.zeros((0, 0), dtype=np.int8))
-    letters, numbers, types, values = zip(*found)
+    letters, numbers, types, values, inline = zip(*found)
+    values = [b"".join(_TEXT.findall(text)) if text else value for value, text in zip(values, inline)]
     rows = np.array(numbers, dtype="S7").astype(np.int64) - 1
     unique, inverse = np.unique(np.array(letters, dtype="S3"), return_inverse=True)
     columns = np.array([_column_index(letter) for letter in unique], dtype=np.int64)[inverse]
@@ -140,8 +143,11 @@ def _column_index(letters):
 
 
 def _read_with_openpyxl(path, title):
+    import warnings
     from openpyxl import load_workbook
-    book = load_workbook(path, read_only=True, data_only=True)
+    with warnings.catch_warnings():   # Gnumeric's files have no default style; openpyxl says so
+        warnings.filterwarnings("ignore", "Workbook contains no default style", UserWarning)
+        book = load_workbook(path, read_only=True, data_only=True)
     try:
         rows = [list(values) for values in book[title].iter_rows(values_only=True)]
     finally:
