@@ -10,9 +10,9 @@ A test that needs workbooks recomputed says so with its marker and a factory:
 
 The factory receives the test's parameters by name (and `folder`, a scratch folder, if it asks)
 and returns a Trace, a Path of a workbook, or a list of them. Before the first such test runs,
-the factories of ALL selected tests are called and their workbooks recomputed at once: one
-LibreOffice process for every `libreoffice` workbook (about 2 s of start-up paid once, not per
-test) and, at the same time on the other core, Gnumeric for every `gnumeric` workbook. Each
+the factories of ALL selected tests are called and their workbooks recomputed at once: two
+LibreOffice processes (one per core) share every `libreoffice` workbook (about 2 s of start-up
+paid twice, not once per test) while Gnumeric recomputes every `gnumeric` workbook. Each
 test then finds its Traces as Verified(trace, report) and its Paths as the recomputed Paths.
 """
 import copy
@@ -129,7 +129,7 @@ def _recompute_all(spreadsheet, entries, folder):
     if spreadsheet == "gnumeric":
         results = gnumeric.recalc_many(sources, outdir, processes=1)
     else:
-        results = libreoffice.convert_many(sources, "xlsx", outdir)
+        results = libreoffice.convert_many(sources, "xlsx", outdir, processes=2)
     for (k, trace), layout, result in zip(traces, layouts, results):
         done[k] = Verified(trace, verify.compare(trace, layout, result, spreadsheet=verify.SPREADSHEETS[spreadsheet]))
     for (k, _), result in zip(paths, results[len(traces):]):
@@ -164,7 +164,7 @@ def recomputations(request, tmp_path_factory):
     installed = {"libreoffice": shutil.which("soffice") or shutil.which("libreoffice"),
                  "gnumeric": shutil.which("ssconvert")}
     wanted = [s for s in SPREADSHEETS if entries[s] and installed[s]]   # the tests skip (or fail in CI) otherwise
-    with ThreadPoolExecutor(max_workers=2) as pool:   # LibreOffice on one core, Gnumeric on the other
+    with ThreadPoolExecutor(max_workers=2) as pool:   # LibreOffice and Gnumeric side by side
         running = {s: pool.submit(_recompute_all, s, entries[s], folder) for s in wanted}
         found = {}
         for spreadsheet, future in running.items():

@@ -1,5 +1,6 @@
 """Run LibreOffice headless: recompute workbooks (every formula, on load) and convert them, one
 file or many in one process."""
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 import shutil
 import subprocess
@@ -33,9 +34,11 @@ def convert(source, fmt, outdir, timeout=3600):
     return convert_many([source], fmt, outdir, timeout=timeout)[0]
 
 
-def convert_many(sources, fmt, outdir, timeout=3600):
+def convert_many(sources, fmt, outdir, timeout=3600, processes=1):
     """Recompute and convert every file of `sources` to `fmt` in `outdir` with ONE LibreOffice
-    process (its start-up, about 2 s, is paid once instead of once per file).
+    process (its start-up, about 2 s, is paid once instead of once per file), or with
+    `processes` processes side by side, each given about the same number of bytes (LibreOffice
+    computes on one core).
 
     Returns the converted paths in the order of `sources`. The sources' file stems must differ
     (each becomes `outdir/<stem>.<fmt>`). If any file could not be converted, raises TracerError
@@ -55,6 +58,27 @@ def convert_many(sources, fmt, outdir, timeout=3600):
     outdir.mkdir(parents=True, exist_ok=True)
     for result in results:
         result.unlink(missing_ok=True)   # a stale file must not pass for a conversion
+    groups = _balanced(sources, processes)
+    with ThreadPoolExecutor(max_workers=len(groups)) as pool:
+        problems = [p for p in pool.map(lambda group: _run(soffice, group, fmt, outdir, timeout), groups) if p]
+    if problems:
+        raise TracerError("; ".join(problems))
+    return results
+
+
+def _balanced(sources, processes):
+    """`sources` split into at most `processes` groups of about the same size in bytes."""
+    groups = [[] for _ in range(max(1, min(processes, len(sources))))]
+    sizes = [0] * len(groups)
+    for source in sorted(sources, key=lambda path: -path.stat().st_size if path.exists() else 0):
+        smallest = sizes.index(min(sizes))
+        groups[smallest].append(source)
+        sizes[smallest] += source.stat().st_size if source.exists() else 0
+    return [sorted(group, key=sources.index) for group in groups]
+
+
+def _run(soffice, sources, fmt, outdir, timeout):
+    """One LibreOffice process converting `sources`; None, or the problem in one sentence."""
     names = sources[0].name if len(sources) == 1 else f"{len(sources)} files"
     with tempfile.TemporaryDirectory(prefix="tracer-lo-") as profile:
         (Path(profile) / "user").mkdir()
@@ -67,9 +91,9 @@ def convert_many(sources, fmt, outdir, timeout=3600):
         try:
             done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
-            raise TracerError(f"LibreOffice did not finish converting {names} within {timeout} s") from None
-    failed = [source.name for source, result in zip(sources, results) if not result.exists()]
+            return f"LibreOffice did not finish converting {names} within {timeout} s"
+    failed = [source.name for source in sources if not (outdir / f"{source.stem}.{fmt}").exists()]
     if done.returncode != 0 or failed:
         which = ", ".join(failed) if failed else names
-        raise TracerError(f"LibreOffice could not convert {which}: {(done.stderr or done.stdout).strip()[-300:]}")
-    return results
+        return f"LibreOffice could not convert {which}: {(done.stderr or done.stdout).strip()[-300:]}"
+    return None
