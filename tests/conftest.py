@@ -10,9 +10,10 @@ A test that needs workbooks recomputed says so with its marker and a factory:
 
 The factory receives the test's parameters by name (and `folder`, a scratch folder, if it asks)
 and returns a Trace, a Path of a workbook, or a list of them. Before the first such test runs,
-the factories of ALL selected tests are called and their workbooks recomputed at once: two
-LibreOffice processes (one per core) share every `libreoffice` workbook (about 2 s of start-up
-paid twice, not once per test) while Gnumeric recomputes every `gnumeric` workbook. Each
+the factories of ALL selected tests are called and their workbooks recomputed together: three
+LibreOffice processes (two at a time, one per core) share every `libreoffice` workbook (about 2 s
+of start-up paid three times, not once per test), each started as soon as its workbooks are
+written, while Gnumeric recomputes every `gnumeric` workbook. Each
 test then finds its Traces as Verified(trace, report) and its Paths as the recomputed Paths.
 """
 import copy
@@ -103,37 +104,49 @@ def _call_factory(factory, item, folder):
     params = getattr(item, "callspec", None)
     params = params.params if params else {}
     wanted = inspect.signature(factory).parameters
-    arguments = {name: (folder if name == "folder" else params[name]) for name in wanted}
-    made = factory(**arguments)
+    if "folder" in wanted:
+        folder.mkdir()
+    made = factory(**{name: (folder if name == "folder" else params[name]) for name in wanted})
     single = not isinstance(made, (list, tuple))
     return ([made] if single else list(made)), single
 
 
 def _recompute_all(spreadsheet, entries, folder):
-    """Recompute every workbook of `entries` ({nodeid: [Trace | Path, ...]}) with one call of
-    `spreadsheet`; returns {nodeid: [Verified | Path, ...]}."""
+    """Recompute every workbook of `entries` ({nodeid: [Trace | Path, ...]}); returns {nodeid:
+    [Verified | Path, ...]}. Writing and recomputing overlap: LibreOffice gets the workbooks in
+    three groups, each started (two at a time) as soon as it is written; Gnumeric file by file."""
     jobs = [(nodeid, thing) for nodeid, things in entries.items() for thing in things]
-    traces = [(k, thing) for k, (_, thing) in enumerate(jobs) if isinstance(thing, Trace)]
-    paths = [(k, thing) for k, (_, thing) in enumerate(jobs) if not isinstance(thing, Trace)]
-    done = [None] * len(jobs)
-    exported = folder / f"{spreadsheet}-exported"
+    exported, outdir = folder / f"{spreadsheet}-exported", folder / f"{spreadsheet}-recomputed"
     exported.mkdir()
-    sources, layouts = [], []
-    for k, trace in traces:
-        sources.append(exported / f"workbook-{k}.xlsx")
-        layouts.append(writer.write(trace, sources[-1]))
-    for k, path in paths:
-        sources.append(exported / f"workbook-{k}.xlsx")
-        shutil.copyfile(path, sources[-1])
-    outdir = folder / f"{spreadsheet}-recomputed"
-    if spreadsheet == "gnumeric":
-        results = gnumeric.recalc_many(sources, outdir, processes=1)
-    else:
-        results = libreoffice.convert_many(sources, "xlsx", outdir, processes=2)
-    for (k, trace), layout, result in zip(traces, layouts, results):
-        done[k] = Verified(trace, verify.compare(trace, layout, result, spreadsheet=verify.SPREADSHEETS[spreadsheet]))
-    for (k, _), result in zip(paths, results[len(traces):]):
-        done[k] = result
+    groups = 3 if spreadsheet == "libreoffice" else len(jobs)
+    chunks = [list(range(len(jobs)))[k::groups] for k in range(groups)]
+    done = [None] * len(jobs)
+
+    def recompute(chunk, sources, layouts):
+        if spreadsheet == "gnumeric":
+            results = gnumeric.recalc_many(sources, outdir, processes=1)
+        else:
+            results = libreoffice.convert_many(sources, "xlsx", outdir)
+        for k, layout, result in zip(chunk, layouts, results):
+            thing = jobs[k][1]
+            done[k] = (Verified(thing, verify.compare(thing, layout, result, spreadsheet=verify.SPREADSHEETS[spreadsheet]))
+                       if isinstance(thing, Trace) else result)
+
+    with ThreadPoolExecutor(max_workers=2 if spreadsheet == "libreoffice" else 1) as pool:
+        running = []
+        for chunk in (c for c in chunks if c):
+            sources, layouts = [], []
+            for k in chunk:
+                thing = jobs[k][1]
+                sources.append(exported / f"workbook-{k}.xlsx")
+                if isinstance(thing, Trace):
+                    layouts.append(writer.write(thing, sources[-1]))
+                else:
+                    shutil.copyfile(thing, sources[-1])
+                    layouts.append(None)
+            running.append(pool.submit(recompute, chunk, sources, layouts))
+        for future in running:
+            future.result()
     found = {}
     for (nodeid, _), result in zip(jobs, done):
         found.setdefault(nodeid, []).append(result)
@@ -147,15 +160,13 @@ def recomputations(request, tmp_path_factory):
     folder = tmp_path_factory.mktemp("recomputed")
     entries = {spreadsheet: {} for spreadsheet in SPREADSHEETS}
     shapes, failures = {}, {}
-    for item in request.session.items:
+    for number, item in enumerate(request.session.items):
         for spreadsheet in SPREADSHEETS:
             marker = item.get_closest_marker(spreadsheet)
             if marker is None or "workbooks" not in marker.kwargs:
                 continue
-            scratch = folder / f"item-{len(shapes)}"
-            scratch.mkdir()
             try:
-                things, single = _call_factory(marker.kwargs["workbooks"], item, scratch)
+                things, single = _call_factory(marker.kwargs["workbooks"], item, folder / f"item-{number}")
             except Exception as exc:  # reported by the test itself
                 failures[item.nodeid] = exc
                 continue
