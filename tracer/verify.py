@@ -67,10 +67,6 @@ class Report:
         return text
 
 
-def _is_error(value):
-    return isinstance(value, str) and (value.startswith("#") or value.startswith("Err:"))
-
-
 def engine_values(trace, key, kind, step, slot, sample):
     """The engine's values of quantity `key` in layout rows of one kind ("sample", "total" or
     "final"), given as arrays of their step, batch slot and data row (any value where unused)."""
