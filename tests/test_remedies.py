@@ -102,7 +102,7 @@ def random_networks():
     recomputed together."""
     traces = []
 
-    @settings(max_examples=6, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+    @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(networks(), st.sampled_from(["sgd", "momentum", "adagrad", "rmsprop", "adam"]), st.booleans())
     def collect(raw, optimizer, clip):
         raw["optimizer"] = {"name": optimizer, "lr": 0.05}
