@@ -123,14 +123,21 @@ def _recompute_all(spreadsheet, entries, folder):
     done = [None] * len(jobs)
 
     def recompute(chunk, sources, layouts):
-        if spreadsheet == "gnumeric":
-            results = gnumeric.recalc_many(sources, outdir, processes=1)
-        else:
-            results = libreoffice.convert_many(sources, "xlsx", outdir)
+        """Recompute one group; a failure is kept for the tests of the group (not the session)."""
+        try:
+            if spreadsheet == "gnumeric":
+                results = gnumeric.recalc_many(sources, outdir, processes=1)
+            else:
+                results = libreoffice.convert_many(sources, "xlsx", outdir)
+        except Exception as exc:
+            results = [exc] * len(chunk)
         for k, layout, result in zip(chunk, layouts, results):
             thing = jobs[k][1]
-            done[k] = (Verified(thing, verify.compare(thing, layout, result, spreadsheet=verify.SPREADSHEETS[spreadsheet]))
-                       if isinstance(thing, Trace) else result)
+            try:
+                done[k] = (result if isinstance(result, Exception) or not isinstance(thing, Trace) else
+                           Verified(thing, verify.compare(thing, layout, result, spreadsheet=verify.SPREADSHEETS[spreadsheet])))
+            except Exception as exc:
+                done[k] = exc
 
     with ThreadPoolExecutor(max_workers=2 if spreadsheet == "libreoffice" else 1) as pool:
         running = []
@@ -195,6 +202,9 @@ def recomputed(request, recomputations):
     if request.node.nodeid not in results:
         pytest.fail("the test's libreoffice/gnumeric marker names no `workbooks` factory")
     found, single = results[request.node.nodeid]
+    for result in found:
+        if isinstance(result, Exception):
+            raise result
     return found[0] if single else found
 
 
