@@ -1,8 +1,28 @@
-"""Shared fixtures: a CLI runner, scenario builders, LibreOffice availability; hypothesis profiles."""
+"""Shared fixtures: a CLI runner, scenario builders, LibreOffice and Gnumeric availability, and the
+session's recomputation: the workbooks of every selected test recomputed together.
+
+A test that needs workbooks recomputed says so with its marker and a factory:
+
+    @pytest.mark.libreoffice(workbooks=lambda name: engine.run(scenario_module.load(name)))
+    @pytest.mark.parametrize("name", NAMES)
+    def test_x(recomputed, name):
+        (trace, report), = recomputed      # one Verified per Trace the factory returned
+
+The factory receives the test's parameters by name (and `folder`, a scratch folder, if it asks)
+and returns a Trace, a Path of a workbook, or a list of them. Before the first such test runs,
+the factories of ALL selected tests are called and their workbooks recomputed together: three
+LibreOffice processes (two at a time, one per core) share every `libreoffice` workbook (about 2 s
+of start-up paid three times, not once per test), each started as soon as its workbooks are
+written, while Gnumeric recomputes every `gnumeric` workbook. Each
+test then finds its Traces as Verified(trace, report) and its Paths as the recomputed Paths.
+"""
 import builtins
 import copy
 import errno
 import io
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+import inspect
 import os
 import shutil
 
@@ -10,8 +30,10 @@ import pytest
 from click.testing import CliRunner
 from hypothesis import settings
 
-from tracer import engine, scenario as scenario_module
+from tracer import engine, gnumeric, libreoffice, scenario as scenario_module, verify
 from tracer.cli import main
+from tracer.trace import Trace
+from tracer.workbook import writer
 
 # Property tests draw the same examples on every run and machine ("ci", the default: the random
 # generator is seeded from each test's source, no example database), so CI is not flaky; a failure
@@ -82,6 +104,135 @@ def soffice():
             pytest.fail("LibreOffice is required in CI: apt-get install -y libreoffice-calc-nogui")
         pytest.skip("LibreOffice (soffice) not installed")
     return found
+
+
+@pytest.fixture(scope="session")
+def ssconvert():
+    """Gnumeric's ssconvert must be there in CI; locally a missing one skips."""
+    found = shutil.which("ssconvert")
+    if not found:
+        if os.environ.get("CI"):
+            pytest.fail(f"Gnumeric is required in CI: {gnumeric.INSTALL}")
+        pytest.skip("Gnumeric (ssconvert) not installed")
+    return found
+
+
+@dataclass
+class Verified:
+    trace: Trace
+    report: verify.Report
+
+
+SPREADSHEETS = ("libreoffice", "gnumeric")
+
+
+def _call_factory(factory, item, folder):
+    """The factory's workbooks for one test item, as a list (and whether it returned one thing)."""
+    params = getattr(item, "callspec", None)
+    params = params.params if params else {}
+    wanted = inspect.signature(factory).parameters
+    if "folder" in wanted:
+        folder.mkdir()
+    made = factory(**{name: (folder if name == "folder" else params[name]) for name in wanted})
+    single = not isinstance(made, (list, tuple))
+    return ([made] if single else list(made)), single
+
+
+def _recompute_all(spreadsheet, entries, folder):
+    """Recompute every workbook of `entries` ({nodeid: [Trace | Path, ...]}); returns {nodeid:
+    [Verified | Path, ...]}. Writing and recomputing overlap: LibreOffice gets the workbooks in
+    three groups, each started (two at a time) as soon as it is written; Gnumeric file by file."""
+    jobs = [(nodeid, thing) for nodeid, things in entries.items() for thing in things]
+    exported, outdir = folder / f"{spreadsheet}-exported", folder / f"{spreadsheet}-recomputed"
+    exported.mkdir()
+    groups = 3 if spreadsheet == "libreoffice" else len(jobs)
+    chunks = [list(range(len(jobs)))[k::groups] for k in range(groups)]
+    done = [None] * len(jobs)
+
+    def recompute(chunk, sources, layouts):
+        """Recompute one group; a failure is kept for the tests of the group (not the session)."""
+        try:
+            if spreadsheet == "gnumeric":
+                results = gnumeric.recalc_many(sources, outdir, processes=1)
+            else:
+                results = libreoffice.convert_many(sources, "xlsx", outdir)
+        except Exception as exc:
+            results = [exc] * len(chunk)
+        for k, layout, result in zip(chunk, layouts, results):
+            thing = jobs[k][1]
+            try:
+                done[k] = (result if isinstance(result, Exception) or not isinstance(thing, Trace) else
+                           Verified(thing, verify.compare(thing, layout, result, spreadsheet=verify.SPREADSHEETS[spreadsheet])))
+            except Exception as exc:
+                done[k] = exc
+
+    with ThreadPoolExecutor(max_workers=2 if spreadsheet == "libreoffice" else 1) as pool:
+        running = []
+        for chunk in (c for c in chunks if c):
+            sources, layouts = [], []
+            for k in chunk:
+                thing = jobs[k][1]
+                sources.append(exported / f"workbook-{k}.xlsx")
+                if isinstance(thing, Trace):
+                    layouts.append(writer.write(thing, sources[-1]))
+                else:
+                    shutil.copyfile(thing, sources[-1])
+                    layouts.append(None)
+            running.append(pool.submit(recompute, chunk, sources, layouts))
+        for future in running:
+            future.result()
+    found = {}
+    for (nodeid, _), result in zip(jobs, done):
+        found.setdefault(nodeid, []).append(result)
+    return found
+
+
+@pytest.fixture(scope="session")
+def recomputations(request, tmp_path_factory):
+    """{nodeid: (results, single) or the exception its factory raised}, for every selected test
+    whose `libreoffice`/`gnumeric` marker names `workbooks`, all recomputed together."""
+    folder = tmp_path_factory.mktemp("recomputed")
+    entries = {spreadsheet: {} for spreadsheet in SPREADSHEETS}
+    shapes, failures = {}, {}
+    for number, item in enumerate(request.session.items):
+        for spreadsheet in SPREADSHEETS:
+            marker = item.get_closest_marker(spreadsheet)
+            if marker is None or "workbooks" not in marker.kwargs:
+                continue
+            try:
+                things, single = _call_factory(marker.kwargs["workbooks"], item, folder / f"item-{number}")
+            except Exception as exc:  # reported by the test itself
+                failures[item.nodeid] = exc
+                continue
+            entries[spreadsheet][item.nodeid] = things
+            shapes[item.nodeid] = single
+    installed = {"libreoffice": shutil.which("soffice") or shutil.which("libreoffice"),
+                 "gnumeric": shutil.which("ssconvert")}
+    wanted = [s for s in SPREADSHEETS if entries[s] and installed[s]]   # the tests skip (or fail in CI) otherwise
+    with ThreadPoolExecutor(max_workers=2) as pool:   # LibreOffice and Gnumeric side by side
+        running = {s: pool.submit(_recompute_all, s, entries[s], folder) for s in wanted}
+        found = {}
+        for spreadsheet, future in running.items():
+            found.update(future.result())
+    return {nodeid: (results, shapes[nodeid]) for nodeid, results in found.items()}, failures
+
+
+@pytest.fixture
+def recomputed(request, recomputations):
+    """This test's workbooks after the session's recomputation (see the module docstring)."""
+    for spreadsheet, fixture in zip(SPREADSHEETS, ("soffice", "ssconvert")):
+        if request.node.get_closest_marker(spreadsheet):
+            request.getfixturevalue(fixture)   # skips when missing locally, fails in CI
+    results, failures = recomputations
+    if request.node.nodeid in failures:
+        raise failures[request.node.nodeid]
+    if request.node.nodeid not in results:
+        pytest.fail("the test's libreoffice/gnumeric marker names no `workbooks` factory")
+    found, single = results[request.node.nodeid]
+    for result in found:
+        if isinstance(result, Exception):
+            raise result
+    return found[0] if single else found
 
 
 def write_toml(tmp_path, text, name="scenario.toml"):

@@ -181,6 +181,7 @@ def test_cli_exit_codes_and_json(tmp_path, invoke):
     assert result.exit_code == 2 and "line 1" in result.output
 
 
+@pytest.mark.libreoffice
 def test_check_a_persons_workbook(tmp_path, soffice):
     openpyxl = pytest.importorskip("openpyxl")
     trace = engine.run(scenario_module.load("linear-regression"))

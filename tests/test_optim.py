@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from tracer import optim, scenario as scenario_module, verify
-from tests.conftest import build
+from tracer import optim, scenario as scenario_module
+from tests.conftest import BASE, build
 
 # E = ½(w·x − t)² with x = 2, t = 1, w0 = 0.3: g = (w·x − t)·x
 X, T, W0 = 2.0, 1.0, 0.3
@@ -131,16 +131,20 @@ MATRIX = [
 ]
 
 
-@pytest.mark.parametrize("name,options,training", MATRIX, ids=[m[0] for m in MATRIX])
-def test_optimisers_verify_and_gradcheck(soffice, base_raw, name, options, training):
-    raw = copy.deepcopy(base_raw)
+def _optimised(name, options, training):
+    raw = copy.deepcopy(BASE)
     raw["optimizer"] = dict({"name": name, "lr": 0.05}, **options)
     raw["training"].update(training, batch=2)
     raw["steps"] = 5
-    trace = build(raw)
+    return build(raw)
+
+
+@pytest.mark.libreoffice(workbooks=_optimised)
+@pytest.mark.parametrize("name,options,training", MATRIX, ids=[m[0] for m in MATRIX])
+def test_optimisers_verify_and_gradcheck(recomputed, name, options, training):
+    trace, report = recomputed.trace, recomputed.report
     from tracer import gradcheck
     assert gradcheck.check(trace, steps=(0, 4)).worst.error < 1e-6
-    report = verify.verify(trace)
     assert report.ok, report.summary()
     quantities = {q for _, _, q, *_ in trace.rows()}
     for state in optim.OPTIMIZERS[name].state:

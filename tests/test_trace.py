@@ -1,7 +1,11 @@
-"""The tidy CSV: its contract columns, names and values read back against the trace arrays."""
+"""The tidy CSV: its contract columns, names and values read back against the trace arrays; the
+vectorised writer against the row-by-row one, the DataFrame and the repr."""
 import csv
+import io
 import math
+import sys
 
+import numpy as np
 import pytest
 
 from tracer import engine, scenario as scenario_module, templates
@@ -61,3 +65,74 @@ def test_bytes_needed_is_what_allocate_takes(name, steps):
     for group in (trace.norm, trace.state, trace.initial_state):
         arrays += [array for per_layer in group.values() for array in per_layer]
     assert Trace.bytes_needed(loaded, steps, loaded.batch_size) == sum(a.nbytes for a in arrays if a is not None)
+
+
+def reference_csv(trace):
+    """The CSV as the row-by-row writer wrote it before it was vectorised: `rows()` through the
+    csv module, values with repr."""
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer)
+    writer.writerow(CSV_COLUMNS)
+    for row in trace.rows():
+        writer.writerow(["" if v is None else (repr(float(v)) if i == 6 else v) for i, v in enumerate(row)])
+    return buffer.getvalue().encode("utf-8")
+
+
+def csv_cases():
+    from tests.test_remedies import network
+    cases = [(name, lambda name=name: engine.run(scenario_module.load(name))) for name in templates.names()]
+    cases.append(("window", lambda: engine.run(scenario_module.load("leaky-relu-explosion")).window(2, 5)))
+    cases.append(("partial-batch", lambda: engine.run(scenario_module.load("xor", steps=5, overrides=["training.batch=3"]))))
+    for optimizer in ("adam", "momentum", "rmsprop"):
+        cases.append((f"bn-res-clip-{optimizer}", lambda o=optimizer: build(network(True, True, o, True))))
+    return cases
+
+
+@pytest.mark.parametrize("name,make", csv_cases(), ids=[name for name, _ in csv_cases()])
+def test_csv_is_byte_for_byte_the_row_writers(tmp_path, name, make):
+    trace = make()
+    path = tmp_path / "trace.csv"
+    trace.write_csv(path)
+    assert path.read_bytes() == reference_csv(trace)
+
+
+def test_csv_tables_split_steps_without_changing_rows(base_raw):
+    trace = build(dict(base_raw, steps=7))
+    whole = np.concatenate([table["value"] for table in trace.tables()])
+    parts = np.concatenate([table["value"] for table in trace.tables(steps_per_table=2)])
+    expected = np.array([row[6] for row in trace.rows()])
+    np.testing.assert_array_equal(whole, expected)
+    np.testing.assert_array_equal(parts, expected)
+
+
+def test_to_frame_has_the_csvs_columns_and_rows(tmp_path):
+    pandas = pytest.importorskip("pandas")
+    trace = engine.run(scenario_module.load("batchnorm-deep", steps=3))
+    frame = trace.to_frame()
+    assert tuple(frame.columns) == CSV_COLUMNS
+    path = tmp_path / "trace.csv"
+    trace.write_csv(path)
+    read = pandas.read_csv(path, dtype={"sample": "Int64", "layer": "Int64", "row": "Int64", "col": "Int64",
+                                        "value": str}, keep_default_na=False, na_values={"sample": [""], "layer": [""],
+                                                                                         "row": [""], "col": [""]})
+    assert len(frame) == len(read) == sum(1 for _ in trace.rows())
+    for column in ("step", "sample", "layer", "row", "col"):
+        assert frame[column].astype("Int64").equals(read[column].astype("Int64")), column
+    assert list(frame["quantity"]) == list(read["quantity"])
+    np.testing.assert_array_equal(frame["value"].to_numpy(), [float(v) for v in read["value"]])   # bit for bit
+    assert frame["sample"].isna().sum() == sum(1 for row in trace.rows() if row[1] is None)
+
+
+def test_to_frame_without_pandas_says_how_to_install(monkeypatch, base_raw):
+    monkeypatch.setitem(sys.modules, "pandas", None)   # import pandas now raises ImportError
+    with pytest.raises(ImportError, match="pip install pandas"):
+        build(base_raw).to_frame()
+
+
+def test_short_reprs():
+    trace = engine.run(scenario_module.load("leaky-relu-explosion"))
+    text = repr(trace)
+    assert len(text) < 200 and "leaky-relu-explosion" in text and "5-3-1" in text
+    assert "non-finite from step 4" in text
+    scenario = repr(trace.scenario)
+    assert len(scenario) < 300 and "leaky_relu" in scenario and "sgd" in scenario

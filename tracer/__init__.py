@@ -1,6 +1,47 @@
-"""tracer: train a small network one scalar at a time and export every number as live formulas."""
-from .scenario import load, loads
-from .engine import run
+"""tracer: train a small network one scalar at a time and export every number as live formulas.
 
-__all__ = ["load", "loads", "run"]
+The Python API, at the top level (sub-modules keep their own names and functions):
+
+    scenario = tracer.load("xor")                     # a template name or a TOML file
+    trace = tracer.run(scenario)                      # every scalar of the training run
+    trace.to_frame()                                  # the tidy CSV as a pandas DataFrame
+    tracer.write_workbook(trace, "xor.xlsx")          # live formulas
+    tracer.verify_workbook(trace).ok                  # recomputed by LibreOffice, cell by cell
+    tracer.diagnose_run(trace).findings               # vanishing/exploding gradients, in sentences
+    tracer.explain_gradient(trace, "W1[0,0]")         # the chain rule behind one gradient
+    tracer.check_gradients(trace).worst               # backprop against finite differences
+"""
+import importlib
+
+from .scenario import Scenario, from_dict, load, loads
+from .engine import run
+from .trace import Trace
+
+# name -> (module, function): imported on first use, so `import tracer` stays light (sympy,
+# openpyxl and the workbook writer load only when asked for).
+_LAZY = {
+    "write_workbook": ("tracer.workbook.writer", "write"),
+    "verify_workbook": ("tracer.verify", "verify"),
+    "verify_workbooks": ("tracer.verify", "verify_many"),
+    "diagnose_run": ("tracer.diagnose", "diagnose"),
+    "explain_gradient": ("tracer.chain", "explain"),
+    "render_explanation": ("tracer.chain", "render"),
+    "check_gradients": ("tracer.gradcheck", "check"),
+    "template_names": ("tracer.templates", "names"),
+}
+
+__all__ = ["Scenario", "Trace", "from_dict", "load", "loads", "run", *_LAZY]
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        module, attribute = _LAZY[name]
+        value = getattr(importlib.import_module(module), attribute)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'tracer' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

@@ -5,7 +5,6 @@ Parameters are named W{layer}[i,j] (joining unit i below to unit j) and b{layer}
 Per-sample arrays have shape (steps, B, ...) with B the batch size; a short last batch
 is padded with NaN and sample id -1.
 """
-import csv
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -275,13 +274,166 @@ class Trace:
                 yield step, sample, name, layer + 1, j, None, value
 
     def write_csv(self, path):
-        """Write the tidy CSV (columns: step,sample,quantity,layer,row,col,value) under a temporary
-        name beside `path`, renamed to `path` when complete."""
+        """Write the tidy CSV (columns: step,sample,quantity,layer,row,col,value), the rows of
+        `rows()` in their order, values with full precision (repr), lines ending in CRLF (as the
+        csv module writes them), under a temporary name beside `path`, renamed to `path` when complete."""
         with output.atomic_path(path) as temporary, open(temporary, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(CSV_COLUMNS)
-            for row in self.rows():
-                writer.writerow(["" if v is None else (repr(float(v)) if i == 6 else v) for i, v in enumerate(row)])
+            handle.write(",".join(CSV_COLUMNS) + "\r\n")
+            for table in self.tables():
+                handle.write(_csv_text(table))
+
+    def tables(self, steps_per_table=2048):
+        """The rows of `rows()` as column arrays, a few thousand steps at a time (memory stays
+        bounded): dicts of numpy arrays step, sample, layer, row, col (-1 where the CSV is empty),
+        quantity (str), value (float) and meta (the CSV text "quantity,layer,row,col,")."""
+        sample_parts, total_parts = self._sample_parts(), self._total_parts()
+        for first in range(0, self.steps, steps_per_table):
+            yield _step_table(self, sample_parts, total_parts, slice(first, min(first + steps_per_table, self.steps)))
+        final = [part for layer in range(self.layers)
+                 for part in (self._param_part("W", layer, self.W[layer][self.steps:]),
+                              self._param_part("b", layer, self.b[layer][self.steps:]))]
+        yield _stack(final, np.array([self.steps]), per_sample=False)
+
+    def to_frame(self):
+        """The trace as a tidy pandas DataFrame with exactly the CSV's columns and rows
+        (step,sample,quantity,layer,row,col,value); empty CSV fields are <NA> (nullable integers).
+        Needs pandas (`pip install pandas`)."""
+        try:
+            import pandas
+        except ImportError:
+            raise ImportError("Trace.to_frame() needs pandas: pip install pandas "
+                              "(or use Trace.write_csv / Trace.rows without it)") from None
+        tables = list(self.tables())
+        columns = {}
+        for name in CSV_COLUMNS:
+            joined = np.concatenate([table[name] for table in tables])
+            if name in ("sample", "layer", "row", "col"):
+                columns[name] = pandas.array(np.where(joined < 0, 0, joined), dtype="Int64")
+                columns[name][joined < 0] = pandas.NA
+            elif name == "step":
+                columns[name] = joined.astype(np.int64)
+            else:
+                columns[name] = joined
+        return pandas.DataFrame(columns, columns=list(CSV_COLUMNS))
+
+    def __repr__(self):
+        s = self.scenario
+        span = f"steps {self.first_step}..{self.first_step + self.steps - 1}"
+        bad = self.first_nonfinite_step()
+        state = "finite" if bad is None else f"non-finite from step {self.first_step + bad}"
+        loss = f"loss {self.loss[0]:.6g} -> {self.loss[-1]:.6g}" if self.steps else "no steps"
+        return f"<Trace {s.name!r}: {'-'.join(map(str, s.widths))} network, {span}, {loss}, {state}>"
+
+    # ------------------------------------------------------------ CSV parts (vectorised rows)
+
+    def _param_part(self, quantity, layer, array):
+        """One parameter-shaped quantity over steps: array (steps, ...) -> a part whose rows are
+        those of `_param_rows` (W-like: row i, col j; b-like and batchnorm γ/β: row j)."""
+        name = param_quantity(self.scenario, quantity, layer + 1)
+        steps = array.shape[0]
+        if array.ndim == 3 and name == quantity:
+            i, j = np.divmod(np.arange(array.shape[1] * array.shape[2]), array.shape[2])
+            return name, layer + 1, i, j, array.reshape(steps, -1)
+        flat = array.reshape(steps, -1)
+        return name, layer + 1, np.arange(flat.shape[1]), None, flat
+
+    def _sample_parts(self):
+        """The per-sample quantities in the order of one sample's rows: (quantity, layer, rows,
+        cols, values (steps, B, n))."""
+        parts, T, B = [], self.steps, self.sample_ids.shape[1]
+        for layer in range(self.layers):
+            units = np.arange(self.u[layer].shape[2])
+            if self.scenario.layers[layer].kind == "batchnorm":
+                parts += [(name, layer + 1, units, None, self.norm[name][layer]) for name in BATCHNORM_PER_SAMPLE]
+            names = PER_SAMPLE_UNIT + (("h", "error") if self.scenario.layers[layer].residual else ())
+            parts += [("e" if name == "error" else name, layer + 1, units, None, getattr(self, name)[layer]) for name in names]
+        if self.output_error is not None:
+            parts.append(("dE_da", self.layers, np.arange(self.output_error.shape[2]), None, self.output_error))
+        for layer in range(self.layers):
+            for quantity, store in (("grad_W", self.grad_W_sample), ("grad_b", self.grad_b_sample)):
+                name, l, rows, cols, values = self._param_part(quantity, layer, store[layer].reshape((T * B,) + store[layer].shape[2:]))
+                parts.append((name, l, rows, cols, values.reshape(T, B, -1)))
+        parts.append(("loss", None, np.array([-1]), None, self.sample_loss[:, :, None]))   # no row or col
+        return parts
+
+    def _total_parts(self):
+        """The per-step quantities in the order of a step's total rows: (quantity, layer, rows,
+        cols, values (steps, n))."""
+        parts, T, one = [], self.steps, np.array([-1])   # `one` scalar row: no row or col
+        for layer in range(self.layers):
+            for name, store in (("W", self.W), ("grad_W", self.grad_W), ("update_W", self.update_W),
+                                ("b", self.b), ("grad_b", self.grad_b), ("update_b", self.update_b)):
+                parts.append(self._param_part(name, layer, store[layer][:T]))
+            if self.scenario.layers[layer].kind == "batchnorm":
+                parts += [(f"bn_{name}", layer + 1, np.arange(self.norm[name][layer].shape[1]), None, self.norm[name][layer])
+                          for name in BATCHNORM_PER_STEP]
+        parts.append(("loss", None, one, None, self.loss[:, None]))
+        parts.append(("lr", None, one, None, self.lr[:, None]))
+        for (name, kind), arrays in self.state.items():
+            for layer, array in enumerate(arrays):
+                if kind == "W" or self.scenario.layers[layer].train_bias:
+                    parts.append(self._param_part(f"{name}_{kind}", layer, array))
+        if self.clip_factor is not None:
+            parts.append(("grad_norm", None, one, None, self.grad_norm[:, None]))
+            parts.append(("clip_factor", None, one, None, self.clip_factor[:, None]))
+        return parts
+
+
+def _stack(parts, steps, per_sample, sample_ids=None):
+    """Rows of `parts` for the given steps, step by step (and sample by sample when per_sample,
+    for the valid slots of sample_ids), as column arrays."""
+    widths = [part[2].size for part in parts]
+    quantity = np.repeat(np.array([part[0] for part in parts], dtype=object), widths)
+    layer = np.repeat(np.array([-1 if part[1] is None else part[1] for part in parts], dtype=np.int64), widths)
+    row = np.concatenate([part[2] for part in parts]).astype(np.int64)
+    col = np.concatenate([np.full(part[2].size, -1) if part[3] is None else part[3] for part in parts]).astype(np.int64)
+    field = lambda k: "" if k < 0 else str(k)  # noqa: E731
+    meta = np.array([f"{q},{field(l)},{field(r)},{field(c)},"
+                     for q, l, r, c in zip(quantity, layer.tolist(), row.tolist(), col.tolist())], dtype=object)
+    if per_sample:
+        values = np.concatenate([part[4] for part in parts], axis=2)          # (steps, B, P)
+        valid = sample_ids >= 0
+        count = len(quantity)
+        return {"step": np.repeat(steps, valid.sum(axis=1) * count),
+                "sample": np.repeat(sample_ids[valid], count),
+                "quantity": np.tile(quantity, int(valid.sum())), "layer": np.tile(layer, int(valid.sum())),
+                "meta": np.tile(meta, int(valid.sum())),
+                "row": np.tile(row, int(valid.sum())), "col": np.tile(col, int(valid.sum())),
+                "value": values[valid].reshape(-1)}
+    values = np.concatenate([part[4] for part in parts], axis=1)              # (steps, Q)
+    n = len(steps)
+    return {"step": np.repeat(steps, len(quantity)), "sample": np.full(n * len(quantity), -1),
+            "quantity": np.tile(quantity, n), "layer": np.tile(layer, n), "row": np.tile(row, n),
+            "col": np.tile(col, n), "meta": np.tile(meta, n), "value": values.reshape(-1)}
+
+
+def _step_table(trace, sample_parts, total_parts, steps):
+    """The rows of steps `steps` (a slice): each step's sample rows, then its total rows."""
+    numbers = np.arange(trace.steps)[steps]
+    samples = _stack([(q, l, r, c, v[steps]) for q, l, r, c, v in sample_parts], numbers, True, trace.sample_ids[steps])
+    totals = _stack([(q, l, r, c, v[steps]) for q, l, r, c, v in total_parts], numbers, False)
+    # interleave: step t's sample rows, then its total rows (a stable sort on the step number)
+    order = np.argsort(np.concatenate([samples["step"], totals["step"]]), kind="stable")
+    return {name: np.concatenate([samples[name], totals[name]])[order] for name in samples}
+
+
+def _csv_text(table):
+    """The CSV lines of a table of column arrays, built with C-level loops: "step,sample," once
+    per run of rows that share them, "quantity,layer,row,col," from the table's `meta`, the value
+    with repr; empty fields for -1; CRLF line ends."""
+    n = len(table["value"])
+    if not n:
+        return ""
+    step, sample = table["step"], table["sample"]
+    starts = np.flatnonzero(np.concatenate(([True], (step[1:] != step[:-1]) | (sample[1:] != sample[:-1]))))
+    prefixes = np.array([f"{a},{'' if b < 0 else b}," for a, b in zip(step[starts].tolist(), sample[starts].tolist())],
+                        dtype=object)
+    pieces = np.empty(4 * n, dtype=object)
+    pieces[0::4] = np.repeat(prefixes, np.diff(np.append(starts, n)))
+    pieces[1::4] = table["meta"]
+    pieces[2::4] = list(map(repr, table["value"].tolist()))
+    pieces[3::4] = "\r\n"
+    return "".join(pieces.tolist())
 
 
 def _matrix_rows(step, sample, name, layer, matrix):

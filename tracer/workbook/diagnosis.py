@@ -1,7 +1,12 @@
 """The Diagnosis sheet: per step, each layer's gradient norm, its flag and its count of exact-zero
 slopes, then the stall series (plateau, oscillation, gradient relative to depth, update-to-weight
 ratio, saturated share and units at their floor; see diagnose.StallSeries), all live formulas
-(thresholds are named cells on Settings), and the diagnosis in sentences."""
+(thresholds are named cells on Settings), and the diagnosis in sentences.
+
+The formulas use forms that LibreOffice and Gnumeric evaluate alike: functions such as ABS or
+ISERROR over a range inside SUMPRODUCT give #VALUE! (or a single value) in Gnumeric, so an error in
+a range is found as COUNT(range) < COLUMNS(range) (COUNT skips error cells) and |x| < θ is written
+as (x < θ)·(x > −θ), which still propagates an error cell into the count."""
 import numpy as np
 from openpyxl.utils import get_column_letter as _letter
 
@@ -46,12 +51,14 @@ class DiagnosisLayout:
             for l in range(1, L + 1):
                 norm = f"{_letter(l + 1)}{number}"
                 a, b = self.steps.gradient_range(l)
+                gradients = f"Trace!{a}{total}:{b}{total}"
                 flags.append(
-                    f'=IF(SUMPRODUCT(ISERROR(Trace!{a}{total}:{b}{total})*1)>0,"non-finite",'
+                    f'=IF(COUNT({gradients})<COLUMNS({gradients}),"non-finite",'
                     f'IF(ISERROR({norm}),"exploding",IF({norm}<threshold_vanishing,"vanishing",'
                     f'IF({norm}>threshold_exploding,"exploding",""))))'
                 )
-            zeros = [f"=SUMPRODUCT((ABS(Trace!{a}{first}:{b}{total - 1})<threshold_saturated)*1)"
+            zeros = [f"=SUMPRODUCT((Trace!{a}{first}:{b}{total - 1}<threshold_saturated)"
+                     f"*(Trace!{a}{first}:{b}{total - 1}>-threshold_saturated))"
                      for a, b in self.slope_ranges]
             finding = self.findings[step] if step < len(self.findings) else None
             yield [self.trace.first_step + step] + norms + flags + zeros + self._stall_cells(step) + [finding]

@@ -1,0 +1,43 @@
+"""The documented Python API at the top level of the package, next to the sub-modules' own
+functions; the API tour example runs."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import tracer
+from tracer import chain, diagnose, gradcheck, verify
+from tracer.workbook import writer
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_top_level_names_are_the_sub_modules_functions():
+    assert tracer.write_workbook is writer.write
+    assert tracer.verify_workbook is verify.verify and tracer.verify_workbooks is verify.verify_many
+    assert tracer.diagnose_run is diagnose.diagnose
+    assert tracer.explain_gradient is chain.explain and tracer.render_explanation is chain.render
+    assert tracer.check_gradients is gradcheck.check
+    assert set(tracer.__all__) <= set(dir(tracer))
+    # the sub-modules keep their names: tracer.verify is still the module
+    assert verify.verify and tracer.verify is verify
+
+
+def test_top_level_api_runs_a_template(tmp_path):
+    trace = tracer.run(tracer.load("linear-regression"))
+    assert trace.loss[0] == 900.0                      # (0.5·170 + 10 − 65)² as in the README
+    assert tracer.check_gradients(trace, steps=(0,)).worst.error < 1e-6
+    explained = tracer.explain_gradient(trace, "W1[0,0]", step=0)
+    assert explained.product == explained.engine
+    assert isinstance(tracer.diagnose_run(trace).findings, list)
+    tracer.write_workbook(trace, tmp_path / "run.xlsx")
+    assert (tmp_path / "run.xlsx").stat().st_size > 1000
+
+
+def test_api_tour_example_runs(tmp_path):
+    environment = dict(os.environ, PYTHONPATH=str(ROOT))
+    done = subprocess.run([sys.executable, str(ROOT / "examples" / "api_tour.py"), str(tmp_path)],
+                          capture_output=True, text=True, timeout=300, env=environment, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "<Trace 'api-tour'" in done.stdout and "gradient check" in done.stdout
+    assert (tmp_path / "api-tour.xlsx").exists() and (tmp_path / "api-tour.csv").exists()
