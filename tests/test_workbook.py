@@ -216,6 +216,12 @@ def test_residual_network_verifies(recomputed):
 
 # ---------------------------------------------------------------- what every client reads
 
+def _engine_value(trace, key, row):
+    """The engine's value of one layout row's cell (verify's lookup, for a single row)."""
+    one = lambda value: np.array([value or 0], dtype=np.intp)  # noqa: E731
+    return verify.engine_values(trace, key, row.kind, one(row.step), one(row.slot), one(row.sample))[0]
+
+
 def _grids(path):
     """Every sheet as a list of rows, read by pandas (openpyxl engine) and by python-calamine."""
     import pandas as pd
@@ -274,7 +280,7 @@ def test_every_formula_carries_the_engines_value(name, tmp_path):
         for column in layout.columns[2:]:
             if getattr(column, row.kind) is None:
                 continue
-            expected = verify.engine_value(trace, column.key, row)
+            expected = _engine_value(trace, column.key, row)
             for reader, grid in grids.items():
                 got = _at(grid["Trace"], row.number, column.index)
                 assert _reads_as(got, expected), (reader, f"Trace!{column.letter}{row.number}", got, expected)
@@ -483,7 +489,7 @@ def test_cached_values_across_chunks_and_short_batches(base_raw, tmp_path, monke
     for row in layout.rows():
         for column in layout.columns[2:]:
             if getattr(column, row.kind) is not None:
-                expected = verify.engine_value(trace, column.key, row)
+                expected = _engine_value(trace, column.key, row)
                 assert _reads_as(_at(grid, row.number, column.index), expected), (column.letter, row.number)
     monkeypatch.setattr(writer, "_CHUNK_ROWS", 3)
     writer.write(trace, tmp_path / "again.xlsx")

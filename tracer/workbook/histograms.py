@@ -57,6 +57,20 @@ def _power(exponent):
     return float(f"1e{exponent}")
 
 
+def _bounds(span, low, high):
+    """The COUNTIFS criteria 10^low ≤ |x| < 10^high for x > 0 and for x < 0 (each ending in a comma);
+    an edge a spreadsheet cannot parse as a normal double (10^309 is infinite, 10^-330 is 0) is
+    left out: every finite |value| is below the one and above the other, as in `counts`."""
+    positive, negative = "", ""
+    if _power(low) >= 2.2250738585072014e-308:
+        positive += f'{span},">=1E{low}",'
+        negative += f'{span},"<=-1E{low}",'
+    if math.isfinite(_power(high)):
+        positive += f'{span},"<1E{high}",'
+        negative += f'{span},">-1E{high}",'
+    return positive, negative
+
+
 def counts(values, edges):
     """[tol, zero, one count per decade bin, non-finite] of an array of values."""
     values = np.asarray(values, dtype=float).ravel()
@@ -124,8 +138,8 @@ class HistogramLayout:
                 row.append(f'={ZERO!r}*MAX(_xlfn.MAXIFS({span},{span},">0"),-_xlfn.MINIFS({span},{span},"<0"))')
                 row.append(f'=COUNTIFS({span},">="&-{tol},{span},"<="&{tol})')
                 for low, high in zip(self.edges, self.edges[1:]):
-                    row.append(f'=COUNTIFS({span},">=1E{low}",{span},"<1E{high}",{span},">"&{tol})'
-                               f'+COUNTIFS({span},"<=-1E{low}",{span},">-1E{high}",{span},"<"&-{tol})')
+                    positive, negative = _bounds(span, low, high)
+                    row.append(f'=COUNTIFS({positive}{span},">"&{tol})+COUNTIFS({negative}{span},"<"&-{tol})')
                 row.append(f"=COLUMNS({span})-COUNT({span})")
             yield row
 
