@@ -1,6 +1,6 @@
 """The thin CLI: templates, show, run (workbook, CSV, --force, outputs checked first, signals),
 gradcheck exit codes."""
-import csv
+
 import os
 from pathlib import Path
 import random
@@ -14,7 +14,7 @@ import zipfile
 
 import pytest
 
-from tracer import cli, engine, templates
+from tracer import cli, engine, templates, trace as trace_module
 from tracer.trace import Trace
 from tracer.workbook import writer
 from tests.conftest import assert_refused
@@ -87,14 +87,14 @@ def test_an_interrupted_csv_keeps_the_old_one(tmp_path, invoke, monkeypatch):
     old = tmp_path / "t.csv"
     old.write_text("step,sample,quantity,layer,row,col,value\n")
     before = old.read_bytes()
-    rows = Trace.rows
+    tables = Trace.tables
 
-    def stop_half_way(self):
-        for number, row in enumerate(rows(self)):
-            if number == 40:
+    def stop_half_way(self, *args, **kwargs):   # after the steps' rows, before the final parameters
+        for number, table in enumerate(tables(self, *args, **kwargs)):
+            if number == 1:
                 raise RuntimeError("stopped")
-            yield row
-    monkeypatch.setattr(Trace, "rows", stop_half_way)
+            yield table
+    monkeypatch.setattr(Trace, "tables", stop_half_way)
     with pytest.raises(RuntimeError):
         invoke("run", "xor", "--steps", "3", "--trace", old, "--force")
     assert old.read_bytes() == before and files_in(tmp_path) == ["t.csv"]
@@ -186,7 +186,7 @@ def test_a_signal_keeps_old_outputs_and_removes_temporaries(tmp_path, invoke, mo
     workbook.write_bytes(b"old workbook")
     trace_csv.write_bytes(b"old csv")
     if phase == "csv":
-        _kill_self_when(monkeypatch, csv, "writer", signum)
+        _kill_self_when(monkeypatch, trace_module, "_csv_text", signum)
     else:  # after the Trace sheet: openpyxl's temporary files exist by then
         _kill_self_when(monkeypatch, writer, "_write_settings", signum)
     handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)

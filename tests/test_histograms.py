@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from openpyxl import load_workbook
 
-from tracer import engine, libreoffice, scenario as scenario_module, verify
+from tracer import engine, scenario as scenario_module
 from tracer.workbook import histograms, writer
 
 
@@ -15,14 +15,20 @@ def test_counts_put_zero_tiny_decades_and_nonfinite_apart():
     assert bins == [2, 0, 0, 1]      # [1e-3,1e-2): 5e-3 and -2e-3; [1,10): 3
 
 
-@pytest.mark.libreoffice
-@pytest.mark.parametrize("name", ["leaky-relu-explosion", "sigmoid-vanishing"])
-def test_histogram_cells_match_libreoffice_and_show_the_cliff(tmp_path, soffice, name):
+def _run_and_workbook(name, folder):
+    """The trace (verified by the session) and its workbook (recomputed by the session)."""
     trace = engine.run(scenario_module.load(name))
-    path = tmp_path / f"{name}.xlsx"
-    layout = writer.write(trace, path)
-    recomputed = libreoffice.convert(path, "xlsx", tmp_path / "recomputed")
-    report = verify.compare(trace, layout, recomputed)
+    path = folder / f"{name}-histograms.xlsx"
+    writer.write(trace, path)
+    return [trace, path]
+
+
+@pytest.mark.libreoffice(workbooks=_run_and_workbook)
+@pytest.mark.parametrize("name", ["leaky-relu-explosion", "sigmoid-vanishing"])
+def test_histogram_cells_match_libreoffice_and_show_the_cliff(recomputed, name):
+    verified, recomputed = recomputed
+    trace, report = verified.trace, verified.report
+    layout = writer.build_layout(trace)
     assert report.ok, report.summary()
     table = next(t for t in writer.table_layouts(trace, layout, findings=[]) if t.title == "Histograms")
     book = load_workbook(recomputed, read_only=True, data_only=True)

@@ -76,11 +76,9 @@ def test_fused_losses_gradcheck_with_rows_that_do_not_sum_to_one(name):
     assert report.worst.error < 1e-7, report.worst
 
 
-@pytest.mark.libreoffice
-def test_softmax_ce_with_rows_that_do_not_sum_to_one_verifies_in_libreoffice(soffice):
-    from tracer import verify
-    report = verify.verify(_fused_targets_run("softmax_ce", FUSED_TARGETS))
-    assert report.ok, report.summary()
+@pytest.mark.libreoffice(workbooks=lambda: _fused_targets_run("softmax_ce", FUSED_TARGETS))
+def test_softmax_ce_with_rows_that_do_not_sum_to_one_verifies_in_libreoffice(recomputed):
+    assert recomputed.report.ok, recomputed.report.summary()
 
 
 def test_bce_is_finite_for_saturated_logits():

@@ -432,9 +432,13 @@ def test_shorten_keeps_both_ends():
 @pytest.mark.filterwarnings("error")
 @pytest.mark.parametrize("normalize", ["standard", "minmax"])
 def test_normalising_extreme_inputs_raises_no_warning(normalize):
+    """Statistics beyond the largest double are refused (README), without a numpy warning."""
     raw = tomllib.loads(GOOD)
     raw["data"]["inputs"] = [[1.7976931348623157e308, 1.0], [-1.7976931348623157e308, 2.0]]
     raw["data"]["normalize"] = normalize
+    with pytest.raises(scenario_module.ScenarioError, match="data.normalize.*input column 0"):
+        scenario_module.from_dict(raw)
+    raw["data"]["inputs"] = [[1e150, 1.0], [-1e150, 2.0]]
     loaded = scenario_module.from_dict(raw)
     assert loaded.inputs[:, 1].tolist() == ([-1.0, 1.0] if normalize == "standard" else [0.0, 1.0])
     engine.run(loaded)
@@ -451,13 +455,15 @@ def test_storable_unusual_text_reaches_the_scenario_sheet_whole(tmp_path, invoke
     text = GOOD.replace('name = "t"', f'name = "t"\ndescription = {scenario_module._toml_string(unusual)}\n# {comment}'
                         f'\n# {"long " * 4000}\n# {"longer😀" * 6000}')
     scenario = write_toml(tmp_path, text)
-    for overrides in ([], [f"name={unusual}"]):
+    cases = ([], [f"name={unusual}"])
+    for overrides in cases:
         out = tmp_path / f"o{len(overrides)}.xlsx"
         result = invoke("run", scenario, "-o", out, *(f"--set={o}" for o in overrides))
         assert result.exit_code == 0, result.output
+    recomputed = libreoffice.convert_many([tmp_path / f"o{len(o)}.xlsx" for o in cases], "xlsx", tmp_path / "lo")
+    for overrides, again in zip(cases, recomputed):
         loaded = scenario_module.load(scenario, overrides=overrides)
         assert loaded.description == unusual and loaded.name == (unusual if overrides else "t")
-        again = libreoffice.convert(out, "xlsx", tmp_path / f"lo{len(overrides)}")
         sheet = load_workbook(again, read_only=True)["Scenario"]
         lines = ["".join(str(cell) for cell in row if cell is not None) for row in sheet.iter_rows(values_only=True)]
         while lines and not lines[-1]:

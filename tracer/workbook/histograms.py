@@ -2,7 +2,8 @@
 fall in each bin of log10|value|, as live COUNTIFS formulas over the Trace sheet's Σ row.
 
 Per layer, step and quantity (R: the Σ-row range), with M the largest finite |value| of R:
-  tol          ZERO · M   =ZERO*MAX(MAXIFS(R,R,">0"),-MINIFS(R,R,"<0"))  (error cells skipped)
+  tol          ZERO · M   =ZERO*MAX(IFERROR(MAXIFS(R,R,">0"),0),IFERROR(-MINIFS(R,R,"<0"),0))  (error
+               cells skipped; Gnumeric's MAXIFS/MINIFS give #DIV/0! where nothing matches)
   0            |value| ≤ tol: zero up to rounding (a sum that cancels is exactly 0 in a spreadsheet,
                which rounds a − b to 0 when they agree to ~15 digits, and ~1e-17 in numpy)
   [1eA,1eB)    10^A ≤ |value| < 10^B and |value| > tol (A, B edges that cover every such |value|
@@ -135,7 +136,7 @@ class HistogramLayout:
                 first, last = self.ranges[group]
                 span = f"Trace!{first}{total}:{last}{total}"
                 tol = f"{_letter(self.first_column(group))}{step + 2}"
-                row.append(f'={ZERO!r}*MAX(_xlfn.MAXIFS({span},{span},">0"),-_xlfn.MINIFS({span},{span},"<0"))')
+                row.append(f'={ZERO!r}*MAX(IFERROR(_xlfn.MAXIFS({span},{span},">0"),0),IFERROR(-_xlfn.MINIFS({span},{span},"<0"),0))')
                 row.append(f'=COUNTIFS({span},">="&-{tol},{span},"<="&{tol})')
                 for low, high in zip(self.edges, self.edges[1:]):
                     positive, negative = _bounds(span, low, high)
