@@ -909,7 +909,7 @@ def make_case(seed, number, soffice=True, step_cap=STEP_CAP):
     files = {"scenario.toml": text, **mutator.files}
     args = [command, "scenario.toml"]
     for item in mutator.overrides:
-        args += ["--set", item]
+        args += ["--set", item.replace("\0", "\\u0000")]  # a NUL cannot be in a real argv
     if mutator.steps_option is not None:
         args += ["--steps", mutator.steps_option]
     case = Case(number=number, command=command, template=template, args=args, files=files, mutations=mutator.log)
@@ -1116,12 +1116,22 @@ class ForkChild:
         os.waitpid(self.pid, 0)
 
 
+# atexit handlers registered when tracer's modules are imported (a fresh `python -m tracer` has them):
+# openpyxl deletes the temporary files of write-only worksheets at exit. (`python -c "import atexit,
+# tracer.cli; print(atexit._ncallbacks())"` counts them: this one only.)
+_IMPORT_TIME_EXIT_HANDLERS = [("openpyxl.worksheet._writer", "_openpyxl_shutdown")]
+
+
 def _child_main(args, cwd, tmp, file_limit, cpu_limit=None):
     """What `python -m tracer ARGS` does, in a forked child; returns the exit code."""
     import atexit
     import traceback
     import weakref
-    atexit._clear()                                   # the parent's handlers are not ours
+    atexit._clear()                                   # the parent's handlers are not ours (pytest's)...
+    for module_name, function in _IMPORT_TIME_EXIT_HANDLERS:  # ...except those tracer's imports register
+        module = sys.modules.get(module_name)
+        if module is not None and hasattr(module, function):
+            atexit.register(getattr(module, function))
     weakref.finalize._registry.clear()                # nor are its pending finalizers
     weakref.finalize._registered_with_atexit = False  # ours (TemporaryDirectory) run at exit
     os.chdir(cwd)
