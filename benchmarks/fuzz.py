@@ -565,7 +565,7 @@ class Mutator:
                     later.pop("weights", None)
             self.note(f"layers.0.units = {units}")
         elif choice == 3 and isinstance(self.raw.get("data"), dict) and isinstance(self.raw["data"].get("inputs"), list):
-            width = self.rng.choice([1000, 17000]) if self.command not in ("gradcheck", "chain") else 200
+            width = self.rng.choice([1000, 17000]) if self.command not in ("gradcheck", "chain") else 60
             data = self.raw["data"]
             data["inputs"] = [[0.001 * ((i * 7 + j) % 13) for j in range(width)] for i in range(len(data["inputs"]))]
             if isinstance(layers, list) and layers and isinstance(layers[0], dict):
