@@ -923,6 +923,10 @@ def _args_run(case, rng, raw, soffice):
     if roll < 0.04:
         case.default_output = True
         case.mutations.append("no -o/--trace (NAME.xlsx)")
+        if rng.random() < 0.5:  # the default output path comes from the name
+            name = rng.choice(["../../escaped", "@ROOT@/absolute", "sub/dir/x", "..", "x" * 300, "a\u0007b"])
+            case.args += ["--set", f"name={toml_value(name)}"]
+            case.mutations.append(f"--set name={toml_value(name)[:40]}")
         return
     if roll < 0.08:
         xlsx = csv_ = "out.xlsx" if rng.random() < 0.5 else "same.csv"
