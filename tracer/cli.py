@@ -75,6 +75,8 @@ class _Tracer(click.Group):
         except Interrupted as interrupted:
             message = f"interrupted by {interrupted}; no partial file was left"
             raise _Failure(message, 128 + interrupted.number) from None
+        except TracerError as exc:  # from the set-up around the command (its temporary folder)
+            raise _Failure(str(exc), exc.exit_code) from None
 
 
 def _scenario_options(command):

@@ -208,11 +208,15 @@ def signals_deferred():
 def private_tempdir():
     """Give this process its own folder for temporary files (openpyxl's sheet streams, verify's
     copies, LibreOffice's profile) inside the usual one, and remove it with everything in it when
-    the block ends, however it ends."""
+    the block ends, however it ends. OutputError when no temporary folder can be made (TMPDIR
+    and the usual places missing, not writable or full)."""
     previous, folder = tempfile.tempdir, None
     try:
         with signals_deferred():
-            folder = tempfile.mkdtemp(prefix="tracer-")
+            try:
+                folder = tempfile.mkdtemp(prefix="tracer-")
+            except OSError as exc:
+                raise OutputError(f"cannot create a temporary folder (TMPDIR, /tmp): {exc.strerror or exc}") from None
             tempfile.tempdir = folder
         yield folder
     finally:
