@@ -69,6 +69,42 @@ def test_every_command_has_help_with_example(invoke):
         assert result.exit_code == 0 and "Example" in result.output
 
 
+LONG = "9" * 5000     # beyond the 4,300 digits Python converts to an int
+USAGE_ERRORS = [
+    (("diagnose", "xor", "--rows", "0"), "Invalid value for '--rows': 0 is not in the range x>=1."),
+    (("run", "xor", "--steps", "abc"), "Invalid value for '--steps'"),
+    (("chain", "xor", "--param", "W1[0,0]", "--step", "-1"), "Invalid value for '--step'"),
+    (("check", "xor", "no-such-hand.csv"), "File 'no-such-hand.csv' does not exist"),
+    (("run",), "Missing argument 'SCENARIO'"),
+    (("no-such-command",), "No such command 'no-such-command'"),
+    (("--bogus",), "No such option '--bogus'"),
+    (("diagnose", "xor", "--steps", LONG), "Invalid value for '--steps'"),
+    (("diagnose", "xor", "--rows", "1\r2\u2028"), "Invalid value for '--rows'"),
+]
+
+
+@pytest.mark.parametrize("args, fragment", USAGE_ERRORS, ids=[" ".join(a)[:40] for a, _ in USAGE_ERRORS])
+def test_usage_errors_are_one_line_with_exit_2(invoke, args, fragment):
+    """click's own usage errors (Usage:/Try/blank/Error: by default) are one line like every other
+    bad input, with the command's --help named; a value is shortened and its line breaks escaped."""
+    args = [a.encode().decode("unicode_escape") for a in args]
+    result = invoke(*args)
+    assert_refused(result, fragment, "--help)")
+    assert len(result.output) < 500 and "Usage:" not in result.output
+
+
+def test_help_is_unchanged_by_one_line_usage_errors(invoke):
+    result = invoke("diagnose", "--help")
+    assert result.exit_code == 0 and result.output.startswith("Usage: ") and "--rows" in result.output
+
+
+def test_no_usable_temporary_folder_is_one_line(tmp_path, invoke, monkeypatch):
+    import tempfile
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "missing"))
+    assert_refused(invoke("run", "xor", "--steps", "2", "--trace", tmp_path / "t.csv"), "cannot create a temporary folder")
+    assert files_in(tmp_path) == []
+
+
 # --- outputs: all checked before training, each written under a temporary name ---
 
 def files_in(folder):

@@ -436,13 +436,18 @@ class _Values:
         self.local = local or Local(trace)
         self.memo = self.local.memo if memo is None else memo
         self.used, self.direct = {}, {}       # ordered sets (dicts with None values)
+        self.substituted = {}                 # key -> value of a computed substitute, once each
 
     def __call__(self, key):
         self.used[key] = None
         self.direct[key] = None
         if key in self.substitute:
             other = self.substitute[key]
-            return other(self) if callable(other) else self._value(other)
+            if not callable(other):
+                return self._value(other)
+            if key not in self.substituted:
+                self.substituted[key] = other(self)
+            return self.substituted[key]
         return self._value(key)
 
     def _value(self, key):
