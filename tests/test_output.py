@@ -232,3 +232,22 @@ def test_private_tempdir_takes_every_temporary_and_removes_them(tmp_path, monkey
 def test_write_errors_name_the_target_and_exit_code(code, exit_code):
     error = output.cannot_write("out/a.xlsx", OSError(code, os.strerror(code), "out/.a.xlsx.123.part"))
     assert str(error) == f"cannot write out/a.xlsx: {os.strerror(code)}" and error.exit_code == exit_code
+
+
+def test_atomic_paths_renames_every_target_together_or_none(tmp_path):
+    first, second = tmp_path / "a.csv", tmp_path / "b.xlsx"
+    first.write_text("old a")
+    second.write_text("old b")
+    with pytest.raises(RuntimeError):
+        with output.atomic_paths(first, None, second) as (staged_first, nothing, staged_second):
+            assert nothing is None and staged_first.parent == staged_second.parent == tmp_path
+            staged_first.write_text("new a")   # complete, but the second is not
+            raise RuntimeError("stopped")
+    assert (first.read_text(), second.read_text()) == ("old a", "old b")
+    assert leftovers(tmp_path) == ["a.csv", "b.xlsx"]
+    with output.atomic_paths(first, second) as (staged_first, staged_second):
+        staged_first.write_text("new a")
+        staged_second.write_text("new b")
+        assert first.read_text() == "old a"    # nothing is renamed before the block ends
+    assert (first.read_text(), second.read_text()) == ("new a", "new b")
+    assert leftovers(tmp_path) == ["a.csv", "b.xlsx"]

@@ -158,12 +158,16 @@ def run(scenario, overrides, steps, output, trace_path, force, verify_after, win
     trace = engine.run(loaded)
     if span is not None:
         trace = trace.window(*span)
+    # both outputs are staged beside their targets and renamed together once both are complete
+    with output_module.atomic_paths(trace_path, output) as (staged_trace, staged_output):
+        if trace_path:
+            trace.write_csv(trace_path, into=staged_trace)
+        if output:
+            with _progress(trace.steps, "writing workbook") as advance:
+                writer.write(trace, output, force=force, progress=advance, parameters=parameters, into=staged_output)
     if trace_path:
-        trace.write_csv(trace_path)
         click.echo(f"wrote {trace_path}")
     if output:
-        with _progress(trace.steps, "writing workbook") as advance:
-            writer.write(trace, output, force=force, progress=advance, parameters=parameters)
         click.echo(f"wrote {output}" + (f" (steps {span[0]}..{span[1]}, starting from the engine's parameters at step {span[0]})" if span else ""))
     click.echo(_summary(trace))
     if output and verify_after:

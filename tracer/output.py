@@ -144,6 +144,29 @@ def atomic_path(target):
         abandon(temporary)
 
 
+@contextlib.contextmanager
+def atomic_paths(*targets):
+    """Like atomic_path for several targets written by one run: yield a temporary path beside
+    each target (None for a None target); when the block completes, rename them all into place
+    together, with SIGINT and SIGTERM held back until the last rename, so the targets are either
+    all as they were or all new, never a mix. On any error or signal remove every temporary."""
+    temporaries = []
+    try:
+        for target in targets:
+            temporaries.append(None if target is None else temporary_beside(target))
+        yield temporaries
+        chosen = [(temporary, Path(target)) for temporary, target in zip(temporaries, targets) if target is not None]
+        with signals_deferred():
+            for _, target in chosen:
+                _refuse_special(target)
+            for temporary, target in chosen:
+                commit(temporary, target)
+    finally:
+        for temporary in temporaries:
+            if temporary is not None:
+                abandon(temporary)
+
+
 def temporary_beside(target):
     """Create an empty temporary file `.NAME.XXXX.part` in the folder of `target` (of the file it
     names, for a symbolic link) and return its path."""
