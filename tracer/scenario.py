@@ -298,7 +298,7 @@ def _check_size(scenario):
 
 
 def _size(count):
-    """A byte count (an int of any size) in words: 8.0 GiB, 12.5 MiB, 3.2 TiB, 1.2e+30 PiB."""
+    """A byte count (an int of any size) in words: 8.0 GiB, 12.5 MiB, 3.2 TiB, about 1e+30 PiB."""
     if count < 1024:
         return f"{count} bytes"
     for power, unit in enumerate(("KiB", "MiB", "GiB", "TiB", "PiB"), start=1):
