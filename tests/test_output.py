@@ -113,6 +113,17 @@ def test_a_name_longer_than_the_filesystem_allows_is_refused(tmp_path):
     assert caught.value.exit_code == 2 and leftovers(tmp_path) == []
 
 
+@pytest.mark.parametrize("existing", [False, True])
+def test_a_second_target_with_a_name_too_long_is_refused(tmp_path, existing):
+    """The same-file comparison with the first target looks the second up: that too is refused."""
+    first, second = tmp_path / "out.xlsx", tmp_path / ("c" * 300 + ".csv")
+    if existing:
+        first.write_text("old")
+    with pytest.raises(OutputError, match=r"^cannot write .*c\.csv: File name too long$"):
+        output.check_targets({"-o": first, "--trace": second}, force=True)
+    assert leftovers(tmp_path) == (["out.xlsx"] if existing else [])
+
+
 @pytest.mark.parametrize("name", ["x" * 256, "f" * 256 + "/x.csv", "d/" * 2100 + "x.csv"])
 def test_a_name_too_long_is_refused_before_the_temporary_is_made(tmp_path, name):
     with pytest.raises(OutputError, match=r"File name too long$"):

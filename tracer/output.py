@@ -49,12 +49,12 @@ def check_targets(targets, force=False):
     """
     chosen = [(label, Path(path)) for label, path in targets.items() if path is not None]
     for number, (label, target) in enumerate(chosen):
-        for other_label, other in chosen[:number]:
-            if _same_file(target, other):
-                raise InputError(f"{other_label} and {label} name the same file {other}; give two different files")
         try:
+            for other_label, other in chosen[:number]:
+                if _same_file(target, other):
+                    raise InputError(f"{other_label} and {label} name the same file {other}; give two different files")
             _check_target(target, force)
-        except OSError as exc:  # looking the path up failed: a folder name too long, a loop of links
+        except OSError as exc:  # looking the path up failed: a name too long, a loop of links
             raise cannot_write(target, exc) from None
 
 
