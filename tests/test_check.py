@@ -2,6 +2,7 @@
 import copy
 import json
 import math
+import signal
 import zipfile
 
 import numpy as np
@@ -228,6 +229,52 @@ def test_batchnorm_names_and_slips(tmp_path):
     assert "sign is flipped" in found["update gamma2[1]"].explanation
     with pytest.raises(check.InputError, match="batchnorm layer: its parameters are gamma2"):
         check.parse_name("W2[0,0]", trace)
+
+
+def test_explaining_a_wrong_batchnorm_value(tmp_path):
+    """A wrong u or γ of a batchnorm layer (γ is a 1 × units W) is explained, not an IndexError;
+    u = γ·x̂ + β with another unit's γ (they differ after the first update) is named as such."""
+    from tests.test_remedies import network
+    trace = run(network(batchnorm=True))
+    gamma, xhat, beta = trace.W[1][1, 0], trace.norm["xhat"][1][1, 0], trace.b[1][1]
+    assert gamma[0] != gamma[1]
+    sample = trace.samples(1)[0]       # x̂ above is this sample's (slot 0 of step 1)
+    rows = [("u2[0]", "95"), ("gamma2[2]@1", "7"), (f"u2[0]@1#{sample}", g(gamma[1] * xhat[0] + beta[0]))]
+    found = results(trace, rows, tmp_path)
+    assert all(r.kind == "mistake" and r.explanation for r in found.values())
+    assert "gamma2[1]@1 was used instead" in found[f"u2[0]@1#{sample}"].explanation
+
+
+def test_explaining_a_wrong_number_computes_each_quantity_once(tmp_path, monkeypatch):
+    """12 sigmoid layers of width 6 (6¹¹ paths from layer 1 to the output): explaining a wrong
+    δ, batch gradient or bias gradient of layer 1 evaluates each other quantity's local formula at
+    most twice (from the person's numbers, and with the layers above already updated), so the
+    explanation is polynomial in the size of the net, not one evaluation per path."""
+    raw = copy.deepcopy(BASE)
+    raw["layers"] = [{"units": 6, "activation": "sigmoid", "init": "xavier_uniform"}] * 12 + [
+        {"units": 1, "activation": "identity", "init": "xavier_uniform"}]
+    trace = run(raw)
+    counts = {}
+    evaluate = check.Local.__call__
+
+    def counted(self, key, get):
+        counts[key] = counts.get(key, 0) + 1
+        return evaluate(self, key, get)
+    def hang(number, frame):
+        raise AssertionError("the explanation did not finish within 60 s (it takes well under 1 s)")
+    monkeypatch.setattr(check.Local, "__call__", counted)
+    previous = signal.signal(signal.SIGALRM, hang)   # a hang guard: an exponential search never ends
+    signal.alarm(60)
+    try:
+        for name in ("delta1[0]", "grad W1[0,0]", "grad b1[0]"):
+            counts.clear()
+            key = check.parse_name(name, trace)
+            (result,) = check.check(trace, [check.Entry(1, name, key, "1", 1.0, 0.5)])
+            assert result.kind == "mistake" and result.explanation
+            assert max(count for other, count in counts.items() if other != key) <= 2, name
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 # ------------------------------------------------------------------ bad input: one line, exit 2

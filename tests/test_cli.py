@@ -69,6 +69,42 @@ def test_every_command_has_help_with_example(invoke):
         assert result.exit_code == 0 and "Example" in result.output
 
 
+LONG = "9" * 5000     # beyond the 4,300 digits Python converts to an int
+USAGE_ERRORS = [
+    (("diagnose", "xor", "--rows", "0"), "Invalid value for '--rows': 0 is not in the range x>=1."),
+    (("run", "xor", "--steps", "abc"), "Invalid value for '--steps'"),
+    (("chain", "xor", "--param", "W1[0,0]", "--step", "-1"), "Invalid value for '--step'"),
+    (("check", "xor", "no-such-hand.csv"), "File 'no-such-hand.csv' does not exist"),
+    (("run",), "Missing argument 'SCENARIO'"),
+    (("no-such-command",), "No such command 'no-such-command'"),
+    (("--bogus",), "No such option '--bogus'"),
+    (("diagnose", "xor", "--steps", LONG), "Invalid value for '--steps'"),
+    (("diagnose", "xor", "--rows", "1\r2\u2028"), "Invalid value for '--rows'"),
+]
+
+
+@pytest.mark.parametrize("args, fragment", USAGE_ERRORS, ids=[" ".join(a)[:40] for a, _ in USAGE_ERRORS])
+def test_usage_errors_are_one_line_with_exit_2(invoke, args, fragment):
+    """click's own usage errors (Usage:/Try/blank/Error: by default) are one line like every other
+    bad input, with the command's --help named; a value is shortened and its line breaks escaped."""
+    args = [a.encode().decode("unicode_escape") for a in args]
+    result = invoke(*args)
+    assert_refused(result, fragment, "--help)")
+    assert len(result.output) < 500 and "Usage:" not in result.output
+
+
+def test_help_is_unchanged_by_one_line_usage_errors(invoke):
+    result = invoke("diagnose", "--help")
+    assert result.exit_code == 0 and result.output.startswith("Usage: ") and "--rows" in result.output
+
+
+def test_no_usable_temporary_folder_is_one_line(tmp_path, invoke, monkeypatch):
+    import tempfile
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "missing"))
+    assert_refused(invoke("run", "xor", "--steps", "2", "--trace", tmp_path / "t.csv"), "cannot create a temporary folder")
+    assert files_in(tmp_path) == []
+
+
 # --- outputs: all checked before training, each written under a temporary name ---
 
 def files_in(folder):
@@ -193,11 +229,8 @@ def test_a_signal_keeps_old_outputs_and_removes_temporaries(tmp_path, invoke, mo
     result = invoke("run", "xor", "--steps", "5", "-o", workbook, "--trace", trace_csv, "--force")
     assert result.exit_code == code
     assert result.output.splitlines()[-1] == f"Error: interrupted by {signal.Signals(signum).name}; no partial file was left"
-    assert workbook.read_bytes() == b"old workbook"
-    if phase == "csv":
-        assert trace_csv.read_bytes() == b"old csv"
-    else:
-        assert trace_csv.read_text().splitlines()[-1].startswith("5,,b,2,0,,")
+    # the complete new CSV waits for the workbook: both outputs are renamed together at the end
+    assert workbook.read_bytes() == b"old workbook" and trace_csv.read_bytes() == b"old csv"
     assert files_in(tmp_path) == ["t.csv", "tmp", "w.xlsx"]
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers
     assert tempfile.gettempdir() == str(private)
@@ -236,24 +269,40 @@ def _holds_data(paths):
     return False
 
 
+def _ends_with_last_row(paths, last="20000,,b,1,0,,"):
+    """Whether one of `paths` is a CSV whose last line is the last row of the run's trace."""
+    for path in paths:
+        try:
+            with open(path, "rb") as handle:
+                handle.seek(0, os.SEEK_END)
+                handle.seek(max(0, handle.tell() - 200))
+                lines = handle.read().decode("utf-8", "replace").splitlines()
+        except FileNotFoundError:
+            continue
+        if lines and lines[-1].startswith(last):
+            return True
+    return False
+
+
 @pytest.mark.slow
 def test_killed_runs_leave_every_target_as_it_was_or_complete(tmp_path):
     """`python -m tracer run` killed with SIGINT and SIGTERM at seeded random moments of a
     20,000-step run (at start-up, while the CSV is written, while the workbook is written) over
-    existing outputs: each target is byte-identical to before or complete, and no temporary file
-    is left beside the targets or in the run's own TMPDIR."""
+    existing outputs: each target is byte-identical to before or complete, both come from the same
+    run (both old or both new: the CSV is not renamed before the workbook is complete), and no
+    temporary file is left beside the targets or in the run's own TMPDIR."""
     rng = random.Random(10)
     folder, private = tmp_path / "out", tmp_path / "tmp"
     folder.mkdir()
     private.mkdir()
     workbook, trace_csv = folder / "run.xlsx", folder / "run.csv"
-    workbook.write_bytes(b"the old workbook")
-    trace_csv.write_bytes(b"the old trace")
     environment = dict(os.environ, TMPDIR=str(private), PYTHONPATH=str(Path(__file__).resolve().parent.parent))
     command = [sys.executable, "-m", "tracer", "run", "linear-regression", "--steps", "20000",
                "-o", str(workbook), "--trace", str(trace_csv), "--force"]
     for signum, moment in [(signal.SIGINT, "start"), (signal.SIGTERM, "csv"), (signal.SIGINT, "workbook"),
                            (signal.SIGTERM, "workbook")]:
+        workbook.write_bytes(b"the old workbook")
+        trace_csv.write_bytes(b"the old trace")
         before = {target: target.read_bytes() for target in (workbook, trace_csv)}
         process = subprocess.Popen(command, cwd=tmp_path, env=environment, stdout=subprocess.PIPE,
                                    stderr=subprocess.PIPE, text=True)
@@ -262,18 +311,19 @@ def test_killed_runs_leave_every_target_as_it_was_or_complete(tmp_path):
         elif moment == "csv":
             _wait_for(lambda: _holds_data(folder.glob(".run.csv.*.part")), process)
             time.sleep(rng.uniform(0, 0.5))
-        else:  # the workbook is written once the CSV is announced
-            assert process.stdout.readline() == f"wrote {trace_csv}\n"
+        else:  # the workbook is written once the staged CSV is complete (it is renamed only at the end)
+            _wait_for(lambda: _ends_with_last_row(folder.glob(".run.csv.*.part")), process)
             time.sleep(rng.uniform(0, 2))
         process.send_signal(signum)
         out, err = process.communicate(timeout=120)
         assert process.returncode in (128 + signum, -signum), (moment, err)
         if process.returncode > 0:  # not killed before the handlers were in place
             assert err.splitlines() == [f"Error: interrupted by {signal.Signals(signum).name}; no partial file was left"]
-        if trace_csv.read_bytes() != before[trace_csv]:
+        new_csv, new_workbook = (target.read_bytes() != before[target] for target in (trace_csv, workbook))
+        assert new_csv == new_workbook, (moment, "one target is new, the other old")
+        if new_csv:
             lines = trace_csv.read_text().splitlines()
             assert lines[0] == "step,sample,quantity,layer,row,col,value" and lines[-1].startswith("20000,,b,1,0,,")
-        if workbook.read_bytes() != before[workbook]:
             with zipfile.ZipFile(workbook) as opened:
                 assert opened.testzip() is None
         assert sorted(p.name for p in folder.iterdir()) == ["run.csv", "run.xlsx"], moment

@@ -1,4 +1,6 @@
 """Diagnosis: the write-up's two failures named, with the numbers and the responsible factor."""
+import math
+
 import numpy as np
 import pytest
 
@@ -106,6 +108,18 @@ def test_leaky_relu_explosion_names_the_producer_of_the_first_nonfinite_value():
     for store in trace.u + trace.a + trace.grad_W + trace.delta:
         assert np.isfinite(store[:4]).all()
     assert any(k == "non-finite" and "The first non-finite value is u2[0]" in t for k, t in zip(d.kinds, d.findings))
+
+
+def test_an_overflowing_schedule_is_named_as_the_producer():
+    """lr·γ^k = 1e10·1e300 overflows at step 1, while the loss of step 1 is still finite: the
+    schedule is named, not the update it feeds."""
+    from tests.test_engine import EXTREMES
+    from tests.conftest import build
+    trace = build(EXTREMES["lr times the schedule overflows"])
+    assert np.isfinite(trace.sample_loss[1]).all()
+    p = diagnose.find_producer(trace)
+    assert (p.step, p.name) == (1, "lr") and math.isinf(p.value) and "schedule" in p.operation
+    assert dict(p.operands) == {"lr": 1e10, "γ": 1e300, "k": 1}
 
 
 def test_xor_has_no_stall_finding():

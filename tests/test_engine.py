@@ -1,4 +1,6 @@
 """The engine's backprop against central finite differences, and IEEE/spreadsheet propagation."""
+import math
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, assume, example, given, settings, strategies as st
@@ -223,8 +225,22 @@ EXTREMES = {
                                                     optimizer={"name": "adam", "lr": 0.001, "betas": [0.01, 0.999]}),
     "exponential schedule underflows": _single_unit([[1.0], [2.0]], [[1.0], [0.0]], steps=160,
                                                     optimizer={"schedule": "exponential", "gamma": 0.01}),
+    "step schedule overflows": _single_unit([[1.0], [2.0]], [[1.0], [0.0]], steps=4,
+                                            optimizer={"schedule": "step", "step_size": 1, "gamma": 1e300}),
+    "lr times the schedule overflows": _single_unit([[1.0], [2.0]], [[1.0], [0.0]], steps=3,
+                                                    optimizer={"lr": 1e10, "schedule": "exponential", "gamma": 1e300}),
 }
 EXTREMES["standardised inputs underflow"]["layers"][0]["weights"] = [[0.5], [0.5]]
+
+
+def test_a_schedule_that_overflows_gives_an_infinite_learning_rate():
+    """γ^k beyond the double range: lr = inf (a spreadsheet's #NUM!), not a Python OverflowError;
+    1e300² overflows, 1e300 itself and lr·γ^k below 1.8e308 do not."""
+    trace = build(EXTREMES["step schedule overflows"])
+    assert trace.lr[0] == 0.1 and trace.lr[1] == 0.1 * 1e300 and math.isinf(trace.lr[2]) and math.isinf(trace.lr[3])
+    assert np.isfinite(trace.W[0][2]).all() and not np.isfinite(trace.W[0][3]).all()
+    trace = build(EXTREMES["lr times the schedule overflows"])
+    assert trace.lr[0] == 1e10 and math.isinf(trace.lr[1])    # 1e10 · 1e300
 
 
 def test_batchnorm_whose_variance_overflows_is_non_finite_like_the_sheet():

@@ -113,6 +113,17 @@ def test_a_name_longer_than_the_filesystem_allows_is_refused(tmp_path):
     assert caught.value.exit_code == 2 and leftovers(tmp_path) == []
 
 
+@pytest.mark.parametrize("existing", [False, True])
+def test_a_second_target_with_a_name_too_long_is_refused(tmp_path, existing):
+    """The same-file comparison with the first target looks the second up: that too is refused."""
+    first, second = tmp_path / "out.xlsx", tmp_path / ("c" * 300 + ".csv")
+    if existing:
+        first.write_text("old")
+    with pytest.raises(OutputError, match=r"^cannot write .*c\.csv: File name too long$"):
+        output.check_targets({"-o": first, "--trace": second}, force=True)
+    assert leftovers(tmp_path) == (["out.xlsx"] if existing else [])
+
+
 @pytest.mark.parametrize("name", ["x" * 256, "f" * 256 + "/x.csv", "d/" * 2100 + "x.csv"])
 def test_a_name_too_long_is_refused_before_the_temporary_is_made(tmp_path, name):
     with pytest.raises(OutputError, match=r"File name too long$"):
@@ -232,3 +243,22 @@ def test_private_tempdir_takes_every_temporary_and_removes_them(tmp_path, monkey
 def test_write_errors_name_the_target_and_exit_code(code, exit_code):
     error = output.cannot_write("out/a.xlsx", OSError(code, os.strerror(code), "out/.a.xlsx.123.part"))
     assert str(error) == f"cannot write out/a.xlsx: {os.strerror(code)}" and error.exit_code == exit_code
+
+
+def test_atomic_paths_renames_every_target_together_or_none(tmp_path):
+    first, second = tmp_path / "a.csv", tmp_path / "b.xlsx"
+    first.write_text("old a")
+    second.write_text("old b")
+    with pytest.raises(RuntimeError):
+        with output.atomic_paths(first, None, second) as (staged_first, nothing, staged_second):
+            assert nothing is None and staged_first.parent == staged_second.parent == tmp_path
+            staged_first.write_text("new a")   # complete, but the second is not
+            raise RuntimeError("stopped")
+    assert (first.read_text(), second.read_text()) == ("old a", "old b")
+    assert leftovers(tmp_path) == ["a.csv", "b.xlsx"]
+    with output.atomic_paths(first, second) as (staged_first, staged_second):
+        staged_first.write_text("new a")
+        staged_second.write_text("new b")
+        assert first.read_text() == "old a"    # nothing is renamed before the block ends
+    assert (first.read_text(), second.read_text()) == ("new a", "new b")
+    assert leftovers(tmp_path) == ["a.csv", "b.xlsx"]

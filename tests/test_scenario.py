@@ -429,6 +429,21 @@ def test_shorten_keeps_both_ends():
     assert len(text) == 21 and text.startswith("a") and text.endswith("b") and "…" in text
 
 
+@pytest.mark.parametrize("line_break", ["\n", "\r", "\r\n", "\v", "\f", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029"])
+def test_shorten_escapes_every_line_break(line_break):
+    """Every character str.splitlines breaks at is written as an escape: a message stays one line."""
+    for value in (f"tanh{line_break}", f"a{line_break}b" * 100, [f"x{line_break}"]):
+        text = shorten(value, 60)
+        assert len(text.splitlines()) == 1 and line_break not in text and len(text) <= 60
+
+
+@pytest.mark.parametrize("digits", [30, 3000])
+def test_steps_beyond_any_memory_are_refused_in_one_short_line(tmp_path, invoke, digits):
+    """The byte count of a run of 10^3000 steps is beyond a float: the message gives its order."""
+    message = assert_refused(invoke("diagnose", write_toml(tmp_path, GOOD), "--steps", "9" * digits), "steps:", "PiB")
+    assert len(message) < 400
+
+
 @pytest.mark.filterwarnings("error")
 @pytest.mark.parametrize("normalize", ["standard", "minmax"])
 def test_normalising_extreme_inputs_raises_no_warning(normalize):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from tracer import engine, scenario as scenario_module, sweep
+from tests.conftest import assert_refused
 
 RAW_SIGMOID = ["layers.0.activation=\"sigmoid\"", "layers.0={units = 3, activation = \"sigmoid\", init = \"uniform\", "
                "low = 0.0, high = 1.0, bias_init = \"uniform\", bias_low = 0.0, bias_high = 1.0}"]
@@ -115,3 +116,40 @@ def test_readme_sweep_examples_run(tmp_path, invoke, monkeypatch):
     rows = read_rows("remedies.csv")
     assert {row["outcome"] for row in rows} >= {"converged", "non-finite"}
     assert len(read_rows("seeds.csv")) == 20 and (tmp_path / "seeds.xlsx").exists()
+
+
+@pytest.fixture
+def no_runs(monkeypatch):
+    """Fail the test if a variant runs: refusals must come before any work."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("ran before the outputs were checked")
+    monkeypatch.setattr(sweep, "run_jobs", refuse)
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["-o", "s.xlsx", "--csv", "s.xlsx"], "-o and --csv name the same file"),
+    (["-o", "missing/s.xlsx"], "folder missing does not exist"),
+    (["-o", "s.xlsx", "--workbooks", "missing/runs"], "--workbooks missing/runs: folder missing does not exist"),
+    (["-o", "s.xlsx", "--workbooks", "taken"], "Directory 'taken' is a file"),
+    (["-o", "s.xlsx", "--workbooks", "runs"], "runs/000-optimizer.lr_0.5.xlsx exists; use --force"),
+    (["-o", "s" * 300 + ".xlsx"], "File name too long"),
+])
+def test_sweep_outputs_are_checked_like_run_before_any_variant(tmp_path, invoke, monkeypatch, no_runs, args, fragment):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "taken").write_text("a file")
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "000-optimizer.lr_0.5.xlsx").write_text("an earlier workbook")
+    before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    result = invoke("sweep", "xor", "--steps", "2", "--set", "optimizer.lr=0.5,5", "--jobs", "1", *args)
+    assert_refused(result, fragment)
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == before
+
+
+def test_sweep_creates_its_workbook_folder_with_safe_names(tmp_path, invoke, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = invoke("sweep", "xor", "--steps", "2", "--set", 'name="../../x","/abs/y"', "--jobs", "1",
+                    "-o", "s.xlsx", "--workbooks", "runs")
+    assert result.exit_code == 0, result.output
+    names = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    assert names == ["000-name__.._.._x_.xlsx", "001-name___abs_y_.xlsx"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs", "s.xlsx"]

@@ -308,6 +308,7 @@ class Local:
     def __init__(self, trace):
         self.trace = trace
         self.s = trace.scenario
+        self.memo = {}     # key -> (value, keys used) recomputed from one check's written numbers
 
     def inputs(self, key):
         """True when the quantity has a local formula (step-0 parameters are the starting values)."""
@@ -423,20 +424,30 @@ class _Values:
     """Values for recomputation: the person's where written, or a substitute for a direct factor;
     where not written, recomputed from the person's numbers within the step (so a number follows
     from their earlier ones even through quantities they skipped), without substitutions; the
-    engine's for parameters and the data."""
+    engine's for parameters and the data.
+
+    Each unwritten quantity is computed once per `memo` (its value does not depend on the
+    substitutions, which act on direct factors only), and `used` is an ordered set: the keys a
+    value depends on are collected once each, so an explanation costs time polynomial in the
+    size of the network, not one evaluation per path through its layers."""
 
     def __init__(self, trace, written, substitute=None, local=None, memo=None):
         self.trace, self.written, self.substitute = trace, written, substitute or {}
         self.local = local or Local(trace)
-        self.memo = {} if memo is None else memo
-        self.used, self.direct = [], []
+        self.memo = self.local.memo if memo is None else memo
+        self.used, self.direct = {}, {}       # ordered sets (dicts with None values)
+        self.substituted = {}                 # key -> value of a computed substitute, once each
 
     def __call__(self, key):
-        self.used.append(key)
-        self.direct.append(key)
+        self.used[key] = None
+        self.direct[key] = None
         if key in self.substitute:
             other = self.substitute[key]
-            return other(self) if callable(other) else self._value(other)
+            if not callable(other):
+                return self._value(other)
+            if key not in self.substituted:
+                self.substituted[key] = other(self)
+            return self.substituted[key]
         return self._value(key)
 
     def _value(self, key):
@@ -448,7 +459,7 @@ class _Values:
             plain = _Values(self.trace, self.written, local=self.local, memo=self.memo)
             self.memo[key] = (self.local(key, plain), plain.used)
         value, used = self.memo[key]
-        self.used.extend(used)
+        self.used.update(used)
         return value
 
 
@@ -483,7 +494,7 @@ def _explain(trace, local, written, results, result):
     key, person, tol = entry.key, entry.value, entry.tolerance
     engine = result.engine
     if local.inputs(key):
-        values = _Values(trace, written)
+        values = _Values(trace, written, local=local)
         again = local(key, values)
         earlier = [results[k] for k in dict.fromkeys(values.used) if k in results and k != key]
         wrong = [r for r in earlier if not r.right]
@@ -561,6 +572,11 @@ def _update_slip(trace, key, person, tol, engine, lr):
     return None
 
 
+def _weight_shape(trace, layer):
+    """Shape of layer `layer`'s W: fan-in × units, or 1 × units (γ) for a batchnorm layer."""
+    return trace.W[layer - 1].shape[1:]
+
+
 def _alternatives(trace, key):
     """(alternative key, description) for one factor: other units, samples and steps."""
     s = trace.scenario
@@ -569,8 +585,7 @@ def _alternatives(trace, key):
     out = []
     if l is not None and key.index:
         if q in ("W", "grad_W", "update_W"):
-            shape = (widths[l - 1], widths[l])
-            units = itertools.product(range(shape[0]), range(shape[1]))
+            units = itertools.product(*map(range, _weight_shape(trace, l)))
         else:
             units = ((j,) for j in range(widths[l]))
         for index in units:
@@ -591,16 +606,16 @@ def _substitution(trace, local, written, key, person, tol):
     """Try one factor taken from elsewhere, and the layers above already updated."""
     if key.quantity in ("delta", "grad_W", "grad_b") and key.layer < len(trace.scenario.layers) \
             and key.step + 1 <= trace.steps:
-        values = _Values(trace, written, _updated_above(trace, local, key))
+        values = _Values(trace, written, _updated_above(trace, local, key), local=local)
         if _matches(local(key, values), person, tol):
             return ("the parameters were updated one layer at a time: the back-propagation used the already-updated "
                     f"weights of layer {key.layer + 1} (their step {key.step + 1} values) instead of the values of "
                     f"step {key.step}; update every layer at once, after the whole backward pass")
-    probe = _Values(trace, written)
+    probe = _Values(trace, written, local=local)
     local(key, probe)
     for factor in dict.fromkeys(probe.direct):
         for other, where in _alternatives(trace, factor):
-            values = _Values(trace, written, {factor: other})
+            values = _Values(trace, written, {factor: other}, local=local)
             if _matches(local(key, values), person, tol):
                 return (f"the factor {factor.label(trace.scenario)} was taken from {where}: "
                         f"{other.label(trace.scenario)} was used instead")
@@ -615,14 +630,14 @@ def _updated_above(trace, local, key):
     t = key.step
     substitutes = {}
     for layer in range(key.layer + 1, L + 1):
-        for i, j in itertools.product(range(widths[layer - 1]), range(widths[layer])):
+        for i, j in itertools.product(*map(range, _weight_shape(trace, layer))):
             substitutes[Key("W", layer, (i, j), t, None)] = Key("W", layer, (i, j), t + 1, None)
     samples = [key.sample] if key.sample is not None else trace.samples(t).tolist()
     recomputed = []
     for sample in samples:
         recomputed += [Key("delta", layer, (j,), t, sample) for layer in range(key.layer, L) for j in range(widths[layer])]
         if key.quantity in ("grad_W", "grad_b") and key.sample is None:
-            units = (itertools.product(range(widths[key.layer - 1]), range(widths[key.layer]))
+            units = (itertools.product(*map(range, _weight_shape(trace, key.layer)))
                      if key.quantity == "grad_W" else ((j,) for j in range(widths[key.layer])))
             recomputed += [Key(key.quantity, key.layer, tuple(u), t, sample) for u in units]
     for target in recomputed:
@@ -633,7 +648,7 @@ def _updated_above(trace, local, key):
 
 def _required_factor(trace, local, written, key, person, engine):
     """Name the factor of a product that would have to change, and to what."""
-    probe = _Values(trace, written)
+    probe = _Values(trace, written, local=local)
     value = local(key, probe)
     factors = [f for f in dict.fromkeys(probe.direct)]
     if key.quantity in ("grad_W", "grad_b", "delta") and key.sample is not None and value != 0:

@@ -64,17 +64,40 @@ def _signals_unwind():
             signal.signal(number, signal.SIG_DFL if handler is None else handler)
 
 
+@contextlib.contextmanager
+def _one_line_usage_errors():
+    """click's own usage errors (an option value out of range, a missing argument or file, an
+    unknown command or option) become one line `Error: ...` with exit 2, like every other bad
+    input, instead of click's Usage/Try/blank/Error block. `tracer` alone still shows the help."""
+    try:
+        yield
+    except click.exceptions.NoArgsIsHelpError:
+        raise
+    except click.UsageError as exc:
+        message = shorten(exc.format_message(), 300)
+        if exc.ctx is not None:
+            message += f" (see {exc.ctx.command_path} --help)"
+        raise _Failure(message, exc.exit_code) from None
+
+
 class _Tracer(click.Group):
     """Every command runs with its own temporary folder (removed at the end) and turns SIGINT and
-    SIGTERM into one line and the conventional exit code 128 + signal (130, 143)."""
+    SIGTERM into one line and the conventional exit code 128 + signal (130, 143). Usage errors
+    are one line (see _one_line_usage_errors)."""
+
+    def parse_args(self, ctx, args):
+        with _one_line_usage_errors():
+            return super().parse_args(ctx, args)
 
     def invoke(self, ctx):
         try:
-            with _signals_unwind(), output_module.private_tempdir():
+            with _signals_unwind(), output_module.private_tempdir(), _one_line_usage_errors():
                 return super().invoke(ctx)
         except Interrupted as interrupted:
             message = f"interrupted by {interrupted}; no partial file was left"
             raise _Failure(message, 128 + interrupted.number) from None
+        except TracerError as exc:  # from the set-up around the command (its temporary folder)
+            raise _Failure(str(exc), exc.exit_code) from None
 
 
 def _scenario_options(command):
@@ -135,12 +158,16 @@ def run(scenario, overrides, steps, output, trace_path, force, verify_after, win
     trace = engine.run(loaded)
     if span is not None:
         trace = trace.window(*span)
+    # both outputs are staged beside their targets and renamed together once both are complete
+    with output_module.atomic_paths(trace_path, output) as (staged_trace, staged_output):
+        if trace_path:
+            trace.write_csv(trace_path, into=staged_trace)
+        if output:
+            with _progress(trace.steps, "writing workbook") as advance:
+                writer.write(trace, output, force=force, progress=advance, parameters=parameters, into=staged_output)
     if trace_path:
-        trace.write_csv(trace_path)
         click.echo(f"wrote {trace_path}")
     if output:
-        with _progress(trace.steps, "writing workbook") as advance:
-            writer.write(trace, output, force=force, progress=advance, parameters=parameters)
         click.echo(f"wrote {output}" + (f" (steps {span[0]}..{span[1]}, starting from the engine's parameters at step {span[0]})" if span else ""))
     click.echo(_summary(trace))
     if output and verify_after:

@@ -728,6 +728,12 @@ def find_producer(trace):
                     name = param_name(s, kind, l, hit)
                     return Producer(step, f"∂E/∂{name}", store[l - 1][step][hit],
                                     f"the {s.reduction} of finite per-sample gradients over the batch overflows", [])
+        if not np.isfinite(trace.lr[step]):
+            hyper = s.optimizer_params
+            t = trace.first_step + step
+            k = t // hyper["step_size"] if hyper["schedule"] == "step" else t
+            return Producer(step, "lr", float(trace.lr[step]), f"the {hyper['schedule']} schedule lr·γ^k, which overflows",
+                            [("lr", float(hyper["lr"])), ("γ", float(hyper["gamma"])), ("k", k)])
         for l in range(1, L + 1):
             for kind, store, grads in (("W", trace.update_W, trace.grad_W), ("b", trace.update_b, trace.grad_b)):
                 hit = _first_bad(store[l - 1][step])

@@ -13,6 +13,7 @@ update sees it), theta, t, each hyper-parameter (a defined name), each state of 
 and prev_<state> (the previous step's state cell, or 0 at the first step).
 """
 from dataclasses import dataclass
+import math
 from typing import Callable
 
 import numpy as np
@@ -130,10 +131,21 @@ SCHEDULES = ("constant", "step", "exponential")
 
 
 def learning_rate(hyper, step):
-    """lr of `step` under the schedule: step decay lr·γ^⌊t/step_size⌋, exponential lr·γ^t."""
+    """lr of `step` under the schedule: step decay lr·γ^⌊t/step_size⌋, exponential lr·γ^t.
+    A γ^k (or lr·γ^k) beyond the double range is inf, as a spreadsheet's #NUM!: the run then
+    becomes non-finite like any other overflow."""
     schedule = hyper.get("schedule", "constant")
     if schedule == "step":
-        return hyper["lr"] * hyper["gamma"] ** (step // hyper["step_size"])
+        return hyper["lr"] * _power(hyper["gamma"], step // hyper["step_size"])
     if schedule == "exponential":
-        return hyper["lr"] * hyper["gamma"] ** step
+        return hyper["lr"] * _power(hyper["gamma"], step)
     return hyper["lr"]
+
+
+def _power(base, exponent):
+    """base ** exponent for base > 0 in IEEE arithmetic: inf where it overflows (Python's float
+    power raises OverflowError instead), 0 or subnormal where it underflows."""
+    try:
+        return base ** exponent
+    except OverflowError:
+        return math.inf

@@ -49,12 +49,12 @@ def check_targets(targets, force=False):
     """
     chosen = [(label, Path(path)) for label, path in targets.items() if path is not None]
     for number, (label, target) in enumerate(chosen):
-        for other_label, other in chosen[:number]:
-            if _same_file(target, other):
-                raise InputError(f"{other_label} and {label} name the same file {other}; give two different files")
         try:
+            for other_label, other in chosen[:number]:
+                if _same_file(target, other):
+                    raise InputError(f"{other_label} and {label} name the same file {other}; give two different files")
             _check_target(target, force)
-        except OSError as exc:  # looking the path up failed: a folder name too long, a loop of links
+        except OSError as exc:  # looking the path up failed: a name too long, a loop of links
             raise cannot_write(target, exc) from None
 
 
@@ -144,6 +144,29 @@ def atomic_path(target):
         abandon(temporary)
 
 
+@contextlib.contextmanager
+def atomic_paths(*targets):
+    """Like atomic_path for several targets written by one run: yield a temporary path beside
+    each target (None for a None target); when the block completes, rename them all into place
+    together, with SIGINT and SIGTERM held back until the last rename, so the targets are either
+    all as they were or all new, never a mix. On any error or signal remove every temporary."""
+    temporaries = []
+    try:
+        for target in targets:
+            temporaries.append(None if target is None else temporary_beside(target))
+        yield temporaries
+        chosen = [(temporary, Path(target)) for temporary, target in zip(temporaries, targets) if target is not None]
+        with signals_deferred():
+            for _, target in chosen:
+                _refuse_special(target)
+            for temporary, target in chosen:
+                commit(temporary, target)
+    finally:
+        for temporary in temporaries:
+            if temporary is not None:
+                abandon(temporary)
+
+
 def temporary_beside(target):
     """Create an empty temporary file `.NAME.XXXX.part` in the folder of `target` (of the file it
     names, for a symbolic link) and return its path."""
@@ -208,11 +231,15 @@ def signals_deferred():
 def private_tempdir():
     """Give this process its own folder for temporary files (openpyxl's sheet streams, verify's
     copies, LibreOffice's profile) inside the usual one, and remove it with everything in it when
-    the block ends, however it ends."""
+    the block ends, however it ends. OutputError when no temporary folder can be made (TMPDIR
+    and the usual places missing, not writable or full)."""
     previous, folder = tempfile.tempdir, None
     try:
         with signals_deferred():
-            folder = tempfile.mkdtemp(prefix="tracer-")
+            try:
+                folder = tempfile.mkdtemp(prefix="tracer-")
+            except OSError as exc:
+                raise OutputError(f"cannot create a temporary folder (TMPDIR, /tmp): {exc.strerror or exc}") from None
             tempfile.tempdir = folder
         yield folder
     finally:

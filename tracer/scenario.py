@@ -293,7 +293,7 @@ def _check_size(scenario):
     if fitting >= 1:
         raise ScenarioError(
             scenario.source, "steps",
-            f"{scenario.steps:,} steps would need {_size(needed)} of memory for the trace, {cap}: "
+            f"{shorten(f'{scenario.steps:,}', 40)} steps would need {_size(needed)} of memory for the trace, {cap}: "
             f"use at most {fitting:,} steps (steps = {fitting} or --steps {fitting})",
         )
     widest = max(range(len(scenario.layers)), key=lambda index: scenario.layers[index].units)
@@ -305,11 +305,16 @@ def _check_size(scenario):
 
 
 def _size(count):
-    """A byte count in words: 8.0 GiB, 12.5 MiB, 3.2 TiB."""
-    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
-        if count < 1024 or unit == "PiB":
-            return f"{count:,.1f} {unit}" if unit != "bytes" else f"{count} bytes"
-        count /= 1024
+    """A byte count (an int of any size) in words: 8.0 GiB, 12.5 MiB, 3.2 TiB, about 1e+30 PiB."""
+    if count < 1024:
+        return f"{count} bytes"
+    for power, unit in enumerate(("KiB", "MiB", "GiB", "TiB", "PiB"), start=1):
+        if count < 1024 ** (power + 1) or unit == "PiB":
+            break
+    whole = count // 1024 ** power
+    if whole >= 10 ** 15:   # beyond a float's exact range (or range): the order of magnitude
+        return f"about 1e+{len(str(whole)) - 1} {unit}"
+    return f"{count / 1024 ** power:,.1f} {unit}"
 
 
 def normalization_stats(raw_inputs, normalize):

@@ -7,22 +7,19 @@ variants are ranked best outcome first, then by final loss. Runs go to a pool of
 processes (2 by default: both cores); results are written as they arrive (the CSV is replaced
 atomically after every run), so an interrupted sweep keeps what finished.
 """
-from dataclasses import dataclass, field, asdict
+from dataclasses import dataclass, field
 import csv
 import itertools
 import json
 import math
 import multiprocessing
-import os
 from pathlib import Path
-import re
 import signal
-import tempfile
 
 import numpy as np
 
-from . import activations, diagnose, engine, scenario as scenario_module
-from .errors import InputError, OutputExistsError, TracerError
+from . import diagnose, engine, output, scenario as scenario_module
+from .errors import InputError, OutputError, TracerError, shorten
 
 RELU_FAMILY = ("relu", "leaky_relu", "elu", "gelu", "silu")
 CSV_COLUMNS = ("variant", "label", "changes", "outcome", "outcome_step", "initial_loss", "final_loss", "note")
@@ -69,13 +66,13 @@ def toml_value(value):
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
     if isinstance(value, dict):
         return "{" + ", ".join(f"{key} = {toml_value(v)}" for key, v in value.items()) + "}"
-    raise InputError(f"cannot write {value!r} as a --set value")
+    raise InputError(f"cannot write {shorten(value, 60)} as a --set value")
 
 
 def split_values(text):
     """'a=1,2,[3,4]' -> ('a', ['1', '2', '[3,4]']): commas inside brackets, braces or quotes stay."""
     if "=" not in text:
-        raise InputError(f"--set {text!r}: must look like KEY.PATH=VALUE[,VALUE...]")
+        raise InputError(f"--set {shorten(text, 60)}: must look like KEY.PATH=VALUE[,VALUE...]")
     key, values = (part.strip() for part in text.split("=", 1))
     parts, depth, quote, current = [], 0, None, ""
     for char in values:
@@ -94,7 +91,7 @@ def split_values(text):
         current += char
     parts.append(current.strip())
     if not key or any(not p for p in parts):
-        raise InputError(f"--set {text!r}: empty key or value")
+        raise InputError(f"--set {shorten(text, 60)}: empty key or value")
     return key, parts
 
 
@@ -266,29 +263,31 @@ class ResultList(list):
 
 # ---------------------------------------------------------------- outputs
 
-def check_outputs(paths, force):
-    """Refuse existing outputs (without force) before anything runs."""
-    for path in paths:
-        if path and Path(path).exists() and not force:
-            raise OutputExistsError(f"{path} exists; use --force to replace it")
-
-
-def _atomic(path, write):
-    """Write via a temporary file beside `path`, renamed into place when complete."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-    os.close(handle)
-    try:
-        write(temporary)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)
-        os.replace(temporary, target)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
+def check_outputs(summary, csv_path, workbooks, variants, force):
+    """Check every output before anything runs, as `tracer run` does (output.check_targets: not
+    two options for one file, no existing file without `force`, folders that exist, names that
+    fit); return {variant index: its workbook path} in the folder `workbooks` (or {}). A missing
+    `workbooks` folder is created (its parent must exist) after every check has passed."""
+    targets = {"-o": summary, "--csv": csv_path}
+    paths = {}
+    if workbooks:
+        folder = Path(workbooks)
+        paths = {k: str(folder / output.safe_file_name(f"{k:03d}-{v.label}", ".xlsx")) for k, v in enumerate(variants)}
+        if folder.exists() and not folder.is_dir():
+            raise OutputError(f"--workbooks {workbooks}: not a folder")
+        if folder.is_dir():
+            targets.update((f"--workbooks {Path(path).name}", path) for path in paths.values())
+        else:
+            parent = folder.parent if str(folder.parent) else Path(".")
+            if not parent.is_dir():
+                raise OutputError(f"--workbooks {workbooks}: folder {parent} does not exist")
+    output.check_targets(targets, force=force)
+    if workbooks and not Path(workbooks).is_dir():
+        try:
+            Path(workbooks).mkdir()
+        except OSError as exc:
+            raise output.cannot_write(workbooks, exc) from None
+    return paths
 
 
 def _number(value):
@@ -305,7 +304,8 @@ def write_csv(results, path):
                 writer.writerow([r.index, r.label, "; ".join(r.changes), r.outcome,
                                  "" if r.outcome_step is None else r.outcome_step,
                                  _number(r.initial_loss), _number(r.final_loss), r.note])
-    _atomic(path, write)
+    with output.atomic_path(path) as temporary:
+        write(temporary)
 
 
 def ranked(results):
@@ -419,16 +419,13 @@ def write_summary(results, path, scenario_name, interrupted=False):
         chart.legend = None
         chart.x_axis.delete = chart.y_axis.delete = False
         summary.add_chart(chart, anchor)
-    _atomic(path, book.save)
+    with output.atomic_path(path) as temporary:
+        book.save(temporary)
 
 
 def _column(index):
     from openpyxl.utils import get_column_letter
     return get_column_letter(index)
-
-
-def slug(text):
-    return re.sub(r"[^A-Za-z0-9._=-]+", "_", text).strip("_")[:60] or "variant"
 
 
 def sweep(reference, variants, overrides=(), steps=None, workers=2, summary=None, csv_path=None,
@@ -448,15 +445,7 @@ def sweep(reference, variants, overrides=(), steps=None, workers=2, summary=None
         the list of Results (attribute `interrupted` when stopped by Ctrl-C).
     """
     scenario = scenario_module.load(reference, overrides=overrides, steps=steps)
-    paths = {}
-    if workbooks:
-        folder = Path(workbooks)
-        if folder.exists() and not folder.is_dir():
-            raise InputError(f"--workbooks {workbooks}: not a folder")
-        paths = {k: str(folder / f"{k:03d}-{slug(v.label)}.xlsx") for k, v in enumerate(variants)}
-    check_outputs([summary, csv_path, *paths.values()], force)
-    if workbooks:
-        Path(workbooks).mkdir(parents=True, exist_ok=True)
+    paths = check_outputs(summary, csv_path, workbooks, variants, force)
     jobs = [Job(k, reference, tuple(overrides), steps, v, paths.get(k), force) for k, v in enumerate(variants)]
     finished = []
 

@@ -273,11 +273,23 @@ class Trace:
             for j, value in enumerate(array.reshape(-1)):
                 yield step, sample, name, layer + 1, j, None, value
 
-    def write_csv(self, path):
+    def write_csv(self, path, into=None):
         """Write the tidy CSV (columns: step,sample,quantity,layer,row,col,value), the rows of
         `rows()` in their order, values with full precision (repr), lines ending in CRLF (as the
-        csv module writes them), under a temporary name beside `path`, renamed to `path` when complete."""
-        with output.atomic_path(path) as temporary, open(temporary, "w", newline="", encoding="utf-8") as handle:
+        csv module writes them), under a temporary name beside `path`, renamed to `path` when
+        complete; with `into` (a temporary beside `path` that the caller renames, see
+        output.atomic_paths) write it there instead."""
+        if into is None:
+            with output.atomic_path(path) as temporary:
+                self._write_csv_file(temporary)
+            return
+        try:
+            self._write_csv_file(into)
+        except OSError as exc:
+            raise output.cannot_write(path, exc) from None
+
+    def _write_csv_file(self, file_path):
+        with open(file_path, "w", newline="", encoding="utf-8") as handle:
             handle.write(",".join(CSV_COLUMNS) + "\r\n")
             for table in self.tables():
                 handle.write(_csv_text(table))

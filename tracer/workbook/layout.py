@@ -279,9 +279,10 @@ class TraceLayout:
                 self.columns[-1].first = formula(dict(row_refs[key], **first))
                 assert got == state_letters[(state, key)]
         if lr_letter:
-            # IFERROR: γ^k below 2.2e-308 is #NUM! in a spreadsheet, 0 (or subnormal) in IEEE arithmetic
-            decay = ("learning_rate*IFERROR(schedule_gamma^INT($A{r}/schedule_step_size),0)" if hyper["schedule"] == "step"
-                     else "learning_rate*IFERROR(schedule_gamma^$A{r},0)")
+            # γ^k below 2.2e-308 is #NUM! in a spreadsheet, 0 (or subnormal) in IEEE arithmetic: IFERROR
+            # makes it 0 when γ < 1; when γ > 1 the power can only overflow, and the #NUM! stays (engine: inf)
+            power = "schedule_gamma^INT($A{r}/schedule_step_size)" if hyper["schedule"] == "step" else "schedule_gamma^$A{r}"
+            decay = f"learning_rate*IF(schedule_gamma>1,{power},IFERROR({power},0))"
             got = self._add("schedule", "lr", f"learning rate of the step ({hyper['schedule']} decay)", ("lr",), total=decay)
             assert got == lr_letter
         if s.clip_norm is not None:

@@ -115,7 +115,7 @@ def table_layouts(trace, layout, parameters=(), findings=None):
             chainrule.ChainRuleLayout(trace, layout, parameters), histograms.HistogramLayout(trace, layout, steps_layout)]
 
 
-def write(trace, path, force=False, progress=None, parameters=()):
+def write(trace, path, force=False, progress=None, parameters=(), into=None):
     """Write `trace` as a workbook at `path`; refuse to replace an existing file unless `force`.
 
     Args:
@@ -124,6 +124,8 @@ def write(trace, path, force=False, progress=None, parameters=()):
         force: replace an existing file.
         progress: optional callable(steps_done) called as steps are written.
         parameters: extra parameter names (W2[1,0], b1[0]) for the ChainRule sheet.
+        into: a temporary beside `path` that the caller renames (output.atomic_paths, to commit
+            several outputs together): the workbook is written there and not renamed.
     Returns:
         the TraceLayout used (cell positions of every quantity).
     """
@@ -133,7 +135,7 @@ def write(trace, path, force=False, progress=None, parameters=()):
     layout = build_layout(trace)
     check_limits(layout)
     tables = table_layouts(trace, layout, parameters)
-    temporary = output.temporary_beside(target)
+    temporary = output.temporary_beside(target) if into is None else into
     workbook = Workbook(write_only=True)
     try:
         bodies = [_write_trace(workbook, trace, layout, progress)]
@@ -148,10 +150,12 @@ def write(trace, path, force=False, progress=None, parameters=()):
         bodies.append(_write_data(workbook, trace.scenario))
         bodies.append(_write_text(workbook, "Scenario", trace.scenario.text.splitlines()))
         _save(workbook, temporary, bodies)
-        output.commit(temporary, target)
+        if into is None:
+            output.commit(temporary, target)
     except BaseException as exc:
         _discard(workbook)
-        output.abandon(temporary)
+        if into is None:
+            output.abandon(temporary)
         if isinstance(exc, OSError):
             raise output.cannot_write(target, exc) from None
         raise
