@@ -219,9 +219,9 @@ def test_residual_network_verifies(recomputed):
 # ---------------------------------------------------------------- what every client reads
 
 def _engine_value(trace, key, row):
-    """The engine's value of one layout row's cell (verify's lookup, for a single row)."""
+    """The engine's value of one layout row's cell (Trace.values, for a single row)."""
     one = lambda value: np.array([value or 0], dtype=np.intp)  # noqa: E731
-    return verify.engine_values(trace, key, row.kind, one(row.step), one(row.slot), one(row.sample))[0]
+    return trace.values(key, row.kind, one(row.step), one(row.slot), one(row.sample))[0]
 
 
 def _grids(path):
