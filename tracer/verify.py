@@ -46,11 +46,10 @@ class Report:
     spreadsheet: str = "LibreOffice"
     cells_by_sheet: dict = field(default_factory=dict)
 
-    def count(self, where):
-        """Count one compared cell at `where` (Sheet!A1)."""
-        self.cells += 1
-        sheet = where.split("!", 1)[0]
-        self.cells_by_sheet[sheet] = self.cells_by_sheet.get(sheet, 0) + 1
+    def count(self, sheet, cells=1):
+        """Count `cells` compared cells of `sheet`."""
+        self.cells += cells
+        self.cells_by_sheet[sheet] = self.cells_by_sheet.get(sheet, 0) + cells
 
     @property
     def ok(self):
@@ -72,8 +71,7 @@ def _judge(report, sheet_name, x, y, kind, floor, describe):
     NUMBER/ERROR/...), floor the cancellation floors. Counts them, matches error cells, keeps the
     largest relative difference and returns the positions of the cells that disagree.
     describe(k) -> (where, header) names cell k."""
-    report.cells += len(x)
-    report.cells_by_sheet[sheet_name] = report.cells_by_sheet.get(sheet_name, 0) + len(x)
+    report.count(sheet_name, len(x))
     is_number, engine_finite = kind == xlsxread.NUMBER, np.isfinite(x)
     with np.errstate(all="ignore"):
         rel = np.abs(x - y) / np.maximum(np.maximum(np.abs(x), np.abs(y)), floor)
@@ -289,7 +287,7 @@ def _compare_table(report, table, sheet):
     wrong = []
     for block, number, index, x in texts:
         where = f"{table.title}!{get_column_letter(index + 1)}{number}"
-        report.count(where)
+        report.count(table.title)
         y = sheet.value(number, index)
         if (y or "") != x:
             wrong.append((block, 0, Mismatch(where, headers[index], x, y)))
