@@ -142,6 +142,18 @@ BATCHNORM = GOOD.replace('[[layers]]\nunits = 1', '[[layers]]\nkind = "batchnorm
 THREE_ROWS = ('[[1.0, 2.0], [3.0, 4.0]]\ntargets = [[1.0], [0.0]]', '[[1.0, 2.0], [3.0, 4.0], [0.5, 1.0]]\ntargets = [[1.0], [0.0], [1.0]]')
 
 
+def _refusal(tmp_path, invoke, text, edits):
+    """`tracer run -o` on `text` with each (old, new) edit made once: the one-line refusal (exit 2)."""
+    for old, new in edits:
+        assert old in text
+        text = text.replace(old, new, 1)
+    result = invoke("run", write_toml(tmp_path, text), "-o", tmp_path / "out.xlsx")
+    assert result.exit_code == 2, result.output
+    line = result.output.strip()
+    assert len(line.splitlines()) == 1 and line.startswith("Error:"), line
+    return line
+
+
 @pytest.mark.parametrize("edits,detail", [
     ([('lr = 0.1', 'lr = 0.1\n[training]\nbatch = 1')], "batches of 1 sample"),
     ([('[[1.0, 2.0], [3.0, 4.0]]\ntargets = [[1.0], [0.0]]', '[[1.0, 2.0]]\ntargets = [[1.0]]')], "batches of 1 sample"),
@@ -149,14 +161,7 @@ THREE_ROWS = ('[[1.0, 2.0], [3.0, 4.0]]\ntargets = [[1.0], [0.0]]', '[[1.0, 2.0]
 ], ids=["batch 1", "one sample", "last batch of 1"])
 def test_batchnorm_refuses_a_batch_of_one_sample(tmp_path, invoke, edits, detail):
     """PyTorch: 'Expected more than 1 value per channel when training'; x̂ would be 0 for every input."""
-    text = BATCHNORM
-    for old, new in edits:
-        assert old in text
-        text = text.replace(old, new, 1)
-    result = invoke("run", write_toml(tmp_path, text), "-o", tmp_path / "out.xlsx")
-    assert result.exit_code == 2, result.output
-    line = result.output.strip()
-    assert len(line.splitlines()) == 1 and line.startswith("Error:")
+    line = _refusal(tmp_path, invoke, BATCHNORM, edits)
     assert "training.batch" in line and "layers[1]" in line and "more than 1 sample" in line and detail in line, line
     assert not (tmp_path / "out.xlsx").exists()
 
@@ -181,14 +186,9 @@ def test_batchnorm_with_batches_of_two_or_more_loads(tmp_path):
      "data.targets", ["row 1", "-0.25", "outside [0, 1]", "softmax_ce"]),
 ], ids=["softmax one unit", "softmax without softmax_ce", "bce target 1.5", "softmax_ce target -0.25"])
 def test_losses_whose_gradient_would_be_wrong_are_refused(tmp_path, invoke, edits, key, fragments):
-    text = GOOD
-    for old, new in edits:
-        assert old in text
-        text = text.replace(old, new, 1)
-    result = invoke("run", write_toml(tmp_path, text), "-o", tmp_path / "out.xlsx")
-    assert result.exit_code == 2, result.output
-    line = result.output.strip()
-    assert len(line.splitlines()) == 1 and line.startswith("Error:") and f": {key}: " in line, line
+    line = _refusal(tmp_path, invoke, GOOD, edits)
+    assert f": {key}: " in line, line
+    assert not (tmp_path / "out.xlsx").exists()
     for fragment in fragments:
         assert fragment in line, line
 

@@ -3,6 +3,7 @@ import dataclasses
 import copy
 import math
 import numbers
+import re
 import xml.etree.ElementTree as ET
 import zipfile
 
@@ -218,9 +219,9 @@ def test_residual_network_verifies(recomputed):
 # ---------------------------------------------------------------- what every client reads
 
 def _engine_value(trace, key, row):
-    """The engine's value of one layout row's cell (verify's lookup, for a single row)."""
+    """The engine's value of one layout row's cell (Trace.values, for a single row)."""
     one = lambda value: np.array([value or 0], dtype=np.intp)  # noqa: E731
-    return verify.engine_values(trace, key, row.kind, one(row.step), one(row.slot), one(row.sample))[0]
+    return trace.values(key, row.kind, one(row.step), one(row.slot), one(row.sample))[0]
 
 
 def _grids(path):
@@ -436,12 +437,14 @@ def test_headers_are_not_cut(tmp_path):
     trace = engine.run(scenario_module.load("batchnorm-deep"))
     writer.write(trace.window(3, 5), path)
     book = openpyxl.load_workbook(path)
-    for sheet in ("Trace", "Steps", "Diagnosis", "ChainRule", "Settings", "Data"):
+    for sheet in ("Trace", "Steps", "Diagnosis", "ChainRule", "Histograms", "Settings", "Data"):
         ws = book[sheet]
         header_row = 2 if sheet == "Trace" else 1
         for cell in ws[header_row]:
             if cell.value:
                 assert ws.column_dimensions[cell.column_letter].width >= len(cell.value), (sheet, cell.value)
+                # a layer index is written in superscript digits: ⁽¹⁾, never ⁽1⁾
+                assert not re.search(r"⁽[0-9]", cell.value), (sheet, cell.value)
     assert book["Trace"].column_dimensions["B"].width >= len("Σ θ from engine")
     assert book["Steps"]["C1"].value == "‖∇⁽¹⁾‖" and book["Diagnosis"]["B1"].value == "‖∇⁽¹⁾‖"
 

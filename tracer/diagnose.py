@@ -332,7 +332,7 @@ def _stall_sentences(d):
                                   "move the weights."))
     for l, fractions in series.saturation.items():
         if l == L and losses.LOSSES[s.loss].fused:
-            continue   # the output delta y − t of a fused loss does not pass through σ'
+            continue   # a fused loss's output delta (a − t, a·Σt − t) does not pass through σ'
         if not (fractions > 0).any():
             continue
         act = activations.get(s.layers[l - 1].activation)
@@ -601,7 +601,7 @@ def dominant_path(trace, layer, step):
         units.append(following)
         slopes.append(float(slope[m + 1][following]))
     if fused:
-        slopes.pop()   # the output delta y − t carries no slope
+        slopes.pop()   # a fused loss's output delta carries no slope
     return units, slopes, weights
 
 
@@ -705,7 +705,9 @@ def find_producer(trace):
             if hit:
                 slot, j = hit
                 if l == L and losses.LOSSES[s.loss].fused:
-                    op, operands = "y − t", [(f"y[{j}]", float(trace.a[L - 1][step, slot, j]))]
+                    y, t = trace.a[L - 1][step, slot], s.targets[ids[slot]]
+                    op = f"the {s.loss} output delta δ = {losses.LOSSES[s.loss].delta_text}"
+                    operands = [(f"a[{k}]", float(v)) for k, v in enumerate(y)] + [(f"t[{k}]", float(v)) for k, v in enumerate(t)]
                 else:
                     e = trace.output_error[step, slot, j] if l == L else trace.error[l - 1][step, slot, j]
                     op, operands = _product(f"f'(u{l}[{j}])", trace.slope[l - 1][step, slot, j], f"e{l}[{j}]", e)

@@ -38,7 +38,8 @@ class Loss:
 
     @property
     def fused(self):
-        """True when the output delta is y − t directly (bce with sigmoid, softmax_ce)."""
+        """True when the loss owns the output delta δ = ∂E/∂u (`delta`: y − t for bce with
+        sigmoid, y·Σt − t for softmax_ce) and the output slope is not used."""
         return self.error is None
 
 

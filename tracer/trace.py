@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import optim, output
+from . import losses, optim, output
 
 CSV_COLUMNS = ("step", "sample", "quantity", "layer", "row", "col", "value")
 BATCHNORM_PER_SAMPLE = ("xhat", "dxhat")
@@ -82,7 +82,7 @@ class Trace:
                   for i, j, layer in zip(widths[:-1], widths[1:], scenario.layers)]
         parameter_shapes = {"W": shapes, "b": [(j,) for j in widths[1:]]}
         states = optim.OPTIMIZERS[scenario.optimizer].state
-        fused = scenario.loss in ("bce", "softmax_ce")
+        fused = losses.LOSSES[scenario.loss].fused
         return cls(
             scenario=scenario, sample_ids=sample_ids,
             u=per_unit(), a=per_unit(), slope=per_unit(), delta=per_unit(), h=per_unit(), error=per_unit(),
@@ -116,13 +116,49 @@ class Trace:
         weights = sum((1 if layer.kind == "batchnorm" else i) * j
                       for i, j, layer in zip(widths[:-1], widths[1:], scenario.layers))
         states = len(optim.OPTIMIZERS[scenario.optimizer].state)
-        fused = scenario.loss in ("bce", "softmax_ce")
+        fused = losses.LOSSES[scenario.loss].fused
         per_sample = (len(PER_SAMPLE_UNIT) + 3 + len(BATCHNORM_PER_SAMPLE)) * units + weights \
             + (0 if fused else widths[-1]) + 1 + 1          # + sample_loss and the sample id
         per_step = size * per_sample + 3 * (weights + units) + len(BATCHNORM_PER_STEP) * units \
             + 2 + states * (weights + units) + (2 if scenario.clip_norm is not None else 0)
         once = weights + units + states * (weights + units)  # final parameters, initial optimiser state
         return 8 * (steps * per_step + once)
+
+    def values(self, key, kind, step, slot, sample):
+        """The engine's values of quantity `key` (a workbook layout column's key: ("u", l, j),
+        ("grad_W", l, (i, j)), ("loss",), ...) in rows of one kind ("sample", "total" or "final"),
+        given as arrays of their step, batch slot and data row (any value where unused)."""
+        name = key[0]
+        if name == "step":
+            return (self.first_step + step).astype(float)
+        if name == "sample":
+            return sample.astype(float) if kind == "sample" else np.zeros(len(step))
+        if name == "loss":
+            return self.sample_loss[step, slot] if kind == "sample" else self.loss[step]
+        if name in ("grad_norm", "clip_factor", "lr"):
+            return getattr(self, name)[step]
+        if (name.rsplit("_", 1)[0], name[-1]) in self.state:
+            return self.state[(name.rsplit("_", 1)[0], name[-1])][key[1] - 1][(step,) + tuple(key[2])]
+        layer, index = key[1], key[2]
+        if name == "x":
+            return self.scenario.inputs[sample, index]
+        if name == "t":
+            return self.scenario.targets[sample, index]
+        if name in BATCHNORM_PER_SAMPLE:
+            return self.norm[name][layer - 1][step, slot, index]
+        if name in tuple(f"bn_{q}" for q in BATCHNORM_PER_STEP):
+            return self.norm[name[3:]][layer - 1][step, index]
+        if name in PER_SAMPLE_UNIT + ("h", "e"):
+            store = self.error if name == "e" else getattr(self, name)
+            return store[layer - 1][step, slot, index]
+        if name == "dE_da":
+            return self.output_error[step, slot, index]
+        if name in ("grad_W", "grad_b"):
+            store = getattr(self, name + "_sample") if kind == "sample" else getattr(self, name)
+            where = (step, slot) if kind == "sample" else (step,)
+            return store[layer - 1][where + tuple(index)]
+        store = {"W": self.W, "b": self.b, "update_W": self.update_W, "update_b": self.update_b}[name]
+        return store[layer - 1][(step,) + tuple(index)]
 
     def window(self, first, last):
         """Steps first..last (inclusive) as a Trace whose starting parameters are the engine's at `first`."""

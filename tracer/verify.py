@@ -46,11 +46,10 @@ class Report:
     spreadsheet: str = "LibreOffice"
     cells_by_sheet: dict = field(default_factory=dict)
 
-    def count(self, where):
-        """Count one compared cell at `where` (Sheet!A1)."""
-        self.cells += 1
-        sheet = where.split("!", 1)[0]
-        self.cells_by_sheet[sheet] = self.cells_by_sheet.get(sheet, 0) + 1
+    def count(self, sheet, cells=1):
+        """Count `cells` compared cells of `sheet`."""
+        self.cells += cells
+        self.cells_by_sheet[sheet] = self.cells_by_sheet.get(sheet, 0) + cells
 
     @property
     def ok(self):
@@ -67,49 +66,12 @@ class Report:
         return text
 
 
-def engine_values(trace, key, kind, step, slot, sample):
-    """The engine's values of quantity `key` in layout rows of one kind ("sample", "total" or
-    "final"), given as arrays of their step, batch slot and data row (any value where unused)."""
-    name = key[0]
-    if name == "step":
-        return (trace.first_step + step).astype(float)
-    if name == "sample":
-        return sample.astype(float) if kind == "sample" else np.zeros(len(step))
-    if name == "loss":
-        return trace.sample_loss[step, slot] if kind == "sample" else trace.loss[step]
-    if name in ("grad_norm", "clip_factor", "lr"):
-        return getattr(trace, name)[step]
-    if (name.rsplit("_", 1)[0], name[-1]) in trace.state:
-        return trace.state[(name.rsplit("_", 1)[0], name[-1])][key[1] - 1][(step,) + tuple(key[2])]
-    layer, index = key[1], key[2]
-    if name == "x":
-        return trace.scenario.inputs[sample, index]
-    if name == "t":
-        return trace.scenario.targets[sample, index]
-    if name in ("xhat", "dxhat"):
-        return trace.norm[name][layer - 1][step, slot, index]
-    if name in ("bn_mean", "bn_var", "bn_m1", "bn_m2"):
-        return trace.norm[name[3:]][layer - 1][step, index]
-    if name in ("u", "a", "slope", "delta", "h", "e"):
-        store = trace.error if name == "e" else getattr(trace, name)
-        return store[layer - 1][step, slot, index]
-    if name == "dE_da":
-        return trace.output_error[step, slot, index]
-    if name in ("grad_W", "grad_b"):
-        store = getattr(trace, name + "_sample") if kind == "sample" else getattr(trace, name)
-        where = (step, slot) if kind == "sample" else (step,)
-        return store[layer - 1][where + tuple(index)]
-    store = {"W": trace.W, "b": trace.b, "update_W": trace.update_W, "update_b": trace.update_b}[name]
-    return store[layer - 1][(step,) + tuple(index)]
-
-
 def _judge(report, sheet_name, x, y, kind, floor, describe):
     """Judge cells in order, vectorised: x the engine's values, y and kind the sheet's (xlsxread
     NUMBER/ERROR/...), floor the cancellation floors. Counts them, matches error cells, keeps the
     largest relative difference and returns the positions of the cells that disagree.
     describe(k) -> (where, header) names cell k."""
-    report.cells += len(x)
-    report.cells_by_sheet[sheet_name] = report.cells_by_sheet.get(sheet_name, 0) + len(x)
+    report.count(sheet_name, len(x))
     is_number, engine_finite = kind == xlsxread.NUMBER, np.isfinite(x)
     with np.errstate(all="ignore"):
         rel = np.abs(x - y) / np.maximum(np.maximum(np.abs(x), np.abs(y)), floor)
@@ -220,7 +182,7 @@ def _engine_matrix(trace, layout, rows):
                 continue
             for index, column in enumerate(layout.columns):
                 try:
-                    values = engine_values(trace, column.key, kind, rows.step[where], rows.slot[where], rows.sample[where])
+                    values = trace.values(column.key, kind, rows.step[where], rows.slot[where], rows.sample[where])
                 except (IndexError, KeyError, TypeError, AttributeError):
                     continue   # a quantity this kind of row does not hold (never read)
                 matrix[where, index] = np.asarray(values, dtype=float)
@@ -325,7 +287,7 @@ def _compare_table(report, table, sheet):
     wrong = []
     for block, number, index, x in texts:
         where = f"{table.title}!{get_column_letter(index + 1)}{number}"
-        report.count(where)
+        report.count(table.title)
         y = sheet.value(number, index)
         if (y or "") != x:
             wrong.append((block, 0, Mismatch(where, headers[index], x, y)))

@@ -11,7 +11,7 @@ import numpy as np
 from openpyxl.utils import get_column_letter as _letter
 
 from .. import activations
-from ..diagnose import layer_flag, stall_series
+from ..diagnose import layer_flag, loss_minimum, stall_series
 from .notation import layer as _layer
 
 
@@ -91,11 +91,11 @@ class DiagnosisLayout:
                                           "threshold_plateau_far·(E₀ − E_min)"),
                    ("flips", "ΔE sign flips", "steps in a row where ΔE changed sign"),
                    ("oscillating", "oscillating", "sign flips ≥ threshold_oscillation while |ΔE|/|E| > threshold_plateau")]
-        columns += [(("depth", l), f"‖∇⁽{l}⁾‖/‖∇⁽{L}⁾‖", "gradient norm relative to the output layer's")
+        columns += [(("depth", l), f"‖∇{_layer(l)}‖/‖∇{_layer(L)}‖", "gradient norm relative to the output layer's")
                     for l in range(1, L)]
         if L > 1:
             columns.append(("deep", "below depth", "layers whose ratio is below threshold_depth_ratio (vanishing relative to depth)"))
-        columns += [(("update", l), f"|Δθ⁽{l}⁾|/|θ⁽{l}⁾|", "update-to-weight ratio of the layer (≈1e-3 healthy)")
+        columns += [(("update", l), f"|Δθ{_layer(l)}|/|θ{_layer(l)}|", "update-to-weight ratio of the layer (≈1e-3 healthy)")
                     for l in range(1, L + 1)]
         columns.append(("update_flag", "updates", "unstable if a ratio exceeds threshold_update_unstable, else frozen if "
                                                   "one is below threshold_update_frozen"))
@@ -103,11 +103,11 @@ class DiagnosisLayout:
             act = activations.get(layer.activation)
             if act.saturates_at:
                 levels = ", ".join(f"{v:g}" for v in act.saturates_at)
-                columns.append((("saturation", l), f"saturated⁽{l}⁾ share",
+                columns.append((("saturation", l), f"saturated{_layer(l)} share",
                                 f"share of the step's unit-samples with {act.symbol} within threshold_saturation of {levels}"))
         for l, layer in enumerate(s.layers, start=1):
             if activations.get(layer.activation).can_die:
-                columns.append((("floor", l), f"at floor⁽{l}⁾", "units with u ≤ 0 for every sample of the step"))
+                columns.append((("floor", l), f"at floor{_layer(l)}", "units with u ≤ 0 for every sample of the step"))
         return columns
 
     def _stall_headers(self):
@@ -172,7 +172,6 @@ class DiagnosisLayout:
     @property
     def minimum(self):
         if not hasattr(self, "_minimum"):
-            from ..diagnose import loss_minimum
             self._minimum = loss_minimum(self.trace)
         return self._minimum
 

@@ -20,6 +20,8 @@ import numpy as np
 from openpyxl.chart import BarChart, Reference
 from openpyxl.utils import get_column_letter as _letter
 
+from . import notation
+
 MAX_BINS = 12
 ZERO = 1e-9      # |value| at most this fraction of the largest |value| of its group counts as 0 (rounding)
 
@@ -116,7 +118,7 @@ class HistogramLayout:
     def headers(self):
         heads = [("step", "training step t", 7)]
         for quantity, l in self.groups():
-            symbol = f"∇⁽{l}⁾" if quantity == "gradient" else f"θ⁽{l}⁾"
+            symbol = f"∇{notation.layer(l)}" if quantity == "gradient" else f"θ{notation.layer(l)}"
             what = (f"batch gradients of W{l} and b{l}" if quantity == "gradient"
                     else f"parameters W{l} and b{l} used at the step")
             heads.append((f"{symbol} tol", f"{ZERO:g} × the largest finite |value| of the {what}: at most this counts as 0", 11))

@@ -199,7 +199,7 @@ def _fit(width, *texts):
 
 class _Rows:
     """Several layout rows of one kind at once: step, slot and sample are index arrays, so that
-    verify.engine_values (one lookup of the engine's value per quantity) returns them all."""
+    Trace.values (one lookup of the engine's value per quantity) returns them all."""
 
     def __init__(self, kind, rows):
         self.kind = kind
@@ -210,12 +210,11 @@ class _Rows:
 
 def _engine_values(trace, columns, kind, rows):
     """(rows × columns) engine values of the formula cells of `rows` (all of one kind)."""
-    from ..verify import engine_values
     if not rows or not columns:
         return np.empty((len(rows), len(columns)))
     block = _Rows(kind, rows)
     with np.errstate(all="ignore"):
-        return np.column_stack([np.broadcast_to(np.asarray(engine_values(trace, c.key, kind, block.step, block.slot, block.sample), dtype=float), (len(rows),))
+        return np.column_stack([np.broadcast_to(np.asarray(trace.values(c.key, kind, block.step, block.slot, block.sample), dtype=float), (len(rows),))
                                 for c in columns])
 
 

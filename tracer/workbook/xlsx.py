@@ -65,13 +65,14 @@ def style(index):
 
 
 def value_cell(ref, value, style_attr=""):
-    """A constant cell: number, error code (#NUM!) or inline text; None gives no cell."""
-    if value is None:
+    """A constant cell: number, error code (#NUM!) or inline text; None or empty text gives no
+    cell (every reader then sees an empty cell, not sometimes '' and sometimes None)."""
+    if value is None or value == "":
         return ""
-    if isinstance(value, bool):
+    if isinstance(value, (bool, np.bool_)):
         return f'<c r="{ref}"{style_attr} t="b"><v>{int(value)}</v></c>'
-    if isinstance(value, int):
-        return f'<c r="{ref}"{style_attr}><v>{value}</v></c>'
+    if isinstance(value, (int, np.integer)):
+        return f'<c r="{ref}"{style_attr}><v>{int(value)}</v></c>'
     if isinstance(value, float):
         text = number(value)
         return (f'<c r="{ref}"{style_attr}><v>{text}</v></c>' if text is not None
