@@ -124,8 +124,12 @@ class HistogramLayout:
                 row.append(f'={ZERO!r}*MAX(_xlfn.MAXIFS({span},{span},">0"),-_xlfn.MINIFS({span},{span},"<0"))')
                 row.append(f'=COUNTIFS({span},">="&-{tol},{span},"<="&{tol})')
                 for low, high in zip(self.edges, self.edges[1:]):
-                    row.append(f'=COUNTIFS({span},">=1E{low}",{span},"<1E{high}",{span},">"&{tol})'
-                               f'+COUNTIFS({span},"<=-1E{low}",{span},">-1E{high}",{span},"<"&-{tol})')
+                    # an edge beyond the double range (1E309 and up) is no bound a spreadsheet can
+                    # compare with: every finite value lies below it, so the criterion is left out
+                    below = "" if math.isinf(_power(high)) else f',{span},"<1E{high}"'
+                    above = "" if math.isinf(_power(high)) else f',{span},">-1E{high}"'
+                    row.append(f'=COUNTIFS({span},">=1E{low}"{below},{span},">"&{tol})'
+                               f'+COUNTIFS({span},"<=-1E{low}"{above},{span},"<"&-{tol})')
                 row.append(f"=COLUMNS({span})-COUNT({span})")
             yield row
 
