@@ -10,13 +10,16 @@ A test that needs workbooks recomputed says so with its marker and a factory:
 
 The factory receives the test's parameters by name (and `folder`, a scratch folder, if it asks)
 and returns a Trace, a Path of a workbook, or a list of them. Before the first such test runs,
-the factories of ALL selected tests are called and their workbooks recomputed together: three
+the factories of ALL selected tests are called and their workbooks recomputed together, in a
+background thread while the ordinary tests run (the tests that read the results run after them,
+and the test files that change process-wide state after those; see pytest_collection_modifyitems): three
 LibreOffice processes (two at a time, one per core) share every `libreoffice` workbook (about 2 s
 of start-up paid three times, not once per test), each started as soon as its workbooks are
 written, while Gnumeric recomputes every `gnumeric` workbook. Each
 test then finds its Traces as Verified(trace, report) and its Paths as the recomputed Paths.
 """
 import builtins
+import contextlib
 import copy
 import errno
 import io
@@ -24,13 +27,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 import inspect
 import os
+from pathlib import Path
 import shutil
+import tempfile
 
 import pytest
 from click.testing import CliRunner
 from hypothesis import settings
 
-from tracer import engine, gnumeric, libreoffice, scenario as scenario_module, verify
+from tracer import engine, gnumeric, libreoffice, output, scenario as scenario_module, verify
 from tracer.cli import main
 from tracer.trace import Trace
 from tracer.workbook import writer
@@ -75,9 +80,18 @@ def build(raw):
     return engine.run(scenario_module.from_dict(copy.deepcopy(raw)))
 
 
+@contextlib.contextmanager
+def _usual_tempdir():
+    yield tempfile.gettempdir()
+
+
 @pytest.fixture
-def invoke():
-    """Run the `tracer` CLI in-process; returns the click Result."""
+def invoke(request, monkeypatch):
+    """Run the `tracer` CLI in-process; returns the click Result. Outside the files that test the
+    private temporary folder itself, commands keep the usual one: the background recomputation
+    shares this process, and a private folder is process-wide (it would be removed under it)."""
+    if request.path.name not in PROCESS_STATE_FILES:
+        monkeypatch.setattr(output, "private_tempdir", _usual_tempdir)
     runner = CliRunner()
 
     def call(*args):
@@ -187,14 +201,36 @@ def _recompute_all(spreadsheet, entries, folder):
     return found
 
 
-@pytest.fixture(scope="session")
-def recomputations(request, tmp_path_factory):
-    """{nodeid: (results, single) or the exception its factory raised}, for every selected test
-    whose `libreoffice`/`gnumeric` marker names `workbooks`, all recomputed together."""
-    folder = tmp_path_factory.mktemp("recomputed")
+# Tests that change process-wide state run after the recomputation has finished, never beside its
+# background thread: the files that set signal handlers or tempfile.tempdir (the CLI's private
+# temporary folder, see `invoke`) or fork.
+PROCESS_STATE_FILES = ("test_cli.py", "test_output.py", "test_fuzz.py")
+
+
+def _recomputes(item):
+    return any((m := item.get_closest_marker(s)) is not None and "workbooks" in m.kwargs for s in SPREADSHEETS)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Order: ordinary tests, then the tests that read the recomputation (they wait for it), then
+    the tests that change process-wide state. The recomputation runs in the background meanwhile."""
+    def phase(item):
+        if item.path.name in PROCESS_STATE_FILES:
+            return 2
+        return 1 if _recomputes(item) else 0
+    items.sort(key=phase)   # stable: the order within a phase is kept
+
+
+def pytest_collection_finish(session):
+    """Start recomputing, in a background thread, the workbooks of every selected test whose
+    `libreoffice`/`gnumeric` marker names `workbooks` (the factories run here, in order)."""
+    session.config.stash[_RECOMPUTATION] = None
+    if session.config.option.collectonly or not any(_recomputes(item) for item in session.items):
+        return
+    folder = Path(tempfile.mkdtemp(prefix="tracer-tests-recomputed-"))
     entries = {spreadsheet: {} for spreadsheet in SPREADSHEETS}
     shapes, failures = {}, {}
-    for number, item in enumerate(request.session.items):
+    for number, item in enumerate(session.items):
         for spreadsheet in SPREADSHEETS:
             marker = item.get_closest_marker(spreadsheet)
             if marker is None or "workbooks" not in marker.kwargs:
@@ -209,11 +245,33 @@ def recomputations(request, tmp_path_factory):
     installed = {"libreoffice": shutil.which("soffice") or shutil.which("libreoffice"),
                  "gnumeric": shutil.which("ssconvert")}
     wanted = [s for s in SPREADSHEETS if entries[s] and installed[s]]   # the tests skip (or fail in CI) otherwise
-    with ThreadPoolExecutor(max_workers=2) as pool:   # LibreOffice and Gnumeric side by side
-        running = {s: pool.submit(_recompute_all, s, entries[s], folder) for s in wanted}
-        found = {}
-        for spreadsheet, future in running.items():
-            found.update(future.result())
+    pool = ThreadPoolExecutor(max_workers=2)   # LibreOffice and Gnumeric side by side
+    running = {s: pool.submit(_recompute_all, s, entries[s], folder) for s in wanted}
+    session.config.stash[_RECOMPUTATION] = (folder, pool, running, shapes, failures)
+
+
+def pytest_sessionfinish(session):
+    started = session.config.stash.get(_RECOMPUTATION, None)
+    if started:
+        folder, pool, _, _, _ = started
+        pool.shutdown(wait=True, cancel_futures=True)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+_RECOMPUTATION = pytest.StashKey()
+
+
+@pytest.fixture(scope="session")
+def recomputations(request):
+    """{nodeid: (results, single)} and {nodeid: the exception its factory raised}: the background
+    recomputation started after collection, waited for."""
+    started = request.config.stash.get(_RECOMPUTATION, None)
+    if started is None:
+        return {}, {}
+    _, _, running, shapes, failures = started
+    found = {}
+    for future in running.values():
+        found.update(future.result())
     return {nodeid: (results, shapes[nodeid]) for nodeid, results in found.items()}, failures
 
 
