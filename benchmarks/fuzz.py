@@ -964,14 +964,10 @@ def _args_run(case, rng, raw, soffice):
     if rng.random() < 0.07:
         case.file_limit = rng.choice([0, 2048, 20_000, 200_000])
         case.mutations.append(f"file size limit {case.file_limit} bytes (a full disk)")
-    if rng.random() < 0.06:
-        window = rng.choice(["0:1", "1:2", "0:0", "2:1", "0:99999", "a:b", "-1:2", "1", "0:9223372036854775808"])
-        case.args += ["--window", window]
-        case.mutations.append(f"--window {window}")
+    _maybe_option(case, rng, 0.06, "--window",
+                  ["0:1", "1:2", "0:0", "2:1", "0:99999", "a:b", "-1:2", "1", "0:9223372036854775808"])
     if rng.random() < 0.05:
-        param = _param(rng, raw)
-        case.args += ["--param", param]
-        case.mutations.append(f"--param {param}")
+        _add_option(case, "--param", _param(rng, raw))
     if rng.random() < 0.01 and soffice:
         case.args.append("--verify")
         case.soffice = True
@@ -984,38 +980,34 @@ def _param(rng, raw):
                        "W1[99999999999999999999,0]", "W01[0,0]", "w1[0,0]", "W1[0, 0]", "W\u0661[0,0]"])
 
 
+def _add_option(case, option, value, shown=str):
+    """Append `option value` to the command line and record it as a mutation."""
+    case.args += [option, value]
+    case.mutations.append(f"{option} {shown(value)}")
+
+
+def _maybe_option(case, rng, probability, option, choices, shown=str):
+    """With `probability`, add `option` with one of `choices` (one rng.random(), then one rng.choice())."""
+    if rng.random() < probability:
+        _add_option(case, option, rng.choice(choices), shown)
+
+
 def _args_diagnose(case, rng, raw, soffice):
-    if rng.random() < 0.1:
-        rows = rng.choice(["1", "0", "100000", "-5", "x"])
-        case.args += ["--rows", rows]
-        case.mutations.append(f"--rows {rows}")
+    _maybe_option(case, rng, 0.1, "--rows", ["1", "0", "100000", "-5", "x"])
 
 
 def _args_chain(case, rng, raw, soffice):
-    param = _param(rng, raw)
-    case.args += ["--param", param]
-    case.mutations.append(f"--param {param}")
-    if rng.random() < 0.25:
-        step = rng.choice(["0", "1", "7", "8", "100", "99999999999999999999", "-1"])
-        case.args += ["--step", step]
-        case.mutations.append(f"--step {step}")
-    if rng.random() < 0.15:
-        sample = rng.choice(["0", "1", "3", "4", "100"])
-        case.args += ["--sample", sample]
-        case.mutations.append(f"--sample {sample}")
-    if rng.random() < 0.15:
-        path = rng.choice(["0", "0,0", "0,1", "0,0,0,0,0,0,0", "a", ",", "0,-1", "99,0", ""])
-        case.args += ["--path", path]
-        case.mutations.append(f"--path {path!r}")
+    _add_option(case, "--param", _param(rng, raw))
+    _maybe_option(case, rng, 0.25, "--step", ["0", "1", "7", "8", "100", "99999999999999999999", "-1"])
+    _maybe_option(case, rng, 0.15, "--sample", ["0", "1", "3", "4", "100"])
+    _maybe_option(case, rng, 0.15, "--path", ["0", "0,0", "0,1", "0,0,0,0,0,0,0", "a", ",", "0,-1", "99,0", ""],
+                  shown=repr)
     if rng.random() < 0.3:
         case.args.append("--latex")
 
 
 def _args_gradcheck(case, rng, raw, soffice):
-    if rng.random() < 0.2:
-        step = rng.choice(["0", "1", "7", "8", "1000", "99999999999999999999"])
-        case.args += ["--step", step]
-        case.mutations.append(f"--step {step}")
+    _maybe_option(case, rng, 0.2, "--step", ["0", "1", "7", "8", "1000", "99999999999999999999"])
 
 
 def _args_check(case, rng, raw, soffice):
