@@ -75,8 +75,7 @@ class Scenario:
         return self.inputs.shape[0] if self.batch is None else self.batch
 
     def __repr__(self):
-        layers = ", ".join(f"{layer.kind} {layer.units} {layer.activation}" if layer.kind != "dense"
-                           else f"{layer.units} {layer.activation}" for layer in self.layers)
+        layers = ", ".join(layer_kinds.of(layer).describe(layer) for layer in self.layers)
         return (f"<Scenario {self.name!r}: {self.inputs.shape[1]} inputs -> {layers}; {self.loss} loss, "
                 f"{self.optimizer} lr={self.optimizer_params.get('lr')}, {self.steps} steps, "
                 f"{self.inputs.shape[0]} samples, batch {'full' if self.batch is None else self.batch}>")

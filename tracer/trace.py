@@ -59,6 +59,7 @@ class Trace:
         self.warnings = list(warnings)
         self.first_step = first_step      # the run's step number of index 0 (windows start later)
         self._fields = {(f.name, f.layer, f.group): f for f in arrays}
+        self._stores = {}
 
     # ------------------------------------------------------------ the table
 
@@ -110,21 +111,27 @@ class Trace:
 
     def _store(self, store):
         """The arrays of one store: a list over the layers (None where not recorded) or, for the
-        run's own fields, the array (None if not recorded)."""
-        if store in RUN_STORES:
-            return next((a for f, a in self.arrays.items() if f.store == store), None)
-        per_layer = [None] * len(self.scenario.layers)
-        for f, array in self.arrays.items():
-            if f.store == store:
-                per_layer[f.layer - 1] = array
-        return per_layer
+        run's own fields, the array (None if not recorded). Built once: the table is fixed."""
+        if store not in self._stores:
+            if store in RUN_STORES:
+                self._stores[store] = next((a for f, a in self.arrays.items() if f.store == store), None)
+            else:
+                per_layer = [None] * self.layers
+                for f, array in self.arrays.items():
+                    if f.store == store:
+                        per_layer[f.layer - 1] = array
+                self._stores[store] = per_layer
+        return self._stores[store]
 
     def _grouped(self, store, key):
-        grouped = {}
-        for f, array in self.arrays.items():
-            if f.store == store:
-                grouped.setdefault(key(f), [None] * len(self.scenario.layers))[f.layer - 1] = array
-        return grouped
+        """{key(field): per layer array or None} over the fields of `store`, built once."""
+        if ("grouped", store) not in self._stores:
+            grouped = {}
+            for f, array in self.arrays.items():
+                if f.store == store:
+                    grouped.setdefault(key(f), [None] * len(self.scenario.layers))[f.layer - 1] = array
+            self._stores[("grouped", store)] = grouped
+        return self._stores[("grouped", store)]
 
     @property
     def norm(self):

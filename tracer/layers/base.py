@@ -186,6 +186,10 @@ class LayerKind:
             return w if quantity == "W" else b
         return quantity[:-2] + ("_" + w if quantity.endswith("_W") else "_" + b)
 
+    def describe(self, layer):
+        """The layer in a few words (Scenario's repr): "batchnorm 3 relu"."""
+        return f"{self.name} {layer.units} {layer.activation}"
+
     # ------------------------------------------------------------ records face (l11-core)
 
     def records(self, layer):
