@@ -73,7 +73,8 @@ class Quantity:
 class ExcelColumns:
     """A family of Trace sheet columns a layer kind declares for layer l (its excel face): one per
     unit j, key (quantity, l, j) and header symbol with j and l (u₀⁽¹⁾); or, with per_unit False, one
-    for the layer, key (quantity, l, 0) and header symbol⁽ˡ⁾ (a per-sample scalar: layernorm's μ).
+    for the layer, key (quantity, l) and header symbol⁽ˡ⁾ (a per-sample scalar: layernorm's μ); the
+    functions below are then called with j = 0. The columns of one family are adjacent, in j order.
     `meaning` is a text or a function of j; `sample` / `total` are functions of j giving the formula
     body in the sample rows / the Σ rows (None: blank there)."""
 

@@ -241,7 +241,8 @@ class TraceLayout:
     def _kind_column(l, columns, j):
         header = notation.unit(columns.symbol, l, j) if columns.per_unit else f"{columns.symbol}{notation.layer(l)}"
         meaning = columns.meaning(j) if callable(columns.meaning) else columns.meaning
-        return Declared(header, meaning, (columns.quantity, l, j),
+        key = (columns.quantity, l, j) if columns.per_unit else (columns.quantity, l)
+        return Declared(header, meaning, key,
                         sample=columns.sample(j) if columns.sample else None, total=columns.total(j) if columns.total else None)
 
     def _forward(self, l):
