@@ -4,7 +4,7 @@ Per step t, for the batch's samples (a⁽⁰⁾ = x):
   u⁽ˡ⁾_j = Σ_i a⁽ˡ⁻¹⁾_i W_l[i,j] + b_l[j]      (summed left to right, as a spreadsheet does)
   h⁽ˡ⁾_j = f_l(u⁽ˡ⁾_j),  slope⁽ˡ⁾_j = f_l'(u⁽ˡ⁾_j)
   a⁽ˡ⁾_j = h⁽ˡ⁾_j, or h⁽ˡ⁾_j + a⁽ˡ⁻¹⁾_j for a residual layer
-  δ⁽ᴸ⁾_k = ∂E/∂a⁽ᴸ⁾_k · slope⁽ᴸ⁾_k             (or the loss's fused δ: y − t for bce, y·Σt − t for softmax_ce)
+  δ⁽ᴸ⁾_k = ∂E/∂a⁽ᴸ⁾_k · slope⁽ᴸ⁾_k             (the loss's output_delta: or its fused δ, y − t for bce, y·Σt − t for softmax_ce)
   e⁽ˡ⁾_j = Σ_k W_{l+1}[j,k] δ⁽ˡ⁺¹⁾_k (+ e⁽ˡ⁺¹⁾_j when layer l+1 is residual)   the error ∂E/∂a⁽ˡ⁾_j
   δ⁽ˡ⁾_j = slope⁽ˡ⁾_j · e⁽ˡ⁾_j
   ∂E/∂W_l[i,j] = a⁽ˡ⁻¹⁾_i δ⁽ˡ⁾_j,  ∂E/∂b_l[j] = δ⁽ˡ⁾_j       (per sample)
@@ -143,12 +143,8 @@ def forward_backward(scenario, weights, biases, x, t):
         previous = a
     y, u_out = acts[-1], us[-1]
     sample_loss = propagate_nonfinite(loss.value(u_out, y, t)[:, None], u_out, y, axis=-1)[:, 0]
-    if loss.fused:
-        output_error = None
-        delta = loss.delta(y, t)
-    else:
-        output_error = loss.error(y, t)
-        delta = output_error * slopes[-1]
+    output_error = loss.output_error(y, t)        # None when the loss owns δ⁽ᴸ⁾
+    delta = loss.output_delta(y, t, slopes[-1])
     last = len(scenario.layers) - 1
     if last in norm:
         norm[last].backward(delta, weights[last][0], scenario.layers[last].eps)

@@ -156,7 +156,7 @@ class TraceLayout:
         t_cells = [self.cell(("t", 0, k)) for k in range(widths[-1])]
         u_out = [self.cell(("u", L, k)) for k in range(widths[-1])]
         error_cells = []
-        if not loss.fused:
+        if loss.records_output_error:
             for k in range(widths[-1]):
                 error_cells.append(self._add("loss", f"∂E/∂{notation.unit('a', L, k)}", f"derivative of the {s.loss} loss by the output",
                                              ("dE_da", L, k), sample=loss.excel_error(f"{y_cells[k]}{{r}}", f"{t_cells[k]}{{r}}", widths[-1])))
@@ -186,11 +186,9 @@ class TraceLayout:
                         ("e", l, j), sample=self._error_from_above(l, j, delta_cells, error_cells_hidden))
             for j in range(widths[l]):
                 if l == L:
-                    if loss.fused:
-                        template = loss.excel_delta([f"{c}{{r}}" for c in y_cells], [f"{c}{{r}}" for c in t_cells], j)
-                        meaning = f"δ = ∂E/∂u = {loss.delta_text} (fused with the loss)"
-                    else:
-                        template, meaning = f"{error_cells[j]}{{r}}*{slopes[j]}{{r}}", "δ = ∂E/∂a · f'(u)"
+                    template = loss.excel_output_delta([f"{c}{{r}}" for c in y_cells], [f"{c}{{r}}" for c in t_cells], j,
+                                                       [f"{c}{{r}}" for c in error_cells], f"{slopes[j]}{{r}}")
+                    meaning = loss.output_delta_meaning
                 elif (l, j) in error_cells_hidden:
                     template, meaning = f"{slopes[j]}{{r}}*{error_cells_hidden[(l, j)]}{{r}}", "δ = f'(u) · e"
                 else:
@@ -375,7 +373,7 @@ class TraceLayout:
         count += sum(layer.units for layer in s.layers if layer.residual)   # h
         count += sum(widths[l] for l in range(1, L + 1) if self._has_error_columns(l))  # e
         count += sum(6 * layer.units for layer in s.layers if layer.kind == "batchnorm")  # μ σ² x̂ dx̂ m1 m2
-        count += 0 if losses.LOSSES[s.loss].fused else widths[-1]      # ∂E/∂a
+        count += widths[-1] if losses.LOSSES[s.loss].records_output_error else 0      # ∂E/∂a
         count += 1                                                     # E
         count += sum(2 * n for n in widths[1:])                        # slope, δ
         count += sum(self._fan_in(l) * widths[l] + widths[l] for l in range(1, L + 1))  # gradients
