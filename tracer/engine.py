@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import activations, init as inits, losses, optim
+from . import activations, init as inits, losses, optim, procedures
 from .ieee import propagate_nonfinite
 from .trace import Trace
 
@@ -168,35 +168,16 @@ def forward_backward(scenario, weights, biases, x, t):
     return Pass(us, acts, slopes, deltas, hs, errors, output_error, sample_loss, grad_W, list(deltas), norm)
 
 
-def reduce_samples(per_sample, reduction):
-    """Batch total of per-sample values along axis 0: Σ_s, or Σ_s / B for `mean`."""
-    total = np.sum(per_sample, axis=0)
-    return total / per_sample.shape[0] if reduction == "mean" else total
+reduce_samples = procedures.reduce_samples   # Σ_s, or Σ_s / B for `mean` (with its Excel form there)
 
 
 def clip(scenario, grads_W, grads_b, trace, step):
-    """Gradient clipping before the update, as PyTorch does it.
-
-    clip_norm:  ‖g‖ = sqrt(Σ g²) over every trained parameter (a frozen bias, train_bias = false,
-                receives no gradient in PyTorch and is left out, as clip_grad_norm_ leaves it out);
-                c = min(1, clip_norm / (‖g‖ + 1e-6)); g ← g·c
-    clip_value: g ← min(clip_value, max(−clip_value, g)), entry by entry (applied after clip_norm,
-                as clip_grad_norm_ followed by clip_grad_value_: ‖g‖ is the norm before the clamp)
-    The norm and c are recorded per step. An overflowing norm makes c non-finite (#NUM! in a sheet).
-    """
-    if scenario.clip_norm is not None:
-        trained = [(g_W, g_b) if layer.train_bias else (g_W,)
-                   for g_W, g_b, layer in zip(grads_W, grads_b, scenario.layers)]
-        flat = np.concatenate([g.ravel() for group in trained for g in group])
-        norm = np.sqrt(np.sum(flat * flat))
-        factor = propagate_nonfinite(np.minimum(1.0, scenario.clip_norm / (norm + 1e-6)), norm)
+    """Gradient clipping before the update, as PyTorch does it (procedures.clip: clip_norm's factor
+    c = min(1, clip_norm / (‖g‖ + 1e-6)), then clip_value's clamp); ‖g‖ and c are recorded per step."""
+    grads_W, grads_b, norm, factor = procedures.clip(grads_W, grads_b, [layer.train_bias for layer in scenario.layers],
+                                                     scenario.clip_norm, scenario.clip_value)
+    if norm is not None:
         trace.grad_norm[step], trace.clip_factor[step] = norm, factor
-        grads_W = [g * factor for g in grads_W]
-        grads_b = [g * factor for g in grads_b]
-    if scenario.clip_value is not None:
-        c = scenario.clip_value
-        clamp = lambda g: propagate_nonfinite(np.minimum(c, np.maximum(-c, g)), g)  # noqa: E731
-        grads_W, grads_b = [clamp(g) for g in grads_W], [clamp(g) for g in grads_b]
     return grads_W, grads_b
 
 
@@ -231,7 +212,7 @@ def run(scenario):
             grads_W = [reduce_samples(g, scenario.reduction) for g in result.grad_W]
             grads_b = [reduce_samples(g, scenario.reduction) for g in result.grad_b]
             used_W, used_b = clip(scenario, grads_W, grads_b, trace, step)
-            hyper = dict(scenario.optimizer_params, lr=optim.learning_rate(scenario.optimizer_params, step))
+            hyper = dict(scenario.optimizer_params, lr=procedures.learning_rate(scenario.optimizer_params, step))
             trace.lr[step] = hyper["lr"]
             updates = {"W": [], "b": []}
             for l, layer in enumerate(scenario.layers):

@@ -33,6 +33,7 @@ from typing import Callable
 import numpy as np
 import sympy as sp
 
+from . import procedures
 from .activations import _x_log1p
 
 
@@ -216,4 +217,4 @@ LOSSES = {
     ]
 }
 
-REDUCTIONS = ("sum", "mean")
+REDUCTIONS = procedures.REDUCTIONS   # the batch reduction, with its Excel form, is a procedure

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from openpyxl.utils import column_index_from_string, get_column_letter
 
-from .. import activations, losses, optim
+from .. import activations, losses, optim, procedures
 from ..errors import LimitError
 from ..trace import param_name
 from . import notation
@@ -91,8 +91,7 @@ class TraceLayout:
         return column.letter
 
     def _reduce(self, letter):
-        total = f"SUM({letter}{{f}}:{letter}{{l}})"
-        return f"{total}/{{n}}" if self.scenario.reduction == "mean" else total
+        return procedures.excel_reduce(f"{letter}{{f}}:{letter}{{l}}", self.scenario.reduction, "{n}")
 
     def _build(self):
         s = self.scenario
@@ -277,18 +276,15 @@ class TraceLayout:
                 self.columns[-1].first = formula(dict(row_refs[key], **first))
                 assert got == state_letters[(state, key)]
         if lr_letter:
-            # γ^k below 2.2e-308 is #NUM! in a spreadsheet, 0 (or subnormal) in IEEE arithmetic: IFERROR
-            # makes it 0 when γ < 1; when γ > 1 the power can only overflow, and the #NUM! stays (engine: inf)
-            power = "schedule_gamma^INT($A{r}/schedule_step_size)" if hyper["schedule"] == "step" else "schedule_gamma^$A{r}"
-            decay = f"learning_rate*IF(schedule_gamma>1,{power},IFERROR({power},0))"
+            decay = procedures.excel_learning_rate(hyper["schedule"], "$A{r}")   # IFERROR where γ^k underflows
             got = self._add("schedule", "lr", f"learning rate of the step ({hyper['schedule']} decay)", ("lr",), total=decay)
             assert got == lr_letter
         if s.clip_norm is not None:
             trained = [grads[key] for key in update_letters]   # a frozen bias is not in ‖g‖
             norm = self._add("gradient clipping", "‖g‖", "L2 norm of the batch gradients of every trained parameter",
-                             ("grad_norm",), total=f"SQRT({_sum_of_squares(trained)})")
+                             ("grad_norm",), total=procedures.excel_grad_norm(_column_ranges(trained)))
             got = self._add("gradient clipping", "clip c", "c = min(1, clip_norm / (‖g‖ + 1e-6)); the update uses g·c",
-                            ("clip_factor",), total=f"MIN(1,clip_norm/({norm}{{r}}+1E-6))")
+                            ("clip_factor",), total=procedures.excel_clip_factor(f"{norm}{{r}}"))
             assert got == clip_letter
         assert len(self.columns) == self.column_count()
 
@@ -348,12 +344,9 @@ class TraceLayout:
 
     def _clipped(self, gradient, clip_letter):
         """The gradient as the update sees it (clip_norm factor, then clip_value clamp)."""
-        meaning = ""
-        if clip_letter:
-            gradient, meaning = f"({gradient}*{clip_letter}{{r}})", ", g clipped by norm (×c)"
-        if self.scenario.clip_value is not None:
-            gradient, meaning = f"MIN(clip_value,MAX(-clip_value,{gradient}))", meaning + ", g clamped to ±clip_value"
-        return gradient, meaning
+        by_value = "clip_value" if self.scenario.clip_value is not None else None
+        meaning = (", g clipped by norm (×c)" if clip_letter else "") + (", g clamped to ±clip_value" if by_value else "")
+        return procedures.excel_clipped(gradient, f"{clip_letter}{{r}}" if clip_letter else None, by_value), meaning
 
     def column_count(self):
         """Columns of the Trace sheet: everything before the parameters, then θ and Δθ."""
@@ -408,9 +401,8 @@ class TraceLayout:
         return int(self._total_rows[step])
 
 
-def _sum_of_squares(letters):
-    """SUMSQ over the cells {r} of the given columns, as ranges of adjacent columns (at most 255
-    arguments per SUMSQ, the spreadsheet's limit, added up when there are more)."""
+def _column_ranges(letters):
+    """The cells {r} of the given columns, as ranges of adjacent columns (the arguments of ‖g‖'s SUMSQ)."""
     ranges, start, end = [], None, None
     for letter in letters:
         index = column_index_from_string(letter)
@@ -423,7 +415,7 @@ def _sum_of_squares(letters):
     ranges.append((start, end))
     cells = [f"{get_column_letter(a)}{{r}}" if a == b else f"{get_column_letter(a)}{{r}}:{get_column_letter(b)}{{r}}"
              for a, b in ranges]
-    return "+".join(f"SUMSQ({','.join(cells[i:i + 255])})" for i in range(0, len(cells), 255))
+    return cells
 
 
 def input_letter(scenario, i):
