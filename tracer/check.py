@@ -284,20 +284,10 @@ def read_workbook(path, mapping, trace):
 # ------------------------------------------------------------------ the engine's values
 
 def engine_value(trace, key):
-    t, l = key.step, key.layer
-    slot = None if key.sample is None else trace.samples(t).tolist().index(key.sample)
-    q = key.quantity
-    if q == "loss":
-        return float(trace.loss[t] if slot is None else trace.sample_loss[t, slot])
-    if q in PER_SAMPLE:
-        return float(getattr(trace, q)[l - 1][(t, slot) + key.index])
-    if q in ("W", "b"):
-        return float(getattr(trace, q)[l - 1][(t,) + key.index])
-    if q in ("grad_W", "grad_b"):
-        if slot is None:
-            return float(getattr(trace, q)[l - 1][(t,) + key.index])
-        return float(getattr(trace, q + "_sample")[l - 1][(t, slot) + key.index])
-    return float(getattr(trace, q)[l - 1][(t,) + key.index])
+    """The engine's value of a hand-check key, read with the Trace's accessor."""
+    slot = None if key.sample is None else trace.samples(key.step).tolist().index(key.sample)
+    kind = "total" if slot is None else "sample"
+    return float(trace.values((key.quantity, key.layer, key.index), kind, key.step, slot or 0, key.sample or 0))
 
 
 # ------------------------------------------------------------------ local formulas

@@ -24,21 +24,18 @@ from .layers import back_sum, weighted_sum  # noqa: F401  (the shared sums, defi
 from .trace import Trace
 
 
-@dataclass
-class Pass:
-    """One forward and backward pass over a batch (arrays have the batch on axis 0)."""
+class Pass(dict):
+    """One forward and backward pass over a batch (arrays have the batch on axis 0), keyed as the
+    trace's fields read it (records.Field.key): per layer lists u, a, slope, delta, h (f(u) before a
+    residual skip), e (∂E/∂a, None for the output layer), grad_W, grad_b (per sample), records (the
+    layer kinds' own values {key: array}); output_error (∂E/∂a⁽ᴸ⁾, None for fused losses) and
+    sample_loss. Items read as attributes too (result.u)."""
 
-    u: list
-    a: list
-    slope: list
-    delta: list
-    h: list                           # f(u) before a residual skip is added (= a otherwise)
-    error: list                       # e = ∂E/∂a per hidden layer (None for the output layer)
-    output_error: np.ndarray | None   # ∂E/∂a⁽ᴸ⁾ per sample, None for fused losses
-    sample_loss: np.ndarray
-    grad_W: list                      # per-sample (B, fan_in, units)
-    grad_b: list                      # per-sample (B, units)
-    records: list = field(default_factory=list)  # per layer: the kind's own quantities {CSV name: array}
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
 
 
 @dataclass
@@ -104,8 +101,8 @@ def forward_backward(scenario, weights, biases, x, t):
     inputs = [x] + acts[:-1]
     grads = [kind.gradients(layer, record, below, d)
              for layer, kind, record, below, d in zip(scenario.layers, kinds, records, inputs, deltas)]
-    return Pass(us, acts, slopes, deltas, hs, errors, output_error, sample_loss,
-                [g for g, _ in grads], [g for _, g in grads], records)
+    return Pass(u=us, a=acts, slope=slopes, delta=deltas, h=hs, e=errors, output_error=output_error,
+                sample_loss=sample_loss, grad_W=[g for g, _ in grads], grad_b=[g for _, g in grads], records=records)
 
 
 reduce_samples = procedures.reduce_samples   # Σ_s, or Σ_s / B for `mean` (with its Excel form there)
@@ -165,7 +162,7 @@ def run(scenario):
                     updates[kind].append(update)
             updates_W, updates_b = updates["W"], updates["b"]
             loss = reduce_samples(result.sample_loss, scenario.reduction)
-            trace.record(step, result, grads_W, grads_b, updates_W, updates_b, loss)
+            trace.record(step, result, dict(grad_W=grads_W, grad_b=grads_b, update_W=updates_W, update_b=updates_b, loss=loss))
             weights = [W - d for W, d in zip(weights, updates_W)]
             biases = [b - d for b, d in zip(biases, updates_b)]
         trace.set_parameters(scenario.steps, weights, biases)

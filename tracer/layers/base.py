@@ -49,6 +49,8 @@ class Quantity:
              "sample":      one value per sample for the whole layer (layernorm's μ, σ²), array (T, B)
     common   True for the quantities every layer records whether the CSV shows them or not
              (u, a, slope, delta, h, e): the engine fills them itself, not from `record`
+    key      its name in the kind's `record` dict and in Trace.norm (default: the CSV name;
+             batchnorm's bn_mean is "mean" there, as Trace.norm["mean"] always had it)
     """
 
     name: str
@@ -56,10 +58,13 @@ class Quantity:
     meaning: str
     per: str
     common: bool = False
+    key: str = ""
 
     def __post_init__(self):
         if self.per not in PER:
             raise ValueError(f"Quantity {self.name}: per must be one of {PER}, not {self.per!r}")
+        if not self.key:
+            object.__setattr__(self, "key", self.name)
 
 
 # The quantities every layer has (the engine computes them around the kind's forward/backward).
@@ -181,6 +186,10 @@ class LayerKind:
             return w if quantity == "W" else b
         return quantity[:-2] + ("_" + w if quantity.endswith("_W") else "_" + b)
 
+    def describe(self, layer):
+        """The layer in a few words (Scenario's repr): "batchnorm 3 relu"."""
+        return f"{self.name} {layer.units} {layer.activation}"
+
     # ------------------------------------------------------------ records face (l11-core)
 
     def records(self, layer):
@@ -272,3 +281,57 @@ def parse_init(v, raw, key, prefix, default):
     if name == "normal" and params["std"] < 0:
         raise ScenarioError(v.source, f"{key}.{prefix}std", "must not be negative")
     return name, params
+
+
+class Normalisation(LayerKind):
+    """A normalisation layer (batchnorm, layernorm): x̂ = (x − μ)/√(σ² + eps) with μ and σ² (biased)
+    over `axis` of x = a⁽ˡ⁻¹⁾ (0: per unit over the batch; 1: per sample over the units), then
+    u = γ·x̂ + β and the layer's own activation. γ starts at 1, β at 0; the width of the layer below
+    is kept. Backward, with δ = ∂E/∂u per sample: dx̂ = δ·γ, m1 = Σ dx̂ / n, m2 = Σ dx̂·x̂ / n over
+    `axis`, ∂E/∂x = (dx̂ − m1 − x̂·m2)/√(σ² + eps); ∂E/∂γ = δ·x̂, ∂E/∂β = δ per sample.
+    The record keys: mean, var, xhat (forward), dxhat, m1, m2 (backward), dx (∂E/∂x)."""
+
+    keys = ("kind", "units", "activation", "slope", "alpha", "eps", "train_bias")
+    param_names = ("gamma", "beta")
+    keeps_width = True
+    axis = 0
+
+    def parse(self, v, raw, key, fan_in, is_output):
+        """units (default and only value: the layer below's), activation (default identity) and its
+        parameters, eps (default 1e-5, positive), train_bias (β trained, default true)."""
+        units = v.integer(raw, "units", key, default=fan_in, minimum=1)
+        if units != fan_in:
+            raise ScenarioError(v.source, f"{key}.units", f"a {self.name} layer keeps the width of the layer below ({fan_in})")
+        activation, params = parse_activation(v, raw, key, units, is_output, default="identity")
+        return Layer(
+            units=units, activation=activation, activation_params=params, init="constant", init_params={"value": 1.0},
+            weights=None, bias_init="constant", bias_params={"value": 0.0}, bias=None,
+            train_bias=v.boolean(raw, "train_bias", key, default=True), kind=self.name,
+            eps=v.number(raw, "eps", key, default=1e-5, positive=True),
+        )
+
+    def param_shapes(self, fan_in, units):
+        """γ stored as a 1 × units W, β as a b of `units`."""
+        return (1, units), (units,)
+
+    def initial_parameters(self, layer, fan_in, rng):
+        """γ = 1, β = 0, as PyTorch; no draw from `rng`."""
+        return np.ones((1, layer.units)), np.zeros(layer.units)
+
+    def forward(self, layer, below, W, b):
+        """u = γ·x̂ + β with the statistics over `axis`; record {mean, var, xhat}."""
+        mean, var, xhat = normalise(below, self.axis, layer.eps)
+        return W[0] * xhat + b, {"mean": mean, "var": var, "xhat": xhat}
+
+    def backward(self, layer, record, delta, W):
+        """record {dxhat, m1, m2} and dx = ∂E/∂x (kept for error_down)."""
+        dxhat, m1, m2, dx = normalise_backward(delta, W[0], record["xhat"], record["var"], self.axis, layer.eps)
+        record.update({"dxhat": dxhat, "m1": m1, "m2": m2, "dx": dx})
+
+    def error_down(self, layer, record, delta, W, error_here):
+        """∂E/∂x = (dx̂ − m1 − x̂·m2)/√(σ² + eps), computed by `backward`."""
+        return record["dx"]
+
+    def gradients(self, layer, record, below, delta):
+        """∂E/∂γ_j = δ_j·x̂_j (B × 1 × units), ∂E/∂β_j = δ_j, per sample."""
+        return (delta * record["xhat"])[:, None, :], delta
