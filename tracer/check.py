@@ -374,9 +374,8 @@ class Local:
             if l == L:
                 y = np.array([[get(Key("a", L, (k,), t, smp)) for k in range(widths[-1])]])
                 target = s.targets[[smp]]
-                if loss.fused:
-                    return float(loss.delta(y, target)[0, j])
-                return float(loss.error(y, target)[0, j]) * get(Key("slope", l, (j,), t, smp))
+                slope = get(Key("slope", l, (j,), t, smp)) if loss.reads_output_slope else None
+                return float(loss.output_delta(y, target, slope)[0, j])
             return get(Key("slope", l, (j,), t, smp)) * self.error(l, j, t, smp, get)
         raise ValueError(key)
 
@@ -518,9 +517,7 @@ def _slip(trace, local, written, key, person, tol, engine):
     if backward and engine != 0:
         for factor, meaning in ((2.0, "a factor 2 too large"), (0.5, "a factor ½ too small")):
             if _matches(factor * engine, person, tol):
-                hint = {"half_sse": "E = ½Σ(t−y)² has ∂E/∂y = y − t (the ½ cancels the 2)",
-                        "sse": "E = Σ(t−y)² has ∂E/∂y = 2(y − t)",
-                        "mse": "E = (1/K)Σ(t−y)² has ∂E/∂y = 2(y − t)/K"}.get(s.loss, "")
+                hint = losses.LOSSES[s.loss].derivative_text
                 return (f"{meaning}: a missing ½ or factor 2 in the loss ({s.loss}) or its derivative; {hint}; "
                         f"the trace has {engine:.6g}")
     lr = float(trace.lr[min(key.step, trace.steps - 1)])

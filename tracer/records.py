@@ -102,7 +102,7 @@ def sample_fields(scenario):
         written = {q.name for q in declared}
         out += [Field(q.name, COMMON_STORES[q.name], "sample", l, (layer.units,), None, key=q.key)
                 for q in (U, A, SLOPE, DELTA, H, E) if q.name not in written]
-    if not losses.LOSSES[scenario.loss].fused:
+    if losses.LOSSES[scenario.loss].records_output_error:
         out.append(Field("dE_da", "output_error", "sample", L, (scenario.widths[-1],), "dE_da", key="output_error"))
     for l, layer in enumerate(scenario.layers, start=1):
         kind = layers.of(layer)

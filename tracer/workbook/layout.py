@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 from openpyxl.utils import column_index_from_string, get_column_letter
 
-from .. import activations, layers, losses, optim
+from .. import activations, layers, losses, optim, procedures
 from ..errors import LimitError
 from ..layers.base import ExcelLayer
 from ..trace import param_name
@@ -267,7 +267,7 @@ class TraceLayout:
         """∂E/∂a of the output (unless the loss is fused with it), then E; Σ row: the reduction."""
         s = self.scenario
         L, K, loss = len(s.layers), s.widths[-1], losses.LOSSES[s.loss]
-        if _records_output_error(loss):
+        if loss.records_output_error:
             yield Family("loss", range(K), lambda k: Declared(
                 f"∂E/∂{notation.unit('a', L, k)}", f"derivative of the {s.loss} loss by the output", ("dE_da", L, k),
                 sample=loss.excel_error(ref(("a", L, k)), ref(("t", 0, k)), K)))
@@ -308,13 +308,12 @@ class TraceLayout:
         yield from self._kind_columns(l, kind.excel_backward(layer, cells))
 
     def _output_delta(self, j):
-        """(formula body, meaning) of δ⁽ᴸ⁾_j: ∂E/∂a · f'(u), or the loss's fused δ."""
+        """(formula body, meaning) of δ⁽ᴸ⁾_j, from the loss: ∂E/∂a · f'(u), or its fused δ."""
         s = self.scenario
         L, K, loss = len(s.layers), s.widths[-1], losses.LOSSES[s.loss]
-        if _records_output_error(loss):
-            return f"{ref(('dE_da', L, j))}*{ref(('slope', L, j))}", "δ = ∂E/∂a · f'(u)"
-        return (loss.excel_delta([ref(("a", L, k)) for k in range(K)], [ref(("t", 0, k)) for k in range(K)], j),
-                f"δ = ∂E/∂u = {loss.delta_text} (fused with the loss)")
+        template = loss.excel_output_delta([ref(("a", L, k)) for k in range(K)], [ref(("t", 0, k)) for k in range(K)], j,
+                                           [ref(("dE_da", L, k)) for k in range(K)], ref(("slope", L, j)))
+        return template, loss.output_delta_meaning
 
     def error_from_above(self, l, j):
         """(formula body, text) of the error layer l+1 passes down to unit j of layer l, by its kind."""
@@ -409,11 +408,7 @@ class TraceLayout:
         hyper = self.scenario.optimizer_params
         if hyper["schedule"] == "constant":
             return
-        # γ^k below 2.2e-308 is #NUM! in a spreadsheet, 0 (or subnormal) in IEEE arithmetic: IFERROR
-        # makes it 0 when γ < 1; when γ > 1 the power can only overflow, and the #NUM! stays (engine: inf)
-        step = f"${ref(('step',))}"
-        power = f"schedule_gamma^INT({step}/schedule_step_size)" if hyper["schedule"] == "step" else f"schedule_gamma^{step}"
-        decay = f"learning_rate*IF(schedule_gamma>1,{power},IFERROR({power},0))"
+        decay = procedures.excel_learning_rate(hyper["schedule"], f"${ref(('step',))}")   # IFERROR where γ^k underflows
         yield one("schedule", Declared("lr", f"learning rate of the step ({hyper['schedule']} decay)", ("lr",), total=decay))
 
     def _clipping(self):
@@ -423,25 +418,22 @@ class TraceLayout:
         def norm(letter):   # a frozen bias is not in ‖g‖
             trained = [letter((f"grad_{which}", l, index))
                        for which, l, indices in self._parameter_blocks(trained_only=True) for index in indices]
-            return f"SQRT({_sum_of_squares(trained)})"
+            return procedures.excel_grad_norm(_column_ranges(trained))
         yield one("gradient clipping", Declared("‖g‖", "L2 norm of the batch gradients of every trained parameter",
                                                 ("grad_norm",), total=norm))
         yield one("gradient clipping", Declared("clip c", "c = min(1, clip_norm / (‖g‖ + 1e-6)); the update uses g·c",
-                                                ("clip_factor",), total=f"MIN(1,clip_norm/({ref(('grad_norm',))}+1E-6))"))
+                                                ("clip_factor",), total=procedures.excel_clip_factor(ref(('grad_norm',)))))
 
     def _reduce(self, key):
         """The Σ row's batch total of the column of `key`: its sum, or mean."""
-        total = f"SUM({ref(key, 'f')}:{ref(key, 'l')})"
-        return f"{total}/{{n}}" if self.scenario.reduction == "mean" else total
+        return procedures.excel_reduce(f"{ref(key, 'f')}:{ref(key, 'l')}", self.scenario.reduction, "{n}")
 
     def _clipped(self, gradient):
         """The gradient as the update sees it (clip_norm factor, then clip_value clamp), and its meaning."""
-        meaning = ""
-        if self.scenario.clip_norm is not None:
-            gradient, meaning = f"({gradient}*{ref(('clip_factor',))})", ", g clipped by norm (×c)"
-        if self.scenario.clip_value is not None:
-            gradient, meaning = f"MIN(clip_value,MAX(-clip_value,{gradient}))", meaning + ", g clamped to ±clip_value"
-        return gradient, meaning
+        by_norm, by_value = self.scenario.clip_norm is not None, self.scenario.clip_value is not None
+        meaning = (", g clipped by norm (×c)" if by_norm else "") + (", g clamped to ±clip_value" if by_value else "")
+        return procedures.excel_clipped(gradient, ref(("clip_factor",)) if by_norm else None,
+                                        "clip_value" if by_value else None), meaning
 
     def _activation_params(self, l):
         """The defined names of layer l's activation parameters: name -> Settings cell."""
@@ -486,9 +478,8 @@ class TraceLayout:
         return int(self._total_rows[step])
 
 
-def _sum_of_squares(letters):
-    """SUMSQ over the cells {r} of the given columns, as ranges of adjacent columns (at most 255
-    arguments per SUMSQ, the spreadsheet's limit, added up when there are more)."""
+def _column_ranges(letters):
+    """The cells {r} of the given columns, as ranges of adjacent columns (the arguments of ‖g‖'s SUMSQ)."""
     ranges, start, end = [], None, None
     for letter in letters:
         index = column_index_from_string(letter)
@@ -501,7 +492,7 @@ def _sum_of_squares(letters):
     ranges.append((start, end))
     cells = [f"{get_column_letter(a)}{{r}}" if a == b else f"{get_column_letter(a)}{{r}}:{get_column_letter(b)}{{r}}"
              for a, b in ranges]
-    return "+".join(f"SUMSQ({','.join(cells[i:i + 255])})" for i in range(0, len(cells), 255))
+    return cells
 
 
 def input_letter(scenario, i):
@@ -560,11 +551,6 @@ def settings_values(scenario):
     for key, value in scenario.thresholds.items():
         entries.append((f"threshold_{key}", value, f"diagnosis: {key} threshold (Diagnosis sheet)"))
     return entries
-
-
-def _records_output_error(loss):
-    """Whether ∂E/∂a⁽ᴸ⁾ has columns of its own and δ⁽ᴸ⁾ = ∂E/∂a · f'(u) (not a fused loss)."""
-    return not loss.fused
 
 
 def _below(l, i):
