@@ -18,10 +18,9 @@ class ChainRuleLayout:
     def __init__(self, trace, trace_layout, parameters=()):
         self.trace, self.layout = trace, trace_layout
         s = trace.scenario
-        wanted = [param_name(s, "W", l, (0, 0)) for l in range(1, len(s.layers) + 1)] + list(parameters)
+        firsts = [("W", l, (0, 0)) for l in range(1, len(s.layers) + 1)]   # W1[0,0] (gamma1[0]) of every layer
         self.parameters = []
-        for text in wanted:
-            parsed = parse_parameter(text, s.widths, s)
+        for parsed in firsts + [parse_parameter(text, s.widths, s) for text in parameters]:
             if parsed not in self.parameters:
                 self.parameters.append(parsed)
         self.steps = min(trace.steps, MAX_STEPS)
