@@ -275,8 +275,9 @@ class LayerKind:
         batchnorm μ, σ², x̂, u. The activation's column f(u) follows them (the layout writes it)."""
         raise NotImplementedError
 
-    def excel_activated(self, layer):
-        """The quantity holding f(u): "a", or "h" where a combine column follows (residual)."""
+    def activated(self, layer):
+        """The recorded quantity that holds f(u): "a" (the default) or "h" (before a skip is added).
+        (The same method as l11-chain's diagnose face: keep one when the branches meet.)"""
         return "a"
 
     def excel_combine(self, layer, x):

@@ -131,7 +131,7 @@ class Dense(LayerKind):
                              lambda j: f"{x.unit('u', l, j)} = Σᵢ {x.unit('a', l - 1, 'ᵢ')}·W{l}[i,{j}] + b{l}[{j}]",
                              sample=weighted_sum)]
 
-    def excel_activated(self, layer):
+    def activated(self, layer):
         """h = f(u) with the residual skip (a follows), a otherwise."""
         return "h" if layer.residual else "a"
 

@@ -251,7 +251,7 @@ class TraceLayout:
         n = cells.units
         yield from self._kind_columns(l, kind.excel_forward(layer, cells))
         act, params = activations.get(layer.activation), self._activation_params(l)
-        symbol = kind.excel_activated(layer)
+        symbol = kind.activated(layer)
 
         def activated(j):
             if act.elementwise:
@@ -283,7 +283,7 @@ class TraceLayout:
         n, L = cells.units, len(s.layers)
         group = f"layer {l} backward"
         act, params = activations.get(layer.activation), self._activation_params(l)
-        activated = kind.excel_activated(layer)
+        activated = kind.activated(layer)
         yield Family(group, range(n), lambda j: Declared(
             f"{act.symbol}'({notation.unit('u', l, j)})", f"local slope f'(u) of {act.name}", ("slope", l, j),
             sample=act.excel_slope(ref(("u", l, j)), ref((activated, l, j)), params)))
