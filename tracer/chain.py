@@ -18,7 +18,7 @@ import sympy as sp
 from . import activations, losses
 from .errors import InputError, shorten
 from .trace import param_name
-from .workbook import notation
+from . import notation
 
 _LATEX = {"σ": "\\sigma", "δ": "\\delta", "tanh": "\\tanh"}
 _PARAM = re.compile(r"^\s*(W|b|gamma|beta)([0-9]{1,9})\[([0-9]{1,9})(?:,\s*([0-9]{1,9}))?\]\s*$")

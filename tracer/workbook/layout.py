@@ -17,7 +17,7 @@ from openpyxl.utils import column_index_from_string, get_column_letter
 from .. import activations, losses, optim
 from ..errors import LimitError
 from ..trace import param_name
-from . import notation
+from .. import notation
 
 HEADER_ROWS = 2
 MAX_COLUMNS = 16_384
