@@ -3,10 +3,11 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from tracer import chain, engine, scenario as scenario_module
+from tracer import chain, engine, scenario as scenario_module, templates
 from tracer.errors import InputError
 from tracer.trace import param_name
 from tests.conftest import build
+from tests.latex_check import check_latex, compile_latex
 from tests.test_engine import networks
 
 
@@ -126,3 +127,23 @@ def test_chain_of_a_30_layer_net_returns(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "31 local slopes" in done.stdout or "30 local slopes" in done.stdout
+
+
+@pytest.mark.parametrize("template", templates.names())
+def test_latex_of_every_template_is_valid_latex(template, tmp_path):
+    """`chain --latex` for a weight and a bias of every layer (the first, one in the middle, the last
+    entries) at two steps: ASCII LaTeX that parses (and compiles, where pdflatex is installed)."""
+    trace = run(template)
+    s = trace.scenario
+    texts = []
+    for layer in range(1, len(s.layers) + 1):
+        shape = trace.W[layer - 1].shape[1:]
+        for kind, index in (("W", (0, 0)), ("W", (shape[0] - 1, shape[1] - 1)), ("b", (shape[1] // 2,))):
+            for step in sorted({0, trace.steps - 1}):
+                explained = chain.explain(trace, param_name(s, kind, layer, index), step=step, latex=True)
+                text = chain.render(explained, latex=True)
+                check_latex(text)
+                texts.append(text)
+    assert all("W_{" in t or "\\gamma_{" in t or "\\beta_{" in t or "b_{" in t for t in texts)
+    compiled = compile_latex("\n\n\\newpage\n\n".join(texts), tmp_path)
+    assert compiled is None or compiled[0], compiled

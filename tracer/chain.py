@@ -20,7 +20,6 @@ from .errors import InputError, shorten
 from .trace import param_name
 from . import notation
 
-_LATEX = {"σ": "\\sigma", "δ": "\\delta", "tanh": "\\tanh"}
 _PARAM = re.compile(r"^\s*(W|b|gamma|beta)([0-9]{1,9})\[([0-9]{1,9})(?:,\s*([0-9]{1,9}))?\]\s*$")
 
 
@@ -87,21 +86,22 @@ def parse_parameter(text, widths, scenario=None, where=None):
 
 
 class Names:
-    """Symbol names in Unicode (u₀⁽¹⁾) or LaTeX (u^{(1)}_{0})."""
+    """Symbol names in Unicode (u₀⁽¹⁾, W1[0,0]) or LaTeX (u^{(1)}_{0}, W_{1}[0,0]), written one way."""
 
     def __init__(self, latex=False):
         self.latex = latex
 
     def unit(self, symbol, layer, j):
         if self.latex:
-            return sp.Symbol(f"{_LATEX.get(symbol, symbol)}^{{({layer})}}_{{{j}}}")
+            return sp.Symbol(f"{notation.latex_symbol(symbol)}^{{({layer})}}_{{{j}}}")
         return sp.Symbol(notation.unit(symbol, layer, j))
 
     def weight(self, layer, i, j):
         return sp.Symbol(f"W_{{{layer}}}[{i},{j}]" if self.latex else f"W{layer}[{i},{j}]")
 
     def slope(self, act, layer, j):
-        return sp.Symbol(f"{_LATEX.get(act.symbol, act.symbol)}'(u^{{({layer})}}_{{{j}}})" if self.latex else f"{act.symbol}'({notation.unit('u', layer, j)})")
+        return sp.Symbol(f"{notation.latex_symbol(act.symbol)}'(u^{{({layer})}}_{{{j}}})" if self.latex
+                         else f"{act.symbol}'({notation.unit('u', layer, j)})")
 
     def error(self, layer, j):
         return sp.Symbol(f"e^{{({layer})}}_{{{j}}}" if self.latex else notation.unit("e", layer, j))
@@ -134,7 +134,7 @@ def explain(trace, parameter, step=0, sample=None, path=None, latex=False):
                               float(trace.norm["xhat"][l - 1][step, slot, j])))
     elif kind == "W":
         i = index[0]
-        symbol, meaning = (names.plain(f"x{i}", f"x_{{{i}}}"), f"input x{i}") if l == 1 else (
+        symbol, meaning = (names.plain(f"x{i}", f"x_{{{i}}}"), f"input {notation.sub('x', i)}") if l == 1 else (
             names.unit("a", l - 1, i), f"activation {notation.unit('a', l - 1, i)} from below")
         factors.append(Factor("②", meaning, symbol, float(below[i])))
     definitions = []
@@ -157,14 +157,14 @@ def explain(trace, parameter, step=0, sample=None, path=None, latex=False):
             value = error_from_above(trace, step, slot, l, j)
             symbol = names.error(l, j)
             factors.append(Factor("④", f"error from the batchnorm layer {l + 1} above", symbol, float(value)))
-            m1, m2, var = (names.plain(f"{q}{notation.unit('', l + 1, j)}", f"{q}^{{({l + 1})}}_{{{j}}}") for q in ("m1", "m2", "σ²"))
+            m1, m2, var = (names.unit(q, l + 1, j) for q in ("m1", "m2", "σ²"))
             eps = names.plain("ε", "\\varepsilon")
             definitions.append((symbol, (names.unit("dx̂", l + 1, j) - m1 - names.unit("x̂", l + 1, j) * m2)
                                 / sp.sqrt(var + eps)))
         else:
             value = error_from_above(trace, step, slot, l, j)
             symbol = names.error(l, j)
-            factors.append(Factor("④", f"error from above Σₖ W{l + 1}[{j},k]·δₖ⁽{l + 1}⁾", symbol, float(value)))
+            factors.append(Factor("④", f"error from above Σₖ W{l + 1}[{j},k]·δₖ{notation.layer(l + 1)}", symbol, float(value)))
             terms = [sp.Mul(names.weight(l + 1, j, k), names.unit("δ", l + 1, k), evaluate=False)
                      for k in range(widths[l + 1])]
             if s.layers[l].residual:
@@ -316,12 +316,14 @@ def _log_magnitude(values):
 
 
 def render(chain, latex=False):
-    """The report: symbolic expression, definitions, numbers, product vs engine."""
+    """The report: symbolic expression, definitions, numbers, product vs engine (in LaTeX: a
+    fragment for a document that loads amsmath, ASCII only; build `chain` with latex=True)."""
+    if latex:
+        return _render_latex(chain)
     # order="none" keeps the factors in the chain's order (②, ④, ⑤) instead of sympy's sort
-    show = (lambda e: sp.latex(e, order="none")) if latex else (lambda e: sp.pretty(e, use_unicode=True, order="none"))
+    show = lambda e: sp.pretty(e, use_unicode=True, order="none")  # noqa: E731
     lines = [f"∂E/∂{chain.name} at step {chain.step}, sample {chain.sample} (chain rule):", ""]
-    lines += _indent(show(sp.Eq(sp.Symbol(f"∂E/∂{chain.name}" if not latex else f"\\partial E/\\partial {chain.name}"),
-                                chain.symbolic, evaluate=False)))
+    lines += _indent(show(sp.Eq(sp.Symbol(f"∂E/∂{chain.name}"), chain.symbolic, evaluate=False)))
     lines.append("where")
     for symbol, expression in chain.definitions:
         lines += _indent(show(sp.Eq(symbol, expression, evaluate=False)))
@@ -348,6 +350,44 @@ def render(chain, latex=False):
         lines.append(f"  output factor {chain.path_output[0]} = {chain.path_output[1]:.10g}")
         lines.append(f"  this path's term = {chain.path_term:.10g} (the gradient is the sum over all paths)")
     return "\n".join(lines)
+
+
+def _render_latex(chain):
+    """The report of `render` as LaTeX: paragraphs of text with inline math, align* blocks for the
+    expressions; every name written as the symbols are (W_{1}[0,0], u^{(1)}_{0})."""
+    math = lambda e: sp.latex(e, order="none")  # noqa: E731
+    text, number = notation.latex_text, notation.latex_number
+    name = notation.latex_parameter(chain.name)
+    blocks = ["% tracer chain --latex: a LaTeX fragment; the document needs \\usepackage{amsmath}",
+              text(f"∂E/∂{chain.name} at step {chain.step}, sample {chain.sample} (chain rule):"),
+              "\\begin{align*}\n"
+              f"  \\frac{{\\partial E}}{{\\partial {name}}} &= {math(chain.symbolic)}\n"
+              "\\end{align*}"]
+    if chain.definitions:
+        blocks += ["where", "\\begin{align*}\n" + " \\\\\n".join(
+            f"  {math(symbol)} &= {math(expression)}" for symbol, expression in chain.definitions) + "\n\\end{align*}"]
+    blocks.append("with the numbers of the trace:")
+    for factor in chain.factors:
+        blocks.append(f"{text(factor.label)} ${math(factor.symbol)} = {number(factor.value)}$ ({text(factor.meaning)})")
+    product = " \\cdot ".join(f"({number(f.value)})" if f.value < 0 else number(f.value) for f in chain.factors)
+    blocks.append(f"\\[ \\text{{product}} = {product} = {number(chain.product)} \\]")
+    agree = _close(chain.product, chain.engine)
+    blocks.append(f"engine's $\\partial E/\\partial {name}$ for this sample $= {number(chain.engine)}$ "
+                  f"({'equal' if agree else 'DIFFERENT'})")
+    blocks.append(f"batch gradient at step {chain.step} (${name}$, over the step's samples) $= {number(chain.batch)}$")
+    blocks += [text(line) for line in chain.update_lines]
+    if chain.path:
+        blocks.append(text(f"one path of the delta recursion: units {' → '.join(map(str, chain.path))}"))
+        blocks.append(f"{len(chain.path_slopes)} local slopes along it:")
+        blocks += [f"${math(symbol)} = {number(value)}$" for symbol, value in chain.path_slopes]
+        product_of_slopes = np.prod([v for _, v in chain.path_slopes]) if chain.path_slopes else 1.0
+        blocks.append(f"product of the slopes $= {number(float(f'{product_of_slopes:.6g}'))}$")
+        if chain.path_weights:
+            blocks.append("weights along it: " + ", ".join(f"${math(s)} = {number(float(f'{v:.6g}'))}$"
+                                                          for s, v in chain.path_weights))
+        blocks.append(f"output factor ${math(chain.path_output[0])} = {number(chain.path_output[1])}$")
+        blocks.append(f"this path's term $= {number(chain.path_term)}$ (the gradient is the sum over all paths)")
+    return "\n\n".join(blocks)
 
 
 def _indent(text):
