@@ -1,13 +1,15 @@
 """The scalar-trace engine: Scenario -> Trace, every intermediate kept.
 
 Per step t, for the batch's samples (a⁽⁰⁾ = x):
-  u⁽ˡ⁾_j = Σ_i a⁽ˡ⁻¹⁾_i W_l[i,j] + b_l[j]      (summed left to right, as a spreadsheet does)
+  u⁽ˡ⁾ = the layer kind's forward of a⁽ˡ⁻¹⁾ (dense: Σ_i a⁽ˡ⁻¹⁾_i W_l[i,j] + b_l[j], left to right;
+         batchnorm/layernorm: γ·x̂ + β; see tracer/layers/)
   h⁽ˡ⁾_j = f_l(u⁽ˡ⁾_j),  slope⁽ˡ⁾_j = f_l'(u⁽ˡ⁾_j)
-  a⁽ˡ⁾_j = h⁽ˡ⁾_j, or h⁽ˡ⁾_j + a⁽ˡ⁻¹⁾_j for a residual layer
+  a⁽ˡ⁾_j = the kind's combine: h⁽ˡ⁾_j, or h⁽ˡ⁾_j + a⁽ˡ⁻¹⁾_j for a residual dense layer
   δ⁽ᴸ⁾_k = ∂E/∂a⁽ᴸ⁾_k · slope⁽ᴸ⁾_k             (or the loss's fused δ: y − t for bce, y·Σt − t for softmax_ce)
-  e⁽ˡ⁾_j = Σ_k W_{l+1}[j,k] δ⁽ˡ⁺¹⁾_k (+ e⁽ˡ⁺¹⁾_j when layer l+1 is residual)   the error ∂E/∂a⁽ˡ⁾_j
+  e⁽ˡ⁾_j = the error the kind of layer l+1 passes down, ∂E/∂a⁽ˡ⁾_j
+           (dense: Σ_k W_{l+1}[j,k] δ⁽ˡ⁺¹⁾_k (+ e⁽ˡ⁺¹⁾_j when layer l+1 is residual))
   δ⁽ˡ⁾_j = slope⁽ˡ⁾_j · e⁽ˡ⁾_j
-  ∂E/∂W_l[i,j] = a⁽ˡ⁻¹⁾_i δ⁽ˡ⁾_j,  ∂E/∂b_l[j] = δ⁽ˡ⁾_j       (per sample)
+  ∂E/∂W_l, ∂E/∂b_l per sample by the kind (dense: a⁽ˡ⁻¹⁾_i δ⁽ˡ⁾_j and δ⁽ˡ⁾_j)
   g = Σ_s (or mean_s) of the per-sample gradients;  Δθ = optimiser(g);  θ ← θ − Δθ
 Overflow never raises: inf/NaN propagate as IEEE arithmetic gives them, and a non-finite
 input poisons every output that reads it (see ieee.py); numpy's warnings are recorded.
@@ -16,8 +18,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import activations, init as inits, losses, optim
+from . import activations, layers, losses, optim
 from .ieee import propagate_nonfinite
+from .layers import back_sum, weighted_sum  # noqa: F401  (the shared sums, defined with the layer kinds)
 from .trace import Trace
 
 
@@ -35,42 +38,7 @@ class Pass:
     sample_loss: np.ndarray
     grad_W: list                      # per-sample (B, fan_in, units)
     grad_b: list                      # per-sample (B, units)
-    norm: dict = field(default_factory=dict)  # batchnorm layer index -> BatchNorm
-
-
-@dataclass
-class BatchNorm:
-    """One batch-normalisation layer's statistics and backward terms for a batch (training mode).
-
-    μ = Σ_s x_s / B,  σ² = Σ_s (x_s − μ)² / B (biased),  x̂ = (x − μ)/√(σ² + eps),  u = γ·x̂ + β
-    backward, with δ = ∂E/∂u (per sample, relative to the summed loss):
-      ∂E/∂γ = Σ_s δ·x̂,  ∂E/∂β = Σ_s δ,  dx̂ = δ·γ,  m1 = Σ_s dx̂ / B,  m2 = Σ_s dx̂·x̂ / B
-      ∂E/∂x = (dx̂ − m1 − x̂·m2) / √(σ² + eps)        (the error arriving at the layer below)
-    """
-
-    mean: np.ndarray
-    var: np.ndarray
-    xhat: np.ndarray
-    dxhat: np.ndarray | None = None
-    m1: np.ndarray | None = None
-    m2: np.ndarray | None = None
-    dx: np.ndarray | None = None
-
-    @classmethod
-    def forward(cls, x, eps):
-        n = x.shape[0]
-        mean = np.sum(x, axis=0) / n
-        centred = x - mean
-        var = np.sum(centred * centred, axis=0) / n
-        # σ² = inf gives x̂ = x/√inf = 0 in IEEE arithmetic, an error in a spreadsheet (whose x̂ reads σ²)
-        return cls(mean, var, propagate_nonfinite(centred / np.sqrt(var + eps), var))
-
-    def backward(self, delta, gamma, eps):
-        n = delta.shape[0]
-        self.dxhat = delta * gamma
-        self.m1 = np.sum(self.dxhat, axis=0) / n
-        self.m2 = np.sum(self.dxhat * self.xhat, axis=0) / n
-        self.dx = (self.dxhat - self.m1 - self.xhat * self.m2) / np.sqrt(self.var + eps)
+    records: list = field(default_factory=list)  # per layer: the kind's own quantities {CSV name: array}
 
 
 @dataclass
@@ -86,90 +54,61 @@ class Recorder:
 
 
 def initial_parameters(scenario):
-    """Draw W_l (fan_in × units) and b_l (units) for every layer, in order, from the seed."""
+    """The parameters W_l, b_l of every layer before the first step, in layer order, each kind drawing
+    from the seeded generator as it needs (see LayerKind.initial_parameters)."""
     rng = np.random.default_rng(scenario.seed)
     weights, biases = [], []
     for fan_in, layer in zip(scenario.widths[:-1], scenario.layers):
-        if layer.kind == "batchnorm":   # γ = 1, β = 0: no draw from the seed
-            weights.append(np.ones((1, layer.units)))
-            biases.append(np.zeros(layer.units))
-            continue
-        if layer.init == "explicit":
-            weights.append(np.array(layer.weights, dtype=float))
-        else:
-            sampler = inits.INITS[layer.init][1]
-            weights.append(np.asarray(sampler(rng, (fan_in, layer.units), fan_in, layer.units, layer.init_params), dtype=float))
-        if layer.bias_init == "explicit":
-            biases.append(np.array(layer.bias, dtype=float))
-        else:
-            sampler = inits.INITS[layer.bias_init][1]
-            biases.append(np.asarray(sampler(rng, (layer.units,), fan_in, layer.units, layer.bias_params), dtype=float))
+        W, b = layers.of(layer).initial_parameters(layer, fan_in, rng)
+        weights.append(W)
+        biases.append(b)
     return weights, biases
 
 
-def weighted_sum(a, W, b):
-    """u_j = Σ_i a_i W[i,j] + b_j, summed left to right for every sample row of `a`."""
-    total = a[:, 0:1] * W[0]
-    for i in range(1, W.shape[0]):
-        total = total + a[:, i:i + 1] * W[i]
-    return total + b
-
-
-def back_sum(delta_next, W_next):
-    """Σ_k W_next[j,k] δ_k, summed left to right over k, for every sample row."""
-    total = delta_next[:, 0:1] * W_next[:, 0]
-    for k in range(1, W_next.shape[1]):
-        total = total + delta_next[:, k:k + 1] * W_next[:, k]
-    return total
+def output_delta(loss, y, t, slope):
+    """(∂E/∂a⁽ᴸ⁾ per sample or None, δ⁽ᴸ⁾): δ = ∂E/∂a · f'(u), or the loss's fused δ (y − t for bce,
+    y·Σt − t for softmax_ce) for which ∂E/∂a is not recorded."""
+    if loss.fused:
+        return None, loss.delta(y, t)
+    output_error = loss.error(y, t)
+    return output_error, output_error * slope
 
 
 def forward_backward(scenario, weights, biases, x, t):
-    """Run one pass over the samples x (B × n_in) with targets t; return every intermediate."""
+    """Run one pass over the samples x (B × n_in) with targets t; return every intermediate.
+
+    forward, per layer: u, record = kind.forward; h = f(u); a = kind.combine(h, a⁽ˡ⁻¹⁾)
+    backward: δ⁽ᴸ⁾ from the loss; per layer from the top: kind.backward (its own records),
+    e⁽ˡ⁻¹⁾ = kind.error_down, δ⁽ˡ⁻¹⁾ = f'(u⁽ˡ⁻¹⁾)·e⁽ˡ⁻¹⁾; then per-sample gradients by kind.gradients."""
     loss = losses.LOSSES[scenario.loss]
-    us, hs, acts, slopes, norm = [], [], [], [], {}
+    kinds = [layers.of(layer) for layer in scenario.layers]
+    us, hs, acts, slopes, records = [], [], [], [], []
     previous = x
-    for index, (layer, W, b) in enumerate(zip(scenario.layers, weights, biases)):
+    for layer, kind, W, b in zip(scenario.layers, kinds, weights, biases):
         definition = activations.get(layer.activation)
         axis = None if definition.elementwise else -1
-        if layer.kind == "batchnorm":
-            norm[index] = BatchNorm.forward(previous, layer.eps)
-            u = W[0] * norm[index].xhat + b
-        else:
-            u = weighted_sum(previous, W, b)
+        u, record = kind.forward(layer, previous, W, b)
         h = propagate_nonfinite(definition.forward(u, layer.activation_params), u, axis=axis)
         slope = propagate_nonfinite(definition.slope(u, h, layer.activation_params), u, h)
-        a = h + previous if layer.residual else h
-        us.append(u), hs.append(h), acts.append(a), slopes.append(slope)
+        a = kind.combine(layer, h, previous)
+        us.append(u), hs.append(h), acts.append(a), slopes.append(slope), records.append(record)
         previous = a
     y, u_out = acts[-1], us[-1]
     sample_loss = propagate_nonfinite(loss.value(u_out, y, t)[:, None], u_out, y, axis=-1)[:, 0]
-    if loss.fused:
-        output_error = None
-        delta = loss.delta(y, t)
-    else:
-        output_error = loss.error(y, t)
-        delta = output_error * slopes[-1]
+    output_error, delta = output_delta(loss, y, t, slopes[-1])
     last = len(scenario.layers) - 1
-    if last in norm:
-        norm[last].backward(delta, weights[last][0], scenario.layers[last].eps)
-    deltas, errors = [delta], [None]
-    for index in range(last - 1, -1, -1):
-        above = scenario.layers[index + 1]
-        if above.kind == "batchnorm":
-            error = norm[index + 1].dx
-        else:
-            error = back_sum(deltas[0], weights[index + 1])
-            if above.residual:
-                error = error + errors[0]
-        delta = slopes[index] * error
-        if index in norm:
-            norm[index].backward(delta, weights[index][0], scenario.layers[index].eps)
-        deltas.insert(0, delta)
-        errors.insert(0, error)
+    deltas, errors = [None] * last + [delta], [None] * (last + 1)
+    for index in range(last, -1, -1):
+        layer, kind = scenario.layers[index], kinds[index]
+        kind.backward(layer, records[index], deltas[index], weights[index])
+        if index:
+            errors[index - 1] = kind.error_down(layer, records[index], deltas[index], weights[index], errors[index])
+            deltas[index - 1] = slopes[index - 1] * errors[index - 1]
     inputs = [x] + acts[:-1]
-    grad_W = [(d * norm[i].xhat)[:, None, :] if i in norm else below[:, :, None] * d[:, None, :]
-              for i, (below, d) in enumerate(zip(inputs, deltas))]
-    return Pass(us, acts, slopes, deltas, hs, errors, output_error, sample_loss, grad_W, list(deltas), norm)
+    grads = [kind.gradients(layer, record, below, d)
+             for layer, kind, record, below, d in zip(scenario.layers, kinds, records, inputs, deltas)]
+    return Pass(us, acts, slopes, deltas, hs, errors, output_error, sample_loss,
+                [g for g, _ in grads], [g for _, g in grads], records)
 
 
 def reduce_samples(per_sample, reduction):

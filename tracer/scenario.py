@@ -14,20 +14,16 @@ import unicodedata
 
 import numpy as np
 
-from . import activations, init as inits, inputs, losses, optim, templates
+from . import inputs, layers as layer_kinds, losses, optim, templates
+from .layers import Layer  # noqa: F401  (a scenario's layer; defined with the layer kinds)
 from .errors import ScenarioError, shorten
 from .trace import MAX_BYTES as MAX_TRACE_BYTES, Trace
 
 TOP_KEYS = ("name", "description", "seed", "steps", "data", "layers", "loss", "optimizer", "training", "diagnosis")
 DATA_KEYS = ("inputs", "targets", "file", "input_columns", "target_columns", "normalize")
 NORMALIZATIONS = ("none", "standard", "minmax")
-LAYER_KEYS = (
-    "units", "activation", "slope", "alpha", "init", "low", "high", "mean", "std", "value", "weights",
-    "bias", "bias_init", "bias_low", "bias_high", "bias_mean", "bias_std", "bias_value", "train_bias",
-    "residual", "kind", "eps",
-)
-LAYER_KINDS = ("dense", "batchnorm")
-BATCHNORM_KEYS = ("kind", "units", "activation", "slope", "alpha", "eps", "train_bias")
+LAYER_KEYS = layer_kinds.KEYS                 # every [[layers]] key, each kind taking its own (tracer/layers/)
+LAYER_KINDS = tuple(layer_kinds.LAYERS)
 LOSS_KEYS = ("name", "reduction")
 TRAINING_KEYS = ("batch", "shuffle", "clip_norm", "clip_value")
 DIAGNOSIS_DEFAULTS = {
@@ -41,27 +37,6 @@ DIAGNOSIS_DEFAULTS = {
 }
 DIAGNOSIS_KEYS = tuple(DIAGNOSIS_DEFAULTS)
 DIAGNOSIS_COUNTS = ("plateau_window", "oscillation")   # whole numbers of steps
-ACTIVATION_PARAM_KEYS = ("slope", "alpha")
-INIT_PARAM_KEYS = ("low", "high", "mean", "std", "value")
-
-
-@dataclass
-class Layer:
-    """One non-input layer: `units` units with activation f and parameters W (fan_in × units), b."""
-
-    units: int
-    activation: str
-    activation_params: dict
-    init: str
-    init_params: dict
-    weights: np.ndarray | None
-    bias_init: str
-    bias_params: dict
-    bias: np.ndarray | None
-    train_bias: bool
-    residual: bool = False        # a = f(u) + a⁽ˡ⁻¹⁾ (a skip connection; equal widths, hidden layers)
-    kind: str = "dense"           # dense | batchnorm (u = γ·x̂ + β over the batch, x̂ = (x − μ)/√(σ² + eps))
-    eps: float = 1e-5             # batchnorm only
 
 
 @dataclass
@@ -232,7 +207,7 @@ def from_dict(raw, source="<scenario>", base=None, text=""):
     widths = [inputs.shape[1]]
     layers = []
     for index, layer_raw in enumerate(layers_raw):
-        layer = _layer(v, layer_raw, f"layers[{index}]", widths[-1], index == len(layers_raw) - 1)
+        layer = layer_kinds.parse(v, layer_raw, f"layers[{index}]", widths[-1], index == len(layers_raw) - 1)
         layers.append(layer)
         widths.append(layer.units)
     if widths[-1] != targets.shape[1]:
@@ -259,7 +234,8 @@ def from_dict(raw, source="<scenario>", base=None, text=""):
     training = v.table(raw, "training", "", default={})
     v.keys(training, TRAINING_KEYS, "training")
     batch = _batch(v, training, inputs.shape[0])
-    _batchnorm_batches(v, layers, inputs.shape[0], batch)
+    for index, layer in enumerate(layers):
+        layer_kinds.of(layer).check_batches(v, index, inputs.shape[0], batch)
     shuffle = v.boolean(training, "shuffle", "training", default=False)
     clip_norm, clip_value = (v.number(training, key, "training", positive=True) if key in training else None
                              for key in ("clip_norm", "clip_value"))
@@ -416,116 +392,6 @@ def _probability_targets(v, targets, loss, key):
                             f"{loss} targets are probabilities (rows need not sum to 1)")
 
 
-def _softmax_units(v, key, activation, units):
-    """Softmax over one unit is the constant 1: its output and every gradient through it are fixed."""
-    if activation == "softmax" and units == 1:
-        raise ScenarioError(v.source, f"{key}.units", "softmax of a single unit is the constant 1 (nothing to learn); "
-                            "for one output use activation = \"sigmoid\" with loss bce")
-
-
-def _layer(v, raw, key, fan_in, is_output):
-    v.keys(raw, LAYER_KEYS, key)
-    kind = v.choice(raw, "kind", key, LAYER_KINDS, default="dense")
-    if kind == "batchnorm":
-        return _batchnorm(v, raw, key, fan_in, is_output)
-    if "eps" in raw:
-        raise ScenarioError(v.source, f"{key}.eps", "'eps' applies to kind = \"batchnorm\" layers")
-    v.require(raw, "units", key)
-    units = v.integer(raw, "units", key, minimum=1)
-    activation = v.choice(raw, "activation", key, activations.ACTIVATIONS, default="sigmoid")
-    definition = activations.get(activation)
-    if not definition.elementwise and not is_output:
-        raise ScenarioError(v.source, f"{key}.activation", f"{activation} is allowed on the output layer only")
-    _softmax_units(v, key, activation, units)
-    activation_params = {}
-    for name in ACTIVATION_PARAM_KEYS:
-        if name in raw and name not in definition.params:
-            raise ScenarioError(v.source, f"{key}.{name}", f"'{name}' does not apply to activation {activation}")
-    for name, default in definition.params.items():
-        activation_params[name] = v.number(raw, name, key, default=default)
-    init_name, init_params = _init(v, raw, key, "", default="uniform")
-    weights = None
-    if init_name == "explicit":
-        v.require(raw, "weights", f"{key} (init = \"explicit\")")
-        weights = v.matrix(raw, "weights", key)
-        if weights.shape != (fan_in, units):
-            raise ScenarioError(
-                v.source, f"{key}.weights",
-                f"shape {weights.shape[0]}×{weights.shape[1]} does not match (fan_in, units) = ({fan_in}, {units})",
-            )
-    elif "weights" in raw:
-        raise ScenarioError(v.source, f"{key}.weights", "explicit weights need init = \"explicit\"")
-    bias = None
-    if "bias" in raw:
-        bias = v.vector(raw, "bias", key)
-        if bias.shape != (units,):
-            raise ScenarioError(v.source, f"{key}.bias", f"{bias.shape[0]} values for {units} units")
-        if "bias_init" in raw and raw["bias_init"] != "explicit":
-            raise ScenarioError(v.source, f"{key}.bias_init", "give either bias values or bias_init, not both")
-        bias_name, bias_params = "explicit", {}
-    else:
-        bias_name, bias_params = _init(v, raw, key, "bias_", default="constant")
-        if bias_name == "explicit":
-            raise ScenarioError(v.source, f"{key}.bias", "bias_init = \"explicit\" needs bias = [...]")
-    return Layer(
-        units=units, activation=activation, activation_params=activation_params, init=init_name,
-        init_params=init_params, weights=weights, bias_init=bias_name, bias_params=bias_params, bias=bias,
-        train_bias=v.boolean(raw, "train_bias", key, default=True),
-        residual=_residual(v, raw, key, fan_in, units, is_output),
-    )
-
-
-def _batchnorm(v, raw, key, fan_in, is_output):
-    """A batch-normalisation layer: γ = 1 and β = 0 to start (as PyTorch), its own activation."""
-    for name in raw:
-        if name not in BATCHNORM_KEYS:
-            raise ScenarioError(v.source, f"{key}.{name}", f"'{name}' does not apply to a batchnorm layer "
-                                f"(its keys: {', '.join(BATCHNORM_KEYS)})")
-    units = v.integer(raw, "units", key, default=fan_in, minimum=1)
-    if units != fan_in:
-        raise ScenarioError(v.source, f"{key}.units", f"a batchnorm layer keeps the width of the layer below ({fan_in})")
-    activation = v.choice(raw, "activation", key, activations.ACTIVATIONS, default="identity")
-    definition = activations.get(activation)
-    if not definition.elementwise and not is_output:
-        raise ScenarioError(v.source, f"{key}.activation", f"{activation} is allowed on the output layer only")
-    _softmax_units(v, key, activation, units)
-    for name in ACTIVATION_PARAM_KEYS:
-        if name in raw and name not in definition.params:
-            raise ScenarioError(v.source, f"{key}.{name}", f"'{name}' does not apply to activation {activation}")
-    params = {name: v.number(raw, name, key, default=default) for name, default in definition.params.items()}
-    return Layer(
-        units=units, activation=activation, activation_params=params, init="constant", init_params={"value": 1.0},
-        weights=None, bias_init="constant", bias_params={"value": 0.0}, bias=None,
-        train_bias=v.boolean(raw, "train_bias", key, default=True), kind="batchnorm",
-        eps=v.number(raw, "eps", key, default=1e-5, positive=True),
-    )
-
-
-def _residual(v, raw, key, fan_in, units, is_output):
-    residual = v.boolean(raw, "residual", key, default=False)
-    if residual and is_output:
-        raise ScenarioError(v.source, f"{key}.residual", "a residual connection is for hidden layers, not the output layer")
-    if residual and fan_in != units:
-        raise ScenarioError(v.source, f"{key}.residual", f"needs as many units as the layer below ({fan_in}), not {units}")
-    return residual
-
-
-def _init(v, raw, key, prefix, default):
-    name = v.choice(raw, f"{prefix}init", key, inits.INITS, default=default)
-    defaults = inits.INITS[name][0]
-    for param in INIT_PARAM_KEYS:
-        if f"{prefix}{param}" in raw and param not in defaults:
-            raise ScenarioError(v.source, f"{key}.{prefix}{param}", f"'{prefix}{param}' does not apply to {prefix}init {name}")
-    params = {p: v.number(raw, f"{prefix}{p}", key, default=d) for p, d in defaults.items()}
-    if name == "uniform" and params["low"] >= params["high"]:
-        raise ScenarioError(v.source, f"{key}.{prefix}high", "must be greater than low")
-    if name == "uniform" and not math.isfinite(params["high"] - params["low"]):
-        raise ScenarioError(v.source, f"{key}.{prefix}high", "high − low must be below 1.8e308 (it overflows)")
-    if name == "normal" and params["std"] < 0:
-        raise ScenarioError(v.source, f"{key}.{prefix}std", "must not be negative")
-    return name, params
-
-
 SCHEDULE_KEYS = ("schedule", "step_size", "gamma")
 
 
@@ -582,20 +448,6 @@ def _batch(v, training, n_samples):
     if batch > n_samples:
         raise ScenarioError(v.source, "training.batch", f"{batch} is larger than the {n_samples} samples")
     return None if batch == n_samples else batch
-
-
-def _batchnorm_batches(v, layers, n_samples, batch):
-    """Refuse a batch of one sample under batchnorm, as PyTorch does in training mode ("Expected
-    more than 1 value per channel when training"): σ² = 0 there, so x̂ = 0 whatever the input."""
-    norms = [index for index, layer in enumerate(layers) if layer.kind == "batchnorm"]
-    size = n_samples if batch is None else batch
-    if not norms or (size > 1 and n_samples % size != 1):
-        return
-    detail = (f"batches of 1 sample ({n_samples} sample{'s' if n_samples > 1 else ''}, batch {size})" if size == 1
-              else f"the last batch of each epoch has 1 sample ({n_samples} samples in batches of {size})")
-    raise ScenarioError(v.source, "training.batch",
-                        f"batchnorm (layers[{norms[0]}]) needs more than 1 sample in every batch, as in PyTorch; "
-                        f"here {detail}")
 
 
 def _did_you_mean(word, candidates):

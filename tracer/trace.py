@@ -230,11 +230,13 @@ class Trace:
             self.grad_b[layer][step] = grads_b[layer]
             self.update_W[layer][step] = updates_W[layer]
             self.update_b[layer][step] = updates_b[layer]
-        for index, norm in result.norm.items():
+        for index, record in enumerate(result.records):
             for q in BATCHNORM_PER_SAMPLE:
-                self.norm[q][index][step, :n] = getattr(norm, q)
+                if q in record:
+                    self.norm[q][index][step, :n] = record[q]
             for q in BATCHNORM_PER_STEP:
-                self.norm[q][index][step] = getattr(norm, q)
+                if f"bn_{q}" in record:
+                    self.norm[q][index][step] = record[f"bn_{q}"]
         if self.output_error is not None:
             self.output_error[step, :n] = result.output_error
         self.sample_loss[step, :n] = result.sample_loss

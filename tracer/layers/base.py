@@ -1,0 +1,274 @@
+"""The LayerKind base class, the Quantity a kind records, and shared numpy helpers.
+
+A layer kind is ONE object that holds, side by side, every face of the layer's maths (the way an
+activation in activations.py holds its numpy, Excel and sympy forms):
+
+  scenario  keys, defaults, validation, parameter names/shapes/initial values      (l11-core)
+  records   the quantities the kind records (Quantity declarations)                 (l11-core)
+  numpy     forward, combine, backward, error_down, gradients                        (l11-core)
+  excel     column declarations and formula bodies of the Trace sheet              (l11-workbook)
+  chain     sympy factors of ∂E/∂W, the symbolic error passed down, LaTeX names       (l11-chain)
+  check     scalar rules for hand checks (`tracer check`)                             (l11-chain)
+  diagnose  producers of the first inf/NaN, the error down for the dominant path      (l11-chain)
+
+Layers are numbered from 1 in names and keys (`l`), `layer` is the scenario's Layer object
+(units, activation, kind, residual, eps, ...). Arrays have the batch on axis 0: `below` is
+a⁽ˡ⁻¹⁾ (B × fan_in), `u`, `delta` are (B × units). W is stored fan_in × units for dense layers
+and 1 × units (γ) for normalisation layers; b is (units,) (β for normalisation layers).
+
+The numpy face of one layer, per batch (engine.forward_backward calls them in this order):
+  u, record = kind.forward(layer, below, W, b)        u = the layer's pre-activation
+  h = f(u);  a = kind.combine(layer, h, below)         a = h, or h + a⁽ˡ⁻¹⁾ (residual skip)
+  ... δ = ∂E/∂u of the layer (from the loss or the layer above) ...
+  kind.backward(layer, record, delta, W)               backward records (dx̂, m1, m2) into `record`
+  e_below = kind.error_down(layer, record, delta, W, error_here)   ∂E/∂a⁽ˡ⁻¹⁾ per sample
+  grad_W, grad_b = kind.gradients(layer, record, below, delta)     per sample (B, *shape)
+`record` is a dict CSV quantity name -> array, holding the values of the kind's own recorded
+quantities (those of `records(layer)` that are not common to every layer).
+"""
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import activations, init as inits
+from ..errors import ScenarioError
+from ..ieee import propagate_nonfinite
+
+PER = ("sample-unit", "step-unit", "sample")
+
+
+@dataclass(frozen=True)
+class Quantity:
+    """One recorded quantity of a layer.
+
+    name     the CSV quantity name (a contract: u, a, slope, delta, h, e, xhat, dxhat, bn_mean, ...)
+    symbol   its name in math notation (headers): x̂, μ, σ², ...
+    meaning  one line saying what it holds
+    per      "sample-unit": one value per sample and unit, array (T, B, n);
+             "step-unit":   one value per step and unit (a batch statistic), array (T, n);
+             "sample":      one value per sample for the whole layer (layernorm's μ, σ²), array (T, B)
+    common   True for the quantities every layer records whether the CSV shows them or not
+             (u, a, slope, delta, h, e): the engine fills them itself, not from `record`
+    """
+
+    name: str
+    symbol: str
+    meaning: str
+    per: str
+    common: bool = False
+
+    def __post_init__(self):
+        if self.per not in PER:
+            raise ValueError(f"Quantity {self.name}: per must be one of {PER}, not {self.per!r}")
+
+
+# The quantities every layer has (the engine computes them around the kind's forward/backward).
+U = Quantity("u", "u", "the layer's pre-activation (weighted sum, or γ·x̂ + β)", "sample-unit", True)
+A = Quantity("a", "a", "the layer's output a = f(u) (+ a⁽ˡ⁻¹⁾ with a residual skip)", "sample-unit", True)
+SLOPE = Quantity("slope", "f'", "the local slope f'(u)", "sample-unit", True)
+DELTA = Quantity("delta", "δ", "δ = ∂E/∂u", "sample-unit", True)
+H = Quantity("h", "h", "f(u) before the residual skip is added", "sample-unit", True)
+E = Quantity("e", "e", "e = ∂E/∂a, the error arriving from the layer above", "sample-unit", True)
+COMMON = (U, A, SLOPE, DELTA)
+
+
+def weighted_sum(a, W, b):
+    """u_j = Σ_i a_i W[i,j] + b_j, summed left to right for every sample row of `a`."""
+    total = a[:, 0:1] * W[0]
+    for i in range(1, W.shape[0]):
+        total = total + a[:, i:i + 1] * W[i]
+    return total + b
+
+
+def back_sum(delta_next, W_next):
+    """Σ_k W_next[j,k] δ_k, summed left to right over k, for every sample row."""
+    total = delta_next[:, 0:1] * W_next[:, 0]
+    for k in range(1, W_next.shape[1]):
+        total = total + delta_next[:, k:k + 1] * W_next[:, k]
+    return total
+
+
+def normalise(x, axis, eps):
+    """μ = Σ x / n, σ² = Σ (x − μ)² / n (biased), x̂ = (x − μ)/√(σ² + eps), over `axis`
+    (0: over the batch, batchnorm; 1: over the units of a sample, layernorm). Returns (μ, σ², x̂)
+    with the reduced axis dropped from μ and σ². σ² = inf gives x̂ = x/√inf = 0 in IEEE arithmetic,
+    an error in a spreadsheet (whose x̂ reads σ²): x̂ is made non-finite where σ² is."""
+    n = x.shape[axis]
+    mean = np.sum(x, axis=axis, keepdims=True) / n
+    centred = x - mean
+    var = np.sum(centred * centred, axis=axis, keepdims=True) / n
+    xhat = propagate_nonfinite(centred / np.sqrt(var + eps), np.broadcast_to(var, x.shape))
+    return np.squeeze(mean, axis), np.squeeze(var, axis), xhat
+
+
+def normalise_backward(delta, gamma, xhat, var, axis, eps):
+    """The backward pass through x̂ = (x − μ)/√(σ² + eps), u = γ·x̂ + β, with δ = ∂E/∂u:
+    dx̂ = δ·γ, m1 = Σ dx̂ / n, m2 = Σ dx̂·x̂ / n (over `axis`), ∂E/∂x = (dx̂ − m1 − x̂·m2)/√(σ² + eps).
+    `var` has `axis` dropped. Returns (dx̂, m1, m2, ∂E/∂x), m1 and m2 with `axis` dropped."""
+    n = delta.shape[axis]
+    dxhat = delta * gamma
+    m1 = np.sum(dxhat, axis=axis, keepdims=True) / n
+    m2 = np.sum(dxhat * xhat, axis=axis, keepdims=True) / n
+    dx = (dxhat - m1 - xhat * m2) / np.sqrt(np.expand_dims(var, axis) + eps)
+    return dxhat, np.squeeze(m1, axis), np.squeeze(m2, axis), dx
+
+
+class LayerKind:
+    """One layer kind with all its faces. Subclasses set the class attributes and override the
+    numpy/scenario/records methods; the faces owned by other modules are declared here with
+    their contract and overridden (or left raising NotImplementedError) in each kind's module."""
+
+    name = ""                 # the TOML `kind` value (a contract)
+    description = ""          # one line for README/help
+    keys = ()                 # the TOML keys a layer of this kind accepts (besides none)
+    param_names = ("W", "b")  # the names of its two parameters in CSV quantities and parameter names
+    keeps_width = False       # units must equal the layer below's (normalisation layers)
+    min_batch = 1             # every batch needs at least this many samples
+
+    # ------------------------------------------------------------ scenario face (l11-core)
+
+    def parse(self, v, raw, key, fan_in, is_output):
+        """Validate one [[layers]] table `raw` (at TOML path `key`, e.g. "layers[1]") of this kind
+        with the scenario's validator `v`, for a layer below of `fan_in` units; return the Layer.
+        Raises ScenarioError (via v) naming the key for any problem, in one line."""
+        raise NotImplementedError
+
+    def refuse_key(self, v, key, name, kinds_with_it):
+        """Refuse a [[layers]] key (known to other kinds `kinds_with_it`) that this kind does not take."""
+        raise ScenarioError(v.source, f"{key}.{name}", f"'{name}' does not apply to a {self.name} layer "
+                            f"(its keys: {', '.join(self.keys)})")
+
+    def check_batches(self, v, index, n_samples, batch):
+        """Refuse (ScenarioError on training.batch) a batch schedule this kind cannot train on:
+        every batch (the last of an epoch too) needs `min_batch` samples. `batch` None = full."""
+        if self.min_batch <= 1:
+            return
+        size = n_samples if batch is None else batch
+        if size >= self.min_batch and (n_samples % size == 0 or n_samples % size >= self.min_batch):
+            return
+        detail = (f"batches of {size} sample{'s' if size > 1 else ''} ({n_samples} sample{'s' if n_samples > 1 else ''}, batch {size})"
+                  if size < self.min_batch
+                  else f"the last batch of each epoch has {n_samples % size} sample{'s' if n_samples % size > 1 else ''} "
+                       f"({n_samples} samples in batches of {size})")
+        v.fail("training", "batch", f"{self.name} (layers[{index}]) needs more than {self.min_batch - 1} sample "
+               f"in every batch, as in PyTorch; here {detail}")
+
+    def param_shapes(self, fan_in, units):
+        """The shapes of the stored parameters (W-like, b-like): dense (fan_in, units), (units,);
+        normalisation layers (1, units) for γ and (units,) for β."""
+        return (fan_in, units), (units,)
+
+    def initial_parameters(self, layer, fan_in, rng):
+        """The parameters before the first step, (W, b) as float arrays of `param_shapes`; draws from
+        the seeded generator `rng` in a fixed order (dense) or not at all (γ = 1, β = 0)."""
+        raise NotImplementedError
+
+    def param_name(self, which, l, index):
+        """The name of one parameter (a contract): which "W" or "b"; dense W{l}[i,j], b{l}[j];
+        normalisation layers gamma{l}[j] (index (0, j)), beta{l}[j]."""
+        w, b = self.param_names
+        if which == "W":
+            return f"{w}{l}[{','.join(map(str, index))}]" if w == "W" else f"{w}{l}[{index[-1]}]"
+        return f"{b}{l}[{index[0]}]"
+
+    def param_quantity(self, quantity):
+        """The CSV quantity name of a parameter-shaped quantity (W, grad_W, update_W, m_W, b, ...)
+        on a layer of this kind: W → gamma, grad_b → grad_beta on normalisation layers."""
+        if self.param_names == ("W", "b"):
+            return quantity
+        w, b = self.param_names
+        if quantity in ("W", "b"):
+            return w if quantity == "W" else b
+        return quantity[:-2] + ("_" + w if quantity.endswith("_W") else "_" + b)
+
+    # ------------------------------------------------------------ records face (l11-core)
+
+    def records(self, layer):
+        """The quantities a layer of this kind records in the CSV, in the CSV's order within its
+        group: per-sample ones ("sample-unit", "sample") among the sample's rows of the layer,
+        "step-unit" ones after the layer's parameter totals of the step."""
+        return COMMON
+
+    # ------------------------------------------------------------ numpy face (l11-core)
+
+    def forward(self, layer, below, W, b):
+        """u (B × units) from the layer below's output `below` (B × fan_in) and the parameters;
+        returns (u, record) with `record` the kind's own forward quantities {CSV name: array}."""
+        raise NotImplementedError
+
+    def combine(self, layer, h, below):
+        """The layer's output a from h = f(u): a = h (the default)."""
+        return h
+
+    def backward(self, layer, record, delta, W):
+        """Add the kind's backward quantities to `record` given δ = ∂E/∂u (B × units); none by default."""
+
+    def error_down(self, layer, record, delta, W, error_here):
+        """∂E/∂a⁽ˡ⁻¹⁾ (B × fan_in), the error passed to the layer below, from this layer's δ and W and
+        `error_here` = e⁽ˡ⁾ = ∂E/∂a⁽ˡ⁾ (None on the output layer)."""
+        raise NotImplementedError
+
+    def gradients(self, layer, record, below, delta):
+        """Per-sample parameter gradients (grad_W (B, *W.shape), grad_b (B, units)) relative to the
+        sample's loss; the batch total is taken by the reduction."""
+        raise NotImplementedError
+
+
+# ---------------------------------------------------------------- the scenario's layer, and parsing helpers
+
+@dataclass
+class Layer:
+    """One non-input layer: `units` units with activation f and parameters W (fan_in × units), b
+    (γ, β for normalisation layers, stored as a 1 × units W and a b)."""
+
+    units: int
+    activation: str
+    activation_params: dict
+    init: str
+    init_params: dict
+    weights: np.ndarray | None
+    bias_init: str
+    bias_params: dict
+    bias: np.ndarray | None
+    train_bias: bool
+    residual: bool = False        # a = f(u) + a⁽ˡ⁻¹⁾ (a skip connection; equal widths, hidden layers)
+    kind: str = "dense"           # a name in tracer.layers.LAYERS
+    eps: float = 1e-5             # normalisation layers only
+
+
+ACTIVATION_PARAM_KEYS = ("slope", "alpha")
+INIT_PARAM_KEYS = ("low", "high", "mean", "std", "value")
+
+
+def parse_activation(v, raw, key, units, is_output, default):
+    """The layer's activation name and its parameters {slope/alpha: value}, validated: a
+    non-elementwise activation (softmax) only on the output layer and over more than one unit;
+    parameters only those the activation has."""
+    activation = v.choice(raw, "activation", key, activations.ACTIVATIONS, default=default)
+    definition = activations.get(activation)
+    if not definition.elementwise and not is_output:
+        raise ScenarioError(v.source, f"{key}.activation", f"{activation} is allowed on the output layer only")
+    if activation == "softmax" and units == 1:   # softmax over one unit is the constant 1
+        raise ScenarioError(v.source, f"{key}.units", "softmax of a single unit is the constant 1 (nothing to learn); "
+                            "for one output use activation = \"sigmoid\" with loss bce")
+    for name in ACTIVATION_PARAM_KEYS:
+        if name in raw and name not in definition.params:
+            raise ScenarioError(v.source, f"{key}.{name}", f"'{name}' does not apply to activation {activation}")
+    return activation, {name: v.number(raw, name, key, default=d) for name, d in definition.params.items()}
+
+
+def parse_init(v, raw, key, prefix, default):
+    """An initialiser name ({prefix}init) and its parameters ({prefix}low, ...), validated."""
+    name = v.choice(raw, f"{prefix}init", key, inits.INITS, default=default)
+    defaults = inits.INITS[name][0]
+    for param in INIT_PARAM_KEYS:
+        if f"{prefix}{param}" in raw and param not in defaults:
+            raise ScenarioError(v.source, f"{key}.{prefix}{param}", f"'{prefix}{param}' does not apply to {prefix}init {name}")
+    params = {p: v.number(raw, f"{prefix}{p}", key, default=d) for p, d in defaults.items()}
+    if name == "uniform" and params["low"] >= params["high"]:
+        raise ScenarioError(v.source, f"{key}.{prefix}high", "must be greater than low")
+    if name == "uniform" and not np.isfinite(params["high"] - params["low"]):
+        raise ScenarioError(v.source, f"{key}.{prefix}high", "high − low must be below 1.8e308 (it overflows)")
+    if name == "normal" and params["std"] < 0:
+        raise ScenarioError(v.source, f"{key}.{prefix}std", "must not be negative")
+    return name, params

@@ -1,0 +1,185 @@
+"""dense: u = Σ_i a⁽ˡ⁻¹⁾_i W[i,j] + b_j, with an optional residual skip (`residual = true`).
+
+  forward   u⁽ˡ⁾_j = Σ_i a⁽ˡ⁻¹⁾_i W_l[i,j] + b_l[j]          (summed left to right, as a spreadsheet does)
+  combine   a⁽ˡ⁾_j = h⁽ˡ⁾_j, or h⁽ˡ⁾_j + a⁽ˡ⁻¹⁾_j with the residual skip (h = f(u))
+  error     ∂E/∂a⁽ˡ⁻¹⁾_j = Σ_k W_l[j,k] δ⁽ˡ⁾_k (+ e⁽ˡ⁾_j with the residual skip: the skip passes e on)
+  gradients ∂E/∂W_l[i,j] = a⁽ˡ⁻¹⁾_i δ⁽ˡ⁾_j,  ∂E/∂b_l[j] = δ⁽ˡ⁾_j   (per sample)
+"""
+import numpy as np
+
+from .. import init as inits
+from ..errors import ScenarioError
+from .base import COMMON, E, H, Layer, LayerKind, back_sum, parse_activation, parse_init, weighted_sum
+
+
+class Dense(LayerKind):
+    name = "dense"
+    description = "u = Σᵢ a⁽ˡ⁻¹⁾ᵢ·W[i,j] + b[j] (optionally with a residual skip a = f(u) + a⁽ˡ⁻¹⁾)"
+    keys = ("units", "activation", "slope", "alpha", "init", "low", "high", "mean", "std", "value", "weights",
+            "bias", "bias_init", "bias_low", "bias_high", "bias_mean", "bias_std", "bias_value", "train_bias",
+            "residual", "kind")
+    param_names = ("W", "b")
+
+    # ------------------------------------------------------------ scenario face
+
+    def parse(self, v, raw, key, fan_in, is_output):
+        """units (required), activation (default sigmoid) and its parameters, init (default uniform) or
+        explicit weights (fan_in × units), bias values or bias_init (default constant 0), train_bias,
+        residual (hidden layers with as many units as the layer below)."""
+        v.require(raw, "units", key)
+        units = v.integer(raw, "units", key, minimum=1)
+        activation, activation_params = parse_activation(v, raw, key, units, is_output, default="sigmoid")
+        init_name, init_params = parse_init(v, raw, key, "", default="uniform")
+        weights = None
+        if init_name == "explicit":
+            v.require(raw, "weights", f"{key} (init = \"explicit\")")
+            weights = v.matrix(raw, "weights", key)
+            if weights.shape != (fan_in, units):
+                raise ScenarioError(
+                    v.source, f"{key}.weights",
+                    f"shape {weights.shape[0]}×{weights.shape[1]} does not match (fan_in, units) = ({fan_in}, {units})",
+                )
+        elif "weights" in raw:
+            raise ScenarioError(v.source, f"{key}.weights", "explicit weights need init = \"explicit\"")
+        bias = None
+        if "bias" in raw:
+            bias = v.vector(raw, "bias", key)
+            if bias.shape != (units,):
+                raise ScenarioError(v.source, f"{key}.bias", f"{bias.shape[0]} values for {units} units")
+            if "bias_init" in raw and raw["bias_init"] != "explicit":
+                raise ScenarioError(v.source, f"{key}.bias_init", "give either bias values or bias_init, not both")
+            bias_name, bias_params = "explicit", {}
+        else:
+            bias_name, bias_params = parse_init(v, raw, key, "bias_", default="constant")
+            if bias_name == "explicit":
+                raise ScenarioError(v.source, f"{key}.bias", "bias_init = \"explicit\" needs bias = [...]")
+        return Layer(
+            units=units, activation=activation, activation_params=activation_params, init=init_name,
+            init_params=init_params, weights=weights, bias_init=bias_name, bias_params=bias_params, bias=bias,
+            train_bias=v.boolean(raw, "train_bias", key, default=True),
+            residual=self._residual(v, raw, key, fan_in, units, is_output),
+        )
+
+    def refuse_key(self, v, key, name, kinds_with_it):
+        """A key of other kinds (eps) on a dense layer: name the kinds it applies to."""
+        raise ScenarioError(v.source, f"{key}.{name}", f"'{name}' applies to kind = "
+                            + " or ".join(f'"{k}"' for k in kinds_with_it) + " layers")
+
+    @staticmethod
+    def _residual(v, raw, key, fan_in, units, is_output):
+        residual = v.boolean(raw, "residual", key, default=False)
+        if residual and is_output:
+            raise ScenarioError(v.source, f"{key}.residual", "a residual connection is for hidden layers, not the output layer")
+        if residual and fan_in != units:
+            raise ScenarioError(v.source, f"{key}.residual", f"needs as many units as the layer below ({fan_in}), not {units}")
+        return residual
+
+    def initial_parameters(self, layer, fan_in, rng):
+        """W (fan_in × units) then b (units), each explicit or drawn from `rng` by its initialiser."""
+        if layer.init == "explicit":
+            W = np.array(layer.weights, dtype=float)
+        else:
+            sampler = inits.INITS[layer.init][1]
+            W = np.asarray(sampler(rng, (fan_in, layer.units), fan_in, layer.units, layer.init_params), dtype=float)
+        if layer.bias_init == "explicit":
+            b = np.array(layer.bias, dtype=float)
+        else:
+            sampler = inits.INITS[layer.bias_init][1]
+            b = np.asarray(sampler(rng, (layer.units,), fan_in, layer.units, layer.bias_params), dtype=float)
+        return W, b
+
+    # ------------------------------------------------------------ records face
+
+    def records(self, layer):
+        """u, a, slope, delta; with the residual skip also h = f(u) and e = ∂E/∂a (they differ from a and
+        from the error δ/f' only there)."""
+        return COMMON + ((H, E) if layer.residual else ())
+
+    # ------------------------------------------------------------ numpy face
+
+    def forward(self, layer, below, W, b):
+        """u_j = Σ_i below_i W[i,j] + b_j (left to right); no record of its own."""
+        return weighted_sum(below, W, b), {}
+
+    def combine(self, layer, h, below):
+        """a = h + a⁽ˡ⁻¹⁾ with the residual skip, a = h otherwise."""
+        return h + below if layer.residual else h
+
+    def error_down(self, layer, record, delta, W, error_here):
+        """∂E/∂a⁽ˡ⁻¹⁾_j = Σ_k W[j,k] δ_k (left to right), + e⁽ˡ⁾_j with the residual skip."""
+        error = back_sum(delta, W)
+        return error + error_here if layer.residual else error
+
+    def gradients(self, layer, record, below, delta):
+        """∂E/∂W[i,j] = a⁽ˡ⁻¹⁾_i δ_j (B × fan_in × units), ∂E/∂b_j = δ_j, per sample."""
+        return below[:, :, None] * delta[:, None, :], delta
+
+    # ------------------------------------------------------------ excel face (l11-workbook)
+
+    def excel_forward_columns(self, layer, l):
+        """The Trace sheet columns of layer l's forward pass before its activation, declared by key in
+        order (batchnorm: μ, σ², x̂, u; dense: u), each with its header in math notation and its
+        per-sample / total formula bodies, which refer to other columns BY KEY (two-pass layout)."""
+        raise NotImplementedError
+
+    def excel_backward_columns(self, layer, l):
+        """The extra backward columns of layer l (normalisation: dx̂, m1, m2), declared as the forward ones."""
+        raise NotImplementedError
+
+    def excel_error_down(self, layer, l, j):
+        """The formula body of the error passed down by layer l, ∂E/∂a⁽ˡ⁻¹⁾_j (dense: Σₖ W·δ (+ e);
+        normalisation: (dx̂ − m1 − x̂·m2)/√(σ² + eps)), cells named by key."""
+        raise NotImplementedError
+
+    def excel_grad_W(self, layer, l, i, j):
+        """The formula body of the per-sample ∂E/∂W_l[i,j] (dense: a⁽ˡ⁻¹⁾ᵢ·δⱼ; normalisation: δⱼ·x̂ⱼ)."""
+        raise NotImplementedError
+
+    def excel_settings(self, layer, l):
+        """Settings cells the layer's formulas read (batchnorm: bn_eps_l), as (defined name, value, label)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------ chain face (l11-chain)
+
+    def chain_factor(self, layer, l, i, j, names):
+        """The sympy factor ② of ∂E/∂W_l[i,j] = ① δⱼ · ②: a⁽ˡ⁻¹⁾ᵢ (dense) or x̂ⱼ (normalisation)."""
+        raise NotImplementedError
+
+    def chain_error_down(self, layer, l, j, names):
+        """The symbolic error passed down by layer l, ∂E/∂a⁽ˡ⁻¹⁾_j: Σₖ W_l[j,k]·δₖ (+ e⁽ˡ⁾_j with a
+        residual skip) or (dx̂ − m1 − x̂·m2)/√(σ² + eps) for normalisation layers."""
+        raise NotImplementedError
+
+    def dominant_path(self, layer):
+        """Whether the dominant-path view of the chain rule applies through this layer (plain dense only)."""
+        raise NotImplementedError
+
+    def latex_names(self, l):
+        """The LaTeX names of the kind's own symbols on layer l (x̂, μ, σ², ...)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------ check face (l11-chain)
+
+    engine_only = ()          # quantities a hand check takes from the engine (batch statistics)
+
+    def check_u(self, layer, l, j, get):
+        """u⁽ˡ⁾_j recomputed from the values `get(quantity, layer, index)` a hand calculation supplies."""
+        raise NotImplementedError
+
+    def check_error_down(self, layer, l, j, get):
+        """∂E/∂a⁽ˡ⁻¹⁾_j passed down by layer l, recomputed from supplied values."""
+        raise NotImplementedError
+
+    def check_grad_W(self, layer, l, i, j, get):
+        """The per-sample ∂E/∂W_l[i,j] recomputed from supplied values (δⱼ times factor ②)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------ diagnose face (l11-chain)
+
+    def diagnose_producers(self, layer, l, trace, step, slot, j):
+        """The inputs that produce u⁽ˡ⁾_j (name, value) pairs, to name the producer of a first inf/NaN."""
+        raise NotImplementedError
+
+    def diagnose_error_down(self, layer, l, trace, step, slot, j):
+        """The error passed down by layer l for the dominant path: (scale, weight) of unit j's contribution."""
+        raise NotImplementedError

@@ -1,0 +1,133 @@
+"""layernorm: layer normalisation per sample over the units of the layer (as
+torch.nn.LayerNorm(units, elementwise_affine=True)), then γ, β and the layer's own activation.
+
+  forward   per sample s, over the n units j of the layer below (x = a⁽ˡ⁻¹⁾):
+            μ_s = Σ_j x_sj / n,  σ²_s = Σ_j (x_sj − μ_s)² / n (biased),
+            x̂_sj = (x_sj − μ_s)/√(σ²_s + eps),  u_sj = γ_j·x̂_sj + β_j
+  backward  with δ = ∂E/∂u per sample:
+            dx̂ = δ·γ,  m1_s = Σ_j dx̂_sj / n,  m2_s = Σ_j dx̂_sj·x̂_sj / n
+  error     ∂E/∂x_sj = (dx̂_sj − m1_s − x̂_sj·m2_s)/√(σ²_s + eps)
+  gradients ∂E/∂γ_j = δ_j·x̂_j,  ∂E/∂β_j = δ_j   (per sample; the batch total by the reduction)
+γ starts at 1 and β at 0 (no draw from the seed); eps defaults to 1e-5; the layer keeps the width
+of the layer below; a batch of one sample is fine (the statistics are the sample's own).
+"""
+from .base import LayerKind
+
+
+class LayerNorm(LayerKind):
+    name = "layernorm"
+    description = "u = γ·(x − μ)/√(σ² + eps) + β, μ and σ² per sample over the layer's units"
+    keys = ("kind", "units", "activation", "slope", "alpha", "eps", "train_bias")
+    param_names = ("gamma", "beta")
+    keeps_width = True
+    min_batch = 1
+
+    # ------------------------------------------------------------ scenario face (l11-core)
+
+    def parse(self, v, raw, key, fan_in, is_output):
+        """units (default and only value: the layer below's), activation (default identity) and its
+        parameters, eps (default 1e-5, positive), train_bias (β trained, default true)."""
+        raise NotImplementedError
+
+    def param_shapes(self, fan_in, units):
+        """γ stored as a 1 × units W, β as a b of `units`."""
+        return (1, units), (units,)
+
+    def initial_parameters(self, layer, fan_in, rng):
+        """γ = 1, β = 0, as PyTorch; no draw from `rng`."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------ records face (l11-core)
+
+    def records(self, layer):
+        """ln_mean, ln_var (per sample), x̂, dx̂ (per sample and unit), ln_m1, ln_m2 (per sample), then
+        u, a, slope, delta."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------ numpy face (l11-core)
+
+    def forward(self, layer, below, W, b):
+        """u = γ·x̂ + β with the sample's statistics over the units; record {ln_mean, ln_var, xhat}."""
+        raise NotImplementedError
+
+    def backward(self, layer, record, delta, W):
+        """record {dxhat, ln_m1, ln_m2} and ∂E/∂x (kept for error_down)."""
+        raise NotImplementedError
+
+    def error_down(self, layer, record, delta, W, error_here):
+        """∂E/∂x_sj = (dx̂_sj − m1_s − x̂_sj·m2_s)/√(σ²_s + eps), computed by `backward`."""
+        raise NotImplementedError
+
+    def gradients(self, layer, record, below, delta):
+        """∂E/∂γ_j = δ_j·x̂_j (B × 1 × units), ∂E/∂β_j = δ_j, per sample."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------ excel face (l11-workbook)
+
+    def excel_forward_columns(self, layer, l):
+        """The Trace sheet columns of layer l's forward pass before its activation, declared by key in
+        order (batchnorm: μ, σ², x̂, u; dense: u), each with its header in math notation and its
+        per-sample / total formula bodies, which refer to other columns BY KEY (two-pass layout)."""
+        raise NotImplementedError
+
+    def excel_backward_columns(self, layer, l):
+        """The extra backward columns of layer l (normalisation: dx̂, m1, m2), declared as the forward ones."""
+        raise NotImplementedError
+
+    def excel_error_down(self, layer, l, j):
+        """The formula body of the error passed down by layer l, ∂E/∂a⁽ˡ⁻¹⁾_j (dense: Σₖ W·δ (+ e);
+        normalisation: (dx̂ − m1 − x̂·m2)/√(σ² + eps)), cells named by key."""
+        raise NotImplementedError
+
+    def excel_grad_W(self, layer, l, i, j):
+        """The formula body of the per-sample ∂E/∂W_l[i,j] (dense: a⁽ˡ⁻¹⁾ᵢ·δⱼ; normalisation: δⱼ·x̂ⱼ)."""
+        raise NotImplementedError
+
+    def excel_settings(self, layer, l):
+        """Settings cells the layer's formulas read (batchnorm: bn_eps_l), as (defined name, value, label)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------ chain face (l11-chain)
+
+    def chain_factor(self, layer, l, i, j, names):
+        """The sympy factor ② of ∂E/∂W_l[i,j] = ① δⱼ · ②: a⁽ˡ⁻¹⁾ᵢ (dense) or x̂ⱼ (normalisation)."""
+        raise NotImplementedError
+
+    def chain_error_down(self, layer, l, j, names):
+        """The symbolic error passed down by layer l, ∂E/∂a⁽ˡ⁻¹⁾_j: Σₖ W_l[j,k]·δₖ (+ e⁽ˡ⁾_j with a
+        residual skip) or (dx̂ − m1 − x̂·m2)/√(σ² + eps) for normalisation layers."""
+        raise NotImplementedError
+
+    def dominant_path(self, layer):
+        """Whether the dominant-path view of the chain rule applies through this layer (plain dense only)."""
+        raise NotImplementedError
+
+    def latex_names(self, l):
+        """The LaTeX names of the kind's own symbols on layer l (x̂, μ, σ², ...)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------ check face (l11-chain)
+
+    engine_only = ()          # quantities a hand check takes from the engine (batch statistics)
+
+    def check_u(self, layer, l, j, get):
+        """u⁽ˡ⁾_j recomputed from the values `get(quantity, layer, index)` a hand calculation supplies."""
+        raise NotImplementedError
+
+    def check_error_down(self, layer, l, j, get):
+        """∂E/∂a⁽ˡ⁻¹⁾_j passed down by layer l, recomputed from supplied values."""
+        raise NotImplementedError
+
+    def check_grad_W(self, layer, l, i, j, get):
+        """The per-sample ∂E/∂W_l[i,j] recomputed from supplied values (δⱼ times factor ②)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------ diagnose face (l11-chain)
+
+    def diagnose_producers(self, layer, l, trace, step, slot, j):
+        """The inputs that produce u⁽ˡ⁾_j (name, value) pairs, to name the producer of a first inf/NaN."""
+        raise NotImplementedError
+
+    def diagnose_error_down(self, layer, l, trace, step, slot, j):
+        """The error passed down by layer l for the dominant path: (scale, weight) of unit j's contribution."""
+        raise NotImplementedError
