@@ -138,13 +138,13 @@ def explain(trace, parameter, step=0, sample=None, path=None, latex=False):
             names.unit("a", l - 1, i), f"activation {notation.unit('a', l - 1, i)} from below")
         factors.append(Factor("②", meaning, symbol, float(below[i])))
     definitions = []
-    if l == L and loss.fused:
+    if l == L and not loss.reads_output_slope:
         symbol = names.unit("δ", L, j)
-        factors.append(Factor("④", f"output error δ = {loss.delta_text} ({s.loss} with {act.name}: fused, no separate slope)",
+        factors.append(Factor("④", f"output error δ = {loss.output_delta_text} ({s.loss} with {act.name}: fused, no separate slope)",
                               symbol, _fused_delta(trace, step, slot, sample, j)))
         ys = [names.unit("a", L, k) for k in range(widths[-1])]
         ts = [names.plain(f"t{k}", f"t_{{{k}}}") for k in range(widths[-1])]
-        definitions.append((symbol, loss.symbolic_delta(ys, ts, j)))
+        definitions.append((symbol, loss.symbolic_output_delta(ys, ts, j)))
     else:
         if l == L:
             value = trace.output_error[step, slot, j]
@@ -212,10 +212,10 @@ def _update_lines(trace, kind, layer, index, step, batch):
 
 
 def _fused_delta(trace, step, slot, sample, k):
-    """δ⁽ᴸ⁾_k of a fused loss from the trace's outputs and the sample's targets."""
+    """δ⁽ᴸ⁾_k of the loss (its output_delta) from the trace's outputs, slopes and the sample's targets."""
     s = trace.scenario
-    outputs = trace.a[len(s.layers) - 1][step, slot][None]
-    return float(losses.LOSSES[s.loss].delta(outputs, s.targets[[sample]])[0, k])
+    outputs, slopes = trace.a[len(s.layers) - 1][step, slot][None], trace.slope[len(s.layers) - 1][step, slot][None]
+    return float(losses.LOSSES[s.loss].output_delta(outputs, s.targets[[sample]], slopes)[0, k])
 
 
 def _slope_meaning(act, u, slope):
@@ -262,7 +262,7 @@ def _add_path(chain, trace, step, slot, layer, j, input_value, names, path):
     term = input_value
     for m, unit in zip(range(layer, L + 1), path):
         act = activations.get(s.layers[m - 1].activation)
-        if m == L and loss.fused:
+        if m == L and not loss.reads_output_slope:
             output = (names.unit("δ", L, unit), _fused_delta(trace, step, slot, int(trace.samples(step)[slot]), unit))
         else:
             value = float(trace.slope[m - 1][step, slot, unit])
@@ -272,7 +272,7 @@ def _add_path(chain, trace, step, slot, layer, j, input_value, names, path):
             value = float(trace.W[m - 1][step, path[m - layer - 1], unit])
             weights.append((names.weight(m, path[m - layer - 1], unit), value))
             term *= value
-    if not loss.fused:
+    if loss.records_output_error:
         output = (names.plain(f"∂E/∂{notation.unit('a', L, path[-1])}", f"\\partial E/\\partial a^{{({L})}}_{{{path[-1]}}}"),
                   float(trace.output_error[step, slot, path[-1]]))
     term *= output[1]

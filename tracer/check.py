@@ -384,9 +384,8 @@ class Local:
             if l == L:
                 y = np.array([[get(Key("a", L, (k,), t, smp)) for k in range(widths[-1])]])
                 target = s.targets[[smp]]
-                if loss.fused:
-                    return float(loss.delta(y, target)[0, j])
-                return float(loss.error(y, target)[0, j]) * get(Key("slope", l, (j,), t, smp))
+                slope = get(Key("slope", l, (j,), t, smp)) if loss.reads_output_slope else None
+                return float(loss.output_delta(y, target, slope)[0, j])
             return get(Key("slope", l, (j,), t, smp)) * self.error(l, j, t, smp, get)
         raise ValueError(key)
 

@@ -331,7 +331,7 @@ def _stall_sentences(d):
                                   f" (below update_frozen = {th['update_frozen']:g}; about 1e-3 is healthy): the steps barely "
                                   "move the weights."))
     for l, fractions in series.saturation.items():
-        if l == L and losses.LOSSES[s.loss].fused:
+        if l == L and not losses.LOSSES[s.loss].reads_output_slope:
             continue   # a fused loss's output delta (a − t, a·Σt − t) does not pass through σ'
         if not (fractions > 0).any():
             continue
@@ -569,7 +569,7 @@ def dominant_path(trace, layer, step):
     by dynamic programming over the layers, O(depth·width²). Returns (units, slopes, weights)."""
     s = trace.scenario
     L, n = trace.layers, len(trace.samples(step))
-    fused = losses.LOSSES[s.loss].fused
+    fused = not losses.LOSSES[s.loss].reads_output_slope
     with np.errstate(all="ignore"):
         slope = [np.nanmean(np.abs(trace.slope[m][step, :n]), axis=0) for m in range(L)]
     if fused:
@@ -704,9 +704,9 @@ def find_producer(trace):
             hit = _first_bad(trace.delta[l - 1][step, :n])
             if hit:
                 slot, j = hit
-                if l == L and losses.LOSSES[s.loss].fused:
+                if l == L and not losses.LOSSES[s.loss].reads_output_slope:
                     y, t = trace.a[L - 1][step, slot], s.targets[ids[slot]]
-                    op = f"the {s.loss} output delta δ = {losses.LOSSES[s.loss].delta_text}"
+                    op = f"the {s.loss} output delta δ = {losses.LOSSES[s.loss].output_delta_text}"
                     operands = [(f"a[{k}]", float(v)) for k, v in enumerate(y)] + [(f"t[{k}]", float(v)) for k, v in enumerate(t)]
                 else:
                     e = trace.output_error[step, slot, j] if l == L else trace.error[l - 1][step, slot, j]

@@ -5,7 +5,7 @@ Per step t, for the batch's samples (a⁽⁰⁾ = x):
          batchnorm/layernorm: γ·x̂ + β; see tracer/layers/)
   h⁽ˡ⁾_j = f_l(u⁽ˡ⁾_j),  slope⁽ˡ⁾_j = f_l'(u⁽ˡ⁾_j)
   a⁽ˡ⁾_j = the kind's combine: h⁽ˡ⁾_j, or h⁽ˡ⁾_j + a⁽ˡ⁻¹⁾_j for a residual dense layer
-  δ⁽ᴸ⁾_k = ∂E/∂a⁽ᴸ⁾_k · slope⁽ᴸ⁾_k             (or the loss's fused δ: y − t for bce, y·Σt − t for softmax_ce)
+  δ⁽ᴸ⁾_k = ∂E/∂a⁽ᴸ⁾_k · slope⁽ᴸ⁾_k             (the loss's output_delta: or its fused δ, y − t for bce, y·Σt − t for softmax_ce)
   e⁽ˡ⁾_j = the error the kind of layer l+1 passes down, ∂E/∂a⁽ˡ⁾_j
            (dense: Σ_k W_{l+1}[j,k] δ⁽ˡ⁺¹⁾_k (+ e⁽ˡ⁺¹⁾_j when layer l+1 is residual))
   δ⁽ˡ⁾_j = slope⁽ˡ⁾_j · e⁽ˡ⁾_j
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import activations, layers, losses, optim
+from . import activations, layers, losses, optim, procedures
 from .ieee import propagate_nonfinite
 from .layers import back_sum, weighted_sum  # noqa: F401  (the shared sums, defined with the layer kinds)
 from .trace import Trace
@@ -65,15 +65,6 @@ def initial_parameters(scenario):
     return weights, biases
 
 
-def output_delta(loss, y, t, slope):
-    """(∂E/∂a⁽ᴸ⁾ per sample or None, δ⁽ᴸ⁾): δ = ∂E/∂a · f'(u), or the loss's fused δ (y − t for bce,
-    y·Σt − t for softmax_ce) for which ∂E/∂a is not recorded."""
-    if loss.fused:
-        return None, loss.delta(y, t)
-    output_error = loss.error(y, t)
-    return output_error, output_error * slope
-
-
 def forward_backward(scenario, weights, biases, x, t):
     """Run one pass over the samples x (B × n_in) with targets t; return every intermediate.
 
@@ -95,7 +86,8 @@ def forward_backward(scenario, weights, biases, x, t):
         previous = a
     y, u_out = acts[-1], us[-1]
     sample_loss = propagate_nonfinite(loss.value(u_out, y, t)[:, None], u_out, y, axis=-1)[:, 0]
-    output_error, delta = output_delta(loss, y, t, slopes[-1])
+    output_error = loss.output_error(y, t)        # None when the loss owns δ⁽ᴸ⁾
+    delta = loss.output_delta(y, t, slopes[-1])
     last = len(scenario.layers) - 1
     deltas, errors = [None] * last + [delta], [None] * (last + 1)
     for index in range(last, -1, -1):
@@ -111,35 +103,16 @@ def forward_backward(scenario, weights, biases, x, t):
                 [g for g, _ in grads], [g for _, g in grads], records)
 
 
-def reduce_samples(per_sample, reduction):
-    """Batch total of per-sample values along axis 0: Σ_s, or Σ_s / B for `mean`."""
-    total = np.sum(per_sample, axis=0)
-    return total / per_sample.shape[0] if reduction == "mean" else total
+reduce_samples = procedures.reduce_samples   # Σ_s, or Σ_s / B for `mean` (with its Excel form there)
 
 
 def clip(scenario, grads_W, grads_b, trace, step):
-    """Gradient clipping before the update, as PyTorch does it.
-
-    clip_norm:  ‖g‖ = sqrt(Σ g²) over every trained parameter (a frozen bias, train_bias = false,
-                receives no gradient in PyTorch and is left out, as clip_grad_norm_ leaves it out);
-                c = min(1, clip_norm / (‖g‖ + 1e-6)); g ← g·c
-    clip_value: g ← min(clip_value, max(−clip_value, g)), entry by entry (applied after clip_norm,
-                as clip_grad_norm_ followed by clip_grad_value_: ‖g‖ is the norm before the clamp)
-    The norm and c are recorded per step. An overflowing norm makes c non-finite (#NUM! in a sheet).
-    """
-    if scenario.clip_norm is not None:
-        trained = [(g_W, g_b) if layer.train_bias else (g_W,)
-                   for g_W, g_b, layer in zip(grads_W, grads_b, scenario.layers)]
-        flat = np.concatenate([g.ravel() for group in trained for g in group])
-        norm = np.sqrt(np.sum(flat * flat))
-        factor = propagate_nonfinite(np.minimum(1.0, scenario.clip_norm / (norm + 1e-6)), norm)
+    """Gradient clipping before the update, as PyTorch does it (procedures.clip: clip_norm's factor
+    c = min(1, clip_norm / (‖g‖ + 1e-6)), then clip_value's clamp); ‖g‖ and c are recorded per step."""
+    grads_W, grads_b, norm, factor = procedures.clip(grads_W, grads_b, [layer.train_bias for layer in scenario.layers],
+                                                     scenario.clip_norm, scenario.clip_value)
+    if norm is not None:
         trace.grad_norm[step], trace.clip_factor[step] = norm, factor
-        grads_W = [g * factor for g in grads_W]
-        grads_b = [g * factor for g in grads_b]
-    if scenario.clip_value is not None:
-        c = scenario.clip_value
-        clamp = lambda g: propagate_nonfinite(np.minimum(c, np.maximum(-c, g)), g)  # noqa: E731
-        grads_W, grads_b = [clamp(g) for g in grads_W], [clamp(g) for g in grads_b]
     return grads_W, grads_b
 
 
@@ -174,7 +147,7 @@ def run(scenario):
             grads_W = [reduce_samples(g, scenario.reduction) for g in result.grad_W]
             grads_b = [reduce_samples(g, scenario.reduction) for g in result.grad_b]
             used_W, used_b = clip(scenario, grads_W, grads_b, trace, step)
-            hyper = dict(scenario.optimizer_params, lr=optim.learning_rate(scenario.optimizer_params, step))
+            hyper = dict(scenario.optimizer_params, lr=procedures.learning_rate(scenario.optimizer_params, step))
             trace.lr[step] = hyper["lr"]
             updates = {"W": [], "b": []}
             for l, layer in enumerate(scenario.layers):

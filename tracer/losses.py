@@ -11,6 +11,21 @@ Per sample, with outputs y (activations of the last layer), targets t and K outp
               exactly y_k − t_k when the targets of the sample sum to 1)
 A fused loss owns its output delta δ = ∂E/∂u (numpy, Excel and sympy forms); the output layer's
 slope is then not used.
+
+Every loss answers for the output delta δ⁽ᴸ⁾ (the one place that knows whether it is fused):
+  records_output_error                 True when ∂E/∂a⁽ᴸ⁾ is a quantity of its own (the CSV's dE_da rows,
+                                       the workbook's ∂E/∂a columns, the chain rule's factors ④ ∂E/∂a
+                                       and ⑤ f'(u)); False for a fused loss
+  reads_output_slope                   the same truth, asked by those who multiply slopes (diagnosis, checks)
+  output_error(y, t)                   numpy ∂E/∂a⁽ᴸ⁾ (B, K), or None for a fused loss
+  output_delta(y, t, slope)            numpy δ⁽ᴸ⁾ = ∂E/∂a · f'(u), or the fused δ (slope unused)
+  excel_output_delta(y, t, k, dE_da, slope)
+                                       formula body of δ⁽ᴸ⁾_k from the cells of the outputs y and targets t
+                                       (lists), of ∂E/∂a (a list, empty when not recorded) and of f'(u_k)
+  symbolic_output_error(y, t, k)       sympy ∂E/∂a_k (hand-written; None for a fused loss)
+  symbolic_output_delta(y, t, k, slope)  sympy δ_k: symbolic_output_error·slope, or the fused δ
+  output_delta_text                    δ in words: "a − t", "a·Σt − t" or "∂E/∂a · f'(u)"
+  output_delta_meaning                 the δ column's comment in the workbook
 """
 from dataclasses import dataclass
 from typing import Callable
@@ -18,6 +33,7 @@ from typing import Callable
 import numpy as np
 import sympy as sp
 
+from . import procedures
 from .activations import _x_log1p
 
 
@@ -35,12 +51,65 @@ class Loss:
     symbolic_delta: Callable | None = None  # fused: (y_syms, t_syms, k) -> sympy expression of δ_k
     delta_text: str = ""                   # fused: δ in words, for headers and explanations
     probabilities: bool = False            # targets must lie in [0, 1] (else the loss has no minimum)
+    symbolic_error: Callable | None = None  # not fused: (y_syms, t_syms, k) -> sympy ∂E/∂y_k
 
     @property
     def fused(self):
         """True when the loss owns the output delta δ = ∂E/∂u (`delta`: y − t for bce with
         sigmoid, y·Σt − t for softmax_ce) and the output slope is not used."""
         return self.error is None
+
+    # ------------------------------------------------------------ the output delta δ⁽ᴸ⁾
+
+    @property
+    def records_output_error(self):
+        """True when ∂E/∂a⁽ᴸ⁾ is recorded as its own quantity (dE_da) and δ⁽ᴸ⁾ = ∂E/∂a·f'(u)."""
+        return self.error is not None
+
+    @property
+    def reads_output_slope(self):
+        """True when δ⁽ᴸ⁾ passes through the output slope f'(u⁽ᴸ⁾) (δ = ∂E/∂a·f'); False when the
+        loss owns δ. The same as records_output_error: ∂E/∂a exists exactly when δ reads f'."""
+        return self.records_output_error
+
+    def output_error(self, y, t):
+        """∂E/∂a⁽ᴸ⁾ per sample (B, K), or None when the loss owns δ⁽ᴸ⁾ (nothing recorded)."""
+        return self.error(y, t) if self.records_output_error else None
+
+    def output_delta(self, y, t, slope):
+        """δ⁽ᴸ⁾ = ∂E/∂u⁽ᴸ⁾ per sample: ∂E/∂a · f'(u), or the fused δ (y − t, y·Σt − t; slope unused)."""
+        if self.records_output_error:
+            return self.error(y, t) * slope
+        return self.delta(y, t)
+
+    def excel_output_delta(self, y_cells, t_cells, k, dE_da_cells, slope_cell):
+        """Formula body of δ⁽ᴸ⁾_k: ∂E/∂a_k·f'(u_k) from the ∂E/∂a and slope cells, or the fused
+        δ from the output and target cells (`dE_da_cells` is empty when ∂E/∂a is not recorded)."""
+        if self.records_output_error:
+            return f"{dE_da_cells[k]}*{slope_cell}"
+        return self.excel_delta(y_cells, t_cells, k)
+
+    def symbolic_output_error(self, y_syms, t_syms, k):
+        """sympy ∂E/∂y_k as written by hand (None for a fused loss)."""
+        return self.symbolic_error(y_syms, t_syms, k) if self.records_output_error else None
+
+    def symbolic_output_delta(self, y_syms, t_syms, k, slope=None):
+        """sympy δ_k = ∂E/∂y_k · slope, or the fused δ (slope unused)."""
+        if self.records_output_error:
+            return sp.Mul(self.symbolic_error(y_syms, t_syms, k), slope, evaluate=False)
+        return self.symbolic_delta(y_syms, t_syms, k)
+
+    @property
+    def output_delta_text(self):
+        """δ⁽ᴸ⁾ in words, for headers and explanations."""
+        return "∂E/∂a · f'(u)" if self.records_output_error else self.delta_text
+
+    @property
+    def output_delta_meaning(self):
+        """The comment of the workbook's δ⁽ᴸ⁾ column."""
+        if self.records_output_error:
+            return "δ = ∂E/∂a · f'(u)"
+        return f"δ = ∂E/∂u = {self.delta_text} (fused with the loss)"
 
 
 def _squares(y_cells, t_cells):
@@ -100,6 +169,7 @@ LOSSES = {
             symbolic=lambda y, t: sp.Rational(1, 2) * sum((ti - yi) ** 2 for yi, ti in zip(y, t)),
             error=lambda y, t: y - t,
             excel_error=lambda y, t, k: f"{y}-{t}",
+            symbolic_error=lambda y, t, k: y[k] - t[k],
         ),
         Loss(
             "sse",
@@ -108,6 +178,7 @@ LOSSES = {
             symbolic=lambda y, t: sum((ti - yi) ** 2 for yi, ti in zip(y, t)),
             error=lambda y, t: 2.0 * (y - t),
             excel_error=lambda y, t, k: f"2*({y}-{t})",
+            symbolic_error=lambda y, t, k: 2 * (y[k] - t[k]),
         ),
         Loss(
             "mse",
@@ -116,6 +187,7 @@ LOSSES = {
             symbolic=lambda y, t: sum((ti - yi) ** 2 for yi, ti in zip(y, t)) / len(y),
             error=lambda y, t: 2.0 * (y - t) / y.shape[-1],
             excel_error=lambda y, t, k: f"2*({y}-{t})/{k}",
+            symbolic_error=lambda y, t, k: 2 * (y[k] - t[k]) / len(y),
         ),
         Loss(
             "bce",
@@ -145,4 +217,4 @@ LOSSES = {
     ]
 }
 
-REDUCTIONS = ("sum", "mean")
+REDUCTIONS = procedures.REDUCTIONS   # the batch reduction, with its Excel form, is a procedure

@@ -13,11 +13,11 @@ update sees it), theta, t, each hyper-parameter (a defined name), each state of 
 and prev_<state> (the previous step's state cell, or 0 at the first step).
 """
 from dataclasses import dataclass
-import math
 from typing import Callable
 
 import numpy as np
 
+from . import procedures
 from .ieee import propagate_nonfinite as poison
 
 
@@ -127,25 +127,6 @@ OPTIMIZERS = {
 STATE_SYMBOLS = {"momentum_buffer": "b", "sum": "s", "square_avg": "v", "exp_avg": "m", "exp_avg_sq": "v",
                  "m_hat": "m̂", "v_hat": "v̂"}
 
-SCHEDULES = ("constant", "step", "exponential")
-
-
-def learning_rate(hyper, step):
-    """lr of `step` under the schedule: step decay lr·γ^⌊t/step_size⌋, exponential lr·γ^t.
-    A γ^k (or lr·γ^k) beyond the double range is inf, as a spreadsheet's #NUM!: the run then
-    becomes non-finite like any other overflow."""
-    schedule = hyper.get("schedule", "constant")
-    if schedule == "step":
-        return hyper["lr"] * _power(hyper["gamma"], step // hyper["step_size"])
-    if schedule == "exponential":
-        return hyper["lr"] * _power(hyper["gamma"], step)
-    return hyper["lr"]
-
-
-def _power(base, exponent):
-    """base ** exponent for base > 0 in IEEE arithmetic: inf where it overflows (Python's float
-    power raises OverflowError instead), 0 or subnormal where it underflows."""
-    try:
-        return base ** exponent
-    except OverflowError:
-        return math.inf
+# the lr schedule is a procedure: defined with its Excel form in procedures.py
+SCHEDULES = procedures.SCHEDULES
+learning_rate = procedures.learning_rate

@@ -14,14 +14,15 @@ import unicodedata
 
 import numpy as np
 
-from . import inputs, layers as layer_kinds, losses, optim, templates
+from . import inputs, layers as layer_kinds, losses, optim, procedures, templates
 from .layers import Layer  # noqa: F401  (a scenario's layer; defined with the layer kinds)
 from .errors import ScenarioError, shorten
 from .trace import MAX_BYTES as MAX_TRACE_BYTES, Trace
 
 TOP_KEYS = ("name", "description", "seed", "steps", "data", "layers", "loss", "optimizer", "training", "diagnosis")
 DATA_KEYS = ("inputs", "targets", "file", "input_columns", "target_columns", "normalize")
-NORMALIZATIONS = ("none", "standard", "minmax")
+NORMALIZATIONS = procedures.NORMALIZATIONS
+normalization_stats = procedures.normalization_stats   # defined with the Data sheet's formulas in procedures.py
 LAYER_KEYS = layer_kinds.KEYS                 # every [[layers]] key, each kind taking its own (tracer/layers/)
 LAYER_KINDS = tuple(layer_kinds.LAYERS)
 LOSS_KEYS = ("name", "reduction")
@@ -293,25 +294,12 @@ def _size(count):
     return f"{count / 1024 ** power:,.1f} {unit}"
 
 
-def normalization_stats(raw_inputs, normalize):
-    """Per input column: (mean, population std) for standard, (min, max) for minmax."""
-    n = raw_inputs.shape[0]
-    if normalize == "standard":
-        with np.errstate(all="ignore"):   # overflow gives inf, as in the Data sheet's formulas
-            mean = np.sum(raw_inputs, axis=0) / n
-            return mean, np.sqrt(np.sum((raw_inputs - mean) ** 2, axis=0) / n)
-    return raw_inputs.min(axis=0), raw_inputs.max(axis=0)
-
-
 def normalized(raw_inputs, normalize, v=None):
     """x̂ = (x − μ)/σ (standard, population σ) or (x − min)/(max − min) (minmax), per input column."""
     if normalize == "none":
         return raw_inputs
     source = v.source if v else "<scenario>"
-    with np.errstate(all="ignore"):
-        first, second = normalization_stats(raw_inputs, normalize)
-        spread = second if normalize == "standard" else second - first
-        result = (raw_inputs - first) / spread
+    result, first, spread = procedures.normalize_columns(raw_inputs, normalize)
     if (spread == 0).any():
         column = int(np.flatnonzero(spread == 0)[0])
         raise ScenarioError(source, "data.normalize",

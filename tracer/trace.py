@@ -82,11 +82,11 @@ class Trace:
                   for i, j, layer in zip(widths[:-1], widths[1:], scenario.layers)]
         parameter_shapes = {"W": shapes, "b": [(j,) for j in widths[1:]]}
         states = optim.OPTIMIZERS[scenario.optimizer].state
-        fused = losses.LOSSES[scenario.loss].fused
+        recorded = losses.LOSSES[scenario.loss].records_output_error
         return cls(
             scenario=scenario, sample_ids=sample_ids,
             u=per_unit(), a=per_unit(), slope=per_unit(), delta=per_unit(), h=per_unit(), error=per_unit(),
-            output_error=None if fused else np.full((steps, size, widths[-1]), np.nan),
+            output_error=np.full((steps, size, widths[-1]), np.nan) if recorded else None,
             sample_loss=np.full((steps, size), np.nan), loss=np.full(steps, np.nan),
             W=[np.full((steps + 1, i, j), np.nan) for i, j in shapes],
             b=[np.full((steps + 1, j), np.nan) for j in widths[1:]],
@@ -116,9 +116,9 @@ class Trace:
         weights = sum((1 if layer.kind == "batchnorm" else i) * j
                       for i, j, layer in zip(widths[:-1], widths[1:], scenario.layers))
         states = len(optim.OPTIMIZERS[scenario.optimizer].state)
-        fused = losses.LOSSES[scenario.loss].fused
+        recorded = losses.LOSSES[scenario.loss].records_output_error
         per_sample = (len(PER_SAMPLE_UNIT) + 3 + len(BATCHNORM_PER_SAMPLE)) * units + weights \
-            + (0 if fused else widths[-1]) + 1 + 1          # + sample_loss and the sample id
+            + (widths[-1] if recorded else 0) + 1 + 1          # + sample_loss and the sample id
         per_step = size * per_sample + 3 * (weights + units) + len(BATCHNORM_PER_STEP) * units \
             + 2 + states * (weights + units) + (2 if scenario.clip_norm is not None else 0)
         once = weights + units + states * (weights + units)  # final parameters, initial optimiser state

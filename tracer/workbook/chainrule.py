@@ -25,7 +25,7 @@ class ChainRuleLayout:
             if parsed not in self.parameters:
                 self.parameters.append(parsed)
         self.steps = min(trace.steps, MAX_STEPS)
-        self.fused = losses.LOSSES[s.loss].fused
+        self.fused = not losses.LOSSES[s.loss].reads_output_slope   # ⑤ blank: the loss owns δ⁽ᴸ⁾
 
     def headers(self):
         return [
@@ -58,7 +58,7 @@ class ChainRuleLayout:
             widths = self.trace.scenario.widths
             outputs = [f"Trace!{cell(('a', L, k))}{{r}}" for k in range(widths[-1])]
             targets = [f"Trace!{cell(('t', 0, k))}{{r}}" for k in range(widths[-1])]
-            error, slope = "=" + losses.LOSSES[self.trace.scenario.loss].excel_delta(outputs, targets, j), None
+            error, slope = "=" + losses.LOSSES[self.trace.scenario.loss].excel_output_delta(outputs, targets, j, [], None), None
         elif layer == L:
             error = f"=Trace!{cell(('dE_da', L, j))}{{r}}"
         elif self.trace.scenario.layers[layer - 1].residual or self.trace.scenario.layers[layer].kind == "batchnorm":
@@ -109,7 +109,7 @@ class ChainRuleLayout:
                     else:
                         first, gradient = 1.0, t.grad_b_sample[layer - 1][step, slot, j]
                     if layer == L and self.fused:
-                        fused = losses.LOSSES[s.loss].delta(t.a[L - 1][step, slot][None], s.targets[[sample]])
+                        fused = losses.LOSSES[s.loss].output_delta(t.a[L - 1][step, slot][None], s.targets[[sample]], None)
                         error, slope = fused[0, j], None
                     elif layer == L:
                         error, slope = t.output_error[step, slot, j], t.slope[layer - 1][step, slot, j]

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from openpyxl.utils import column_index_from_string, get_column_letter
 
-from .. import activations, losses, optim
+from .. import activations, losses, optim, procedures
 from ..errors import LimitError
 from ..trace import param_name
 from .. import notation
@@ -91,8 +91,7 @@ class TraceLayout:
         return column.letter
 
     def _reduce(self, letter):
-        total = f"SUM({letter}{{f}}:{letter}{{l}})"
-        return f"{total}/{{n}}" if self.scenario.reduction == "mean" else total
+        return procedures.excel_reduce(f"{letter}{{f}}:{letter}{{l}}", self.scenario.reduction, "{n}")
 
     def _build(self):
         s = self.scenario
@@ -156,7 +155,7 @@ class TraceLayout:
         t_cells = [self.cell(("t", 0, k)) for k in range(widths[-1])]
         u_out = [self.cell(("u", L, k)) for k in range(widths[-1])]
         error_cells = []
-        if not loss.fused:
+        if loss.records_output_error:
             for k in range(widths[-1]):
                 error_cells.append(self._add("loss", f"∂E/∂{notation.unit('a', L, k)}", f"derivative of the {s.loss} loss by the output",
                                              ("dE_da", L, k), sample=loss.excel_error(f"{y_cells[k]}{{r}}", f"{t_cells[k]}{{r}}", widths[-1])))
@@ -186,11 +185,9 @@ class TraceLayout:
                         ("e", l, j), sample=self._error_from_above(l, j, delta_cells, error_cells_hidden))
             for j in range(widths[l]):
                 if l == L:
-                    if loss.fused:
-                        template = loss.excel_delta([f"{c}{{r}}" for c in y_cells], [f"{c}{{r}}" for c in t_cells], j)
-                        meaning = f"δ = ∂E/∂u = {loss.delta_text} (fused with the loss)"
-                    else:
-                        template, meaning = f"{error_cells[j]}{{r}}*{slopes[j]}{{r}}", "δ = ∂E/∂a · f'(u)"
+                    template = loss.excel_output_delta([f"{c}{{r}}" for c in y_cells], [f"{c}{{r}}" for c in t_cells], j,
+                                                       [f"{c}{{r}}" for c in error_cells], f"{slopes[j]}{{r}}")
+                    meaning = loss.output_delta_meaning
                 elif (l, j) in error_cells_hidden:
                     template, meaning = f"{slopes[j]}{{r}}*{error_cells_hidden[(l, j)]}{{r}}", "δ = f'(u) · e"
                 else:
@@ -279,18 +276,15 @@ class TraceLayout:
                 self.columns[-1].first = formula(dict(row_refs[key], **first))
                 assert got == state_letters[(state, key)]
         if lr_letter:
-            # γ^k below 2.2e-308 is #NUM! in a spreadsheet, 0 (or subnormal) in IEEE arithmetic: IFERROR
-            # makes it 0 when γ < 1; when γ > 1 the power can only overflow, and the #NUM! stays (engine: inf)
-            power = "schedule_gamma^INT($A{r}/schedule_step_size)" if hyper["schedule"] == "step" else "schedule_gamma^$A{r}"
-            decay = f"learning_rate*IF(schedule_gamma>1,{power},IFERROR({power},0))"
+            decay = procedures.excel_learning_rate(hyper["schedule"], "$A{r}")   # IFERROR where γ^k underflows
             got = self._add("schedule", "lr", f"learning rate of the step ({hyper['schedule']} decay)", ("lr",), total=decay)
             assert got == lr_letter
         if s.clip_norm is not None:
             trained = [grads[key] for key in update_letters]   # a frozen bias is not in ‖g‖
             norm = self._add("gradient clipping", "‖g‖", "L2 norm of the batch gradients of every trained parameter",
-                             ("grad_norm",), total=f"SQRT({_sum_of_squares(trained)})")
+                             ("grad_norm",), total=procedures.excel_grad_norm(_column_ranges(trained)))
             got = self._add("gradient clipping", "clip c", "c = min(1, clip_norm / (‖g‖ + 1e-6)); the update uses g·c",
-                            ("clip_factor",), total=f"MIN(1,clip_norm/({norm}{{r}}+1E-6))")
+                            ("clip_factor",), total=procedures.excel_clip_factor(f"{norm}{{r}}"))
             assert got == clip_letter
         assert len(self.columns) == self.column_count()
 
@@ -350,12 +344,9 @@ class TraceLayout:
 
     def _clipped(self, gradient, clip_letter):
         """The gradient as the update sees it (clip_norm factor, then clip_value clamp)."""
-        meaning = ""
-        if clip_letter:
-            gradient, meaning = f"({gradient}*{clip_letter}{{r}})", ", g clipped by norm (×c)"
-        if self.scenario.clip_value is not None:
-            gradient, meaning = f"MIN(clip_value,MAX(-clip_value,{gradient}))", meaning + ", g clamped to ±clip_value"
-        return gradient, meaning
+        by_value = "clip_value" if self.scenario.clip_value is not None else None
+        meaning = (", g clipped by norm (×c)" if clip_letter else "") + (", g clamped to ±clip_value" if by_value else "")
+        return procedures.excel_clipped(gradient, f"{clip_letter}{{r}}" if clip_letter else None, by_value), meaning
 
     def column_count(self):
         """Columns of the Trace sheet: everything before the parameters, then θ and Δθ."""
@@ -375,7 +366,7 @@ class TraceLayout:
         count += sum(layer.units for layer in s.layers if layer.residual)   # h
         count += sum(widths[l] for l in range(1, L + 1) if self._has_error_columns(l))  # e
         count += sum(6 * layer.units for layer in s.layers if layer.kind == "batchnorm")  # μ σ² x̂ dx̂ m1 m2
-        count += 0 if losses.LOSSES[s.loss].fused else widths[-1]      # ∂E/∂a
+        count += widths[-1] if losses.LOSSES[s.loss].records_output_error else 0      # ∂E/∂a
         count += 1                                                     # E
         count += sum(2 * n for n in widths[1:])                        # slope, δ
         count += sum(self._fan_in(l) * widths[l] + widths[l] for l in range(1, L + 1))  # gradients
@@ -410,9 +401,8 @@ class TraceLayout:
         return int(self._total_rows[step])
 
 
-def _sum_of_squares(letters):
-    """SUMSQ over the cells {r} of the given columns, as ranges of adjacent columns (at most 255
-    arguments per SUMSQ, the spreadsheet's limit, added up when there are more)."""
+def _column_ranges(letters):
+    """The cells {r} of the given columns, as ranges of adjacent columns (the arguments of ‖g‖'s SUMSQ)."""
     ranges, start, end = [], None, None
     for letter in letters:
         index = column_index_from_string(letter)
@@ -425,7 +415,7 @@ def _sum_of_squares(letters):
     ranges.append((start, end))
     cells = [f"{get_column_letter(a)}{{r}}" if a == b else f"{get_column_letter(a)}{{r}}:{get_column_letter(b)}{{r}}"
              for a, b in ranges]
-    return "+".join(f"SUMSQ({','.join(cells[i:i + 255])})" for i in range(0, len(cells), 255))
+    return cells
 
 
 def input_letter(scenario, i):

@@ -24,7 +24,7 @@ from openpyxl.workbook.defined_name import DefinedName
 from openpyxl.xml.functions import tostring
 
 from ..errors import LimitError, OutputExistsError
-from .. import diagnose as diagnose_module, output, scenario as scenario_module
+from .. import diagnose as diagnose_module, output, procedures
 from . import chainrule, charts, diagnosis, histograms, layout as layout_module, steps as steps_module, xlsx
 
 MAX_ROWS, MAX_FORMULA = 1_048_576, 8_192
@@ -447,32 +447,23 @@ def _data_rows(scenario, raw):
                  for position, value in enumerate(constants)]
         for i in range(n_in):
             cell, column, (one, two) = f"{letter(i)}{number}", letter(i), stats
-            if normalize == "standard":
-                formula = f"({cell}-{column}${one})/{column}${two}"
-            elif normalize == "minmax":
-                formula = f"({cell}-{column}${one})/({column}${two}-{column}${one})"
-            else:
+            if normalize == "none":
                 continue
+            formula = procedures.excel_normalized(normalize, cell, f"{column}${one}", f"{column}${two}")
             ref = f"{letter(len(constants) - 1 + i)}{number}"
             cells.append(xlsx.formula_cell(ref, formula, float(scenario.inputs[index, i])))
         yield xlsx.row(number, cells)
     if normalize == "none":
         return
-    labels = ("mean μ", "std σ (population)") if normalize == "standard" else ("min", "max")
+    labels = procedures.STATISTICS[normalize]
     with np.errstate(all="ignore"):
-        values = scenario_module.normalization_stats(raw, normalize)
+        values = procedures.normalization_stats(raw, normalize)
     for which, (label, number) in enumerate(zip(labels, stats)):
         cells = [xlsx.value_cell(f"A{number}", label)]
         for i in range(n_in):
             column = letter(i)
             span = f"{column}{first_row}:{column}{last_row}"
-            if normalize == "standard" and which == 0:
-                formula = f"SUM({span})/{n}"
-            elif normalize == "standard":
-                deviation = f"{span}-{column}${stats[0]}"
-                formula = f"SQRT(SUMPRODUCT({deviation},{deviation})/{n})"
-            else:
-                formula = f"{'MIN' if which == 0 else 'MAX'}({span})"
+            formula = procedures.excel_normalization_stats(normalize, span, n, f"{column}${stats[0]}")[which]
             cells.append(xlsx.formula_cell(f"{column}{number}", formula, float(values[which][i])))
         yield xlsx.row(number, cells)
 
