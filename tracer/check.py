@@ -28,10 +28,9 @@ import re
 
 import numpy as np
 
-from . import activations, inputs, losses, optim
+from . import activations, inputs, layers, losses, optim
 from .chain import parse_parameter
 from .errors import InputError, LibreOfficeMissing, TracerError, shorten
-from .trace import param_name
 
 _NAME = re.compile(
     r"^(?:(grad|update)\s+)?(u|a|slope|delta|W|b|gamma|beta|loss)([0-9]{1,9})?(?:\[([0-9]{1,9})(?:,\s*([0-9]{1,9}))?\])?"
@@ -55,10 +54,9 @@ class Key:
             self.quantity, self.quantity)
         if self.quantity == "loss":
             text = "loss"
-        elif scenario is not None and self.quantity[-1] in "Wb" and self.layer \
-                and scenario.layers[self.layer - 1].kind == "batchnorm":
-            prefix = base[:-1]
-            text = f"{prefix}{param_name(scenario, self.quantity[-1], self.layer, self.index)}"
+        elif scenario is not None and self.quantity[-1] in "Wb" and self.layer:
+            layer = scenario.layers[self.layer - 1]
+            text = f"{base[:-1]}{layers.of(layer).param_name(self.quantity[-1], self.layer, self.index)}"
         else:
             letter = base.split()[-1]
             prefix = base[: -len(letter)]
@@ -284,20 +282,11 @@ def read_workbook(path, mapping, trace):
 # ------------------------------------------------------------------ the engine's values
 
 def engine_value(trace, key):
-    t, l = key.step, key.layer
-    slot = None if key.sample is None else trace.samples(t).tolist().index(key.sample)
-    q = key.quantity
-    if q == "loss":
-        return float(trace.loss[t] if slot is None else trace.sample_loss[t, slot])
-    if q in PER_SAMPLE:
-        return float(getattr(trace, q)[l - 1][(t, slot) + key.index])
-    if q in ("W", "b"):
-        return float(getattr(trace, q)[l - 1][(t,) + key.index])
-    if q in ("grad_W", "grad_b"):
-        if slot is None:
-            return float(getattr(trace, q)[l - 1][(t,) + key.index])
-        return float(getattr(trace, q + "_sample")[l - 1][(t, slot) + key.index])
-    return float(getattr(trace, q)[l - 1][(t,) + key.index])
+    """The engine's value of a hand quantity, read with the trace's accessor (Trace.values)."""
+    slot = None if key.sample is None else trace.samples(key.step).tolist().index(key.sample)
+    column = ("loss",) if key.quantity == "loss" else (
+        key.quantity, key.layer, key.index[0] if key.quantity in PER_SAMPLE else key.index)
+    return float(trace.values(column, "total" if slot is None else "sample", key.step, slot, key.sample))
 
 
 # ------------------------------------------------------------------ local formulas
@@ -338,10 +327,10 @@ class Local:
             per = [get(Key(q, l, key.index, t, int(x))) for x in self.trace.samples(t)]
             total = sum(per[1:], per[0])
             return total / len(per) if s.reduction == "mean" else total
-        if q == "grad_W" and s.layers[l - 1].kind == "batchnorm":
-            return self.xhat(l, key.index[1], t, smp) * get(Key("delta", l, (key.index[1],), t, smp))
+        layer = s.layers[l - 1] if l else None
+        kind = layers.of(layer) if l else None
         if q == "grad_W":
-            return self.below(l, key.index[0], t, smp, get) * get(Key("delta", l, (key.index[1],), t, smp))
+            return kind.check_grad_W(layer, l, key.index[0], key.index[1], _Sample(self, t, smp, get))
         if q == "grad_b":
             return get(Key("delta", l, key.index, t, smp))
         if q == "loss" and smp is None:
@@ -355,27 +344,21 @@ class Local:
         j = key.index[0]
         act = activations.get(s.layers[l - 1].activation)
         params = s.layers[l - 1].activation_params
-        if q == "u" and s.layers[l - 1].kind == "batchnorm":
-            # x̂ comes from the batch statistics: the engine's, not recomputed from hand values
-            return get(Key("W", l, (0, j), t, None)) * self.xhat(l, j, t, smp) + get(Key("b", l, (j,), t, None))
         if q == "u":
-            total = self.below(l, 0, t, smp, get) * get(Key("W", l, (0, j), t, None))
-            for i in range(1, widths[l - 1]):
-                total = total + self.below(l, i, t, smp, get) * get(Key("W", l, (i, j), t, None))
-            return total + get(Key("b", l, (j,), t, None))
+            return kind.check_u(layer, l, j, _Sample(self, t, smp, get))
         if q == "a":
             if act.elementwise:
                 h = float(act.forward(np.array([get(Key("u", l, (j,), t, smp))]), params)[0])
             else:
                 u = np.array([[get(Key("u", l, (k,), t, smp)) for k in range(widths[l])]])
                 h = float(act.forward(u, params)[0, j])
-            return h + self.below(l, j, t, smp, get) if s.layers[l - 1].residual else h
+            return kind.check_combine(layer, l, j, h, _Sample(self, t, smp, get))
         if q == "slope":
             u = get(Key("u", l, (j,), t, smp))
-            if s.layers[l - 1].residual:   # the slope reads f(u), not f(u) + the skip
-                a = float(act.forward(np.array([u]), params)[0])
-            else:
+            if kind.activated(layer) == "a":
                 a = get(Key("a", l, (j,), t, smp))
+            else:   # the slope reads f(u), not f(u) + the skip
+                a = float(act.forward(np.array([u]), params)[0])
             if act.elementwise:
                 return float(act.slope(np.array([u]), np.array([a]), params)[0])
             return a * (1 - a)
@@ -389,28 +372,42 @@ class Local:
             return get(Key("slope", l, (j,), t, smp)) * self.error(l, j, t, smp, get)
         raise ValueError(key)
 
-    def xhat(self, l, j, t, smp):
-        slot = self.trace.samples(t).tolist().index(smp)
-        return float(self.trace.norm["xhat"][l - 1][t, slot, j])
-
     def error(self, l, j, t, smp, get):
-        """e⁽ˡ⁾_j = Σ_k W_{l+1}[j,k]·δ⁽ˡ⁺¹⁾_k (+ e⁽ˡ⁺¹⁾_j when layer l+1 is residual); below a
-        batchnorm layer, the engine's ∂E/∂a (its batch terms are not hand quantities)."""
-        widths = self.s.widths
-        if self.s.layers[l].kind == "batchnorm":
-            slot = self.trace.samples(t).tolist().index(smp)
-            return float(self.trace.error[l - 1][t, slot, j])
-        back = get(Key("W", l + 1, (j, 0), t, None)) * get(Key("delta", l + 1, (0,), t, smp))
-        for k in range(1, widths[l + 1]):
-            back = back + get(Key("W", l + 1, (j, k), t, None)) * get(Key("delta", l + 1, (k,), t, smp))
-        if self.s.layers[l].residual:
-            back = back + self.error(l + 1, j, t, smp, get)
-        return back
+        """e⁽ˡ⁾ⱼ, the error layer l+1 passes down (its kind's check_error_down)."""
+        above = self.s.layers[l]
+        return layers.of(above).check_error_down(above, l + 1, j, _Sample(self, t, smp, get))
 
     def below(self, layer, i, t, sample, get):
         if layer == 1:
             return float(self.s.inputs[sample, i])
         return get(Key("a", layer - 1, (i,), t, sample))
+
+
+class _Sample:
+    """The accessor a layer kind's check face reads (see layers/base.py): the values of one sample
+    at one step as `get` supplies them, the layer below's output, and the engine's values of the
+    quantities a hand check does not recompute (batch statistics)."""
+
+    def __init__(self, local, step, sample, get):
+        self.local, self.step, self.sample, self.get = local, step, sample, get
+
+    def __call__(self, quantity, l, index):
+        sample = None if quantity in ("W", "b") else self.sample
+        return self.get(Key(quantity, l, tuple(index), self.step, sample))
+
+    def below(self, l, i):
+        return self.local.below(l, i, self.step, self.sample, self.get)
+
+    def error(self, l, j):
+        return self.local.error(l, j, self.step, self.sample, self.get)
+
+    def fan_in(self, l):
+        return self.local.s.widths[l - 1]
+
+    def engine(self, quantity, l, index):
+        trace = self.local.trace
+        slot = trace.samples(self.step).tolist().index(self.sample)
+        return float(trace.values((quantity, l, index[-1]), "sample", self.step, slot, self.sample))
 
 
 # ------------------------------------------------------------------ the check
@@ -572,7 +569,7 @@ def _update_slip(trace, key, person, tol, engine, lr):
 
 
 def _weight_shape(trace, layer):
-    """Shape of layer `layer`'s W: fan-in × units, or 1 × units (γ) for a batchnorm layer."""
+    """Shape of layer `layer`'s W: fan-in × units, or 1 × units (γ) for a normalisation layer."""
     return trace.W[layer - 1].shape[1:]
 
 

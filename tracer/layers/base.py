@@ -213,6 +213,130 @@ class LayerKind:
         sample's loss; the batch total is taken by the reduction."""
         raise NotImplementedError
 
+    # ------------------------------------------------------------ chain face (l11-chain)
+    # `names` is a chain.Names: sympy symbols written one way in Unicode or LaTeX (unit(symbol, l, j),
+    # weight(l, i, j), error(l, j), layer_scalar(symbol, l), plain(text, latex)).
+
+    def chain_input(self, layer, l, i, j, names, trace, step, slot):
+        """Factor ② of ∂E/∂W_l[i,j] = ② · δ⁽ˡ⁾ⱼ, as (sympy symbol, meaning, value at `step` for the
+        sample in batch slot `slot`): a⁽ˡ⁻¹⁾ᵢ, or xᵢ on layer 1 (dense); x̂ⱼ (normalisation)."""
+        raise NotImplementedError
+
+    def chain_error_down(self, layer, l, j, names):
+        """(meaning, sympy expression) of the error layer l passes down, ∂E/∂a⁽ˡ⁻¹⁾ⱼ = e⁽ˡ⁻¹⁾ⱼ:
+        Σₖ W_l[j,k]·δ⁽ˡ⁾ₖ (+ e⁽ˡ⁾ⱼ with a residual skip) or (dx̂ − m1 − x̂·m2)/√(σ² + ε)."""
+        raise NotImplementedError
+
+    def dominant_path(self, layer):
+        """True when the error passes through this layer as Σₖ W·δ only (plain dense), so that the
+        gradient is a sum over paths of products of slopes and weights (`tracer chain`'s path view)."""
+        return False
+
+    # ------------------------------------------------------------ check face (l11-chain)
+    # `get` is check's accessor of one sample at one step: get(quantity, l, index) the value of u, a,
+    # slope, delta, W, b as the hand calculation has it (written, or recomputed from written ones);
+    # get.below(l, i) = a⁽ˡ⁻¹⁾ᵢ (xᵢ on layer 1); get.error(l, j) = e⁽ˡ⁾ⱼ recomputed;
+    # get.engine(quantity, l, index) the engine's value of one of the kind's `engine_only` quantities.
+
+    engine_only = ()          # quantities a hand check takes from the engine (batch statistics)
+
+    def check_u(self, layer, l, j, get):
+        """u⁽ˡ⁾ⱼ recomputed from supplied values."""
+        raise NotImplementedError
+
+    def check_combine(self, layer, l, j, h, get):
+        """a⁽ˡ⁾ⱼ from h = f(u⁽ˡ⁾ⱼ): h (the default)."""
+        return h
+
+    def check_error_down(self, layer, l, j, get):
+        """∂E/∂a⁽ˡ⁻¹⁾ⱼ passed down by layer l, recomputed from supplied values."""
+        raise NotImplementedError
+
+    def check_grad_W(self, layer, l, i, j, get):
+        """The per-sample ∂E/∂W_l[i,j] recomputed from supplied values (δⱼ times factor ②)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------ diagnose face (l11-chain)
+    # Names in diagnose's plain style: u2[0], a1[3], W2[0,1], δ2[1], x[0].
+
+    def activated(self, layer):
+        """The recorded quantity that holds f(u): "a" (the default) or "h" (before a skip is added)."""
+        return "a"
+
+    def diagnose_u(self, layer, l, trace, step, slot, j, below, below_name):
+        """(operation, [(name, value) of finite operands]) that produced a non-finite u⁽ˡ⁾ⱼ, given the
+        layer below's output `below` (B × fan_in) named `below_name` (x or a<l-1>)."""
+        raise NotImplementedError
+
+    def diagnose_combine(self, layer, l, trace, step, slot, j, below, below_name):
+        """(operation, operands) that produced a non-finite a⁽ˡ⁾ⱼ from a finite f(u) (kinds whose
+        `activated` is not "a")."""
+        raise NotImplementedError
+
+    def diagnose_input(self, layer, l, trace, step, slot, i, j):
+        """(name, value) of factor ② of ∂E/∂W_l[i,j] (a1[0], x[0], x̂2[1])."""
+        raise NotImplementedError
+
+    def diagnose_error_down(self, layer, l, trace, step, slot, j):
+        """(operation, operands) that produced a non-finite error passed down by layer l, e⁽ˡ⁻¹⁾ⱼ."""
+        return "the error from the layer above (a sum of finite terms) overflows", []
+
+    def diagnose_links(self, layer, l, trace, step, slot=None):
+        """(magnitude, weight), two fan_in × units arrays for the dominant path: how strongly the error
+        passed down to unit i of the layer below follows δ⁽ˡ⁾ₖ, |∂e⁽ˡ⁻¹⁾ᵢ/∂δ⁽ˡ⁾ₖ| through the
+        layer's direct path (statistics held fixed), and the parameter shown on that edge. `slot` None:
+        over the step's samples (per-sample statistics averaged)."""
+        raise NotImplementedError
+
+
+def trace_value(trace, name, l, index, step, slot=None):
+    """The engine's value of a kind's own recorded quantity `name` (xhat, bn_var, ...) on layer l at
+    `step`: per sample (`slot` given) or per step; `index` a unit or an array of units."""
+    sample = None if slot is None else trace.samples(step)[slot]
+    return trace.values((name, l, index), "sample" if slot is not None else "total", step, slot, sample)
+
+
+# ---------------------------------------------------------------- normalisation layers: chain, check, diagnose
+# Shared by batchnorm (statistics per unit over the batch) and layernorm (per sample over the units):
+# `per` is the Quantity.per of the statistics ("step-unit" or "sample"), `var` the CSV name of σ².
+
+def normalisation_input(kind, l, j, names, trace, step, slot):
+    """Factor ② of ∂E/∂γ_l[j]: x̂ⱼ."""
+    return (names.unit("x̂", l, j), f"normalised input x̂ of unit {j} ({kind.name})",
+            float(trace_value(trace, "xhat", l, j, step, slot)))
+
+
+def normalisation_error_down(kind, l, j, names, per):
+    """∂E/∂a⁽ˡ⁻¹⁾ⱼ = (dx̂ⱼ − m1 − x̂ⱼ·m2)/√(σ² + ε) with the statistics of unit j (per unit) or of the
+    sample (per sample)."""
+    import sympy as sp
+    if per == "step-unit":
+        m1, m2, var = (names.unit(q, l, j) for q in ("m1", "m2", "σ²"))
+    else:
+        m1, m2, var = (names.layer_scalar(q, l) for q in ("m1", "m2", "σ²"))
+    eps = names.plain("ε", "\\varepsilon")
+    expression = (names.unit("dx̂", l, j) - m1 - names.unit("x̂", l, j) * m2) / sp.sqrt(var + eps)
+    return f"error from the {kind.name} layer {l} above", expression
+
+
+def normalisation_u(l, j, get):
+    """u = γⱼ·x̂ⱼ + βⱼ with x̂ from the engine (its statistics are not hand quantities)."""
+    return get("W", l, (0, j)) * get.engine("xhat", l, (j,)) + get("b", l, (j,))
+
+
+def normalisation_links(layer, l, trace, step, slot, var, per):
+    """diag(|γₖ|/√(σ² + ε)): the direct path of x̂ (m1 and m2 left out), γ on the diagonal."""
+    gamma = trace.W[l - 1][step, 0]
+    if per == "step-unit":
+        variance = trace_value(trace, var, l, np.arange(len(gamma)), step)
+    elif slot is None:
+        variance = np.mean([trace_value(trace, var, l, None, step, s) for s in range(len(trace.samples(step)))])
+    else:
+        variance = trace_value(trace, var, l, None, step, slot)
+    with np.errstate(all="ignore"):
+        scale = np.abs(gamma) / np.sqrt(np.nan_to_num(variance) + layer.eps)
+    return np.diag(scale), np.diag(gamma)
+
 
 # ---------------------------------------------------------------- the scenario's layer, and parsing helpers
 

@@ -13,7 +13,8 @@ every batch needs 2 samples or more (σ² = 0 for one sample, so x̂ = 0 whateve
 import numpy as np
 
 from ..errors import ScenarioError
-from .base import COMMON, Layer, LayerKind, Quantity, normalise, normalise_backward, parse_activation
+from .base import (COMMON, Layer, LayerKind, Quantity, normalisation_error_down, normalisation_input, normalisation_links,
+                   normalisation_u, normalise, normalise_backward, parse_activation, trace_value)
 
 XHAT = Quantity("xhat", "x̂", "x̂ = (x − μ)/√(σ² + eps), the normalised input", "sample-unit")
 DXHAT = Quantity("dxhat", "dx̂", "dx̂ = δ·γ = ∂E/∂x̂", "sample-unit")
@@ -107,47 +108,42 @@ class BatchNorm(LayerKind):
         """Settings cells the layer's formulas read (batchnorm: bn_eps_l), as (defined name, value, label)."""
         raise NotImplementedError
 
-    # ------------------------------------------------------------ chain face (l11-chain)
+    # ------------------------------------------------------------ chain face
 
-    def chain_factor(self, layer, l, i, j, names):
-        """The sympy factor ② of ∂E/∂W_l[i,j] = ① δⱼ · ②: a⁽ˡ⁻¹⁾ᵢ (dense) or x̂ⱼ (normalisation)."""
-        raise NotImplementedError
+    def chain_input(self, layer, l, i, j, names, trace, step, slot):
+        """Factor ② of ∂E/∂γⱼ: x̂ⱼ."""
+        return normalisation_input(self, l, j, names, trace, step, slot)
 
     def chain_error_down(self, layer, l, j, names):
-        """The symbolic error passed down by layer l, ∂E/∂a⁽ˡ⁻¹⁾_j: Σₖ W_l[j,k]·δₖ (+ e⁽ˡ⁾_j with a
-        residual skip) or (dx̂ − m1 − x̂·m2)/√(σ² + eps) for normalisation layers."""
-        raise NotImplementedError
+        """(dx̂ⱼ − m1ⱼ − x̂ⱼ·m2ⱼ)/√(σ²ⱼ + ε), the statistics of unit j over the batch."""
+        return normalisation_error_down(self, l, j, names, VAR.per)
 
-    def dominant_path(self, layer):
-        """Whether the dominant-path view of the chain rule applies through this layer (plain dense only)."""
-        raise NotImplementedError
+    # ------------------------------------------------------------ check face
 
-    def latex_names(self, l):
-        """The LaTeX names of the kind's own symbols on layer l (x̂, μ, σ², ...)."""
-        raise NotImplementedError
-
-    # ------------------------------------------------------------ check face (l11-chain)
-
-    engine_only = ()          # quantities a hand check takes from the engine (batch statistics)
+    engine_only = (XHAT.name, MEAN.name, VAR.name, DXHAT.name, M1.name, M2.name)
 
     def check_u(self, layer, l, j, get):
-        """u⁽ˡ⁾_j recomputed from the values `get(quantity, layer, index)` a hand calculation supplies."""
-        raise NotImplementedError
+        """u = γⱼ·x̂ⱼ + βⱼ, x̂ from the engine (batch statistics)."""
+        return normalisation_u(l, j, get)
 
     def check_error_down(self, layer, l, j, get):
-        """∂E/∂a⁽ˡ⁻¹⁾_j passed down by layer l, recomputed from supplied values."""
-        raise NotImplementedError
+        """The engine's ∂E/∂a⁽ˡ⁻¹⁾ⱼ: its m1, m2 are sums over the batch, not hand quantities."""
+        return get.engine("e", l - 1, (j,))
 
     def check_grad_W(self, layer, l, i, j, get):
-        """The per-sample ∂E/∂W_l[i,j] recomputed from supplied values (δⱼ times factor ②)."""
-        raise NotImplementedError
+        """∂E/∂γⱼ = x̂ⱼ·δⱼ."""
+        return get.engine("xhat", l, (j,)) * get("delta", l, (j,))
 
-    # ------------------------------------------------------------ diagnose face (l11-chain)
+    # ------------------------------------------------------------ diagnose face
 
-    def diagnose_producers(self, layer, l, trace, step, slot, j):
-        """The inputs that produce u⁽ˡ⁾_j (name, value) pairs, to name the producer of a first inf/NaN."""
-        raise NotImplementedError
+    def diagnose_u(self, layer, l, trace, step, slot, j, below, below_name):
+        """γ·x̂ + β, from x̂."""
+        return f"the {self.name} γ·x̂ + β", [(f"x̂{l}[{j}]", float(trace_value(trace, XHAT.name, l, j, step, slot)))]
 
-    def diagnose_error_down(self, layer, l, trace, step, slot, j):
-        """The error passed down by layer l for the dominant path: (scale, weight) of unit j's contribution."""
-        raise NotImplementedError
+    def diagnose_input(self, layer, l, trace, step, slot, i, j):
+        """x̂ⱼ."""
+        return f"x̂{l}[{j}]", float(trace_value(trace, XHAT.name, l, j, step, slot))
+
+    def diagnose_links(self, layer, l, trace, step, slot=None):
+        """diag(|γ|/√(σ² + ε)) with the batch's σ²."""
+        return normalisation_links(layer, l, trace, step, slot, VAR.name, VAR.per)
