@@ -86,3 +86,24 @@ def test_bce_is_finite_for_saturated_logits():
     y = activations.get("sigmoid").forward(u, {})
     value = losses.LOSSES["bce"].value(u, y, np.array([[0.0, 1.0]]))
     assert value[0] == pytest.approx(1600.0)
+
+
+@pytest.mark.parametrize("name", list(losses.LOSSES))
+def test_minimum_is_the_value_at_y_equal_t_and_nothing_is_lower(name):
+    """loss.minimum(t) (the diagnosis's floor of E) is E where the outputs equal the targets, and
+    no other output gives less."""
+    loss = losses.LOSSES[name]
+    t = np.array([[0.2, 0.5, 0.3], [0.05, 0.9, 0.05]])
+    if loss.output_activation == "sigmoid":
+        u = np.log(t / (1 - t))
+    elif loss.output_activation == "softmax":
+        u = np.log(t)
+    else:
+        u = t.copy()
+    y = activations.get(loss.output_activation or "identity").forward(u, {})
+    np.testing.assert_allclose(loss.value(u, y, t), loss.minimum(t), rtol=1e-12, atol=1e-15)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        other = u + rng.normal(size=u.shape)
+        y_other = activations.get(loss.output_activation or "identity").forward(other, {})
+        assert (loss.value(other, y_other, t) >= loss.minimum(t) - 1e-12).all()

@@ -282,11 +282,10 @@ def read_workbook(path, mapping, trace):
 # ------------------------------------------------------------------ the engine's values
 
 def engine_value(trace, key):
-    """The engine's value of a hand quantity, read with the trace's accessor (Trace.values)."""
+    """The engine's value of a hand-check key, read with the Trace's accessor."""
     slot = None if key.sample is None else trace.samples(key.step).tolist().index(key.sample)
-    column = ("loss",) if key.quantity == "loss" else (
-        key.quantity, key.layer, key.index[0] if key.quantity in PER_SAMPLE else key.index)
-    return float(trace.values(column, "total" if slot is None else "sample", key.step, slot, key.sample))
+    kind = "total" if slot is None else "sample"
+    return float(trace.values((key.quantity, key.layer, key.index), kind, key.step, slot or 0, key.sample or 0))
 
 
 # ------------------------------------------------------------------ local formulas
@@ -524,9 +523,7 @@ def _slip(trace, local, written, key, person, tol, engine):
     if backward and engine != 0:
         for factor, meaning in ((2.0, "a factor 2 too large"), (0.5, "a factor ½ too small")):
             if _matches(factor * engine, person, tol):
-                hint = {"half_sse": "E = ½Σ(t−y)² has ∂E/∂y = y − t (the ½ cancels the 2)",
-                        "sse": "E = Σ(t−y)² has ∂E/∂y = 2(y − t)",
-                        "mse": "E = (1/K)Σ(t−y)² has ∂E/∂y = 2(y − t)/K"}.get(s.loss, "")
+                hint = losses.LOSSES[s.loss].derivative_text
                 return (f"{meaning}: a missing ½ or factor 2 in the loss ({s.loss}) or its derivative; {hint}; "
                         f"the trace has {engine:.6g}")
     lr = float(trace.lr[min(key.step, trace.steps - 1)])

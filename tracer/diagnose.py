@@ -449,14 +449,7 @@ def loss_minimum(trace):
     (reduced over the step's samples like the loss)."""
     s = trace.scenario
     t = s.targets
-    with np.errstate(all="ignore"):
-        plogp = lambda p: np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0)  # noqa: E731
-        if s.loss == "bce":
-            per_sample = -np.sum(plogp(t) + plogp(1.0 - t), axis=1)
-        elif s.loss == "softmax_ce":
-            per_sample = -np.sum(plogp(t), axis=1)
-        else:
-            per_sample = np.zeros(t.shape[0])
+    per_sample = losses.LOSSES[s.loss].minimum(t)
     floors = np.zeros(trace.steps)
     for step in range(trace.steps):
         ids = trace.samples(step)

@@ -24,21 +24,18 @@ from .layers import back_sum, weighted_sum  # noqa: F401  (the shared sums, defi
 from .trace import Trace
 
 
-@dataclass
-class Pass:
-    """One forward and backward pass over a batch (arrays have the batch on axis 0)."""
+class Pass(dict):
+    """One forward and backward pass over a batch (arrays have the batch on axis 0), keyed as the
+    trace's fields read it (records.Field.key): per layer lists u, a, slope, delta, h (f(u) before a
+    residual skip), e (∂E/∂a, None for the output layer), grad_W, grad_b (per sample), records (the
+    layer kinds' own values {key: array}); output_error (∂E/∂a⁽ᴸ⁾, None for fused losses) and
+    sample_loss. Items read as attributes too (result.u)."""
 
-    u: list
-    a: list
-    slope: list
-    delta: list
-    h: list                           # f(u) before a residual skip is added (= a otherwise)
-    error: list                       # e = ∂E/∂a per hidden layer (None for the output layer)
-    output_error: np.ndarray | None   # ∂E/∂a⁽ᴸ⁾ per sample, None for fused losses
-    sample_loss: np.ndarray
-    grad_W: list                      # per-sample (B, fan_in, units)
-    grad_b: list                      # per-sample (B, units)
-    records: list = field(default_factory=list)  # per layer: the kind's own quantities {CSV name: array}
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
 
 
 @dataclass
@@ -65,6 +62,12 @@ def initial_parameters(scenario):
     return weights, biases
 
 
+def output_delta(loss, y, t, slope):
+    """(∂E/∂a⁽ᴸ⁾ per sample or None, δ⁽ᴸ⁾): δ = ∂E/∂a · f'(u), or the loss's fused δ (y − t for bce,
+    y·Σt − t for softmax_ce) for which ∂E/∂a is not recorded."""
+    return loss.output_error(y, t), loss.output_delta(y, t, slope)
+
+
 def forward_backward(scenario, weights, biases, x, t):
     """Run one pass over the samples x (B × n_in) with targets t; return every intermediate.
 
@@ -86,8 +89,7 @@ def forward_backward(scenario, weights, biases, x, t):
         previous = a
     y, u_out = acts[-1], us[-1]
     sample_loss = propagate_nonfinite(loss.value(u_out, y, t)[:, None], u_out, y, axis=-1)[:, 0]
-    output_error = loss.output_error(y, t)        # None when the loss owns δ⁽ᴸ⁾
-    delta = loss.output_delta(y, t, slopes[-1])
+    output_error, delta = output_delta(loss, y, t, slopes[-1])
     last = len(scenario.layers) - 1
     deltas, errors = [None] * last + [delta], [None] * (last + 1)
     for index in range(last, -1, -1):
@@ -99,8 +101,8 @@ def forward_backward(scenario, weights, biases, x, t):
     inputs = [x] + acts[:-1]
     grads = [kind.gradients(layer, record, below, d)
              for layer, kind, record, below, d in zip(scenario.layers, kinds, records, inputs, deltas)]
-    return Pass(us, acts, slopes, deltas, hs, errors, output_error, sample_loss,
-                [g for g, _ in grads], [g for _, g in grads], records)
+    return Pass(u=us, a=acts, slope=slopes, delta=deltas, h=hs, e=errors, output_error=output_error,
+                sample_loss=sample_loss, grad_W=[g for g, _ in grads], grad_b=[g for _, g in grads], records=records)
 
 
 reduce_samples = procedures.reduce_samples   # Σ_s, or Σ_s / B for `mean` (with its Excel form there)
@@ -160,7 +162,7 @@ def run(scenario):
                     updates[kind].append(update)
             updates_W, updates_b = updates["W"], updates["b"]
             loss = reduce_samples(result.sample_loss, scenario.reduction)
-            trace.record(step, result, grads_W, grads_b, updates_W, updates_b, loss)
+            trace.record(step, result, dict(grad_W=grads_W, grad_b=grads_b, update_W=updates_W, update_b=updates_b, loss=loss))
             weights = [W - d for W, d in zip(weights, updates_W)]
             biases = [b - d for b, d in zip(biases, updates_b)]
         trace.set_parameters(scenario.steps, weights, biases)

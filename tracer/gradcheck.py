@@ -27,9 +27,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import activations
+from . import activations, layers
 from .engine import forward_backward, reduce_samples
-from .trace import param_name
 
 BEND_LIMIT = 1e-4     # accepted |D(h/2) − D(h)| / max(|numeric|, floor): O(h⁴) remainder ~1e-8
 HALVINGS = 4          # smallest step h₀/16: its round-off stays ~1e-7 of the floor
@@ -110,9 +109,10 @@ def check(trace, steps=(0,)):
                 nonfinite.append(step)
                 continue
             for layer in range(trace.layers):
-                targets = [(weights[layer], (i, j), param_name(scenario, "W", layer + 1, (i, j)), trace.grad_W[layer][step, i, j])
+                kind = layers.of(scenario.layers[layer])   # names the parameters: W, b or gamma, beta
+                targets = [(weights[layer], (i, j), kind.param_name("W", layer + 1, (i, j)), trace.grad_W[layer][step, i, j])
                            for i in range(weights[layer].shape[0]) for j in range(weights[layer].shape[1])]
-                targets += [(biases[layer], (j,), param_name(scenario, "b", layer + 1, (j,)), trace.grad_b[layer][step, j])
+                targets += [(biases[layer], (j,), kind.param_name("b", layer + 1, (j,)), trace.grad_b[layer][step, j])
                             for j in range(biases[layer].shape[0])]
                 for array, index, name, backprop in targets:
                     scale = max(1.0, abs(array[index]))

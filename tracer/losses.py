@@ -26,6 +26,8 @@ Every loss answers for the output delta δ⁽ᴸ⁾ (the one place that knows wh
   symbolic_output_delta(y, t, k, slope)  sympy δ_k: symbolic_output_error·slope, or the fused δ
   output_delta_text                    δ in words: "a − t", "a·Σt − t" or "∂E/∂a · f'(u)"
   output_delta_meaning                 the δ column's comment in the workbook
+and, for the diagnosis and the hand checks, minimum(t) (the per-sample floor of E: 0 for squared
+errors, the targets' entropy for cross-entropy) and derivative_text.
 """
 from dataclasses import dataclass
 from typing import Callable
@@ -52,6 +54,8 @@ class Loss:
     delta_text: str = ""                   # fused: δ in words, for headers and explanations
     probabilities: bool = False            # targets must lie in [0, 1] (else the loss has no minimum)
     symbolic_error: Callable | None = None  # not fused: (y_syms, t_syms, k) -> sympy ∂E/∂y_k
+    minimum: Callable = lambda t: np.zeros(t.shape[0])  # (t) -> per-sample smallest loss these targets allow
+    derivative_text: str = ""              # ∂E/∂y in words (a hand check's hint for a factor 2 or ½)
 
     @property
     def fused(self):
@@ -122,6 +126,23 @@ def _sq_sum(y, t):
         return np.sum((t - y) * (t - y), axis=-1)
 
 
+def _plogp(p):
+    """p·ln p, 0 at p = 0."""
+    return np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0)
+
+
+def _bce_minimum(t):
+    """−Σ_k [t ln t + (1−t) ln(1−t)] per sample: bce's value at y = t."""
+    with np.errstate(all="ignore"):
+        return -np.sum(_plogp(t) + _plogp(1.0 - t), axis=1)
+
+
+def _softmax_ce_minimum(t):
+    """−Σ_k t ln t per sample: softmax_ce's value at y = t."""
+    with np.errstate(all="ignore"):
+        return -np.sum(_plogp(t), axis=1)
+
+
 def _bce(u, y, t):
     with np.errstate(all="ignore"):
         return np.sum(np.maximum(u, 0.0) - u * t + np.log1p(np.exp(-np.abs(u))), axis=-1)
@@ -170,6 +191,7 @@ LOSSES = {
             error=lambda y, t: y - t,
             excel_error=lambda y, t, k: f"{y}-{t}",
             symbolic_error=lambda y, t, k: y[k] - t[k],
+            derivative_text="E = ½Σ(t−y)² has ∂E/∂y = y − t (the ½ cancels the 2)",
         ),
         Loss(
             "sse",
@@ -179,6 +201,7 @@ LOSSES = {
             error=lambda y, t: 2.0 * (y - t),
             excel_error=lambda y, t, k: f"2*({y}-{t})",
             symbolic_error=lambda y, t, k: 2 * (y[k] - t[k]),
+            derivative_text="E = Σ(t−y)² has ∂E/∂y = 2(y − t)",
         ),
         Loss(
             "mse",
@@ -188,6 +211,7 @@ LOSSES = {
             error=lambda y, t: 2.0 * (y - t) / y.shape[-1],
             excel_error=lambda y, t, k: f"2*({y}-{t})/{k}",
             symbolic_error=lambda y, t, k: 2 * (y[k] - t[k]) / len(y),
+            derivative_text="E = (1/K)Σ(t−y)² has ∂E/∂y = 2(y − t)/K",
         ),
         Loss(
             "bce",
@@ -199,6 +223,7 @@ LOSSES = {
             excel_delta=lambda y, t, k: f"{y[k]}-{t[k]}",
             symbolic_delta=lambda y, t, k: y[k] - t[k],
             delta_text="a − t",
+            minimum=_bce_minimum,
             probabilities=True,
         ),
         Loss(
@@ -212,6 +237,7 @@ LOSSES = {
             symbolic_delta=lambda y, t, k: sp.Add(sp.Mul(y[k], sp.Add(*t, evaluate=False), evaluate=False), -t[k],
                                                   evaluate=False),
             delta_text="a·Σt − t",
+            minimum=_softmax_ce_minimum,
             probabilities=True,
         ),
     ]

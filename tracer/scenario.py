@@ -17,7 +17,7 @@ import numpy as np
 from . import inputs, layers as layer_kinds, losses, optim, procedures, templates
 from .layers import Layer  # noqa: F401  (a scenario's layer; defined with the layer kinds)
 from .errors import ScenarioError, shorten
-from .trace import MAX_BYTES as MAX_TRACE_BYTES, Trace
+from .records import MAX_BYTES as MAX_TRACE_BYTES, bytes_needed as trace_bytes
 
 TOP_KEYS = ("name", "description", "seed", "steps", "data", "layers", "loss", "optimizer", "training", "diagnosis")
 DATA_KEYS = ("inputs", "targets", "file", "input_columns", "target_columns", "normalize")
@@ -76,8 +76,7 @@ class Scenario:
         return self.inputs.shape[0] if self.batch is None else self.batch
 
     def __repr__(self):
-        layers = ", ".join(f"{layer.kind} {layer.units} {layer.activation}" if layer.kind != "dense"
-                           else f"{layer.units} {layer.activation}" for layer in self.layers)
+        layers = ", ".join(layer_kinds.of(layer).describe(layer) for layer in self.layers)
         return (f"<Scenario {self.name!r}: {self.inputs.shape[1]} inputs -> {layers}; {self.loss} loss, "
                 f"{self.optimizer} lr={self.optimizer_params.get('lr')}, {self.steps} steps, "
                 f"{self.inputs.shape[0]} samples, batch {'full' if self.batch is None else self.batch}>")
@@ -259,12 +258,13 @@ def from_dict(raw, source="<scenario>", base=None, text=""):
 
 def _check_size(scenario):
     """Refuse, before anything is allocated, a run whose trace would take more than
-    trace.MAX_BYTES (8 bytes per recorded scalar: steps × samples × quantities)."""
-    needed = Trace.bytes_needed(scenario, scenario.steps, scenario.batch_size)
+    records.MAX_BYTES (8 bytes per recorded scalar: steps × samples × quantities, as the
+    declarative table of recorded quantities, records.fields, counts them)."""
+    needed = trace_bytes(scenario, scenario.steps, scenario.batch_size)
     if needed <= MAX_TRACE_BYTES:
         return
-    fixed = Trace.bytes_needed(scenario, 0, scenario.batch_size)
-    per_step = Trace.bytes_needed(scenario, 1, scenario.batch_size) - fixed
+    fixed = trace_bytes(scenario, 0, scenario.batch_size)
+    per_step = trace_bytes(scenario, 1, scenario.batch_size) - fixed
     fitting = (MAX_TRACE_BYTES - fixed) // per_step
     cap = f"above tracer's cap of {MAX_TRACE_BYTES / 2**30:g} GiB"
     if fitting >= 1:

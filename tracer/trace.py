@@ -5,17 +5,16 @@ Parameters are named W{layer}[i,j] (joining unit i below to unit j) and b{layer}
 Per-sample arrays have shape (steps, B, ...) with B the batch size; a short last batch
 is padded with NaN and sample id -1.
 """
-from dataclasses import dataclass, field
-
 import numpy as np
 
-from . import losses, optim, output
+from . import layers, output, records
+from .records import MAX_BYTES  # noqa: F401  (the cap on a run's recorded scalars, checked at load time)
 
 CSV_COLUMNS = ("step", "sample", "quantity", "layer", "row", "col", "value")
-BATCHNORM_PER_SAMPLE = ("xhat", "dxhat")
-BATCHNORM_PER_STEP = ("mean", "var", "m1", "m2")
-PER_SAMPLE_UNIT = ("u", "a", "slope", "delta")
-MAX_BYTES = 2 * 2**30   # the cap on a run's recorded scalars (README: "Bad input"), checked at load time
+# the stores Trace keeps one array per layer in (attributes trace.u, trace.grad_W, ...)
+LAYER_STORES = ("u", "a", "slope", "delta", "h", "error", "W", "b", "grad_W_sample", "grad_b_sample",
+                "grad_W", "grad_b", "update_W", "update_b")
+RUN_STORES = ("output_error", "sample_loss", "loss", "lr", "grad_norm", "clip_factor")
 
 
 def weight_name(layer, i, j):
@@ -27,164 +26,140 @@ def bias_name(layer, j):
 
 
 def param_name(scenario, kind, layer, index):
-    """W{l}[i,j] / b{l}[j]; for a batchnorm layer its scale gamma{l}[j] / shift beta{l}[j]
-    (stored as a 1 × units W and a b)."""
-    if scenario.layers[layer - 1].kind == "batchnorm":
-        return f"gamma{layer}[{index[-1]}]" if kind == "W" else f"beta{layer}[{index[0]}]"
-    return weight_name(layer, *index) if kind == "W" else bias_name(layer, *index)
+    """The name of one parameter, as the layer's kind names it: W{l}[i,j] / b{l}[j]; on a
+    normalisation layer its scale gamma{l}[j] / shift beta{l}[j] (stored as a 1 × units W and a b)."""
+    return layers.of(scenario.layers[layer - 1]).param_name(kind, layer, index)
 
 
 def param_quantity(scenario, quantity, layer):
-    """CSV quantity name: W, grad_W, update_W, ... become gamma, grad_gamma, ... on batchnorm layers."""
-    if scenario.layers[layer - 1].kind != "batchnorm":
-        return quantity
-    if quantity in ("W", "b"):
-        return {"W": "gamma", "b": "beta"}[quantity]
-    return quantity[:-2] + ("_gamma" if quantity.endswith("_W") else "_beta")
+    """CSV quantity name: W, grad_W, update_W, ... become gamma, grad_gamma, ... on normalisation layers."""
+    return layers.of(scenario.layers[layer - 1]).param_quantity(quantity)
 
 
-@dataclass
 class Trace:
-    scenario: object
-    sample_ids: np.ndarray             # (T, B), -1 = padding
-    u: list
-    a: list
-    slope: list
-    delta: list
-    h: list                            # f(u) before a residual skip is added (= a elsewhere)
-    error: list                        # e = ∂E/∂a of hidden layers (the last entry unused)
-    output_error: np.ndarray | None    # (T, B, K) ∂E/∂a⁽ᴸ⁾, None for fused losses
-    sample_loss: np.ndarray            # (T, B)
-    loss: np.ndarray                   # (T,)
-    W: list                            # (T+1, fan_in, units): value used at step t; [T] = final
-    b: list                            # (T+1, units)
-    grad_W_sample: list                # (T, B, fan_in, units)
-    grad_b_sample: list                # (T, B, units)
-    grad_W: list                       # (T, fan_in, units), batch total
-    grad_b: list
-    update_W: list                     # Δθ subtracted at step t
-    update_b: list
-    norm: dict = field(default_factory=dict)   # quantity -> per layer arrays: xhat, dxhat (T, B, n); mean, var, m1, m2 (T, n)
-    lr: np.ndarray | None = None            # (T,) learning rate used at each step (schedules)
-    state: dict = field(default_factory=dict)    # (name, "W"|"b") -> per layer (T, ...) optimiser state after step t
-    initial_state: dict = field(default_factory=dict)  # (name, kind) -> per layer state before the first step
-    grad_norm: np.ndarray | None = None     # (T,) ‖g‖ over the trained parameters, with clip_norm
-    clip_factor: np.ndarray | None = None   # (T,) the clip factor c, with clip_norm
-    warnings: list = field(default_factory=list)
-    first_step: int = 0                # the run's step number of index 0 (windows start later)
+    """Every recorded value of a run, one array per field of the declarative table
+    (records.fields: the quantity, its layer, group and shape), in `arrays` {Field: ndarray}.
+
+    The stores read as attributes, as lists over the layers (None where a layer does not record
+    the quantity): u, a, slope, delta, h, error (e = ∂E/∂a of hidden layers; the last entry
+    unused), W, b ((T+1, ...): the value used at step t; [T] = final), grad_W_sample,
+    grad_b_sample ((T, B, ...)), grad_W, grad_b (batch totals), update_W, update_b (Δθ subtracted at
+    step t); arrays of the run: output_error ((T, B, K) ∂E/∂a⁽ᴸ⁾, None for fused losses),
+    sample_loss (T, B), loss, lr (T,), grad_norm, clip_factor ((T,), None without clip_norm);
+    norm {key: per layer} the layer kinds' own quantities (xhat, dxhat (T, B, n); batchnorm's
+    mean, var, m1, m2 (T, n)); state {(name, "W"|"b"): per layer (T, ...)} the optimiser state
+    after step t, initial_state the same before the first step.
+    The one accessor for a value by name is `values` (verify, check and the workbook read it).
+    """
+
+    def __init__(self, scenario, sample_ids, arrays, warnings=(), first_step=0):
+        self.scenario = scenario
+        self.sample_ids = sample_ids      # (T, B), -1 = padding
+        self.arrays = arrays              # {records.Field: ndarray}, in the table's order
+        self.warnings = list(warnings)
+        self.first_step = first_step      # the run's step number of index 0 (windows start later)
+        self._fields = {(f.name, f.layer, f.group): f for f in arrays}
+        self._stores = {}
+
+    # ------------------------------------------------------------ the table
 
     @classmethod
     def allocate(cls, scenario, sample_ids):
+        """NaN arrays for every field (zeros for the optimiser state before the first step)."""
         steps, size = sample_ids.shape
-        widths = scenario.widths
-        per_unit = lambda: [np.full((steps, size, n), np.nan) for n in widths[1:]]  # noqa: E731
-        shapes = [(1, j) if layer.kind == "batchnorm" else (i, j)
-                  for i, j, layer in zip(widths[:-1], widths[1:], scenario.layers)]
-        parameter_shapes = {"W": shapes, "b": [(j,) for j in widths[1:]]}
-        states = optim.OPTIMIZERS[scenario.optimizer].state
-        recorded = losses.LOSSES[scenario.loss].records_output_error
-        return cls(
-            scenario=scenario, sample_ids=sample_ids,
-            u=per_unit(), a=per_unit(), slope=per_unit(), delta=per_unit(), h=per_unit(), error=per_unit(),
-            output_error=np.full((steps, size, widths[-1]), np.nan) if recorded else None,
-            sample_loss=np.full((steps, size), np.nan), loss=np.full(steps, np.nan),
-            W=[np.full((steps + 1, i, j), np.nan) for i, j in shapes],
-            b=[np.full((steps + 1, j), np.nan) for j in widths[1:]],
-            grad_W_sample=[np.full((steps, size, i, j), np.nan) for i, j in shapes],
-            grad_b_sample=per_unit(),
-            grad_W=[np.full((steps, i, j), np.nan) for i, j in shapes],
-            grad_b=[np.full((steps, j), np.nan) for j in widths[1:]],
-            update_W=[np.full((steps, i, j), np.nan) for i, j in shapes],
-            update_b=[np.full((steps, j), np.nan) for j in widths[1:]],
-            norm={**{q: per_unit() for q in BATCHNORM_PER_SAMPLE},
-                  **{q: [np.full((steps, n), np.nan) for n in widths[1:]] for q in BATCHNORM_PER_STEP}},
-            lr=np.full(steps, np.nan),
-            state={(name, kind): [np.full((steps,) + shape, np.nan) for shape in parameter_shapes[kind]]
-                   for name in states for kind in parameter_shapes},
-            initial_state={(name, kind): [np.zeros(shape) for shape in parameter_shapes[kind]]
-                           for name in states for kind in parameter_shapes},
-            grad_norm=np.full(steps, np.nan) if scenario.clip_norm is not None else None,
-            clip_factor=np.full(steps, np.nan) if scenario.clip_norm is not None else None,
-        )
+        return cls(scenario, sample_ids, {
+            f: (np.zeros if f.group == "once" else lambda shape: np.full(shape, np.nan))(f.array_shape(steps, size))
+            for f in records.fields(scenario)})
 
     @staticmethod
     def bytes_needed(scenario, steps, size):
         """Bytes `allocate` (and the batch schedule) take for `steps` steps of `size` samples:
-        8 bytes per recorded scalar, the same shapes as `allocate`, computed without allocating."""
-        widths = scenario.widths
-        units = sum(widths[1:])
-        weights = sum((1 if layer.kind == "batchnorm" else i) * j
-                      for i, j, layer in zip(widths[:-1], widths[1:], scenario.layers))
-        states = len(optim.OPTIMIZERS[scenario.optimizer].state)
-        recorded = losses.LOSSES[scenario.loss].records_output_error
-        per_sample = (len(PER_SAMPLE_UNIT) + 3 + len(BATCHNORM_PER_SAMPLE)) * units + weights \
-            + (widths[-1] if recorded else 0) + 1 + 1          # + sample_loss and the sample id
-        per_step = size * per_sample + 3 * (weights + units) + len(BATCHNORM_PER_STEP) * units \
-            + 2 + states * (weights + units) + (2 if scenario.clip_norm is not None else 0)
-        once = weights + units + states * (weights + units)  # final parameters, initial optimiser state
-        return 8 * (steps * per_step + once)
+        8 bytes per recorded scalar, from the same table as `allocate`, without allocating."""
+        return records.bytes_needed(scenario, steps, size)
+
+    def field(self, name, layer, kind):
+        """The field of quantity `name` (W/b form for parameters: W, grad_b, m_W, ...) of `layer`
+        read in rows of `kind`: "sample" (the per-sample field, else the step's), "total" and
+        "final" (the step's), "initial" (the optimiser state before the first step)."""
+        groups = {"sample": ("sample", "total"), "total": ("total",), "final": ("total",), "initial": ("once",)}[kind]
+        for group in groups:
+            found = self._fields.get((name, layer, group))
+            if found is not None:
+                return found
+        raise KeyError(f"no recorded quantity {name!r} of layer {layer} in {kind} rows")
 
     def values(self, key, kind, step, slot, sample):
-        """The engine's values of quantity `key` (a workbook layout column's key: ("u", l, j),
-        ("grad_W", l, (i, j)), ("loss",), ...) in rows of one kind ("sample", "total" or "final"),
-        given as arrays of their step, batch slot and data row (any value where unused)."""
+        """The engine's values of quantity `key` = (name, layer, index) — a workbook layout column's
+        key: ("u", l, j), ("grad_W", l, (i, j)), ("m_W", l, (i, j)), ("loss",), ... — in rows of
+        one kind ("sample", "total", "final" or "initial"), given their step, batch slot and data row
+        (ints or arrays of them; any value where unused). Also ("step",), ("sample",) and the data
+        ("x", 0, i), ("t", 0, k)."""
         name = key[0]
         if name == "step":
-            return (self.first_step + step).astype(float)
+            return (self.first_step + np.asarray(step)).astype(float)
         if name == "sample":
-            return sample.astype(float) if kind == "sample" else np.zeros(len(step))
-        if name == "loss":
-            return self.sample_loss[step, slot] if kind == "sample" else self.loss[step]
-        if name in ("grad_norm", "clip_factor", "lr"):
-            return getattr(self, name)[step]
-        if (name.rsplit("_", 1)[0], name[-1]) in self.state:
-            return self.state[(name.rsplit("_", 1)[0], name[-1])][key[1] - 1][(step,) + tuple(key[2])]
-        layer, index = key[1], key[2]
-        if name == "x":
-            return self.scenario.inputs[sample, index]
-        if name == "t":
-            return self.scenario.targets[sample, index]
-        if name in BATCHNORM_PER_SAMPLE:
-            return self.norm[name][layer - 1][step, slot, index]
-        if name in tuple(f"bn_{q}" for q in BATCHNORM_PER_STEP):
-            return self.norm[name[3:]][layer - 1][step, index]
-        if name in PER_SAMPLE_UNIT + ("h", "e"):
-            store = self.error if name == "e" else getattr(self, name)
-            return store[layer - 1][step, slot, index]
-        if name == "dE_da":
-            return self.output_error[step, slot, index]
-        if name in ("grad_W", "grad_b"):
-            store = getattr(self, name + "_sample") if kind == "sample" else getattr(self, name)
-            where = (step, slot) if kind == "sample" else (step,)
-            return store[layer - 1][where + tuple(index)]
-        store = {"W": self.W, "b": self.b, "update_W": self.update_W, "update_b": self.update_b}[name]
-        return store[layer - 1][(step,) + tuple(index)]
+            return np.asarray(sample).astype(float) if kind == "sample" else np.zeros(np.shape(step))
+        index = key[2] if len(key) > 2 else ()
+        index = tuple(index) if isinstance(index, (tuple, list)) else (index,)
+        if name in ("x", "t"):
+            return (self.scenario.inputs if name == "x" else self.scenario.targets)[(sample,) + index]
+        found = self.field(name, key[1] if len(key) > 1 else None, kind)
+        array = self.arrays[found]
+        if found.group == "once":
+            return array[index]
+        return array[((step, slot) if found.group == "sample" else (step,)) + index]
+
+    def _store(self, store):
+        """The arrays of one store: a list over the layers (None where not recorded) or, for the
+        run's own fields, the array (None if not recorded). Built once: the table is fixed."""
+        if store not in self._stores:
+            if store in RUN_STORES:
+                self._stores[store] = next((a for f, a in self.arrays.items() if f.store == store), None)
+            else:
+                per_layer = [None] * self.layers
+                for f, array in self.arrays.items():
+                    if f.store == store:
+                        per_layer[f.layer - 1] = array
+                self._stores[store] = per_layer
+        return self._stores[store]
+
+    def _grouped(self, store, key):
+        """{key(field): per layer array or None} over the fields of `store`, built once."""
+        if ("grouped", store) not in self._stores:
+            grouped = {}
+            for f, array in self.arrays.items():
+                if f.store == store:
+                    grouped.setdefault(key(f), [None] * len(self.scenario.layers))[f.layer - 1] = array
+            self._stores[("grouped", store)] = grouped
+        return self._stores[("grouped", store)]
+
+    @property
+    def norm(self):
+        """{key: per layer array or None}: the layer kinds' own quantities (xhat, dxhat, mean, ...)."""
+        return self._grouped("norm", lambda f: f.key or f.name)
+
+    @property
+    def state(self):
+        """{(name, "W"|"b"): per layer (T, ...)}: the optimiser state after each step."""
+        return self._grouped("state", lambda f: tuple(f.name.rsplit("_", 1)))
+
+    @property
+    def initial_state(self):
+        """{(name, "W"|"b"): per layer}: the optimiser state before the first step."""
+        return self._grouped("initial_state", lambda f: tuple(f.name.rsplit("_", 1)))
 
     def window(self, first, last):
         """Steps first..last (inclusive) as a Trace whose starting parameters are the engine's at `first`."""
         if not 0 <= first <= last < self.steps:
             raise ValueError(f"window {first}:{last} is outside steps 0..{self.steps - 1}")
-        steps, params = slice(first, last + 1), slice(first, last + 2)
-        cut = lambda arrays, part: [a[part] for a in arrays]  # noqa: E731
-        return Trace(
-            scenario=self.scenario, sample_ids=self.sample_ids[steps],
-            u=cut(self.u, steps), a=cut(self.a, steps), slope=cut(self.slope, steps), delta=cut(self.delta, steps),
-            h=cut(self.h, steps), error=cut(self.error, steps),
-            output_error=None if self.output_error is None else self.output_error[steps],
-            sample_loss=self.sample_loss[steps], loss=self.loss[steps],
-            W=cut(self.W, params), b=cut(self.b, params),
-            grad_W_sample=cut(self.grad_W_sample, steps), grad_b_sample=cut(self.grad_b_sample, steps),
-            grad_W=cut(self.grad_W, steps), grad_b=cut(self.grad_b, steps),
-            update_W=cut(self.update_W, steps), update_b=cut(self.update_b, steps),
-            norm={q: cut(arrays, steps) for q, arrays in self.norm.items()},
-            lr=self.lr[steps],
-            state={key: cut(arrays, steps) for key, arrays in self.state.items()},
-            initial_state={key: [a[first - 1] if first else self.initial_state[key][i] for i, a in enumerate(arrays)]
-                           for key, arrays in self.state.items()},
-            grad_norm=None if self.grad_norm is None else self.grad_norm[steps],
-            clip_factor=None if self.clip_factor is None else self.clip_factor[steps],
-            warnings=[w for w in self.warnings if first <= w[0] <= last], first_step=self.first_step + first,
-        )
+        cut = {}
+        for f, array in self.arrays.items():
+            if f.group == "once":   # the state before the window: after step first − 1
+                cut[f] = self.arrays[self._fields[(f.name, f.layer, "total")]][first - 1] if first else array
+            else:
+                cut[f] = array[first:last + 1 + f.final]
+        return Trace(self.scenario, self.sample_ids[first:last + 1], cut,
+                     [w for w in self.warnings if first <= w[0] <= last], self.first_step + first)
 
     def state_before(self, kind, layer, step):
         """Optimiser state of parameter kind W/b of layer (0-based) before `step`: {name: array}."""
@@ -201,7 +176,7 @@ class Trace:
 
     @property
     def layers(self):
-        return len(self.u)
+        return len(self.scenario.layers)
 
     def samples(self, step):
         """The data row ids used at `step`."""
@@ -214,33 +189,26 @@ class Trace:
         for store, value in zip(self.b, biases):
             store[step] = value
 
-    def record(self, step, result, grads_W, grads_b, updates_W, updates_b, loss):
-        n = result.sample_loss.shape[0]
-        for layer in range(self.layers):
-            self.u[layer][step, :n] = result.u[layer]
-            self.a[layer][step, :n] = result.a[layer]
-            self.slope[layer][step, :n] = result.slope[layer]
-            self.delta[layer][step, :n] = result.delta[layer]
-            self.h[layer][step, :n] = result.h[layer]
-            if result.error[layer] is not None:
-                self.error[layer][step, :n] = result.error[layer]
-            self.grad_W_sample[layer][step, :n] = result.grad_W[layer]
-            self.grad_b_sample[layer][step, :n] = result.grad_b[layer]
-            self.grad_W[layer][step] = grads_W[layer]
-            self.grad_b[layer][step] = grads_b[layer]
-            self.update_W[layer][step] = updates_W[layer]
-            self.update_b[layer][step] = updates_b[layer]
-        for index, record in enumerate(result.records):
-            for q in BATCHNORM_PER_SAMPLE:
-                if q in record:
-                    self.norm[q][index][step, :n] = record[q]
-            for q in BATCHNORM_PER_STEP:
-                if f"bn_{q}" in record:
-                    self.norm[q][index][step] = record[f"bn_{q}"]
-        if self.output_error is not None:
-            self.output_error[step, :n] = result.output_error
-        self.sample_loss[step, :n] = result.sample_loss
-        self.loss[step] = loss
+    def record(self, step, result, totals):
+        """Record one step: the per-sample values of the engine's Pass `result` (a dict keyed by the
+        fields' keys; the layer kinds' own values in result["records"]) and the step's `totals`
+        {grad_W, grad_b, update_W, update_b: per layer; loss}."""
+        n = result["sample_loss"].shape[0]
+        for f, array in self.arrays.items():
+            if f.source == "step":
+                value = totals[f.name]
+            elif f.source == "pass":
+                value = result["records"][f.layer - 1].get(f.key) if f.store == "norm" else result[f.key or f.name]
+            else:
+                continue
+            if f.store in LAYER_STORES:
+                value = value[f.layer - 1]
+            if value is None:
+                continue
+            if f.group == "sample":
+                array[step, :n] = value
+            else:
+                array[step] = value
 
     def gradient_norm(self, layer):
         """‖∇⁽ˡ⁾‖ per step: sqrt(Σ (∂E/∂W_l)² + Σ (∂E/∂b_l)²) over the batch gradients (layer from 1)."""
@@ -259,57 +227,22 @@ class Trace:
 
     # ------------------------------------------------------------ CSV
 
+    def _csv_fields(self, group, final=False):
+        return [f for f in self.arrays if f.group == group and f.csv and (f.final or not final)]
+
     def rows(self):
-        """Yield tidy rows (step, sample, quantity, layer, row, col, value); sample None for totals."""
+        """Yield tidy rows (step, sample, quantity, layer, row, col, value); sample None for totals:
+        per step, each sample's rows (the "sample" fields of the table in order), then the step's
+        totals ("total" fields); after the last step the final parameters."""
+        sample_fields, total_fields = self._csv_fields("sample"), self._csv_fields("total")
         for step in range(self.steps):
             for slot, sample in enumerate(self.samples(step)):
-                sample = int(sample)
-                for layer in range(self.layers):
-                    if self.scenario.layers[layer].kind == "batchnorm":
-                        for name in BATCHNORM_PER_SAMPLE:
-                            for j, value in enumerate(self.norm[name][layer][step, slot]):
-                                yield step, sample, name, layer + 1, j, None, value
-                    names = PER_SAMPLE_UNIT + (("h", "error") if self.scenario.layers[layer].residual else ())
-                    for name in names:
-                        for j, value in enumerate(getattr(self, name)[layer][step, slot]):
-                            yield step, sample, "e" if name == "error" else name, layer + 1, j, None, value
-                if self.output_error is not None:
-                    for j, value in enumerate(self.output_error[step, slot]):
-                        yield step, sample, "dE_da", self.layers, j, None, value
-                for layer in range(self.layers):
-                    yield from self._param_rows(step, sample, "grad_W", layer, self.grad_W_sample[layer][step, slot])
-                    yield from self._param_rows(step, sample, "grad_b", layer, self.grad_b_sample[layer][step, slot])
-                yield step, sample, "loss", None, None, None, self.sample_loss[step, slot]
-            for layer in range(self.layers):
-                for name, store in (("W", self.W), ("grad_W", self.grad_W), ("update_W", self.update_W),
-                                    ("b", self.b), ("grad_b", self.grad_b), ("update_b", self.update_b)):
-                    yield from self._param_rows(step, None, name, layer, store[layer][step])
-                if self.scenario.layers[layer].kind == "batchnorm":
-                    for name in BATCHNORM_PER_STEP:
-                        for j, value in enumerate(self.norm[name][layer][step]):
-                            yield step, None, f"bn_{name}", layer + 1, j, None, value
-            yield step, None, "loss", None, None, None, self.loss[step]
-            yield step, None, "lr", None, None, None, self.lr[step]
-            for (name, kind), arrays in self.state.items():
-                for layer, array in enumerate(arrays):
-                    if kind == "W" or self.scenario.layers[layer].train_bias:
-                        yield from self._param_rows(step, None, f"{name}_{kind}", layer, array[step])
-            if self.clip_factor is not None:
-                yield step, None, "grad_norm", None, None, None, self.grad_norm[step]
-                yield step, None, "clip_factor", None, None, None, self.clip_factor[step]
-        for layer in range(self.layers):
-            yield from self._param_rows(self.steps, None, "W", layer, self.W[layer][self.steps])
-            yield from self._param_rows(self.steps, None, "b", layer, self.b[layer][self.steps])
-
-    def _param_rows(self, step, sample, quantity, layer, array):
-        """Rows of one parameter-shaped array: W-like (row i, col j) or b-like (row j); on a
-        batchnorm layer gamma/beta-like, row j."""
-        name = param_quantity(self.scenario, quantity, layer + 1)
-        if array.ndim == 2 and name == quantity:
-            yield from _matrix_rows(step, sample, quantity, layer + 1, array)
-        else:
-            for j, value in enumerate(array.reshape(-1)):
-                yield step, sample, name, layer + 1, j, None, value
+                for f in sample_fields:
+                    yield from _field_rows(step, int(sample), f, self.arrays[f][step, slot])
+            for f in total_fields:
+                yield from _field_rows(step, None, f, self.arrays[f][step])
+        for f in self._csv_fields("total", final=True):
+            yield from _field_rows(self.steps, None, f, self.arrays[f][self.steps])
 
     def write_csv(self, path, into=None):
         """Write the tidy CSV (columns: step,sample,quantity,layer,row,col,value), the rows of
@@ -336,12 +269,11 @@ class Trace:
         """The rows of `rows()` as column arrays, a few thousand steps at a time (memory stays
         bounded): dicts of numpy arrays step, sample, layer, row, col (-1 where the CSV is empty),
         quantity (str), value (float) and meta (the CSV text "quantity,layer,row,col,")."""
-        sample_parts, total_parts = self._sample_parts(), self._total_parts()
+        sample_parts, total_parts = self._parts("sample"), self._parts("total")
         for first in range(0, self.steps, steps_per_table):
             yield _step_table(self, sample_parts, total_parts, slice(first, min(first + steps_per_table, self.steps)))
-        final = [part for layer in range(self.layers)
-                 for part in (self._param_part("W", layer, self.W[layer][self.steps:]),
-                              self._param_part("b", layer, self.b[layer][self.steps:]))]
+        final = [(f.csv, f.layer, *f.rows_cols(), self.arrays[f][self.steps:].reshape(1, -1))
+                 for f in self._csv_fields("total", final=True)]
         yield _stack(final, np.array([self.steps]), per_sample=False)
 
     def to_frame(self):
@@ -376,57 +308,30 @@ class Trace:
 
     # ------------------------------------------------------------ CSV parts (vectorised rows)
 
-    def _param_part(self, quantity, layer, array):
-        """One parameter-shaped quantity over steps: array (steps, ...) -> a part whose rows are
-        those of `_param_rows` (W-like: row i, col j; b-like and batchnorm γ/β: row j)."""
-        name = param_quantity(self.scenario, quantity, layer + 1)
-        steps = array.shape[0]
-        if array.ndim == 3 and name == quantity:
-            i, j = np.divmod(np.arange(array.shape[1] * array.shape[2]), array.shape[2])
-            return name, layer + 1, i, j, array.reshape(steps, -1)
-        flat = array.reshape(steps, -1)
-        return name, layer + 1, np.arange(flat.shape[1]), None, flat
+    def _parts(self, group):
+        """The CSV fields of a group in their order: (quantity, layer, rows, cols, values (steps, B, n)
+        for "sample", (steps, n) for "total")."""
+        T, B = self.steps, self.sample_ids.shape[1]
+        shape = (T, B, -1) if group == "sample" else (T, -1)
+        return [(f.csv, f.layer, *f.rows_cols(), self.arrays[f][:T].reshape(shape)) for f in self._csv_fields(group)]
 
-    def _sample_parts(self):
-        """The per-sample quantities in the order of one sample's rows: (quantity, layer, rows,
-        cols, values (steps, B, n))."""
-        parts, T, B = [], self.steps, self.sample_ids.shape[1]
-        for layer in range(self.layers):
-            units = np.arange(self.u[layer].shape[2])
-            if self.scenario.layers[layer].kind == "batchnorm":
-                parts += [(name, layer + 1, units, None, self.norm[name][layer]) for name in BATCHNORM_PER_SAMPLE]
-            names = PER_SAMPLE_UNIT + (("h", "error") if self.scenario.layers[layer].residual else ())
-            parts += [("e" if name == "error" else name, layer + 1, units, None, getattr(self, name)[layer]) for name in names]
-        if self.output_error is not None:
-            parts.append(("dE_da", self.layers, np.arange(self.output_error.shape[2]), None, self.output_error))
-        for layer in range(self.layers):
-            for quantity, store in (("grad_W", self.grad_W_sample), ("grad_b", self.grad_b_sample)):
-                name, l, rows, cols, values = self._param_part(quantity, layer, store[layer].reshape((T * B,) + store[layer].shape[2:]))
-                parts.append((name, l, rows, cols, values.reshape(T, B, -1)))
-        parts.append(("loss", None, np.array([-1]), None, self.sample_loss[:, :, None]))   # no row or col
-        return parts
 
-    def _total_parts(self):
-        """The per-step quantities in the order of a step's total rows: (quantity, layer, rows,
-        cols, values (steps, n))."""
-        parts, T, one = [], self.steps, np.array([-1])   # `one` scalar row: no row or col
-        for layer in range(self.layers):
-            for name, store in (("W", self.W), ("grad_W", self.grad_W), ("update_W", self.update_W),
-                                ("b", self.b), ("grad_b", self.grad_b), ("update_b", self.update_b)):
-                parts.append(self._param_part(name, layer, store[layer][:T]))
-            if self.scenario.layers[layer].kind == "batchnorm":
-                parts += [(f"bn_{name}", layer + 1, np.arange(self.norm[name][layer].shape[1]), None, self.norm[name][layer])
-                          for name in BATCHNORM_PER_STEP]
-        parts.append(("loss", None, one, None, self.loss[:, None]))
-        parts.append(("lr", None, one, None, self.lr[:, None]))
-        for (name, kind), arrays in self.state.items():
-            for layer, array in enumerate(arrays):
-                if kind == "W" or self.scenario.layers[layer].train_bias:
-                    parts.append(self._param_part(f"{name}_{kind}", layer, array))
-        if self.clip_factor is not None:
-            parts.append(("grad_norm", None, one, None, self.grad_norm[:, None]))
-            parts.append(("clip_factor", None, one, None, self.clip_factor[:, None]))
-        return parts
+def _field_rows(step, sample, field, value):
+    """The CSV rows of one field's value at one step (and sample)."""
+    rows, cols = field.rows_cols()
+    flat = np.reshape(value, -1)
+    rows = [None if r < 0 else r for r in rows.tolist()]
+    cols = [None] * len(rows) if cols is None else cols.tolist()
+    for k, (row, col) in enumerate(zip(rows, cols)):
+        yield step, sample, field.csv, field.layer, row, col, flat[k]
+
+
+def _store_property(store):
+    return property(lambda self: self._store(store), doc=f"the {store} store (see the class docstring)")
+
+
+for _name in LAYER_STORES + RUN_STORES:
+    setattr(Trace, _name, _store_property(_name))
 
 
 def _stack(parts, steps, per_sample, sample_ids=None):
@@ -484,9 +389,3 @@ def _csv_text(table):
     pieces[2::4] = list(map(repr, table["value"].tolist()))
     pieces[3::4] = "\r\n"
     return "".join(pieces.tolist())
-
-
-def _matrix_rows(step, sample, name, layer, matrix):
-    for i, row in enumerate(matrix):
-        for j, value in enumerate(row):
-            yield step, sample, name, layer, i, j, value

@@ -49,6 +49,8 @@ class Quantity:
              "sample":      one value per sample for the whole layer (layernorm's μ, σ²), array (T, B)
     common   True for the quantities every layer records whether the CSV shows them or not
              (u, a, slope, delta, h, e): the engine fills them itself, not from `record`
+    key      its name in the kind's `record` dict and in Trace.norm (default: the CSV name;
+             batchnorm's bn_mean is "mean" there, as Trace.norm["mean"] always had it)
     """
 
     name: str
@@ -56,10 +58,13 @@ class Quantity:
     meaning: str
     per: str
     common: bool = False
+    key: str = ""
 
     def __post_init__(self):
         if self.per not in PER:
             raise ValueError(f"Quantity {self.name}: per must be one of {PER}, not {self.per!r}")
+        if not self.key:
+            object.__setattr__(self, "key", self.name)
 
 
 # The quantities every layer has (the engine computes them around the kind's forward/backward).
@@ -181,6 +186,10 @@ class LayerKind:
             return w if quantity == "W" else b
         return quantity[:-2] + ("_" + w if quantity.endswith("_W") else "_" + b)
 
+    def describe(self, layer):
+        """The layer in a few words (Scenario's repr): "batchnorm 3 relu"."""
+        return f"{self.name} {layer.units} {layer.activation}"
+
     # ------------------------------------------------------------ records face (l11-core)
 
     def records(self, layer):
@@ -291,51 +300,11 @@ class LayerKind:
 
 def trace_value(trace, name, l, index, step, slot=None):
     """The engine's value of a kind's own recorded quantity `name` (xhat, bn_var, ...) on layer l at
-    `step`: per sample (`slot` given) or per step; `index` a unit or an array of units."""
-    sample = None if slot is None else trace.samples(step)[slot]
-    return trace.values((name, l, index), "sample" if slot is not None else "total", step, slot, sample)
-
-
-# ---------------------------------------------------------------- normalisation layers: chain, check, diagnose
-# Shared by batchnorm (statistics per unit over the batch) and layernorm (per sample over the units):
-# `per` is the Quantity.per of the statistics ("step-unit" or "sample"), `var` the CSV name of σ².
-
-def normalisation_input(kind, l, j, names, trace, step, slot):
-    """Factor ② of ∂E/∂γ_l[j]: x̂ⱼ."""
-    return (names.unit("x̂", l, j), f"normalised input x̂ of unit {j} ({kind.name})",
-            float(trace_value(trace, "xhat", l, j, step, slot)))
-
-
-def normalisation_error_down(kind, l, j, names, per):
-    """∂E/∂a⁽ˡ⁻¹⁾ⱼ = (dx̂ⱼ − m1 − x̂ⱼ·m2)/√(σ² + ε) with the statistics of unit j (per unit) or of the
-    sample (per sample)."""
-    import sympy as sp
-    if per == "step-unit":
-        m1, m2, var = (names.unit(q, l, j) for q in ("m1", "m2", "σ²"))
-    else:
-        m1, m2, var = (names.layer_scalar(q, l) for q in ("m1", "m2", "σ²"))
-    eps = names.plain("ε", "\\varepsilon")
-    expression = (names.unit("dx̂", l, j) - m1 - names.unit("x̂", l, j) * m2) / sp.sqrt(var + eps)
-    return f"error from the {kind.name} layer {l} above", expression
-
-
-def normalisation_u(l, j, get):
-    """u = γⱼ·x̂ⱼ + βⱼ with x̂ from the engine (its statistics are not hand quantities)."""
-    return get("W", l, (0, j)) * get.engine("xhat", l, (j,)) + get("b", l, (j,))
-
-
-def normalisation_links(layer, l, trace, step, slot, var, per):
-    """diag(|γₖ|/√(σ² + ε)): the direct path of x̂ (m1 and m2 left out), γ on the diagonal."""
-    gamma = trace.W[l - 1][step, 0]
-    if per == "step-unit":
-        variance = trace_value(trace, var, l, np.arange(len(gamma)), step)
-    elif slot is None:
-        variance = np.mean([trace_value(trace, var, l, None, step, s) for s in range(len(trace.samples(step)))])
-    else:
-        variance = trace_value(trace, var, l, None, step, slot)
-    with np.errstate(all="ignore"):
-        scale = np.abs(gamma) / np.sqrt(np.nan_to_num(variance) + layer.eps)
-    return np.diag(scale), np.diag(gamma)
+    `step`: per sample (`slot` given) or per step; `index` a unit, an array of units, or None for a
+    per-sample scalar of the layer (ln_var)."""
+    sample = 0 if slot is None else trace.samples(step)[slot]
+    key = (name, l) if index is None else (name, l, index)
+    return trace.values(key, "sample" if slot is not None else "total", step, 0 if slot is None else slot, sample)
 
 
 # ---------------------------------------------------------------- the scenario's layer, and parsing helpers
@@ -396,3 +365,119 @@ def parse_init(v, raw, key, prefix, default):
     if name == "normal" and params["std"] < 0:
         raise ScenarioError(v.source, f"{key}.{prefix}std", "must not be negative")
     return name, params
+
+
+class Normalisation(LayerKind):
+    """A normalisation layer (batchnorm, layernorm): x̂ = (x − μ)/√(σ² + eps) with μ and σ² (biased)
+    over `axis` of x = a⁽ˡ⁻¹⁾ (0: per unit over the batch; 1: per sample over the units), then
+    u = γ·x̂ + β and the layer's own activation. γ starts at 1, β at 0; the width of the layer below
+    is kept. Backward, with δ = ∂E/∂u per sample: dx̂ = δ·γ, m1 = Σ dx̂ / n, m2 = Σ dx̂·x̂ / n over
+    `axis`, ∂E/∂x = (dx̂ − m1 − x̂·m2)/√(σ² + eps); ∂E/∂γ = δ·x̂, ∂E/∂β = δ per sample.
+    The record keys: mean, var, xhat (forward), dxhat, m1, m2 (backward), dx (∂E/∂x)."""
+
+    keys = ("kind", "units", "activation", "slope", "alpha", "eps", "train_bias")
+    param_names = ("gamma", "beta")
+    keeps_width = True
+    axis = 0
+
+    def parse(self, v, raw, key, fan_in, is_output):
+        """units (default and only value: the layer below's), activation (default identity) and its
+        parameters, eps (default 1e-5, positive), train_bias (β trained, default true)."""
+        units = v.integer(raw, "units", key, default=fan_in, minimum=1)
+        if units != fan_in:
+            raise ScenarioError(v.source, f"{key}.units", f"a {self.name} layer keeps the width of the layer below ({fan_in})")
+        activation, params = parse_activation(v, raw, key, units, is_output, default="identity")
+        return Layer(
+            units=units, activation=activation, activation_params=params, init="constant", init_params={"value": 1.0},
+            weights=None, bias_init="constant", bias_params={"value": 0.0}, bias=None,
+            train_bias=v.boolean(raw, "train_bias", key, default=True), kind=self.name,
+            eps=v.number(raw, "eps", key, default=1e-5, positive=True),
+        )
+
+    def param_shapes(self, fan_in, units):
+        """γ stored as a 1 × units W, β as a b of `units`."""
+        return (1, units), (units,)
+
+    def initial_parameters(self, layer, fan_in, rng):
+        """γ = 1, β = 0, as PyTorch; no draw from `rng`."""
+        return np.ones((1, layer.units)), np.zeros(layer.units)
+
+    def forward(self, layer, below, W, b):
+        """u = γ·x̂ + β with the statistics over `axis`; record {mean, var, xhat}."""
+        mean, var, xhat = normalise(below, self.axis, layer.eps)
+        return W[0] * xhat + b, {"mean": mean, "var": var, "xhat": xhat}
+
+    def backward(self, layer, record, delta, W):
+        """record {dxhat, m1, m2} and dx = ∂E/∂x (kept for error_down)."""
+        dxhat, m1, m2, dx = normalise_backward(delta, W[0], record["xhat"], record["var"], self.axis, layer.eps)
+        record.update({"dxhat": dxhat, "m1": m1, "m2": m2, "dx": dx})
+
+    def error_down(self, layer, record, delta, W, error_here):
+        """∂E/∂x = (dx̂ − m1 − x̂·m2)/√(σ² + eps), computed by `backward`."""
+        return record["dx"]
+
+    def gradients(self, layer, record, below, delta):
+        """∂E/∂γ_j = δ_j·x̂_j (B × 1 × units), ∂E/∂β_j = δ_j, per sample."""
+        return (delta * record["xhat"])[:, None, :], delta
+
+    # ------------------------------------------------------------ chain, check, diagnose faces (l11-chain)
+    # The statistics are per unit over the batch (batchnorm: σ²ⱼ, m1ⱼ, m2ⱼ, per "step-unit") or per
+    # sample over the units (layernorm: σ², m1, m2 of the sample, per "sample"): `statistic` finds
+    # which from the kind's own records.
+
+    def statistic(self, layer, key):
+        """The Quantity the kind records for statistic `key` (mean, var, m1, m2)."""
+        return next(q for q in self.records(layer) if q.key == key)
+
+    def chain_input(self, layer, l, i, j, names, trace, step, slot):
+        """Factor ② of ∂E/∂γⱼ: x̂ⱼ."""
+        return (names.unit("x̂", l, j), f"normalised input x̂ of unit {j} ({self.name})",
+                float(trace_value(trace, "xhat", l, j, step, slot)))
+
+    def chain_error_down(self, layer, l, j, names):
+        """(dx̂ⱼ − m1 − x̂ⱼ·m2)/√(σ² + ε), the statistics those of unit j (per unit) or of the sample."""
+        import sympy as sp
+        if self.statistic(layer, "var").per == "sample":
+            m1, m2, var = (names.layer_scalar(q, l) for q in ("m1", "m2", "σ²"))
+        else:
+            m1, m2, var = (names.unit(q, l, j) for q in ("m1", "m2", "σ²"))
+        eps = names.plain("ε", "\\varepsilon")
+        expression = (names.unit("dx̂", l, j) - m1 - names.unit("x̂", l, j) * m2) / sp.sqrt(var + eps)
+        return f"error from the {self.name} layer {l} above", expression
+
+    engine_only = ("xhat", "dxhat", "mean", "var", "m1", "m2", "e")   # statistics: not hand quantities
+
+    def check_u(self, layer, l, j, get):
+        """u = γⱼ·x̂ⱼ + βⱼ, x̂ from the engine (its statistics are not hand quantities)."""
+        return get("W", l, (0, j)) * get.engine("xhat", l, (j,)) + get("b", l, (j,))
+
+    def check_error_down(self, layer, l, j, get):
+        """The engine's ∂E/∂a⁽ˡ⁻¹⁾ⱼ: its m1, m2 are sums over the statistics' axis, not hand quantities."""
+        return get.engine("e", l - 1, (j,))
+
+    def check_grad_W(self, layer, l, i, j, get):
+        """∂E/∂γⱼ = x̂ⱼ·δⱼ."""
+        return get.engine("xhat", l, (j,)) * get("delta", l, (j,))
+
+    def diagnose_u(self, layer, l, trace, step, slot, j, below, below_name):
+        """γ·x̂ + β, from x̂."""
+        return f"the {self.name} γ·x̂ + β", [self.diagnose_input(layer, l, trace, step, slot, 0, j)]
+
+    def diagnose_input(self, layer, l, trace, step, slot, i, j):
+        """x̂ⱼ."""
+        return f"x̂{l}[{j}]", float(trace_value(trace, "xhat", l, j, step, slot))
+
+    def diagnose_links(self, layer, l, trace, step, slot=None):
+        """diag(|γₖ|/√(σ² + ε)): the direct path through x̂ (m1 and m2 left out), γ on the diagonal;
+        a per-sample σ² is averaged over the step's samples when `slot` is None."""
+        gamma = trace.W[l - 1][step, 0]
+        var = self.statistic(layer, "var")
+        if var.per == "step-unit":
+            variance = trace_value(trace, var.name, l, np.arange(len(gamma)), step)
+        elif slot is None:
+            variance = np.mean([trace_value(trace, var.name, l, None, step, s) for s in range(len(trace.samples(step)))])
+        else:
+            variance = trace_value(trace, var.name, l, None, step, slot)
+        with np.errstate(all="ignore"):
+            scale = np.abs(gamma) / np.sqrt(np.nan_to_num(variance) + layer.eps)
+        return np.diag(scale), np.diag(gamma)

@@ -89,6 +89,10 @@ class Dense(LayerKind):
             b = np.asarray(sampler(rng, (layer.units,), fan_in, layer.units, layer.bias_params), dtype=float)
         return W, b
 
+    def describe(self, layer):
+        """"3 relu" (dense is the default kind, left unnamed)."""
+        return f"{layer.units} {layer.activation}"
+
     # ------------------------------------------------------------ records face
 
     def records(self, layer):

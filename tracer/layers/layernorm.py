@@ -11,56 +11,30 @@ torch.nn.LayerNorm(units, elementwise_affine=True)), then γ, β and the layer's
 γ starts at 1 and β at 0 (no draw from the seed); eps defaults to 1e-5; the layer keeps the width
 of the layer below; a batch of one sample is fine (the statistics are the sample's own).
 """
-from .base import LayerKind
+from .base import COMMON, Normalisation, Quantity
+
+MEAN = Quantity("ln_mean", "μ", "μ, the sample's mean over the layer's units", "sample", key="mean")
+VAR = Quantity("ln_var", "σ²", "σ², the sample's biased variance over the layer's units", "sample", key="var")
+XHAT = Quantity("xhat", "x̂", "x̂ = (x − μ)/√(σ² + eps), the normalised input", "sample-unit")
+DXHAT = Quantity("dxhat", "dx̂", "dx̂ = δ·γ = ∂E/∂x̂", "sample-unit")
+M1 = Quantity("ln_m1", "m1", "m1 = Σ_j dx̂_j / n over the sample's units", "sample", key="m1")
+M2 = Quantity("ln_m2", "m2", "m2 = Σ_j dx̂_j·x̂_j / n over the sample's units", "sample", key="m2")
 
 
-class LayerNorm(LayerKind):
+class LayerNorm(Normalisation):
     name = "layernorm"
     description = "u = γ·(x − μ)/√(σ² + eps) + β, μ and σ² per sample over the layer's units"
-    keys = ("kind", "units", "activation", "slope", "alpha", "eps", "train_bias")
-    param_names = ("gamma", "beta")
-    keeps_width = True
     min_batch = 1
+    axis = 1                  # the statistics run over the units of each sample
 
-    # ------------------------------------------------------------ scenario face (l11-core)
-
-    def parse(self, v, raw, key, fan_in, is_output):
-        """units (default and only value: the layer below's), activation (default identity) and its
-        parameters, eps (default 1e-5, positive), train_bias (β trained, default true)."""
-        raise NotImplementedError
-
-    def param_shapes(self, fan_in, units):
-        """γ stored as a 1 × units W, β as a b of `units`."""
-        return (1, units), (units,)
-
-    def initial_parameters(self, layer, fan_in, rng):
-        """γ = 1, β = 0, as PyTorch; no draw from `rng`."""
-        raise NotImplementedError
+    # scenario face and numpy face: Normalisation's (base.py), with axis 1
 
     # ------------------------------------------------------------ records face (l11-core)
 
     def records(self, layer):
-        """ln_mean, ln_var (per sample), x̂, dx̂ (per sample and unit), ln_m1, ln_m2 (per sample), then
-        u, a, slope, delta."""
-        raise NotImplementedError
-
-    # ------------------------------------------------------------ numpy face (l11-core)
-
-    def forward(self, layer, below, W, b):
-        """u = γ·x̂ + β with the sample's statistics over the units; record {ln_mean, ln_var, xhat}."""
-        raise NotImplementedError
-
-    def backward(self, layer, record, delta, W):
-        """record {dxhat, ln_m1, ln_m2} and ∂E/∂x (kept for error_down)."""
-        raise NotImplementedError
-
-    def error_down(self, layer, record, delta, W, error_here):
-        """∂E/∂x_sj = (dx̂_sj − m1_s − x̂_sj·m2_s)/√(σ²_s + eps), computed by `backward`."""
-        raise NotImplementedError
-
-    def gradients(self, layer, record, below, delta):
-        """∂E/∂γ_j = δ_j·x̂_j (B × 1 × units), ∂E/∂β_j = δ_j, per sample."""
-        raise NotImplementedError
+        """Per sample: μ, σ² (CSV ln_mean, ln_var: one value, row and col empty), x̂ and dx̂ per unit,
+        m1, m2 (ln_m1, ln_m2); then u, a, slope, delta."""
+        return (MEAN, VAR, XHAT, DXHAT, M1, M2) + COMMON
 
     # ------------------------------------------------------------ excel face (l11-workbook)
 

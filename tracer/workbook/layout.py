@@ -7,9 +7,15 @@ down; a template's placeholders are filled per row:
   {r} this row   {p} this step's Σ row   {q} the previous Σ row   {d} the sample's Data row
   {f}/{l} first/last sample row of the step   {n} samples in the step
 Each column also knows its quantity key, so the verifier can ask the Trace for the
-engine's value of every cell.
+engine's value of every cell. Formulas refer to other columns by key (`ref`), never by letter:
+letters exist only once every column is declared (see TraceLayout).
 """
 from dataclasses import dataclass, field
+import functools
+import itertools
+import math
+import re
+from typing import Callable
 
 import numpy as np
 from openpyxl.utils import column_index_from_string, get_column_letter
@@ -22,6 +28,20 @@ from .. import notation
 HEADER_ROWS = 2
 MAX_COLUMNS = 16_384
 SETTINGS = "Settings"
+
+
+REFERENCE = re.compile(r"«([^»]*)»")
+TEMPLATES = ("sample", "total", "final", "first")
+
+
+class LayoutError(ValueError):
+    """A column declaration that cannot be laid out (a programming error, not a user's input)."""
+
+
+def ref(key, place="r"):
+    """Pass 1's reference to the column of quantity `key` in row {place} ("r", "p", "q", "f",
+    "l"; None: the column alone). Pass 2 replaces «key» by the column's letter."""
+    return f"«{key!r}»" + (f"{{{place}}}" if place else "")
 
 
 @dataclass
@@ -49,6 +69,49 @@ class Row:
     places: dict = field(default_factory=dict)
 
 
+@dataclass
+class Declared:
+    """A column as pass 1 declares it: no letter yet. Its templates refer to other columns by key
+    with `ref`; a template may also be a function of `letter` (key -> column letter), for the rare
+    formula that needs the letters themselves (adjacent columns merged into one range)."""
+    header: str
+    comment: str
+    key: tuple
+    sample: object = None
+    total: object = None
+    final: object = None
+    first: object = None
+    width: float = 14
+
+
+@dataclass
+class Family:
+    """The columns of one group declared together, one per index: `member(index)` declares it.
+    The column count is the sum of len(indices), read before any member is declared, so that a
+    net too wide for the sheet is refused at once."""
+    group: str
+    indices: object               # a sized iterable: range(units), Grid(rows, units), ...
+    member: Callable
+
+
+class Grid:
+    """The index tuples of an array of `shape` in row-major order: (i, j) of W, i outer; (j,) of b."""
+
+    def __init__(self, *shape):
+        self.shape = shape
+
+    def __len__(self):
+        return math.prod(self.shape)
+
+    def __iter__(self):
+        return itertools.product(*(range(n) for n in self.shape))
+
+
+def one(group, declared):
+    """A family of a single column."""
+    return Family(group, (declared,), lambda column: column)
+
+
 def widest_key(scenario, layer=None):
     """The scenario key of the widest layer (the input columns count as layer 0), among layer−1,
     layer and layer+1 when `layer` is given: the width that makes a sheet or formula too large."""
@@ -59,234 +122,354 @@ def widest_key(scenario, layer=None):
 
 
 class TraceLayout:
-    """Columns and rows of the Trace sheet for a scenario and its batch plan."""
+    """Columns and rows of the Trace sheet for a scenario and its batch plan, laid out in two
+    passes: the builders declare families of columns by key (pass 1), then the layout counts them
+    against the sheet's limit, gives each column its letter and resolves the references (pass 2)."""
 
     def __init__(self, scenario, sample_ids, first_step=0, names=None):
         self.scenario = scenario
         self.sample_ids = sample_ids
         self.first_step = first_step
         self.names = names or settings_names(scenario)
-        self.columns = []
-        self._where = {}
-        count = self.column_count()
+        families = list(self._families())
+        count = sum(len(family.indices) for family in families)
         if count > MAX_COLUMNS:
             raise LimitError(
                 f"the Trace sheet would need {count:,} columns, above the spreadsheet limit of "
                 f"{MAX_COLUMNS} columns: use fewer or narrower layers",
                 scenario.source, widest_key(scenario),
             )
-        self._build()
+        self.columns, self._where = [], {}
+        self._place(families)
 
-    # ---------------------------------------------------------------- columns
+    # ---------------------------------------------------------------- pass 2
 
     def cell(self, key):
         """Column letter of quantity `key`."""
         return self._where[key]
 
-    def _add(self, group, header, comment, key, **templates):
-        column = Column(get_column_letter(len(self.columns) + 1), group, header, comment, key, **templates,
-                        index=len(self.columns))
-        self.columns.append(column)
-        self._where[key] = column.letter
-        return column.letter
+    def _place(self, families):
+        """Declare every column in sheet order, give it the next letter, then resolve references."""
+        for family in families:
+            for index in family.indices:
+                declared = family.member(index)
+                if declared.key in self._where:
+                    raise LayoutError(f"two columns declare the key {declared.key!r}")
+                letter = get_column_letter(len(self.columns) + 1)
+                self.columns.append(Column(letter, family.group, declared.header, declared.comment, declared.key,
+                                           *(getattr(declared, name) for name in TEMPLATES), declared.width,
+                                           index=len(self.columns)))
+                self._where[declared.key] = letter
+        letters = {repr(key): letter for key, letter in self._where.items()}
+        for column in self.columns:
+            for name in TEMPLATES:
+                template = getattr(column, name)
+                if template is not None:
+                    setattr(column, name, self._resolve(column, template, letters))
 
-    def _reduce(self, letter):
-        return procedures.excel_reduce(f"{letter}{{f}}:{letter}{{l}}", self.scenario.reduction, "{n}")
+    def _resolve(self, column, template, letters):
+        """`template` with every «key» replaced by its column's letter."""
+        def letter(match):
+            if match.group(1) not in letters:
+                raise LayoutError(f"column {column.header} {column.key!r} refers to {match.group(1)}, "
+                                  "which no column declares")
+            return letters[match.group(1)]
+        if callable(template):
+            try:
+                template = template(self.cell)
+            except KeyError as missing:
+                raise LayoutError(f"column {column.header} {column.key!r} refers to {missing.args[0]!r}, "
+                                  "which no column declares") from None
+        return REFERENCE.sub(letter, template)
 
-    def _build(self):
-        s = self.scenario
-        widths, L = s.widths, len(s.layers)
-        loss = losses.LOSSES[s.loss]
-        optimizer = optim.OPTIMIZERS[s.optimizer]
-        self._add("", "step", "training step t", ("step",), width=7)
-        self._add("", "sample", "data row of the sample (Σ: batch total of the step)", ("sample",), width=8)
-        for i in range(widths[0]):
-            self._add("input x", notation.sub("x", i), f"input x{i} of the sample (Data sheet)", ("x", 0, i),
-                      sample=f"Data!{input_letter(s, i)}{{d}}")
-        for k in range(widths[-1]):
-            self._add("target t", notation.sub("t", k), f"target t{k} of the sample (Data sheet)", ("t", 0, k),
-                      sample=f"Data!{data_letter(widths[0] + k)}{{d}}")
-        below = [self.cell(("x", 0, i)) for i in range(widths[0])]
-        # Parameter columns come later in the sheet, but forward formulas need their letters:
-        # reserve the letters by computing the column count of the groups in between first.
-        param_start = self._parameter_start()
-        self._params = {}
-        index = param_start
+    # ---------------------------------------------------------------- pass 1
+
+    def _families(self):
+        """Every column group of the sheet, in order."""
+        L = len(self.scenario.layers)
+        yield from self._row_labels()
+        yield from self._inputs_and_targets()
         for l in range(1, L + 1):
-            for i in range(self._fan_in(l)):
-                for j in range(widths[l]):
-                    self._params[("W", l, (i, j))] = get_column_letter(index)
-                    index += 1
-            for j in range(widths[l]):
-                self._params[("b", l, (j,))] = get_column_letter(index)
-                index += 1
-        for l, layer in enumerate(s.layers, start=1):
-            act = activations.get(layer.activation)
-            params = {name: self.names[(layer.activation, name, l)] for name in act.params}
-            if layer.kind == "batchnorm":
-                u_cells = self._batchnorm_forward(l, below)
-            else:
-                u_cells = []
-                for j in range(widths[l]):
-                    terms = "+".join(f"{below[i]}{{r}}*{self._params[('W', l, (i, j))]}{{p}}" for i in range(widths[l - 1]))
-                    template = f"{terms}+{self._params[('b', l, (j,))]}{{p}}"
-                    u_cells.append(self._add(f"layer {l} forward", notation.unit("u", l, j),
-                                             f"{notation.unit('u', l, j)} = Σᵢ {notation.unit('a', l - 1, 'ᵢ')}·W{l}[i,{j}] + b{l}[{j}]",
-                                             ("u", l, j), sample=template))
-            f_cells = []
-            symbol = "h" if layer.residual else "a"
-            for j in range(widths[l]):
-                if act.elementwise:
-                    template = act.excel_value(f"{u_cells[j]}{{r}}", params)
-                else:
-                    template = act.excel_value([f"{c}{{r}}" for c in u_cells], j, params)
-                f_cells.append(self._add(f"layer {l} forward", notation.unit(symbol, l, j),
-                                         f"{notation.unit(symbol, l, j)} = {act.symbol}({notation.unit('u', l, j)})",
-                                         (symbol, l, j), sample=template))
-            if layer.residual:
-                a_cells = [self._add(f"layer {l} forward", notation.unit("a", l, j),
-                                     f"{notation.unit('a', l, j)} = {notation.unit('h', l, j)} + {notation.unit('a', l - 1, j)} "
-                                     "(residual connection)", ("a", l, j), sample=f"{f_cells[j]}{{r}}+{below[j]}{{r}}")
-                           for j in range(widths[l])]
-            else:
-                a_cells = f_cells
-            below = a_cells
-        y_cells = below
-        t_cells = [self.cell(("t", 0, k)) for k in range(widths[-1])]
-        u_out = [self.cell(("u", L, k)) for k in range(widths[-1])]
-        error_cells = []
-        if loss.records_output_error:
-            for k in range(widths[-1]):
-                error_cells.append(self._add("loss", f"∂E/∂{notation.unit('a', L, k)}", f"derivative of the {s.loss} loss by the output",
-                                             ("dE_da", L, k), sample=loss.excel_error(f"{y_cells[k]}{{r}}", f"{t_cells[k]}{{r}}", widths[-1])))
-        loss_template = loss.excel_value([f"{c}{{r}}" for c in u_out], [f"{c}{{r}}" for c in y_cells], [f"{c}{{r}}" for c in t_cells])
-        letter = self._add("loss", "E", f"{s.loss} loss of the sample; Σ row: {s.reduction} over the batch",
-                           ("loss",), sample=loss_template)
-        self.columns[-1].total = self._reduce(letter)
-        delta_cells, error_cells_hidden = {}, {}
+            yield from self._forward(l)
+        yield from self._loss_columns()
         for l in range(L, 0, -1):
-            act = activations.get(s.layers[l - 1].activation)
-            params = {name: self.names[(s.layers[l - 1].activation, name, l)] for name in act.params}
-            slopes = []
-            activated = "h" if s.layers[l - 1].residual else "a"
-            for j in range(widths[l]):
-                a_ref, u_ref = f"{self.cell((activated, l, j))}{{r}}", f"{self.cell(('u', l, j))}{{r}}"
-                slopes.append(self._add(f"layer {l} backward", f"{act.symbol}'({notation.unit('u', l, j)})",
-                                        f"local slope f'(u) of {act.name}", ("slope", l, j),
-                                        sample=act.excel_slope(u_ref, a_ref, params)))
-            if self._has_error_columns(l):
-                for j in range(widths[l]):
-                    if s.layers[l].kind == "batchnorm":
-                        meaning = (f"e = ∂E/∂a from the batchnorm above: (dx̂ − m1 − x̂·m2)/√(σ² + eps) of layer {l + 1}")
-                    else:
-                        meaning = f"e = ∂E/∂a: Σₖ W{l + 1}[{j},k]·δₖ⁽{l + 1}⁾" + (" + e⁽ˡ⁺¹⁾" if s.layers[l].residual else "")
-                    error_cells_hidden[(l, j)] = self._add(
-                        f"layer {l} backward", notation.unit("e", l, j), meaning,
-                        ("e", l, j), sample=self._error_from_above(l, j, delta_cells, error_cells_hidden))
-            for j in range(widths[l]):
-                if l == L:
-                    template = loss.excel_output_delta([f"{c}{{r}}" for c in y_cells], [f"{c}{{r}}" for c in t_cells], j,
-                                                       [f"{c}{{r}}" for c in error_cells], f"{slopes[j]}{{r}}")
-                    meaning = loss.output_delta_meaning
-                elif (l, j) in error_cells_hidden:
-                    template, meaning = f"{slopes[j]}{{r}}*{error_cells_hidden[(l, j)]}{{r}}", "δ = f'(u) · e"
-                else:
-                    back = self._error_from_above(l, j, delta_cells, error_cells_hidden)
-                    template, meaning = f"{slopes[j]}{{r}}*({back})", f"δ = f'(u) · Σₖ W{l + 1}[{j},k]·δₖ⁽{l + 1}⁾"
-                delta_cells[(l, j)] = self._add(f"layer {l} backward", notation.unit("δ", l, j), meaning, ("delta", l, j), sample=template)
-            if s.layers[l - 1].kind == "batchnorm":
-                self._batchnorm_backward(l, delta_cells)
-        below_cells = {0: [self.cell(("x", 0, i)) for i in range(widths[0])]}
-        for l in range(1, L + 1):
-            below_cells[l] = [self.cell(("a", l, j)) for j in range(widths[l])]
-        grads = {}
-        for l in range(1, L + 1):
-            norm = s.layers[l - 1].kind == "batchnorm"
-            for i in range(self._fan_in(l)):
-                for j in range(widths[l]):
-                    name = param_name(s, "W", l, (i, j))
-                    factor = self.cell(("xhat", l, j)) if norm else below_cells[l - 1][i]
-                    meaning = f"x̂⁽{l}⁾{j}·δ⁽{l}⁾{j}" if norm else f"a⁽{l - 1}⁾{i}·δ⁽{l}⁾{j}"
-                    letter = self._add("gradient ∂E/∂θ (Σ row: batch)", f"∂E/∂{name}", f"{meaning}; Σ row: {s.reduction} over the batch",
-                                       ("grad_W", l, (i, j)), sample=f"{factor}{{r}}*{delta_cells[(l, j)]}{{r}}")
-                    self.columns[-1].total = self._reduce(letter)
-                    grads[("W", l, (i, j))] = letter
-            for j in range(widths[l]):
-                name = param_name(s, "b", l, (j,))
-                letter = self._add("gradient ∂E/∂θ (Σ row: batch)", f"∂E/∂{name}", f"δ⁽{l}⁾{j}; Σ row: {s.reduction} over the batch",
-                                   ("grad_b", l, (j,)), sample=f"{delta_cells[(l, j)]}{{r}}")
-                self.columns[-1].total = self._reduce(letter)
-                grads[("b", l, (j,))] = letter
-        assert len(self.columns) + 1 == param_start, "parameter columns moved"
-        update_letters = {}
-        index = param_start + len(self._params)
-        for key in self._params:
-            frozen = key[0] == "b" and not s.layers[key[1] - 1].train_bias
-            if not frozen:
-                update_letters[key] = get_column_letter(index)
-                index += 1
-        for key, letter in self._params.items():
-            kind, l, idx = key
-            name = param_name(s, kind, l, idx)
-            if key in update_letters:
-                carry = f"{letter}{{q}}-{update_letters[key]}{{q}}"
-                meaning = f"{name} used at this step = previous value − previous update"
+            yield from self._backward(l)
+        yield from self._gradients()
+        yield from self._parameters()
+        yield from self._updates()
+        yield from self._optimizer_state()
+        yield from self._schedule()
+        yield from self._clipping()
+
+    def _row_labels(self):
+        yield one("", Declared("step", "training step t", ("step",), width=7))
+        yield one("", Declared("sample", "data row of the sample (Σ: batch total of the step)", ("sample",), width=8))
+
+    def _inputs_and_targets(self):
+        s = self.scenario
+        yield Family("input x", range(s.widths[0]), lambda i: Declared(
+            notation.sub("x", i), f"input x{i} of the sample (Data sheet)", ("x", 0, i),
+            sample=f"Data!{input_letter(s, i)}{{d}}"))
+        yield Family("target t", range(s.widths[-1]), lambda k: Declared(
+            notation.sub("t", k), f"target t{k} of the sample (Data sheet)", ("t", 0, k),
+            sample=f"Data!{data_letter(s.widths[0] + k)}{{d}}"))
+
+    def _forward(self, l):
+        """u of layer l (or batchnorm's μ, σ², x̂, u), a = f(u) (h for a residual layer), and a = h + a⁽ˡ⁻¹⁾."""
+        s = self.scenario
+        layer, n = s.layers[l - 1], s.widths[l]
+        if layer.kind == "batchnorm":
+            yield from self._batchnorm_forward(l)
+        else:
+            yield self._weighted_sum(l)
+        act, params = activations.get(layer.activation), self._activation_params(l)
+        symbol = "h" if layer.residual else "a"
+
+        def activated(j):
+            if act.elementwise:
+                template = act.excel_value(ref(("u", l, j)), params)
             else:
-                carry, meaning = f"{letter}{{q}}", f"{name} (not trained: train_bias = false)"
-            got = self._add("parameters θ (value used at this step)", name, meaning, (kind, l, idx), total=carry, final=carry)
-            assert got == letter
-        # letters of the columns after the updates: optimiser state, lr of the step, clipping
-        state_letters = {}
+                template = act.excel_value([ref(("u", l, k)) for k in range(n)], j, params)
+            return Declared(notation.unit(symbol, l, j), f"{notation.unit(symbol, l, j)} = {act.symbol}({notation.unit('u', l, j)})",
+                            (symbol, l, j), sample=template)
+        yield Family(f"layer {l} forward", range(n), activated)
+        if layer.residual:
+            yield Family(f"layer {l} forward", range(n), lambda j: Declared(
+                notation.unit("a", l, j),
+                f"{notation.unit('a', l, j)} = {notation.unit('h', l, j)} + {notation.unit('a', l - 1, j)} (residual connection)",
+                ("a", l, j), sample=f"{ref(('h', l, j))}+{ref(_below(l, j))}"))
+
+    def _weighted_sum(self, l):
+        """u = Σᵢ a⁽ˡ⁻¹⁾ᵢ·W[i,j] + b[j] of a dense layer."""
+        s = self.scenario
+
+        def weighted_sum(j):
+            terms = "+".join(f"{ref(_below(l, i))}*{ref(('W', l, (i, j)), 'p')}" for i in range(s.widths[l - 1]))
+            return Declared(notation.unit("u", l, j),
+                            f"{notation.unit('u', l, j)} = Σᵢ {notation.unit('a', l - 1, 'ᵢ')}·W{l}[i,{j}] + b{l}[{j}]",
+                            ("u", l, j), sample=f"{terms}+{ref(('b', l, (j,)), 'p')}")
+        return Family(f"layer {l} forward", range(s.widths[l]), weighted_sum)
+
+    def _batchnorm_forward(self, l):
+        """μ and σ² in the Σ row, then x̂ and u = γ·x̂ + β in the sample rows."""
+        n, eps = self.scenario.widths[l], self.names[("batchnorm", "eps", l)]
+        group = f"layer {l} batchnorm"
+
+        def column(x):
+            return f"{ref(x, 'f')}:{ref(x, 'l')}"
+        yield Family(group, range(n), lambda j: Declared(
+            notation.unit("μ", l, j), "batch mean of the input (Σ row)", ("bn_mean", l, j),
+            total=f"SUM({column(_below(l, j))})/{{n}}"))
+        yield Family(group, range(n), lambda j: Declared(
+            notation.unit("σ²", l, j), "biased batch variance Σ(x − μ)²/B (Σ row)", ("bn_var", l, j),
+            total=f"SUMPRODUCT({column(_below(l, j))}-{ref(('bn_mean', l, j))},"
+                  f"{column(_below(l, j))}-{ref(('bn_mean', l, j))})/{{n}}"))
+        yield Family(group, range(n), lambda j: Declared(
+            notation.unit("x̂", l, j), f"x̂ = (x − μ)/√(σ² + eps), eps = {eps}", ("xhat", l, j),
+            sample=f"({ref(_below(l, j))}-{ref(('bn_mean', l, j), 'p')})/SQRT({ref(('bn_var', l, j), 'p')}+{eps})"))
+        yield Family(group, range(n), lambda j: Declared(
+            notation.unit("u", l, j), f"u = γ·x̂ + β with γ{l}[{j}], β{l}[{j}]", ("u", l, j),
+            sample=f"{ref(('W', l, (0, j)), 'p')}*{ref(('xhat', l, j))}+{ref(('b', l, (j,)), 'p')}"))
+
+    def _loss_columns(self):
+        """∂E/∂a of the output (unless the loss is fused with it), then E; Σ row: the reduction."""
+        s = self.scenario
+        L, K, loss = len(s.layers), s.widths[-1], losses.LOSSES[s.loss]
+        if loss.records_output_error:
+            yield Family("loss", range(K), lambda k: Declared(
+                f"∂E/∂{notation.unit('a', L, k)}", f"derivative of the {s.loss} loss by the output", ("dE_da", L, k),
+                sample=loss.excel_error(ref(("a", L, k)), ref(("t", 0, k)), K)))
+        template = loss.excel_value([ref(("u", L, k)) for k in range(K)], [ref(("a", L, k)) for k in range(K)],
+                                    [ref(("t", 0, k)) for k in range(K)])
+        yield one("loss", Declared("E", f"{s.loss} loss of the sample; Σ row: {s.reduction} over the batch", ("loss",),
+                                   sample=template, total=self._reduce(("loss",))))
+
+    def _backward(self, l):
+        """f'(u), the error e = ∂E/∂a where it has columns, δ = ∂E/∂u, and batchnorm's dx̂, m1, m2."""
+        s = self.scenario
+        layer, n, L = s.layers[l - 1], s.widths[l], len(s.layers)
+        group = f"layer {l} backward"
+        act, params = activations.get(layer.activation), self._activation_params(l)
+        activated = "h" if layer.residual else "a"
+        yield Family(group, range(n), lambda j: Declared(
+            f"{act.symbol}'({notation.unit('u', l, j)})", f"local slope f'(u) of {act.name}", ("slope", l, j),
+            sample=act.excel_slope(ref(("u", l, j)), ref((activated, l, j)), params)))
+        has_error = self._has_error_columns(l)
+        if has_error:
+            def error(j):
+                if s.layers[l].kind == "batchnorm":
+                    meaning = f"e = ∂E/∂a from the batchnorm above: (dx̂ − m1 − x̂·m2)/√(σ² + eps) of layer {l + 1}"
+                else:
+                    meaning = f"e = ∂E/∂a: Σₖ W{l + 1}[{j},k]·δₖ⁽{l + 1}⁾" + (" + e⁽ˡ⁺¹⁾" if s.layers[l].residual else "")
+                return Declared(notation.unit("e", l, j), meaning, ("e", l, j), sample=self._error_from_above(l, j))
+            yield Family(group, range(n), error)
+
+        def delta(j):
+            slope = ref(("slope", l, j))
+            if l == L:
+                loss = losses.LOSSES[s.loss]
+                template = loss.excel_output_delta([ref(("a", L, k)) for k in range(n)], [ref(("t", 0, k)) for k in range(n)], j,
+                                                   [ref(("dE_da", L, k)) for k in range(n)], slope)
+                meaning = loss.output_delta_meaning
+            elif has_error:
+                template, meaning = f"{slope}*{ref(('e', l, j))}", "δ = f'(u) · e"
+            else:
+                template, meaning = f"{slope}*({self._error_from_above(l, j)})", f"δ = f'(u) · Σₖ W{l + 1}[{j},k]·δₖ⁽{l + 1}⁾"
+            return Declared(notation.unit("δ", l, j), meaning, ("delta", l, j), sample=template)
+        yield Family(group, range(n), delta)
+        if layer.kind == "batchnorm":
+            yield from self._batchnorm_backward(l)
+
+    def _batchnorm_backward(self, l):
+        """dx̂ = δ·γ in the sample rows, m1 = mean(dx̂) and m2 = mean(dx̂·x̂) in the Σ row."""
+        n = self.scenario.widths[l]
+        group = f"layer {l} batchnorm backward"
+
+        def column(x):
+            return f"{ref(x, 'f')}:{ref(x, 'l')}"
+        yield Family(group, range(n), lambda j: Declared(
+            notation.unit("dx̂", l, j), "dx̂ = δ·γ", ("dxhat", l, j),
+            sample=f"{ref(('delta', l, j))}*{ref(('W', l, (0, j)), 'p')}"))
+        yield Family(group, range(n), lambda j: Declared(
+            notation.unit("m1", l, j), "m1 = Σ dx̂ / B (Σ row)", ("bn_m1", l, j),
+            total=f"SUM({column(('dxhat', l, j))})/{{n}}"))
+        yield Family(group, range(n), lambda j: Declared(
+            notation.unit("m2", l, j), "m2 = Σ dx̂·x̂ / B (Σ row)", ("bn_m2", l, j),
+            total=f"SUMPRODUCT({column(('dxhat', l, j))},{column(('xhat', l, j))})/{{n}}"))
+
+    def _error_from_above(self, l, j):
+        """Σₖ W_{l+1}[j,k]·δₖ⁽ˡ⁺¹⁾ (+ e⁽ˡ⁺¹⁾_j when layer l+1 is residual), or the batchnorm
+        backward (dx̂ − m1 − x̂·m2)/√(σ² + eps) of layer l+1, as a formula body."""
+        if self.scenario.layers[l].kind == "batchnorm":
+            eps = self.names[("batchnorm", "eps", l + 1)]
+            return (f"({ref(('dxhat', l + 1, j))}-{ref(('bn_m1', l + 1, j), 'p')}-{ref(('xhat', l + 1, j))}*"
+                    f"{ref(('bn_m2', l + 1, j), 'p')})/SQRT({ref(('bn_var', l + 1, j), 'p')}+{eps})")
+        back = "+".join(f"{ref(('W', l + 1, (j, k)), 'p')}*{ref(('delta', l + 1, k))}" for k in range(self.scenario.widths[l + 1]))
+        if self.scenario.layers[l].residual:
+            back += f"+{ref(('e', l + 1, j))}"
+        return back
+
+    def _gradients(self):
+        """Per-sample ∂E/∂θ in the sample rows; Σ row: the batch's reduction."""
+        s = self.scenario
+        group = "gradient ∂E/∂θ (Σ row: batch)"
+        for l in range(1, len(s.layers) + 1):
+            yield Family(group, Grid(self._fan_in(l), s.widths[l]), functools.partial(self._weight_gradient, l))
+            yield Family(group, Grid(s.widths[l]), lambda index, l=l: Declared(
+                f"∂E/∂{param_name(s, 'b', l, index)}", f"δ⁽{l}⁾{index[0]}; Σ row: {s.reduction} over the batch",
+                ("grad_b", l, index), sample=ref(("delta", l, index[0])), total=self._reduce(("grad_b", l, index))))
+
+    def _weight_gradient(self, l, index):
+        s = self.scenario
+        i, j = index
+        if s.layers[l - 1].kind == "batchnorm":
+            factor, meaning = ref(("xhat", l, j)), f"x̂⁽{l}⁾{j}·δ⁽{l}⁾{j}"
+        else:
+            factor, meaning = ref(_below(l, i)), f"a⁽{l - 1}⁾{i}·δ⁽{l}⁾{j}"
+        return Declared(f"∂E/∂{param_name(s, 'W', l, index)}", f"{meaning}; Σ row: {s.reduction} over the batch",
+                        ("grad_W", l, index), sample=f"{factor}*{ref(('delta', l, j))}", total=self._reduce(("grad_W", l, index)))
+
+    def _parameter_blocks(self, trained_only=False):
+        """(kind, layer, indices) of every parameter array in sheet order (W then b per layer),
+        or of the trained ones (a bias with train_bias = false is frozen)."""
+        s = self.scenario
+        for l, layer in enumerate(s.layers, start=1):
+            yield "W", l, Grid(self._fan_in(l), s.widths[l])
+            if layer.train_bias or not trained_only:
+                yield "b", l, Grid(s.widths[l])
+
+    def _trained(self, kind, l):
+        return kind == "W" or self.scenario.layers[l - 1].train_bias
+
+    def _parameters(self):
+        """θ used at each step (Σ rows) and after the last one (final row): previous θ − previous Δθ."""
+        for kind, l, indices in self._parameter_blocks():
+            yield Family("parameters θ (value used at this step)", indices, functools.partial(self._parameter, kind, l))
+
+    def _parameter(self, kind, l, index):
+        key, name = (kind, l, index), param_name(self.scenario, kind, l, index)
+        if self._trained(kind, l):
+            carry = f"{ref(key, 'q')}-{ref((f'update_{kind}', l, index), 'q')}"
+            meaning = f"{name} used at this step = previous value − previous update"
+        else:
+            carry, meaning = ref(key, "q"), f"{name} (not trained: train_bias = false)"
+        return Declared(name, meaning, key, total=carry, final=carry)
+
+    def _updates(self):
+        """Δθ of every trained parameter (Σ rows), from the optimiser's update rule."""
+        s = self.scenario
+        optimizer = optim.OPTIMIZERS[s.optimizer]
+        _, clipping = self._clipped("")
+        for kind, l, indices in self._parameter_blocks(trained_only=True):
+            yield Family("update Δθ (subtracted)", indices, lambda index, kind=kind, l=l: Declared(
+                f"Δ{param_name(s, kind, l, index)}", f"{s.optimizer}: {optimizer.meaning}{clipping}",
+                (f"update_{kind}", l, index), total=optimizer.excel_update(self._update_refs(kind, l, index))))
+
+    def _optimizer_state(self):
+        """Each state of the optimiser per trained parameter (Σ rows; the first reads {prev0})."""
+        s = self.scenario
+        optimizer = optim.OPTIMIZERS[s.optimizer]
         for state in optimizer.state:
-            for key in update_letters:
-                state_letters[(state, key)] = get_column_letter(index)
-                index += 1
-        lr_letter = None
-        if s.optimizer_params["schedule"] != "constant":
-            lr_letter = get_column_letter(index)
-            index += 1
-        clip_letter = get_column_letter(index + 1) if s.clip_norm is not None else None
-        hyper = s.optimizer_params
+            for kind, l, indices in self._parameter_blocks(trained_only=True):
+                yield Family(f"optimiser state ({s.optimizer})", indices,
+                             functools.partial(self._state_column, optimizer, state, kind, l))
+
+    def _state_column(self, optimizer, state, kind, l, index):
+        name, formula = param_name(self.scenario, kind, l, index), optimizer.excel_state[state]
+        refs = self._update_refs(kind, l, index)
+        previous = {f"prev_{st}": ref((f"{st}_{kind}", l, index), "q") for st in optimizer.state}
+        first = {f"prev_{st}": "{prev0}" for st in optimizer.state}
+        return Declared(f"{optim.STATE_SYMBOLS.get(state, state)} {name}", f"{state} of {name} after this step",
+                        (f"{state}_{kind}", l, index), total=formula(dict(refs, **previous)), first=formula(dict(refs, **first)))
+
+    def _update_refs(self, kind, l, index):
+        """What the optimiser's Excel forms read for one parameter: its gradient as the update
+        sees it (clipped, with weight decay), the hyper-parameters, lr, t and its state cells."""
+        s = self.scenario
+        hyper, optimizer = s.optimizer_params, optim.OPTIMIZERS[s.optimizer]
         names = {p: self.names[("optimizer", p)] for p in hyper if ("optimizer", p) in self.names}
-        refs = dict(names, lr=f"{lr_letter}{{r}}" if lr_letter else names["lr"], t="($A{r}+1)",
-                    nesterov=hyper.get("nesterov", False))
-        self._state_first = {}
-        # per parameter: the gradient as its update reads it, and this row's state cells
-        row_refs, clipping = {}, ""
-        for key in update_letters:
-            used, clipping = self._clipped(f"{grads[key]}{{r}}", clip_letter)
-            used = optim.excel_gradient(used, f"{self._params[key]}{{r}}", names, hyper)
-            row_refs[key] = dict(refs, g=used, **{st: f"{state_letters[(st, key)]}{{r}}" for st in optimizer.state})
-        for key, letter in update_letters.items():
-            kind, l, idx = key
-            name = param_name(s, kind, l, idx)
-            got = self._add("update Δθ (subtracted)", f"Δ{name}", f"{s.optimizer}: {optimizer.meaning}{clipping}",
-                            (f"update_{kind}", l, idx), total=optimizer.excel_update(row_refs[key]))
-            assert got == letter
-        for state in optimizer.state:
-            formula = optimizer.excel_state[state]
-            symbol = optim.STATE_SYMBOLS.get(state, state)
-            for key in update_letters:
-                kind, l, idx = key
-                name = param_name(s, kind, l, idx)
-                previous = {f"prev_{st}": f"{state_letters[(st, key)]}{{q}}" for st in optimizer.state}
-                first = {f"prev_{st}": "{prev0}" for st in optimizer.state}
-                got = self._add(f"optimiser state ({s.optimizer})", f"{symbol} {name}", f"{state} of {name} after this step",
-                                (f"{state}_{kind}", l, idx), total=formula(dict(row_refs[key], **previous)))
-                self.columns[-1].first = formula(dict(row_refs[key], **first))
-                assert got == state_letters[(state, key)]
-        if lr_letter:
-            decay = procedures.excel_learning_rate(hyper["schedule"], "$A{r}")   # IFERROR where γ^k underflows
-            got = self._add("schedule", "lr", f"learning rate of the step ({hyper['schedule']} decay)", ("lr",), total=decay)
-            assert got == lr_letter
-        if s.clip_norm is not None:
-            trained = [grads[key] for key in update_letters]   # a frozen bias is not in ‖g‖
-            norm = self._add("gradient clipping", "‖g‖", "L2 norm of the batch gradients of every trained parameter",
-                             ("grad_norm",), total=procedures.excel_grad_norm(_column_ranges(trained)))
-            got = self._add("gradient clipping", "clip c", "c = min(1, clip_norm / (‖g‖ + 1e-6)); the update uses g·c",
-                            ("clip_factor",), total=procedures.excel_clip_factor(f"{norm}{{r}}"))
-            assert got == clip_letter
-        assert len(self.columns) == self.column_count()
+        lr = ref(("lr",)) if hyper["schedule"] != "constant" else names["lr"]
+        gradient, _ = self._clipped(ref((f"grad_{kind}", l, index)))
+        gradient = optim.excel_gradient(gradient, ref((kind, l, index)), names, hyper)
+        return dict(names, lr=lr, t=f"(${ref(('step',))}+1)", nesterov=hyper.get("nesterov", False), g=gradient,
+                    **{state: ref((f"{state}_{kind}", l, index)) for state in optimizer.state})
+
+    def _schedule(self):
+        """The learning rate of the step under a schedule (Σ rows)."""
+        hyper = self.scenario.optimizer_params
+        if hyper["schedule"] == "constant":
+            return
+        decay = procedures.excel_learning_rate(hyper["schedule"], f"${ref(('step',))}")   # IFERROR where γ^k underflows
+        yield one("schedule", Declared("lr", f"learning rate of the step ({hyper['schedule']} decay)", ("lr",), total=decay))
+
+    def _clipping(self):
+        """‖g‖ over the batch gradients of every trained parameter and the factor c (Σ rows)."""
+        if self.scenario.clip_norm is None:
+            return
+        def norm(letter):   # a frozen bias is not in ‖g‖
+            trained = [letter((f"grad_{kind}", l, index))
+                       for kind, l, indices in self._parameter_blocks(trained_only=True) for index in indices]
+            return procedures.excel_grad_norm(_column_ranges(trained))
+        yield one("gradient clipping", Declared("‖g‖", "L2 norm of the batch gradients of every trained parameter",
+                                                ("grad_norm",), total=norm))
+        yield one("gradient clipping", Declared("clip c", "c = min(1, clip_norm / (‖g‖ + 1e-6)); the update uses g·c",
+                                                ("clip_factor",), total=procedures.excel_clip_factor(ref(('grad_norm',)))))
+
+    def _reduce(self, key):
+        """The Σ row's batch total of the column of `key`: its sum, or mean."""
+        return procedures.excel_reduce(f"{ref(key, 'f')}:{ref(key, 'l')}", self.scenario.reduction, "{n}")
+
+    def _clipped(self, gradient):
+        """The gradient as the update sees it (clip_norm factor, then clip_value clamp), and its meaning."""
+        by_norm, by_value = self.scenario.clip_norm is not None, self.scenario.clip_value is not None
+        meaning = (", g clipped by norm (×c)" if by_norm else "") + (", g clamped to ±clip_value" if by_value else "")
+        return procedures.excel_clipped(gradient, ref(("clip_factor",)) if by_norm else None,
+                                        "clip_value" if by_value else None), meaning
+
+    def _activation_params(self, l):
+        """The defined names of layer l's activation parameters: name -> Settings cell."""
+        layer = self.scenario.layers[l - 1]
+        return {name: self.names[(layer.activation, name, l)] for name in activations.get(layer.activation).params}
 
     def _fan_in(self, l):
         """Rows of W_l: the width below, or 1 for a batchnorm layer's γ."""
@@ -296,81 +479,6 @@ class TraceLayout:
         """Hidden layers whose error e = ∂E/∂a gets its own columns: residual ones, and those below a batchnorm."""
         layers = self.scenario.layers
         return l < len(layers) and (layers[l - 1].residual or layers[l].kind == "batchnorm")
-
-    def _batchnorm_forward(self, l, below):
-        """μ and σ² in the Σ row, then x̂ and u = γ·x̂ + β in the sample rows; returns the u letters."""
-        n, eps = self.scenario.widths[l], self.names[("batchnorm", "eps", l)]
-        group = f"layer {l} batchnorm"
-        means = [self._add(group, notation.unit("μ", l, j), "batch mean of the input (Σ row)", ("bn_mean", l, j),
-                           total=f"SUM({below[j]}{{f}}:{below[j]}{{l}})/{{n}}") for j in range(n)]
-        variances = [self._add(group, notation.unit("σ²", l, j), "biased batch variance Σ(x − μ)²/B (Σ row)", ("bn_var", l, j),
-                               total=f"SUMPRODUCT({below[j]}{{f}}:{below[j]}{{l}}-{means[j]}{{r}},"
-                                     f"{below[j]}{{f}}:{below[j]}{{l}}-{means[j]}{{r}})/{{n}}")
-                     for j in range(n)]
-        xhats = [self._add(group, notation.unit("x̂", l, j), f"x̂ = (x − μ)/√(σ² + eps), eps = {eps}", ("xhat", l, j),
-                           sample=f"({below[j]}{{r}}-{means[j]}{{p}})/SQRT({variances[j]}{{p}}+{eps})") for j in range(n)]
-        self._norm_cells = {"mean": means, "var": variances, "xhat": xhats}
-        return [self._add(group, notation.unit("u", l, j), f"u = γ·x̂ + β with γ{l}[{j}], β{l}[{j}]", ("u", l, j),
-                          sample=f"{self._params[('W', l, (0, j))]}{{p}}*{xhats[j]}{{r}}+{self._params[('b', l, (j,))]}{{p}}")
-                for j in range(n)]
-
-    def _batchnorm_backward(self, l, delta_cells):
-        """dx̂ = δ·γ in the sample rows, m1 = mean(dx̂) and m2 = mean(dx̂·x̂) in the Σ row."""
-        n = self.scenario.widths[l]
-        group = f"layer {l} batchnorm backward"
-        xhat = [self.cell(("xhat", l, j)) for j in range(n)]
-        dxhat = [self._add(group, notation.unit("dx̂", l, j), "dx̂ = δ·γ", ("dxhat", l, j),
-                           sample=f"{delta_cells[(l, j)]}{{r}}*{self._params[('W', l, (0, j))]}{{p}}") for j in range(n)]
-        for j in range(n):
-            self._add(group, notation.unit("m1", l, j), "m1 = Σ dx̂ / B (Σ row)", ("bn_m1", l, j),
-                      total=f"SUM({dxhat[j]}{{f}}:{dxhat[j]}{{l}})/{{n}}")
-        for j in range(n):
-            self._add(group, notation.unit("m2", l, j), "m2 = Σ dx̂·x̂ / B (Σ row)", ("bn_m2", l, j),
-                      total=f"SUMPRODUCT({dxhat[j]}{{f}}:{dxhat[j]}{{l}},{xhat[j]}{{f}}:{xhat[j]}{{l}})/{{n}}")
-
-    def _error_from_above(self, l, j, delta_cells, error_cells):
-        """Σₖ W_{l+1}[j,k]·δₖ⁽ˡ⁺¹⁾ (+ e⁽ˡ⁺¹⁾_j when layer l+1 is residual), or the batchnorm
-        backward (dx̂ − m1 − x̂·m2)/√(σ² + eps) of layer l+1, as a formula body."""
-        if self.scenario.layers[l].kind == "batchnorm":
-            c = self.cell
-            eps = self.names[("batchnorm", "eps", l + 1)]
-            return (f"({c(('dxhat', l + 1, j))}{{r}}-{c(('bn_m1', l + 1, j))}{{p}}-{c(('xhat', l + 1, j))}{{r}}*"
-                    f"{c(('bn_m2', l + 1, j))}{{p}})/SQRT({c(('bn_var', l + 1, j))}{{p}}+{eps})")
-        widths = self.scenario.widths
-        back = "+".join(f"{self._params[('W', l + 1, (j, k))]}{{p}}*{delta_cells[(l + 1, k)]}{{r}}" for k in range(widths[l + 1]))
-        if self.scenario.layers[l].residual:
-            back += f"+{error_cells[(l + 1, j)]}{{r}}"
-        return back
-
-    def _clipped(self, gradient, clip_letter):
-        """The gradient as the update sees it (clip_norm factor, then clip_value clamp)."""
-        by_value = "clip_value" if self.scenario.clip_value is not None else None
-        meaning = (", g clipped by norm (×c)" if clip_letter else "") + (", g clamped to ±clip_value" if by_value else "")
-        return procedures.excel_clipped(gradient, f"{clip_letter}{{r}}" if clip_letter else None, by_value), meaning
-
-    def column_count(self):
-        """Columns of the Trace sheet: everything before the parameters, then θ and Δθ."""
-        s = self.scenario
-        parameters = sum(self._fan_in(l) * s.widths[l] + s.widths[l] for l in range(1, len(s.layers) + 1))
-        updates = parameters - sum(layer.units for layer in s.layers if not layer.train_bias)
-        clipping = 2 if s.clip_norm is not None else 0
-        states = updates * len(optim.OPTIMIZERS[s.optimizer].state)
-        schedule = 0 if s.optimizer_params["schedule"] == "constant" else 1
-        return self._parameter_start() - 1 + parameters + updates + states + schedule + clipping
-
-    def _parameter_start(self):
-        s = self.scenario
-        widths, L = s.widths, len(s.layers)
-        count = 2 + widths[0] + widths[-1]
-        count += sum(2 * n for n in widths[1:])                       # u, a
-        count += sum(layer.units for layer in s.layers if layer.residual)   # h
-        count += sum(widths[l] for l in range(1, L + 1) if self._has_error_columns(l))  # e
-        count += sum(6 * layer.units for layer in s.layers if layer.kind == "batchnorm")  # μ σ² x̂ dx̂ m1 m2
-        count += widths[-1] if losses.LOSSES[s.loss].records_output_error else 0      # ∂E/∂a
-        count += 1                                                     # E
-        count += sum(2 * n for n in widths[1:])                        # slope, δ
-        count += sum(self._fan_in(l) * widths[l] + widths[l] for l in range(1, L + 1))  # gradients
-        return count + 1
 
     # ---------------------------------------------------------------- rows
 
@@ -470,3 +578,8 @@ def settings_values(scenario):
     for key, value in scenario.thresholds.items():
         entries.append((f"threshold_{key}", value, f"diagnosis: {key} threshold (Diagnosis sheet)"))
     return entries
+
+
+def _below(l, i):
+    """Key of unit i of the layer below layer l: the input x for layer 1."""
+    return ("x", 0, i) if l == 1 else ("a", l - 1, i)

@@ -322,18 +322,14 @@ def _slow_row(trace, columns, row, cached, label, starting):
 def _first_state(trace, template, key, places):
     """The first Σ row's optimiser state: its formula with the state before it written in (0 at
     step 0, the engine's value at the start of a window; an error cell if that is not finite)."""
-    quantity, layer, index = key
-    name, kind = quantity.rsplit("_", 1)
-    before = float(trace.initial_state[(name, kind)][layer - 1][index])
+    before = float(trace.values(key, "initial", 0, 0, 0))
     if not math.isfinite(before):
         return "#NUM!"
     return template.format_map(dict(places, prev0=repr(before) if before else "0"))
 
 
 def _parameter(trace, key, step):
-    kind, layer, index = key
-    store = trace.W if kind == "W" else trace.b
-    return store[layer - 1][(step,) + tuple(index)]
+    return trace.values(key, "total", step, 0, 0)
 
 
 def _rule(formula, fill=None, stop=False, number_format=None):
