@@ -389,3 +389,18 @@ def test_layernorm_hand_check(tmp_path):
     assert "sign is flipped" in wrong["grad gamma2[1]"].explanation
     with pytest.raises(check.InputError, match="layernorm layer: its parameters are gamma2"):
         check.parse_name("W2[0,0]", trace)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "momentum"])
+def test_update_slips_of_any_optimiser(optimizer, tmp_path):
+    """Δθ = lr·d for every optimiser: writing d (the learning rate left out), another learning rate,
+    or θ + Δθ is named as for sgd, from the optimiser's own update."""
+    raw = copy.deepcopy(BASE)
+    raw["optimizer"] = {"name": optimizer, "lr": 0.1}
+    trace = run(raw)
+    W, update = trace.W[1][0, 0, 0], trace.update_W[1][0, 0, 0]
+    rows = [("W2[0,0]@1", g(W + update)), ("update W2[0,0]", g(update / 0.1)), ("update W2[1,0]", g(0.03 * trace.update_W[1][0, 1, 0] / 0.1))]
+    found = results(trace, rows, tmp_path)
+    assert "wrong sign" in found["W2[0,0]@1"].explanation
+    assert "learning rate is left out" in found["update W2[0,0]"].explanation
+    assert "learning rate of 0.03 instead of 0.1" in found["update W2[1,0]"].explanation

@@ -526,9 +526,8 @@ def _slip(trace, local, written, key, person, tol, engine):
                 hint = losses.LOSSES[s.loss].derivative_text
                 return (f"{meaning}: a missing ½ or factor 2 in the loss ({s.loss}) or its derivative; {hint}; "
                         f"the trace has {engine:.6g}")
-    lr = float(trace.lr[min(key.step, trace.steps - 1)])
-    if q in ("update_W", "update_b", "W", "b") and s.optimizer == "sgd" and not s.optimizer_params.get("weight_decay"):
-        text = _update_slip(trace, key, person, tol, engine, lr)
+    if q in ("update_W", "update_b", "W", "b"):
+        text = _update_slip(trace, key, person, tol, engine)
         if text:
             return text
     if local.inputs(key):
@@ -539,29 +538,32 @@ def _slip(trace, local, written, key, person, tol, engine):
     return f"the starting value differs: the trace has {engine:.6g}"
 
 
-def _update_slip(trace, key, person, tol, engine, lr):
+def _update_slip(trace, key, person, tol, engine):
+    """Slips in the update θ ← θ − Δθ. Every optimiser's Δθ is lr times a step d (sgd: d = g, adam:
+    d = m̂/(√v̂ + eps); tests/test_optim.py holds them to it), so d = Δθ/lr: the learning rate left out
+    (d written for Δθ, or θ − d for θ), another learning rate (Δθ/d), or Δθ added instead of subtracted."""
     kind = key.quantity[-1]
+    step = key.step if key.quantity.startswith("update") else key.step - 1
+    if step < 0:
+        return None
+    lr = float(trace.lr[step])
+    update = engine_value(trace, Key(f"update_{kind}", key.layer, key.index, step, None))
+    if not (math.isfinite(lr) and lr > 0 and math.isfinite(update)) or update == 0:
+        return None
+    d = update / lr
+    rule = f"Δθ = lr·d with d = {d:.6g} ({trace.scenario.optimizer}: {optim.OPTIMIZERS[trace.scenario.optimizer].meaning})"
     if key.quantity.startswith("update"):
-        grad = engine_value(trace, Key(f"grad_{kind}", key.layer, key.index, key.step, None))
-        if grad != 0:
-            if _matches(grad, person, tol):
-                return f"the learning rate is left out: Δθ = lr·g = {lr:g} × {grad:.6g} = {engine:.6g}"
-            used = person / grad
-            return f"the update used a learning rate of {used:.4g} instead of {lr:g}: Δθ = lr·g = {engine:.6g}"
-        return None
-    if key.step == 0:
-        return None
-    before = engine_value(trace, Key(kind, key.layer, key.index, key.step - 1, None))
-    update = engine_value(trace, Key(f"update_{kind}", key.layer, key.index, key.step - 1, None))
-    grad = engine_value(trace, Key(f"grad_{kind}", key.layer, key.index, key.step - 1, None))
-    if _matches(before + update, person, tol) and update != 0:
-        return f"the update was applied with the wrong sign: θ ← θ − lr·g = {before:.6g} − {update:.6g} = {engine:.6g}"
-    if _matches(before - grad, person, tol) and grad != 0:
-        return f"the learning rate is left out: θ ← θ − lr·g with lr = {lr:g} gives {engine:.6g}"
-    if grad != 0:
-        used = (before - person) / grad
-        if used > 0 and not _matches(used, lr, 1e-12 * lr):
-            return f"the update used a learning rate of {used:.4g} instead of {lr:g}: θ ← θ − lr·g = {engine:.6g}"
+        if _matches(d, person, tol):
+            return f"the learning rate is left out: {rule}, so Δθ = {lr:g} × {d:.6g} = {engine:.6g}"
+        return f"the update used a learning rate of {person / d:.4g} instead of {lr:g}: {rule} = {engine:.6g}"
+    before = engine_value(trace, Key(kind, key.layer, key.index, step, None))
+    if _matches(before + update, person, tol):
+        return f"the update was applied with the wrong sign: θ ← θ − Δθ = {before:.6g} − {update:.6g} = {engine:.6g}"
+    if _matches(before - d, person, tol):
+        return f"the learning rate is left out: θ ← θ − Δθ with {rule} and lr = {lr:g} gives {engine:.6g}"
+    used = (before - person) / d
+    if used > 0 and not _matches(used, lr, 1e-12 * lr):
+        return f"the update used a learning rate of {used:.4g} instead of {lr:g}: θ ← θ − Δθ, {rule}, gives {engine:.6g}"
     return None
 
 
