@@ -11,7 +11,7 @@ torch.nn.LayerNorm(units, elementwise_affine=True)), then γ, β and the layer's
 γ starts at 1 and β at 0 (no draw from the seed); eps defaults to 1e-5; the layer keeps the width
 of the layer below; a batch of one sample is fine (the statistics are the sample's own).
 """
-from .base import COMMON, Normalisation, Quantity
+from .base import COMMON, ExcelColumns, Normalisation, Quantity
 
 MEAN = Quantity("ln_mean", "μ", "μ, the sample's mean over the layer's units", "sample", key="mean")
 VAR = Quantity("ln_var", "σ²", "σ², the sample's biased variance over the layer's units", "sample", key="var")
@@ -37,29 +37,63 @@ class LayerNorm(Normalisation):
         return (MEAN, VAR, XHAT, DXHAT, M1, M2) + COMMON
 
     # ------------------------------------------------------------ excel face (l11-workbook)
-
-    def excel_forward_columns(self, layer, l):
-        """The Trace sheet columns of layer l's forward pass before its activation, declared by key in
-        order (batchnorm: μ, σ², x̂, u; dense: u), each with its header in math notation and its
-        per-sample / total formula bodies, which refer to other columns BY KEY (two-pass layout)."""
-        raise NotImplementedError
-
-    def excel_backward_columns(self, layer, l):
-        """The extra backward columns of layer l (normalisation: dx̂, m1, m2), declared as the forward ones."""
-        raise NotImplementedError
-
-    def excel_error_down(self, layer, l, j):
-        """The formula body of the error passed down by layer l, ∂E/∂a⁽ˡ⁻¹⁾_j (dense: Σₖ W·δ (+ e);
-        normalisation: (dx̂ − m1 − x̂·m2)/√(σ² + eps)), cells named by key."""
-        raise NotImplementedError
-
-    def excel_grad_W(self, layer, l, i, j):
-        """The formula body of the per-sample ∂E/∂W_l[i,j] (dense: a⁽ˡ⁻¹⁾ᵢ·δⱼ; normalisation: δⱼ·x̂ⱼ)."""
-        raise NotImplementedError
+    # Everything lives in the sample rows (the statistics are the sample's own): μ, σ², m1, m2 one
+    # column each for the layer, x̂, u, dx̂ one per unit. Sums over the units read a range of the row:
+    # the layer below's outputs are adjacent columns, as are this layer's x̂ and dx̂ (one family each).
 
     def excel_settings(self, layer, l):
-        """Settings cells the layer's formulas read (batchnorm: bn_eps_l), as (defined name, value, label)."""
-        raise NotImplementedError
+        """eps in a Settings cell ln_eps_l."""
+        return [("eps", f"ln_eps_{l}", layer.eps, f"layer {l} {self.name}: eps")]
+
+    def excel_forward(self, layer, x):
+        """μ = SUM(x)/n and σ² = SUMPRODUCT(x − μ, x − μ)/n over the row's inputs (products, never ^,
+        so that tiny deviations underflow to 0 as in the engine), then x̂ = (x − μ)/√(σ² + eps) and
+        u = γ·x̂ + β per unit, γ and β of the step's Σ row."""
+        l, n, eps = x.l, x.units, x.setting("eps")
+        group = f"layer {l} {self.name}"
+        inputs = f"{x.ref(x.below(0))}:{x.ref(x.below(n - 1))}"
+        mean, var = x.ref((MEAN.name, l)), x.ref((VAR.name, l))
+        return [
+            ExcelColumns(group, MEAN.name, MEAN.symbol, f"μ = Σⱼ xⱼ / {n}: the sample's mean over the layer's inputs",
+                         sample=lambda j: f"SUM({inputs})/{n}", per_unit=False),
+            ExcelColumns(group, VAR.name, VAR.symbol, f"σ² = Σⱼ (xⱼ − μ)² / {n}: the sample's biased variance",
+                         sample=lambda j: f"SUMPRODUCT({inputs}-{mean},{inputs}-{mean})/{n}", per_unit=False),
+            ExcelColumns(group, XHAT.name, XHAT.symbol, f"x̂ = (x − μ)/√(σ² + eps), eps = {eps}",
+                         sample=lambda j: f"({x.ref(x.below(j))}-{mean})/SQRT({var}+{eps})"),
+            ExcelColumns(group, "u", "u", lambda j: f"u = γ·x̂ + β with γ{l}[{j}], β{l}[{j}]",
+                         sample=lambda j: f"{x.ref(('W', l, (0, j)), 'p')}*{x.ref((XHAT.name, l, j))}+{x.ref(('b', l, (j,)), 'p')}"),
+        ]
+
+    def excel_backward(self, layer, x):
+        """dx̂ = δ·γ per unit, m1 = Σⱼ dx̂ⱼ / n and m2 = Σⱼ dx̂ⱼ·x̂ⱼ / n per sample."""
+        l, n = x.l, x.units
+        group = f"layer {l} {self.name} backward"
+
+        def units(quantity):
+            return f"{x.ref((quantity, l, 0))}:{x.ref((quantity, l, n - 1))}"
+        return [
+            ExcelColumns(group, DXHAT.name, DXHAT.symbol, "dx̂ = δ·γ",
+                         sample=lambda j: f"{x.ref(('delta', l, j))}*{x.ref(('W', l, (0, j)), 'p')}"),
+            ExcelColumns(group, M1.name, M1.symbol, f"m1 = Σⱼ dx̂ⱼ / {n} over the sample's units",
+                         sample=lambda j: f"SUM({units(DXHAT.name)})/{n}", per_unit=False),
+            ExcelColumns(group, M2.name, M2.symbol, f"m2 = Σⱼ dx̂ⱼ·x̂ⱼ / {n} over the sample's units",
+                         sample=lambda j: f"SUMPRODUCT({units(DXHAT.name)},{units(XHAT.name)})/{n}", per_unit=False),
+        ]
+
+    def excel_error_down(self, layer, x, j):
+        """∂E/∂x_j = (dx̂_j − m1 − x̂_j·m2)/√(σ² + eps), every cell of the sample's row."""
+        l = x.l
+        body = (f"({x.ref((DXHAT.name, l, j))}-{x.ref((M1.name, l))}-{x.ref((XHAT.name, l, j))}*{x.ref((M2.name, l))})"
+                f"/SQRT({x.ref((VAR.name, l))}+{x.setting('eps')})")
+        return body, f"(dx̂ − m1 − x̂·m2)/√(σ² + eps) of the layernorm layer {l}"
+
+    def excel_error_columns_below(self, layer):
+        """The error passed down is shown in the e columns of the layer below."""
+        return True
+
+    def excel_factor(self, layer, x, i, j):
+        """② of ∂E/∂γ_j = x̂_j·δ_j."""
+        return (XHAT.name, x.l, j), f"x̂⁽{x.l}⁾{j}"
 
     # ------------------------------------------------------------ chain, check and diagnose faces
     # Normalisation's (base.py): the statistics σ², m1, m2 are the sample's (records: per "sample"),

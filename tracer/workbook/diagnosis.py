@@ -156,7 +156,7 @@ class DiagnosisLayout:
         n = len(self.trace.samples(step))
         for l, layer in enumerate(s.layers, start=1):
             act = activations.get(layer.activation)
-            symbol = layers.of(layer).activated(layer)
+            symbol = layers.of(layer).activated(layer)   # the column of f(u)
             if act.saturates_at:
                 span = (f"Trace!{self.layout.cell((symbol, l, 0))}{first}:"
                         f"{self.layout.cell((symbol, l, s.widths[l] - 1))}{last}")
