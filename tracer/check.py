@@ -404,6 +404,9 @@ class _Sample:
         return self.local.s.widths[l - 1]
 
     def engine(self, quantity, l, index):
+        kinds = {layers.of(layer).name: layers.of(layer) for layer in self.local.s.layers}
+        if not any(quantity in kind.engine_only for kind in kinds.values()):
+            raise ValueError(f"{quantity} is not an engine-only quantity of this network's layer kinds")
         trace = self.local.trace
         slot = trace.samples(self.step).tolist().index(self.sample)
         return float(trace.values((quantity, l, index[-1]), "sample", self.step, slot, self.sample))

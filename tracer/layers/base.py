@@ -336,7 +336,7 @@ class LayerKind:
     # get.below(l, i) = a⁽ˡ⁻¹⁾ᵢ (xᵢ on layer 1); get.error(l, j) = e⁽ˡ⁾ⱼ recomputed;
     # get.engine(quantity, l, index) the engine's value of one of the kind's `engine_only` quantities.
 
-    engine_only = ()          # quantities a hand check takes from the engine (batch statistics)
+    engine_only = ()          # quantities a hand check takes from the engine (statistics), read with get.engine
 
     def check_u(self, layer, l, j, get):
         """u⁽ˡ⁾ⱼ recomputed from supplied values."""
@@ -535,7 +535,7 @@ class Normalisation(LayerKind):
         expression = (names.unit("dx̂", l, j) - m1 - names.unit("x̂", l, j) * m2) / sp.sqrt(var + eps)
         return f"error from the {self.name} layer {l} above", expression
 
-    engine_only = ("xhat", "dxhat", "mean", "var", "m1", "m2", "e")   # statistics: not hand quantities
+    engine_only = ("xhat", "e")   # x̂ (from the statistics) and the error passed down (its m1, m2): not hand quantities
 
     def check_u(self, layer, l, j, get):
         """u = γⱼ·x̂ⱼ + βⱼ, x̂ from the engine (its statistics are not hand quantities)."""
