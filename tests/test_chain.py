@@ -3,10 +3,11 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from tracer import chain, engine, scenario as scenario_module
+from tracer import chain, engine, scenario as scenario_module, templates
 from tracer.errors import InputError
 from tracer.trace import param_name
 from tests.conftest import build
+from tests.latex_check import check_latex, compile_latex
 from tests.test_engine import networks
 
 
@@ -126,3 +127,94 @@ def test_chain_of_a_30_layer_net_returns(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "31 local slopes" in done.stdout or "30 local slopes" in done.stdout
+
+
+@pytest.mark.parametrize("template", templates.names())
+def test_latex_of_every_template_is_valid_latex(template, tmp_path):
+    """`chain --latex` for a weight and a bias of every layer (the first, one in the middle, the last
+    entries) at two steps: ASCII LaTeX that parses (and compiles, where pdflatex is installed)."""
+    trace = run(template)
+    s = trace.scenario
+    texts = []
+    for layer in range(1, len(s.layers) + 1):
+        shape = trace.W[layer - 1].shape[1:]
+        for kind, index in (("W", (0, 0)), ("W", (shape[0] - 1, shape[1] - 1)), ("b", (shape[1] // 2,))):
+            for step in sorted({0, trace.steps - 1}):
+                explained = chain.explain(trace, param_name(s, kind, layer, index), step=step, latex=True)
+                text = chain.render(explained, latex=True)
+                check_latex(text)
+                texts.append(text)
+    assert all("W_{" in t or "\\gamma_{" in t or "\\beta_{" in t or "b_{" in t for t in texts)
+    compiled = compile_latex("\n\n\\newpage\n\n".join(texts), tmp_path)
+    assert compiled is None or compiled[0], compiled
+
+
+def _layernorm_trace(steps=3):
+    from tests.test_layers import network
+    return build(network("layernorm", steps=steps, activation="sigmoid"))
+
+
+def test_chain_rule_through_layernorm_multiplies_to_the_engine_gradient():
+    """γ, β of the layernorm layer, W and b below it (the error passes down through the layernorm),
+    and W above it: the product of the printed factors is the engine's per-sample gradient."""
+    trace = _layernorm_trace()
+    for name in ("gamma2[0]", "gamma2[2]", "beta2[1]", "W1[0,0]", "W1[2,1]", "b1[2]", "W3[1,0]", "b3[0]"):
+        for step in range(trace.steps):
+            for sample in trace.samples(step).tolist():
+                explained = chain.explain(trace, name, step=step, sample=sample)
+                assert explained.product == pytest.approx(explained.engine, rel=1e-12, abs=1e-300), (name, step)
+    gamma = chain.explain(trace, "gamma2[1]", step=1)
+    assert gamma.factors[0].label == "②" and "x̂" in str(gamma.factors[0].symbol)
+    assert gamma.factors[0].value == trace.values(("xhat", 2, 1), "sample", 1, 0, trace.samples(1)[0])
+    assert not chain.explain(trace, "W1[0,0]", step=0).path     # the path view is for plain dense nets
+
+
+def test_layernorm_error_down_by_sympy_agrees_with_the_engine():
+    """The symbolic error passed down through the layernorm, (dx̂ⱼ − m1 − x̂ⱼ·m2)/√(σ² + ε), evaluated
+    with the trace's x̂, dx̂ and per-sample statistics, and sympy's own derivative of the layernorm's
+    definition Σₖ δₖ·(γₖ·(xₖ − μ)/√(σ² + ε) + βₖ) by x_j (δ = ∂E/∂u held fixed), both give the
+    engine's e⁽¹⁾ⱼ."""
+    import sympy as sp
+    trace = _layernorm_trace()
+    names, eps = chain.Names(), trace.scenario.layers[1].eps
+    n = trace.scenario.widths[1]
+    xs = sp.symbols(f"x0:{n}", real=True)
+    mean = sum(xs) / n
+    var = sum((x - mean) ** 2 for x in xs) / n
+    for step in (0, 2):
+        for slot, sample in enumerate(trace.samples(step).tolist()):
+            gamma, beta = trace.W[1][step, 0], trace.b[1][step]
+            delta = trace.delta[1][step, slot]
+            value = lambda key: float(trace.values(key, "sample", step, slot, sample))  # noqa: E731
+            energy = sum(float(delta[k]) * (float(gamma[k]) * (xs[k] - mean) / sp.sqrt(var + eps) + float(beta[k]))
+                         for k in range(n))
+            point = {x: float(v) for x, v in zip(xs, trace.a[0][step, slot])}
+            for j in range(n):
+                engine_error = float(trace.error[0][step, slot, j])
+                explained = chain.explain(trace, f"W1[0,{j}]", step=step, sample=sample)
+                symbol, expression = explained.definitions[0]
+                assert symbol == names.error(1, j)
+                values = {names.unit("dx̂", 2, j): value(("dxhat", 2, j)), names.unit("x̂", 2, j): value(("xhat", 2, j)),
+                          names.layer_scalar("m1", 2): value(("ln_m1", 2)), names.layer_scalar("m2", 2): value(("ln_m2", 2)),
+                          names.layer_scalar("σ²", 2): value(("ln_var", 2)), names.plain("ε", ""): eps}
+                assert expression.free_symbols == set(values)
+                assert float(expression.subs(values)) == pytest.approx(engine_error, rel=1e-12, abs=1e-15)
+                derivative = float(sp.diff(energy, xs[j]).subs(point))
+                assert derivative == pytest.approx(engine_error, rel=1e-9, abs=1e-12)
+
+
+def test_chain_cli_through_layernorm(invoke, tmp_path):
+    from tests.conftest import write_toml
+    from tests.test_layers import network
+    path = write_toml(tmp_path, scenario_module.dump_toml(network("layernorm", activation="sigmoid")))
+    for parameter in ("gamma2[0]", "W1[0,0]"):
+        result = invoke("chain", str(path), "--param", parameter, "--step", "1")
+        assert result.exit_code == 0 and "(equal)" in result.output, result.output
+        latex = invoke("chain", str(path), "--param", parameter, "--latex")
+        assert latex.exit_code == 0
+        check_latex(latex.output)
+        compiled = compile_latex(latex.output, tmp_path)
+        assert compiled is None or compiled[0], compiled
+    assert "error from the layernorm layer 2 above" in invoke("chain", str(path), "--param", "W1[0,0]").output
+    refused = invoke("chain", str(path), "--param", "W2[0,0]")
+    assert refused.exit_code == 2 and "layernorm layer: its parameters are gamma2[j] and beta2[j]" in refused.output

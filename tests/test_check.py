@@ -364,3 +364,43 @@ def test_a_long_name_is_shortened(tmp_path, invoke):
     assert len(message) < 300
     hand.write_text("W1[" + "9" * 5000 + ",0],1\n", encoding="utf-8")
     assert_refused(invoke("check", "xor", hand), "cannot read the name")
+
+
+def test_layernorm_hand_check(tmp_path):
+    """Through a layernorm layer: u = γ·x̂ + β, the γ/β gradients and the error passed down read x̂ and
+    the per-sample statistics from the engine; the hand numbers are checked, and a u computed with
+    another unit's γ is named as such."""
+    from tests.test_layers import network
+    trace = run(network("layernorm", activation="sigmoid"))
+    sample = trace.samples(1)[0]
+    rows = [("u2[1]", g(trace.u[1][0, 0, 1])), ("a2[1]", g(trace.a[1][0, 0, 1])), ("slope2[0]", g(trace.slope[1][0, 0, 0])),
+            ("delta2[2]", g(trace.delta[1][0, 0, 2])), ("grad gamma2[0]", g(trace.grad_W[1][0, 0, 0])),
+            ("grad beta2[0]#" + str(trace.samples(0)[1]), g(trace.grad_b_sample[1][0, 1, 0])),
+            ("delta1[0]", g(trace.delta[0][0, 0, 0])), ("grad W1[0,1]", g(trace.grad_W[0][0, 0, 1])),
+            ("gamma2[1]@1", g(trace.W[1][1, 0, 1])), (f"u2[2]@1#{sample}", g(trace.u[1][1, 0, 2]))]
+    found = results(trace, rows, tmp_path)
+    assert all(found[name].right for name, _ in rows), [r.explanation for r in found.values() if not r.right]
+    gamma, beta = trace.W[1][1, 0], trace.b[1][1]
+    xhat = [trace.values(("xhat", 2, j), "sample", 1, 0, sample) for j in range(3)]
+    assert gamma[0] != gamma[1]
+    wrong = results(trace, [(f"u2[0]@1#{sample}", g(gamma[1] * xhat[0] + beta[0])), ("grad gamma2[1]", g(-trace.grad_W[1][0, 0, 1]))],
+                    tmp_path)
+    assert "gamma2[1]@1 was used instead" in wrong[f"u2[0]@1#{sample}"].explanation
+    assert "sign is flipped" in wrong["grad gamma2[1]"].explanation
+    with pytest.raises(check.InputError, match="layernorm layer: its parameters are gamma2"):
+        check.parse_name("W2[0,0]", trace)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "momentum"])
+def test_update_slips_of_any_optimiser(optimizer, tmp_path):
+    """Δθ = lr·d for every optimiser: writing d (the learning rate left out), another learning rate,
+    or θ + Δθ is named as for sgd, from the optimiser's own update."""
+    raw = copy.deepcopy(BASE)
+    raw["optimizer"] = {"name": optimizer, "lr": 0.1}
+    trace = run(raw)
+    W, update = trace.W[1][0, 0, 0], trace.update_W[1][0, 0, 0]
+    rows = [("W2[0,0]@1", g(W + update)), ("update W2[0,0]", g(update / 0.1)), ("update W2[1,0]", g(0.03 * trace.update_W[1][0, 1, 0] / 0.1))]
+    found = results(trace, rows, tmp_path)
+    assert "wrong sign" in found["W2[0,0]@1"].explanation
+    assert "learning rate is left out" in found["update W2[0,0]"].explanation
+    assert "learning rate of 0.03 instead of 0.1" in found["update W2[1,0]"].explanation

@@ -158,3 +158,18 @@ def test_update_ratio_and_units_at_their_floor():
     for l, counts in relu.series.floor.items():
         u = relu.trace.u[l - 1][0, :4]
         assert counts[0] == float((u <= 0).all(axis=0).sum())
+
+
+def test_diagnose_runs_through_layernorm(tmp_path, invoke):
+    """`tracer diagnose` on a layernorm net; the dominant path crosses the layernorm along the
+    diagonal (unit j of the layer below feeds x̂ⱼ), with γ on that edge."""
+    from tests.conftest import build, write_toml
+    from tests.test_layers import network
+    raw = network("layernorm", steps=4, activation="sigmoid")
+    trace = build(raw)
+    units, slopes, weights = diagnose.dominant_path(trace, 1, 0)
+    assert len(units) == 3 and units[0] == units[1]
+    assert weights[0] == trace.W[1][0, 0, units[1]] and weights[1] == trace.W[2][0, units[1], units[2]]
+    assert diagnose.diagnose(trace).findings
+    result = invoke("diagnose", str(write_toml(tmp_path, scenario_module.dump_toml(raw))))
+    assert result.exit_code == 0 and "Findings:" in result.output, result.output

@@ -150,3 +150,19 @@ def test_optimisers_verify_and_gradcheck(recomputed, name, options, training):
     for state in optim.OPTIMIZERS[name].state:
         assert f"{state}_W" in quantities
     assert "lr" in quantities
+
+
+@pytest.mark.parametrize("name", list(optim.OPTIMIZERS))
+def test_every_update_is_the_learning_rate_times_a_step(name):
+    """Δθ = lr·d with d independent of lr, for every optimiser (check.py's update slips read d = Δθ/lr):
+    three steps of the same gradients and state at lr and at 3·lr give updates in the ratio 3."""
+    rng = np.random.default_rng(5)
+    definition = optim.OPTIMIZERS[name]
+    hyper = {key: (0.01 if value is None else value) for key, value in definition.params.items()}
+    hyper["weight_decay"] = 0.1
+    for t in range(1, 4):
+        grad, theta = rng.normal(size=4), rng.normal(size=4)
+        before = {state: np.abs(rng.normal(size=4)) for state in definition.state}
+        small, _ = definition.step(grad, theta, dict(before), dict(hyper, lr=0.01), t)
+        large, _ = definition.step(grad, theta, dict(before), dict(hyper, lr=0.03), t)
+        np.testing.assert_allclose(large, 3 * small, rtol=1e-12)

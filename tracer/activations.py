@@ -46,6 +46,7 @@ class Activation:
     saturates_at: tuple = ()         # output levels a approaches where f' → 0 (σ: 0 and 1; tanh: ±1)
     can_die: bool = False            # u ≤ 0 for every sample leaves the unit at its floor (ReLU: f' = 0)
     slope_bound: float | None = None  # max |f'(u)| when it is below 1 (σ' ≤ 0.25): the depth factor
+    exponential: bool = False        # f evaluates exp of u: an overflow is "the exponential inside" f
 
 
 def _sigmoid(u):
@@ -155,6 +156,7 @@ ACTIVATIONS = {
             setting_names={"alpha": "elu_alpha"},
             piecewise=True,
             can_die=True,
+            exponential=True,
         ),
         Activation(
             "silu", "SiLU",
@@ -163,6 +165,7 @@ ACTIVATIONS = {
             excel_value=lambda u, p: f"{u}*{_x_sigmoid(u)}",
             excel_slope=lambda u, a, p: f"{_x_sigmoid(u)}*(1+{u}*(1-{_x_sigmoid(u)}))",
             symbolic=lambda x, p: x / (1 + sp.exp(-x)),
+            exponential=True,
         ),
         Activation(
             "gelu", "GELU",
@@ -174,6 +177,7 @@ ACTIVATIONS = {
                 f"{u}*EXP(-({u}*{u})/2)/SQRT(2*PI()))"
             ),
             symbolic=lambda x, p: x * sp.erfc(-x / sp.sqrt(2)) / 2,
+            exponential=True,
         ),
         Activation(
             "softplus", "softplus",
@@ -184,6 +188,7 @@ ACTIVATIONS = {
             ),
             excel_slope=lambda u, a, p: _x_sigmoid(u),
             symbolic=lambda x, p: sp.log(1 + sp.exp(x)),
+            exponential=True,
         ),
         Activation(
             "softmax", "softmax",
@@ -197,6 +202,7 @@ ACTIVATIONS = {
             elementwise=False,
             saturates_at=(0.0, 1.0),
             slope_bound=0.25,
+            exponential=True,
         ),
     ]
 }

@@ -15,13 +15,13 @@ import re
 import numpy as np
 import sympy as sp
 
-from . import activations, losses
+from . import activations, layers, losses
 from .errors import InputError, shorten
 from .trace import param_name
-from .workbook import notation
+from . import notation
 
-_LATEX = {"σ": "\\sigma", "δ": "\\delta", "tanh": "\\tanh"}
-_PARAM = re.compile(r"^\s*(W|b|gamma|beta)([0-9]{1,9})\[([0-9]{1,9})(?:,\s*([0-9]{1,9}))?\]\s*$")
+_PARAMETER_NAMES = sorted({name for kind in layers.LAYERS.values() for name in kind.param_names}, key=lambda n: (-len(n), n))
+_PARAM = re.compile(rf"^\s*({'|'.join(_PARAMETER_NAMES)})([0-9]{{1,9}})\[([0-9]{{1,9}})(?:,\s*([0-9]{{1,9}}))?\]\s*$")
 
 
 @dataclass
@@ -53,55 +53,60 @@ class Chain:
 
 
 def parse_parameter(text, widths, scenario=None, where=None):
-    """'W1[0,2]', 'b2[1]' (or 'gamma2[1]', 'beta2[1]' of a batchnorm layer) -> (kind, layer, index)
-    with kind W or b; raise InputError with the valid ranges, each message starting with `where`
-    (default: the --param option)."""
+    """'W1[0,2]', 'b2[1]' (or 'gamma2[1]', 'beta2[1]' of a normalisation layer: the names its kind
+    gives its parameters) -> (kind, layer, index) with kind W or b; raise InputError with the valid
+    ranges, each message starting with `where` (default: the --param option)."""
     where = where or f"--param {shorten(text, 60)}"
     match = _PARAM.match(text)
     if not match:
         raise InputError(f"{where}: write W<layer>[i,j] or b<layer>[j], e.g. W1[0,0]")
-    kind, layer, first, second = match.group(1), int(match.group(2)), int(match.group(3)), match.group(4)
-    layers = len(widths) - 1
-    if not 1 <= layer <= layers:
-        raise InputError(f"{where}: layer must be 1..{layers}")
-    norm = scenario is not None and scenario.layers[layer - 1].kind == "batchnorm"
-    if norm != (kind in ("gamma", "beta")):
-        raise InputError(f"{where}: layer {layer} is " + (
-            f"a batchnorm layer: its parameters are gamma{layer}[j] and beta{layer}[j]" if norm
-            else f"a dense layer: its parameters are W{layer}[i,j] and b{layer}[j]"))
-    if norm:
-        if second is not None or first >= widths[layer]:
-            raise InputError(f"{where}: layer {layer} has units 0..{widths[layer] - 1}")
-        return ("W", layer, (0, first)) if kind == "gamma" else ("b", layer, (first,))
-    if kind == "W":
+    given, layer, first, second = match.group(1), int(match.group(2)), int(match.group(3)), match.group(4)
+    count = len(widths) - 1
+    if not 1 <= layer <= count:
+        raise InputError(f"{where}: layer must be 1..{count}")
+    kind = layers.DENSE if scenario is None else layers.of(scenario.layers[layer - 1])
+    w, b = kind.param_names
+    pair = "," in kind.param_name("W", layer, (0, 0))        # W{l}[i,j], or gamma{l}[j] for (0, j)
+    if given not in (w, b):
+        raise InputError(f"{where}: layer {layer} is a {kind.name} layer: its parameters are "
+                         f"{w}{layer}[{'i,j' if pair else 'j'}] and {b}{layer}[j]")
+    if given == w and pair:
         if second is None:
-            raise InputError(f"{where}: a weight needs two indices, W{layer}[i,j]")
+            raise InputError(f"{where}: a weight needs two indices, {w}{layer}[i,j]")
         index = (first, int(second))
         if not (first < widths[layer - 1] and index[1] < widths[layer]):
-            raise InputError(f"{where}: W{layer} has shape {widths[layer - 1]}×{widths[layer]}")
-    else:
-        if second is not None or first >= widths[layer]:
-            raise InputError(f"{where}: b{layer} has {widths[layer]} entries, b{layer}[j]")
-        index = (first,)
-    return kind, layer, index
+            raise InputError(f"{where}: {w}{layer} has shape {widths[layer - 1]}×{widths[layer]}")
+        return "W", layer, index
+    if second is not None or first >= widths[layer]:
+        if pair:
+            raise InputError(f"{where}: {b}{layer} has {widths[layer]} entries, {b}{layer}[j]")
+        raise InputError(f"{where}: layer {layer} has units 0..{widths[layer] - 1}")
+    return ("W", layer, (0, first)) if given == w else ("b", layer, (first,))
 
 
 class Names:
-    """Symbol names in Unicode (u₀⁽¹⁾) or LaTeX (u^{(1)}_{0})."""
+    """Symbol names in Unicode (u₀⁽¹⁾, W1[0,0]) or LaTeX (u^{(1)}_{0}, W_{1}[0,0]), written one way."""
 
     def __init__(self, latex=False):
         self.latex = latex
 
     def unit(self, symbol, layer, j):
         if self.latex:
-            return sp.Symbol(f"{_LATEX.get(symbol, symbol)}^{{({layer})}}_{{{j}}}")
+            return sp.Symbol(f"{notation.latex_symbol(symbol)}^{{({layer})}}_{{{j}}}")
         return sp.Symbol(notation.unit(symbol, layer, j))
 
     def weight(self, layer, i, j):
         return sp.Symbol(f"W_{{{layer}}}[{i},{j}]" if self.latex else f"W{layer}[{i},{j}]")
 
     def slope(self, act, layer, j):
-        return sp.Symbol(f"{_LATEX.get(act.symbol, act.symbol)}'(u^{{({layer})}}_{{{j}}})" if self.latex else f"{act.symbol}'({notation.unit('u', layer, j)})")
+        return sp.Symbol(f"{notation.latex_symbol(act.symbol)}'(u^{{({layer})}}_{{{j}}})" if self.latex
+                         else f"{act.symbol}'({notation.unit('u', layer, j)})")
+
+    def layer_scalar(self, symbol, layer):
+        """A per-sample scalar of a layer (layernorm's σ², m1): σ²⁽²⁾ or {\\sigma^{2}}^{(2)}."""
+        if self.latex:
+            return sp.Symbol(f"{notation.latex_symbol(symbol)}^{{({layer})}}")
+        return sp.Symbol(f"{symbol}{notation.layer(layer)}")
 
     def error(self, layer, j):
         return sp.Symbol(f"e^{{({layer})}}_{{{j}}}" if self.latex else notation.unit("e", layer, j))
@@ -126,18 +131,10 @@ def explain(trace, parameter, step=0, sample=None, path=None, latex=False):
     j = index[-1]
     loss = losses.LOSSES[s.loss]
     act = activations.get(s.layers[l - 1].activation)
-    below = _below(trace, step, slot, l)
-    factors = []
-    norm = s.layers[l - 1].kind == "batchnorm"
-    if kind == "W" and norm:
-        factors.append(Factor("②", f"normalised input x̂ of unit {j} (batchnorm)", names.unit("x̂", l, j),
-                              float(trace.norm["xhat"][l - 1][step, slot, j])))
-    elif kind == "W":
-        i = index[0]
-        symbol, meaning = (names.plain(f"x{i}", f"x_{{{i}}}"), f"input x{i}") if l == 1 else (
-            names.unit("a", l - 1, i), f"activation {notation.unit('a', l - 1, i)} from below")
-        factors.append(Factor("②", meaning, symbol, float(below[i])))
-    definitions = []
+    factors, definitions = [], []
+    if kind == "W":
+        symbol, meaning, value = layers.of(s.layers[l - 1]).chain_input(s.layers[l - 1], l, index[0], j, names, trace, step, slot)
+        factors.append(Factor("②", meaning, symbol, value))
     if l == L and not loss.reads_output_slope:
         symbol = names.unit("δ", L, j)
         factors.append(Factor("④", f"output error δ = {loss.output_delta_text} ({s.loss} with {act.name}: fused, no separate slope)",
@@ -153,23 +150,12 @@ def explain(trace, parameter, step=0, sample=None, path=None, latex=False):
             ys = [names.unit("a", L, k) for k in range(widths[-1])]
             ts = [names.plain(f"t{k}", f"t_{{{k}}}") for k in range(widths[-1])]
             definitions.append((symbol, sp.diff(loss.symbolic(ys, ts), ys[j])))
-        elif s.layers[l].kind == "batchnorm":
-            value = error_from_above(trace, step, slot, l, j)
-            symbol = names.error(l, j)
-            factors.append(Factor("④", f"error from the batchnorm layer {l + 1} above", symbol, float(value)))
-            m1, m2, var = (names.plain(f"{q}{notation.unit('', l + 1, j)}", f"{q}^{{({l + 1})}}_{{{j}}}") for q in ("m1", "m2", "σ²"))
-            eps = names.plain("ε", "\\varepsilon")
-            definitions.append((symbol, (names.unit("dx̂", l + 1, j) - m1 - names.unit("x̂", l + 1, j) * m2)
-                                / sp.sqrt(var + eps)))
         else:
-            value = error_from_above(trace, step, slot, l, j)
+            above = s.layers[l]
+            meaning, expression = layers.of(above).chain_error_down(above, l + 1, j, names)
             symbol = names.error(l, j)
-            factors.append(Factor("④", f"error from above Σₖ W{l + 1}[{j},k]·δₖ⁽{l + 1}⁾", symbol, float(value)))
-            terms = [sp.Mul(names.weight(l + 1, j, k), names.unit("δ", l + 1, k), evaluate=False)
-                     for k in range(widths[l + 1])]
-            if s.layers[l].residual:
-                terms.append(names.error(l + 1, j))   # the skip connection of layer l+1
-            definitions.append((symbol, sp.Add(*terms, evaluate=False)))
+            factors.append(Factor("④", meaning, symbol, float(error_from_above(trace, step, slot, l, j))))
+            definitions.append((symbol, expression))
         slope_symbol = names.slope(act, l, j)
         factors.append(Factor("⑤", _slope_meaning(act, trace.u[l - 1][step, slot, j], trace.slope[l - 1][step, slot, j]),
                               slope_symbol, float(trace.slope[l - 1][step, slot, j])))
@@ -185,9 +171,9 @@ def explain(trace, parameter, step=0, sample=None, path=None, latex=False):
     name = param_name(s, kind, l, index)
     chain = Chain(name, step, sample, slot, factors, product, engine, batch, symbolic, definitions,
                   [], [], [], None, None, _update_lines(trace, kind, l, index, step, batch))
-    plain = all(layer.kind == "dense" and not layer.residual for layer in s.layers[l - 1:])
+    plain = all(layers.of(layer).dominant_path(layer) for layer in s.layers[l - 1:])
     if (l < L - 1 or path is not None) and plain:
-        _add_path(chain, trace, step, slot, l, j, below[index[0]] if kind == "W" else 1.0, names, path)
+        _add_path(chain, trace, step, slot, l, j, factors[0].value if kind == "W" else 1.0, names, path)
     return chain
 
 
@@ -220,18 +206,12 @@ def _fused_delta(trace, step, slot, sample, k):
 
 def _slope_meaning(act, u, slope):
     text = f"local slope of {act.name} at u = {u:.6g}"
-    if slope == 0 and act.name in ("sigmoid", "tanh") and np.isfinite(u):
-        rounds = "1" if u > 0 else ("0" if act.name == "sigmoid" else "-1")
+    if slope == 0 and act.saturates_at and np.isfinite(u):
+        rounds = f"{max(act.saturates_at) if u > 0 else min(act.saturates_at):g}"
         text += f"; exactly 0 because u is far outside ±5 and {act.symbol}(u) rounds to {rounds}"
     elif slope == 0:
         text += "; exactly 0: the unit is off (u ≤ 0)"
     return text
-
-
-def _below(trace, step, slot, layer):
-    if layer == 1:
-        return trace.scenario.inputs[trace.samples(step)[slot]]
-    return trace.a[layer - 2][step, slot]
 
 
 def error_from_above(trace, step, slot, layer, j):
@@ -255,7 +235,8 @@ def _add_path(chain, trace, step, slot, layer, j, input_value, names, path):
     widths, L = s.widths, len(s.layers)
     loss = losses.LOSSES[s.loss]
     if path is None:
-        path = _dominant_path(trace, step, slot, layer, j)
+        nodes = [np.ones(widths[layer])] + [trace.slope[m - 1][step, slot] for m in range(layer + 1, L)]
+        path = dominant_path(trace, step, layer, nodes + [trace.delta[L - 1][step, slot]], start=j, slot=slot)
     elif len(path) != L - layer + 1 or path[0] != j or any(not 0 <= p < widths[m] for p, m in zip(path, range(layer, L + 1))):
         raise InputError(f"--path must list one unit per layer from layer {layer} (starting with {j}) to layer {L}")
     slopes, weights = [], []
@@ -279,29 +260,37 @@ def _add_path(chain, trace, step, slot, layer, j, input_value, names, path):
     chain.path, chain.path_slopes, chain.path_weights, chain.path_output, chain.path_term = path, slopes, weights, output, term
 
 
-def _dominant_path(trace, step, slot, layer, j):
-    """The path j = p_l → p_{l+1} → … → p_L whose term has the largest magnitude (ties: lowest units).
+def dominant_path(trace, step, layer, nodes, start=None, slot=None):
+    """The path p_l → p_{l+1} → … → p_L of units from `layer` to the output whose term
+      Π_{l≤m≤L} nodes_m(p_m) · Π_{l<m≤L} link_m[p_{m−1}, p_m]
+    has the largest magnitude (ties: the lowest units); `nodes` holds one array per layer l..L
+    (local slopes, the output factor), link_m the magnitudes the kind of layer m passes the error
+    down with (its diagnose_links: |W| for dense, + 1 on the diagonal with a residual skip,
+    |γ|/√(σ² + ε) on the diagonal for normalisation), for the sample in `slot` or over the step's
+    samples (`slot` None). `start` fixes p_l (else the best start).
 
-    Apart from the factors every path shares (the input and f'(u⁽ˡ⁾_j)), a path's term is
-      Π_{l<m<L} f'(u⁽ᵐ⁾_{p_m}) · Π_{l<m≤L} W_m[p_{m−1}, p_m] · δ⁽ᴸ⁾_{p_L},
-    a product of one factor per edge, so the largest |term| is found by dynamic programming over
-    the layers, from the output down, in O(depth·width²) (not by enumerating the width^depth paths):
-      best_L(k) = log|δ⁽ᴸ⁾_k|,  best_{m−1}(p) = max_k log|W_m[p,k]·f'(u⁽ᵐ⁾_k)| + best_m(k)
-    (no slope factor for m = L: δ⁽ᴸ⁾ holds it). Logarithms keep deep products from under- or
-    overflowing; a non-finite factor counts as the largest.
+    A term is a product of one factor per layer and edge, so the largest is found by dynamic
+    programming over the layers from the output down, in O(depth·width²) (not by enumerating the
+    width^depth paths):
+      best_L(k) = log|nodes_L(k)|,  best_{m−1}(p) = log|nodes_{m−1}(p)| + max_k log|link_m[p,k]| + best_m(k).
+    Logarithms keep deep products from under- or overflowing; a non-finite factor counts as the largest.
     """
-    L = len(trace.scenario.layers)
-    best = _log_magnitude(trace.delta[L - 1][step, slot])
+    s = trace.scenario
+    L = len(s.layers)
+    best = _log_magnitude(nodes[-1])
     choices = []
     for m in range(L, layer, -1):
-        edges = trace.W[m - 1][step] if m == L else trace.W[m - 1][step] * trace.slope[m - 1][step, slot][None, :]
+        above = s.layers[m - 1]
+        links, _ = layers.of(above).diagnose_links(above, m, trace, step, slot)
         with np.errstate(invalid="ignore"):
-            scores = _log_magnitude(edges) + best[None, :]
+            scores = _log_magnitude(links) + best[None, :]
         scores[np.isnan(scores)] = np.inf            # inf·0 along a path: as large as can be
         pick = np.argmax(scores, axis=1)             # the first maximum: the lowest unit on ties
         choices.append(pick)
-        best = scores[np.arange(len(pick)), pick]
-    path = [j]
+        with np.errstate(invalid="ignore"):
+            best = scores[np.arange(len(pick)), pick] + _log_magnitude(nodes[m - 1 - layer])
+        best[np.isnan(best)] = np.inf
+    path = [int(np.argmax(best)) if start is None else start]
     for pick in reversed(choices):
         path.append(int(pick[path[-1]]))
     return path
@@ -316,12 +305,14 @@ def _log_magnitude(values):
 
 
 def render(chain, latex=False):
-    """The report: symbolic expression, definitions, numbers, product vs engine."""
+    """The report: symbolic expression, definitions, numbers, product vs engine (in LaTeX: a
+    fragment for a document that loads amsmath, ASCII only; build `chain` with latex=True)."""
+    if latex:
+        return _render_latex(chain)
     # order="none" keeps the factors in the chain's order (②, ④, ⑤) instead of sympy's sort
-    show = (lambda e: sp.latex(e, order="none")) if latex else (lambda e: sp.pretty(e, use_unicode=True, order="none"))
+    show = lambda e: sp.pretty(e, use_unicode=True, order="none")  # noqa: E731
     lines = [f"∂E/∂{chain.name} at step {chain.step}, sample {chain.sample} (chain rule):", ""]
-    lines += _indent(show(sp.Eq(sp.Symbol(f"∂E/∂{chain.name}" if not latex else f"\\partial E/\\partial {chain.name}"),
-                                chain.symbolic, evaluate=False)))
+    lines += _indent(show(sp.Eq(sp.Symbol(f"∂E/∂{chain.name}"), chain.symbolic, evaluate=False)))
     lines.append("where")
     for symbol, expression in chain.definitions:
         lines += _indent(show(sp.Eq(symbol, expression, evaluate=False)))
@@ -348,6 +339,44 @@ def render(chain, latex=False):
         lines.append(f"  output factor {chain.path_output[0]} = {chain.path_output[1]:.10g}")
         lines.append(f"  this path's term = {chain.path_term:.10g} (the gradient is the sum over all paths)")
     return "\n".join(lines)
+
+
+def _render_latex(chain):
+    """The report of `render` as LaTeX: paragraphs of text with inline math, align* blocks for the
+    expressions; every name written as the symbols are (W_{1}[0,0], u^{(1)}_{0})."""
+    math = lambda e: sp.latex(e, order="none")  # noqa: E731
+    text, number = notation.latex_text, notation.latex_number
+    name = notation.latex_parameter(chain.name)
+    blocks = ["% tracer chain --latex: a LaTeX fragment; the document needs \\usepackage{amsmath}",
+              text(f"∂E/∂{chain.name} at step {chain.step}, sample {chain.sample} (chain rule):"),
+              "\\begin{align*}\n"
+              f"  \\frac{{\\partial E}}{{\\partial {name}}} &= {math(chain.symbolic)}\n"
+              "\\end{align*}"]
+    if chain.definitions:
+        blocks += ["where", "\\begin{align*}\n" + " \\\\\n".join(
+            f"  {math(symbol)} &= {math(expression)}" for symbol, expression in chain.definitions) + "\n\\end{align*}"]
+    blocks.append("with the numbers of the trace:")
+    for factor in chain.factors:
+        blocks.append(f"{text(factor.label)} ${math(factor.symbol)} = {number(factor.value)}$ ({text(factor.meaning)})")
+    product = " \\cdot ".join(f"({number(f.value)})" if f.value < 0 else number(f.value) for f in chain.factors)
+    blocks.append(f"\\[ \\text{{product}} = {product} = {number(chain.product)} \\]")
+    agree = _close(chain.product, chain.engine)
+    blocks.append(f"engine's $\\partial E/\\partial {name}$ for this sample $= {number(chain.engine)}$ "
+                  f"({'equal' if agree else 'DIFFERENT'})")
+    blocks.append(f"batch gradient at step {chain.step} (${name}$, over the step's samples) $= {number(chain.batch)}$")
+    blocks += [text(line) for line in chain.update_lines]
+    if chain.path:
+        blocks.append(text(f"one path of the delta recursion: units {' → '.join(map(str, chain.path))}"))
+        blocks.append(f"{len(chain.path_slopes)} local slopes along it:")
+        blocks += [f"${math(symbol)} = {number(value)}$" for symbol, value in chain.path_slopes]
+        product_of_slopes = np.prod([v for _, v in chain.path_slopes]) if chain.path_slopes else 1.0
+        blocks.append(f"product of the slopes $= {number(float(f'{product_of_slopes:.6g}'))}$")
+        if chain.path_weights:
+            blocks.append("weights along it: " + ", ".join(f"${math(s)} = {number(float(f'{v:.6g}'))}$"
+                                                          for s, v in chain.path_weights))
+        blocks.append(f"output factor ${math(chain.path_output[0])} = {number(chain.path_output[1])}$")
+        blocks.append(f"this path's term $= {number(chain.path_term)}$ (the gradient is the sum over all paths)")
+    return "\n\n".join(blocks)
 
 
 def _indent(text):

@@ -28,10 +28,9 @@ import re
 
 import numpy as np
 
-from . import activations, inputs, losses, optim
+from . import activations, inputs, layers, losses, optim
 from .chain import parse_parameter
 from .errors import InputError, LibreOfficeMissing, TracerError, shorten
-from .trace import param_name
 
 _NAME = re.compile(
     r"^(?:(grad|update)\s+)?(u|a|slope|delta|W|b|gamma|beta|loss)([0-9]{1,9})?(?:\[([0-9]{1,9})(?:,\s*([0-9]{1,9}))?\])?"
@@ -55,10 +54,9 @@ class Key:
             self.quantity, self.quantity)
         if self.quantity == "loss":
             text = "loss"
-        elif scenario is not None and self.quantity[-1] in "Wb" and self.layer \
-                and scenario.layers[self.layer - 1].kind == "batchnorm":
-            prefix = base[:-1]
-            text = f"{prefix}{param_name(scenario, self.quantity[-1], self.layer, self.index)}"
+        elif scenario is not None and self.quantity[-1] in "Wb" and self.layer:
+            layer = scenario.layers[self.layer - 1]
+            text = f"{base[:-1]}{layers.of(layer).param_name(self.quantity[-1], self.layer, self.index)}"
         else:
             letter = base.split()[-1]
             prefix = base[: -len(letter)]
@@ -328,10 +326,10 @@ class Local:
             per = [get(Key(q, l, key.index, t, int(x))) for x in self.trace.samples(t)]
             total = sum(per[1:], per[0])
             return total / len(per) if s.reduction == "mean" else total
-        if q == "grad_W" and s.layers[l - 1].kind == "batchnorm":
-            return self.xhat(l, key.index[1], t, smp) * get(Key("delta", l, (key.index[1],), t, smp))
+        layer = s.layers[l - 1] if l else None
+        kind = layers.of(layer) if l else None
         if q == "grad_W":
-            return self.below(l, key.index[0], t, smp, get) * get(Key("delta", l, (key.index[1],), t, smp))
+            return kind.check_grad_W(layer, l, key.index[0], key.index[1], _Sample(self, t, smp, get))
         if q == "grad_b":
             return get(Key("delta", l, key.index, t, smp))
         if q == "loss" and smp is None:
@@ -345,27 +343,21 @@ class Local:
         j = key.index[0]
         act = activations.get(s.layers[l - 1].activation)
         params = s.layers[l - 1].activation_params
-        if q == "u" and s.layers[l - 1].kind == "batchnorm":
-            # x̂ comes from the batch statistics: the engine's, not recomputed from hand values
-            return get(Key("W", l, (0, j), t, None)) * self.xhat(l, j, t, smp) + get(Key("b", l, (j,), t, None))
         if q == "u":
-            total = self.below(l, 0, t, smp, get) * get(Key("W", l, (0, j), t, None))
-            for i in range(1, widths[l - 1]):
-                total = total + self.below(l, i, t, smp, get) * get(Key("W", l, (i, j), t, None))
-            return total + get(Key("b", l, (j,), t, None))
+            return kind.check_u(layer, l, j, _Sample(self, t, smp, get))
         if q == "a":
             if act.elementwise:
                 h = float(act.forward(np.array([get(Key("u", l, (j,), t, smp))]), params)[0])
             else:
                 u = np.array([[get(Key("u", l, (k,), t, smp)) for k in range(widths[l])]])
                 h = float(act.forward(u, params)[0, j])
-            return h + self.below(l, j, t, smp, get) if s.layers[l - 1].residual else h
+            return kind.check_combine(layer, l, j, h, _Sample(self, t, smp, get))
         if q == "slope":
             u = get(Key("u", l, (j,), t, smp))
-            if s.layers[l - 1].residual:   # the slope reads f(u), not f(u) + the skip
-                a = float(act.forward(np.array([u]), params)[0])
-            else:
+            if kind.activated(layer) == "a":
                 a = get(Key("a", l, (j,), t, smp))
+            else:   # the slope reads f(u), not f(u) + the skip
+                a = float(act.forward(np.array([u]), params)[0])
             if act.elementwise:
                 return float(act.slope(np.array([u]), np.array([a]), params)[0])
             return a * (1 - a)
@@ -379,28 +371,45 @@ class Local:
             return get(Key("slope", l, (j,), t, smp)) * self.error(l, j, t, smp, get)
         raise ValueError(key)
 
-    def xhat(self, l, j, t, smp):
-        slot = self.trace.samples(t).tolist().index(smp)
-        return float(self.trace.norm["xhat"][l - 1][t, slot, j])
-
     def error(self, l, j, t, smp, get):
-        """e⁽ˡ⁾_j = Σ_k W_{l+1}[j,k]·δ⁽ˡ⁺¹⁾_k (+ e⁽ˡ⁺¹⁾_j when layer l+1 is residual); below a
-        batchnorm layer, the engine's ∂E/∂a (its batch terms are not hand quantities)."""
-        widths = self.s.widths
-        if self.s.layers[l].kind == "batchnorm":
-            slot = self.trace.samples(t).tolist().index(smp)
-            return float(self.trace.error[l - 1][t, slot, j])
-        back = get(Key("W", l + 1, (j, 0), t, None)) * get(Key("delta", l + 1, (0,), t, smp))
-        for k in range(1, widths[l + 1]):
-            back = back + get(Key("W", l + 1, (j, k), t, None)) * get(Key("delta", l + 1, (k,), t, smp))
-        if self.s.layers[l].residual:
-            back = back + self.error(l + 1, j, t, smp, get)
-        return back
+        """e⁽ˡ⁾ⱼ, the error layer l+1 passes down (its kind's check_error_down)."""
+        above = self.s.layers[l]
+        return layers.of(above).check_error_down(above, l + 1, j, _Sample(self, t, smp, get))
 
     def below(self, layer, i, t, sample, get):
         if layer == 1:
             return float(self.s.inputs[sample, i])
         return get(Key("a", layer - 1, (i,), t, sample))
+
+
+class _Sample:
+    """The accessor a layer kind's check face reads (see layers/base.py): the values of one sample
+    at one step as `get` supplies them, the layer below's output, and the engine's values of the
+    quantities a hand check does not recompute (batch statistics)."""
+
+    def __init__(self, local, step, sample, get):
+        self.local, self.step, self.sample, self.get = local, step, sample, get
+
+    def __call__(self, quantity, l, index):
+        sample = None if quantity in ("W", "b") else self.sample
+        return self.get(Key(quantity, l, tuple(index), self.step, sample))
+
+    def below(self, l, i):
+        return self.local.below(l, i, self.step, self.sample, self.get)
+
+    def error(self, l, j):
+        return self.local.error(l, j, self.step, self.sample, self.get)
+
+    def fan_in(self, l):
+        return self.local.s.widths[l - 1]
+
+    def engine(self, quantity, l, index):
+        kinds = {layers.of(layer).name: layers.of(layer) for layer in self.local.s.layers}
+        if not any(quantity in kind.engine_only for kind in kinds.values()):
+            raise ValueError(f"{quantity} is not an engine-only quantity of this network's layer kinds")
+        trace = self.local.trace
+        slot = trace.samples(self.step).tolist().index(self.sample)
+        return float(trace.values((quantity, l, index[-1]), "sample", self.step, slot, self.sample))
 
 
 # ------------------------------------------------------------------ the check
@@ -520,9 +529,8 @@ def _slip(trace, local, written, key, person, tol, engine):
                 hint = losses.LOSSES[s.loss].derivative_text
                 return (f"{meaning}: a missing ½ or factor 2 in the loss ({s.loss}) or its derivative; {hint}; "
                         f"the trace has {engine:.6g}")
-    lr = float(trace.lr[min(key.step, trace.steps - 1)])
-    if q in ("update_W", "update_b", "W", "b") and s.optimizer == "sgd" and not s.optimizer_params.get("weight_decay"):
-        text = _update_slip(trace, key, person, tol, engine, lr)
+    if q in ("update_W", "update_b", "W", "b"):
+        text = _update_slip(trace, key, person, tol, engine)
         if text:
             return text
     if local.inputs(key):
@@ -533,34 +541,37 @@ def _slip(trace, local, written, key, person, tol, engine):
     return f"the starting value differs: the trace has {engine:.6g}"
 
 
-def _update_slip(trace, key, person, tol, engine, lr):
+def _update_slip(trace, key, person, tol, engine):
+    """Slips in the update θ ← θ − Δθ. Every optimiser's Δθ is lr times a step d (sgd: d = g, adam:
+    d = m̂/(√v̂ + eps); tests/test_optim.py holds them to it), so d = Δθ/lr: the learning rate left out
+    (d written for Δθ, or θ − d for θ), another learning rate (Δθ/d), or Δθ added instead of subtracted."""
     kind = key.quantity[-1]
+    step = key.step if key.quantity.startswith("update") else key.step - 1
+    if step < 0:
+        return None
+    lr = float(trace.lr[step])
+    update = engine_value(trace, Key(f"update_{kind}", key.layer, key.index, step, None))
+    if not (math.isfinite(lr) and lr > 0 and math.isfinite(update)) or update == 0:
+        return None
+    d = update / lr
+    rule = f"Δθ = lr·d with d = {d:.6g} ({trace.scenario.optimizer}: {optim.OPTIMIZERS[trace.scenario.optimizer].meaning})"
     if key.quantity.startswith("update"):
-        grad = engine_value(trace, Key(f"grad_{kind}", key.layer, key.index, key.step, None))
-        if grad != 0:
-            if _matches(grad, person, tol):
-                return f"the learning rate is left out: Δθ = lr·g = {lr:g} × {grad:.6g} = {engine:.6g}"
-            used = person / grad
-            return f"the update used a learning rate of {used:.4g} instead of {lr:g}: Δθ = lr·g = {engine:.6g}"
-        return None
-    if key.step == 0:
-        return None
-    before = engine_value(trace, Key(kind, key.layer, key.index, key.step - 1, None))
-    update = engine_value(trace, Key(f"update_{kind}", key.layer, key.index, key.step - 1, None))
-    grad = engine_value(trace, Key(f"grad_{kind}", key.layer, key.index, key.step - 1, None))
-    if _matches(before + update, person, tol) and update != 0:
-        return f"the update was applied with the wrong sign: θ ← θ − lr·g = {before:.6g} − {update:.6g} = {engine:.6g}"
-    if _matches(before - grad, person, tol) and grad != 0:
-        return f"the learning rate is left out: θ ← θ − lr·g with lr = {lr:g} gives {engine:.6g}"
-    if grad != 0:
-        used = (before - person) / grad
-        if used > 0 and not _matches(used, lr, 1e-12 * lr):
-            return f"the update used a learning rate of {used:.4g} instead of {lr:g}: θ ← θ − lr·g = {engine:.6g}"
+        if _matches(d, person, tol):
+            return f"the learning rate is left out: {rule}, so Δθ = {lr:g} × {d:.6g} = {engine:.6g}"
+        return f"the update used a learning rate of {person / d:.4g} instead of {lr:g}: {rule} = {engine:.6g}"
+    before = engine_value(trace, Key(kind, key.layer, key.index, step, None))
+    if _matches(before + update, person, tol):
+        return f"the update was applied with the wrong sign: θ ← θ − Δθ = {before:.6g} − {update:.6g} = {engine:.6g}"
+    if _matches(before - d, person, tol):
+        return f"the learning rate is left out: θ ← θ − Δθ with {rule} and lr = {lr:g} gives {engine:.6g}"
+    used = (before - person) / d
+    if used > 0 and not _matches(used, lr, 1e-12 * lr):
+        return f"the update used a learning rate of {used:.4g} instead of {lr:g}: θ ← θ − Δθ, {rule}, gives {engine:.6g}"
     return None
 
 
 def _weight_shape(trace, layer):
-    """Shape of layer `layer`'s W: fan-in × units, or 1 × units (γ) for a batchnorm layer."""
+    """Shape of layer `layer`'s W: fan-in × units, or 1 × units (γ) for a normalisation layer."""
     return trace.W[layer - 1].shape[1:]
 
 

@@ -23,7 +23,7 @@ import math
 
 import numpy as np
 
-from . import activations, chain as chain_module, losses
+from . import activations, chain as chain_module, layers, losses, optim
 from .trace import param_name, weight_name
 
 
@@ -185,10 +185,13 @@ def _why(trace, result):
                 f"∂E/∂{name} = {' · '.join(str(f.symbol) for f in explained.factors)} = {product} "
                 f"(sample {explained.sample}); the factor responsible is {culprit.label} {culprit.symbol} = {culprit.value:.4g}, "
                 f"the {culprit.meaning}.")
-        if culprit.label == "④" and layer < trace.layers and trace.scenario.layers[layer].kind == "dense":
-            above = trace.W[layer][step, index[-1]]
-            k = int(np.argmax(np.abs(above)))
-            text += f" It carries the weight {param_name(trace.scenario, 'W', layer + 1, (index[-1], k))} = {above[k]:.4g} from the layer above."
+        if culprit.label == "④" and layer < trace.layers:
+            above = trace.scenario.layers[layer]
+            _, edges = layers.of(above).diagnose_links(above, layer + 1, trace, step)
+            weights = edges[index[-1]]
+            k = int(np.argmax(np.abs(weights)))
+            text += (f" It carries the weight {param_name(trace.scenario, 'W', layer + 1, (index[-1], k))} = {weights[k]:.4g} "
+                     "from the layer above.")
         return text
     return ""
 
@@ -339,7 +342,7 @@ def _stall_sentences(d):
         levels = " or ".join(f"{v:g}" for v in act.saturates_at)
         step = int(np.flatnonzero(fractions > 0)[0])
         n = len(t.samples(last))
-        a = (t.h if s.layers[l - 1].residual else t.a)[l - 1][last, :n]
+        a = getattr(t, layers.of(s.layers[l - 1]).activated(s.layers[l - 1]))[l - 1][last, :n]
         stuck = [j for j in range(a.shape[1]) if all(
             any(level - th["saturation"] < v < level + th["saturation"] for level in act.saturates_at) for v in a[:, j])]
         kind = "near one-hot" if not act.elementwise else f"within {th['saturation']:g} of {levels}"
@@ -361,6 +364,14 @@ def _stall_sentences(d):
 _COUNT_WORDS = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five", 6: "six", 7: "seven", 8: "eight", 9: "nine", 10: "ten"}
 
 
+def _flat_below_zero(layer):
+    """True when the layer's activation has slope exactly 0 for u < 0 (asked at u = −1: ReLU), so a
+    unit at its floor is dead rather than slow."""
+    act = activations.get(layer.activation)
+    u = np.array([-1.0])
+    return bool(act.slope(u, act.forward(u, layer.activation_params), layer.activation_params)[0] == 0)
+
+
 def _floor_sentence(d):
     t, s = d.trace, d.trace.scenario
     parts = []
@@ -372,8 +383,10 @@ def _floor_sentence(d):
             share.extend(np.isfinite(values) & (values <= 0))
         parts.append(f"layer {l} unit {u} (from step {t.first_step + st}, at its floor for {np.mean(share):.0%} of the samples)")
     names = sorted({s.layers[l - 1].activation for l, _ in d.dead})
-    relu_only = all(name == "relu" for name in names)
-    head = ("Dead ReLU units (u ≤ 0 for every sample of a step, so ReLU'(u) = 0)" if relu_only else
+    symbols = sorted({activations.get(s.layers[l - 1].activation).symbol for l, _ in d.dead})
+    dead = all(_flat_below_zero(s.layers[l - 1]) for l, _ in d.dead)
+    head = (f"Dead {'/'.join(symbols)} units (u ≤ 0 for every sample of a step, so "
+            f"{'/'.join(f'{symbol}' for symbol in symbols)}'(u) = 0)" if dead else
             f"Units at their floor ({', '.join(names)}: u ≤ 0 for every sample of a step, where the slope is 0 or small)")
     return f"{head}: {', '.join(parts)}."
 
@@ -535,7 +548,7 @@ def stall_series(trace, norms=None):
     saturation, floor = {}, {}
     for l, layer in enumerate(s.layers, start=1):
         act = activations.get(layer.activation)
-        store = trace.h if layer.residual else trace.a
+        store = getattr(trace, layers.of(layer).activated(layer))
         if act.saturates_at:
             series = np.zeros(T)
             for t in range(T):
@@ -558,43 +571,25 @@ def stall_series(trace, norms=None):
 
 def dominant_path(trace, layer, step):
     """The path of units from `layer` to the output along which the error is multiplied most:
-    maximise |f'⁽ˡ⁾_j|·Π_m |W_m[j_{m−1}, j_m]|·|f'⁽ᵐ⁾_{j_m}| (slopes averaged over the step's samples)
-    by dynamic programming over the layers, O(depth·width²). Returns (units, slopes, weights)."""
+    maximise |f'⁽ˡ⁾_j|·Π_m link_m[j_{m−1}, j_m]·|f'⁽ᵐ⁾_{j_m}| (slopes averaged over the step's samples;
+    no output slope when the loss does not read it) with chain.dominant_path. Returns (units,
+    slopes, weights), the weights those the layer kinds show on the path's edges."""
     s = trace.scenario
     L, n = trace.layers, len(trace.samples(step))
-    fused = not losses.LOSSES[s.loss].reads_output_slope
+    reads_slope = losses.LOSSES[s.loss].reads_output_slope
     with np.errstate(all="ignore"):
         slope = [np.nanmean(np.abs(trace.slope[m][step, :n]), axis=0) for m in range(L)]
-    if fused:
+    if not reads_slope:
         slope[L - 1] = np.ones_like(slope[L - 1])
-    # best[m][j]: the largest product from unit j of layer m+1 (1-based m+1) up to the output
-    best = slope[L - 1].copy()
-    choice = [None] * L
-    for m in range(L - 2, layer - 2, -1):       # 0-based layer m, the layer above is m + 1
-        above = s.layers[m + 1]
-        if above.kind == "batchnorm":
-            scale = np.abs(trace.W[m + 1][step, 0]) / np.sqrt(np.nan_to_num(trace.norm["var"][m + 1][step]) + above.eps)
-            link = np.diag(scale)
-        else:
-            link = np.abs(trace.W[m + 1][step])
-            if above.residual:
-                link = link + np.eye(*link.shape)
-        with np.errstate(all="ignore"):
-            candidates = link * best[None, :]
-        candidates = np.nan_to_num(candidates, nan=-1.0)
-        choice[m] = np.argmax(candidates, axis=1)
-        best = slope[m] * candidates[np.arange(len(choice[m])), choice[m]]
-    unit = int(np.nanargmax(np.nan_to_num(best, nan=-1.0)))
-    units, slopes, weights = [unit], [float(slope[layer - 1][unit])], []
-    for m in range(layer - 1, L - 1):
-        following = int(choice[m][units[-1]])
-        above = s.layers[m + 1]
-        weights.append(float(trace.W[m + 1][step, 0, following] if above.kind == "batchnorm"
-                             else trace.W[m + 1][step, units[-1], following]))
-        units.append(following)
-        slopes.append(float(slope[m + 1][following]))
-    if fused:
-        slopes.pop()   # a fused loss's output delta carries no slope
+    units = chain_module.dominant_path(trace, step, layer, slope[layer - 1:])
+    slopes = [float(slope[m - 1][unit]) for m, unit in zip(range(layer, L + 1), units)]
+    weights = []
+    for m in range(layer + 1, L + 1):
+        above = s.layers[m - 1]
+        _, edge = layers.of(above).diagnose_links(above, m, trace, step)
+        weights.append(float(edge[units[m - layer - 1], units[m - layer]]))
+    if not reads_slope:
+        slopes.pop()   # an output delta that does not read the slope carries none
     return units, slopes, weights
 
 
@@ -628,42 +623,29 @@ def find_producer(trace):
         n = len(ids)
         for l in range(1, L + 1):
             layer, act = s.layers[l - 1], activations.get(s.layers[l - 1].activation)
+            kind = layers.of(layer)
             below = s.inputs[ids] if l == 1 else trace.a[l - 2][step, :n]
             below_name = "x" if l == 1 else f"a{l - 1}"
             hit = _first_bad(trace.u[l - 1][step, :n])
             if hit:
                 slot, j = hit
-                if layer.kind == "batchnorm":
-                    return Producer(step, f"u{l}[{j}]", trace.u[l - 1][step, slot, j], "the batchnorm γ·x̂ + β",
-                                    [(f"x̂{l}[{j}]", float(trace.norm["xhat"][l - 1][step, slot, j]))])
-                W, b = trace.W[l - 1][step], trace.b[l - 1][step]
-                with np.errstate(all="ignore"):
-                    products = below[slot] * W[:, j]
-                bad = _first_bad(products)
-                if bad:
-                    i = bad[0]
-                    op, operands = _product(f"{below_name}[{i}]", below[slot, i], f"W{l}[{i},{j}]", W[i, j])
-                    op += " (inside u = Σᵢ aᵢ·Wᵢⱼ + bⱼ), which overflows"
-                else:
-                    op = "the weighted sum u = Σᵢ aᵢ·Wᵢⱼ + bⱼ of finite products overflows"
-                    k = int(np.argmax(np.abs(products)))
-                    operands = [(f"{below_name}[{k}]·W{l}[{k},{j}]", float(products[k])), (f"b{l}[{j}]", float(b[j]))]
+                op, operands = kind.diagnose_u(layer, l, trace, step, slot, j, below, below_name)
                 return Producer(step, f"u{l}[{j}] (sample {ids[slot]})", trace.u[l - 1][step, slot, j], op, operands)
-            for store, symbol in ((trace.h, "h") if layer.residual else (trace.a, "a"), (trace.slope, "f'")):
+            activated = kind.activated(layer)
+            for store, symbol in ((getattr(trace, activated), activated), (trace.slope, "f'")):
                 hit = _first_bad(store[l - 1][step, :n])
                 if hit:
                     slot, j = hit
-                    what = "the exponential inside" if act.name in ("elu", "softplus", "silu", "gelu", "softmax") else "the activation"
+                    what = "the exponential inside" if act.exponential else "the activation"
                     return Producer(step, f"{symbol}{l}[{j}] (sample {ids[slot]})", store[l - 1][step, slot, j],
                                     f"{what} {act.symbol}(u)" + ("'s slope" if symbol == "f'" else ""),
                                     [(f"u{l}[{j}]", float(trace.u[l - 1][step, slot, j]))])
-            if layer.residual:
+            if activated != "a":
                 hit = _first_bad(trace.a[l - 1][step, :n])
                 if hit:
                     slot, j = hit
-                    return Producer(step, f"a{l}[{j}] (sample {ids[slot]})", trace.a[l - 1][step, slot, j],
-                                    "the residual sum h + a", [(f"h{l}[{j}]", float(trace.h[l - 1][step, slot, j])),
-                                                               (f"{below_name}[{j}]", float(below[slot, j]))])
+                    op, operands = kind.diagnose_combine(layer, l, trace, step, slot, j, below, below_name)
+                    return Producer(step, f"a{l}[{j}] (sample {ids[slot]})", trace.a[l - 1][step, slot, j], op, operands)
         hit = _first_bad(trace.sample_loss[step, :n])
         if hit:
             slot = hit[0]
@@ -683,16 +665,8 @@ def find_producer(trace):
                 hit = _first_bad(trace.error[l - 1][step, :n])
                 if hit:
                     slot, j = hit
-                    W, delta = trace.W[l][step], trace.delta[l][step, slot]
-                    with np.errstate(all="ignore"):
-                        products = W[j] * delta if s.layers[l].kind != "batchnorm" else np.array([np.nan])
-                    bad = _first_bad(products) if s.layers[l].kind != "batchnorm" else None
-                    if bad:
-                        k = bad[0]
-                        op, operands = _product(f"W{l + 1}[{j},{k}]", W[j, k], f"δ{l + 1}[{k}]", delta[k])
-                        op += " (inside e = Σₖ Wⱼₖ·δₖ), which overflows"
-                    else:
-                        op, operands = "the error from the layer above (a sum of finite terms) overflows", []
+                    above = s.layers[l]
+                    op, operands = layers.of(above).diagnose_error_down(above, l + 1, trace, step, slot, j)
                     return Producer(step, f"e{l}[{j}] (sample {ids[slot]})", trace.error[l - 1][step, slot, j], op, operands)
             hit = _first_bad(trace.delta[l - 1][step, :n])
             if hit:
@@ -710,12 +684,12 @@ def find_producer(trace):
             hit = _first_bad(trace.grad_W_sample[l - 1][step, :n])
             if hit:
                 slot, i, j = hit
-                below = s.inputs[ids[slot], i] if l == 1 else trace.a[l - 2][step, slot, i]
+                layer = s.layers[l - 1]
                 name = param_name(s, "W", l, (i, j))
-                op, operands = _product("x" + f"[{i}]" if l == 1 else f"a{l - 1}[{i}]", below,
-                                        f"δ{l}[{j}]", trace.delta[l - 1][step, slot, j])
+                factor, value = layers.of(layer).diagnose_input(layer, l, trace, step, slot, i, j)
+                op, operands = _product(factor, value, f"δ{l}[{j}]", trace.delta[l - 1][step, slot, j])
                 return Producer(step, f"∂E/∂{name} (sample {ids[slot]})", trace.grad_W_sample[l - 1][step, slot, i, j],
-                                op + " (∂E/∂W = a·δ), which overflows", operands)
+                                op + f" (∂E/∂{name} = {factor}·δ{l}[{j}]), which overflows", operands)
         for l in range(1, L + 1):
             for kind, store in (("W", trace.grad_W), ("b", trace.grad_b)):
                 hit = _first_bad(store[l - 1][step])
@@ -735,7 +709,7 @@ def find_producer(trace):
                 if hit:
                     name = param_name(s, kind, l, hit)
                     operands = [("lr", float(trace.lr[step])), (f"∂E/∂{name}", float(grads[l - 1][step][hit]))]
-                    op = "the update Δθ = lr·g" if s.optimizer == "sgd" else f"the {s.optimizer} update Δθ"
+                    op = f"the {s.optimizer} update ({optim.OPTIMIZERS[s.optimizer].meaning})"
                     return Producer(step, f"Δ{name}", store[l - 1][step][hit], op, operands)
         for l in range(1, L + 1):
             for kind, store, updates in (("W", trace.W, trace.update_W), ("b", trace.b, trace.update_b)):

@@ -8,7 +8,7 @@ activation in activations.py holds its numpy, Excel and sympy forms):
   numpy     forward, combine, backward, error_down, gradients                        (l11-core)
   excel     column declarations and formula bodies of the Trace sheet              (l11-workbook)
             (ExcelColumns; formulas name cells by key through an ExcelLayer `x`, see LayerKind)
-  chain     sympy factors of ∂E/∂W, the symbolic error passed down, LaTeX names       (l11-chain)
+  chain     sympy factors of ∂E/∂W, the symbolic error passed down, the path view    (l11-chain)
   check     scalar rules for hand checks (`tracer check`)                             (l11-chain)
   diagnose  producers of the first inf/NaN, the error down for the dominant path      (l11-chain)
 
@@ -272,11 +272,6 @@ class LayerKind:
         batchnorm μ, σ², x̂, u. The activation's column f(u) follows them (the layout writes it)."""
         raise NotImplementedError
 
-    def activated(self, layer):
-        """The recorded quantity that holds f(u): "a" (the default) or "h" (before a skip is added).
-        (The same method as l11-chain's diagnose face: keep one when the branches meet.)"""
-        return "a"
-
     def excel_combine(self, layer, x):
         """Columns after f(u) that make the layer's output a (residual: a = h + a⁽ˡ⁻¹⁾); none by default."""
         return ()
@@ -312,6 +307,91 @@ class LayerKind:
     def excel_grad_b(self, layer, x, j):
         """(formula body, text) of the per-sample ∂E/∂b[j] = δⱼ."""
         return x.ref(("delta", x.l, j)), f"δ⁽{x.l}⁾{j}"
+
+    # ------------------------------------------------------------ chain face (l11-chain)
+    # `names` is a chain.Names: sympy symbols written one way in Unicode or LaTeX (unit(symbol, l, j),
+    # weight(l, i, j), error(l, j), layer_scalar(symbol, l), plain(text, latex)).
+
+    def chain_input(self, layer, l, i, j, names, trace, step, slot):
+        """Factor ② of ∂E/∂W_l[i,j] = ② · δ⁽ˡ⁾ⱼ, as (sympy symbol, meaning, value at `step` for the
+        sample in batch slot `slot`): a⁽ˡ⁻¹⁾ᵢ, or xᵢ on layer 1 (dense); x̂ⱼ (normalisation)."""
+        raise NotImplementedError
+
+    def chain_error_down(self, layer, l, j, names):
+        """(meaning, sympy expression) of the error layer l passes down, ∂E/∂a⁽ˡ⁻¹⁾ⱼ = e⁽ˡ⁻¹⁾ⱼ:
+        Σₖ W_l[j,k]·δ⁽ˡ⁾ₖ (+ e⁽ˡ⁾ⱼ with a residual skip) or (dx̂ − m1 − x̂·m2)/√(σ² + ε)."""
+        raise NotImplementedError
+
+    def dominant_path(self, layer):
+        """True when the error passes through this layer as Σₖ W·δ only (plain dense), so that the
+        gradient is a sum over paths of products of slopes and weights (`tracer chain`'s path view)."""
+        return False
+
+    # ------------------------------------------------------------ check face (l11-chain)
+    # `get` is check's accessor of one sample at one step: get(quantity, l, index) the value of u, a,
+    # slope, delta, W, b as the hand calculation has it (written, or recomputed from written ones);
+    # get.below(l, i) = a⁽ˡ⁻¹⁾ᵢ (xᵢ on layer 1); get.error(l, j) = e⁽ˡ⁾ⱼ recomputed;
+    # get.engine(quantity, l, index) the engine's value of one of the kind's `engine_only` quantities.
+
+    engine_only = ()          # quantities a hand check takes from the engine (statistics), read with get.engine
+
+    def check_u(self, layer, l, j, get):
+        """u⁽ˡ⁾ⱼ recomputed from supplied values."""
+        raise NotImplementedError
+
+    def check_combine(self, layer, l, j, h, get):
+        """a⁽ˡ⁾ⱼ from h = f(u⁽ˡ⁾ⱼ): h (the default)."""
+        return h
+
+    def check_error_down(self, layer, l, j, get):
+        """∂E/∂a⁽ˡ⁻¹⁾ⱼ passed down by layer l, recomputed from supplied values."""
+        raise NotImplementedError
+
+    def check_grad_W(self, layer, l, i, j, get):
+        """The per-sample ∂E/∂W_l[i,j] recomputed from supplied values (δⱼ times factor ②)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------ diagnose face (l11-chain)
+    # Names in diagnose's plain style: u2[0], a1[3], W2[0,1], δ2[1], x[0].
+
+    def activated(self, layer):
+        """The recorded quantity that holds f(u): "a" (the default) or "h" (before a skip is added);
+        diagnose, check and the workbook's slope and saturation formulas read it."""
+        return "a"
+
+    def diagnose_u(self, layer, l, trace, step, slot, j, below, below_name):
+        """(operation, [(name, value) of finite operands]) that produced a non-finite u⁽ˡ⁾ⱼ, given the
+        layer below's output `below` (B × fan_in) named `below_name` (x or a<l-1>)."""
+        raise NotImplementedError
+
+    def diagnose_combine(self, layer, l, trace, step, slot, j, below, below_name):
+        """(operation, operands) that produced a non-finite a⁽ˡ⁾ⱼ from a finite f(u) (kinds whose
+        `activated` is not "a")."""
+        raise NotImplementedError
+
+    def diagnose_input(self, layer, l, trace, step, slot, i, j):
+        """(name, value) of factor ② of ∂E/∂W_l[i,j] (a1[0], x[0], x̂2[1])."""
+        raise NotImplementedError
+
+    def diagnose_error_down(self, layer, l, trace, step, slot, j):
+        """(operation, operands) that produced a non-finite error passed down by layer l, e⁽ˡ⁻¹⁾ⱼ."""
+        return "the error from the layer above (a sum of finite terms) overflows", []
+
+    def diagnose_links(self, layer, l, trace, step, slot=None):
+        """(magnitude, weight), two fan_in × units arrays for the dominant path: how strongly the error
+        passed down to unit i of the layer below follows δ⁽ˡ⁾ₖ, |∂e⁽ˡ⁻¹⁾ᵢ/∂δ⁽ˡ⁾ₖ| through the
+        layer's direct path (statistics held fixed), and the parameter shown on that edge. `slot` None:
+        over the step's samples (per-sample statistics averaged)."""
+        raise NotImplementedError
+
+
+def trace_value(trace, name, l, index, step, slot=None):
+    """The engine's value of a kind's own recorded quantity `name` (xhat, bn_var, ...) on layer l at
+    `step`: per sample (`slot` given) or per step; `index` a unit, an array of units, or None for a
+    per-sample scalar of the layer (ln_var)."""
+    sample = 0 if slot is None else trace.samples(step)[slot]
+    key = (name, l) if index is None else (name, l, index)
+    return trace.values(key, "sample" if slot is not None else "total", step, 0 if slot is None else slot, sample)
 
 
 # ---------------------------------------------------------------- the scenario's layer, and parsing helpers
@@ -430,3 +510,65 @@ class Normalisation(LayerKind):
     def gradients(self, layer, record, below, delta):
         """∂E/∂γ_j = δ_j·x̂_j (B × 1 × units), ∂E/∂β_j = δ_j, per sample."""
         return (delta * record["xhat"])[:, None, :], delta
+
+    # ------------------------------------------------------------ chain, check, diagnose faces (l11-chain)
+    # The statistics are per unit over the batch (batchnorm: σ²ⱼ, m1ⱼ, m2ⱼ, per "step-unit") or per
+    # sample over the units (layernorm: σ², m1, m2 of the sample, per "sample"): `statistic` finds
+    # which from the kind's own records.
+
+    def statistic(self, layer, key):
+        """The Quantity the kind records for statistic `key` (mean, var, m1, m2)."""
+        return next(q for q in self.records(layer) if q.key == key)
+
+    def chain_input(self, layer, l, i, j, names, trace, step, slot):
+        """Factor ② of ∂E/∂γⱼ: x̂ⱼ."""
+        return (names.unit("x̂", l, j), f"normalised input x̂ of unit {j} ({self.name})",
+                float(trace_value(trace, "xhat", l, j, step, slot)))
+
+    def chain_error_down(self, layer, l, j, names):
+        """(dx̂ⱼ − m1 − x̂ⱼ·m2)/√(σ² + ε), the statistics those of unit j (per unit) or of the sample."""
+        import sympy as sp
+        if self.statistic(layer, "var").per == "sample":
+            m1, m2, var = (names.layer_scalar(q, l) for q in ("m1", "m2", "σ²"))
+        else:
+            m1, m2, var = (names.unit(q, l, j) for q in ("m1", "m2", "σ²"))
+        eps = names.plain("ε", "\\varepsilon")
+        expression = (names.unit("dx̂", l, j) - m1 - names.unit("x̂", l, j) * m2) / sp.sqrt(var + eps)
+        return f"error from the {self.name} layer {l} above", expression
+
+    engine_only = ("xhat", "e")   # x̂ (from the statistics) and the error passed down (its m1, m2): not hand quantities
+
+    def check_u(self, layer, l, j, get):
+        """u = γⱼ·x̂ⱼ + βⱼ, x̂ from the engine (its statistics are not hand quantities)."""
+        return get("W", l, (0, j)) * get.engine("xhat", l, (j,)) + get("b", l, (j,))
+
+    def check_error_down(self, layer, l, j, get):
+        """The engine's ∂E/∂a⁽ˡ⁻¹⁾ⱼ: its m1, m2 are sums over the statistics' axis, not hand quantities."""
+        return get.engine("e", l - 1, (j,))
+
+    def check_grad_W(self, layer, l, i, j, get):
+        """∂E/∂γⱼ = x̂ⱼ·δⱼ."""
+        return get.engine("xhat", l, (j,)) * get("delta", l, (j,))
+
+    def diagnose_u(self, layer, l, trace, step, slot, j, below, below_name):
+        """γ·x̂ + β, from x̂."""
+        return f"the {self.name} γ·x̂ + β", [self.diagnose_input(layer, l, trace, step, slot, 0, j)]
+
+    def diagnose_input(self, layer, l, trace, step, slot, i, j):
+        """x̂ⱼ."""
+        return f"x̂{l}[{j}]", float(trace_value(trace, "xhat", l, j, step, slot))
+
+    def diagnose_links(self, layer, l, trace, step, slot=None):
+        """diag(|γₖ|/√(σ² + ε)): the direct path through x̂ (m1 and m2 left out), γ on the diagonal;
+        a per-sample σ² is averaged over the step's samples when `slot` is None."""
+        gamma = trace.W[l - 1][step, 0]
+        var = self.statistic(layer, "var")
+        if var.per == "step-unit":
+            variance = trace_value(trace, var.name, l, np.arange(len(gamma)), step)
+        elif slot is None:
+            variance = np.mean([trace_value(trace, var.name, l, None, step, s) for s in range(len(trace.samples(step)))])
+        else:
+            variance = trace_value(trace, var.name, l, None, step, slot)
+        with np.errstate(all="ignore"):
+            scale = np.abs(gamma) / np.sqrt(np.nan_to_num(variance) + layer.eps)
+        return np.diag(scale), np.diag(gamma)

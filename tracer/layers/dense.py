@@ -6,8 +6,9 @@
   gradients ∂E/∂W_l[i,j] = a⁽ˡ⁻¹⁾_i δ⁽ˡ⁾_j,  ∂E/∂b_l[j] = δ⁽ˡ⁾_j   (per sample)
 """
 import numpy as np
+import sympy as sp
 
-from .. import init as inits
+from .. import init as inits, notation
 from ..errors import ScenarioError
 from .base import COMMON, E, H, ExcelColumns, Layer, LayerKind, back_sum, parse_activation, parse_init, weighted_sum
 
@@ -161,47 +162,94 @@ class Dense(LayerKind):
         """② of ∂E/∂W[i,j] = a⁽ˡ⁻¹⁾ᵢ·δⱼ: the layer's input i."""
         return x.below(i), f"a⁽{x.l - 1}⁾{i}"
 
-    # ------------------------------------------------------------ chain face (l11-chain)
+    # ------------------------------------------------------------ chain face
 
-    def chain_factor(self, layer, l, i, j, names):
-        """The sympy factor ② of ∂E/∂W_l[i,j] = ① δⱼ · ②: a⁽ˡ⁻¹⁾ᵢ (dense) or x̂ⱼ (normalisation)."""
-        raise NotImplementedError
+    def chain_input(self, layer, l, i, j, names, trace, step, slot):
+        """Factor ② of ∂E/∂W_l[i,j]: the input xᵢ (layer 1) or the activation a⁽ˡ⁻¹⁾ᵢ from below."""
+        if l == 1:
+            sample = trace.samples(step)[slot]
+            return (names.plain(f"x{i}", f"x_{{{i}}}"), f"input {notation.sub('x', i)}",
+                    float(trace.scenario.inputs[sample, i]))
+        return (names.unit("a", l - 1, i), f"activation {notation.unit('a', l - 1, i)} from below",
+                float(trace.a[l - 2][step, slot, i]))
 
     def chain_error_down(self, layer, l, j, names):
-        """The symbolic error passed down by layer l, ∂E/∂a⁽ˡ⁻¹⁾_j: Σₖ W_l[j,k]·δₖ (+ e⁽ˡ⁾_j with a
-        residual skip) or (dx̂ − m1 − x̂·m2)/√(σ² + eps) for normalisation layers."""
-        raise NotImplementedError
+        """Σₖ W_l[j,k]·δ⁽ˡ⁾ₖ, + e⁽ˡ⁾ⱼ with the residual skip (the skip passes the error on)."""
+        terms = [sp.Mul(names.weight(l, j, k), names.unit("δ", l, k), evaluate=False) for k in range(layer.units)]
+        if layer.residual:
+            terms.append(names.error(l, j))
+        return f"error from above Σₖ W{l}[{j},k]·δₖ{notation.layer(l)}", sp.Add(*terms, evaluate=False)
 
     def dominant_path(self, layer):
-        """Whether the dominant-path view of the chain rule applies through this layer (plain dense only)."""
-        raise NotImplementedError
+        """Plain dense layers only: a skip adds a path that does not pass through W."""
+        return not layer.residual
 
-    def latex_names(self, l):
-        """The LaTeX names of the kind's own symbols on layer l (x̂, μ, σ², ...)."""
-        raise NotImplementedError
-
-    # ------------------------------------------------------------ check face (l11-chain)
-
-    engine_only = ()          # quantities a hand check takes from the engine (batch statistics)
+    # ------------------------------------------------------------ check face
 
     def check_u(self, layer, l, j, get):
-        """u⁽ˡ⁾_j recomputed from the values `get(quantity, layer, index)` a hand calculation supplies."""
-        raise NotImplementedError
+        """u = Σᵢ a⁽ˡ⁻¹⁾ᵢ·W[i,j] + b[j], left to right."""
+        fan_in = get.fan_in(l)
+        total = get.below(l, 0) * get("W", l, (0, j))
+        for i in range(1, fan_in):
+            total = total + get.below(l, i) * get("W", l, (i, j))
+        return total + get("b", l, (j,))
+
+    def check_combine(self, layer, l, j, h, get):
+        """a = h + a⁽ˡ⁻¹⁾ⱼ with the residual skip."""
+        return h + get.below(l, j) if layer.residual else h
 
     def check_error_down(self, layer, l, j, get):
-        """∂E/∂a⁽ˡ⁻¹⁾_j passed down by layer l, recomputed from supplied values."""
-        raise NotImplementedError
+        """Σₖ W_l[j,k]·δ⁽ˡ⁾ₖ left to right, + e⁽ˡ⁾ⱼ with the residual skip."""
+        back = get("W", l, (j, 0)) * get("delta", l, (0,))
+        for k in range(1, layer.units):
+            back = back + get("W", l, (j, k)) * get("delta", l, (k,))
+        return back + get.error(l, j) if layer.residual else back
 
     def check_grad_W(self, layer, l, i, j, get):
-        """The per-sample ∂E/∂W_l[i,j] recomputed from supplied values (δⱼ times factor ②)."""
-        raise NotImplementedError
+        """∂E/∂W[i,j] = a⁽ˡ⁻¹⁾ᵢ·δⱼ."""
+        return get.below(l, i) * get("delta", l, (j,))
 
-    # ------------------------------------------------------------ diagnose face (l11-chain)
+    # ------------------------------------------------------------ diagnose face
 
-    def diagnose_producers(self, layer, l, trace, step, slot, j):
-        """The inputs that produce u⁽ˡ⁾_j (name, value) pairs, to name the producer of a first inf/NaN."""
-        raise NotImplementedError
+    def diagnose_u(self, layer, l, trace, step, slot, j, below, below_name):
+        """The first product aᵢ·Wᵢⱼ that overflows, or the weighted sum of finite products."""
+        W, b = trace.W[l - 1][step], trace.b[l - 1][step]
+        with np.errstate(all="ignore"):
+            products = below[slot] * W[:, j]
+        bad = np.argwhere(~np.isfinite(products))
+        if bad.size:
+            i = int(bad[0][0])
+            return (f"the product {below_name}[{i}] × W{l}[{i},{j}] (inside u = Σᵢ aᵢ·Wᵢⱼ + bⱼ), which overflows",
+                    [(f"{below_name}[{i}]", float(below[slot, i])), (f"W{l}[{i},{j}]", float(W[i, j]))])
+        k = int(np.argmax(np.abs(products)))
+        return ("the weighted sum u = Σᵢ aᵢ·Wᵢⱼ + bⱼ of finite products overflows",
+                [(f"{below_name}[{k}]·W{l}[{k},{j}]", float(products[k])), (f"b{l}[{j}]", float(b[j]))])
+
+    def diagnose_combine(self, layer, l, trace, step, slot, j, below, below_name):
+        """The residual sum h + a⁽ˡ⁻¹⁾."""
+        return "the residual sum h + a", [(f"h{l}[{j}]", float(trace.h[l - 1][step, slot, j])),
+                                          (f"{below_name}[{j}]", float(below[slot, j]))]
+
+    def diagnose_input(self, layer, l, trace, step, slot, i, j):
+        """xᵢ or a⁽ˡ⁻¹⁾ᵢ."""
+        if l == 1:
+            return f"x[{i}]", float(trace.scenario.inputs[trace.samples(step)[slot], i])
+        return f"a{l - 1}[{i}]", float(trace.a[l - 2][step, slot, i])
 
     def diagnose_error_down(self, layer, l, trace, step, slot, j):
-        """The error passed down by layer l for the dominant path: (scale, weight) of unit j's contribution."""
-        raise NotImplementedError
+        """The first product Wⱼₖ·δₖ that overflows, else the sum."""
+        W, delta = trace.W[l - 1][step], trace.delta[l - 1][step, slot]
+        with np.errstate(all="ignore"):
+            products = W[j] * delta
+        bad = np.argwhere(~np.isfinite(products))
+        if bad.size:
+            k = int(bad[0][0])
+            return (f"the product W{l}[{j},{k}] × δ{l}[{k}] (inside e = Σₖ Wⱼₖ·δₖ), which overflows",
+                    [(f"W{l}[{j},{k}]", float(W[j, k])), (f"δ{l}[{k}]", float(delta[k]))])
+        return super().diagnose_error_down(layer, l, trace, step, slot, j)
+
+    def diagnose_links(self, layer, l, trace, step, slot=None):
+        """|W| (+ the identity of the residual skip), W on the edges."""
+        W = trace.W[l - 1][step]
+        links = np.abs(W)
+        return (links + np.eye(*links.shape) if layer.residual else links), W

@@ -95,47 +95,8 @@ class LayerNorm(Normalisation):
         """② of ∂E/∂γ_j = x̂_j·δ_j."""
         return (XHAT.name, x.l, j), f"x̂⁽{x.l}⁾{j}"
 
-    # ------------------------------------------------------------ chain face (l11-chain)
-
-    def chain_factor(self, layer, l, i, j, names):
-        """The sympy factor ② of ∂E/∂W_l[i,j] = ① δⱼ · ②: a⁽ˡ⁻¹⁾ᵢ (dense) or x̂ⱼ (normalisation)."""
-        raise NotImplementedError
-
-    def chain_error_down(self, layer, l, j, names):
-        """The symbolic error passed down by layer l, ∂E/∂a⁽ˡ⁻¹⁾_j: Σₖ W_l[j,k]·δₖ (+ e⁽ˡ⁾_j with a
-        residual skip) or (dx̂ − m1 − x̂·m2)/√(σ² + eps) for normalisation layers."""
-        raise NotImplementedError
-
-    def dominant_path(self, layer):
-        """Whether the dominant-path view of the chain rule applies through this layer (plain dense only)."""
-        raise NotImplementedError
-
-    def latex_names(self, l):
-        """The LaTeX names of the kind's own symbols on layer l (x̂, μ, σ², ...)."""
-        raise NotImplementedError
-
-    # ------------------------------------------------------------ check face (l11-chain)
-
-    engine_only = ()          # quantities a hand check takes from the engine (batch statistics)
-
-    def check_u(self, layer, l, j, get):
-        """u⁽ˡ⁾_j recomputed from the values `get(quantity, layer, index)` a hand calculation supplies."""
-        raise NotImplementedError
-
-    def check_error_down(self, layer, l, j, get):
-        """∂E/∂a⁽ˡ⁻¹⁾_j passed down by layer l, recomputed from supplied values."""
-        raise NotImplementedError
-
-    def check_grad_W(self, layer, l, i, j, get):
-        """The per-sample ∂E/∂W_l[i,j] recomputed from supplied values (δⱼ times factor ②)."""
-        raise NotImplementedError
-
-    # ------------------------------------------------------------ diagnose face (l11-chain)
-
-    def diagnose_producers(self, layer, l, trace, step, slot, j):
-        """The inputs that produce u⁽ˡ⁾_j (name, value) pairs, to name the producer of a first inf/NaN."""
-        raise NotImplementedError
-
-    def diagnose_error_down(self, layer, l, trace, step, slot, j):
-        """The error passed down by layer l for the dominant path: (scale, weight) of unit j's contribution."""
-        raise NotImplementedError
+    # ------------------------------------------------------------ chain, check and diagnose faces
+    # Normalisation's (base.py): the statistics σ², m1, m2 are the sample's (records: per "sample"),
+    #   chain     ② = x̂ⱼ;  ∂E/∂a⁽ˡ⁻¹⁾ⱼ = (dx̂ⱼ − m1⁽ˡ⁾ − x̂ⱼ·m2⁽ˡ⁾)/√(σ²⁽ˡ⁾ + ε)
+    #   check     u = γⱼ·x̂ⱼ + βⱼ and ∂E/∂γⱼ = x̂ⱼ·δⱼ with x̂ and the error down from the engine
+    #   diagnose  link diag(|γ|/√(σ² + ε)), σ² averaged over the step's samples

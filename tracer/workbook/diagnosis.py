@@ -12,7 +12,7 @@ from openpyxl.utils import get_column_letter as _letter
 
 from .. import activations, layers
 from ..diagnose import layer_flag, loss_minimum, stall_series
-from .notation import layer as _layer
+from ..notation import layer as _layer
 
 
 class DiagnosisLayout:

@@ -24,7 +24,7 @@ from .. import activations, layers, losses, optim, procedures
 from ..errors import LimitError
 from ..layers.base import ExcelLayer
 from ..trace import param_name
-from . import notation
+from .. import notation
 
 HEADER_ROWS = 2
 MAX_COLUMNS = 16_384

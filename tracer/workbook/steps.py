@@ -4,7 +4,7 @@ not finite the cell is #N/A (IFERROR(…,NA())), which the charts draw as a gap,
 import numpy as np
 
 from ..trace import param_name
-from . import notation
+from .. import notation
 
 
 class StepsLayout:
