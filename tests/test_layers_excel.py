@@ -16,6 +16,8 @@ LAYERNORM_NETS = {
     # above a residual layer, its own eps in the Settings sheet, an activation parameter, mean reduction
     "after-residual": ("deep-sigmoid", ["layers.1.residual=true", 'layers.2={kind="layernorm", activation="leaky_relu", '
                                         'slope=0.1, eps=0.001}', 'loss.reduction="mean"'], 4),
+    # batchnorm-deep with layernorm instead: five normalisation layers stacked (Linear -> LN -> sigmoid)
+    "deep": ("batchnorm-deep", [f'layers.{index}.kind="layernorm"' for index in (1, 3, 5, 7, 9)], 5),
     # σ² overflows for sample 0 (deviations of 1e200 squared), sample 3's are subnormal: the engine's
     # inf/NaN must be the workbook's error cells, the tiny ones finite on both sides
     "overflow": ("xor", ['layers=[{kind="layernorm", activation="tanh"}, {units=1, activation="sigmoid"}]',
