@@ -156,12 +156,12 @@ def normalise_backward(delta, gamma, xhat, var, axis, eps):
 
 class LayerKind:
     """One layer kind with all its faces. Subclasses set the class attributes and override the
-    numpy/scenario/records methods; the faces owned by other modules are declared here with
-    their contract and overridden (or left raising NotImplementedError) in each kind's module."""
+    scenario/records/numpy methods; the excel, chain, check and diagnose faces are declared with
+    their contract in each kind's module (one method each, filled in by the owner of the face)."""
 
     name = ""                 # the TOML `kind` value (a contract)
     description = ""          # one line for README/help
-    keys = ()                 # the TOML keys a layer of this kind accepts (besides none)
+    keys = ()                 # the TOML keys a layer of this kind accepts (`kind` among them)
     param_names = ("W", "b")  # the names of its two parameters in CSV quantities and parameter names
     keeps_width = False       # units must equal the layer below's (normalisation layers)
     min_batch = 1             # every batch needs at least this many samples
@@ -205,12 +205,9 @@ class LayerKind:
         raise NotImplementedError
 
     def param_name(self, which, l, index):
-        """The name of one parameter (a contract): which "W" or "b"; dense W{l}[i,j], b{l}[j];
-        normalisation layers gamma{l}[j] (index (0, j)), beta{l}[j]."""
-        w, b = self.param_names
-        if which == "W":
-            return f"{w}{l}[{','.join(map(str, index))}]" if w == "W" else f"{w}{l}[{index[-1]}]"
-        return f"{b}{l}[{index[0]}]"
+        """The name of one parameter (a contract): which "W" or "b" (the stored form), index (i, j) or
+        (j,): W{l}[i,j], b{l}[j]."""
+        return f"W{l}[{index[0]},{index[1]}]" if which == "W" else f"b{l}[{index[0]}]"
 
     def param_quantity(self, quantity):
         """The CSV quantity name of a parameter-shaped quantity (W, grad_W, update_W, m_W, b, ...)
@@ -491,6 +488,10 @@ class Normalisation(LayerKind):
     def initial_parameters(self, layer, fan_in, rng):
         """γ = 1, β = 0, as PyTorch; no draw from `rng`."""
         return np.ones((1, layer.units)), np.zeros(layer.units)
+
+    def param_name(self, which, l, index):
+        """gamma{l}[j] for the stored W index (0, j), beta{l}[j] for b's (j,)."""
+        return f"{self.param_names[0]}{l}[{index[-1]}]" if which == "W" else f"{self.param_names[1]}{l}[{index[0]}]"
 
     def forward(self, layer, below, W, b):
         """u = γ·x̂ + β with the statistics over `axis`; record {mean, var, xhat}."""

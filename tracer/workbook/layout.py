@@ -161,33 +161,26 @@ class TraceLayout:
                                            *(getattr(declared, name) for name in TEMPLATES), declared.width,
                                            index=len(self.columns)))
                 self._where[declared.key] = letter
-        letters = self._letters = {repr(key): letter for key, letter in self._where.items()}
+        self._letters = {repr(key): letter for key, letter in self._where.items()}
         for column in self.columns:
+            where = f"column {column.header} {column.key!r}"
             for name in TEMPLATES:
                 template = getattr(column, name)
+                if callable(template):
+                    try:
+                        template = template(self.cell)
+                    except KeyError as missing:
+                        raise LayoutError(f"{where} refers to {missing.args[0]!r}, which no column declares") from None
                 if template is not None:
-                    setattr(column, name, self._resolve(column, template, letters))
+                    setattr(column, name, self.formula(template, where=where))
 
-    def formula(self, template, prefix=""):
+    def formula(self, template, prefix="", where="a formula"):
         """`template` (a formula body naming columns by key) with every «key» replaced by its column's
         letter, after `prefix` ("Trace!" from another sheet)."""
         def letter(match):
+            if match.group(1) not in self._letters:
+                raise LayoutError(f"{where} refers to {match.group(1)}, which no column declares")
             return prefix + self._letters[match.group(1)]
-        return REFERENCE.sub(letter, template)
-
-    def _resolve(self, column, template, letters):
-        """`template` with every «key» replaced by its column's letter."""
-        def letter(match):
-            if match.group(1) not in letters:
-                raise LayoutError(f"column {column.header} {column.key!r} refers to {match.group(1)}, "
-                                  "which no column declares")
-            return letters[match.group(1)]
-        if callable(template):
-            try:
-                template = template(self.cell)
-            except KeyError as missing:
-                raise LayoutError(f"column {column.header} {column.key!r} refers to {missing.args[0]!r}, "
-                                  "which no column declares") from None
         return REFERENCE.sub(letter, template)
 
     # ---------------------------------------------------------------- pass 1
