@@ -119,7 +119,7 @@ def explain(trace, parameter, step=0, sample=None, path=None, latex=False):
     """Build the Chain of `parameter` (e.g. 'W1[0,0]') at `step` for one sample of that step."""
     s = trace.scenario
     widths, L = s.widths, len(s.layers)
-    kind, l, index = parse_parameter(parameter, widths, s)
+    which, l, index = parse_parameter(parameter, widths, s)
     if not 0 <= step < trace.steps:
         raise InputError(f"--step {step}: the run has steps 0..{trace.steps - 1}")
     ids = trace.samples(step).tolist()
@@ -132,7 +132,7 @@ def explain(trace, parameter, step=0, sample=None, path=None, latex=False):
     loss = losses.LOSSES[s.loss]
     act = activations.get(s.layers[l - 1].activation)
     factors, definitions = [], []
-    if kind == "W":
+    if which == "W":
         symbol, meaning, value = layers.of(s.layers[l - 1]).chain_input(s.layers[l - 1], l, index[0], j, names, trace, step, slot)
         factors.append(Factor("②", meaning, symbol, value))
     if l == L and not loss.reads_output_slope:
@@ -163,24 +163,24 @@ def explain(trace, parameter, step=0, sample=None, path=None, latex=False):
     product = 1.0
     for factor in factors:
         product = product * factor.value
-    store = trace.grad_W_sample if kind == "W" else trace.grad_b_sample
-    total = trace.grad_W if kind == "W" else trace.grad_b
+    store = trace.grad_W_sample if which == "W" else trace.grad_b_sample
+    total = trace.grad_W if which == "W" else trace.grad_b
     engine = float(store[l - 1][(step, slot) + index])
     batch = float(total[l - 1][(step,) + index])
     symbolic = sp.Mul(*[f.symbol for f in factors], evaluate=False)
-    name = param_name(s, kind, l, index)
+    name = param_name(s, which, l, index)
     chain = Chain(name, step, sample, slot, factors, product, engine, batch, symbolic, definitions,
-                  [], [], [], None, None, _update_lines(trace, kind, l, index, step, batch))
+                  [], [], [], None, None, _update_lines(trace, which, l, index, step, batch))
     plain = all(layers.of(layer).dominant_path(layer) for layer in s.layers[l - 1:])
     if (l < L - 1 or path is not None) and plain:
-        _add_path(chain, trace, step, slot, l, j, factors[0].value if kind == "W" else 1.0, names, path)
+        _add_path(chain, trace, step, slot, l, j, factors[0].value if which == "W" else 1.0, names, path)
     return chain
 
 
-def _update_lines(trace, kind, layer, index, step, batch):
+def _update_lines(trace, which, layer, index, step, batch):
     """From the batch gradient to the update: the clip factor, the clamp, lr and the optimiser."""
     s = trace.scenario
-    if kind == "b" and not s.layers[layer - 1].train_bias:
+    if which == "b" and not s.layers[layer - 1].train_bias:
         return ["(not trained: train_bias = false)"]
     lines, used = [], f"g = {batch:.10g}"
     if trace.clip_factor is not None:
@@ -190,7 +190,7 @@ def _update_lines(trace, kind, layer, index, step, batch):
         used = f"g·c = {batch * c:.10g}"
     if s.clip_value is not None:
         lines.append(f"clip by value: g clamped to ±{s.clip_value:g}")
-    update = (trace.update_W if kind == "W" else trace.update_b)[layer - 1][(step,) + tuple(index)]
+    update = (trace.update_W if which == "W" else trace.update_b)[layer - 1][(step,) + tuple(index)]
     from . import optim
     lines.append(f"update at step {step}: {s.optimizer} ({optim.OPTIMIZERS[s.optimizer].meaning}) with lr = "
                  f"{trace.lr[step]:.6g} and {used}: Δθ = {update:.10g}")
