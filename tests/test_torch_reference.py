@@ -238,9 +238,9 @@ NAMES = {"W1": "weights", "Wh1": "recurrent_weights", "b1": "bias", "bh1": "recu
          "W2": "head_weights", "b2": "head_bias"}
 
 
-@pytest.mark.parametrize("cell, activation", [("rnn", "tanh"), ("rnn", "relu"), ("rnn", "sigmoid"),
-                                              ("lstm", None), ("gru", None)])
-@pytest.mark.parametrize("per_time", [False, True])
+@pytest.mark.parametrize("cell, activation, per_time", [
+    ("rnn", "tanh", False), ("rnn", "relu", True), ("rnn", "sigmoid", False), ("rnn", "elu", True),
+    ("lstm", None, False), ("lstm", None, True), ("gru", None, False), ("gru", None, True)])
 def test_rnn_reference_gradients_by_finite_differences(cell, activation, per_time):
     rng = _rng(5)
     x = rng.normal(size=(3, 4, 2))
@@ -254,7 +254,7 @@ def test_rnn_reference_gradients_by_finite_differences(cell, activation, per_tim
 
     params = {name: np.array(weights[key], dtype=np.float64) for name, key in NAMES.items()}
     for name in params:
-        for index in list(np.ndindex(params[name].shape))[:6]:
+        for index in list(np.ndindex(params[name].shape))[::3]:     # every third component
             fd = _central_difference(loss_of, params, name, index)
             assert abs(run.grads[0][name][index] - fd) <= 1e-7 * max(1.0, abs(fd)), (name, index)
 

@@ -64,6 +64,9 @@ import torch.nn.functional as F
 from torch import nn
 
 DTYPE = torch.float64
+# The tensors here are tiny: one thread is about 10× faster than two on the shared 2-core machine
+# (thread hand-offs dominate), and the test process uses torch for nothing larger.
+torch.set_num_threads(1)
 
 # tracer activation name -> (tensor, params) -> tensor, from torch's own functions.
 ACTIVATIONS = {
