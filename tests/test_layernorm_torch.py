@@ -50,14 +50,16 @@ VARIANTS = [
      "sse", "mean", {"clip_value": 0.05}),
     ("adagrad-bce", "adagrad", {"lr": 0.1, "eps": 1e-9}, "bce", "sum", {}),
     ("adam-softmax-ce", "adam", {"lr": 0.05}, "softmax_ce", "mean", {}),
+    ("momentum-minibatches-of-2", "momentum", {"lr": 0.2}, "half_sse", "mean", {"batch": 2}),
 ]
 
 
 def _scenario(norm_kind, activation, optimizer, hyper, loss="half_sse", reduction="sum", training=None, seed=0):
-    """A scenario dict: 5 samples × 3 features → Linear(3→4, identity) → norm(4) → activation →
+    """A scenario dict: 5 samples (3 mini-batches with an integer batch) × 3 features → Linear(3→4, identity) → norm(4) → activation →
     Linear(4→K) with random explicit weights drawn from `seed`."""
     rng = np.random.default_rng(1000 + seed)
-    samples, features, hidden = 5, 3, 4
+    batch = (training or {}).get("batch", "full")
+    samples, features, hidden = (5 if batch == "full" else 3 * batch), 3, 4
     outputs = 3 if loss == "softmax_ce" else 2
     inputs = rng.normal(size=(samples, features))
     if loss == "softmax_ce":
@@ -145,6 +147,7 @@ def _reference(raw):
     return ref.train_torch(ref.spec_from_scenario(raw), raw["data"]["inputs"], raw["data"]["targets"],
                            raw["loss"]["name"], raw["loss"]["reduction"], raw["optimizer"]["name"],
                            _torch_hyper({k: v for k, v in raw["optimizer"].items() if k != "name"}), STEPS,
+                           batch=None if training["batch"] == "full" else training["batch"],
                            clip_norm=training.get("clip_norm"), clip_value=training.get("clip_value"))
 
 

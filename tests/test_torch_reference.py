@@ -4,6 +4,7 @@ formulas of DESIGN-11 / README computed in numpy, finite differences, 1.1¹⁰�
 """
 import math
 
+from hypothesis import given, strategies as st
 import numpy as np
 import pytest
 
@@ -85,6 +86,29 @@ def test_norm_reference_equals_the_formula(kind, eps):
     assert _rel(xt.grad.numpy(), dx) < 1e-11
     assert _rel(norm.weight.grad.numpy(), dgamma) < 1e-12
     assert _rel(norm.bias.grad.numpy(), dbeta) < 1e-13
+
+
+@given(samples=st.integers(1, 6), units=st.integers(2, 6), seed=st.integers(0, 2**32 - 1),
+       eps=st.sampled_from([1e-5, 1e-3, 0.5]), scale=st.sampled_from([1e-2, 1.0, 30.0]))
+def test_layernorm_reference_equals_the_formula_for_any_shape(samples, units, seed, eps, scale):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(scale=scale, size=(samples, units))
+    gamma, beta, delta = rng.normal(size=units), rng.normal(size=units), rng.normal(size=(samples, units))
+    modules, _ = ref.build_modules([{"kind": "layernorm", "eps": eps}], units)
+    with torch.no_grad():
+        modules[0].weight.copy_(ref.tensor(gamma))
+        modules[0].bias.copy_(ref.tensor(beta))
+    xt = ref.tensor(x).requires_grad_(True)
+    u = modules[0](xt)
+    (u * ref.tensor(delta)).sum().backward()
+    xhat, dx, dgamma, dbeta = _norm_backward(x, gamma, delta, eps, axis=1)
+    assert np.allclose(u.detach().numpy(), gamma * xhat + beta, rtol=1e-12, atol=1e-12)
+    # ∂E/∂x = (dx̂ − m1 − x̂·m2)/√(σ² + eps) cancels (to 0 exactly for 2 units and eps = 0): the
+    # rounding is relative to the terms, not to their difference
+    terms = 3 * np.abs(delta * gamma).max() / np.sqrt(x.var(axis=1).min() + eps)
+    assert np.allclose(xt.grad.numpy(), dx, rtol=1e-9, atol=1e-13 * terms)
+    assert np.allclose(modules[0].weight.grad.numpy(), dgamma, rtol=1e-11, atol=1e-13)
+    assert np.allclose(modules[0].bias.grad.numpy(), dbeta, rtol=1e-12, atol=1e-13)
 
 
 def test_layernorm_works_with_one_sample_and_starts_at_gamma_1_beta_0():
@@ -232,6 +256,20 @@ def _recurrent_weights(rng, cell, features, units, outputs):
                 recurrent_weights=rng.uniform(-0.8, 0.8, (units, gates * units)),
                 bias=rng.uniform(-0.3, 0.3, gates * units), recurrent_bias=rng.uniform(-0.3, 0.3, gates * units),
                 head_weights=rng.uniform(-1, 1, (units, outputs)), head_bias=rng.uniform(-0.3, 0.3, outputs))
+
+
+@pytest.mark.parametrize("cell, gates", [("rnn", 1), ("gru", 3), ("lstm", 4)])
+def test_rnn_reference_names_and_shapes_follow_issue_12(cell, gates):
+    """W1 = weight_ih_l0ᵀ (features, G·H), Wh1 = weight_hh_l0ᵀ (H, G·H), b1/bh1 (G·H), head W2, b2;
+    params[0] holds the explicit values as given."""
+    rng = _rng(8)
+    w = _recurrent_weights(rng, cell, 2, 3, 1)
+    run = ref.rnn_reference(cell, rng.normal(size=(2, 4, 2)), rng.normal(size=(2, 1)), **w)
+    assert {k: v.shape for k, v in run.params[0].items()} == {
+        "W1": (2, gates * 3), "Wh1": (3, gates * 3), "b1": (gates * 3,), "bh1": (gates * 3,), "W2": (3, 1), "b2": (1,)}
+    for name, key in NAMES.items():
+        assert np.array_equal(run.params[0][name], w[key])
+        assert run.grads[0][name].shape == w[key].shape
 
 
 NAMES = {"W1": "weights", "Wh1": "recurrent_weights", "b1": "bias", "bh1": "recurrent_bias",
