@@ -201,6 +201,15 @@ def test_layernorm_matches_torch(optimizer, hyper, loss, reduction, training, ac
     _check("layernorm", optimizer, hyper, loss, reduction, training, activation, seed=1)
 
 
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_layernorm_matches_torch_one_sample_at_a_time(optimizer):
+    """Layer norm needs no batch statistics: online training (batch = 1) works as in torch."""
+    missing = _layernorm_missing()
+    if missing:
+        pytest.skip(f"{missing} (issue 11): this parity test runs once layernorm lands")
+    _check("layernorm", optimizer, BASE_HYPER[optimizer], "half_sse", "sum", {"batch": 1}, "sigmoid", seed=3)
+
+
 @pytest.mark.parametrize("optimizer, hyper, loss, reduction, training, activation", _cases())
 def test_batchnorm_matches_torch(optimizer, hyper, loss, reduction, training, activation):
     _check("batchnorm", optimizer, hyper, loss, reduction, training, activation, seed=2)
