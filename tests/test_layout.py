@@ -1,10 +1,11 @@
 """The Trace sheet's layout in two passes: columns declared by key, then lettered and resolved."""
+import dataclasses
 import re
 
 import pytest
 from openpyxl.utils import column_index_from_string, get_column_letter
 
-from tracer import scenario as scenario_module, templates
+from tracer import activations, scenario as scenario_module, templates
 from tracer.engine import batch_schedule
 from tracer.errors import LimitError
 from tracer.workbook import layout
@@ -93,3 +94,19 @@ def test_references_resolve_to_the_letter_and_keep_the_row_placeholder():
                                         total=lambda letter: f"{letter(('step',))}1"))
     column, loss = trace.columns[-1], trace.cell(("loss",))
     assert (column.sample, column.total, column.letter) == (f"{loss}{{r}}-{loss}{{p}}", "A1", get_column_letter(len(trace.columns)))
+
+
+def test_settings_names_of_activation_parameters_come_from_the_definition(monkeypatch):
+    """A new activation parameter (`beta`) gets <activation>_<parameter>_<layer>; slope and alpha keep
+    their names (a prefix map in the layout once raised KeyError for beta)."""
+    leaky = activations.get("leaky_relu")
+    monkeypatch.setitem(activations.ACTIVATIONS, "swish_beta", dataclasses.replace(leaky, name="swish_beta", params={"beta": 1.0},
+                                                                                   setting_names={}))
+    scenario = scenario_module.load("xor", steps=1)
+    scenario.layers[0] = dataclasses.replace(scenario.layers[0], activation="swish_beta", activation_params={"beta": 1.5})
+    scenario.layers[1] = dataclasses.replace(scenario.layers[1], activation="elu", activation_params={"alpha": 0.5})
+    names = layout.settings_names(scenario)
+    assert names[("swish_beta", "beta", 1)] == "swish_beta_beta_1" and names[("elu", "alpha", 2)] == "elu_alpha_2"
+    assert ("swish_beta_beta_1", 1.5, "layer 1 swish_beta: beta") in layout.settings_values(scenario)
+    scenario.layers[0] = dataclasses.replace(scenario.layers[0], activation="leaky_relu", activation_params={"slope": 0.1})
+    assert layout.settings_names(scenario)[("leaky_relu", "slope", 1)] == "leaky_slope_1"

@@ -38,6 +38,8 @@ class Activation:
     excel_slope: Callable
     symbolic: Callable | None
     params: dict = field(default_factory=dict)   # parameter name -> default value
+    setting_names: dict = field(default_factory=dict)  # parameter -> its Settings cell's name prefix
+                                                       # (default <activation>_<parameter>; + _<layer>)
     elementwise: bool = True
     piecewise: bool = False          # its slope jumps at u = 0 (finite differences must not cross it)
     # Diagnosis properties (read by diagnose.py, never by name):
@@ -138,6 +140,7 @@ ACTIVATIONS = {
             excel_slope=lambda u, a, p: f"IF({u}>0,1,{p['slope']})",
             symbolic=lambda x, p: sp.Piecewise((x, x > 0), (p["slope"] * x, True)),
             params={"slope": 0.01},
+            setting_names={"slope": "leaky_slope"},
             piecewise=True,
             can_die=True,
         ),
@@ -149,6 +152,7 @@ ACTIVATIONS = {
             excel_slope=lambda u, a, p: f"IF({u}>0,1,{p['alpha']}*EXP({u}))",
             symbolic=lambda x, p: sp.Piecewise((x, x > 0), (p["alpha"] * (sp.exp(x) - 1), True)),
             params={"alpha": 1.0},
+            setting_names={"alpha": "elu_alpha"},
             piecewise=True,
             can_die=True,
         ),

@@ -7,6 +7,7 @@ activation in activations.py holds its numpy, Excel and sympy forms):
   records   the quantities the kind records (Quantity declarations)                 (l11-core)
   numpy     forward, combine, backward, error_down, gradients                        (l11-core)
   excel     column declarations and formula bodies of the Trace sheet              (l11-workbook)
+            (ExcelColumns; formulas name cells by key through an ExcelLayer `x`, see LayerKind)
   chain     sympy factors of ∂E/∂W, the symbolic error passed down, LaTeX names       (l11-chain)
   check     scalar rules for hand checks (`tracer check`)                             (l11-chain)
   diagnose  producers of the first inf/NaN, the error down for the dominant path      (l11-chain)
@@ -27,6 +28,7 @@ The numpy face of one layer, per batch (engine.forward_backward calls them in th
 quantities (those of `records(layer)` that are not common to every layer).
 """
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -65,6 +67,40 @@ class Quantity:
             raise ValueError(f"Quantity {self.name}: per must be one of {PER}, not {self.per!r}")
         if not self.key:
             object.__setattr__(self, "key", self.name)
+
+
+@dataclass(frozen=True)
+class ExcelColumns:
+    """A family of Trace sheet columns a layer kind declares for layer l (its excel face): one per
+    unit j, key (quantity, l, j) and header symbol with j and l (u₀⁽¹⁾); or, with per_unit False, one
+    for the layer, key (quantity, l) and header symbol⁽ˡ⁾ (a per-sample scalar: layernorm's μ); the
+    functions below are then called with j = 0. The columns of one family are adjacent, in j order.
+    `meaning` is a text or a function of j; `sample` / `total` are functions of j giving the formula
+    body in the sample rows / the Σ rows (None: blank there)."""
+
+    group: str
+    quantity: str
+    symbol: str
+    meaning: object
+    sample: object = None
+    total: object = None
+    per_unit: bool = True
+
+
+@dataclass(frozen=True)
+class ExcelLayer:
+    """What a kind's excel face is given about layer l of the Trace sheet (built by the layout)."""
+
+    l: int
+    units: int
+    fan_in: int             # the width of the layer below
+    ref: Callable           # (key, place="r") -> the cell of the column of `key` in row {place}
+    setting: Callable       # parameter -> the defined name of the layer's Settings cell (excel_settings)
+    unit: Callable          # (symbol, layer, j) -> the symbol in header notation: u₀⁽¹⁾
+
+    def below(self, i):
+        """The key of a⁽ˡ⁻¹⁾ᵢ, the layer's input i: the network's input x for layer 1."""
+        return ("x", 0, i) if self.l == 1 else ("a", self.l - 1, i)
 
 
 # The quantities every layer has (the engine computes them around the kind's forward/backward).
@@ -221,6 +257,63 @@ class LayerKind:
         """Per-sample parameter gradients (grad_W (B, *W.shape), grad_b (B, units)) relative to the
         sample's loss; the batch total is taken by the reduction."""
         raise NotImplementedError
+
+    # ------------------------------------------------------------ excel face (l11-workbook)
+    # The Trace sheet's columns of a layer and their formula bodies. Formulas name other columns BY
+    # KEY, never by letter: `x` (an ExcelLayer) gives x.ref(key, place) — the cell of the
+    # column of `key` in row {place}: "r" this sample row, "p" the step's Σ row, "f"/"l" the step's
+    # first/last sample row — and the workbook's layout assigns the letters once every column is
+    # declared. Keys: (quantity, l, j) per unit, (quantity, l, (i, j)) for W-shaped ones.
+
+    def excel_settings(self, layer, l):
+        """Settings cells the layer's formulas read: (parameter, defined name, value, label) each
+        (batchnorm: ("eps", "bn_eps_2", 1e-5, "layer 2 batchnorm: eps")); x.setting(parameter) names it."""
+        return ()
+
+    def excel_forward(self, layer, x):
+        """The columns of the forward pass up to u, in sheet order (ExcelColumns each): dense u;
+        batchnorm μ, σ², x̂, u. The activation's column f(u) follows them (the layout writes it)."""
+        raise NotImplementedError
+
+    def excel_activated(self, layer):
+        """The quantity holding f(u): "a", or "h" where a combine column follows (residual)."""
+        return "a"
+
+    def excel_combine(self, layer, x):
+        """Columns after f(u) that make the layer's output a (residual: a = h + a⁽ˡ⁻¹⁾); none by default."""
+        return ()
+
+    def excel_backward(self, layer, x):
+        """The kind's own backward columns after δ (normalisation: dx̂, m1, m2); none by default."""
+        return ()
+
+    def excel_error_down(self, layer, x, j):
+        """(formula body, text) of the error this layer passes down, ∂E/∂a⁽ˡ⁻¹⁾_j (dense: Σₖ W·δ (+ e);
+        normalisation: (dx̂ − m1 − x̂·m2)/√(σ² + eps)). The text says it in math notation."""
+        raise NotImplementedError
+
+    def excel_error_columns(self, layer):
+        """True when the layer's own error e = ∂E/∂a gets columns (it is read twice: residual)."""
+        return False
+
+    def excel_error_columns_below(self, layer):
+        """True when the layer below gets columns for the error this layer passes down (instead of
+        the error being written inside δ's formula): normalisation layers."""
+        return False
+
+    def excel_factor(self, layer, x, i, j):
+        """(key, text) of factor ② of ∂E/∂W[i,j] = ② · δⱼ, a column of the sheet: a⁽ˡ⁻¹⁾ᵢ (dense) or
+        x̂ⱼ (normalisation). The ChainRule sheet shows it."""
+        raise NotImplementedError
+
+    def excel_grad_W(self, layer, x, i, j):
+        """(formula body, text) of the per-sample ∂E/∂W[i,j] = ② · δⱼ."""
+        key, text = self.excel_factor(layer, x, i, j)
+        return f"{x.ref(key)}*{x.ref(('delta', x.l, j))}", f"{text}·δ⁽{x.l}⁾{j}"
+
+    def excel_grad_b(self, layer, x, j):
+        """(formula body, text) of the per-sample ∂E/∂b[j] = δⱼ."""
+        return x.ref(("delta", x.l, j)), f"δ⁽{x.l}⁾{j}"
 
 
 # ---------------------------------------------------------------- the scenario's layer, and parsing helpers

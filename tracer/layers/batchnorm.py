@@ -10,7 +10,7 @@ torch.nn.BatchNorm1d), then γ, β and the layer's own activation.
 γ starts at 1 and β at 0 (no draw from the seed); the layer keeps the width of the layer below;
 every batch needs 2 samples or more (σ² = 0 for one sample, so x̂ = 0 whatever the input).
 """
-from .base import COMMON, Normalisation, Quantity
+from .base import COMMON, ExcelColumns, Normalisation, Quantity
 
 XHAT = Quantity("xhat", "x̂", "x̂ = (x − μ)/√(σ² + eps), the normalised input", "sample-unit")
 DXHAT = Quantity("dxhat", "dx̂", "dx̂ = δ·γ = ∂E/∂x̂", "sample-unit")
@@ -36,28 +36,63 @@ class BatchNorm(Normalisation):
 
     # ------------------------------------------------------------ excel face (l11-workbook)
 
-    def excel_forward_columns(self, layer, l):
-        """The Trace sheet columns of layer l's forward pass before its activation, declared by key in
-        order (batchnorm: μ, σ², x̂, u; dense: u), each with its header in math notation and its
-        per-sample / total formula bodies, which refer to other columns BY KEY (two-pass layout)."""
-        raise NotImplementedError
-
-    def excel_backward_columns(self, layer, l):
-        """The extra backward columns of layer l (normalisation: dx̂, m1, m2), declared as the forward ones."""
-        raise NotImplementedError
-
-    def excel_error_down(self, layer, l, j):
-        """The formula body of the error passed down by layer l, ∂E/∂a⁽ˡ⁻¹⁾_j (dense: Σₖ W·δ (+ e);
-        normalisation: (dx̂ − m1 − x̂·m2)/√(σ² + eps)), cells named by key."""
-        raise NotImplementedError
-
-    def excel_grad_W(self, layer, l, i, j):
-        """The formula body of the per-sample ∂E/∂W_l[i,j] (dense: a⁽ˡ⁻¹⁾ᵢ·δⱼ; normalisation: δⱼ·x̂ⱼ)."""
-        raise NotImplementedError
-
     def excel_settings(self, layer, l):
-        """Settings cells the layer's formulas read (batchnorm: bn_eps_l), as (defined name, value, label)."""
-        raise NotImplementedError
+        """eps in a Settings cell bn_eps_l."""
+        return [("eps", f"bn_eps_{l}", layer.eps, f"layer {l} {self.name}: eps")]
+
+    def excel_forward(self, layer, x):
+        """μ and σ² (SUMPRODUCT of the deviations, finite where the engine is) in the Σ row over the
+        step's samples, then x̂ and u = γ·x̂ + β in the sample rows."""
+        l, eps = x.l, x.setting("eps")
+        group = f"layer {l} batchnorm"
+
+        def column(key):
+            return f"{x.ref(key, 'f')}:{x.ref(key, 'l')}"
+
+        def variance(j):
+            deviation = f"{column(x.below(j))}-{x.ref(('bn_mean', l, j))}"
+            return f"SUMPRODUCT({deviation},{deviation})/{{n}}"
+        return [
+            ExcelColumns(group, MEAN.name, MEAN.symbol, "batch mean of the input (Σ row)",
+                         total=lambda j: f"SUM({column(x.below(j))})/{{n}}"),
+            ExcelColumns(group, VAR.name, VAR.symbol, "biased batch variance Σ(x − μ)²/B (Σ row)", total=variance),
+            ExcelColumns(group, XHAT.name, XHAT.symbol, f"x̂ = (x − μ)/√(σ² + eps), eps = {eps}",
+                         sample=lambda j: f"({x.ref(x.below(j))}-{x.ref(('bn_mean', l, j), 'p')})/"
+                                          f"SQRT({x.ref(('bn_var', l, j), 'p')}+{eps})"),
+            ExcelColumns(group, "u", "u", lambda j: f"u = γ·x̂ + β with γ{l}[{j}], β{l}[{j}]",
+                         sample=lambda j: f"{x.ref(('W', l, (0, j)), 'p')}*{x.ref(('xhat', l, j))}+{x.ref(('b', l, (j,)), 'p')}"),
+        ]
+
+    def excel_backward(self, layer, x):
+        """dx̂ = δ·γ in the sample rows, m1 = Σ dx̂ / B and m2 = Σ dx̂·x̂ / B in the Σ row."""
+        l = x.l
+        group = f"layer {l} batchnorm backward"
+
+        def column(key):
+            return f"{x.ref(key, 'f')}:{x.ref(key, 'l')}"
+        return [
+            ExcelColumns(group, DXHAT.name, DXHAT.symbol, "dx̂ = δ·γ",
+                         sample=lambda j: f"{x.ref(('delta', l, j))}*{x.ref(('W', l, (0, j)), 'p')}"),
+            ExcelColumns(group, M1.name, M1.symbol, "m1 = Σ dx̂ / B (Σ row)",
+                         total=lambda j: f"SUM({column(('dxhat', l, j))})/{{n}}"),
+            ExcelColumns(group, M2.name, M2.symbol, "m2 = Σ dx̂·x̂ / B (Σ row)",
+                         total=lambda j: f"SUMPRODUCT({column(('dxhat', l, j))},{column(('xhat', l, j))})/{{n}}"),
+        ]
+
+    def excel_error_down(self, layer, x, j):
+        """∂E/∂x_j = (dx̂_j − m1_j − x̂_j·m2_j)/√(σ²_j + eps), m1, m2 and σ² of the step's Σ row."""
+        l = x.l
+        body = (f"({x.ref(('dxhat', l, j))}-{x.ref(('bn_m1', l, j), 'p')}-{x.ref(('xhat', l, j))}*"
+                f"{x.ref(('bn_m2', l, j), 'p')})/SQRT({x.ref(('bn_var', l, j), 'p')}+{x.setting('eps')})")
+        return body, f"(dx̂ − m1 − x̂·m2)/√(σ² + eps) of the batchnorm layer {l}"
+
+    def excel_error_columns_below(self, layer):
+        """The error passed down is shown in the e columns of the layer below."""
+        return True
+
+    def excel_factor(self, layer, x, i, j):
+        """② of ∂E/∂γ_j = x̂_j·δ_j."""
+        return ("xhat", x.l, j), f"x̂⁽{x.l}⁾{j}"
 
     # ------------------------------------------------------------ chain face (l11-chain)
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from .. import init as inits
 from ..errors import ScenarioError
-from .base import COMMON, E, H, Layer, LayerKind, back_sum, parse_activation, parse_init, weighted_sum
+from .base import COMMON, E, H, ExcelColumns, Layer, LayerKind, back_sum, parse_activation, parse_init, weighted_sum
 
 
 class Dense(LayerKind):
@@ -120,28 +120,46 @@ class Dense(LayerKind):
 
     # ------------------------------------------------------------ excel face (l11-workbook)
 
-    def excel_forward_columns(self, layer, l):
-        """The Trace sheet columns of layer l's forward pass before its activation, declared by key in
-        order (batchnorm: μ, σ², x̂, u; dense: u), each with its header in math notation and its
-        per-sample / total formula bodies, which refer to other columns BY KEY (two-pass layout)."""
-        raise NotImplementedError
+    def excel_forward(self, layer, x):
+        """u⁽ˡ⁾_j = Σᵢ a⁽ˡ⁻¹⁾ᵢ·W[i,j] + b[j], left to right, with W and b of the step's Σ row."""
+        l = x.l
 
-    def excel_backward_columns(self, layer, l):
-        """The extra backward columns of layer l (normalisation: dx̂, m1, m2), declared as the forward ones."""
-        raise NotImplementedError
+        def weighted_sum(j):
+            terms = "+".join(f"{x.ref(x.below(i))}*{x.ref(('W', l, (i, j)), 'p')}" for i in range(x.fan_in))
+            return f"{terms}+{x.ref(('b', l, (j,)), 'p')}"
+        return [ExcelColumns(f"layer {l} forward", "u", "u",
+                             lambda j: f"{x.unit('u', l, j)} = Σᵢ {x.unit('a', l - 1, 'ᵢ')}·W{l}[i,{j}] + b{l}[{j}]",
+                             sample=weighted_sum)]
 
-    def excel_error_down(self, layer, l, j):
-        """The formula body of the error passed down by layer l, ∂E/∂a⁽ˡ⁻¹⁾_j (dense: Σₖ W·δ (+ e);
-        normalisation: (dx̂ − m1 − x̂·m2)/√(σ² + eps)), cells named by key."""
-        raise NotImplementedError
+    def excel_activated(self, layer):
+        """h = f(u) with the residual skip (a follows), a otherwise."""
+        return "h" if layer.residual else "a"
 
-    def excel_grad_W(self, layer, l, i, j):
-        """The formula body of the per-sample ∂E/∂W_l[i,j] (dense: a⁽ˡ⁻¹⁾ᵢ·δⱼ; normalisation: δⱼ·x̂ⱼ)."""
-        raise NotImplementedError
+    def excel_combine(self, layer, x):
+        """With the residual skip: a⁽ˡ⁾_j = h⁽ˡ⁾_j + a⁽ˡ⁻¹⁾_j."""
+        if not layer.residual:
+            return ()
+        l = x.l
+        return [ExcelColumns(f"layer {l} forward", "a", "a",
+                             lambda j: f"{x.unit('a', l, j)} = {x.unit('h', l, j)} + {x.unit('a', l - 1, j)} (residual connection)",
+                             sample=lambda j: f"{x.ref(('h', l, j))}+{x.ref(x.below(j))}")]
 
-    def excel_settings(self, layer, l):
-        """Settings cells the layer's formulas read (batchnorm: bn_eps_l), as (defined name, value, label)."""
-        raise NotImplementedError
+    def excel_error_down(self, layer, x, j):
+        """Σₖ W[j,k]·δₖ (left to right), + e⁽ˡ⁾_j with the residual skip (the skip passes e on)."""
+        l = x.l
+        body = "+".join(f"{x.ref(('W', l, (j, k)), 'p')}*{x.ref(('delta', l, k))}" for k in range(x.units))
+        text = f"Σₖ W{l}[{j},k]·δₖ⁽{l}⁾"
+        if layer.residual:
+            body, text = f"{body}+{x.ref(('e', l, j))}", text + " + e⁽ˡ⁺¹⁾"
+        return body, text
+
+    def excel_error_columns(self, layer):
+        """A residual layer's e is read twice (its δ and the error it passes down): it gets columns."""
+        return layer.residual
+
+    def excel_factor(self, layer, x, i, j):
+        """② of ∂E/∂W[i,j] = a⁽ˡ⁻¹⁾ᵢ·δⱼ: the layer's input i."""
+        return x.below(i), f"a⁽{x.l - 1}⁾{i}"
 
     # ------------------------------------------------------------ chain face (l11-chain)
 

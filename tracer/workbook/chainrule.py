@@ -39,43 +39,44 @@ class ChainRuleLayout:
             ("agree", "✓ when the product equals the Trace's gradient to 1e-9", 7),
         ]
 
-    def _cells(self, kind, layer, index):
-        """Formula templates (with {r} sample row, {p} Σ row) for ②, ④, ⑤ and the gradient."""
+    def _cells(self, which, layer, index):
+        """Formula templates (with {r} sample row, {p} Σ row) for ②, ④, ⑤ and the gradient: ② the
+        factor the layer's kind multiplies δ by, ④ the e column or the error the kind above passes down."""
         L, cell = len(self.trace.scenario.layers), self.layout.cell
         j = index[-1]
-        if kind == "W" and self.trace.scenario.layers[layer - 1].kind == "batchnorm":
-            first = f"=Trace!{cell(('xhat', layer, j))}{{r}}"
-            gradient = f"=Trace!{cell(('grad_W', layer, index))}{{r}}"
-        elif kind == "W":
-            i = index[0]
-            source = ("x", 0, i) if layer == 1 else ("a", layer - 1, i)
-            first = f"=Trace!{cell(source)}{{r}}"
+        if which == "W":
+            first = f"=Trace!{cell(self._factor(layer, index))}{{r}}"
             gradient = f"=Trace!{cell(('grad_W', layer, index))}{{r}}"
         else:
             first, gradient = 1, f"=Trace!{cell(('grad_b', layer, index))}{{r}}"
         slope = f"=Trace!{cell(('slope', layer, j))}{{r}}"
-        if layer == L and self.fused:
-            widths = self.trace.scenario.widths
-            outputs = [f"Trace!{cell(('a', L, k))}{{r}}" for k in range(widths[-1])]
-            targets = [f"Trace!{cell(('t', 0, k))}{{r}}" for k in range(widths[-1])]
-            error, slope = "=" + losses.LOSSES[self.trace.scenario.loss].excel_output_delta(outputs, targets, j, [], None), None
-        elif layer == L:
-            error = f"=Trace!{cell(('dE_da', L, j))}{{r}}"
-        elif self.trace.scenario.layers[layer - 1].residual or self.trace.scenario.layers[layer].kind == "batchnorm":
+        if layer == L:
+            error, slope = self._output_error(j, slope)
+        elif self.layout.has_error_columns(layer):
             error = f"=Trace!{cell(('e', layer, j))}{{r}}"
         else:
-            widths = self.trace.scenario.widths
-            error = "=" + "+".join(f"Trace!{cell(('W', layer + 1, (j, k)))}{{p}}*Trace!{cell(('delta', layer + 1, k))}{{r}}"
-                                   for k in range(widths[layer + 1]))
-            if self.trace.scenario.layers[layer].residual:
-                error += f"+Trace!{cell(('e', layer + 1, j))}{{r}}"
+            error = "=" + self.layout.formula(self.layout.error_from_above(layer, j)[0], "Trace!")
         return first, error, slope, gradient
+
+    def _factor(self, layer, index):
+        """The key of factor ② of ∂E/∂W⁽ˡ⁾[i,j], from the layer's kind."""
+        scenario_layer, kind, cells = self.layout.layer_cells(layer)
+        return kind.excel_factor(scenario_layer, cells, *index)[0]
+
+    def _output_error(self, j, slope):
+        """④ and ⑤ of the output layer: ∂E/∂a and f'(u), or the loss's fused δ and no slope."""
+        cell, L, widths = self.layout.cell, len(self.trace.scenario.layers), self.trace.scenario.widths
+        if not self.fused:
+            return f"=Trace!{cell(('dE_da', L, j))}{{r}}", slope
+        outputs = [f"Trace!{cell(('a', L, k))}{{r}}" for k in range(widths[-1])]
+        targets = [f"Trace!{cell(('t', 0, k))}{{r}}" for k in range(widths[-1])]
+        return "=" + losses.LOSSES[self.trace.scenario.loss].excel_output_delta(outputs, targets, j, [], None), None
 
     def rows(self):
         row_number = self.header_rows + 1
-        for kind, layer, index in self.parameters:
-            name = param_name(self.trace.scenario, kind, layer, index)
-            first, error, slope, gradient = self._cells(kind, layer, index)
+        for which, layer, index in self.parameters:
+            name = param_name(self.trace.scenario, which, layer, index)
+            first, error, slope, gradient = self._cells(which, layer, index)
             for step in range(self.steps):
                 total = self.layout.total_row(step)
                 for slot, sample in enumerate(self.trace.samples(step)):
@@ -92,18 +93,14 @@ class ChainRuleLayout:
     def expected(self):
         t, s = self.trace, self.trace.scenario
         L = len(s.layers)
-        for kind, layer, index in self.parameters:
+        for which, layer, index in self.parameters:
             j = index[-1]
+            factor = self._factor(layer, index) if which == "W" else None
             for step in range(self.steps):
                 for slot, sample in enumerate(t.samples(step)):
                     values = {}
-                    if kind == "W" and s.layers[layer - 1].kind == "batchnorm":
-                        first = float(t.norm["xhat"][layer - 1][step, slot, j])
-                        values[3] = first
-                        gradient = t.grad_W_sample[layer - 1][(step, slot) + index]
-                    elif kind == "W":
-                        below = s.inputs[sample] if layer == 1 else t.a[layer - 2][step, slot]
-                        first = float(below[index[0]])
+                    if which == "W":
+                        first = float(t.values(factor, "sample", np.array([step]), np.array([slot]), np.array([sample]))[0])
                         values[3] = first
                         gradient = t.grad_W_sample[layer - 1][(step, slot) + index]
                     else:
@@ -123,4 +120,4 @@ class ChainRuleLayout:
                     values[6], values[7] = product, gradient
                     finite = np.isfinite(product) and np.isfinite(gradient)
                     values[8] = ("✓" if abs(product - gradient) <= 1e-9 * max(abs(product), abs(gradient)) else "✗") if finite else np.nan
-                    yield (kind, layer, index, step), values
+                    yield (which, layer, index, step), values

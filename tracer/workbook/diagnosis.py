@@ -10,7 +10,7 @@ as (x < θ)·(x > −θ), which still propagates an error cell into the count.""
 import numpy as np
 from openpyxl.utils import get_column_letter as _letter
 
-from .. import activations
+from .. import activations, layers
 from ..diagnose import layer_flag, loss_minimum, stall_series
 from .notation import layer as _layer
 
@@ -156,7 +156,7 @@ class DiagnosisLayout:
         n = len(self.trace.samples(step))
         for l, layer in enumerate(s.layers, start=1):
             act = activations.get(layer.activation)
-            symbol = "h" if layer.residual else "a"
+            symbol = layers.of(layer).excel_activated(layer)   # the column of f(u)
             if act.saturates_at:
                 span = (f"Trace!{self.layout.cell((symbol, l, 0))}{first}:"
                         f"{self.layout.cell((symbol, l, s.widths[l] - 1))}{last}")

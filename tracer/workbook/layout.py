@@ -20,8 +20,9 @@ from typing import Callable
 import numpy as np
 from openpyxl.utils import column_index_from_string, get_column_letter
 
-from .. import activations, losses, optim, procedures
+from .. import activations, layers, losses, optim, procedures
 from ..errors import LimitError
+from ..layers.base import ExcelLayer
 from ..trace import param_name
 from . import notation
 
@@ -160,12 +161,19 @@ class TraceLayout:
                                            *(getattr(declared, name) for name in TEMPLATES), declared.width,
                                            index=len(self.columns)))
                 self._where[declared.key] = letter
-        letters = {repr(key): letter for key, letter in self._where.items()}
+        letters = self._letters = {repr(key): letter for key, letter in self._where.items()}
         for column in self.columns:
             for name in TEMPLATES:
                 template = getattr(column, name)
                 if template is not None:
                     setattr(column, name, self._resolve(column, template, letters))
+
+    def formula(self, template, prefix=""):
+        """`template` (a formula body naming columns by key) with every «key» replaced by its column's
+        letter, after `prefix` ("Trace!" from another sheet)."""
+        def letter(match):
+            return prefix + self._letters[match.group(1)]
+        return REFERENCE.sub(letter, template)
 
     def _resolve(self, column, template, letters):
         """`template` with every «key» replaced by its column's letter."""
@@ -214,16 +222,36 @@ class TraceLayout:
             notation.sub("t", k), f"target t{k} of the sample (Data sheet)", ("t", 0, k),
             sample=f"Data!{data_letter(s.widths[0] + k)}{{d}}"))
 
-    def _forward(self, l):
-        """u of layer l (or batchnorm's μ, σ², x̂, u), a = f(u) (h for a residual layer), and a = h + a⁽ˡ⁻¹⁾."""
+    def layer_cells(self, l):
+        """Layer l's scenario entry, its kind (the registry's definition) and what the kind's excel face is given."""
         s = self.scenario
-        layer, n = s.layers[l - 1], s.widths[l]
-        if layer.kind == "batchnorm":
-            yield from self._batchnorm_forward(l)
-        else:
-            yield self._weighted_sum(l)
+        layer = s.layers[l - 1]
+        kind = layers.of(layer)
+        cells = ExcelLayer(l, s.widths[l], s.widths[l - 1], ref, lambda parameter: self.names[(kind.name, parameter, l)],
+                           notation.unit)
+        return layer, kind, cells
+
+    def _kind_columns(self, l, declared):
+        """The families of a kind's ExcelColumns declarations on layer l."""
+        for columns in declared:
+            yield Family(columns.group, range(self.scenario.widths[l] if columns.per_unit else 1),
+                         functools.partial(self._kind_column, l, columns))
+
+    @staticmethod
+    def _kind_column(l, columns, j):
+        header = notation.unit(columns.symbol, l, j) if columns.per_unit else f"{columns.symbol}{notation.layer(l)}"
+        meaning = columns.meaning(j) if callable(columns.meaning) else columns.meaning
+        key = (columns.quantity, l, j) if columns.per_unit else (columns.quantity, l)
+        return Declared(header, meaning, key,
+                        sample=columns.sample(j) if columns.sample else None, total=columns.total(j) if columns.total else None)
+
+    def _forward(self, l):
+        """The kind's forward columns up to u, f(u) (a, or h before a residual skip), the kind's combine columns."""
+        layer, kind, cells = self.layer_cells(l)
+        n = cells.units
+        yield from self._kind_columns(l, kind.excel_forward(layer, cells))
         act, params = activations.get(layer.activation), self._activation_params(l)
-        symbol = "h" if layer.residual else "a"
+        symbol = kind.excel_activated(layer)
 
         def activated(j):
             if act.elementwise:
@@ -233,49 +261,13 @@ class TraceLayout:
             return Declared(notation.unit(symbol, l, j), f"{notation.unit(symbol, l, j)} = {act.symbol}({notation.unit('u', l, j)})",
                             (symbol, l, j), sample=template)
         yield Family(f"layer {l} forward", range(n), activated)
-        if layer.residual:
-            yield Family(f"layer {l} forward", range(n), lambda j: Declared(
-                notation.unit("a", l, j),
-                f"{notation.unit('a', l, j)} = {notation.unit('h', l, j)} + {notation.unit('a', l - 1, j)} (residual connection)",
-                ("a", l, j), sample=f"{ref(('h', l, j))}+{ref(_below(l, j))}"))
-
-    def _weighted_sum(self, l):
-        """u = Σᵢ a⁽ˡ⁻¹⁾ᵢ·W[i,j] + b[j] of a dense layer."""
-        s = self.scenario
-
-        def weighted_sum(j):
-            terms = "+".join(f"{ref(_below(l, i))}*{ref(('W', l, (i, j)), 'p')}" for i in range(s.widths[l - 1]))
-            return Declared(notation.unit("u", l, j),
-                            f"{notation.unit('u', l, j)} = Σᵢ {notation.unit('a', l - 1, 'ᵢ')}·W{l}[i,{j}] + b{l}[{j}]",
-                            ("u", l, j), sample=f"{terms}+{ref(('b', l, (j,)), 'p')}")
-        return Family(f"layer {l} forward", range(s.widths[l]), weighted_sum)
-
-    def _batchnorm_forward(self, l):
-        """μ and σ² in the Σ row, then x̂ and u = γ·x̂ + β in the sample rows."""
-        n, eps = self.scenario.widths[l], self.names[("batchnorm", "eps", l)]
-        group = f"layer {l} batchnorm"
-
-        def column(x):
-            return f"{ref(x, 'f')}:{ref(x, 'l')}"
-        yield Family(group, range(n), lambda j: Declared(
-            notation.unit("μ", l, j), "batch mean of the input (Σ row)", ("bn_mean", l, j),
-            total=f"SUM({column(_below(l, j))})/{{n}}"))
-        yield Family(group, range(n), lambda j: Declared(
-            notation.unit("σ²", l, j), "biased batch variance Σ(x − μ)²/B (Σ row)", ("bn_var", l, j),
-            total=f"SUMPRODUCT({column(_below(l, j))}-{ref(('bn_mean', l, j))},"
-                  f"{column(_below(l, j))}-{ref(('bn_mean', l, j))})/{{n}}"))
-        yield Family(group, range(n), lambda j: Declared(
-            notation.unit("x̂", l, j), f"x̂ = (x − μ)/√(σ² + eps), eps = {eps}", ("xhat", l, j),
-            sample=f"({ref(_below(l, j))}-{ref(('bn_mean', l, j), 'p')})/SQRT({ref(('bn_var', l, j), 'p')}+{eps})"))
-        yield Family(group, range(n), lambda j: Declared(
-            notation.unit("u", l, j), f"u = γ·x̂ + β with γ{l}[{j}], β{l}[{j}]", ("u", l, j),
-            sample=f"{ref(('W', l, (0, j)), 'p')}*{ref(('xhat', l, j))}+{ref(('b', l, (j,)), 'p')}"))
+        yield from self._kind_columns(l, kind.excel_combine(layer, cells))
 
     def _loss_columns(self):
         """∂E/∂a of the output (unless the loss is fused with it), then E; Σ row: the reduction."""
         s = self.scenario
         L, K, loss = len(s.layers), s.widths[-1], losses.LOSSES[s.loss]
-        if loss.records_output_error:
+        if _records_output_error(loss):
             yield Family("loss", range(K), lambda k: Declared(
                 f"∂E/∂{notation.unit('a', L, k)}", f"derivative of the {s.loss} loss by the output", ("dE_da", L, k),
                 sample=loss.excel_error(ref(("a", L, k)), ref(("t", 0, k)), K)))
@@ -285,111 +277,88 @@ class TraceLayout:
                                    sample=template, total=self._reduce(("loss",))))
 
     def _backward(self, l):
-        """f'(u), the error e = ∂E/∂a where it has columns, δ = ∂E/∂u, and batchnorm's dx̂, m1, m2."""
+        """f'(u), the error e = ∂E/∂a where it has columns, δ = ∂E/∂u, and the kind's own backward columns."""
         s = self.scenario
-        layer, n, L = s.layers[l - 1], s.widths[l], len(s.layers)
+        layer, kind, cells = self.layer_cells(l)
+        n, L = cells.units, len(s.layers)
         group = f"layer {l} backward"
         act, params = activations.get(layer.activation), self._activation_params(l)
-        activated = "h" if layer.residual else "a"
+        activated = kind.excel_activated(layer)
         yield Family(group, range(n), lambda j: Declared(
             f"{act.symbol}'({notation.unit('u', l, j)})", f"local slope f'(u) of {act.name}", ("slope", l, j),
             sample=act.excel_slope(ref(("u", l, j)), ref((activated, l, j)), params)))
-        has_error = self._has_error_columns(l)
+        has_error = self.has_error_columns(l)
         if has_error:
             def error(j):
-                if s.layers[l].kind == "batchnorm":
-                    meaning = f"e = ∂E/∂a from the batchnorm above: (dx̂ − m1 − x̂·m2)/√(σ² + eps) of layer {l + 1}"
-                else:
-                    meaning = f"e = ∂E/∂a: Σₖ W{l + 1}[{j},k]·δₖ⁽{l + 1}⁾" + (" + e⁽ˡ⁺¹⁾" if s.layers[l].residual else "")
-                return Declared(notation.unit("e", l, j), meaning, ("e", l, j), sample=self._error_from_above(l, j))
+                body, text = self.error_from_above(l, j)
+                return Declared(notation.unit("e", l, j), f"e = ∂E/∂a: {text}", ("e", l, j), sample=body)
             yield Family(group, range(n), error)
 
         def delta(j):
             slope = ref(("slope", l, j))
             if l == L:
-                loss = losses.LOSSES[s.loss]
-                template = loss.excel_output_delta([ref(("a", L, k)) for k in range(n)], [ref(("t", 0, k)) for k in range(n)], j,
-                                                   [ref(("dE_da", L, k)) for k in range(n)], slope)
-                meaning = loss.output_delta_meaning
+                template, meaning = self._output_delta(j)
             elif has_error:
                 template, meaning = f"{slope}*{ref(('e', l, j))}", "δ = f'(u) · e"
             else:
-                template, meaning = f"{slope}*({self._error_from_above(l, j)})", f"δ = f'(u) · Σₖ W{l + 1}[{j},k]·δₖ⁽{l + 1}⁾"
+                body, text = self.error_from_above(l, j)
+                template, meaning = f"{slope}*({body})", f"δ = f'(u) · {text}"
             return Declared(notation.unit("δ", l, j), meaning, ("delta", l, j), sample=template)
         yield Family(group, range(n), delta)
-        if layer.kind == "batchnorm":
-            yield from self._batchnorm_backward(l)
+        yield from self._kind_columns(l, kind.excel_backward(layer, cells))
 
-    def _batchnorm_backward(self, l):
-        """dx̂ = δ·γ in the sample rows, m1 = mean(dx̂) and m2 = mean(dx̂·x̂) in the Σ row."""
-        n = self.scenario.widths[l]
-        group = f"layer {l} batchnorm backward"
+    def _output_delta(self, j):
+        """(formula body, meaning) of δ⁽ᴸ⁾_j: ∂E/∂a · f'(u), or the loss's fused δ."""
+        s = self.scenario
+        L, K, loss = len(s.layers), s.widths[-1], losses.LOSSES[s.loss]
+        return (loss.excel_output_delta([ref(("a", L, k)) for k in range(K)], [ref(("t", 0, k)) for k in range(K)], j,
+                                        [ref(("dE_da", L, k)) for k in range(K)], ref(("slope", L, j))),
+                loss.output_delta_meaning)
 
-        def column(x):
-            return f"{ref(x, 'f')}:{ref(x, 'l')}"
-        yield Family(group, range(n), lambda j: Declared(
-            notation.unit("dx̂", l, j), "dx̂ = δ·γ", ("dxhat", l, j),
-            sample=f"{ref(('delta', l, j))}*{ref(('W', l, (0, j)), 'p')}"))
-        yield Family(group, range(n), lambda j: Declared(
-            notation.unit("m1", l, j), "m1 = Σ dx̂ / B (Σ row)", ("bn_m1", l, j),
-            total=f"SUM({column(('dxhat', l, j))})/{{n}}"))
-        yield Family(group, range(n), lambda j: Declared(
-            notation.unit("m2", l, j), "m2 = Σ dx̂·x̂ / B (Σ row)", ("bn_m2", l, j),
-            total=f"SUMPRODUCT({column(('dxhat', l, j))},{column(('xhat', l, j))})/{{n}}"))
-
-    def _error_from_above(self, l, j):
-        """Σₖ W_{l+1}[j,k]·δₖ⁽ˡ⁺¹⁾ (+ e⁽ˡ⁺¹⁾_j when layer l+1 is residual), or the batchnorm
-        backward (dx̂ − m1 − x̂·m2)/√(σ² + eps) of layer l+1, as a formula body."""
-        if self.scenario.layers[l].kind == "batchnorm":
-            eps = self.names[("batchnorm", "eps", l + 1)]
-            return (f"({ref(('dxhat', l + 1, j))}-{ref(('bn_m1', l + 1, j), 'p')}-{ref(('xhat', l + 1, j))}*"
-                    f"{ref(('bn_m2', l + 1, j), 'p')})/SQRT({ref(('bn_var', l + 1, j), 'p')}+{eps})")
-        back = "+".join(f"{ref(('W', l + 1, (j, k)), 'p')}*{ref(('delta', l + 1, k))}" for k in range(self.scenario.widths[l + 1]))
-        if self.scenario.layers[l].residual:
-            back += f"+{ref(('e', l + 1, j))}"
-        return back
+    def error_from_above(self, l, j):
+        """(formula body, text) of the error layer l+1 passes down to unit j of layer l, by its kind."""
+        layer, kind, cells = self.layer_cells(l + 1)
+        return kind.excel_error_down(layer, cells, j)
 
     def _gradients(self):
-        """Per-sample ∂E/∂θ in the sample rows; Σ row: the batch's reduction."""
+        """Per-sample ∂E/∂θ in the sample rows, by the layer's kind; Σ row: the batch's reduction."""
         s = self.scenario
         group = "gradient ∂E/∂θ (Σ row: batch)"
         for l in range(1, len(s.layers) + 1):
-            yield Family(group, Grid(self._fan_in(l), s.widths[l]), functools.partial(self._weight_gradient, l))
-            yield Family(group, Grid(s.widths[l]), lambda index, l=l: Declared(
-                f"∂E/∂{param_name(s, 'b', l, index)}", f"δ⁽{l}⁾{index[0]}; Σ row: {s.reduction} over the batch",
-                ("grad_b", l, index), sample=ref(("delta", l, index[0])), total=self._reduce(("grad_b", l, index))))
+            layer, kind, cells = self.layer_cells(l)
+            shape_W, shape_b = kind.param_shapes(cells.fan_in, cells.units)
+            yield Family(group, Grid(*shape_W), lambda index, l=l, layer=layer, kind=kind, cells=cells: self._gradient(
+                "W", l, index, *kind.excel_grad_W(layer, cells, *index)))
+            yield Family(group, Grid(*shape_b), lambda index, l=l, layer=layer, kind=kind, cells=cells: self._gradient(
+                "b", l, index, *kind.excel_grad_b(layer, cells, *index)))
 
-    def _weight_gradient(self, l, index):
+    def _gradient(self, which, l, index, body, text):
         s = self.scenario
-        i, j = index
-        if s.layers[l - 1].kind == "batchnorm":
-            factor, meaning = ref(("xhat", l, j)), f"x̂⁽{l}⁾{j}·δ⁽{l}⁾{j}"
-        else:
-            factor, meaning = ref(_below(l, i)), f"a⁽{l - 1}⁾{i}·δ⁽{l}⁾{j}"
-        return Declared(f"∂E/∂{param_name(s, 'W', l, index)}", f"{meaning}; Σ row: {s.reduction} over the batch",
-                        ("grad_W", l, index), sample=f"{factor}*{ref(('delta', l, j))}", total=self._reduce(("grad_W", l, index)))
+        return Declared(f"∂E/∂{param_name(s, which, l, index)}", f"{text}; Σ row: {s.reduction} over the batch",
+                        (f"grad_{which}", l, index), sample=body, total=self._reduce((f"grad_{which}", l, index)))
 
     def _parameter_blocks(self, trained_only=False):
-        """(kind, layer, indices) of every parameter array in sheet order (W then b per layer),
+        """(which, layer, indices) of every parameter array in sheet order (W then b per layer),
         or of the trained ones (a bias with train_bias = false is frozen)."""
         s = self.scenario
         for l, layer in enumerate(s.layers, start=1):
-            yield "W", l, Grid(self._fan_in(l), s.widths[l])
+            shape_W, shape_b = layers.of(layer).param_shapes(s.widths[l - 1], s.widths[l])
+            yield "W", l, Grid(*shape_W)
             if layer.train_bias or not trained_only:
-                yield "b", l, Grid(s.widths[l])
+                yield "b", l, Grid(*shape_b)
 
-    def _trained(self, kind, l):
-        return kind == "W" or self.scenario.layers[l - 1].train_bias
+    def _trained(self, which, l):
+        return which == "W" or self.scenario.layers[l - 1].train_bias
 
     def _parameters(self):
         """θ used at each step (Σ rows) and after the last one (final row): previous θ − previous Δθ."""
-        for kind, l, indices in self._parameter_blocks():
-            yield Family("parameters θ (value used at this step)", indices, functools.partial(self._parameter, kind, l))
+        for which, l, indices in self._parameter_blocks():
+            yield Family("parameters θ (value used at this step)", indices, functools.partial(self._parameter, which, l))
 
-    def _parameter(self, kind, l, index):
-        key, name = (kind, l, index), param_name(self.scenario, kind, l, index)
-        if self._trained(kind, l):
-            carry = f"{ref(key, 'q')}-{ref((f'update_{kind}', l, index), 'q')}"
+    def _parameter(self, which, l, index):
+        key, name = (which, l, index), param_name(self.scenario, which, l, index)
+        if self._trained(which, l):
+            carry = f"{ref(key, 'q')}-{ref((f'update_{which}', l, index), 'q')}"
             meaning = f"{name} used at this step = previous value − previous update"
         else:
             carry, meaning = ref(key, "q"), f"{name} (not trained: train_bias = false)"
@@ -400,39 +369,39 @@ class TraceLayout:
         s = self.scenario
         optimizer = optim.OPTIMIZERS[s.optimizer]
         _, clipping = self._clipped("")
-        for kind, l, indices in self._parameter_blocks(trained_only=True):
-            yield Family("update Δθ (subtracted)", indices, lambda index, kind=kind, l=l: Declared(
-                f"Δ{param_name(s, kind, l, index)}", f"{s.optimizer}: {optimizer.meaning}{clipping}",
-                (f"update_{kind}", l, index), total=optimizer.excel_update(self._update_refs(kind, l, index))))
+        for which, l, indices in self._parameter_blocks(trained_only=True):
+            yield Family("update Δθ (subtracted)", indices, lambda index, which=which, l=l: Declared(
+                f"Δ{param_name(s, which, l, index)}", f"{s.optimizer}: {optimizer.meaning}{clipping}",
+                (f"update_{which}", l, index), total=optimizer.excel_update(self._update_refs(which, l, index))))
 
     def _optimizer_state(self):
         """Each state of the optimiser per trained parameter (Σ rows; the first reads {prev0})."""
         s = self.scenario
         optimizer = optim.OPTIMIZERS[s.optimizer]
         for state in optimizer.state:
-            for kind, l, indices in self._parameter_blocks(trained_only=True):
+            for which, l, indices in self._parameter_blocks(trained_only=True):
                 yield Family(f"optimiser state ({s.optimizer})", indices,
-                             functools.partial(self._state_column, optimizer, state, kind, l))
+                             functools.partial(self._state_column, optimizer, state, which, l))
 
-    def _state_column(self, optimizer, state, kind, l, index):
-        name, formula = param_name(self.scenario, kind, l, index), optimizer.excel_state[state]
-        refs = self._update_refs(kind, l, index)
-        previous = {f"prev_{st}": ref((f"{st}_{kind}", l, index), "q") for st in optimizer.state}
+    def _state_column(self, optimizer, state, which, l, index):
+        name, formula = param_name(self.scenario, which, l, index), optimizer.excel_state[state]
+        refs = self._update_refs(which, l, index)
+        previous = {f"prev_{st}": ref((f"{st}_{which}", l, index), "q") for st in optimizer.state}
         first = {f"prev_{st}": "{prev0}" for st in optimizer.state}
         return Declared(f"{optim.STATE_SYMBOLS.get(state, state)} {name}", f"{state} of {name} after this step",
-                        (f"{state}_{kind}", l, index), total=formula(dict(refs, **previous)), first=formula(dict(refs, **first)))
+                        (f"{state}_{which}", l, index), total=formula(dict(refs, **previous)), first=formula(dict(refs, **first)))
 
-    def _update_refs(self, kind, l, index):
+    def _update_refs(self, which, l, index):
         """What the optimiser's Excel forms read for one parameter: its gradient as the update
         sees it (clipped, with weight decay), the hyper-parameters, lr, t and its state cells."""
         s = self.scenario
         hyper, optimizer = s.optimizer_params, optim.OPTIMIZERS[s.optimizer]
         names = {p: self.names[("optimizer", p)] for p in hyper if ("optimizer", p) in self.names}
         lr = ref(("lr",)) if hyper["schedule"] != "constant" else names["lr"]
-        gradient, _ = self._clipped(ref((f"grad_{kind}", l, index)))
-        gradient = optim.excel_gradient(gradient, ref((kind, l, index)), names, hyper)
+        gradient, _ = self._clipped(ref((f"grad_{which}", l, index)))
+        gradient = optim.excel_gradient(gradient, ref((which, l, index)), names, hyper)
         return dict(names, lr=lr, t=f"(${ref(('step',))}+1)", nesterov=hyper.get("nesterov", False), g=gradient,
-                    **{state: ref((f"{state}_{kind}", l, index)) for state in optimizer.state})
+                    **{state: ref((f"{state}_{which}", l, index)) for state in optimizer.state})
 
     def _schedule(self):
         """The learning rate of the step under a schedule (Σ rows)."""
@@ -447,8 +416,8 @@ class TraceLayout:
         if self.scenario.clip_norm is None:
             return
         def norm(letter):   # a frozen bias is not in ‖g‖
-            trained = [letter((f"grad_{kind}", l, index))
-                       for kind, l, indices in self._parameter_blocks(trained_only=True) for index in indices]
+            trained = [letter((f"grad_{which}", l, index))
+                       for which, l, indices in self._parameter_blocks(trained_only=True) for index in indices]
             return procedures.excel_grad_norm(_column_ranges(trained))
         yield one("gradient clipping", Declared("‖g‖", "L2 norm of the batch gradients of every trained parameter",
                                                 ("grad_norm",), total=norm))
@@ -471,14 +440,14 @@ class TraceLayout:
         layer = self.scenario.layers[l - 1]
         return {name: self.names[(layer.activation, name, l)] for name in activations.get(layer.activation).params}
 
-    def _fan_in(self, l):
-        """Rows of W_l: the width below, or 1 for a batchnorm layer's γ."""
-        return 1 if self.scenario.layers[l - 1].kind == "batchnorm" else self.scenario.widths[l - 1]
-
-    def _has_error_columns(self, l):
-        """Hidden layers whose error e = ∂E/∂a gets its own columns: residual ones, and those below a batchnorm."""
-        layers = self.scenario.layers
-        return l < len(layers) and (layers[l - 1].residual or layers[l].kind == "batchnorm")
+    def has_error_columns(self, l):
+        """Whether the error e = ∂E/∂a of hidden layer l gets its own columns: its kind keeps it
+        (residual), or the kind above writes the error it passes down there (normalisation)."""
+        s = self.scenario
+        if l >= len(s.layers):
+            return False
+        here, above = s.layers[l - 1], s.layers[l]
+        return layers.of(here).excel_error_columns(here) or layers.of(above).excel_error_columns_below(above)
 
     # ---------------------------------------------------------------- rows
 
@@ -539,7 +508,9 @@ def data_letter(index):
 
 
 def settings_names(scenario):
-    """Defined names of the hyper-parameter cells: (owner, parameter[, layer]) -> name."""
+    """Defined names of the hyper-parameter cells: (owner, parameter[, layer]) -> name. An activation's
+    parameter is <prefix>_<layer> with the prefix its definition gives (leaky_slope, elu_alpha) or
+    <activation>_<parameter>; a layer kind's settings are named by its excel face (bn_eps_2)."""
     names = {}
     for param, value in scenario.optimizer_params.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -551,11 +522,12 @@ def settings_names(scenario):
         else:
             names[("optimizer", param)] = f"opt_{param}"
     for l, layer in enumerate(scenario.layers, start=1):
-        for param in activations.get(layer.activation).params:
-            prefix = {"slope": "leaky_slope", "alpha": "elu_alpha"}[param]
-            names[(layer.activation, param, l)] = f"{prefix}_{l}"
-        if layer.kind == "batchnorm":
-            names[("batchnorm", "eps", l)] = f"bn_eps_{l}"
+        act = activations.get(layer.activation)
+        for param in act.params:
+            names[(layer.activation, param, l)] = f"{act.setting_names.get(param, f'{act.name}_{param}')}_{l}"
+        kind = layers.of(layer)
+        for param, name, _, _ in kind.excel_settings(layer, l):
+            names[(kind.name, param, l)] = name
     return names
 
 
@@ -570,14 +542,20 @@ def settings_values(scenario):
         for param, value in layer.activation_params.items():
             entries.append((names[(layer.activation, param, l)], value, f"layer {l} {layer.activation}: {param}"))
     for l, layer in enumerate(scenario.layers, start=1):
-        if layer.kind == "batchnorm":
-            entries.append((names[("batchnorm", "eps", l)], layer.eps, f"layer {l} batchnorm: eps"))
+        kind = layers.of(layer)
+        for param, _, value, label in kind.excel_settings(layer, l):
+            entries.append((names[(kind.name, param, l)], value, label))
     for key in ("clip_norm", "clip_value"):
         if getattr(scenario, key) is not None:
             entries.append((key, getattr(scenario, key), f"training: gradient {key.replace('_', ' by ')}"))
     for key, value in scenario.thresholds.items():
         entries.append((f"threshold_{key}", value, f"diagnosis: {key} threshold (Diagnosis sheet)"))
     return entries
+
+
+def _records_output_error(loss):
+    """Whether ∂E/∂a⁽ᴸ⁾ has columns of its own and δ⁽ᴸ⁾ = ∂E/∂a · f'(u) (not a fused loss)."""
+    return loss.records_output_error
 
 
 def _below(l, i):
