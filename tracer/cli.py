@@ -107,6 +107,12 @@ def _scenario_options(command):
     return click.argument("scenario", metavar="SCENARIO")(command)
 
 
+def _layout_option(command):
+    return click.option("--layout", type=click.Choice(writer.LAYOUTS), default=None,
+                        help="Trace sheet layout: column (a column per parameter), matrix (parameters as blocks, "
+                             "for wide nets); default: column when the run fits it, else matrix.")(command)
+
+
 def _load(scenario, overrides, steps):
     return scenario_module.load(scenario, overrides=overrides, steps=steps)
 
@@ -134,8 +140,9 @@ def main():
 @click.option("--window", metavar="A:B", help="Export only steps A..B, starting from the engine's parameters at step A.")
 @click.option("--param", "parameters", multiple=True, metavar="W1[0,2]",
               help="Add a parameter to the ChainRule sheet (the first weight of every layer is always there).")
+@_layout_option
 @_reports_errors
-def run(scenario, overrides, steps, output, trace_path, force, verify_after, window, parameters):
+def run(scenario, overrides, steps, output, trace_path, force, verify_after, window, parameters, layout):
     """Train SCENARIO and export it as a workbook of live formulas (and/or a CSV trace).
 
     \b
@@ -154,7 +161,7 @@ def run(scenario, overrides, steps, output, trace_path, force, verify_after, win
         output = output_module.safe_file_name(loaded.name, ".xlsx")
     output_module.check_targets({"-o": output, "--trace": trace_path}, force=force)
     if output and span is None:
-        writer.check_scenario_fits(loaded)
+        layout = writer.check_scenario_fits(loaded, layout)
     trace = engine.run(loaded)
     if span is not None:
         trace = trace.window(*span)
@@ -164,14 +171,15 @@ def run(scenario, overrides, steps, output, trace_path, force, verify_after, win
             trace.write_csv(trace_path, into=staged_trace)
         if output:
             with _progress(trace.steps, "writing workbook") as advance:
-                writer.write(trace, output, force=force, progress=advance, parameters=parameters, into=staged_output)
+                layout = writer.write(trace, output, force=force, progress=advance, parameters=parameters,
+                                      into=staged_output, layout=layout).name
     if trace_path:
         click.echo(f"wrote {trace_path}")
     if output:
         click.echo(f"wrote {output}" + (f" (steps {span[0]}..{span[1]}, starting from the engine's parameters at step {span[0]})" if span else ""))
     click.echo(_summary(trace))
     if output and verify_after:
-        _report_verification(verify.verify(trace, output, parameters=parameters))
+        _report_verification(verify.verify(trace, output, parameters=parameters, layout=layout))
 
 
 def _parse_window(text, steps):
@@ -362,8 +370,9 @@ def check_command(scenario, overrides, steps, hand, mapping, as_json):
 
 @main.command(name="verify")
 @_scenario_options
+@_layout_option
 @_reports_errors
-def verify_command(scenario, overrides, steps):
+def verify_command(scenario, overrides, steps, layout):
     """Export SCENARIO, recompute it with LibreOffice and compare every formula cell.
 
     Exits 1 on any difference beyond 1e-9 (relative, with an absolute floor for
@@ -373,8 +382,10 @@ def verify_command(scenario, overrides, steps):
     Example:
       tracer verify leaky-relu-explosion
     """
-    trace = engine.run(_load(scenario, overrides, steps))
-    _report_verification(verify.verify(trace))
+    loaded = _load(scenario, overrides, steps)
+    layout = writer.check_scenario_fits(loaded, layout)
+    trace = engine.run(loaded)
+    _report_verification(verify.verify(trace, layout=layout))
 
 
 def _summary(trace):

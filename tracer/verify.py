@@ -22,7 +22,7 @@ import numpy as np
 from openpyxl.utils import get_column_letter
 
 from . import gnumeric, libreoffice, xlsxread
-from .workbook import writer
+from .workbook import matrix as matrix_layout, writer
 
 TOLERANCE = 1e-9
 FLOOR = 1e-5
@@ -93,7 +93,10 @@ def compare(trace, layout, recomputed, parameters=(), spreadsheet="LibreOffice")
     report = Report(spreadsheet=spreadsheet)
     tables = writer.table_layouts(trace, layout, parameters, findings=[])
     sheets = xlsxread.read_values(recomputed, ["Trace"] + [table.title for table in tables])
-    _compare_trace(report, trace, layout, sheets["Trace"])
+    if isinstance(layout, matrix_layout.MatrixLayout):
+        matrix_layout.compare(report, trace, layout, sheets["Trace"], _judge)
+    else:
+        _compare_trace(report, trace, layout, sheets["Trace"])
     for table in tables:
         _compare_table(report, table, sheets[table.title])
     return report
@@ -311,12 +314,13 @@ def _compare_table(report, table, sheet):
 SPREADSHEETS = {"libreoffice": "LibreOffice", "gnumeric": "Gnumeric"}
 
 
-def verify(trace, workbook_path=None, parameters=(), spreadsheet="libreoffice"):
-    """Export (unless given), recompute with LibreOffice (or Gnumeric), compare; return the Report."""
-    return verify_many([trace], None if workbook_path is None else [workbook_path], parameters, spreadsheet)[0]
+def verify(trace, workbook_path=None, parameters=(), spreadsheet="libreoffice", layout=None):
+    """Export (unless given), recompute with LibreOffice (or Gnumeric), compare; return the Report.
+    `layout`: the workbook's layout ("column", "matrix"; None: the one writer.write chooses)."""
+    return verify_many([trace], None if workbook_path is None else [workbook_path], parameters, spreadsheet, layout)[0]
 
 
-def verify_many(traces, workbook_paths=None, parameters=(), spreadsheet="libreoffice"):
+def verify_many(traces, workbook_paths=None, parameters=(), spreadsheet="libreoffice", layout=None):
     """Verify many traces with ONE recomputation: export each trace (or take its workbook from
     `workbook_paths`, None entries exported), recompute them all together (one LibreOffice
     process, or Gnumeric two files at a time), compare each workbook with its trace.
@@ -331,10 +335,10 @@ def verify_many(traces, workbook_paths=None, parameters=(), spreadsheet="libreof
         for index, (trace, path) in enumerate(zip(traces, given)):
             unique = Path(folder) / f"workbook-{index}.xlsx"   # converted names must differ
             if path is None:
-                layouts.append(writer.write(trace, unique, parameters=parameters))
+                layouts.append(writer.write(trace, unique, parameters=parameters, layout=layout))
                 path = unique
             else:
-                layouts.append(writer.build_layout(trace))
+                layouts.append(writer.build_layout(trace, layout))
                 if Path(path).stem in {Path(p).stem for p in sources}:
                     shutil.copyfile(path, unique)
                     path = unique

@@ -127,6 +127,8 @@ class TraceLayout:
     passes: the builders declare families of columns by key (pass 1), then the layout counts them
     against the sheet's limit, gives each column its letter and resolves the references (pass 2)."""
 
+    name = "column"
+
     def __init__(self, scenario, sample_ids, first_step=0, names=None):
         self.scenario = scenario
         self.sample_ids = sample_ids

@@ -9,6 +9,7 @@ The file is written to a temporary name beside the target and renamed when compl
 """
 import io
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ from openpyxl.xml.functions import tostring
 
 from ..errors import LimitError, OutputExistsError
 from .. import diagnose as diagnose_module, output, procedures
-from . import chainrule, charts, diagnosis, histograms, layout as layout_module, steps as steps_module, xlsx
+from . import chainrule, charts, diagnosis, histograms, layout as layout_module, matrix, steps as steps_module, xlsx
 
 MAX_ROWS, MAX_FORMULA = 1_048_576, 8_192
 _HEADER_FONT = Font(bold=True)
@@ -72,18 +73,46 @@ def constant_cell(ref, value):
     return xlsx.value_cell(ref, written)
 
 
-def build_layout(trace):
-    return layout_module.TraceLayout(trace.scenario, trace.sample_ids, first_step=trace.first_step)
+LAYOUTS = ("column", "matrix")
 
 
-def check_scenario_fits(scenario):
-    """Refuse, before training, a run whose workbook would break a spreadsheet limit."""
+def build_layout(trace, layout=None):
+    """The Trace sheet's layout of `trace` (see make_layout)."""
+    return make_layout(trace.scenario, trace.sample_ids, trace.first_step, layout)
+
+
+def make_layout(scenario, sample_ids, first_step=0, layout=None):
+    """The layout of the Trace sheet: `layout` "column" (a column per quantity, a row per sample,
+    layout.py) or "matrix" (parameters as blocks, matrix.py); None: the column layout when the run
+    fits it, else the matrix layout. Raises LimitError when the layout asked for (or, for None,
+    neither) fits a spreadsheet, before anything is written."""
+    if layout == "matrix":
+        return matrix.MatrixLayout(scenario, sample_ids, first_step)
+    try:
+        column = layout_module.TraceLayout(scenario, sample_ids, first_step=first_step)
+        check_limits(column)
+        return column
+    except LimitError:
+        if layout == "column" or matrix.unsupported(scenario):
+            raise
+        refused = sys.exc_info()[1]
+    try:
+        return matrix.MatrixLayout(scenario, sample_ids, first_step)
+    except LimitError:
+        raise refused from None
+
+
+def check_scenario_fits(scenario, layout="column"):
+    """Refuse, before training, a run whose workbook would break a spreadsheet limit in `layout`
+    ("column", "matrix", or None: whichever make_layout chooses); returns the layout's name."""
     from ..engine import batch_schedule
-    check_limits(layout_module.TraceLayout(scenario, batch_schedule(scenario)))
+    return make_layout(scenario, batch_schedule(scenario), layout=layout).name
 
 
 def check_limits(layout):
     """Raise LimitError before writing when the run cannot fit a spreadsheet."""
+    if isinstance(layout, matrix.MatrixLayout):
+        return   # the matrix layout checks its limits as it is made
     source = layout.scenario.source
     if layout.last_row > MAX_ROWS:
         rows_per_step = layout.last_row / max(1, len(layout.sample_ids))
@@ -107,7 +136,10 @@ def check_limits(layout):
 
 
 def table_layouts(trace, layout, parameters=(), findings=None):
-    """The Steps, Diagnosis, ChainRule and Histograms sheets' layouts (each: title, headers, rows, expected)."""
+    """The Steps, Diagnosis, ChainRule and Histograms sheets' layouts (each: title, headers, rows, expected);
+    none in the matrix layout (its Trace sheet holds every quantity)."""
+    if isinstance(layout, matrix.MatrixLayout):
+        return []
     steps_layout = steps_module.StepsLayout(trace, layout)
     if findings is None:
         findings = diagnose_module.diagnose(trace).findings
@@ -115,7 +147,7 @@ def table_layouts(trace, layout, parameters=(), findings=None):
             chainrule.ChainRuleLayout(trace, layout, parameters), histograms.HistogramLayout(trace, layout, steps_layout)]
 
 
-def write(trace, path, force=False, progress=None, parameters=(), into=None):
+def write(trace, path, force=False, progress=None, parameters=(), into=None, layout=None):
     """Write `trace` as a workbook at `path`; refuse to replace an existing file unless `force`.
 
     Args:
@@ -126,19 +158,23 @@ def write(trace, path, force=False, progress=None, parameters=(), into=None):
         parameters: extra parameter names (W2[1,0], b1[0]) for the ChainRule sheet.
         into: a temporary beside `path` that the caller renames (output.atomic_paths, to commit
             several outputs together): the workbook is written there and not renamed.
+        layout: "column", "matrix" or None (the column layout when the run fits it, else matrix).
     Returns:
-        the TraceLayout used (cell positions of every quantity).
+        the layout used (TraceLayout or MatrixLayout: cell positions of every quantity).
     """
     target = Path(path)
     if target.exists() and not force:
         raise OutputExistsError(f"{target} exists; use --force to replace it")
-    layout = build_layout(trace)
+    layout = build_layout(trace, layout)
     check_limits(layout)
     tables = table_layouts(trace, layout, parameters)
     temporary = output.temporary_beside(target) if into is None else into
     workbook = Workbook(write_only=True)
     try:
-        bodies = [_write_trace(workbook, trace, layout, progress)]
+        if isinstance(layout, matrix.MatrixLayout):
+            bodies = [matrix.write_sheet(workbook, trace, layout, progress)]
+        else:
+            bodies = [_write_trace(workbook, trace, layout, progress)]
         for table in tables:
             sheet, body = _write_table(workbook, table)
             bodies.append(body)
