@@ -25,3 +25,8 @@ def exists(name):
 def read(name):
     """The TOML text of template `name`."""
     return (_folder() / f"{name}.toml").read_text(encoding="utf-8")
+
+
+def data_file(name):
+    """The path of the shipped data file `name` (templates/data/, installed with the templates)."""
+    return Path(str(_folder() / "data" / name))
