@@ -64,6 +64,12 @@ def test_the_template_trains_to_a_falling_loss():
     assert (np.diff(trace.loss.reshape(-1, epoch).mean(axis=1)) < 0).all()   # every epoch lower
 
 
+def test_the_large_templates_are_the_same_for_the_tests_and_the_fuzz_campaign():
+    from tests.test_fuzz import fuzz
+    assert fuzz.LARGE_TEMPLATES == templates.LARGE and set(templates.LARGE) <= set(templates.names())
+    assert TEMPLATE in templates.LARGE and TEMPLATE not in fuzz.TEMPLATES
+
+
 def test_the_template_fits_a_sheet():
     writer.check_scenario_fits(scenario_module.load(TEMPLATE))
 

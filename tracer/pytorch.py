@@ -9,7 +9,8 @@ The model: an `nn.Sequential` (nested ones are flattened), optionally starting w
 (the inputs are then flattened the same way), of layers, each optionally followed by ONE activation:
   nn.Linear(n, m)          dense layer; W = weight.T (tracer's W is fan_in × units), b = bias;
                            bias=False: b = 0, not trained
-  nn.BatchNorm1d(n)        kind = "batchnorm" (training mode: batch statistics, biased variance), eps;
+  nn.BatchNorm1d(n)        kind = "batchnorm" (batch statistics, biased variance, as in training mode;
+                           eval mode is refused unless track_running_stats=False), eps;
                            γ = 1 and β = 0 as a fresh module has them (a scenario cannot set them yet)
   nn.LayerNorm(n)          kind = "layernorm" (where this version of tracer has it), eps, γ = 1, β = 0
   activations              nn.Identity, Sigmoid, Tanh, ReLU, LeakyReLU(negative_slope) -> leaky_relu
@@ -248,7 +249,7 @@ def _norm(module, where, width, torch, model):
     if not affine:
         raise ModelError(where, f"{'affine' if batchnorm else 'elementwise_affine'}=False: tracer trains the scale γ "
                          "of every normalisation layer")
-    if batchnorm and not module.training:
+    if batchnorm and not module.training and module.track_running_stats:
         raise ModelError(where, "is in eval mode (running statistics); tracer trains with batch statistics: call "
                          "model.train()")
     gamma = _values(module.weight)
