@@ -6,7 +6,7 @@ from pathlib import Path
 # 7,475 Trace columns, a million formula cells, about a minute to recompute): tests/conftest.py
 # leaves them out of the every-template tests, benchmarks/fuzz.py out of its mutations; their own
 # tests (tests/test_datasets.py) and benchmarks/digits.py cover them.
-LARGE = ("digits-64-32-10",)
+LARGE = ("digits-64-32-10", "wide-784-32-10")
 
 
 def _folder():
