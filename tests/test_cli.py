@@ -4,6 +4,7 @@ gradcheck exit codes."""
 import os
 from pathlib import Path
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -372,11 +373,25 @@ def test_limit_errors_name_the_file_and_the_key(tmp_path, invoke):
     out = tmp_path / "o.xlsx"
     assert_refused(invoke("run", scenario, "--steps", "300000", "-o", out), f"{scenario}: steps: ",
                    "1,048,576", "--steps 209714 or fewer")
-    assert_refused(invoke("run", scenario, "--set", "layers.0.units=3000", "-o", out), f"{scenario}: layers[0].units: ",
-                   "columns")
-    assert_refused(invoke("run", scenario, "--set", "layers.0.units=700", "-o", out), f"{scenario}: layers[0].units: ",
-                   "8192 characters")
+    # the column layout's limits (without --layout, a net this wide is written in the matrix layout)
+    assert_refused(invoke("run", scenario, "--set", "layers.0.units=3000", "--layout", "column", "-o", out),
+                   f"{scenario}: layers[0].units: ", "columns")
+    assert_refused(invoke("run", scenario, "--set", "layers.0.units=700", "--layout", "column", "-o", out),
+                   f"{scenario}: layers[0].units: ", "8192 characters")
     assert not out.exists()
+
+
+def test_a_net_too_wide_for_the_column_layout_is_written_in_the_matrix_layout(tmp_path, invoke):
+    out = tmp_path / "wide.xlsx"
+    result = invoke("run", "xor", "--set", "layers.0.units=3000", "--steps", "1", "-o", out)
+    assert result.exit_code == 0, result.output
+    with zipfile.ZipFile(out) as archive:
+        formulas = re.findall(r"<f>([^<]*)</f>", archive.read("xl/worksheets/sheet1.xml").decode())
+    assert sum(f.startswith("MMULT(") for f in formulas) == 4 * 3000 + 4   # u of every unit and sample
+    forced = invoke("run", "xor", "--set", "layers.0.units=3000", "--steps", "1", "--layout", "column", "-o", out,
+                    "--force")
+    assert forced.exit_code == 2 and "columns" in forced.output
+    assert invoke("run", "xor", "--steps", "2", "--layout", "matrix", "-o", out, "--force").exit_code == 0
 
 
 def test_parameter_names_with_huge_or_long_numbers(tmp_path, invoke, monkeypatch):

@@ -53,6 +53,7 @@ class Block:
     scale: float = 0.0
     header: str = ""
     blank_first_row: bool = False   # a frozen bias: no update or state cells in row 0
+    layer: int | None = None        # the layer (from 1) of the quantity; None: the data or the run
 
     @property
     def height(self):
@@ -193,8 +194,9 @@ class MatrixLayout:
                              f"limit of {MAX_COLUMNS} columns: use fewer or narrower layers",
                              source, layout_module.widest_key(self.scenario))
         if self.last_row > MAX_ROWS:
-            per_step = (self.last_row - self.parameter_rows) / max(1, len(self.counts))
-            fitting = int((MAX_ROWS - self.parameter_rows - 2) // per_step)
+            per_step = (SAMPLE_HEADER_ROWS + max(self.counts) + 1 + PARAMETER_HEADER_ROWS + self.parameter_rows
+                        + GAP_ROWS)
+            fitting = (MAX_ROWS - PARAMETER_HEADER_ROWS - self.parameter_rows) // per_step
             problem = f"the matrix layout would need {self.last_row:,} rows, above the spreadsheet limit of {MAX_ROWS:,}"
             if fitting < 1:
                 raise LimitError(f"{problem}: one step takes {per_step:,.0f} rows; use a smaller batch",
@@ -252,9 +254,19 @@ class MatrixLayout:
             first = step == 0
         n = self.counts[step]
         v = _Values(trace, step, n, self)
-        yield from self._sample_blocks(step, n, v)
+        for block in self._sample_blocks(step, n, v):
+            yield self._with_layer(block)
         yield from self._total_blocks(step, n, v)
-        yield from self._parameter_blocks(step, n, v, first)
+        for block in self._parameter_blocks(step, n, v, first):
+            yield self._with_layer(block)
+
+    def _with_layer(self, block):
+        """The block with its layer, read from the column it starts at."""
+        if block.quantity in self.blocks:
+            block.layer = next(l for (name, l), column in self.parameter_columns.items() if column == block.column)
+        else:
+            block.layer = next(l for (name, l), column in self.sample_columns.items() if column == block.column)
+        return block
 
     def _sample_blocks(self, step, n, v):
         s, widths, L = self.scenario, self.widths, self.L
@@ -450,7 +462,7 @@ class MatrixLayout:
                 return f"{before}-{self._parameter_cell('update', l, i, j, step - 1)}"
             scale = _max(v.stacked("theta", l, previous=True), v.stacked("update", l, previous=True))
             yield Block("theta", row0, self.parameter_columns[("theta", l)], v.stacked("theta", l), formula, scale,
-                        f"θ (W{l}, b{l}) after the last step")
+                        f"θ (W{l}, b{l}) after the last step", layer=l)
 
     # ---------------------------------------------------------------- headers
 
@@ -698,9 +710,8 @@ def compare(report, trace, layout, sheet, judge):
     row, column = np.concatenate(rows), np.concatenate(columns)
     x, floor = np.concatenate(engine), np.concatenate(floors)
     y, kind = sheet.numbers[row - 1, column], sheet.kinds[row - 1, column]
-    names = np.concatenate([np.full(b.values[(1 if b.blank_first_row else 0):].size, k)
-                            for k, b in enumerate(blocks) if b.formula is not None])
     live = [b for b in blocks if b.formula is not None]
+    names = np.concatenate([np.full(b.values[(1 if b.blank_first_row else 0):].size, k) for k, b in enumerate(live)])
 
     def describe(k):
         return f"Trace!{_letter(int(column[k]))}{int(row[k])}", live[int(names[k])].header
