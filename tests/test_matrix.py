@@ -185,7 +185,7 @@ def test_the_wide_template_trains_in_the_matrix_layout():
 @pytest.mark.slow
 @pytest.mark.libreoffice(workbooks=lambda: engine.run(scenario_module.load(WIDE, steps=1)))
 def test_the_wide_template_verifies_in_libreoffice(recomputed):
-    trace, report = recomputed
+    report = recomputed.report
     assert report.ok, report.summary()
     fan_in, units = 784, 32
     # θ, ∂E/∂θ, Δθ and Adam's four states of W1 and b1 (the first step's θ are constants) and of W2, b2

@@ -64,8 +64,11 @@ class Block:
         return self.values.shape[1]
 
 
+LETTERS = [get_column_letter(index + 1) for index in range(MAX_COLUMNS)]
+
+
 def _letter(index):
-    return get_column_letter(index + 1)
+    return LETTERS[index]
 
 
 def _max(*arrays):
@@ -371,12 +374,7 @@ class MatrixLayout:
                 formula = None
                 scale = _max(theta)
             else:
-                previous = step - 1
-                def formula(i, j, l=l, previous=previous, trained=(trained_b,)):
-                    before = self._parameter_cell("theta", l, i, j, previous)
-                    if i == 0 and not trained[0]:
-                        return before
-                    return f"{before}-{self._parameter_cell('update', l, i, j, previous)}"
+                formula = self._carried(l, step - 1, trained_b)
                 scale = _max(v.stacked("theta", l, previous=True), v.stacked("update", l, previous=True))
             yield Block("theta", row0, self.parameter_columns[("theta", l)], theta, formula, scale, f"θ (W{l}, b{l})")
             below = v.sample(*self._below(l)) if l > 1 else v.data()[0]
@@ -387,12 +385,17 @@ class MatrixLayout:
             if mean:
                 terms = terms / max(n, 1)
 
-            def grad_formula(i, j, l=l):
-                deltas = self._sample_column_range("delta", l, j, step)
+            first_row, last_row = self.first_sample_row(step), self.first_sample_row(step) + n - 1
+            below_letters = LETTERS[self.sample_columns[self._below(l)]:]
+            delta_letters = LETTERS[self.sample_columns[("delta", l)]:]
+            divide = f"/{n}" if mean else ""
+
+            def grad_formula(i, j, below_letters=below_letters, delta_letters=delta_letters):
+                d = delta_letters[j]
                 if i == 0:
-                    return procedures.excel_reduce(deltas, s.reduction, n)
-                product = f"SUMPRODUCT({self._sample_column_range(*self._below(l), i - 1, step)},{deltas})"
-                return f"{product}/{n}" if mean else product
+                    return procedures.excel_reduce(f"{d}{first_row}:{d}{last_row}", s.reduction, n)
+                a = below_letters[i - 1]
+                return f"SUMPRODUCT({a}{first_row}:{a}{last_row},{d}{first_row}:{d}{last_row}){divide}"
             yield Block("grad", row0, self.parameter_columns[("grad", l)], grad, grad_formula,
                         max(_max(terms), _max(below, delta)), f"∂E/∂θ{l} (batch)")
             update = v.stacked("update", l)
@@ -407,41 +410,57 @@ class MatrixLayout:
                             self._optimizer_formula(step, l, trained_b, state, first, v), scale, f"{state} {l}",
                             not trained_b)
 
+    def _carried(self, l, previous, trained_b):
+        """θ at the next step: θ − Δθ of step `previous` (a frozen bias: θ)."""
+        top = self.parameter_row(previous)
+        theta = LETTERS[self.parameter_columns[("theta", l)]:]
+        update = LETTERS[self.parameter_columns[("update", l)]:]
+
+        def formula(i, j):
+            if i == 0 and not trained_b:
+                return f"{theta[j]}{top}"
+            return f"{theta[j]}{top + i}-{update[j]}{top + i}"
+        return formula
+
     def _optimizer_formula(self, step, l, trained_b, state, first, v=None):
-        """The formula of Δθ (state None) or of one optimiser state, per cell of the block."""
+        """The formula of Δθ (state None) or of one optimiser state, per cell of the block: the
+        optimiser's Excel form written once with placeholders for the cells, filled per cell."""
         s, hyper = self.scenario, self.scenario.optimizer_params
         names = {p: self.names[("optimizer", p)] for p in hyper if ("optimizer", p) in self.names}
         lr = self._summary_cell("lr", step) if "lr" in self.summary else names["lr"]
         factor = self._summary_cell("clip_factor", step) if s.clip_norm is not None else None
         clip_value = "clip_value" if s.clip_value is not None else None
         t = f"($A${self.total_row(step)}+1)"
-
-        def refs(i, j):
-            gradient = procedures.excel_clipped(self._parameter_cell("grad", l, i, j, step), factor, clip_value)
-            gradient = optim.excel_gradient(gradient, self._parameter_cell("theta", l, i, j, step), names, hyper)
-            return dict(names, lr=lr, t=t, nesterov=hyper.get("nesterov", False), g=gradient,
-                        **{name: self._parameter_cell(name, l, i, j, step) for name in self.optimizer.state})
-
+        gradient = procedures.excel_clipped("{grad}", factor, clip_value)
+        gradient = optim.excel_gradient(gradient, "{theta}", names, hyper)
+        refs = dict(names, lr=lr, t=t, nesterov=hyper.get("nesterov", False), g=gradient,
+                    **{name: "{" + name + "}" for name in self.optimizer.state})
         if state is None:
-            def formula(i, j):
-                if i == 0 and not trained_b:
-                    return None
-                return self.optimizer.excel_update(refs(i, j))
-            return formula
-        before = v.initial(state, l) if first else None
+            template = self.optimizer.excel_update(refs)
+        else:
+            template = self.optimizer.excel_state[state](dict(refs, **{f"prev_{state}": "{previous}"}))
+        blocks = ["grad", "theta"] + list(self.optimizer.state)
+        letters = {name: LETTERS[self.parameter_columns[(name, l)]:self.parameter_columns[(name, l)] + self.widths[l]]
+                   for name in blocks}
+        top = self.parameter_row(step)
+        before_top = self.parameter_row(max(step - 1, 0))
+        before = v.initial(state, l) if first and state is not None else None
 
-        def state_formula(i, j):
+        def formula(i, j):
             if i == 0 and not trained_b:
                 return None
-            if first:
-                value = float(before[i, j])
-                if not np.isfinite(value):
-                    return "#NUM!"
-                previous = {f"prev_{state}": (repr(value) if value else "0")}
-            else:
-                previous = {f"prev_{name}": self._parameter_cell(name, l, i, j, step - 1) for name in self.optimizer.state}
-            return self.optimizer.excel_state[state](dict(refs(i, j), **previous))
-        return state_formula
+            row = top + i
+            cells = {name: f"{letters[name][j]}{row}" for name in blocks}
+            if state is not None:
+                if first:
+                    value = float(before[i, j])
+                    if not np.isfinite(value):
+                        return "#NUM!"   # the state before a window's first step is not finite
+                    cells["previous"] = repr(value) if value else "0"
+                else:
+                    cells["previous"] = f"{letters[state][j]}{before_top + i}"
+            return template.format_map(cells)
+        return formula
 
     def _activation_params(self, l):
         layer = self.scenario.layers[l - 1]
@@ -453,13 +472,7 @@ class MatrixLayout:
         v = _Values(trace, step, 0, self)
         row0 = self.parameter_row(step)
         for l in range(1, self.L + 1):
-            trained_b = self.scenario.layers[l - 1].train_bias
-
-            def formula(i, j, l=l):
-                before = self._parameter_cell("theta", l, i, j, step - 1)
-                if i == 0 and not trained_b:
-                    return before
-                return f"{before}-{self._parameter_cell('update', l, i, j, step - 1)}"
+            formula = self._carried(l, step - 1, self.scenario.layers[l - 1].train_bias)
             scale = _max(v.stacked("theta", l, previous=True), v.stacked("update", l, previous=True))
             yield Block("theta", row0, self.parameter_columns[("theta", l)], v.stacked("theta", l), formula, scale,
                         f"θ (W{l}, b{l}) after the last step", layer=l)
