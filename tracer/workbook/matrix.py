@@ -32,7 +32,7 @@ from openpyxl.utils import get_column_letter
 
 from .. import activations, layers, losses, notation, optim, procedures
 from ..errors import LimitError
-from . import layout as layout_module
+from . import layout as layout_module, steps as steps_module
 
 MAX_ROWS, MAX_COLUMNS, MAX_FORMULA = 1_048_576, layout_module.MAX_COLUMNS, 8_192
 SAMPLE_HEADER_ROWS, PARAMETER_HEADER_ROWS, GAP_ROWS = 2, 2, 1
@@ -731,3 +731,28 @@ def compare(report, trace, layout, sheet, judge):
     for k in judge(report, "Trace", x, y, kind, floor, describe):
         where, header = describe(k)
         report.mismatches.append(verify_module.Mismatch(where, header, float(x[k]), sheet.value(int(row[k]), int(column[k]))))
+
+
+class StepsLayout(steps_module.StepsLayout):
+    """The Steps sheet on the matrix layout's Trace sheet: per step E of the batch (the Σ row), the
+    norm of each layer's batch gradient block (θ's ∂E/∂W and ∂E/∂b: SUMSQ of the block) and
+    log10|W[0,0]| of each layer (row 1 of its θ block)."""
+
+    def __init__(self, trace, trace_layout):
+        self.trace, self.layout = trace, trace_layout
+        self.first_step = trace.first_step
+        self.layers = trace.layers
+
+    def rows(self):
+        layout, widths = self.layout, self.layout.widths
+        loss = LETTERS[layout.sample_columns[("loss", None)]]
+        for step in range(self.trace.steps):
+            top = layout.parameter_row(step)
+            row = [f"Trace!{loss}{layout.total_row(step)}"]
+            for l in range(1, self.layers + 1):
+                first = layout.parameter_columns[("grad", l)]
+                span = f"Trace!{LETTERS[first]}{top}:{LETTERS[first + widths[l] - 1]}{top + widths[l - 1]}"
+                row.append(f"SQRT(SUMSQ({span}))")
+            row += [f"LOG10(ABS(Trace!{LETTERS[layout.parameter_columns[('theta', l)]]}{top + 1}))"
+                    for l in range(1, self.layers + 1)]
+            yield [self.first_step + step] + [f"=IFERROR({body},NA())" for body in row]

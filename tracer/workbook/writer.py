@@ -137,9 +137,9 @@ def check_limits(layout):
 
 def table_layouts(trace, layout, parameters=(), findings=None):
     """The Steps, Diagnosis, ChainRule and Histograms sheets' layouts (each: title, headers, rows, expected);
-    none in the matrix layout (its Trace sheet holds every quantity)."""
+    in the matrix layout the Steps sheet only."""
     if isinstance(layout, matrix.MatrixLayout):
-        return []
+        return [matrix.StepsLayout(trace, layout)]
     steps_layout = steps_module.StepsLayout(trace, layout)
     if findings is None:
         findings = diagnose_module.diagnose(trace).findings
