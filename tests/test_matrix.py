@@ -158,7 +158,8 @@ def test_the_matrix_layout_agrees_with_the_column_layout(recomputed, name, overr
                 assert abs(left - right) <= verify.TOLERANCE * max(abs(left), abs(right), floor, 1e-300), \
                     (name, block.header, step, i, j, left, right)
                 compared += 1
-    assert compared + errors == report.cells + sum(b.values.size for _, b in blocks if b.formula is None)
+    assert compared + errors == report.cells_by_sheet["Trace"] + sum(b.values.size for _, b in blocks if b.formula is None)
+    assert report.cells_by_sheet["Steps"] == (1 + 2 * len(trace.scenario.layers)) * trace.steps   # E, ‖∇‖, log10|W|
     if name == "leaky-relu-explosion":
         assert errors > 0
 
