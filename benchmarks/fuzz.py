@@ -116,7 +116,7 @@ class Case:
 
 # tracer.templates.LARGE (this campaign reads no tracer code): a 64-32-10 net whose every run writes
 # a million formula cells; its keys are those of the other templates, so mutating it adds no coverage
-LARGE_TEMPLATES = ("digits-64-32-10",)
+LARGE_TEMPLATES = ("digits-64-32-10", "wide-784-32-10")
 
 
 def _templates():

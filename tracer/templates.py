@@ -3,9 +3,10 @@ from importlib import resources
 from pathlib import Path
 
 # Templates too large for the tests and campaigns that run every template in full (a 64-32-10 net:
-# 7,475 Trace columns, a million formula cells, about a minute to recompute): tests/conftest.py
+# 7,475 Trace columns, a million formula cells, about a minute to recompute; a 784-32-10 net in the
+# matrix layout: 580,677 formula cells, half a minute): tests/conftest.py
 # leaves them out of the every-template tests, benchmarks/fuzz.py out of its mutations; their own
-# tests (tests/test_datasets.py) and benchmarks/digits.py cover them.
+# tests (tests/test_datasets.py, tests/test_matrix.py) and benchmarks/digits.py, matrix.py cover them.
 LARGE = ("digits-64-32-10", "wide-784-32-10")
 
 
