@@ -47,6 +47,8 @@ class Field:
     source: str = "pass"    # "pass", "step" or "engine"
     key: str = ""           # the name in the Pass or in the kind's record dict (default: name)
     final: bool = False     # kept for steps 0..T (a parameter: [T] is its value after the run)
+    derived: bool = False   # not kept: derived on demand from other fields (the per-sample gradients
+                            # of kinds that derive them, LayerKind.derives_sample_gradients)
 
     @property
     def size(self):
@@ -76,11 +78,11 @@ def fields(scenario):
     return sample_fields(scenario) + total_fields(scenario) + once_fields(scenario)
 
 
-def _param(name, store, group, l, shape, kind, source):
+def _param(name, store, group, l, shape, kind, source, derived=False):
     """A parameter-shaped field: CSV name by the kind (gamma, grad_beta, ...), matrix rows on dense W."""
     csv = kind.param_quantity(name)
     index = "matrix" if len(shape) == 2 and csv == name else "unit"
-    return Field(name, store, group, l, shape, csv, index, source, final=name in ("W", "b"))
+    return Field(name, store, group, l, shape, csv, index, source, final=name in ("W", "b"), derived=derived)
 
 
 def parameter_shapes(scenario):
@@ -106,8 +108,9 @@ def sample_fields(scenario):
         out.append(Field("dE_da", "output_error", "sample", L, (scenario.widths[-1],), "dE_da", key="output_error"))
     for l, layer in enumerate(scenario.layers, start=1):
         kind = layers.of(layer)
-        out.append(_param("grad_W", "grad_W_sample", "sample", l, shapes[l - 1][0], kind, "pass"))
-        out.append(_param("grad_b", "grad_b_sample", "sample", l, shapes[l - 1][1], kind, "pass"))
+        derived = kind.derives_sample_gradients
+        out.append(_param("grad_W", "grad_W_sample", "sample", l, shapes[l - 1][0], kind, "pass", derived))
+        out.append(_param("grad_b", "grad_b_sample", "sample", l, shapes[l - 1][1], kind, "pass", derived))
     out.append(Field("loss", "sample_loss", "sample", None, (), "loss", "scalar", key="sample_loss"))
     return out
 
@@ -146,8 +149,9 @@ def once_fields(scenario):
 
 def bytes_needed(scenario, steps, size):
     """Bytes the Trace of `steps` steps of `size` samples takes (8 per recorded scalar, and the batch
-    schedule's sample ids), from the table alone, without allocating."""
+    schedule's sample ids; derived fields take none), from the table alone, without allocating."""
     total = steps * size    # the sample ids
     for field in fields(scenario):
-        total += int(np.prod(field.array_shape(steps, size), dtype=object))
+        if not field.derived:
+            total += int(np.prod(field.array_shape(steps, size), dtype=object))
     return 8 * total
