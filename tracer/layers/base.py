@@ -115,7 +115,7 @@ COMMON = (U, A, SLOPE, DELTA)
 
 
 SUM_BLOCK_CELLS = 1 << 17   # values per block of terms sum_in_order adds at once (1 MiB: in cache)
-LOOP_TERMS = 4              # up to this many terms, weighted_sum and back_sum add them one numpy call at a time
+LOOP_TERMS = 8              # up to this many terms, weighted_sum and back_sum add them one numpy call at a time
 
 
 def sum_in_order(count, shape, fill, initial=-0.0):
@@ -133,7 +133,13 @@ def sum_in_order(count, shape, fill, initial=-0.0):
     size = int(np.prod(shape, dtype=np.int64))
     width = max(size, 2)
     rows = max(1, min(count, SUM_BLOCK_CELLS // width))
-    block = np.zeros((rows + 1, width))
+    if rows == count:                   # one block, no running total
+        block = np.empty((count, width))
+        block[:, size:] = 0.0
+        fill(block[:, :size].reshape((count,) + tuple(shape)), 0, count)
+        return np.add.reduce(block, axis=0, initial=float(initial))[:size].reshape(shape)
+    block = np.empty((rows + 1, width))
+    block[:, size:] = 0.0
     total = np.full(width, float(initial))
     for start in range(0, count, rows):
         stop = min(count, start + rows)
@@ -151,7 +157,7 @@ def weighted_sum(a, W, b):
         for i in range(1, W.shape[0]):
             total = total + a[:, i:i + 1] * W[i]
         return total + b
-    inputs = a.T
+    inputs = np.ascontiguousarray(a.T)
 
     def products(out, start, stop):     # out[i − start, s, j] = a[s, i]·W[i, j]
         np.multiply(inputs[start:stop, :, None], W[start:stop, None, :], out=out)
@@ -165,7 +171,7 @@ def back_sum(delta_next, W_next):
         for k in range(1, W_next.shape[1]):
             total = total + delta_next[:, k:k + 1] * W_next[:, k]
         return total
-    deltas, weights = delta_next.T, W_next.T
+    deltas, weights = np.ascontiguousarray(delta_next.T), W_next.T
 
     def products(out, start, stop):     # out[k − start, s, j] = δ[s, k]·W_next[j, k]
         np.multiply(deltas[start:stop, :, None], weights[start:stop, None, :], out=out)
