@@ -16,6 +16,10 @@ CSV rows it belongs to and how its index becomes the CSV's row/col:
          "matrix" CSV row i, col j (the W-like parameters of a dense layer)
          "scalar" CSV row and col empty
 
+A field marked `derived` is not kept: the per-sample grad_W, grad_b of the kinds that derive them
+(LayerKind.derives_sample_gradients) are computed from a⁽ˡ⁻¹⁾ (x̂) and δ when read (trace.py's
+DerivedGradient, Trace.values); they keep their place in the CSV and count no bytes.
+
 The layer kinds declare their own quantities (LayerKind.records: u, a, slope, delta and h, e with a
 residual skip; xhat, dxhat, bn_mean, ... of the normalisation layers); the parameter-shaped
 quantities take the kind's parameter names in the CSV (W → gamma, grad_b → grad_beta).

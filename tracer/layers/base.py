@@ -24,6 +24,7 @@ The numpy face of one layer, per batch (engine.forward_backward calls them in th
   kind.backward(layer, record, delta, W)               backward records (dx̂, m1, m2) into `record`
   e_below = kind.error_down(layer, record, delta, W, error_here)   ∂E/∂a⁽ˡ⁻¹⁾ per sample
   grad_W, grad_b = kind.gradients(layer, record, below, delta)     per sample (B, *shape)
+  kind.batch_gradients(layer, record, below, delta, reduction)      their Σ_s (or mean), in sample order
 `record` is a dict CSV quantity name -> array, holding the values of the kind's own recorded
 quantities (those of `records(layer)` that are not common to every layer).
 """
