@@ -193,3 +193,14 @@ def test_a_wide_run_keeps_no_per_sample_gradients():
     assert kept < 2 * 32 * 784 * 32 * 8        # the per-sample ∂E/∂W1 of two steps alone would take this
     assert Trace.bytes_needed(trace.scenario, 2, 32) == kept + trace.sample_ids.nbytes
     assert trace.grad_W_sample[0][1, 31].shape == (784, 32)
+
+
+def test_derived_gradients_that_overflow_are_inf_without_a_warning():
+    """x·δ = 1e308 · 5e307 overflows: the engine recorded numpy's warning while it ran; reading the
+    derived per-sample gradient later is silent (pytest turns warnings into errors) and gives inf."""
+    trace = build({"steps": 1, "data": {"inputs": [[1e308]], "targets": [[0.0]]},
+                   "layers": [{"units": 1, "activation": "identity", "init": "explicit", "weights": [[0.5]], "bias": [0.0]}],
+                   "optimizer": {"lr": 0.1}})
+    assert (0, "overflow") in trace.warnings
+    assert np.isposinf(trace.grad_W_sample[0][0, 0, 0, 0]) and np.isposinf(np.asarray(trace.grad_W_sample[0])).all()
+    assert np.isposinf(trace.values(("grad_W", 1, (0, 0)), "sample", 0, 0, 0))

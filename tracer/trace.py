@@ -126,7 +126,8 @@ class Trace:
             return delta
         layer = self.scenario.layers[l - 1]
         factor = layers.of(layer).gradient_factor(layer, l, index[0], j)
-        return self.values(factor, "sample", step, slot, sample) * delta
+        with np.errstate(all="ignore"):     # the engine recorded its warnings when it computed them
+            return self.values(factor, "sample", step, slot, sample) * delta
 
     def _store(self, store):
         """The arrays of one store: a list over the layers (None where not recorded) or, for the
@@ -392,7 +393,8 @@ class DerivedGradient:
         flat = lambda array: np.reshape(array, (-1,) + array.shape[len(selected):])  # noqa: E731
         record = {q.key: flat(t.norm[q.key][l - 1][rows]) for q in kind.records(layer)   # the kind's per-sample records
                   if not q.common and q.per in ("sample-unit", "sample")}
-        grad_W, _ = kind.gradients(layer, record, flat(below), np.reshape(delta, (-1, units)))
+        with np.errstate(all="ignore"):     # the engine recorded its warnings when it computed them
+            grad_W, _ = kind.gradients(layer, record, flat(below), np.reshape(delta, (-1, units)))
         return grad_W.reshape(selected + self.field.shape)
 
 
