@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, assume, example, given, settings, strategies as st
 
-from tracer import activations, engine, gradcheck, scenario as scenario_module
+from tracer import activations, engine, gradcheck, layers, scenario as scenario_module
 from tests.conftest import build
 
 ELEMENTWISE = sorted(n for n, a in activations.ACTIVATIONS.items() if a.elementwise)
@@ -254,3 +254,29 @@ def test_batchnorm_whose_variance_overflows_is_non_finite_like_the_sheet():
 @pytest.mark.parametrize("label", list(EXTREMES))
 def test_error_cells_fall_where_the_engine_is_not_finite_at_the_ends_of_the_range(recomputed, label):
     assert recomputed.report.ok, recomputed.report.summary()
+
+
+def recorded(trace):
+    """Every value of a trace: its kept arrays and the per-sample gradients it derives."""
+    out = {}
+    for field, array in trace.arrays.items():
+        out[(field.name, field.layer, field.group)] = np.asarray(array)
+    return out
+
+
+@given(networks())
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_the_blocked_sums_give_the_bits_of_the_loops_on_whole_runs(raw):
+    """The engine with every sum in blocks of a few values (several blocks per sum) records the same
+    bits as with the plain loops (one numpy call per term, the per-sample gradients summed by np.sum)."""
+    loaded = scenario_module.from_dict(raw)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(layers.base, "LOOP_TERMS", 10**9)
+        patch.setattr(layers.base, "SUM_BLOCK_CELLS", 10**12)
+        loops = recorded(engine.run(loaded))
+        patch.setattr(layers.base, "LOOP_TERMS", 0)
+        patch.setattr(layers.base, "SUM_BLOCK_CELLS", 5)
+        blocks = recorded(engine.run(loaded))
+    assert loops.keys() == blocks.keys()
+    for key, expected in loops.items():
+        np.testing.assert_array_equal(blocks[key].view(np.int64), expected.view(np.int64), err_msg=str(key))

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from tracer import engine, gradcheck, layers, records, scenario as scenario_module
-from tracer.layers import Layer
+from tracer import engine, gradcheck, layers, procedures, records, scenario as scenario_module
+from tracer.layers import Layer, base
 from tracer.trace import Trace
 from tests.conftest import assert_refused, build, write_toml
 
@@ -250,3 +250,105 @@ def test_layernorm_matches_torch_after_five_steps(optimizer):
     for mine, reference in zip(ours, theirs):
         np.testing.assert_allclose(mine, reference, rtol=1e-9, atol=1e-15)
     assert trace.b[0][5].tolist() == [0.0, 0.0, 0.0]          # the frozen bias of the Linear
+
+
+# ---------------------------------------------------------------- the ordered sums (layers/base.py)
+# The engine's sums are a contract with the workbook: Σ_i a_i·W[i,j] left to right, the batch
+# gradient Σ_s in sample order from 0.0 (np.sum's bits). The blocked forms must give the bits of
+# the plain loops on every shape class (a run of one value, one block, many blocks) and at the ends
+# of the double range (−0.0, subnormals, overflow, NaN).
+
+SPECIAL = [0.0, -0.0, 5e-324, -5e-324, 1e-300, -1e-300, 1e300, -1e300, 1.7e308, np.inf, -np.inf, np.nan, 1.0, -1.0, 3.0]
+
+
+def doubles():
+    return st.one_of(st.sampled_from(SPECIAL), st.floats(-1e3, 1e3, allow_nan=False), st.floats(allow_nan=True))
+
+
+def arrays(draw, shape):
+    return np.array(draw(st.lists(doubles(), min_size=int(np.prod(shape)), max_size=int(np.prod(shape)))),
+                    dtype=float).reshape(shape)
+
+
+def assert_same_bits(actual, expected):
+    """Equal bit for bit (−0.0 is not 0.0); any NaN equals any NaN (a payload is not observable)."""
+    assert actual.shape == expected.shape
+    nan = np.isnan(expected)
+    assert (np.isnan(actual) == nan).all()
+    np.testing.assert_array_equal(actual[~nan].view(np.int64), expected[~nan].view(np.int64))
+
+
+def loop_weighted_sum(a, W, b):
+    """The engine's weighted sum as it was written before the blocks: one numpy call per term."""
+    total = a[:, 0:1] * W[0]
+    for i in range(1, W.shape[0]):
+        total = total + a[:, i:i + 1] * W[i]
+    return total + b
+
+
+def loop_back_sum(delta_next, W_next):
+    total = delta_next[:, 0:1] * W_next[:, 0]
+    for k in range(1, W_next.shape[1]):
+        total = total + delta_next[:, k:k + 1] * W_next[:, k]
+    return total
+
+
+@st.composite
+def sum_cases(draw):
+    count, rows, cols = draw(st.integers(1, 40)), draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    return arrays(draw, (count, rows, cols)), draw(st.sampled_from([-0.0, 0.0])), draw(st.sampled_from([1, 2, 3, 8, 1 << 17]))
+
+
+@given(sum_cases())
+@settings(max_examples=50, deadline=None)
+def test_sum_in_order_adds_the_terms_one_after_another(case):
+    terms, initial, cells = case
+    expected = np.full(terms.shape[1:], initial)
+    with pytest.MonkeyPatch.context() as patch, np.errstate(all="ignore"):
+        for term in terms:
+            expected = expected + term
+        patch.setattr(base, "SUM_BLOCK_CELLS", cells)
+        total = base.sum_in_order(len(terms), terms.shape[1:], lambda out, start, stop: np.copyto(out, terms[start:stop]), initial)
+    assert_same_bits(total, expected)
+
+
+@st.composite
+def sum_networks(draw):
+    batch, fan_in, units = draw(st.integers(1, 5)), draw(st.integers(1, 24)), draw(st.integers(1, 5))
+    return (arrays(draw, (batch, fan_in)), arrays(draw, (fan_in, units)), arrays(draw, (units,)), arrays(draw, (batch, units)),
+            draw(st.sampled_from([1, 5, 64, 1 << 17])), draw(st.sampled_from([0, 8])))
+
+
+@given(sum_networks())
+@settings(max_examples=50, deadline=None)
+def test_weighted_and_back_sums_have_the_bits_of_the_loops(case):
+    a, W, b, delta, cells, loop_terms = case
+    with pytest.MonkeyPatch.context() as patch, np.errstate(all="ignore"):
+        patch.setattr(base, "SUM_BLOCK_CELLS", cells)
+        patch.setattr(base, "LOOP_TERMS", loop_terms)
+        assert_same_bits(base.weighted_sum(a, W, b), loop_weighted_sum(a, W, b))
+        assert_same_bits(base.back_sum(delta, W), loop_back_sum(delta, W))
+
+
+@given(sum_networks(), st.sampled_from(["sum", "mean"]))
+@settings(max_examples=50, deadline=None)
+def test_dense_batch_gradient_has_the_bits_of_the_summed_per_sample_gradients(case, reduction):
+    """Σ_s a_s ⊗ δ_s added in blocks of samples equals reduce_samples of the per-sample products."""
+    below, W, _, delta, cells, _ = case
+    kind, layer = layers.of(layer_of("dense", W.shape[1])), layer_of("dense", W.shape[1])
+    with pytest.MonkeyPatch.context() as patch, np.errstate(all="ignore"):
+        patch.setattr(base, "SUM_BLOCK_CELLS", cells)
+        grad_W, grad_b = kind.batch_gradients(layer, {}, below, delta, reduction)
+        per_W, per_b = kind.gradients(layer, {}, below, delta)
+        assert_same_bits(grad_W, procedures.reduce_samples(per_W, reduction))
+        assert_same_bits(grad_b, procedures.reduce_samples(per_b, reduction))
+
+
+def test_weighted_sum_of_a_wide_layer_is_left_to_right_in_blocks():
+    """784 inputs, 3 blocks of 300: the running total carries over from block to block."""
+    rng = np.random.default_rng(4)
+    a, W, b = rng.normal(size=(3, 784)) * 10.0 ** rng.integers(-8, 8, (3, 784)), rng.normal(size=(784, 5)), rng.normal(size=5)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(base, "SUM_BLOCK_CELLS", 300 * 15)
+        assert_same_bits(base.weighted_sum(a, W, b), loop_weighted_sum(a, W, b))
+    assert_same_bits(base.weighted_sum(a, W, b), loop_weighted_sum(a, W, b))

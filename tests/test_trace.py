@@ -136,3 +136,71 @@ def test_short_reprs():
     assert "non-finite from step 4" in text
     scenario = repr(trace.scenario)
     assert len(scenario) < 300 and "leaky_relu" in scenario and "sgd" in scenario
+
+
+def test_per_sample_gradients_are_derived_from_the_layer_below_and_delta(base_raw):
+    """No (T, B, fan_in, units) array is kept: ∂E/∂W[i,j] = a⁽ˡ⁻¹⁾ᵢ·δⱼ (xᵢ on layer 1) and ∂E/∂b = δ
+    per sample are computed when read, the bits of the products the engine summed; a short last
+    batch's padding slot is NaN, as recorded ones are."""
+    base_raw["training"]["batch"] = 2              # batches [0, 1], [2] (one padding slot)
+    trace = build(base_raw)
+    assert all(array.nbytes == 0 for array in trace.grad_W_sample + trace.grad_b_sample)
+    inputs = trace.scenario.inputs
+    for step in range(trace.steps):
+        ids = trace.samples(step)
+        for l in (1, 2):
+            below = inputs[ids] if l == 1 else trace.a[0][step, :len(ids)]
+            delta = trace.delta[l - 1][step, :len(ids)]
+            expected = below[:, :, None] * delta[:, None, :]
+            block = trace.grad_W_sample[l - 1][step]
+            np.testing.assert_array_equal(block[:len(ids)].view(np.int64), expected.view(np.int64))
+            assert np.isnan(block[len(ids):]).all()
+            np.testing.assert_array_equal(trace.grad_b_sample[l - 1][step, :len(ids)], delta)
+            # the batch gradient is np.sum of the derived per-sample gradients, bit for bit
+            np.testing.assert_array_equal(np.sum(block[:len(ids)], axis=0).view(np.int64), trace.grad_W[l - 1][step].view(np.int64))
+            for slot, sample in enumerate(ids):
+                for (i, j), value in np.ndenumerate(expected[slot]):
+                    assert trace.grad_W_sample[l - 1][step, slot, i, j] == value
+                    assert trace.values(("grad_W", l, (i, j)), "sample", step, slot, sample) == value
+    # values() over many rows at once, as the workbook reads a column
+    steps, slots = np.array([0, 0, 1, 2, 2]), np.array([0, 1, 0, 0, 1])
+    samples = trace.sample_ids[steps, slots]
+    column = trace.values(("grad_W", 2, (1, 0)), "sample", steps, slots, samples)
+    np.testing.assert_array_equal(column, trace.grad_W_sample[1][steps, slots][:, 1, 0])
+    window = trace.window(1, 2)
+    np.testing.assert_array_equal(np.asarray(window.grad_W_sample[0]), np.asarray(trace.grad_W_sample[0])[1:3])
+
+
+@pytest.mark.parametrize("kind", ["batchnorm", "layernorm"])
+def test_normalisation_per_sample_gradients_are_xhat_times_delta(kind):
+    from tests.test_layers import network
+    trace = build(network(kind, steps=2, batch=2))
+    xhat, delta = trace.norm["xhat"][1], trace.delta[1]
+    np.testing.assert_array_equal(np.asarray(trace.grad_W_sample[1]), (delta * xhat)[:, :, None, :])
+    np.testing.assert_array_equal(trace.grad_W_sample[1][1, 0, 0, 2], trace.values(("grad_W", 2, (0, 2)), "sample", 1, 0, 2))
+    np.testing.assert_array_equal(np.asarray(trace.grad_b_sample[1]), delta)
+
+
+def test_a_wide_run_keeps_no_per_sample_gradients():
+    """784-32-10 in batches of 32: the size guard and the trace count no B × 784 × 32 array."""
+    rng = np.random.default_rng(0)
+    raw = {"steps": 2, "data": {"inputs": rng.normal(size=(64, 784)).tolist(),
+                                "targets": np.eye(10)[rng.integers(0, 10, 64)].tolist()},
+           "layers": [{"units": 32, "activation": "sigmoid"}, {"units": 10, "activation": "softmax"}],
+           "loss": {"name": "softmax_ce"}, "optimizer": {"name": "sgd", "lr": 0.1}, "training": {"batch": 32}}
+    trace = build(raw)
+    kept = sum(np.asarray(array).nbytes if isinstance(array, np.ndarray) else 0 for array in trace.arrays.values())
+    assert kept < 2 * 32 * 784 * 32 * 8        # the per-sample ∂E/∂W1 of two steps alone would take this
+    assert Trace.bytes_needed(trace.scenario, 2, 32) == kept + trace.sample_ids.nbytes
+    assert trace.grad_W_sample[0][1, 31].shape == (784, 32)
+
+
+def test_derived_gradients_that_overflow_are_inf_without_a_warning():
+    """x·δ = 1e308 · 5e307 overflows: the engine recorded numpy's warning while it ran; reading the
+    derived per-sample gradient later is silent (pytest turns warnings into errors) and gives inf."""
+    trace = build({"steps": 1, "data": {"inputs": [[1e308]], "targets": [[0.0]]},
+                   "layers": [{"units": 1, "activation": "identity", "init": "explicit", "weights": [[0.5]], "bias": [0.0]}],
+                   "optimizer": {"lr": 0.1}})
+    assert (0, "overflow") in trace.warnings
+    assert np.isposinf(trace.grad_W_sample[0][0, 0, 0, 0]) and np.isposinf(np.asarray(trace.grad_W_sample[0])).all()
+    assert np.isposinf(trace.values(("grad_W", 1, (0, 0)), "sample", 0, 0, 0))

@@ -10,7 +10,10 @@ Per step t, for the batch's samples (a⁽⁰⁾ = x):
            (dense: Σ_k W_{l+1}[j,k] δ⁽ˡ⁺¹⁾_k (+ e⁽ˡ⁺¹⁾_j when layer l+1 is residual))
   δ⁽ˡ⁾_j = slope⁽ˡ⁾_j · e⁽ˡ⁾_j
   ∂E/∂W_l, ∂E/∂b_l per sample by the kind (dense: a⁽ˡ⁻¹⁾_i δ⁽ˡ⁾_j and δ⁽ˡ⁾_j)
-  g = Σ_s (or mean_s) of the per-sample gradients;  Δθ = optimiser(g);  θ ← θ − Δθ
+  g = Σ_s (or mean_s) of the per-sample gradients, added in sample order;  Δθ = optimiser(g);  θ ← θ − Δθ
+The per-sample gradients follow from a⁽ˡ⁻¹⁾ (x̂) and δ: for the kinds that say so
+(LayerKind.derives_sample_gradients: dense, batchnorm, layernorm) the engine adds their products
+into g without keeping them and the Trace derives them when asked (bit for bit the same products).
 Overflow never raises: inf/NaN propagate as IEEE arithmetic gives them, and a non-finite
 input poisons every output that reads it (see ieee.py); numpy's warnings are recorded.
 """
@@ -27,9 +30,10 @@ from .trace import Trace
 class Pass(dict):
     """One forward and backward pass over a batch (arrays have the batch on axis 0), keyed as the
     trace's fields read it (records.Field.key): per layer lists u, a, slope, delta, h (f(u) before a
-    residual skip), e (∂E/∂a, None for the output layer), grad_W, grad_b (per sample), records (the
-    layer kinds' own values {key: array}); output_error (∂E/∂a⁽ᴸ⁾, None for fused losses) and
-    sample_loss. Items read as attributes too (result.u)."""
+    residual skip), e (∂E/∂a, None for the output layer), grad_W, grad_b (per sample; None for the
+    kinds whose per-sample gradients the Trace derives), records (the layer kinds' own values
+    {key: array}); output_error (∂E/∂a⁽ᴸ⁾, None for fused losses) and sample_loss. Items read as
+    attributes too (result.u)."""
 
     def __getattr__(self, name):
         try:
@@ -73,7 +77,8 @@ def forward_backward(scenario, weights, biases, x, t):
 
     forward, per layer: u, record = kind.forward; h = f(u); a = kind.combine(h, a⁽ˡ⁻¹⁾)
     backward: δ⁽ᴸ⁾ from the loss; per layer from the top: kind.backward (its own records),
-    e⁽ˡ⁻¹⁾ = kind.error_down, δ⁽ˡ⁻¹⁾ = f'(u⁽ˡ⁻¹⁾)·e⁽ˡ⁻¹⁾; then per-sample gradients by kind.gradients."""
+    e⁽ˡ⁻¹⁾ = kind.error_down, δ⁽ˡ⁻¹⁾ = f'(u⁽ˡ⁻¹⁾)·e⁽ˡ⁻¹⁾; then per-sample gradients by kind.gradients
+    for the kinds that record them (batch_gradients gives the batch's)."""
     loss = losses.LOSSES[scenario.loss]
     kinds = [layers.of(layer) for layer in scenario.layers]
     us, hs, acts, slopes, records = [], [], [], [], []
@@ -99,13 +104,27 @@ def forward_backward(scenario, weights, biases, x, t):
             errors[index - 1] = kind.error_down(layer, records[index], deltas[index], weights[index], errors[index])
             deltas[index - 1] = slopes[index - 1] * errors[index - 1]
     inputs = [x] + acts[:-1]
-    grads = [kind.gradients(layer, record, below, d)
+    grads = [(None, None) if kind.derives_sample_gradients else kind.gradients(layer, record, below, d)
              for layer, kind, record, below, d in zip(scenario.layers, kinds, records, inputs, deltas)]
     return Pass(u=us, a=acts, slope=slopes, delta=deltas, h=hs, e=errors, output_error=output_error,
                 sample_loss=sample_loss, grad_W=[g for g, _ in grads], grad_b=[g for _, g in grads], records=records)
 
 
 reduce_samples = procedures.reduce_samples   # Σ_s, or Σ_s / B for `mean` (with its Excel form there)
+
+
+def batch_gradients(scenario, result, x):
+    """The batch gradients of a pass over the samples x, per layer: (grads_W, grads_b), each Σ_s (or
+    Σ_s / B for `mean`) of the per-sample gradients in sample order, by the kinds' batch_gradients
+    (from a⁽ˡ⁻¹⁾ and δ, the per-sample products never all held at once)."""
+    pairs = []
+    for layer, record, below, delta, per_sample_W, per_sample_b in zip(
+            scenario.layers, result.records, [x] + result.a[:-1], result.delta, result.grad_W, result.grad_b):
+        if per_sample_W is None:
+            pairs.append(layers.of(layer).batch_gradients(layer, record, below, delta, scenario.reduction))
+        else:    # a kind that records its per-sample gradients: they are at hand
+            pairs.append((reduce_samples(per_sample_W, scenario.reduction), reduce_samples(per_sample_b, scenario.reduction)))
+    return [w for w, _ in pairs], [b for _, b in pairs]
 
 
 def clip(scenario, grads_W, grads_b, trace, step):
@@ -145,9 +164,9 @@ def run(scenario):
             recorder.step = step
             ids = trace.samples(step)
             trace.set_parameters(step, weights, biases)
-            result = forward_backward(scenario, weights, biases, scenario.inputs[ids], scenario.targets[ids])
-            grads_W = [reduce_samples(g, scenario.reduction) for g in result.grad_W]
-            grads_b = [reduce_samples(g, scenario.reduction) for g in result.grad_b]
+            x = scenario.inputs[ids]
+            result = forward_backward(scenario, weights, biases, x, scenario.targets[ids])
+            grads_W, grads_b = batch_gradients(scenario, result, x)
             used_W, used_b = clip(scenario, grads_W, grads_b, trace, step)
             hyper = dict(scenario.optimizer_params, lr=procedures.learning_rate(scenario.optimizer_params, step))
             trace.lr[step] = hyper["lr"]

@@ -43,7 +43,8 @@ class Trace:
     The stores read as attributes, as lists over the layers (None where a layer does not record
     the quantity): u, a, slope, delta, h, error (e = ∂E/∂a of hidden layers; the last entry
     unused), W, b ((T+1, ...): the value used at step t; [T] = final), grad_W_sample,
-    grad_b_sample ((T, B, ...)), grad_W, grad_b (batch totals), update_W, update_b (Δθ subtracted at
+    grad_b_sample ((T, B, ...); for the kinds that derive them, DerivedGradient arrays computed
+    from a⁽ˡ⁻¹⁾ (x̂) and δ when indexed, not kept), grad_W, grad_b (batch totals), update_W, update_b (Δθ subtracted at
     step t); arrays of the run: output_error ((T, B, K) ∂E/∂a⁽ᴸ⁾, None for fused losses),
     sample_loss (T, B), loss, lr (T,), grad_norm, clip_factor ((T,), None without clip_norm);
     norm {key: per layer} the layer kinds' own quantities (xhat, dxhat (T, B, n); batchnorm's
@@ -60,15 +61,20 @@ class Trace:
         self.first_step = first_step      # the run's step number of index 0 (windows start later)
         self._fields = {(f.name, f.layer, f.group): f for f in arrays}
         self._stores = {}
+        for f in arrays:
+            if f.derived:
+                arrays[f] = DerivedGradient(self, f)
 
     # ------------------------------------------------------------ the table
 
     @classmethod
     def allocate(cls, scenario, sample_ids):
-        """NaN arrays for every field (zeros for the optimiser state before the first step)."""
+        """NaN arrays for every field (zeros for the optimiser state before the first step; derived
+        fields are computed when read)."""
         steps, size = sample_ids.shape
         return cls(scenario, sample_ids, {
-            f: (np.zeros if f.group == "once" else lambda shape: np.full(shape, np.nan))(f.array_shape(steps, size))
+            f: None if f.derived else
+            (np.zeros if f.group == "once" else lambda shape: np.full(shape, np.nan))(f.array_shape(steps, size))
             for f in records.fields(scenario)})
 
     @staticmethod
@@ -104,10 +110,24 @@ class Trace:
         if name in ("x", "t"):
             return (self.scenario.inputs if name == "x" else self.scenario.targets)[(sample,) + index]
         found = self.field(name, key[1] if len(key) > 1 else None, kind)
+        if found.derived:
+            return self._derived_values(found, index, step, slot, sample)
         array = self.arrays[found]
         if found.group == "once":
             return array[index]
         return array[((step, slot) if found.group == "sample" else (step,)) + index]
+
+    def _derived_values(self, found, index, step, slot, sample):
+        """A per-sample gradient the Trace derives, for `values`: ∂E/∂b[j] = δⱼ, ∂E/∂W[i,j] = ②·δⱼ
+        with factor ② the layer kind's gradient_factor (a⁽ˡ⁻¹⁾ᵢ, xᵢ or x̂ⱼ), value by value."""
+        l, j = found.layer, index[-1]
+        delta = self.values(("delta", l, j), "sample", step, slot, sample)
+        if found.name == "grad_b":
+            return delta
+        layer = self.scenario.layers[l - 1]
+        factor = layers.of(layer).gradient_factor(layer, l, index[0], j)
+        with np.errstate(all="ignore"):     # the engine recorded its warnings when it computed them
+            return self.values(factor, "sample", step, slot, sample) * delta
 
     def _store(self, store):
         """The arrays of one store: a list over the layers (None where not recorded) or, for the
@@ -156,6 +176,8 @@ class Trace:
         for f, array in self.arrays.items():
             if f.group == "once":   # the state before the window: after step first − 1
                 cut[f] = self.arrays[self._fields[(f.name, f.layer, "total")]][first - 1] if first else array
+            elif f.derived:         # derived again from the window's own fields
+                cut[f] = None
             else:
                 cut[f] = array[first:last + 1 + f.final]
         return Trace(self.scenario, self.sample_ids[first:last + 1], cut,
@@ -195,6 +217,8 @@ class Trace:
         {grad_W, grad_b, update_W, update_b: per layer; loss}."""
         n = result["sample_loss"].shape[0]
         for f, array in self.arrays.items():
+            if f.derived:
+                continue
             if f.source == "step":
                 value = totals[f.name]
             elif f.source == "pass":
@@ -265,11 +289,14 @@ class Trace:
             for table in self.tables():
                 handle.write(_csv_text(table))
 
-    def tables(self, steps_per_table=2048):
+    def tables(self, steps_per_table=2048, rows_per_table=1 << 20):
         """The rows of `rows()` as column arrays, a few thousand steps at a time (memory stays
-        bounded): dicts of numpy arrays step, sample, layer, row, col (-1 where the CSV is empty),
+        bounded: at most `steps_per_table` steps, fewer when a step has many rows, at least one step):
+        dicts of numpy arrays step, sample, layer, row, col (-1 where the CSV is empty),
         quantity (str), value (float) and meta (the CSV text "quantity,layer,row,col,")."""
         sample_parts, total_parts = self._parts("sample"), self._parts("total")
+        per_step = sum(part[2].size for part in total_parts) + self.sample_ids.shape[1] * sum(part[2].size for part in sample_parts)
+        steps_per_table = max(1, min(steps_per_table, rows_per_table // max(per_step, 1)))
         for first in range(0, self.steps, steps_per_table):
             yield _step_table(self, sample_parts, total_parts, slice(first, min(first + steps_per_table, self.steps)))
         final = [(f.csv, f.layer, *f.rows_cols(), self.arrays[f][self.steps:].reshape(1, -1))
@@ -309,11 +336,66 @@ class Trace:
     # ------------------------------------------------------------ CSV parts (vectorised rows)
 
     def _parts(self, group):
-        """The CSV fields of a group in their order: (quantity, layer, rows, cols, values (steps, B, n)
-        for "sample", (steps, n) for "total")."""
-        T, B = self.steps, self.sample_ids.shape[1]
-        shape = (T, B, -1) if group == "sample" else (T, -1)
-        return [(f.csv, f.layer, *f.rows_cols(), self.arrays[f][:T].reshape(shape)) for f in self._csv_fields(group)]
+        """The CSV fields of a group in their order: (quantity, layer, rows, cols, array), the array
+        (steps, B, ...) for "sample", (steps, ...) for "total" (derived ones computed when sliced)."""
+        return [(f.csv, f.layer, *f.rows_cols(), self.arrays[f]) for f in self._csv_fields(group)]
+
+
+class DerivedGradient:
+    """The per-sample gradient of one layer's W-like (grad_W) or b-like (grad_b) parameter, shape
+    (T, B, *parameter shape), for a kind that derives it (LayerKind.derives_sample_gradients): not
+    kept; indexing it computes the values of the selected steps and slots only, from the trace's
+    recorded fields, by the kind's numpy `gradients` (dense: a⁽ˡ⁻¹⁾ᵢ·δⱼ with the input x on layer 1;
+    normalisation: x̂ⱼ·δⱼ) — the very products the engine added into the batch gradient — and
+    ∂E/∂b = δ. The first two index entries select steps and slots, the rest applies to the
+    parameter's axes of the result: [t], [t, s], [t, :n], [a:b], [t, s, i, j], ... Padding slots
+    of a short last batch are NaN, as recorded ones."""
+
+    dtype = np.dtype(float)
+    nbytes = 0          # nothing is kept
+
+    def __init__(self, trace, field):
+        self.trace, self.field = trace, field
+        self.shape = field.array_shape(trace.steps, trace.sample_ids.shape[1])
+        self.ndim = len(self.shape)
+
+    def __len__(self):
+        return self.shape[0]
+
+    def __array__(self, dtype=None, copy=None):
+        values = self[:]
+        return values if dtype is None else values.astype(dtype)
+
+    def __getitem__(self, index):
+        index = index if isinstance(index, tuple) else (index,)
+        if any(part is Ellipsis for part in index):
+            at = next(k for k, part in enumerate(index) if part is Ellipsis)
+            index = index[:at] + (slice(None),) * (self.ndim - len(index) + 1) + index[at + 1:]
+        rows = index[:2] + (slice(None),) * (2 - len(index[:2]))
+        values = self._derive(rows)
+        return values[(slice(None),) * (values.ndim - len(self.shape) + 2) + index[2:]] if index[2:] else values
+
+    def _derive(self, rows):
+        """The values at steps and slots `rows` (an index of the (T, B) axes): shape S + parameter shape."""
+        t, l = self.trace, self.field.layer
+        delta = t.delta[l - 1][rows]
+        if self.field.name == "grad_b":
+            return np.array(delta)
+        layer = t.scenario.layers[l - 1]
+        kind = layers.of(layer)
+        selected, units = delta.shape[:-1], delta.shape[-1]
+        if l == 1:
+            ids = t.sample_ids[rows]
+            below = t.scenario.inputs[np.where(ids >= 0, ids, 0)]
+            below[ids < 0] = np.nan
+        else:
+            below = t.a[l - 2][rows]
+        flat = lambda array: np.reshape(array, (-1,) + array.shape[len(selected):])  # noqa: E731
+        record = {q.key: flat(t.norm[q.key][l - 1][rows]) for q in kind.records(layer)   # the kind's per-sample records
+                  if not q.common and q.per in ("sample-unit", "sample")}
+        with np.errstate(all="ignore"):     # the engine recorded its warnings when it computed them
+            grad_W, _ = kind.gradients(layer, record, flat(below), np.reshape(delta, (-1, units)))
+        return grad_W.reshape(selected + self.field.shape)
 
 
 def _field_rows(step, sample, field, value):
@@ -365,8 +447,10 @@ def _stack(parts, steps, per_sample, sample_ids=None):
 def _step_table(trace, sample_parts, total_parts, steps):
     """The rows of steps `steps` (a slice): each step's sample rows, then its total rows."""
     numbers = np.arange(trace.steps)[steps]
-    samples = _stack([(q, l, r, c, v[steps]) for q, l, r, c, v in sample_parts], numbers, True, trace.sample_ids[steps])
-    totals = _stack([(q, l, r, c, v[steps]) for q, l, r, c, v in total_parts], numbers, False)
+    count, size = len(numbers), trace.sample_ids.shape[1]
+    samples = _stack([(q, l, r, c, v[steps].reshape(count, size, -1)) for q, l, r, c, v in sample_parts], numbers, True,
+                     trace.sample_ids[steps])
+    totals = _stack([(q, l, r, c, v[steps].reshape(count, -1)) for q, l, r, c, v in total_parts], numbers, False)
     # interleave: step t's sample rows, then its total rows (a stable sort on the step number)
     order = np.argsort(np.concatenate([samples["step"], totals["step"]]), kind="stable")
     return {name: np.concatenate([samples[name], totals[name]])[order] for name in samples}

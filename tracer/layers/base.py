@@ -24,6 +24,7 @@ The numpy face of one layer, per batch (engine.forward_backward calls them in th
   kind.backward(layer, record, delta, W)               backward records (dx̂, m1, m2) into `record`
   e_below = kind.error_down(layer, record, delta, W, error_here)   ∂E/∂a⁽ˡ⁻¹⁾ per sample
   grad_W, grad_b = kind.gradients(layer, record, below, delta)     per sample (B, *shape)
+  kind.batch_gradients(layer, record, below, delta, reduction)      their Σ_s (or mean), in sample order
 `record` is a dict CSV quantity name -> array, holding the values of the kind's own recorded
 quantities (those of `records(layer)` that are not common to every layer).
 """
@@ -35,6 +36,7 @@ import numpy as np
 from .. import activations, init as inits
 from ..errors import ScenarioError
 from ..ieee import propagate_nonfinite
+from ..procedures import reduce_samples
 
 PER = ("sample-unit", "step-unit", "sample")
 
@@ -113,20 +115,68 @@ E = Quantity("e", "e", "e = ∂E/∂a, the error arriving from the layer above",
 COMMON = (U, A, SLOPE, DELTA)
 
 
+SUM_BLOCK_CELLS = 1 << 17   # values per block of terms sum_in_order adds at once (1 MiB: in cache)
+LOOP_TERMS = 8              # up to this many terms, weighted_sum and back_sum add them one numpy call at a time
+
+
+def sum_in_order(count, shape, fill, initial=-0.0):
+    """((initial + t₀) + t₁) + … + t_{count−1}: `count` arrays of `shape` added one after another,
+    in index order, each addition rounded once, as a spreadsheet adds =t₀+t₁+… left to right.
+    `fill(out, start, stop)` writes the terms start..stop−1 into `out` (shape (stop − start, *shape)).
+    initial −0.0 (the default) starts the sum at t₀ exactly (−0.0 + x = x for every double x);
+    0.0 gives the bits of np.sum(terms, axis=0), which starts from 0.0 (0.0 + −0.0 = 0.0).
+
+    The terms come in blocks of about SUM_BLOCK_CELLS values (memory bounded whatever `count`), each
+    added by np.add.reduce over the leading axis of a C-contiguous (rows, n) block whose first row is
+    the running total: numpy adds such rows one after another, element by element, as long as
+    n ≥ 2 (a run of one value would be summed pairwise: a padding column keeps n ≥ 2). The bits
+    are those of the plain loop; tests/test_layers.py checks it on every shape class, −0.0, inf, NaN."""
+    size = int(np.prod(shape, dtype=np.int64))
+    width = max(size, 2)
+    rows = max(1, min(count, SUM_BLOCK_CELLS // width))
+    if rows == count:                   # one block, no running total
+        block = np.empty((count, width))
+        block[:, size:] = 0.0
+        fill(block[:, :size].reshape((count,) + tuple(shape)), 0, count)
+        return np.add.reduce(block, axis=0, initial=float(initial))[:size].reshape(shape)
+    block = np.empty((rows + 1, width))
+    block[:, size:] = 0.0
+    total = np.full(width, float(initial))
+    for start in range(0, count, rows):
+        stop = min(count, start + rows)
+        block[0] = total
+        fill(block[1:stop - start + 1, :size].reshape((stop - start,) + tuple(shape)), start, stop)
+        np.add.reduce(block[:stop - start + 1], axis=0, initial=-0.0, out=total)
+    return total[:size].reshape(shape)
+
+
 def weighted_sum(a, W, b):
-    """u_j = Σ_i a_i W[i,j] + b_j, summed left to right for every sample row of `a`."""
-    total = a[:, 0:1] * W[0]
-    for i in range(1, W.shape[0]):
-        total = total + a[:, i:i + 1] * W[i]
-    return total + b
+    """u_j = Σ_i a_i W[i,j] + b_j, summed left to right for every sample row of `a`:
+    ((a₀W₀ⱼ + a₁W₁ⱼ) + …) + bⱼ, the products rounded one by one (see sum_in_order)."""
+    if W.shape[0] <= LOOP_TERMS:
+        total = a[:, 0:1] * W[0]
+        for i in range(1, W.shape[0]):
+            total = total + a[:, i:i + 1] * W[i]
+        return total + b
+    inputs = np.ascontiguousarray(a.T)
+
+    def products(out, start, stop):     # out[i − start, s, j] = a[s, i]·W[i, j]
+        np.multiply(inputs[start:stop, :, None], W[start:stop, None, :], out=out)
+    return sum_in_order(W.shape[0], (a.shape[0], W.shape[1]), products) + b
 
 
 def back_sum(delta_next, W_next):
-    """Σ_k W_next[j,k] δ_k, summed left to right over k, for every sample row."""
-    total = delta_next[:, 0:1] * W_next[:, 0]
-    for k in range(1, W_next.shape[1]):
-        total = total + delta_next[:, k:k + 1] * W_next[:, k]
-    return total
+    """Σ_k W_next[j,k] δ_k, summed left to right over k, for every sample row (see sum_in_order)."""
+    if W_next.shape[1] <= LOOP_TERMS:
+        total = delta_next[:, 0:1] * W_next[:, 0]
+        for k in range(1, W_next.shape[1]):
+            total = total + delta_next[:, k:k + 1] * W_next[:, k]
+        return total
+    deltas, weights = np.ascontiguousarray(delta_next.T), W_next.T
+
+    def products(out, start, stop):     # out[k − start, s, j] = δ[s, k]·W_next[j, k]
+        np.multiply(deltas[start:stop, :, None], weights[start:stop, None, :], out=out)
+    return sum_in_order(W_next.shape[1], (delta_next.shape[0], W_next.shape[0]), products)
 
 
 def normalise(x, axis, eps):
@@ -253,6 +303,25 @@ class LayerKind:
     def gradients(self, layer, record, below, delta):
         """Per-sample parameter gradients (grad_W (B, *W.shape), grad_b (B, units)) relative to the
         sample's loss; the batch total is taken by the reduction."""
+        raise NotImplementedError
+
+    def batch_gradients(self, layer, record, below, delta, reduction):
+        """The batch gradients (grad_W, grad_b): Σ_s (or Σ_s / B for `mean`) of `gradients`, with
+        the bits of procedures.reduce_samples (np.sum over the samples, in sample order); a kind
+        may override it to add the products without holding every sample's (Dense)."""
+        grad_W, grad_b = self.gradients(layer, record, below, delta)
+        return reduce_samples(grad_W, reduction), reduce_samples(grad_b, reduction)
+
+    # Per-sample gradients are factor ② times δ: a kind whose `gradients` read only the layer below's
+    # output, δ and the kind's own per-sample records sets derives_sample_gradients, and the Trace
+    # derives them on demand (Trace.values, trace.grad_W_sample[l][step, slot]) instead of keeping
+    # (T, B, *W.shape) arrays; the engine then never builds them. Otherwise they are recorded.
+    derives_sample_gradients = False
+
+    def gradient_factor(self, layer, l, i, j):
+        """The key of factor ② of the per-sample ∂E/∂W_l[i,j] = ② · δⱼ, a recorded quantity (i, j
+        ints or index arrays): ("x", 0, i) or ("a", l − 1, i) (dense), ("xhat", l, j) (normalisation).
+        ∂E/∂b_l[j] = δⱼ. Needed when derives_sample_gradients."""
         raise NotImplementedError
 
     # ------------------------------------------------------------ excel face (l11-workbook)
@@ -510,6 +579,12 @@ class Normalisation(LayerKind):
     def gradients(self, layer, record, below, delta):
         """∂E/∂γ_j = δ_j·x̂_j (B × 1 × units), ∂E/∂β_j = δ_j, per sample."""
         return (delta * record["xhat"])[:, None, :], delta
+
+    derives_sample_gradients = True
+
+    def gradient_factor(self, layer, l, i, j):
+        """x̂ⱼ: ∂E/∂γⱼ = x̂ⱼ·δⱼ."""
+        return ("xhat", l, j)
 
     # ------------------------------------------------------------ chain, check, diagnose faces (l11-chain)
     # The statistics are per unit over the batch (batchnorm: σ²ⱼ, m1ⱼ, m2ⱼ, per "step-unit") or per

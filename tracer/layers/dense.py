@@ -10,7 +10,10 @@ import sympy as sp
 
 from .. import init as inits, notation
 from ..errors import ScenarioError
-from .base import COMMON, E, H, ExcelColumns, Layer, LayerKind, back_sum, parse_activation, parse_init, weighted_sum
+from ..procedures import reduce_samples
+from . import base
+from .base import (COMMON, E, H, ExcelColumns, Layer, LayerKind, back_sum, parse_activation, parse_init, sum_in_order,
+                   weighted_sum)
 
 
 class Dense(LayerKind):
@@ -118,6 +121,26 @@ class Dense(LayerKind):
     def gradients(self, layer, record, below, delta):
         """∂E/∂W[i,j] = a⁽ˡ⁻¹⁾_i δ_j (B × fan_in × units), ∂E/∂b_j = δ_j, per sample."""
         return below[:, :, None] * delta[:, None, :], delta
+
+    def batch_gradients(self, layer, record, below, delta, reduction):
+        """∂E/∂W[i,j] = Σ_s a⁽ˡ⁻¹⁾_si δ_sj (÷ B for `mean`), ∂E/∂b_j = Σ_s δ_sj: the per-sample
+        products added in sample order from 0.0, the bits of reduce_samples(gradients(...)), without
+        holding the B × fan_in × units products at once (sum_in_order, over blocks of samples)."""
+        grad_b = reduce_samples(delta, reduction)
+        samples, fan_in = below.shape
+        if fan_in * layer.units < 2 or samples * fan_in * layer.units <= base.SUM_BLOCK_CELLS:
+            return reduce_samples(below[:, :, None] * delta[:, None, :], reduction), grad_b
+
+        def products(out, start, stop):     # out[s − start, j, i] = δ_sj·a_si (transposed: long rows)
+            np.multiply(delta[start:stop, :, None], below[start:stop, None, :], out=out)
+        total = sum_in_order(samples, (layer.units, fan_in), products, initial=0.0).T.copy()
+        return (total / samples if reduction == "mean" else total), grad_b
+
+    derives_sample_gradients = True
+
+    def gradient_factor(self, layer, l, i, j):
+        """The layer's input i: xᵢ on layer 1, a⁽ˡ⁻¹⁾ᵢ above it (∂E/∂W[i,j] = a⁽ˡ⁻¹⁾ᵢ·δⱼ)."""
+        return ("x", 0, i) if l == 1 else ("a", l - 1, i)
 
     # ------------------------------------------------------------ excel face (l11-workbook)
 
