@@ -165,6 +165,9 @@ class LayerKind:
     param_names = ("W", "b")  # the names of its two parameters in CSV quantities and parameter names
     keeps_width = False       # units must equal the layer below's (normalisation layers)
     min_batch = 1             # every batch needs at least this many samples
+    weighted = False          # u = Σᵢ a⁽ˡ⁻¹⁾ᵢ·W[i,j] + b[j] with W drawn by `init` (dense): what sweep's
+                              # initialisation, Linear → normalisation → f and Leaky ReLU remedies rewrite
+    normalises = False        # x̂ = (x − μ)/√(σ² + eps) before γ, β (batchnorm, layernorm)
 
     # ------------------------------------------------------------ scenario face (l11-core)
 
@@ -193,6 +196,10 @@ class LayerKind:
                        f"({n_samples} samples in batches of {size})")
         v.fail("training", "batch", f"{self.name} (layers[{index}]) needs more than {self.min_batch - 1} sample "
                f"in every batch, as in PyTorch; here {detail}")
+
+    def skips(self, layer):
+        """True when the layer adds its input to its output, a = f(u) + a⁽ˡ⁻¹⁾ (dense's residual skip)."""
+        return False
 
     def param_shapes(self, fan_in, units):
         """The shapes of the stored parameters (W-like, b-like): dense (fan_in, units), (units,);
@@ -465,6 +472,7 @@ class Normalisation(LayerKind):
     keys = ("kind", "units", "activation", "slope", "alpha", "eps", "train_bias")
     param_names = ("gamma", "beta")
     keeps_width = True
+    normalises = True
     axis = 0
 
     def parse(self, v, raw, key, fan_in, is_output):
