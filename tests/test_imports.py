@@ -116,3 +116,9 @@ def test_the_levels_read_the_real_imports():
     assert "tracer.chain" in imported("tracer.workbook.chainrule", *modules["tracer.workbook.chainrule"])
     assert "tracer.layers.base" in imported("tracer.layers.dense", *modules["tracer.layers.dense"])
     assert any(level(name) == 3 for name in imported("tracer.cli", *modules["tracer.cli"]))
+
+
+def test_scenario_does_not_import_the_trace():
+    """The size guard reads the record declarations (records.py), not the Trace (DESIGN-11)."""
+    modules = sources()
+    assert "tracer.trace" not in imported("tracer.scenario", *modules["tracer.scenario"])
