@@ -240,6 +240,34 @@ def test_lstm_and_gru_stacked_on_an_rnn_pass_the_error_down():
         assert_close(lower["dx"], inputs.grad.numpy(), "input")
 
 
+def hand_written_reference(kind, weights, x, y, mask, activation):
+    """Gradients through the torch-ref helper's hand-written equations (tests/torch_reference.py,
+    written from PyTorch's documentation), by torch autograd."""
+    ref = pytest.importorskip("torch_reference")
+    leaves = {name: torch.tensor(value.T if value.ndim == 2 else value, requires_grad=True)
+              for name, value in weights.items()}
+    inputs = torch.tensor(x, requires_grad=True)
+    args = (inputs, leaves["W"], leaves["Wh"], leaves["b"], leaves["bh"])
+    if kind == "rnn":
+        h = ref.elman_forward(*args, activation=activation, params=ACTIVATION_PARAMS.get(activation))
+    else:
+        h = {"lstm": ref.lstm_forward, "gru": ref.gru_forward}[kind](*args)
+    (0.5 * (torch.tensor(mask) * (h - torch.tensor(y)) ** 2).sum()).backward()
+    grads = {name: leaf.grad.numpy().T if leaf.dim() == 2 else leaf.grad.numpy() for name, leaf in leaves.items()}
+    return h.detach().numpy(), {**grads, "x": inputs.grad.numpy()}
+
+
+@pytest.mark.parametrize("kind,activation", [("rnn", name) for name in ELEMENTWISE] + [("lstm", None), ("gru", None)])
+def test_every_gradient_matches_the_hand_written_torch_reference(kind, activation):
+    weights, x, y, mask = problem(kind, 13, batch=3, steps=5, features=2, units=3)
+    ours = run_cell(kind, weights, x, y, mask, activation or "tanh")
+    h, theirs = hand_written_reference(kind, weights, x, y, mask, activation or "tanh")
+    assert_close(ours["h"], h, "h")
+    for name in PARAMS:
+        assert_close(ours[f"grad_{name}"].sum(axis=0), theirs[name], name)
+    assert_close(ours["dx"], theirs["x"], "dx")
+
+
 # ---- finite differences -------------------------------------------------------------------------
 
 def numeric_derivative(function, value, h):
