@@ -13,7 +13,7 @@ from tracer import activations
 from tracer.layers import gru, lstm, rnn
 
 torch = pytest.importorskip("torch")
-F_ = torch.nn.functional
+functional = torch.nn.functional
 
 CELLS = {"rnn": rnn, "lstm": lstm, "gru": gru}
 TORCH_MODULES = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}
@@ -27,10 +27,10 @@ TORCH_ACTIVATIONS = {
     "sigmoid": torch.sigmoid,
     "tanh": torch.tanh,
     "relu": torch.relu,
-    "leaky_relu": lambda u: F_.leaky_relu(u, 0.07),
-    "elu": lambda u: F_.elu(u, 1.3),
-    "silu": F_.silu,
-    "gelu": F_.gelu,            # the exact (erf) form, as tracer's
+    "leaky_relu": lambda u: functional.leaky_relu(u, 0.07),
+    "elu": lambda u: functional.elu(u, 1.3),
+    "silu": functional.silu,
+    "gelu": functional.gelu,            # the exact (erf) form, as tracer's
     "softplus": lambda u: torch.log1p(torch.exp(u)),   # no threshold: the inputs stay small
 }
 ELEMENTWISE = [name for name, a in activations.ACTIVATIONS.items() if a.elementwise]
