@@ -113,10 +113,10 @@ def test_to_frame_has_the_csvs_columns_and_rows(tmp_path):
     path = tmp_path / "trace.csv"
     trace.write_csv(path)
     read = pandas.read_csv(path, dtype={"sample": "Int64", "layer": "Int64", "row": "Int64", "col": "Int64",
-                                        "value": str}, keep_default_na=False, na_values={"sample": [""], "layer": [""],
-                                                                                         "row": [""], "col": [""]})
+                                        "value": str, "time": "Int64"}, keep_default_na=False,
+                           na_values={"sample": [""], "layer": [""], "row": [""], "col": [""], "time": [""]})
     assert len(frame) == len(read) == sum(1 for _ in trace.rows())
-    for column in ("step", "sample", "layer", "row", "col"):
+    for column in ("step", "sample", "layer", "row", "col", "time"):
         assert frame[column].astype("Int64").equals(read[column].astype("Int64")), column
     assert list(frame["quantity"]) == list(read["quantity"])
     np.testing.assert_array_equal(frame["value"].to_numpy(), [float(v) for v in read["value"]])   # bit for bit
