@@ -135,6 +135,12 @@ class TraceLayout:
         families = list(self._families())
         count = sum(len(family.indices) for family in families)
         if count > MAX_COLUMNS:
+            if time_steps(scenario):
+                raise LimitError(
+                    f"the Trace sheet would need {count:,} columns ({time_steps(scenario)} time steps unrolled), above "
+                    f"the spreadsheet limit of {MAX_COLUMNS} columns: use shorter sequences or fewer units",
+                    scenario.source, "data.inputs",
+                )
             raise LimitError(
                 f"the Trace sheet would need {count:,} columns, above the spreadsheet limit of "
                 f"{MAX_COLUMNS} columns: use fewer or narrower layers",
@@ -208,6 +214,9 @@ class TraceLayout:
 
     def _inputs_and_targets(self):
         s = self.scenario
+        if time_steps(s):
+            yield from self._sequences()
+            return
         yield Family("input x", range(s.widths[0]), lambda i: Declared(
             notation.sub("x", i), f"input x{i} of the sample (Data sheet)", ("x", 0, i),
             sample=f"Data!{input_letter(s, i)}{{d}}"))
@@ -215,13 +224,33 @@ class TraceLayout:
             notation.sub("t", k), f"target t{k} of the sample (Data sheet)", ("t", 0, k),
             sample=f"Data!{data_letter(s.widths[0] + k)}{{d}}"))
 
+    def _sequences(self):
+        """Sequence data (samples × time × features): x per (time, feature), time outer, read from the
+        Data sheet's row of the sample (its columns x[t,i] in the same order); the targets after them."""
+        s = self.scenario
+        T, F = time_steps(s), s.widths[0]
+        yield Family("input x", Grid(T, F), lambda index: Declared(
+            timed(notation.sub("x", index[1]), index[0]), f"input x{index[1]} at time step {index[0]} (Data sheet)",
+            ("x", 0, index), sample=f"Data!{data_letter(index[0] * F + index[1])}{{d}}"))
+        yield Family("target t", range(s.widths[-1]), lambda k: Declared(
+            notation.sub("t", k), f"target t{k} of the sample, read after the last time step (Data sheet)", ("t", 0, k),
+            sample=f"Data!{data_letter(T * F + k)}{{d}}"))
+
     def layer_cells(self, l):
         """Layer l's scenario entry, its kind (the registry's definition) and what the kind's excel face is given."""
         s = self.scenario
         layer = s.layers[l - 1]
         kind = layers.of(layer)
+        steps = time_steps(s)
+        below_key = above = None
+        if l > 1:
+            below, below_kind = s.layers[l - 2], layers.of(s.layers[l - 2])
+            if below_kind.excel_unrolled(below):
+                below_key = functools.partial(below_kind.excel_output, below, l - 1, steps=steps)
+        if l < len(s.layers) and kind.excel_unrolled(layer):
+            above = functools.partial(self.error_from_above, l)
         cells = ExcelLayer(l, s.widths[l], s.widths[l - 1], ref, lambda parameter: self.names[(kind.name, parameter, l)],
-                           notation.unit)
+                           notation.unit, steps, below_key, above, self._activation_params(l))
         return layer, kind, cells
 
     def _kind_columns(self, l, declared):
@@ -235,6 +264,8 @@ class TraceLayout:
         header = notation.unit(columns.symbol, l, j) if columns.per_unit else f"{columns.symbol}{notation.layer(l)}"
         meaning = columns.meaning(j) if callable(columns.meaning) else columns.meaning
         key = (columns.quantity, l, j) if columns.per_unit else (columns.quantity, l)
+        if columns.time is not None:
+            header, key = timed(header, columns.time), (columns.quantity, l, (columns.time, j))
         return Declared(header, meaning, key,
                         sample=columns.sample(j) if columns.sample else None, total=columns.total(j) if columns.total else None)
 
@@ -243,6 +274,8 @@ class TraceLayout:
         layer, kind, cells = self.layer_cells(l)
         n = cells.units
         yield from self._kind_columns(l, kind.excel_forward(layer, cells))
+        if kind.excel_unrolled(layer):
+            return
         act, params = activations.get(layer.activation), self._activation_params(l)
         symbol = kind.activated(layer)
 
@@ -275,6 +308,9 @@ class TraceLayout:
         layer, kind, cells = self.layer_cells(l)
         n, L = cells.units, len(s.layers)
         group = f"layer {l} backward"
+        if kind.excel_unrolled(layer):
+            yield from self._kind_columns(l, kind.excel_backward(layer, cells))
+            return
         act, params = activations.get(layer.activation), self._activation_params(l)
         activated = kind.activated(layer)
         yield Family(group, range(n), lambda j: Declared(
@@ -308,9 +344,15 @@ class TraceLayout:
                                            [ref(("dE_da", L, k)) for k in range(K)], ref(("slope", L, j)))
         return template, loss.output_delta_meaning
 
-    def error_from_above(self, l, j):
-        """(formula body, text) of the error layer l+1 passes down to unit j of layer l, by its kind."""
+    def error_from_above(self, l, j, t=None):
+        """(formula body, text) of the error layer l+1 passes down to unit j of layer l, by its kind;
+        at time step t of a recurrent layer l: a recurrent layer above passes one at every t, another
+        kind reads h at the last time step only (None at the other t)."""
         layer, kind, cells = self.layer_cells(l + 1)
+        if t is not None and kind.excel_unrolled(layer):
+            return kind.excel_error_down_time(layer, cells, j, t)
+        if t is not None and t != time_steps(self.scenario) - 1:
+            return None
         return kind.excel_error_down(layer, cells, j)
 
     def _gradients(self):
@@ -319,11 +361,9 @@ class TraceLayout:
         group = "gradient ∂E/∂θ (Σ row: batch)"
         for l in range(1, len(s.layers) + 1):
             layer, kind, cells = self.layer_cells(l)
-            shape_W, shape_b = kind.param_shapes(cells.fan_in, cells.units)
-            yield Family(group, Grid(*shape_W), lambda index, l=l, layer=layer, kind=kind, cells=cells: self._gradient(
-                "W", l, index, *kind.excel_grad_W(layer, cells, *index)))
-            yield Family(group, Grid(*shape_b), lambda index, l=l, layer=layer, kind=kind, cells=cells: self._gradient(
-                "b", l, index, *kind.excel_grad_b(layer, cells, *index)))
+            for which, shape, _ in kind.excel_parameters(layer, cells.fan_in, cells.units):
+                yield Family(group, Grid(*shape), lambda index, l=l, layer=layer, kind=kind, cells=cells, which=which:
+                             self._gradient(which, l, index, *kind.excel_gradient(layer, cells, which, index)))
 
     def _gradient(self, which, l, index, body, text):
         s = self.scenario
@@ -335,13 +375,14 @@ class TraceLayout:
         or of the trained ones (a bias with train_bias = false is frozen)."""
         s = self.scenario
         for l, layer in enumerate(s.layers, start=1):
-            shape_W, shape_b = layers.of(layer).param_shapes(s.widths[l - 1], s.widths[l])
-            yield "W", l, Grid(*shape_W)
-            if layer.train_bias or not trained_only:
-                yield "b", l, Grid(*shape_b)
+            for which, shape, is_bias in layers.of(layer).excel_parameters(layer, s.widths[l - 1], s.widths[l]):
+                if layer.train_bias or not is_bias or not trained_only:
+                    yield which, l, Grid(*shape)
 
     def _trained(self, which, l):
-        return which == "W" or self.scenario.layers[l - 1].train_bias
+        layer = self.scenario.layers[l - 1]
+        biases = {name for name, _, is_bias in layers.of(layer).excel_parameters(layer, 1, 1) if is_bias}
+        return which not in biases or layer.train_bias
 
     def _parameters(self):
         """θ used at each step (Σ rows) and after the last one (final row): previous θ − previous Δθ."""
@@ -486,6 +527,17 @@ def _column_ranges(letters):
     cells = [f"{get_column_letter(a)}{{r}}" if a == b else f"{get_column_letter(a)}{{r}}:{get_column_letter(b)}{{r}}"
              for a, b in ranges]
     return cells
+
+
+def time_steps(scenario):
+    """T, the time steps of sequence data (inputs samples × time × features); 0 without a time axis."""
+    inputs = np.asarray(scenario.inputs)
+    return inputs.shape[1] if inputs.ndim == 3 else 0
+
+
+def timed(header, t):
+    """A header at time step t: h₀⁽¹⁾(t=3)."""
+    return f"{header}(t={t})"
 
 
 def input_letter(scenario, i):

@@ -422,6 +422,10 @@ def _write_data(workbook, scenario):
     raw = scenario.raw_inputs if scenario.raw_inputs is not None else scenario.inputs
     n_in, n_out = raw.shape[1], scenario.targets.shape[1]
     headers = ["sample"] + [f"x{i}" for i in range(n_in)] + [f"t{k}" for k in range(n_out)]
+    if raw.ndim == 3:   # sequences: one column per (time step, feature), time outer
+        headers[1:1 + n_in] = [layout_module.timed(f"x{i}", t) for t in range(raw.shape[1]) for i in range(raw.shape[2])]
+        raw = raw.reshape(len(raw), -1)
+        n_in = raw.shape[1]
     if scenario.normalize != "none":
         headers += [f"x̂{i} ({scenario.normalize})" for i in range(n_in)]
     for index, header in enumerate(headers, start=1):
@@ -447,7 +451,7 @@ def _data_rows(scenario, raw):
                 continue
             formula = procedures.excel_normalized(normalize, cell, f"{column}${one}", f"{column}${two}")
             ref = f"{letter(len(constants) - 1 + i)}{number}"
-            cells.append(xlsx.formula_cell(ref, formula, float(scenario.inputs[index, i])))
+            cells.append(xlsx.formula_cell(ref, formula, float(scenario.inputs.reshape(len(raw), -1)[index, i])))
         yield xlsx.row(number, cells)
     if normalize == "none":
         return
