@@ -379,6 +379,15 @@ class TraceLayout:
                 if layer.train_bias or not is_bias or not trained_only:
                     yield which, l, Grid(*shape)
 
+    def parameter_span(self, l, prefix="", trained_only=False):
+        """(first, last) column letters of layer l's parameter-shaped columns named prefix + parameter
+        ("" θ, "grad_" ∂E/∂θ, "update_" Δθ): W[0,0] … the last entry of its last parameter (b, or bh
+        of a recurrent cell), adjacent in the sheet."""
+        blocks = [(which, indices) for which, layer, indices in self._parameter_blocks(trained_only) if layer == l]
+        (first, first_indices), (last, last_indices) = blocks[0], blocks[-1]
+        return (self.cell((f"{prefix}{first}", l, next(iter(first_indices)))),
+                self.cell((f"{prefix}{last}", l, tuple(n - 1 for n in last_indices.shape))))
+
     def _trained(self, which, l):
         layer = self.scenario.layers[l - 1]
         biases = {name for name, _, is_bias in layers.of(layer).excel_parameters(layer, 1, 1) if is_bias}
