@@ -180,3 +180,16 @@ class GruExcel(RecurrentExcel):
             ExcelColumns(group, "delta_hn", "δ_hn", "δ_hn = ∂E/∂hn = δ_n·r (what the n columns of Wh, bh see)",
                          sample=lambda j: f"{at('delta_n', j)}*{at('r', j)}", time=t),
         ]
+# ---- the layer kind ------------------------------------------------------------------------------
+import sys as _sys  # noqa: E402
+
+from .rnn import Recurrent  # noqa: E402
+
+
+class Gru(GruExcel, Recurrent):
+    """torch.nn.GRU's cell through time (see Recurrent for the scenario, parameters and records)."""
+
+    name = "gru"
+    description = "GRU cell (gates r, z, n as torch.nn.GRU) through time"
+    gates = GATES
+    cell = _sys.modules[__name__]

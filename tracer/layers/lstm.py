@@ -180,3 +180,16 @@ class LstmExcel(RecurrentExcel):
                          sample=lambda j: f"{at('e', j)}*{at('tanh_c', j)}*{at('slope_o', j)}", time=t),
         ]
         return columns
+# ---- the layer kind ------------------------------------------------------------------------------
+import sys as _sys  # noqa: E402
+
+from .rnn import Recurrent  # noqa: E402
+
+
+class Lstm(LstmExcel, Recurrent):
+    """torch.nn.LSTM's cell through time (see Recurrent for the scenario, parameters and records)."""
+
+    name = "lstm"
+    description = "LSTM cell (gates i, f, g, o as torch.nn.LSTM) through time"
+    gates = GATES
+    cell = _sys.modules[__name__]
