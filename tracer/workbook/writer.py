@@ -24,7 +24,7 @@ from openpyxl.workbook.defined_name import DefinedName
 from openpyxl.xml.functions import tostring
 
 from ..errors import LimitError, OutputExistsError
-from .. import diagnose as diagnose_module, output, procedures
+from .. import diagnose as diagnose_module, layers, output, procedures
 from . import chainrule, charts, diagnosis, histograms, layout as layout_module, steps as steps_module, xlsx
 
 MAX_ROWS, MAX_FORMULA = 1_048_576, 8_192
@@ -109,6 +109,9 @@ def check_limits(layout):
 def table_layouts(trace, layout, parameters=(), findings=None):
     """The Steps, Diagnosis, ChainRule and Histograms sheets' layouts (each: title, headers, rows, expected)."""
     steps_layout = steps_module.StepsLayout(trace, layout)
+    if any(layers.of(layer).excel_unrolled(layer) for layer in trace.scenario.layers):
+        # recurrent cells: the Diagnosis and ChainRule sheets through time are not written yet
+        return [steps_layout, histograms.HistogramLayout(trace, layout, steps_layout)]
     if findings is None:
         findings = diagnose_module.diagnose(trace).findings
     return [steps_layout, diagnosis.DiagnosisLayout(trace, layout, steps_layout, findings),
