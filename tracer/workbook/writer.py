@@ -99,6 +99,12 @@ def check_limits(layout):
         for template in (column.sample, column.total, column.final):
             if template and len(template.format(**big)) + 1 > MAX_FORMULA:
                 layer = column.key[1] if len(column.key) > 1 and isinstance(column.key[1], int) else None
+                steps = layout_module.time_steps(layout.scenario)
+                if steps and layer and layers.of(layout.scenario.layers[layer - 1]).excel_unrolled(layout.scenario.layers[layer - 1]):
+                    raise LimitError(
+                        f"the formula of column {column.header} would be longer than the spreadsheet limit of "
+                        f"{MAX_FORMULA} characters: it sums {steps} time steps; use shorter sequences "
+                        "(or fewer units)", source, "data.inputs")
                 raise LimitError(
                     f"the formula of column {column.header} would be longer than the spreadsheet limit of "
                     f"{MAX_FORMULA} characters: use fewer units per layer",
