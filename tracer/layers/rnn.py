@@ -270,7 +270,10 @@ class RecurrentExcel:
         return f"{x.unit(symbol, l, j)}(t={t})"
 
     def excel_input_symbol(self, x, i, t):
-        return f"x{i}(t={t})" if x.l == 1 else self.excel_timed(x, "h", x.l - 1, i, t)
+        """The cell's input i at time t in header notation: xᵢ(t=3), or h of the layer below (t a
+        number, or a letter: xᵢ(t))."""
+        when = f"t={t}" if isinstance(t, int) else t
+        return f"x{i}({when})" if x.l == 1 else f"{x.unit('h', x.l - 1, i)}({when})"
 
     def excel_column(self, x, gate, j):
         """The column m = k·U + j of W, Wh, b, bh of gate `gate` (its index k) and unit j."""
@@ -304,9 +307,9 @@ class RecurrentExcel:
         def meaning(j):
             m = self.excel_column(x, gate, j)
             below = self.excel_input_symbol(x, "ᵢ", t)
-            h_prev = "h₋₁ = 0" if t == 0 else f"{self.excel_timed(x, 'h', l, 'ₖ', t - 1)}"
+            h_prev = "h₋₁" if t == 0 else f"{self.excel_timed(x, 'h', l, 'ₖ', t - 1)}"
             return (f"{self.excel_timed(x, symbol, l, j, t)} = Σᵢ {below}·W{l}[i,{m}] + b{l}[{m}] + "
-                    f"Σₖ {h_prev}·Wh{l}[k,{m}] + bh{l}[{m}]{block}")
+                    f"Σₖ {h_prev}·Wh{l}[k,{m}] + bh{l}[{m}]{block}" + (" (h₋₁ = 0: written 0)" if t == 0 else ""))
         return meaning
 
     def excel_back_terms(self, x, t, k):
