@@ -4,11 +4,13 @@ and relu, LSTM, GRU, and its hand-written Elman loop for other activations) for 
 finite differences (gradcheck), the records with a time index, and the templates' phenomena
 computed from independent numbers."""
 from fractions import Fraction
+import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tracer import engine, gradcheck, optim, records
+from tracer import engine, gradcheck, optim, records, templates
 from tracer import scenario as scenario_module
 from tracer.errors import ScenarioError
 
@@ -25,15 +27,17 @@ NAMES = {"W1": "weights", "Wh1": "recurrent_weights", "b1": "bias", "bh1": "recu
          "W2": "head_weights", "b2": "head_bias"}
 
 
-def problem(cell, seed, samples=3, time=5, features=2, units=3, outputs=2):
-    """Random sequences, targets after the last time step and explicit weights (tracer's orientation)."""
+def problem(cell, seed, samples=3, time=5, features=2, units=3, outputs=2, per_time=False):
+    """Random sequences, targets after the last time step (or at every time step, per_time) and
+    explicit weights (tracer's orientation)."""
     rng = np.random.default_rng(seed)
     columns = GATES[cell] * units
     weights = {"weights": rng.normal(size=(features, columns)) * 0.6,
                "recurrent_weights": rng.normal(size=(units, columns)) * 0.6,
                "bias": rng.normal(size=columns) * 0.3, "recurrent_bias": rng.normal(size=columns) * 0.3,
                "head_weights": rng.normal(size=(units, outputs)) * 0.6, "head_bias": rng.normal(size=outputs) * 0.3}
-    return rng.normal(size=(samples, time, features)), rng.normal(size=(samples, outputs)), weights
+    targets = rng.normal(size=(samples, time, outputs) if per_time else (samples, outputs))
+    return rng.normal(size=(samples, time, features)), targets, weights
 
 
 def raw_scenario(cell, activation, x, t, w, optimizer="sgd", hyper=None, steps=5, clip_norm=None, clip_value=None):
@@ -68,10 +72,10 @@ def relative(a, b):
     return float(np.max(np.abs(a - b) / np.maximum(np.maximum(np.abs(a), np.abs(b)), 1e-300)))
 
 
-def parity(cell, activation, optimizer, seed=0, **training):
-    """The largest relative difference between tracer and torch over every gradient (before and after
-    clipping) and every parameter after each of 5 steps, and the losses."""
-    x, t, w = problem(cell, seed)
+def parity(cell, activation, optimizer, seed=0, per_time=False, **training):
+    """The largest relative difference between tracer and torch over every gradient and every
+    parameter after each of 5 steps, and the losses."""
+    x, t, w = problem(cell, seed, per_time=per_time)
     trace = engine.run(scenario_module.from_dict(raw_scenario(cell, activation, x, t, w, optimizer, **training)))
     run = ref.rnn_reference(cell, x, t, **w, activation=activation or "tanh",
                             activation_params=ACTIVATION_PARAMS.get(activation), optimizer=optimizer,
@@ -91,6 +95,15 @@ def parity(cell, activation, optimizer, seed=0, **training):
 @pytest.mark.parametrize("cell, activation", CASES, ids=[f"{c}-{a}" if a else c for c, a in CASES])
 def test_parity_with_torch_every_gradient_and_the_parameters_after_5_steps(cell, activation, optimizer):
     worst = parity(cell, activation, optimizer)
+    assert max(worst.values()) < RELATIVE, worst
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+@pytest.mark.parametrize("cell, activation", [("rnn", "tanh"), ("rnn", "elu"), ("lstm", None), ("gru", None)])
+def test_parity_with_torch_with_targets_at_every_time_step(cell, activation, optimizer):
+    """Many-to-many: the head reads every h_t, a sample's loss is the sum over time (rnn_reference's
+    time_reduction "sum")."""
+    worst = parity(cell, activation, optimizer, per_time=True)
     assert max(worst.values()) < RELATIVE, worst
 
 
@@ -126,6 +139,23 @@ def test_stacked_recurrent_layers_pass_the_error_down_through_every_time_step():
     report = gradcheck.check(trace)
     assert len(report.checks) == (4 + 2 + 4 + 2) + (12 + 6 + 12 + 6) + (4 + 2)   # rnn, gru, head
     assert report.worst.error < 1e-6, report.worst
+
+
+def test_targets_at_every_time_step_with_two_dense_layers_gradcheck_and_records():
+    """lstm → dense tanh → dense: every parameter against finite differences; the dense layers' u, a,
+    δ and the loss's ∂E/∂a are kept per (sample, time, unit), E per sample is Σ_t of the loss at t."""
+    x, t, w = problem("lstm", 5, samples=2, time=3, units=2, per_time=True)
+    raw = raw_scenario("lstm", None, x, t, w, "adam", steps=2)
+    raw["layers"].insert(1, {"units": 2, "activation": "tanh", "init": "xavier_uniform", "bias_init": "normal"})
+    trace = engine.run(scenario_module.from_dict(raw))
+    report = gradcheck.check(trace, steps=(0, 1))
+    assert len(report.checks) == 2 * ((16 + 8 + 16 + 8) + (4 + 2) + (4 + 2)) and report.worst.error < 1e-6, report.worst
+    assert trace.u[1].shape == (2, 2, 3, 2) and trace.a[2].shape == (2, 2, 3, 2)
+    y = trace.a[2][0]                                                   # (samples, time, outputs) at step 0
+    np.testing.assert_allclose(trace.sample_loss[0], (0.5 * (y - t) ** 2).sum(axis=(1, 2)), rtol=1e-13)
+    assert trace.values(("u", 2, (1, 0)), "sample", 0, 1, 1) == trace.u[1][0, 1, 1, 0]
+    fields = {f.csv: f.index for f in records.fields(trace.scenario) if f.layer == 3 and f.csv}
+    assert fields["u"] == "time-unit" and fields["grad_W"] == "matrix"
 
 
 def test_records_have_a_time_index_and_sum_over_time():
@@ -205,7 +235,24 @@ def _gate_activation(raw):
     raw["layers"][0].update(kind="lstm", activation="relu")
 
 
+def _time_mismatch(raw):
+    raw["data"]["targets"] = [[[0.0, 0.0]] * 2, [[0.0, 0.0]] * 2]
+
+
+def _norm_head(raw):
+    raw["data"]["targets"] = [[[0.0, 0.0]] * 3, [[0.0, 0.0]] * 3]
+    raw["layers"].insert(1, {"kind": "layernorm"})
+
+
+def _per_time_on_rows(raw):
+    raw["data"]["inputs"] = [[0.1, 0.2], [0.3, 0.4]]
+    raw["data"]["targets"] = [[[0.0, 0.0]] * 3, [[0.0, 0.0]] * 3]
+
+
 @pytest.mark.parametrize("edit, fragments", [
+    (_time_mismatch, ("data.targets", "2 time steps of targets for 3 time steps of inputs")),
+    (_norm_head, ("layers[1].kind", "must be dense, not layernorm")),
+    (_per_time_on_rows, ("data.targets", "need input sequences")),
     (_ragged, ("data.inputs", "ragged sequences: sample 1 has 2 time steps")),
     (_features, ("data.inputs", "sample 1", "1 values")),
     (_after_dense, ("layers[1].kind", "must come before every non-recurrent layer")),
@@ -238,3 +285,99 @@ def test_a_linear_scalar_rnn_multiplies_the_error_by_wh_at_every_time_step():
     e = trace.norm["e"][0][0, 0, :, 0]
     assert abs(e[0] / e[99] - power) <= 1e-12 * power
     assert abs(float(Fraction(11, 10) ** 100) - 13780.61233982) < 1e-6
+
+
+# ---------------------------------------------------------------- the templates' phenomena
+
+STAGED = Path(__file__).parent / "recurrent_templates"   # until the recurrent workbook lands in templates/
+
+
+def load_template(name):
+    """A recurrent template: built in (templates/) or, before it joins them, from tests/recurrent_templates."""
+    return scenario_module.load(name if templates.exists(name) else str(STAGED / f"{name}.toml"))
+
+
+def rel(a, b):
+    return abs(a - b) / abs(b)
+
+
+def test_rnn_exploding_multiplies_the_error_by_1_1_per_time_step():
+    """h_t = 1.1^t (x₀ = 1, W = 1, Wh = 1.1), head y = h₁₀₀, target 1: every number from exact fractions.
+    e₀/e₁₀₀ = 1.1¹⁰⁰; ∂E/∂W1 = x₀·δ₀ = 1.1¹⁰⁰·(1.1¹⁰⁰ − 1); ∂E/∂Wh1 = Σ_t h_(t−1)·δ_t = 100·1.1⁹⁹·(1.1¹⁰⁰ − 1);
+    ∂E/∂b1 = Σ_t δ_t = (1.1¹⁰⁰ − 1)·Σ_k 1.1^k; then the update lr·1.9e8 makes the run overflow at step 1."""
+    F = Fraction(11, 10)
+    e100 = F ** 100 - 1
+    trace = engine.run(load_template("rnn-exploding"))
+    e = trace.norm["e"][0][0, 0, :, 0]
+    assert len(e) == 101 and rel(e[0] / e[100], float(F ** 100)) < 1e-12
+    assert rel(float(F ** 100), 13780.61233982) < 1e-11      # "1.1 multiplied 100 times is over 10,000"
+    assert rel(trace.grad_W[0][0, 0, 0], float(F ** 100 * e100)) < 1e-12
+    assert rel(trace.grad_Wh[0][0, 0, 0], float(100 * F ** 99 * e100)) < 1e-12
+    assert rel(trace.grad_b[0][0, 0], float(e100 * sum(F ** k for k in range(101)))) < 1e-12
+    assert trace.grad_bh[0][0, 0] == trace.grad_b[0][0, 0]
+    assert trace.first_nonfinite_step() == 1
+
+
+def test_rnn_clipped_keeps_every_step_within_lr_times_clip_norm():
+    """‖g‖ at step 0 from exact fractions; every update's norm ≤ lr·clip_norm = 0.01; all finite."""
+    F = Fraction(11, 10)
+    e100 = F ** 100 - 1
+    through_time = e100 * sum(F ** k for k in range(101))                 # ∂E/∂b1 = ∂E/∂bh1
+    squares = [F ** 100 * e100, through_time, 100 * F ** 99 * e100, through_time, F ** 100 * e100, e100]
+    trace = engine.run(load_template("rnn-clipped"))
+    assert rel(trace.grad_norm[0], math.sqrt(float(sum(g * g for g in squares)))) < 1e-12
+    assert trace.first_nonfinite_step() is None
+    for step in range(trace.steps):
+        updates = [u[step] for store in ("update_W", "update_b", "update_Wh", "update_bh")
+                   for u in trace._store(store) if u is not None]
+        assert math.sqrt(sum(float(np.sum(u * u)) for u in updates)) <= 0.01 * (1 + 1e-9)
+
+
+def torch_input_gradients(trace):
+    """∂E_s/∂x_t of every sample at step 0 by torch autograd (nn.RNN/LSTM/GRU or the Elman loop), the
+    net rebuilt from the trace's step-0 parameters: an independent measure of δ through time."""
+    torch = pytest.importorskip("torch")
+    s = trace.scenario
+    layer = s.layers[0]
+    module = ref.recurrent_module(layer.kind, s.widths[0], layer.units, layer.activation, layer.activation_params)
+    with torch.no_grad():
+        module.weight_ih_l0.copy_(ref.tensor(trace.W[0][0].T))
+        module.weight_hh_l0.copy_(ref.tensor(trace.Wh[0][0].T))
+        module.bias_ih_l0.copy_(ref.tensor(trace.b[0][0]))
+        module.bias_hh_l0.copy_(ref.tensor(trace.bh[0][0]))
+    x = ref.tensor(s.inputs).requires_grad_(True)
+    states, _ = module(x)
+    y = states[:, -1, :] @ ref.tensor(trace.W[1][0]) + ref.tensor(trace.b[1][0])
+    (0.5 * ((y - ref.tensor(s.targets)) ** 2).sum()).backward()      # Σ_s E_s: per-sample gradients
+    return x.grad.numpy()
+
+
+@pytest.mark.parametrize("name, reaches", [("rnn-vanishing", False), ("lstm-long", True), ("gru-long", True)])
+def test_the_gradient_vanishes_through_time_in_the_rnn_and_reaches_the_first_step_in_lstm_and_gru(name, reaches):
+    """The first time step's contribution to ∂E/∂W1 against the last's, per sample. rnn-vanishing:
+    below 1e-7, and below the bound |x₀/x₄₉|·0.5⁴⁹ (|Wh·tanh'| ≤ 0.5 per time step); lstm-long,
+    gru-long: above 1e-2. Torch's ∂E/∂x_t (autograd, independent) equals the engine's Σ_m W[i,m]·δ_t[m]."""
+    s = load_template(name)
+    trace = engine.run(s)
+    contributions = trace.norm["grad_W_time"][0][0][:, :, 0, :]      # (samples, time, columns) at step 0
+    first, last = np.abs(contributions[:, 0]).sum(axis=1), np.abs(contributions[:, -1]).sum(axis=1)
+    x = s.inputs[:, :, 0]
+    if reaches:
+        assert (first / last > 1e-2).all(), first / last
+    else:
+        assert (first / last < 1e-7).all() and (first / last <= np.abs(x[:, 0] / x[:, -1]) * 0.5 ** 49).all()
+    params = trace.parameters(0)
+    result = engine.forward_backward(s, params.pop("W"), params.pop("b"), s.inputs, s.targets, params)
+    dx = result.records[0]["dx"]
+    expected = torch_input_gradients(trace)
+    assert np.max(np.abs(dx - expected) / np.maximum(np.abs(expected), 1e-300)) < 1e-9
+    ratio = np.abs(expected[:, 0, 0] / expected[:, -1, 0])
+    assert (ratio > 1e-2).all() if reaches else (ratio < 1e-7).all()
+
+
+@pytest.mark.parametrize("name", ["rnn-exploding", "rnn-clipped", "rnn-vanishing", "lstm-long", "gru-long"])
+def test_gradcheck_passes_on_every_recurrent_template(name):
+    trace = engine.run(load_template(name))
+    report = gradcheck.check(trace, steps=(0,))
+    assert len(report.checks) == sum(a[0].size for store in ("W", "b", "Wh", "bh") for a in trace._store(store) if a is not None)
+    assert report.worst.error < 1e-6, report.worst
