@@ -10,6 +10,7 @@ Each column also knows its quantity key, so the verifier can ask the Trace for t
 engine's value of every cell. Formulas refer to other columns by key (`ref`), never by letter:
 letters exist only once every column is declared (see TraceLayout).
 """
+import ast
 from dataclasses import dataclass, field
 import functools
 import itertools
@@ -197,10 +198,10 @@ class TraceLayout:
         yield from self._row_labels()
         yield from self._inputs_and_targets()
         for l in range(1, L + 1):
-            yield from self._forward(l)
+            yield from self._over_time(l, self._forward)
         yield from self._loss_columns()
         for l in range(L, 0, -1):
-            yield from self._backward(l)
+            yield from self._over_time(l, self._backward)
         yield from self._gradients()
         yield from self._parameters()
         yield from self._updates()
@@ -228,10 +229,15 @@ class TraceLayout:
         """Sequence data (samples × time × features): x per (time, feature), time outer, read from the
         Data sheet's row of the sample (its columns x[t,i] in the same order); the targets after them."""
         s = self.scenario
-        T, F = time_steps(s), s.widths[0]
+        T, F, K = time_steps(s), s.widths[0], s.widths[-1]
         yield Family("input x", Grid(T, F), lambda index: Declared(
             timed(notation.sub("x", index[1]), index[0]), f"input x{index[1]} at time step {index[0]} (Data sheet)",
             ("x", 0, index), sample=f"Data!{data_letter(index[0] * F + index[1])}{{d}}"))
+        if self.timed_from():
+            yield Family("target t", Grid(T, K), lambda index: Declared(
+                timed(notation.sub("t", index[1]), index[0]), f"target t{index[1]} at time step {index[0]} (Data sheet)",
+                ("t", 0, index), sample=f"Data!{data_letter(T * F + index[0] * K + index[1])}{{d}}"))
+            return
         yield Family("target t", range(s.widths[-1]), lambda k: Declared(
             notation.sub("t", k), f"target t{k} of the sample, read after the last time step (Data sheet)", ("t", 0, k),
             sample=f"Data!{data_letter(T * F + k)}{{d}}"))
@@ -245,13 +251,68 @@ class TraceLayout:
         below_key = above = None
         if l > 1:
             below, below_kind = s.layers[l - 2], layers.of(s.layers[l - 2])
-            if below_kind.excel_unrolled(below):
+            if below_kind.excel_unrolled(below) and self.timed_from():   # h of the row's time step (see _at_time)
+                below_key = functools.partial(lambda l, i: ("h", l, i), l - 1)
+            elif below_kind.excel_unrolled(below):
                 below_key = functools.partial(below_kind.excel_output, below, l - 1, steps=steps)
         if l < len(s.layers) and kind.excel_unrolled(layer):
             above = functools.partial(self.error_from_above, l)
         cells = ExcelLayer(l, s.widths[l], s.widths[l - 1], ref, lambda parameter: self.names[(kind.name, parameter, l)],
                            notation.unit, steps, below_key, above, self._activation_params(l))
         return layer, kind, cells
+
+    # ---------------------------------------------------------------- targets per time step (many-to-many)
+    # The layers after the recurrent ones run at every time step: their columns are declared once per
+    # time step t by the usual builders, then moved to time t (`_at_time`): keys (q, l, j) become
+    # (q, l, (t, j)), the headers get (t=…), and the references of their formulas follow — to the
+    # layer's own columns at t, the recurrent layer's h at t, the targets and ∂E/∂a at t.
+
+    def timed_from(self):
+        """The first layer that runs at every time step (targets per time step), or None."""
+        s = self.scenario
+        if not getattr(s, "per_time_targets", False):
+            return None
+        return 1 + max(l for l, layer in enumerate(s.layers, start=1) if layers.of(layer).excel_unrolled(layer))
+
+    def _timed_key(self, key, t):
+        """`key` at time step t when it names a per-time quantity: (q, l, j) of a layer from timed_from,
+        h of the last recurrent layer, the targets; other keys unchanged."""
+        first = self.timed_from()
+        if len(key) < 2 or not isinstance(key[1], int):
+            return key
+        name, l = key[0], key[1]
+        timed_layer = l >= first or (l == first - 1 and name == "h") or name == "t"
+        if not timed_layer or l == 0 and name == "x":
+            return key
+        if len(key) == 2:
+            return (name, l, (t,))
+        return (name, l, (t, key[2])) if isinstance(key[2], int) else key
+
+    def _at_time(self, template, t):
+        """A formula template with its per-time references moved to time step t."""
+        if template is None or callable(template):
+            return template
+        return REFERENCE.sub(lambda m: "«" + repr(self._timed_key(ast.literal_eval(m.group(1)), t)) + "»", template)
+
+    def _over_time(self, l, families):
+        """Layer l's families (`families(l)`): as they are, or once per time step for a layer that runs
+        at every time step."""
+        first = self.timed_from()
+        if first is None or l < first:
+            yield from families(l)
+            return
+        for t in range(time_steps(self.scenario)):
+            for family in families(l):
+                yield Family(f"{family.group}, t = {t}", family.indices, functools.partial(self._member_at, family.member, t))
+
+    def _member_at(self, member, t, index):
+        declared = member(index)
+        return Declared(timed(declared.header, t), declared.comment, self._timed_key(declared.key, t),
+                        *(self._at_time(getattr(declared, name), t) for name in TEMPLATES), width=declared.width)
+
+    def _summed_over_time(self, body):
+        """A per-time formula body summed over time from t = 0 (the engine's order)."""
+        return "+".join(f"({self._at_time(body, t)})" for t in range(time_steps(self.scenario)))
 
     def _kind_columns(self, l, declared):
         """The families of a kind's ExcelColumns declarations on layer l."""
@@ -294,12 +355,15 @@ class TraceLayout:
         s = self.scenario
         L, K, loss = len(s.layers), s.widths[-1], losses.LOSSES[s.loss]
         if loss.records_output_error:
-            yield Family("loss", range(K), lambda k: Declared(
+            yield from self._over_time(L, lambda L: [Family("loss", range(K), lambda k: Declared(
                 f"∂E/∂{notation.unit('a', L, k)}", f"derivative of the {s.loss} loss by the output", ("dE_da", L, k),
-                sample=loss.excel_error(ref(("a", L, k)), ref(("t", 0, k)), K)))
+                sample=loss.excel_error(ref(("a", L, k)), ref(("t", 0, k)), K)))])
         template = loss.excel_value([ref(("u", L, k)) for k in range(K)], [ref(("a", L, k)) for k in range(K)],
                                     [ref(("t", 0, k)) for k in range(K)])
-        yield one("loss", Declared("E", f"{s.loss} loss of the sample; Σ row: {s.reduction} over the batch", ("loss",),
+        meaning = f"{s.loss} loss of the sample"
+        if self.timed_from():
+            template, meaning = self._summed_over_time(template), meaning + ": the sum over time of the loss at each time step"
+        yield one("loss", Declared("E", f"{meaning}; Σ row: {s.reduction} over the batch", ("loss",),
                                    sample=template, total=self._reduce(("loss",))))
 
     def _backward(self, l):
@@ -351,6 +415,9 @@ class TraceLayout:
         layer, kind, cells = self.layer_cells(l + 1)
         if t is not None and kind.excel_unrolled(layer):
             return kind.excel_error_down_time(layer, cells, j, t)
+        if t is not None and self.timed_from():
+            body, text = kind.excel_error_down(layer, cells, j)
+            return self._at_time(body, t), f"{text} at t={t}"
         if t is not None and t != time_steps(self.scenario) - 1:
             return None
         return kind.excel_error_down(layer, cells, j)
@@ -363,7 +430,15 @@ class TraceLayout:
             layer, kind, cells = self.layer_cells(l)
             for which, shape, _ in kind.excel_parameters(layer, cells.fan_in, cells.units):
                 yield Family(group, Grid(*shape), lambda index, l=l, layer=layer, kind=kind, cells=cells, which=which:
-                             self._gradient(which, l, index, *kind.excel_gradient(layer, cells, which, index)))
+                             self._gradient(which, l, index, *self._layer_gradient(l, layer, kind, cells, which, index)))
+
+    def _layer_gradient(self, l, layer, kind, cells, which, index):
+        """(formula body, text) of a per-sample gradient: the kind's, summed over time for a layer that
+        runs at every time step."""
+        body, text = kind.excel_gradient(layer, cells, which, index)
+        if self.timed_from() and l >= self.timed_from():
+            return self._summed_over_time(body), f"Σₜ {text} (t = 0 … {time_steps(self.scenario) - 1})"
+        return body, text
 
     def _gradient(self, which, l, index, body, text):
         s = self.scenario

@@ -435,6 +435,9 @@ def _write_data(workbook, scenario):
         headers[1:1 + n_in] = [layout_module.timed(f"x{i}", t) for t in range(raw.shape[1]) for i in range(raw.shape[2])]
         raw = raw.reshape(len(raw), -1)
         n_in = raw.shape[1]
+    if scenario.targets.ndim == 3:   # targets per time step, likewise
+        targets = scenario.targets
+        headers[1 + n_in:] = [layout_module.timed(f"t{k}", t) for t in range(targets.shape[1]) for k in range(targets.shape[2])]
     if scenario.normalize != "none":
         headers += [f"x̂{i} ({scenario.normalize})" for i in range(n_in)]
     for index, header in enumerate(headers, start=1):
@@ -449,7 +452,7 @@ def _data_rows(scenario, raw):
     first_row, last_row = 2, n + 1
     stats = (last_row + 2, last_row + 3)
     letter = layout_module.data_letter
-    for index, (x, t) in enumerate(zip(raw, scenario.targets)):
+    for index, (x, t) in enumerate(zip(raw, scenario.targets.reshape(len(raw), -1))):
         number = index + 2
         constants = [index] + [float(v) for v in np.concatenate([x, t])]
         cells = [constant_cell(f"{get_column_letter(position + 1)}{number}", value)
