@@ -43,6 +43,18 @@ def scalar_rnn(recurrent_weight, time, activation="identity", lr=0.01, steps=2):
                     inputs=inputs, steps=steps, optimizer={"name": "sgd", "lr": lr})
 
 
+def many_to_many():
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(3, 5, 2)).round(3).tolist()
+    targets = np.eye(2)[rng.integers(0, 2, size=(3, 5))].tolist()
+    return scenario_module.from_dict({
+        "steps": 3, "seed": 4, "data": {"inputs": x, "targets": targets},
+        "layers": [{"kind": "lstm", "units": 2}, {"kind": "gru", "units": 2}, {"units": 3, "activation": "tanh"},
+                   {"units": 2, "activation": "softmax"}],
+        "loss": {"name": "softmax_ce", "reduction": "mean"}, "optimizer": {"name": "adam", "lr": 0.05},
+        "training": {"batch": 2}})
+
+
 NETS = {
     # four Elman cells stacked: tanh, relu, leaky_relu (its slope a Settings cell), identity; each passes
     # its error down at every time step through its W; momentum
@@ -56,6 +68,9 @@ NETS = {
         [{"kind": "lstm", "units": 2}, {"kind": "rnn", "units": 2, "activation": "sigmoid"},
          {"kind": "gru", "units": 2, "train_bias": False}],
         optimizer={"name": "adam", "lr": 0.05}, training={"batch": 2, "clip_norm": 0.5}),
+    # targets at every time step (many-to-many): lstm under gru, two dense layers on every h_t,
+    # softmax_ce per time step summed over time, mean reduction
+    "many-to-many": lambda: many_to_many(),
     # the articles' scalar cell over 100 time steps with a huge recurrent weight: h overflows part-way
     # through the sequence; the engine's inf/NaN are the sheet's error cells from there on
     "rnn-overflow": lambda: scalar_rnn(1e5, 100, steps=2),
@@ -162,3 +177,19 @@ def test_a_sequence_too_long_for_the_sheet_is_refused_naming_the_inputs(tmp_path
     source.write_text(scenario_module.dump_toml(RAW[-1]), encoding="utf-8")
     assert_refused(invoke("run", source, "-o", tmp_path / "long.xlsx"), "data.inputs", problem)
     assert not (tmp_path / "long.xlsx").exists()
+
+
+def test_many_to_many_runs_the_dense_layers_at_every_time_step():
+    """Targets per time step: the dense layers' columns once per t (keys (q, l, (t, j))), reading h
+    of the same t; E sums the per-time losses from t = 0; their gradients sum over time; the gru's
+    error from above arrives at every t (+ the part from t+1)."""
+    s = many_to_many()
+    trace_layout = layout.TraceLayout(s, batch_schedule(s))
+    c, columns = trace_layout.cell, {col.key: col for col in trace_layout.columns}
+    assert [("t", 0, (t, 1)) in columns for t in range(6)] == [True] * 5 + [False]
+    assert columns[("u", 3, (2, 0))].header == "u₀⁽³⁾(t=2)"
+    assert columns[("u", 3, (2, 0))].sample.startswith(f"{c(('h', 2, (2, 0)))}{{r}}*{c(('W', 3, (0, 0)))}{{p}}")
+    assert columns[("loss",)].sample.count(f"{c(('t', 0, (4, 1)))}{{r}}") == 1 and columns[("loss",)].sample.startswith("(")
+    assert columns[("grad_b", 4, (1,))].sample == "+".join(f"({c(('delta', 4, (t, 1)))}{{r}})" for t in range(5))
+    assert columns[("e", 2, (1, 0))].sample.endswith(f"+{c(('e_time', 2, (1, 0)))}{{r}}")
+    assert f"{c(('delta', 3, (1, 0)))}{{r}}" in columns[("e", 2, (1, 0))].sample
