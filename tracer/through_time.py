@@ -298,3 +298,261 @@ def through_time(norms, thresholds):
             found.update(kind="vanishing", time=t)
             break
     return found
+
+
+# ---------------------------------------------------------------- a recurrent layer of a run
+
+def _time_array(trace, name, l, step, slot):
+    """The engine's (time, ·) values of the recurrent layer l's quantity `name` (its record key: h,
+    e, delta_f, ...) for the sample in batch `slot` at `step`."""
+    for f, array in trace.arrays.items():
+        if f.layer == l and f.group == "sample" and f.key == name and f.index.startswith("time-"):
+            return np.asarray(array[step, slot], dtype=float)
+    raise KeyError(f"no time-indexed quantity {name!r} of layer {l}")
+
+
+def record(trace, l, step, slot):
+    """The TimeRecord of recurrent layer l at `step` for the sample in batch `slot`, from the trace:
+    the cell's recorded quantities, the parameters used at the step, the layer's input sequence
+    (the data, or the hidden states of the recurrent layer below), h_{t−1}, the per-column deltas
+    and g_t = ∂E/∂h_t from above (e_t − e_time_t; exactly e_{T−1} at the last time step)."""
+    s = trace.scenario
+    layer = s.layers[l - 1]
+    kind = _kind(layer)
+    cell = kind.name
+    sample = int(trace.samples(step)[slot])
+    names = [name for name, _, _ in kind.cell.FORWARD_QUANTITIES + kind.cell.BACKWARD_QUANTITIES]
+    values = {name: _time_array(trace, name, l, step, slot) for name in names}
+    values["x"] = np.asarray(s.inputs[sample], dtype=float) if l == 1 else _time_array(trace, "h", l - 1, step, slot)
+    h = values["h"]
+    values["h_prev"] = np.concatenate([np.zeros_like(h[:1]), h[:-1]], axis=0)
+    if cell == "rnn":
+        values["delta_x"] = values["delta_h"] = values["delta"]
+    else:
+        gates = GATES[cell]
+        values["delta_x"] = np.concatenate([values[f"delta_{k}"] for k in gates], axis=1)
+        values["delta_h"] = np.concatenate([values["delta_hn" if k == "n" else f"delta_{k}"] for k in gates], axis=1)
+    with np.errstate(invalid="ignore"):
+        above = values["e"] - values["e_time"]
+    above[-1] = values["e"][-1]
+    values["above"] = above
+    params = [trace.parameters(step)[name][l - 1] if hasattr(trace, "parameters") else getattr(trace, name)[l - 1][step]
+              for name in ("W", "Wh", "b", "bh")]
+    activation = layer.activation if cell == "rnn" else "tanh"
+    return TimeRecord(cell, activation, dict(activations.get(activation).params, **layer.activation_params),
+                      *(np.asarray(p, dtype=float) for p in params), values)
+
+
+def _kind(layer):
+    from . import layers
+    return layers.of(layer)
+
+
+def is_recurrent(layer):
+    """True for a layer of a recurrent kind (rnn, lstm, gru): its gradients are sums over time."""
+    return bool(getattr(_kind(layer), "recurrent", False))
+
+
+# ---------------------------------------------------------------- tracer chain
+
+@dataclass
+class TimeChain:
+    """∂E/∂θ of one recurrent parameter at one step for one sample, as a sum over time steps."""
+
+    name: str                  # Wh1[0,0]
+    step: int
+    sample: int
+    which: str
+    layer: int
+    index: tuple
+    cell: str
+    steps: int                 # time steps T
+    input_name: str | None     # x_t[i], h_(t−1)[k] (None for a bias)
+    delta_name: str            # δ, δ_f, δ_hn
+    unit: int                  # the unit j of the column
+    rows: list                 # per time step: dict(t, input, slope, factor, error, delta, contribution)
+    total: float               # Σ_t contributions, left to right
+    engine: float              # the engine's per-sample gradient
+    batch: float               # the engine's batch gradient
+    engine_times: np.ndarray   # the engine's per-time contributions (grad_θ with a time)
+    symbolic: object           # sympy expression
+    definitions: list          # (symbol, expression)
+    scalar: bool               # a scalar Elman cell: one factor per time step
+    power: float | None        # Π_t Wh·f'(u_t) over every time step = ∂h_{T−1}/∂h₋₁ (scalar cell)
+    constant: float | None     # the factor when it is the same at every time step
+    sympy_total: float | None = None
+    update_lines: list = field(default_factory=list)
+
+
+def explain(trace, which, l, index, step, slot, name, latex=False, evaluate=False, update_lines=()):
+    """The TimeChain of parameter which[index] of recurrent layer l (built by chain.explain);
+    `evaluate`: also evaluate the symbolic expression by sympy with the trace's numbers."""
+    rec = record(trace, l, step, slot)
+    sample = int(trace.samples(step)[slot])
+    input_name, inputs, delta_name_, delta = factors(rec, which, index)
+    parts = contributions(rec, which, index)
+    gate, j = rec.gate_of(index[-1])
+    phi = step_factors(rec)[:, j, j] if rec.cell == "rnn" else None
+    rows = []
+    for t in range(rec.steps):
+        rows.append({"t": t, "input": None if inputs is None else float(inputs[t]),
+                     "slope": float(rec.values["slope"][t, j]) if rec.cell == "rnn" else None,
+                     "factor": None if phi is None else float(phi[t]),
+                     "error": float(rec.values["e"][t, j]), "delta": float(delta[t]), "contribution": float(parts[t])})
+    engine = float(trace.values((f"grad_{which}", l, index), "sample", step, slot, sample))
+    batch = float(trace.values((f"grad_{which}", l, index), "total", step, slot, sample))
+    times = np.array([float(trace.values((f"grad_{which}_time", l, (t,) + tuple(index)), "sample", step, slot, sample))
+                      for t in range(rec.steps)])
+    names = TimeNames(l, latex)
+    expression, definitions, _ = symbolic(rec, which, l, index, names)
+    power = constant = None
+    if scalar(rec):
+        with np.errstate(all="ignore"):
+            power = float(np.prod(phi))
+        constant = float(phi[0]) if np.all(phi == phi[0]) else None
+    chain = TimeChain(name, step, sample, which, l, tuple(index), rec.cell, rec.steps, input_name, delta_name_, j, rows,
+                      sum_over_time(parts), engine, batch, times, expression, definitions, scalar(rec), power, constant,
+                      update_lines=list(update_lines))
+    if evaluate:
+        chain.sympy_total = sympy_value(rec, which, l, index, names)
+    return chain
+
+
+def _close(a, b):
+    if not (np.isfinite(a) and np.isfinite(b)):
+        return bool(np.isfinite(a) == np.isfinite(b))
+    return abs(a - b) <= 1e-12 * max(abs(a), abs(b)) or a == b
+
+
+def render(chain):
+    """The report of a TimeChain in Unicode."""
+    show = lambda e: sp.pretty(e, use_unicode=True, order="none")  # noqa: E731
+    T = chain.steps
+    lines = [f"∂E/∂{chain.name} at step {chain.step}, sample {chain.sample}: a sum over the {T} time steps "
+             f"of the {chain.cell} layer {chain.layer} (backpropagation through time)", ""]
+    lines += _indent(show(sp.Eq(sp.Symbol(f"∂E/∂{chain.name}"), chain.symbolic, evaluate=False)))
+    lines.append("where")
+    for symbol, expression in chain.definitions:
+        lines += _indent(show(sp.Eq(symbol, expression, evaluate=False)))
+    lines += [f"  {line}" for line in _legend(chain)]
+    if chain.scalar:
+        lines.append("")
+        lines += _power_lines(chain)
+    lines.append("")
+    lines.append("with the numbers of the trace, per time step t:")
+    header, cells = _table(chain)
+    lines.append("  " + "  ".join(f"{h:>18}" for h in header))
+    for row in cells:
+        lines.append("  " + "  ".join(f"{c:>18}" for c in row))
+    lines += [f"  {line}" for line in _totals(chain)]
+    return "\n".join(lines)
+
+
+def render_latex(chain):
+    """The report of a TimeChain as a LaTeX fragment (ASCII, amsmath)."""
+    text, number = notation.latex_text, notation.latex_number
+    math = lambda e: sp.latex(e, order="none")  # noqa: E731
+    name = notation.latex_parameter(chain.name)
+    blocks = ["% tracer chain --latex: a LaTeX fragment; the document needs \\usepackage{amsmath}",
+              text(f"∂E/∂{chain.name} at step {chain.step}, sample {chain.sample}: a sum over the {chain.steps} time "
+                   f"steps of the {chain.cell} layer {chain.layer} (backpropagation through time)"),
+              "\\begin{align*}\n"
+              f"  \\frac{{\\partial E}}{{\\partial {name}}} &= {math(chain.symbolic)}\n"
+              "\\end{align*}"]
+    if chain.definitions:
+        blocks += ["where", "\\begin{align*}\n" + " \\\\\n".join(
+            f"  {math(symbol)} &= {math(expression)}" for symbol, expression in chain.definitions) + "\n\\end{align*}"]
+    blocks += [text(line) for line in _legend(chain)]
+    if chain.scalar:
+        blocks += [text(line) for line in _power_lines(chain)]
+    blocks.append("with the numbers of the trace, per time step $t$:")
+    header, cells = _table(chain)
+    rows = []
+    for row in cells:
+        parts = [f"\\text{{{h.replace('_', ' ')}}} = {_latex_cell(c)}" for h, c in zip(header[1:], row[1:])]
+        rows.append(f"  t = {row[0]} &: \\quad " + ", \\quad ".join(parts))
+    blocks.append("\\begin{align*}\n" + " \\\\\n".join(rows) + "\n\\end{align*}")
+    blocks += [text(line) for line in _totals(chain)]
+    return "\n\n".join(blocks)
+
+
+def _latex_cell(text):
+    try:
+        return notation.latex_number(float(text))
+    except ValueError:
+        return f"\\text{{{text}}}"
+
+
+def _legend(chain):
+    """What the indexed symbols hold."""
+    out = []
+    if chain.input_name and chain.which == "Wh":
+        out.append(f"h[t] is the hidden state at time step t (h[−1] = 0, the initial state)")
+    if chain.input_name and chain.which == "W":
+        out.append("x[t, i] is the layer's input at time step t")
+    if chain.cell == "rnn":
+        out.append("f'[t] is the local slope f'(u_t) of the cell's activation; g[t] = ∂E/∂h_t arriving from above "
+                   "(from the layer above: at the last time step only)")
+        out.append("e[t] = ∂E/∂h_t, the error through time; δ[t] = ∂E/∂u_t")
+    else:
+        out.append(f"{chain.delta_name}[t, j] is the delta of the column's gate ∂E/∂u at time step t, as the engine "
+                   f"records it (the {chain.cell} cell's equations: tracer/layers/{chain.cell}.py)")
+    return out
+
+
+def _power_lines(chain):
+    """The factor per time step of a scalar Elman cell, and its power."""
+    T = chain.steps
+    out = []
+    if chain.constant is not None:
+        out.append(f"the factor per time step is Wh·f'(u_t) = {chain.constant:.10g} at every time step "
+                   f"(∂h_t/∂h_(t−1)); the error through time is multiplied by it once per time step:")
+        out.append(f"  ∂h_{T - 1}/∂h_(−1) = ({chain.constant:.10g})^{T} = {chain.power:.10g} over the {T} time steps; "
+                   f"the error reaching time step 0 is e_0 = ({chain.constant:.10g})^{T - 1}·e_{T - 1} "
+                   f"= {chain.rows[0]['error']:.10g}")
+    else:
+        factors = [row["factor"] for row in chain.rows]
+        with np.errstate(all="ignore"):
+            mean = float(np.abs(chain.power) ** (1.0 / T)) if chain.power is not None else float("nan")
+        out.append(f"the factor per time step Wh·f'(u_t) = ∂h_t/∂h_(t−1) varies from {min(factors):.6g} to "
+                   f"{max(factors):.6g} (column 'Wh·f'(u_t)' below); their product over the {T} time steps is "
+                   f"∂h_{T - 1}/∂h_(−1) = {chain.power:.10g} (about {mean:.6g} per time step)")
+    return out
+
+
+def _table(chain):
+    header = ["t"]
+    if chain.input_name:
+        header.append(chain.input_name)
+    if chain.cell == "rnn":
+        header += ["f'(u_t)"] + (["Wh·f'(u_t)"] if chain.scalar else [])
+    header += [f"e_t[{chain.unit}]", f"{chain.delta_name}_t[{chain.unit}]", "contribution"]
+    cells = []
+    for row in chain.rows:
+        cell = [str(row["t"])]
+        if chain.input_name:
+            cell.append(f"{row['input']:.10g}")
+        if chain.cell == "rnn":
+            cell.append(f"{row['slope']:.10g}")
+            if chain.scalar:
+                cell.append(f"{row['factor']:.10g}")
+        cell += [f"{row['error']:.10g}", f"{row['delta']:.10g}", f"{row['contribution']:.17g}"]
+        cells.append(cell)
+    return header, cells
+
+
+def _totals(chain):
+    input_part = f"{chain.input_name}·" if chain.input_name else ""
+    out = [f"(contribution = {input_part}{chain.delta_name}_t[{chain.unit}], the time step's part of the gradient)",
+           f"sum of the {chain.steps} contributions = {chain.total:.10g}"]
+    if chain.sympy_total is not None:
+        out.append(f"the expression above evaluated by sympy with these numbers = {chain.sympy_total:.10g}")
+    agree = _close(chain.total, chain.engine)
+    out.append(f"engine's ∂E/∂{chain.name} for this sample = {chain.engine:.10g} ({'equal' if agree else 'DIFFERENT'})")
+    out.append(f"batch gradient at step {chain.step} ({chain.name}, over the step's samples) = {chain.batch:.10g}")
+    out += chain.update_lines
+    return out
+
+
+def _indent(text):
+    return ["  " + line for line in str(text).splitlines()]
