@@ -13,7 +13,9 @@ from .records import MAX_BYTES  # noqa: F401  (the cap on a run's recorded scala
 CSV_COLUMNS = ("step", "sample", "quantity", "layer", "row", "col", "value")
 # the stores Trace keeps one array per layer in (attributes trace.u, trace.grad_W, ...)
 LAYER_STORES = ("u", "a", "slope", "delta", "h", "error", "W", "b", "grad_W_sample", "grad_b_sample",
-                "grad_W", "grad_b", "update_W", "update_b")
+                "grad_W", "grad_b", "update_W", "update_b",
+                # recurrent layers' recurrent weights and bias (None on other layers)
+                "Wh", "bh", "grad_Wh_sample", "grad_bh_sample", "grad_Wh", "grad_bh", "update_Wh", "update_bh")
 RUN_STORES = ("output_error", "sample_loss", "loss", "lr", "grad_norm", "clip_factor")
 
 
@@ -183,11 +185,22 @@ class Trace:
         ids = self.sample_ids[step]
         return ids[ids >= 0]
 
-    def set_parameters(self, step, weights, biases):
+    def set_parameters(self, step, weights, biases, extra=None):
+        """Record the parameters used at `step`: W and b per layer, and `extra` {name: per layer
+        array or None} for the other stored parameters (Wh, bh of recurrent layers)."""
         for store, value in zip(self.W, weights):
             store[step] = value
         for store, value in zip(self.b, biases):
             store[step] = value
+        for name, values in (extra or {}).items():
+            for store, value in zip(self._store(name), values):
+                if store is not None and value is not None:
+                    store[step] = value
+
+    def parameters(self, step):
+        """{stored parameter name: per layer array (a copy) or None} at `step` (W, b, Wh, bh, ...)."""
+        return {name: [None if a is None else a[step].copy() for a in self._store(name)]
+                for name in records.parameter_names(self.scenario)}
 
     def record(self, step, result, totals):
         """Record one step: the per-sample values of the engine's Pass `result` (a dict keyed by the
@@ -202,7 +215,7 @@ class Trace:
             else:
                 continue
             if f.store in LAYER_STORES:
-                value = value[f.layer - 1]
+                value = None if value is None else value[f.layer - 1]
             if value is None:
                 continue
             if f.group == "sample":
@@ -215,12 +228,16 @@ class Trace:
         with np.errstate(all="ignore"):
             squares = np.sum(self.grad_W[layer - 1].reshape(self.steps, -1) ** 2, axis=1)
             squares = squares + np.sum(self.grad_b[layer - 1].reshape(self.steps, -1) ** 2, axis=1)
+            for extra in (self.grad_Wh[layer - 1], self.grad_bh[layer - 1]):   # recurrent layers
+                if extra is not None:
+                    squares = squares + np.sum(extra.reshape(self.steps, -1) ** 2, axis=1)
             return np.sqrt(squares)
 
     def first_nonfinite_step(self):
         """The first step at which any recorded value is inf or NaN, or None."""
         bad = ~np.isfinite(self.loss)
-        for array in self.grad_W + self.grad_b + [w[:-1] for w in self.W]:
+        extra = [a for a in self.grad_Wh + self.grad_bh + [w[:-1] for w in self.Wh if w is not None] if a is not None]
+        for array in self.grad_W + self.grad_b + [w[:-1] for w in self.W] + extra:
             bad = bad | ~np.isfinite(array.reshape(self.steps, -1)).all(axis=1)
         hits = np.flatnonzero(bad)
         return int(hits[0]) if hits.size else None

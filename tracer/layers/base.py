@@ -36,7 +36,7 @@ from .. import activations, init as inits
 from ..errors import ScenarioError
 from ..ieee import propagate_nonfinite
 
-PER = ("sample-unit", "step-unit", "sample")
+PER = ("sample-unit", "step-unit", "sample", "sample-time-unit", "sample-time-param")
 
 
 @dataclass(frozen=True)
@@ -49,10 +49,17 @@ class Quantity:
     per      "sample-unit": one value per sample and unit, array (T, B, n);
              "step-unit":   one value per step and unit (a batch statistic), array (T, n);
              "sample":      one value per sample for the whole layer (layernorm's μ, σ²), array (T, B)
+             "sample-time-unit":  recurrent layers: one value per sample, time step and unit,
+                                  array (T, B, time, n); CSV row = unit, time = time step
+             "sample-time-param": recurrent layers: a per-time-step gradient contribution shaped
+                                  like the stored parameter `param` (grad_W's at each time step),
+                                  array (T, B, time, *shape); CSV row (and col), time
     common   True for the quantities every layer records whether the CSV shows them or not
              (u, a, slope, delta, h, e): the engine fills them itself, not from `record`
     key      its name in the kind's `record` dict and in Trace.norm (default: the CSV name;
-             batchnorm's bn_mean is "mean" there, as Trace.norm["mean"] always had it)
+             batchnorm's bn_mean is "mean" there, as Trace.norm["mean"] always had it); also the
+             name in Trace.values keys (the per-time gradients: grad_W_time, CSV name grad_W)
+    param    "sample-time-param" only: the stored parameter (W, b, Wh, bh) whose shape it has
     """
 
     name: str
@@ -61,6 +68,7 @@ class Quantity:
     per: str
     common: bool = False
     key: str = ""
+    param: str = ""
 
     def __post_init__(self):
         if self.per not in PER:
@@ -162,7 +170,11 @@ class LayerKind:
     name = ""                 # the TOML `kind` value (a contract)
     description = ""          # one line for README/help
     keys = ()                 # the TOML keys a layer of this kind accepts (`kind` among them)
-    param_names = ("W", "b")  # the names of its two parameters in CSV quantities and parameter names
+    stored_params = ("W", "b")  # its parameters in their stored form, in order (recurrent: W, b, Wh, bh);
+                                # the engine, optimiser loop, clipping, records and gradcheck iterate over them
+    bias_params = ("b",)      # those of stored_params that `train_bias = false` freezes (recurrent: b, bh)
+    param_names = ("W", "b")  # the names of stored_params in CSV quantities and parameter names
+    recurrent = False         # reads and produces sequences (B, time, width): see tracer/layers/rnn.py
     keeps_width = False       # units must equal the layer below's (normalisation layers)
     min_batch = 1             # every batch needs at least this many samples
 
@@ -195,8 +207,8 @@ class LayerKind:
                f"in every batch, as in PyTorch; here {detail}")
 
     def param_shapes(self, fan_in, units):
-        """The shapes of the stored parameters (W-like, b-like): dense (fan_in, units), (units,);
-        normalisation layers (1, units) for γ and (units,) for β."""
+        """The shapes of the stored parameters, in the order of stored_params (W-like, b-like): dense
+        (fan_in, units), (units,); normalisation layers (1, units) for γ and (units,) for β."""
         return (fan_in, units), (units,)
 
     def initial_parameters(self, layer, fan_in, rng):
@@ -205,14 +217,16 @@ class LayerKind:
         raise NotImplementedError
 
     def param_name(self, which, l, index):
-        """The name of one parameter (a contract): which "W" or "b" (the stored form), index (i, j) or
-        (j,): W{l}[i,j], b{l}[j]."""
-        return f"W{l}[{index[0]},{index[1]}]" if which == "W" else f"b{l}[{index[0]}]"
+        """The name of one parameter (a contract): which one of stored_params ("W", "b"; "Wh", "bh"),
+        index (i, j) or (j,): W{l}[i,j], b{l}[j], Wh{l}[i,j], bh{l}[j]."""
+        if len(index) == 2:
+            return f"{which}{l}[{index[0]},{index[1]}]"
+        return f"{which}{l}[{index[0]}]"
 
     def param_quantity(self, quantity):
         """The CSV quantity name of a parameter-shaped quantity (W, grad_W, update_W, m_W, b, ...)
         on a layer of this kind: W → gamma, grad_b → grad_beta on normalisation layers."""
-        if self.param_names == ("W", "b"):
+        if self.param_names == self.stored_params:
             return quantity
         w, b = self.param_names
         if quantity in ("W", "b"):
@@ -414,6 +428,8 @@ class Layer:
     residual: bool = False        # a = f(u) + a⁽ˡ⁻¹⁾ (a skip connection; equal widths, hidden layers)
     kind: str = "dense"           # a name in tracer.layers.LAYERS
     eps: float = 1e-5             # normalisation layers only
+    recurrent_weights: np.ndarray | None = None   # recurrent layers: explicit Wh (units × gates·units)
+    recurrent_bias: np.ndarray | None = None      # recurrent layers: bh (gates·units), default 0
 
 
 ACTIVATION_PARAM_KEYS = ("slope", "alpha")

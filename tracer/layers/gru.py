@@ -97,3 +97,18 @@ def backward(record, dE_dh, W, Wh):
         into_h["r"][:, t], into_h["z"][:, t], into_h["n"][:, t] = delta_r, delta_z, delta_n * r
     out = {"e": e, "e_time": e_time, **{f"delta_{k}": into_x[k] for k in GATES}, "delta_hn": into_h["n"]}
     return dict(record, **out, **parameter_gradients(record, W, delta_x, delta_h))
+
+
+# ---- the layer kind ------------------------------------------------------------------------------
+import sys as _sys  # noqa: E402
+
+from .rnn import Recurrent  # noqa: E402
+
+
+class Gru(Recurrent):
+    """torch.nn.GRU's cell through time (see Recurrent for the scenario, parameters and records)."""
+
+    name = "gru"
+    description = "GRU cell (gates r, z, n as torch.nn.GRU) through time"
+    gates = GATES
+    cell = _sys.modules[__name__]

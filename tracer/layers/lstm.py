@@ -104,3 +104,18 @@ def backward(record, dE_dh, W, Wh):
         deltas["o"][:, t] = e * at["tanh_c"] * at["slope_o"]
     out.update({f"delta_{k}": deltas[k] for k in GATES})
     return dict(record, **out, **parameter_gradients(record, W, delta, delta))
+
+
+# ---- the layer kind ------------------------------------------------------------------------------
+import sys as _sys  # noqa: E402
+
+from .rnn import Recurrent  # noqa: E402
+
+
+class Lstm(Recurrent):
+    """torch.nn.LSTM's cell through time (see Recurrent for the scenario, parameters and records)."""
+
+    name = "lstm"
+    description = "LSTM cell (gates i, f, g, o as torch.nn.LSTM) through time"
+    gates = GATES
+    cell = _sys.modules[__name__]

@@ -227,3 +227,197 @@ def step_factors(record, Wh):
     articles' linear cell with Wh = 1.1).
     """
     return np.asarray(Wh, dtype=np.float64)[None, None] * record["slope"][:, :, None, :]
+
+
+# ---- the layer kinds (registry faces) ----------------------------------------------------------
+# Imported here, below the cells' maths, so that the cells stay importable on their own.
+from ..errors import ScenarioError  # noqa: E402
+from .base import LayerKind, Layer, Quantity, parse_activation, parse_init  # noqa: E402
+from .. import init as inits  # noqa: E402
+
+RECURRENT_KEYS = ("kind", "units", "init", "low", "high", "mean", "std", "value", "weights", "recurrent_weights",
+                  "bias", "recurrent_bias", "bias_init", "bias_low", "bias_high", "bias_mean", "bias_std",
+                  "bias_value", "train_bias")
+
+
+class Recurrent(LayerKind):
+    """A recurrent layer kind (rnn, lstm, gru): the cell's maths of its module, run through time.
+
+    Scenario (issue 12): `[data] inputs` are samples × time × features; recurrent layers come first
+    (a stack reads the hidden states h_t of the layer below at every time step) and a dense layer
+    must follow: the first dense layer reads the last hidden state h_{T−1} (the Pass's `a` of the
+    layer and the trace's store `a` hold h_{T−1}, B × units). Keys: units (required), init (default
+    xavier_uniform, drawn for W then Wh from the seeded generator) or init = "explicit" with
+    weights (features × gates·units) and recurrent_weights (units × gates·units); bias values (or
+    bias_init, default constant 0), recurrent_bias values (default 0); train_bias (false freezes b
+    and bh, as PyTorch's bias=False). rnn also takes activation (default tanh, elementwise only)
+    and its slope/alpha; lstm and gru have their fixed gate activations.
+
+    Parameters, stored (stored_params) in the order W, b, Wh, bh, shapes (F, G·U), (G·U,),
+    (U, G·U), (G·U,): names W{l}[i,j], b{l}[j], Wh{l}[i,j], bh{l}[j] everywhere; CSV quantities
+    W, b, Wh, bh, grad_Wh, update_Wh, m_Wh, ... (the parameter-shaped quantities of dense layers
+    with the name of the parameter). In the Trace: trace.W, trace.b, trace.Wh, trace.bh (per layer
+    lists, None on layers without them) and likewise grad_Wh, update_Wh, grad_Wh_sample, ....
+
+    Records (the kind's own quantities, Trace store `norm`, keys = CSV names): the cell's forward
+    and backward quantities of the module docstring (rnn: u, h, slope, e, e_time, delta), per
+    "sample-time-unit": Trace.values key (name, l, (t, j)) — time step t first, then unit j; and
+    the per-time-step gradient contributions, keys grad_W_time, grad_b_time, grad_Wh_time,
+    grad_bh_time, Trace.values key (name, l, (t, i, j)) or (name, l, (t, j)), written to the CSV
+    as grad_W, grad_b, grad_Wh, grad_bh with their time (the per-sample sums over time are the
+    usual grad_W ... with the time empty).
+    """
+
+    keys = RECURRENT_KEYS
+    stored_params = ("W", "b", "Wh", "bh")
+    bias_params = ("b", "bh")
+    param_names = ("W", "b", "Wh", "bh")
+    recurrent = True
+    gates = GATES
+    cell = None          # the module holding forward/backward and the quantity tables
+
+    def parse(self, v, raw, key, fan_in, is_output):
+        if is_output:
+            raise ScenarioError(v.source, f"{key}.kind", f"a {self.name} layer cannot be the output layer: "
+                                "add a dense layer after it (it reads the last hidden state)")
+        v.require(raw, "units", key)
+        units = v.integer(raw, "units", key, minimum=1)
+        activation, activation_params = self.parse_activation(v, raw, key, units)
+        columns = len(self.gates) * units
+        init_name, init_params = parse_init(v, raw, key, "", default="xavier_uniform")
+        weights = recurrent_weights = None
+        if init_name == "explicit":
+            v.require(raw, "weights", f"{key} (init = \"explicit\")")
+            v.require(raw, "recurrent_weights", f"{key} (init = \"explicit\")")
+            weights = self._matrix(v, raw, "weights", key, (fan_in, columns), "(features, gates·units)")
+            recurrent_weights = self._matrix(v, raw, "recurrent_weights", key, (units, columns), "(units, gates·units)")
+        else:
+            for name in ("weights", "recurrent_weights"):
+                if name in raw:
+                    raise ScenarioError(v.source, f"{key}.{name}", f"explicit {name.replace('_', ' ')} need init = \"explicit\"")
+        bias = None
+        if "bias" in raw:
+            bias = self._vector(v, raw, "bias", key, columns)
+            if "bias_init" in raw and raw["bias_init"] != "explicit":
+                raise ScenarioError(v.source, f"{key}.bias_init", "give either bias values or bias_init, not both")
+            bias_name, bias_params = "explicit", {}
+        else:
+            bias_name, bias_params = parse_init(v, raw, key, "bias_", default="constant")
+            if bias_name == "explicit":
+                raise ScenarioError(v.source, f"{key}.bias", "bias_init = \"explicit\" needs bias = [...]")
+        recurrent_bias = self._vector(v, raw, "recurrent_bias", key, columns) if "recurrent_bias" in raw else np.zeros(columns)
+        return Layer(
+            units=units, activation=activation, activation_params=activation_params, init=init_name,
+            init_params=init_params, weights=weights, bias_init=bias_name, bias_params=bias_params, bias=bias,
+            train_bias=v.boolean(raw, "train_bias", key, default=True), kind=self.name,
+            recurrent_weights=recurrent_weights, recurrent_bias=recurrent_bias,
+        )
+
+    def parse_activation(self, v, raw, key, units):
+        """lstm/gru: fixed gate activations; the layer's `activation` names the output's (tanh)."""
+        return "tanh", {}
+
+    def _matrix(self, v, raw, name, key, shape, meaning):
+        value = v.matrix(raw, name, key)
+        if value.shape != shape:
+            raise ScenarioError(v.source, f"{key}.{name}", f"shape {value.shape[0]}×{value.shape[1]} does not match "
+                                f"{meaning} = ({shape[0]}, {shape[1]}) of a {self.name} layer")
+        return value
+
+    def _vector(self, v, raw, name, key, columns):
+        value = v.vector(raw, name, key)
+        if value.shape != (columns,):
+            raise ScenarioError(v.source, f"{key}.{name}", f"{value.shape[0]} values for gates·units = {columns} "
+                                f"of a {self.name} layer")
+        return value
+
+    def refuse_key(self, v, key, name, kinds_with_it):
+        raise ScenarioError(v.source, f"{key}.{name}", f"'{name}' does not apply to a {self.name} layer "
+                            + ("(its gates have fixed activations)" if name in ("activation", "slope", "alpha")
+                               else f"(its keys: {', '.join(self.keys)})"))
+
+    def param_shapes(self, fan_in, units):
+        """W (F, G·U), b (G·U,), Wh (U, G·U), bh (G·U,)."""
+        columns = len(self.gates) * units
+        return (fan_in, columns), (columns,), (units, columns), (columns,)
+
+    def initial_parameters(self, layer, fan_in, rng):
+        """(W, b, Wh, bh): W then Wh drawn by the layer's init (fan_in, fan_out of each matrix),
+        then b by bias_init; explicit values as given; bh the recurrent_bias (default 0)."""
+        shapes = self.param_shapes(fan_in, layer.units)
+        if layer.init == "explicit":
+            W, Wh = np.array(layer.weights, dtype=float), np.array(layer.recurrent_weights, dtype=float)
+        else:
+            sampler = inits.INITS[layer.init][1]
+            W = np.asarray(sampler(rng, shapes[0], fan_in, shapes[0][1], layer.init_params), dtype=float)
+            Wh = np.asarray(sampler(rng, shapes[2], layer.units, shapes[2][1], layer.init_params), dtype=float)
+        if layer.bias_init == "explicit":
+            b = np.array(layer.bias, dtype=float)
+        else:
+            sampler = inits.INITS[layer.bias_init][1]
+            b = np.asarray(sampler(rng, shapes[1], fan_in, shapes[1][0], layer.bias_params), dtype=float)
+        bh = np.array(layer.recurrent_bias if layer.recurrent_bias is not None else np.zeros(shapes[3]), dtype=float)
+        return W, b, Wh, bh
+
+    def describe(self, layer):
+        return f"{self.name} {layer.units}"
+
+    # ------------------------------------------------------------ records face
+
+    def records(self, layer):
+        """The cell's quantities per (sample, time, unit), then the per-time-step gradient contributions."""
+        per_time = tuple(Quantity(name, symbol, meaning, "sample-time-unit")
+                         for name, symbol, meaning in self.cell.FORWARD_QUANTITIES + self.cell.BACKWARD_QUANTITIES)
+        gradients = tuple(Quantity(f"grad_{p}", f"∂E/∂{p} (time step t)", f"the time step's contribution to ∂E/∂{p}",
+                                   "sample-time-param", key=f"grad_{p}_time", param=p) for p in self.stored_params)
+        return per_time + gradients
+
+    # ------------------------------------------------------------ numpy face (through time)
+
+    def forward(self, layer, below, W, b, Wh, bh):
+        """The cell's record through time for the sequence `below` (B, time, F)."""
+        return self.cell.forward(below, W, Wh, b, bh)
+
+    def output(self, layer, record):
+        """The hidden states h (B, time, U): what a recurrent layer above reads (h[:, -1] a dense one)."""
+        return record["h"]
+
+    def backward(self, layer, record, dE_dh, W, Wh):
+        """Backpropagation through time given dE_dh (B, time, U) from above; the full record."""
+        return self.cell.backward(record, dE_dh, W, Wh)
+
+    def gradients(self, layer, record):
+        """Per-sample gradients summed over time, in the order of stored_params."""
+        return tuple(record[f"grad_{p}"] for p in self.stored_params)
+
+    def error_down(self, layer, record):
+        """∂E/∂x_t (B, time, F): the error passed to a recurrent layer below."""
+        return record["dx"]
+
+    def activated(self, layer):
+        return "h"
+
+
+class Rnn(Recurrent):
+    name = "rnn"
+    description = "Elman cell h_t = f(x_t·W + b + h_{t−1}·Wh + bh) through time"
+    keys = RECURRENT_KEYS + ("activation", "slope", "alpha")
+    gates = GATES
+
+    def parse_activation(self, v, raw, key, units):
+        """Any elementwise activation (default tanh), with its parameters; softmax is refused."""
+        name = v.choice(raw, "activation", key, activations.ACTIVATIONS, default="tanh")
+        if not activations.get(name).elementwise:
+            raise ScenarioError(v.source, f"{key}.activation", f"{name} is not elementwise: an rnn cell needs an "
+                                "elementwise activation (tanh, relu, identity, ...)")
+        return parse_activation(v, raw, key, units, False, "tanh")
+
+    def forward(self, layer, below, W, b, Wh, bh):
+        return forward(below, W, Wh, b, bh, layer.activation, layer.activation_params)
+
+    def describe(self, layer):
+        return f"rnn {layer.units} {layer.activation}"
+
+
+import sys as _sys  # noqa: E402
+Rnn.cell = _sys.modules[__name__]
