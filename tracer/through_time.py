@@ -441,9 +441,10 @@ def render(chain):
     lines.append("")
     lines.append("with the numbers of the trace, per time step t:")
     header, cells = _table(chain)
-    lines.append("  " + "  ".join(f"{h:>18}" for h in header))
+    widths = [max(len(h), *(len(row[k]) for row in cells)) for k, h in enumerate(header)]
+    lines.append("  " + "  ".join(f"{h:>{w}}" for h, w in zip(header, widths)))
     for row in cells:
-        lines.append("  " + "  ".join(f"{c:>18}" for c in row))
+        lines.append("  " + "  ".join(f"{c:>{w}}" for c, w in zip(row, widths)))
     lines += [f"  {line}" for line in _totals(chain)]
     return "\n".join(lines)
 
@@ -466,10 +467,10 @@ def render_latex(chain):
     if chain.scalar:
         blocks += [text(line) for line in _power_lines(chain)]
     blocks.append("with the numbers of the trace, per time step $t$:")
-    header, cells = _table(chain)
+    header, cells = _table(chain, latex=True)
     rows = []
     for row in cells:
-        parts = [f"\\text{{{h.replace('_', ' ')}}} = {_latex_cell(c)}" for h, c in zip(header[1:], row[1:])]
+        parts = [f"{h} = {_latex_cell(c)}" for h, c in zip(header[1:], row[1:])]
         rows.append(f"  t = {row[0]} &: \\quad " + ", \\quad ".join(parts))
     blocks.append("\\begin{align*}\n" + " \\\\\n".join(rows) + "\n\\end{align*}")
     blocks += [text(line) for line in _totals(chain)]
@@ -520,13 +521,19 @@ def _power_lines(chain):
     return out
 
 
-def _table(chain):
+def _table(chain, latex=False):
+    """(header, rows of text) of the per-time-step table; the header in math mode for LaTeX."""
+    j = chain.unit
     header = ["t"]
     if chain.input_name:
-        header.append(chain.input_name)
+        index = chain.index[0]
+        header.append((f"x_{{t}}[{index}]" if chain.which == "W" else f"h_{{t-1}}[{index}]") if latex else chain.input_name)
     if chain.cell == "rnn":
-        header += ["f'(u_t)"] + (["Wh·f'(u_t)"] if chain.scalar else [])
-    header += [f"e_t[{chain.unit}]", f"{chain.delta_name}_t[{chain.unit}]", "contribution"]
+        header += (["f'(u_{t})"] + (["W^{h} f'(u_{t})"] if chain.scalar else [])) if latex else \
+            (["f'(u_t)"] + (["Wh·f'(u_t)"] if chain.scalar else []))
+    gate = chain.delta_name[2:]
+    delta = (f"\\delta_{{{gate.replace('_', '')},t}}[{j}]" if gate else f"\\delta_{{t}}[{j}]") if latex else f"{chain.delta_name}_t[{j}]"
+    header += [f"e_{{t}}[{j}]" if latex else f"e_t[{j}]", delta, "\\text{contribution}" if latex else "contribution"]
     cells = []
     for row in chain.rows:
         cell = [str(row["t"])]
@@ -556,3 +563,70 @@ def _totals(chain):
 
 def _indent(text):
     return ["  " + line for line in str(text).splitlines()]
+
+
+def time_values(trace, name, l):
+    """The engine's values of recurrent layer l's time-indexed quantity `name` (its record key),
+    array (steps, B, time, ·)."""
+    for f, array in trace.arrays.items():
+        if f.layer == l and f.group == "sample" and f.key == name and f.index.startswith("time-"):
+            return array
+    raise KeyError(f"no time-indexed quantity {name!r} of layer {l}")
+
+
+# ---------------------------------------------------------------- the first non-finite value (diagnose)
+
+def _first_bad(array):
+    bad = np.argwhere(~np.isfinite(np.asarray(array, dtype=float)))
+    return tuple(int(i) for i in bad[0]) if bad.size else None
+
+
+def producer(trace, l, step, phase):
+    """The first non-finite value of recurrent layer l at `step` in computation order, or None:
+    phase "forward" (time steps 0 … T−1, the cell's forward quantities in order), "backward" (from
+    T−1 down: the error through time, then the deltas) or "gradient" (the time steps'
+    contributions). Returns (name with ~t, slot, value, operation, [(name, value)] of finite
+    operands)."""
+    layer = trace.scenario.layers[l - 1]
+    kind = _kind(layer)
+    n = len(trace.samples(step))
+    if phase == "gradient":
+        names = [f"grad_{p}_time" for p in ("W", "b", "Wh", "bh")]
+        order = range(trace.scenario.inputs.shape[1])
+    else:
+        table = kind.cell.FORWARD_QUANTITIES if phase == "forward" else kind.cell.BACKWARD_QUANTITIES
+        names = [name for name, _, _ in table]
+        order = range(trace.scenario.inputs.shape[1]) if phase == "forward" else range(trace.scenario.inputs.shape[1] - 1, -1, -1)
+    arrays = {name: time_values(trace, name, l)[step, :n] for name in names}
+    for t in order:
+        for name in names:
+            hit = _first_bad(arrays[name][:, t])
+            if hit is None:
+                continue
+            slot, rest = hit[0], hit[1:]
+            value = float(arrays[name][(slot, t) + rest])
+            return _explain_bad(trace, l, step, slot, name, t, rest, value)
+    return None
+
+
+def _explain_bad(trace, l, step, slot, name, t, index, value):
+    """(name, slot, value, operation, finite operands) of a non-finite value of a recurrent layer."""
+    rec = record(trace, l, step, slot)
+    where = f"{name.replace('_time', '')}{l}[{','.join(map(str, index))}]~{t}"
+    finite = lambda pairs: [(k, float(v)) for k, v in pairs if np.isfinite(v)]  # noqa: E731
+    j = index[-1]
+    if name.startswith("u"):
+        operands = [(f"h{l}[{k}]~{t - 1}", rec.values["h_prev"][t, k]) for k in range(rec.units)]
+        operands += [(f"x[{i}]~{t}", rec.values["x"][t, i]) for i in range(rec.values["x"].shape[1])]
+        return where, slot, value, "the recurrent sum x_t·W + b + h_(t−1)·Wh + bh", finite(operands)[:8]
+    if name.startswith("grad_"):
+        return where, slot, value, "the product of the time step's input and δ (a contribution to the gradient)", []
+    if name in ("e", "e_time", "ec", "ec_time"):
+        above = [(f"δ{l}[{m}]~{t + 1}", rec.values["delta_h"][t + 1, m]) for m in range(rec.values["delta_h"].shape[1])] \
+            if t + 1 < rec.steps else []
+        return where, slot, value, "the error through time e_t = g_t + Σ_m Wh[j,m]·δ_{t+1}[m], which overflows", finite(above)[:8]
+    if name.startswith("delta"):
+        return where, slot, value, "δ = f'(u)·e (the error through time times the local slope), which overflows", \
+            finite([(f"e{l}[{j}]~{t}", rec.values["e"][t, j])])
+    operand = [(f"u{l}[{j}]~{t}", rec.values["u"][t, j])] if "u" in rec.values else []
+    return where, slot, value, f"the cell's {name} from finite inputs", finite(operand)
