@@ -478,8 +478,7 @@ class Local:
         if q == "h":
             return float(act.forward(np.array([at("u", j, k)]), params)[0])
         if q == "slope":
-            u = at("u", j, k)
-            return float(act.slope(np.array([u]), act.forward(np.array([u]), params), params)[0])
+            return float(act.slope(np.array([at("u", j, k)]), np.array([at("h", j, k)]), params)[0])
         if q == "delta":
             return at("slope", j, k) * at("e", j, k)
         if q == "e":
@@ -610,6 +609,8 @@ def _order(key):
     if key.quantity == "loss":
         layer = 0
     time = -1 if key.time is None else key.time
+    if phase == 4 and key.time is None:
+        time = math.inf      # a gradient's sum over time after its time steps' contributions
     if phase == 3:
         layer = -layer       # backward: the output layer first, the last time step first
         time = -time
@@ -658,6 +659,10 @@ def _slip(trace, local, written, key, person, tol, engine):
                 hint = losses.LOSSES[s.loss].derivative_text
                 return (f"{meaning}: a missing ½ or factor 2 in the loss ({s.loss}) or its derivative; {hint}; "
                         f"the trace has {engine:.6g}")
+    if q == "e" and key.time is not None:
+        text = _time_slip(trace, local, written, key, person, tol, engine)
+        if text:
+            return text
     if q.startswith("update_") or q in PARAMETERS:
         text = _update_slip(trace, key, person, tol, engine)
         if text:
@@ -668,6 +673,21 @@ def _slip(trace, local, written, key, person, tol, engine):
             return f"{text}; the trace has {engine:.6g}"
         return _required_factor(trace, local, written, key, person, engine)
     return f"the starting value differs: the trace has {engine:.6g}"
+
+
+def _time_slip(trace, local, written, key, person, tol, engine):
+    """Slips in the error through time e_k = g_k + Σ_m Wh[j,m]·δ_{k+1}[m]: one of its two parts left out."""
+    from . import through_time
+    T = trace.scenario.inputs.shape[1]
+    if key.time == T - 1:
+        return None
+    slot = trace.samples(key.step).tolist().index(key.sample)
+    above = float(through_time.record(trace, key.layer, key.step, slot).values["above"][key.time, key.index[0]])
+    if _matches(above, person, tol) and not _matches(engine, person, tol):
+        return (f"the error arriving from time step {key.time + 1} is left out: e_k = g_k + Σ_m Wh[j,m]·δ_(k+1)[m], with "
+                f"g_k = {above:.6g} from the layer above (a dense layer above reads only the last time step {T - 1}); "
+                f"the trace has {engine:.6g}")
+    return None
 
 
 def _update_slip(trace, key, person, tol, engine):
