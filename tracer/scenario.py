@@ -214,11 +214,11 @@ def from_dict(raw, source="<scenario>", base=None, text=""):
     layers_raw = raw["layers"]
     if not isinstance(layers_raw, list) or not layers_raw or not all(isinstance(x, dict) for x in layers_raw):
         raise ScenarioError(source, "layers", "must be one or more [[layers]] tables")
+    _check_sequence_order(v, layers_raw, inputs)
     widths = [inputs.shape[-1]]
     layers = []
     for index, layer_raw in enumerate(layers_raw):
         layer = layer_kinds.parse(v, layer_raw, f"layers[{index}]", widths[-1], index == len(layers_raw) - 1)
-        _check_sequence_order(v, layers, layer, index, inputs)
         layers.append(layer)
         widths.append(layer.units)
     if widths[-1] != targets.shape[1]:
@@ -267,18 +267,21 @@ def from_dict(raw, source="<scenario>", base=None, text=""):
     return loaded
 
 
-def _check_sequence_order(v, below, layer, index, inputs):
-    """Recurrent layers come first (a stack of them), on input sequences; sequences need one."""
-    recurrent = layer_kinds.of(layer).recurrent
-    if recurrent and below and not layer_kinds.of(below[-1]).recurrent:
-        raise ScenarioError(v.source, f"layers[{index}].kind", f"a {layer.kind} layer must come before every "
-                            f"non-recurrent layer (layers[{index - 1}] is {below[-1].kind})")
-    if recurrent and inputs.ndim != 3:
-        raise ScenarioError(v.source, "data.inputs", f"a {layer.kind} layer needs input sequences: samples × time × "
-                            "features, a 3-deep array like [[[0.5], [0.1]], ...]")
-    if index == 0 and not recurrent and inputs.ndim == 3:
+def _check_sequence_order(v, layers_raw, inputs):
+    """Recurrent layers come first (a stack of them), and input sequences need one: checked on the
+    [[layers]] kinds before the layers are parsed (unknown kinds are left to the layer's parse)."""
+    kinds = [raw.get("kind", "dense") for raw in layers_raw]
+    recurrent = [isinstance(k, str) and k in layer_kinds.LAYERS and layer_kinds.get(k).recurrent for k in kinds]
+    for index in range(1, len(kinds)):
+        if recurrent[index] and not recurrent[index - 1]:
+            raise ScenarioError(v.source, f"layers[{index}].kind", f"a {kinds[index]} layer must come before every "
+                                f"non-recurrent layer (layers[{index - 1}] is {kinds[index - 1]})")
+    if inputs.ndim == 3 and not recurrent[0]:
         raise ScenarioError(v.source, "layers[0].kind", "input sequences (samples × time × features) need a "
                             "recurrent first layer (kind = \"rnn\", \"lstm\" or \"gru\")")
+    if recurrent[0] and inputs.ndim != 3:
+        raise ScenarioError(v.source, "data.inputs", f"a {kinds[0]} layer needs input sequences: samples × time × "
+                            "features, a 3-deep array like [[[0.5], [0.1]], ...]")
 
 
 def _check_size(scenario):
