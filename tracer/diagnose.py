@@ -90,7 +90,12 @@ def unit_values(trace, name, l, step, n):
     (rows, units): one row per sample; on a recurrent layer one row per sample and time step."""
     layer = trace.scenario.layers[l - 1]
     if through_time.is_recurrent(layer):
-        return through_time.time_values(trace, name, l)[step, :n].reshape(-1, layer.units)
+        try:
+            return through_time.time_values(trace, name, l)[step, :n].reshape(-1, layer.units)
+        except KeyError:     # lstm, gru: u and slope per gate (u_i, slope_f, ...), every gate's rows
+            gates = through_time.GATES[layers.of(layer).name]
+            return np.concatenate([through_time.time_values(trace, f"{name}_{g}", l)[step, :n].reshape(-1, layer.units)
+                                   for g in gates])
     return getattr(trace, name)[l - 1][step, :n]
 
 
@@ -731,8 +736,12 @@ def dominant_path(trace, layer, step):
 def _last_slopes(trace, l, step, n):
     """Layer l's slopes f'(u) at `step` (n samples × units): a recurrent layer's at its last time step
     (the hidden state the layer above reads)."""
-    if through_time.is_recurrent(trace.scenario.layers[l - 1]):
-        return through_time.time_values(trace, "slope", l)[step, :n, -1]
+    layer = trace.scenario.layers[l - 1]
+    if through_time.is_recurrent(layer):
+        try:
+            return through_time.time_values(trace, "slope", l)[step, :n, -1]
+        except KeyError:     # lstm, gru: h_{T−1} is no single activation's output (no one slope)
+            return np.ones((n, layer.units))
     return trace.slope[l - 1][step, :n]
 
 
