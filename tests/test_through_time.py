@@ -13,12 +13,12 @@ import pytest
 from tracer import chain, check, diagnose, engine, scenario as scenario_module, through_time
 from tests.latex_check import check_latex
 
-T_LONG = 100
+T_LONG = 101     # time steps t = 0 … 100: 100 steps of recurrence from h₀ to h₁₀₀, as in the articles
 
 
 def _scalar_linear(steps=1, lr=1e-4, xs=None, recurrent=1.1, activation="identity", target=0.0):
-    """The articles' cell: h_t = 1.1·h_{t−1} + x_t (identity), x = 1 then 0 for 99 time steps, a dense
-    identity output reading h₉₉: ∂h₉₉/∂h₋₁ = 1.1¹⁰⁰."""
+    """The articles' cell: h_t = 1.1·h_{t−1} + x_t (identity), x₀ = 1 then 0 for 100 time steps, a dense
+    identity output reading h₁₀₀: ∂h₁₀₀/∂h₀ = 1.1¹⁰⁰."""
     xs = [1.0] + [0.0] * (T_LONG - 1) if xs is None else xs
     inputs = "[[" + ", ".join(f"[{x}]" for x in xs) + "]]"
     return f"""
@@ -111,14 +111,15 @@ def _printed_contributions(text):
 def test_scalar_linear_cell_prints_1_1_to_the_100(linear):
     explained = chain.explain(linear, "Wh1[0,0]", step=0, evaluate=True)
     text = chain.render(explained)
-    by_hand = Fraction(11, 10) ** T_LONG                      # 1.1¹⁰⁰ exactly, not from the engine
+    by_hand = Fraction(11, 10) ** 100                          # 1.1¹⁰⁰ exactly, not from the engine
     assert float(by_hand) == pytest.approx(13780.61234, abs=1e-5)
     assert explained.constant == 1.1
     assert explained.power == pytest.approx(float(by_hand), rel=1e-13)
-    assert f"(1.1)^{T_LONG} = 13780.61234" in text
-    # the error reaching time step 0 is 1.1⁹⁹ times the error at the last time step (identity: f' = 1)
+    assert "∂h_100/∂h_0 = (1.1)^100 = 13780.61234" in text
+    # the error reaching time step 0 is 1.1¹⁰⁰ times the error at the last time step (identity: f' = 1)
     e_last = explained.rows[-1]["error"]
-    assert explained.rows[0]["error"] == pytest.approx(float(Fraction(11, 10) ** (T_LONG - 1)) * e_last, rel=1e-12)
+    assert e_last == pytest.approx(float(by_hand), rel=1e-13)          # y − t = h₁₀₀ = 1.1¹⁰⁰ (target 0)
+    assert explained.rows[0]["error"] == pytest.approx(float(by_hand) * e_last, rel=1e-12)
 
 
 def test_printed_contributions_sum_to_the_engines_gradient(linear):
@@ -139,11 +140,11 @@ def test_sympy_evaluates_the_printed_expression_to_the_engines_gradient(linear):
 
 
 def test_the_scalar_sum_is_the_closed_form_by_hand(linear):
-    """h_{t−1} = 1.1^(t−1) (t ≥ 1), e_t = 1.1^(99−t)·e₉₉: every contribution h_{t−1}·e_t = 1.1⁹⁸·e₉₉, so
-    ∂E/∂Wh = 99·1.1⁹⁸·e₉₉ with e₉₉ = y − t = h₉₉ = 1.1⁹⁹ (dense identity weight 1)."""
+    """h_{t−1} = 1.1^(t−1) (t ≥ 1), e_t = 1.1^(100−t)·e₁₀₀: every contribution h_{t−1}·e_t = 1.1⁹⁹·e₁₀₀, so
+    ∂E/∂Wh = 100·1.1⁹⁹·e₁₀₀ with e₁₀₀ = y − t = h₁₀₀ = 1.1¹⁰⁰ (dense identity weight 1)."""
     explained = chain.explain(linear, "Wh1[0,0]", step=0)
-    e_last = Fraction(11, 10) ** 99
-    assert explained.engine == pytest.approx(float(99 * Fraction(11, 10) ** 98 * e_last), rel=1e-12)
+    e_last = Fraction(11, 10) ** 100
+    assert explained.engine == pytest.approx(float(100 * Fraction(11, 10) ** 99 * e_last), rel=1e-12)
 
 
 @pytest.mark.parametrize("kind", ["rnn", "lstm", "gru"])
@@ -167,7 +168,7 @@ def test_a_tanh_cell_shows_a_varying_factor_per_time_step():
     assert explained.scalar and explained.constant is None
     Wh = trace.Wh[0][0, 0, 0]
     u = through_time.time_values(trace, "u", 1)[0, 0, :, 0]
-    assert explained.power == pytest.approx(np.prod([Wh * (1 - math.tanh(x) ** 2) for x in u]), rel=1e-12)
+    assert explained.power == pytest.approx(np.prod([Wh * (1 - math.tanh(x) ** 2) for x in u[1:]]), rel=1e-12)
     assert "varies from" in chain.render(explained)
 
 
@@ -200,13 +201,13 @@ def test_chain_cli_for_a_recurrent_weight(invoke, tmp_path):
 def test_diagnose_finds_exploding_through_time(linear):
     d = diagnose.diagnose(linear)
     finding = d.time[1]
-    # ‖e_t‖/‖e₉₉‖ = 1.1^(99−t): beyond 1e3 first where 1.1^k > 1000, k = 73 steps back (by hand: 1.1⁷² < 1000)
+    # ‖e_t‖/‖e₁₀₀‖ = 1.1^(100−t): beyond 1e3 first where 1.1^k > 1000, k = 73 steps back (by hand: 1.1⁷² < 1000)
     assert Fraction(11, 10) ** 72 < 1000 < Fraction(11, 10) ** 73
     assert (finding.kind, finding.time) == ("exploding", T_LONG - 1 - 73)
     assert finding.factor == pytest.approx(1.1, rel=1e-12)
-    assert finding.norms[0] / finding.norms[-1] == pytest.approx(float(Fraction(11, 10) ** 99), rel=1e-12)
+    assert finding.norms[0] / finding.norms[-1] == pytest.approx(float(Fraction(11, 10) ** 100), rel=1e-12)
     sentence = next(text for kind, text in zip(d.kinds, d.findings) if kind == "time")
-    assert sentence.startswith("Exploding through time") and "time step 26" in sentence and "1.1" in sentence
+    assert sentence.startswith("Exploding through time") and "time step 27" in sentence and "1.1" in sentence
     text = diagnose.render(d)
     assert "‖∂E/∂h_t‖ of layer 1 (rnn)" in text and "first beyond the threshold" in text
 

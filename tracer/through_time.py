@@ -378,7 +378,8 @@ class TimeChain:
     symbolic: object           # sympy expression
     definitions: list          # (symbol, expression)
     scalar: bool               # a scalar Elman cell: one factor per time step
-    power: float | None        # Π_t Wh·f'(u_t) over every time step = ∂h_{T−1}/∂h₋₁ (scalar cell)
+    power: float | None        # Π_{t=1}^{T−1} Wh·f'(u_t) = ∂h_{T−1}/∂h_0 (scalar cell): e_0 = power·e_{T−1}
+                               # when only the last time step receives an error from above
     constant: float | None     # the factor when it is the same at every time step
     sympy_total: float | None = None
     update_lines: list = field(default_factory=list)
@@ -408,7 +409,7 @@ def explain(trace, which, l, index, step, slot, name, latex=False, evaluate=Fals
     power = constant = None
     if scalar(rec):
         with np.errstate(all="ignore"):
-            power = float(np.prod(phi))
+            power = float(np.prod(phi[1:]))
         constant = float(phi[0]) if np.all(phi == phi[0]) else None
     chain = TimeChain(name, step, sample, which, l, tuple(index), rec.cell, rec.steps, input_name, delta_name_, j, rows,
                       sum_over_time(parts), engine, batch, times, expression, definitions, scalar(rec), power, constant,
@@ -508,16 +509,16 @@ def _power_lines(chain):
     if chain.constant is not None:
         out.append(f"the factor per time step is Wh·f'(u_t) = {chain.constant:.10g} at every time step "
                    f"(∂h_t/∂h_(t−1)); the error through time is multiplied by it once per time step:")
-        out.append(f"  ∂h_{T - 1}/∂h_(−1) = ({chain.constant:.10g})^{T} = {chain.power:.10g} over the {T} time steps; "
-                   f"the error reaching time step 0 is e_0 = ({chain.constant:.10g})^{T - 1}·e_{T - 1} "
+        out.append(f"  ∂h_{T - 1}/∂h_0 = ({chain.constant:.10g})^{T - 1} = {chain.power:.10g} over the {T - 1} time steps "
+                   f"from h_0 to h_{T - 1}; the error reaching time step 0 is e_0 = ({chain.constant:.10g})^{T - 1}·e_{T - 1} "
                    f"= {chain.rows[0]['error']:.10g}")
     else:
         factors = [row["factor"] for row in chain.rows]
         with np.errstate(all="ignore"):
-            mean = float(np.abs(chain.power) ** (1.0 / T)) if chain.power is not None else float("nan")
+            mean = float(np.abs(chain.power) ** (1.0 / max(T - 1, 1))) if chain.power is not None else float("nan")
         out.append(f"the factor per time step Wh·f'(u_t) = ∂h_t/∂h_(t−1) varies from {min(factors):.6g} to "
-                   f"{max(factors):.6g} (column 'Wh·f'(u_t)' below); their product over the {T} time steps is "
-                   f"∂h_{T - 1}/∂h_(−1) = {chain.power:.10g} (about {mean:.6g} per time step)")
+                   f"{max(factors):.6g} (column 'Wh·f'(u_t)' below); their product over the time steps 1 … {T - 1} is "
+                   f"∂h_{T - 1}/∂h_0 = {chain.power:.10g} (about {mean:.6g} per time step)")
     return out
 
 
