@@ -617,8 +617,11 @@ def _explain_bad(trace, l, step, slot, name, t, index, value):
     finite = lambda pairs: [(k, float(v)) for k, v in pairs if np.isfinite(v)]  # noqa: E731
     j = index[-1]
     if name.startswith("u"):
-        operands = [(f"h{l}[{k}]~{t - 1}", rec.values["h_prev"][t, k]) for k in range(rec.units)]
-        operands += [(f"x[{i}]~{t}", rec.values["x"][t, i]) for i in range(rec.values["x"].shape[1])]
+        operands = []
+        for k in range(rec.units):
+            operands += [(f"h{l}[{k}]~{t - 1}", rec.values["h_prev"][t, k]), (f"Wh{l}[{k},{j}]", rec.Wh[k, j])]
+        for i in range(rec.values["x"].shape[1]):
+            operands += [(f"x[{i}]~{t}", rec.values["x"][t, i]), (f"W{l}[{i},{j}]", rec.W[i, j])]
         return where, slot, value, "the recurrent sum x_t·W + b + h_(t−1)·Wh + bh", finite(operands)[:8]
     if name.startswith("grad_"):
         return where, slot, value, "the product of the time step's input and δ (a contribution to the gradient)", []
