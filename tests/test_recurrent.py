@@ -27,15 +27,17 @@ NAMES = {"W1": "weights", "Wh1": "recurrent_weights", "b1": "bias", "bh1": "recu
          "W2": "head_weights", "b2": "head_bias"}
 
 
-def problem(cell, seed, samples=3, time=5, features=2, units=3, outputs=2):
-    """Random sequences, targets after the last time step and explicit weights (tracer's orientation)."""
+def problem(cell, seed, samples=3, time=5, features=2, units=3, outputs=2, per_time=False):
+    """Random sequences, targets after the last time step (or at every time step, per_time) and
+    explicit weights (tracer's orientation)."""
     rng = np.random.default_rng(seed)
     columns = GATES[cell] * units
     weights = {"weights": rng.normal(size=(features, columns)) * 0.6,
                "recurrent_weights": rng.normal(size=(units, columns)) * 0.6,
                "bias": rng.normal(size=columns) * 0.3, "recurrent_bias": rng.normal(size=columns) * 0.3,
                "head_weights": rng.normal(size=(units, outputs)) * 0.6, "head_bias": rng.normal(size=outputs) * 0.3}
-    return rng.normal(size=(samples, time, features)), rng.normal(size=(samples, outputs)), weights
+    targets = rng.normal(size=(samples, time, outputs) if per_time else (samples, outputs))
+    return rng.normal(size=(samples, time, features)), targets, weights
 
 
 def raw_scenario(cell, activation, x, t, w, optimizer="sgd", hyper=None, steps=5, clip_norm=None, clip_value=None):
@@ -70,10 +72,10 @@ def relative(a, b):
     return float(np.max(np.abs(a - b) / np.maximum(np.maximum(np.abs(a), np.abs(b)), 1e-300)))
 
 
-def parity(cell, activation, optimizer, seed=0, **training):
-    """The largest relative difference between tracer and torch over every gradient (before and after
-    clipping) and every parameter after each of 5 steps, and the losses."""
-    x, t, w = problem(cell, seed)
+def parity(cell, activation, optimizer, seed=0, per_time=False, **training):
+    """The largest relative difference between tracer and torch over every gradient and every
+    parameter after each of 5 steps, and the losses."""
+    x, t, w = problem(cell, seed, per_time=per_time)
     trace = engine.run(scenario_module.from_dict(raw_scenario(cell, activation, x, t, w, optimizer, **training)))
     run = ref.rnn_reference(cell, x, t, **w, activation=activation or "tanh",
                             activation_params=ACTIVATION_PARAMS.get(activation), optimizer=optimizer,
@@ -93,6 +95,15 @@ def parity(cell, activation, optimizer, seed=0, **training):
 @pytest.mark.parametrize("cell, activation", CASES, ids=[f"{c}-{a}" if a else c for c, a in CASES])
 def test_parity_with_torch_every_gradient_and_the_parameters_after_5_steps(cell, activation, optimizer):
     worst = parity(cell, activation, optimizer)
+    assert max(worst.values()) < RELATIVE, worst
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+@pytest.mark.parametrize("cell, activation", [("rnn", "tanh"), ("rnn", "elu"), ("lstm", None), ("gru", None)])
+def test_parity_with_torch_with_targets_at_every_time_step(cell, activation, optimizer):
+    """Many-to-many: the head reads every h_t, a sample's loss is the sum over time (rnn_reference's
+    time_reduction "sum")."""
+    worst = parity(cell, activation, optimizer, per_time=True)
     assert max(worst.values()) < RELATIVE, worst
 
 
@@ -128,6 +139,23 @@ def test_stacked_recurrent_layers_pass_the_error_down_through_every_time_step():
     report = gradcheck.check(trace)
     assert len(report.checks) == (4 + 2 + 4 + 2) + (12 + 6 + 12 + 6) + (4 + 2)   # rnn, gru, head
     assert report.worst.error < 1e-6, report.worst
+
+
+def test_targets_at_every_time_step_with_two_dense_layers_gradcheck_and_records():
+    """lstm → dense tanh → dense: every parameter against finite differences; the dense layers' u, a,
+    δ and the loss's ∂E/∂a are kept per (sample, time, unit), E per sample is Σ_t of the loss at t."""
+    x, t, w = problem("lstm", 5, samples=2, time=3, units=2, per_time=True)
+    raw = raw_scenario("lstm", None, x, t, w, "adam", steps=2)
+    raw["layers"].insert(1, {"units": 2, "activation": "tanh", "init": "xavier_uniform", "bias_init": "normal"})
+    trace = engine.run(scenario_module.from_dict(raw))
+    report = gradcheck.check(trace, steps=(0, 1))
+    assert len(report.checks) == 2 * ((16 + 8 + 16 + 8) + (4 + 2) + (4 + 2)) and report.worst.error < 1e-6, report.worst
+    assert trace.u[1].shape == (2, 2, 3, 2) and trace.a[2].shape == (2, 2, 3, 2)
+    y = trace.a[2][0]                                                   # (samples, time, outputs) at step 0
+    np.testing.assert_allclose(trace.sample_loss[0], (0.5 * (y - t) ** 2).sum(axis=(1, 2)), rtol=1e-13)
+    assert trace.values(("u", 2, (1, 0)), "sample", 0, 1, 1) == trace.u[1][0, 1, 1, 0]
+    fields = {f.csv: f.index for f in records.fields(trace.scenario) if f.layer == 3 and f.csv}
+    assert fields["u"] == "time-unit" and fields["grad_W"] == "matrix"
 
 
 def test_records_have_a_time_index_and_sum_over_time():
@@ -207,7 +235,24 @@ def _gate_activation(raw):
     raw["layers"][0].update(kind="lstm", activation="relu")
 
 
+def _time_mismatch(raw):
+    raw["data"]["targets"] = [[[0.0, 0.0]] * 2, [[0.0, 0.0]] * 2]
+
+
+def _norm_head(raw):
+    raw["data"]["targets"] = [[[0.0, 0.0]] * 3, [[0.0, 0.0]] * 3]
+    raw["layers"].insert(1, {"kind": "layernorm"})
+
+
+def _per_time_on_rows(raw):
+    raw["data"]["inputs"] = [[0.1, 0.2], [0.3, 0.4]]
+    raw["data"]["targets"] = [[[0.0, 0.0]] * 3, [[0.0, 0.0]] * 3]
+
+
 @pytest.mark.parametrize("edit, fragments", [
+    (_time_mismatch, ("data.targets", "2 time steps of targets for 3 time steps of inputs")),
+    (_norm_head, ("layers[1].kind", "must be dense, not layernorm")),
+    (_per_time_on_rows, ("data.targets", "need input sequences")),
     (_ragged, ("data.inputs", "ragged sequences: sample 1 has 2 time steps")),
     (_features, ("data.inputs", "sample 1", "1 values")),
     (_after_dense, ("layers[1].kind", "must come before every non-recurrent layer")),

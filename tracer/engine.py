@@ -20,7 +20,7 @@ import numpy as np
 
 from . import activations, layers, losses, optim, procedures, records
 from .ieee import propagate_nonfinite
-from .layers import back_sum, weighted_sum  # noqa: F401  (the shared sums, defined with the layer kinds)
+from .layers import back_sum, rnn, weighted_sum  # noqa: F401  (the shared sums, defined with the layer kinds)
 from .trace import Trace
 
 
@@ -89,12 +89,13 @@ def forward_backward(scenario, weights, biases, x, t, extra=None):
     values = [[params[name][l] for name in kind.stored_params] for l, kind in enumerate(kinds)]
     us, hs, acts, slopes, records = [], [], [], [], []
     previous = sequence = x
+    per_time = t.ndim == 3           # targets per time step: the dense layers run on every (sample, time) row
     for layer, kind, p in zip(scenario.layers, kinds, values):
         if kind.recurrent:
             record = kind.forward(layer, sequence, *p)
             sequence = kind.output(layer, record)
-            previous = sequence[:, -1]
-            us.append(None), hs.append(None), acts.append(previous), slopes.append(None), records.append(record)
+            previous = sequence.reshape(-1, sequence.shape[-1]) if per_time else sequence[:, -1]
+            us.append(None), hs.append(None), acts.append(sequence[:, -1]), slopes.append(None), records.append(record)
             continue
         definition = activations.get(layer.activation)
         axis = None if definition.elementwise else -1
@@ -105,15 +106,20 @@ def forward_backward(scenario, weights, biases, x, t, extra=None):
         us.append(u), hs.append(h), acts.append(a), slopes.append(slope), records.append(record)
         previous = a
     y, u_out = acts[-1], us[-1]
-    sample_loss = propagate_nonfinite(loss.value(u_out, y, t)[:, None], u_out, y, axis=-1)[:, 0]
-    output_error, delta = output_delta(loss, y, t, slopes[-1])
+    rows_t = t.reshape(-1, t.shape[-1]) if per_time else t
+    sample_loss = propagate_nonfinite(loss.value(u_out, y, rows_t)[:, None], u_out, y, axis=-1)[:, 0]
+    if per_time:                     # Σ over time, left to right from t = 0
+        sample_loss = rnn.sum_over_time(sample_loss.reshape(t.shape[:2]))
+    output_error, delta = output_delta(loss, y, rows_t, slopes[-1])
     last = len(scenario.layers) - 1
     deltas, errors = [None] * last + [delta], [None] * (last + 1)
     through_time = None       # dE_dh for a recurrent layer below a recurrent one
     for index in range(last, -1, -1):
         layer, kind = scenario.layers[index], kinds[index]
         if kind.recurrent:
-            if through_time is None:
+            if through_time is None and per_time:
+                through_time = errors[index].reshape(kind.output(layer, records[index]).shape)
+            elif through_time is None:
                 through_time = np.zeros_like(kind.output(layer, records[index]))
                 through_time[:, -1] = errors[index]
             records[index] = kind.backward(layer, records[index], through_time, values[index][0], values[index][2])
@@ -125,11 +131,24 @@ def forward_backward(scenario, weights, biases, x, t, extra=None):
             if not kinds[index - 1].recurrent:
                 deltas[index - 1] = slopes[index - 1] * errors[index - 1]
     inputs = [x] + acts[:-1]
+    if per_time:                     # the first dense layer read every h_t of the last recurrent layer
+        top = max(l for l, kind in enumerate(kinds) if kind.recurrent)
+        sequence = kinds[top].output(scenario.layers[top], records[top])
+        inputs[top + 1] = sequence.reshape(-1, sequence.shape[-1])
     grads = {name: [None] * len(kinds) for name in params}
     for l, (layer, kind, record, below, d) in enumerate(zip(scenario.layers, kinds, records, inputs, deltas)):
         found = kind.gradients(layer, record) if kind.recurrent else kind.gradients(layer, record, below, d)
+        if per_time and not kind.recurrent:     # per (sample, time) row → per sample, Σ over time
+            found = [rnn.sum_over_time(g.reshape(t.shape[:2] + g.shape[1:])) for g in found]
         for name, g in zip(kind.stored_params, found):
             grads[name][l] = g
+    if per_time:                     # the dense layers' rows back to (sample, time, unit)
+        for store in (us, hs, acts, slopes, deltas, errors):
+            for l, kind in enumerate(kinds):
+                if not kind.recurrent and store[l] is not None:
+                    store[l] = store[l].reshape(t.shape[:2] + store[l].shape[1:])
+        if output_error is not None:
+            output_error = output_error.reshape(t.shape)
     return Pass(u=us, a=acts, slope=slopes, delta=deltas, h=hs, e=errors, output_error=output_error,
                 sample_loss=sample_loss, records=records, **{f"grad_{name}": g for name, g in grads.items()})
 

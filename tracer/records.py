@@ -20,7 +20,11 @@ CSV rows it belongs to and how its index becomes the CSV's row/col:
 
 Time (issue 12): the quantities of recurrent layers have a time index, the first axis of their
 shape: Trace.values keys index them (time, unit) or (time, i, j): ("h", 1, (t, j)),
-("grad_W_time", 1, (t, i, j)). The per-time-step gradient contributions are the fields
+("grad_W_time", 1, (t, i, j)). With targets per time step (samples × time × outputs, many-to-many)
+the dense layers after the recurrent ones run at every time step: their u, a, slope, delta (h, e)
+and the loss's dE_da are kept per (time, unit) too (index "time-unit", keys (name, l, (t, j))),
+their grad_W, grad_b per sample are sums over time, and the targets read ("t", 0, (t, k)); a
+sample's loss is the sum over time of the loss at each time step (the per-time losses are not kept). The per-time-step gradient contributions are the fields
 grad_W_time, grad_b_time, grad_Wh_time, grad_bh_time (keys), written to the CSV as grad_W, ...
 with their time; every other quantity has no time index (its CSV time is empty).
 
@@ -129,6 +133,12 @@ def _time_field(q, l, layer, scenario, shapes):
     return Field(q.key, "norm", "sample", l, shape, q.name, "time-matrix" if len(shape) == 3 else "time-unit", key=q.key)
 
 
+def per_time(scenario, kind):
+    """True for the (dense) layers after the recurrent ones when the targets are per time step: their
+    per-sample quantities are kept per (time, unit), and the loss's ∂E/∂a per (time, output)."""
+    return scenario.per_time_targets and not kind.recurrent
+
+
 def sample_fields(scenario):
     out, L = [], len(scenario.layers)
     shapes = parameter_shapes(scenario)
@@ -141,13 +151,20 @@ def sample_fields(scenario):
                 out.append(_time_field(q, l, layer, scenario, shapes[l - 1]))
                 continue
             shape, index = ((layer.units,), "unit") if q.per == "sample-unit" else ((), "scalar")
+            if per_time(scenario, kind):
+                shape, index = (scenario.time_steps,) + shape, "time-unit"
             store = COMMON_STORES[q.name] if q.common else "norm"
             out.append(Field(q.name, store, "sample", l, shape, q.name, index, key=q.key))
         written = {q.name for q in declared}
-        out += [Field(q.name, COMMON_STORES[q.name], "sample", l, (layer.units,), None, key=q.key)
+        shape = ((scenario.time_steps,) if per_time(scenario, kind) else ()) + (layer.units,)
+        out += [Field(q.name, COMMON_STORES[q.name], "sample", l, shape, None, key=q.key)
                 for q in (U, A, SLOPE, DELTA, H, E) if q.name not in written]
     if losses.LOSSES[scenario.loss].records_output_error:
-        out.append(Field("dE_da", "output_error", "sample", L, (scenario.widths[-1],), "dE_da", key="output_error"))
+        if scenario.per_time_targets:
+            out.append(Field("dE_da", "output_error", "sample", L, (scenario.time_steps, scenario.widths[-1]), "dE_da",
+                             "time-unit", key="output_error"))
+        else:
+            out.append(Field("dE_da", "output_error", "sample", L, (scenario.widths[-1],), "dE_da", key="output_error"))
     for l, layer in enumerate(scenario.layers, start=1):
         kind = layers.of(layer)
         for name in kind.stored_params:

@@ -73,6 +73,12 @@ class Scenario:
         return [self.inputs.shape[-1]] + [layer.units for layer in self.layers]
 
     @property
+    def per_time_targets(self):
+        """Targets samples × time × outputs (many-to-many): the dense layers after the recurrent ones
+        read every h_t, and a sample's loss is the sum over time of the loss at each time step."""
+        return self.targets.ndim == 3
+
+    @property
     def time_steps(self):
         """The length of the input sequences (inputs samples × time × features), None for plain rows."""
         return self.inputs.shape[1] if self.inputs.ndim == 3 else None
@@ -221,11 +227,16 @@ def from_dict(raw, source="<scenario>", base=None, text=""):
         layer = layer_kinds.parse(v, layer_raw, f"layers[{index}]", widths[-1], index == len(layers_raw) - 1)
         layers.append(layer)
         widths.append(layer.units)
-    if widths[-1] != targets.shape[1]:
+    if widths[-1] != targets.shape[-1]:
         raise ScenarioError(
             source, f"layers[{len(layers) - 1}].units",
-            f"the output layer has {widths[-1]} units but the data has {targets.shape[1]} target column(s)",
+            f"the output layer has {widths[-1]} units but the data has {targets.shape[-1]} target column(s)",
         )
+    if targets.ndim == 3:
+        for index, layer in enumerate(layers):
+            if layer.kind not in ("dense", *(k for k, kind in layer_kinds.LAYERS.items() if kind.recurrent)):
+                raise ScenarioError(source, f"layers[{index}].kind", f"with targets at every time step (samples × time "
+                                    f"× outputs) the layers after the recurrent ones must be dense, not {layer.kind}")
     loss_raw = v.table(raw, "loss", "", default={})
     v.keys(loss_raw, LOSS_KEYS, "loss")
     loss = v.choice(loss_raw, "name", "loss", losses.LOSSES, default="half_sse")
@@ -362,8 +373,6 @@ def _data(v, data, base):
         if targets.shape[1] != inputs.shape[1]:
             raise ScenarioError(v.source, "data.targets", f"{targets.shape[1]} time steps of targets for "
                                 f"{inputs.shape[1]} time steps of inputs")
-        raise ScenarioError(v.source, "data.targets", "targets at every time step (many-to-many) are not supported "
-                            "yet: give one target row per sample (read after the last time step)")
     if inputs.shape[0] != targets.shape[0]:
         raise ScenarioError(
             v.source, "data.targets", f"{targets.shape[0]} target rows for {inputs.shape[0]} input rows",
@@ -418,8 +427,9 @@ def _probability_targets(v, targets, loss, key):
     """Cross-entropy targets are probabilities in [0, 1]; outside, E has no minimum (u → ±∞)."""
     outside = np.argwhere((targets < 0) | (targets > 1))
     if outside.size:
-        row, column = (int(i) for i in outside[0])
-        raise ScenarioError(v.source, key, f"row {row}, column {column}: target {targets[row, column]!r} is outside [0, 1]; "
+        where = [int(i) for i in outside[0]]
+        at = f"row {where[0]}, column {where[-1]}" if len(where) == 2 else f"sample {where[0]}, time {where[1]}, column {where[2]}"
+        raise ScenarioError(v.source, key, f"{at}: target {targets[tuple(where)]!r} is outside [0, 1]; "
                             f"{loss} targets are probabilities (rows need not sum to 1)")
 
 
