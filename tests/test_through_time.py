@@ -306,3 +306,66 @@ def test_slips_through_time(small_rnn, tmp_path):
     # a sign flip on u at a time step
     [r] = _check(small_rnn, [f"u1[0]~2#1,{-ev('u', 1, (0,), 0, 1, 2)!r}"], tmp_path)
     assert "sign is flipped" in r.explanation
+
+
+# ---------------------------------------------------------------- targets per time step, stacked cells
+
+def _many_to_many():
+    return _small("rnn").replace("targets = [[1.0], [0.0]]",
+                                 "targets = [[[1.0], [0.0], [0.5], [0.2]], [[0.0], [1.0], [0.2], [0.4]]]")
+
+
+def _stacked():
+    text = _small("rnn")
+    second = """[[layers]]
+kind = "rnn"
+units = 2
+activation = "tanh"
+init = "explicit"
+weights = [[0.4, -0.7], [0.6, 0.3]]
+recurrent_weights = [[0.5, 0.2], [-0.3, 0.8]]
+bias = [0.05, -0.02]
+recurrent_bias = [0.01, 0.03]
+"""
+    head = text.index("[[layers]]\nunits = 1")
+    return (text[:head] + second + text[head:]).replace('"small-rnn"', '"stacked-rnn"')
+
+
+@pytest.mark.parametrize("text", [_many_to_many, _stacked])
+def test_rules_through_time_of_many_to_many_and_stacked_cells(text):
+    trace = _run(text())
+    local = check.Local(trace)
+    recurrent = [l for l, layer in enumerate(trace.scenario.layers, start=1) if through_time.is_recurrent(layer)]
+    for step in (0, 1):
+        for sample in (0, 1):
+            for l in recurrent:
+                for k in range(4):
+                    for j in range(2):
+                        for q in ("u", "h", "slope", "e", "delta"):
+                            key = check.Key(q, l, (j,), step, sample, k)
+                            assert local(key, check._Values(trace, {}, local=local)) == check.engine_value(trace, key), key
+                for q in ("grad_W", "grad_Wh"):
+                    key = check.Key(q, l, (1, 0), step, sample)
+                    assert local(key, check._Values(trace, {}, local=local)) == check.engine_value(trace, key), key
+
+
+def test_chain_of_a_dense_layer_at_every_time_step():
+    trace = _run(_many_to_many())
+    for name in ("W2[1,0]", "b2[0]", "Wh1[0,1]"):
+        explained = chain.explain(trace, name, step=1, sample=1, evaluate=True)
+        printed = _printed_contributions(chain.render(explained))
+        assert len(printed) == 4
+        assert math.fsum(v for _, v in printed) == pytest.approx(explained.engine, rel=1e-12)
+        assert explained.sympy_total == pytest.approx(explained.engine, rel=1e-12)
+        check_latex(chain.render(chain.explain(trace, name, step=1, latex=True), latex=True))
+    d = diagnose.diagnose(trace)
+    assert 1 in d.time and d.findings
+
+
+def test_stacked_cells_chain_and_diagnose():
+    trace = _run(_stacked())
+    for name in ("Wh1[1,0]", "W2[0,1]", "Wh2[1,1]"):
+        explained = chain.explain(trace, name, step=0, evaluate=True)
+        assert explained.total == pytest.approx(explained.engine, rel=1e-12)
+        assert explained.sympy_total == pytest.approx(explained.engine, rel=1e-12)
+    assert set(diagnose.diagnose(trace).time) == {1, 2}

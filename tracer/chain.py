@@ -148,9 +148,12 @@ def explain(trace, parameter, step=0, sample=None, path=None, latex=False, evalu
     if sample not in ids:
         raise InputError(f"--sample {sample}: step {step} uses samples {ids}")
     slot = ids.index(sample)
-    if through_time.is_recurrent(s.layers[l - 1]):
+    if through_time.is_recurrent(s.layers[l - 1]) or getattr(s, "per_time_targets", False):
         store = getattr(trace, f"grad_{which}")[l - 1]
         batch = float(store[(step,) + tuple(index)])
+        if not through_time.is_recurrent(s.layers[l - 1]):
+            return through_time.explain_per_time(trace, which, l, index, step, slot, param_name(s, which, l, index), latex=latex,
+                                                 evaluate=evaluate, update_lines=_update_lines(trace, which, l, index, step, batch))
         return through_time.explain(trace, which, l, index, step, slot, param_name(s, which, l, index), latex=latex,
                                     evaluate=evaluate, update_lines=_update_lines(trace, which, l, index, step, batch))
     names = Names(latex)

@@ -180,16 +180,20 @@ def _check_time(s, quantity, l, time, where, shown):
     from . import through_time
     layer = s.layers[l - 1]
     recurrent = through_time.is_recurrent(layer)
+    timed = recurrent or getattr(s, "per_time_targets", False)   # dense layers at every time step: targets per time step
     if quantity in ("h", "e") and not recurrent:
         raise InputError(f"{where}: {shown}: h and e are the hidden state and the error through time of a recurrent "
                          f"layer; layer {l} is a {layer.kind} layer")
     if time is None:
-        if recurrent and quantity in THROUGH_TIME:
-            raise InputError(f"{where}: {shown}: layer {l} is a {layer.kind} layer: give the time step, "
+        if timed and quantity in THROUGH_TIME + ("a",) and not (recurrent and quantity == "a"):
+            what = f"a {layer.kind} layer" if recurrent else "a layer at every time step (targets per time step)"
+            raise InputError(f"{where}: {shown}: layer {l} is {what}: give the time step, "
                              f"e.g. {quantity}{l}[0]~0 (time steps 0..{s.inputs.shape[1] - 1})")
         return
-    if not recurrent:
+    if not timed:
         raise InputError(f"{where}: {shown}: ~{time} is a time step, and layer {l} is a {layer.kind} layer without one")
+    if not recurrent and quantity.startswith("grad_"):
+        raise InputError(f"{where}: {shown}: the engine keeps a dense layer's gradient summed over time (no ~k)")
     if not (quantity in THROUGH_TIME or quantity.startswith("grad_")):
         raise InputError(f"{where}: {shown}: ~k applies to u, h, slope, e, delta and a gradient's contribution "
                          "(grad W, grad Wh, grad b, grad bh); parameters and updates belong to the step")
@@ -349,6 +353,11 @@ class Local:
         """True when the quantity has a local formula (step-0 parameters are the starting values)."""
         if key.quantity in PARAMETERS and key.step == 0:
             return False
+        if getattr(self.s, "per_time_targets", False) and not (key.layer and self._recurrent(key.layer)):
+            # a dense layer at every time step: its rules per time step are not written here yet (the
+            # numbers are compared); the batch sums, updates and parameters keep theirs
+            if key.time is not None or (key.sample is not None and (key.quantity.startswith("grad_") or key.quantity == "loss")):
+                return False
         if key.layer and self._recurrent(key.layer) and self.s.layers[key.layer - 1].kind != "rnn":
             # lstm, gru: the gradient's sums over time and contributions (from the engine's gate δ)
             return key.quantity.startswith("grad_") or key.quantity.startswith("update_") or key.quantity in PARAMETERS
@@ -482,7 +491,7 @@ class Local:
         if q == "delta":
             return at("slope", j, k) * at("e", j, k)
         if q == "e":
-            above = self.error(l, j, t, smp, get) if k == T - 1 else 0.0
+            above = self.from_above(l, j, t, smp, k, get)
             if k == T - 1:
                 return above
             total = at("delta", 0, k + 1) * param("Wh", (j, 0))
@@ -490,6 +499,29 @@ class Local:
                 total = total + at("delta", m, k + 1) * param("Wh", (j, m))
             return above + total
         raise ValueError(key)
+
+    def from_above(self, l, j, t, smp, k, get):
+        """g_k[j] = ∂E/∂h_k[j] from the layer above: the dense layer above at the last time step only
+        (its error passed down), or at every time step with targets per time step (Σ_m δ_k[m]·W[j,m]
+        of the dense layer at time k); an rnn above: Σ_m δ_k[m]·W[j,m] of its cell; lstm, gru above:
+        the engine's value."""
+        from . import through_time
+        s, T = self.s, self.s.inputs.shape[1]
+        above = s.layers[l] if l < len(s.layers) else None
+        per_time = getattr(s, "per_time_targets", False)
+        if above is None:
+            raise ValueError("a recurrent layer is never the output layer")
+        if not through_time.is_recurrent(above) and not per_time:
+            return self.error(l, j, t, smp, get) if k == T - 1 else 0.0
+        if through_time.is_recurrent(above) and above.kind != "rnn":
+            slot = self.trace.samples(t).tolist().index(smp)
+            return float(through_time.record(self.trace, l, t, slot).values["above"][k, j])
+        units = s.widths[l + 1]
+        W = lambda m: get(Key("W", l + 1, (j, m), t, None))  # noqa: E731
+        total = get(Key("delta", l + 1, (0,), t, smp, k)) * W(0)
+        for m in range(1, units):
+            total = total + get(Key("delta", l + 1, (m,), t, smp, k)) * W(m)
+        return total
 
     def x(self, l, i, t, smp, k, get):
         """x_k[i], the input of recurrent layer l at time step k: the data, or h of the layer below."""
@@ -577,7 +609,7 @@ class _Values:
     def _value(self, key):
         if key in self.written:
             return self.written[key]
-        if key.quantity in PARAMETERS:
+        if key.quantity in PARAMETERS or not self.local.inputs(key):
             return engine_value(self.trace, key)
         if key not in self.memo:
             plain = _Values(self.trace, self.written, local=self.local, memo=self.memo)
@@ -672,6 +704,8 @@ def _slip(trace, local, written, key, person, tol, engine):
         if text:
             return f"{text}; the trace has {engine:.6g}"
         return _required_factor(trace, local, written, key, person, engine)
+    if key.quantity not in PARAMETERS:
+        return f"the trace has {engine:.6g} (no hand rule recomputes this number at a time step yet)"
     return f"the starting value differs: the trace has {engine:.6g}"
 
 

@@ -96,7 +96,8 @@ def unit_values(trace, name, l, step, n):
             gates = through_time.GATES[layers.of(layer).name]
             return np.concatenate([through_time.time_values(trace, f"{name}_{g}", l)[step, :n].reshape(-1, layer.units)
                                    for g in gates])
-    return getattr(trace, name)[l - 1][step, :n]
+    values = getattr(trace, name)[l - 1][step, :n]
+    return values.reshape(-1, values.shape[-1])     # a dense layer at every time step (targets per time step)
 
 
 def gradients_finite(trace, l, step):

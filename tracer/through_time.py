@@ -419,6 +419,50 @@ def explain(trace, which, l, index, step, slot, name, latex=False, evaluate=Fals
     return chain
 
 
+def explain_per_time(trace, which, l, index, step, slot, name, latex=False, evaluate=False, update_lines=()):
+    """The TimeChain of W[i,j] or b[j] of a dense layer that runs at every time step (targets per time
+    step): ∂E/∂W[i,j] = Σ_t a⁽ˡ⁻¹⁾_t[i]·δ_t[j] (the input the last recurrent layer's h_t, or the dense
+    layer below's a_t), ∂E/∂b[j] = Σ_t δ_t[j]."""
+    s = trace.scenario
+    sample = int(trace.samples(step)[slot])
+    j = index[-1]
+    T = s.inputs.shape[1]
+    delta = time_values(trace, "delta", l)[step, slot, :, j]
+    slope = time_values(trace, "slope", l)[step, slot, :, j]
+    error = None
+    for key in ("e", "output_error"):     # ∂E/∂a_t: from the layer above, or the loss's on the output layer
+        try:
+            error = time_values(trace, key, l)[step, slot, :, j]
+            break
+        except KeyError:
+            continue
+    if which == "W":
+        below = "h" if is_recurrent(s.layers[l - 2]) else "a"
+        inputs = time_values(trace, below, l - 1)[step, slot, :, index[0]]
+        input_name = f"{below}{l - 1}_t[{index[0]}]"
+        parts = inputs * delta
+    else:
+        inputs, input_name, parts = None, None, delta.copy()
+    rows = [{"t": t, "input": None if inputs is None else float(inputs[t]), "slope": float(slope[t]), "factor": None,
+             "error": float("nan") if error is None else float(error[t]), "delta": float(delta[t]),
+             "contribution": float(parts[t])} for t in range(T)]
+    engine = float(trace.values((f"grad_{which}", l, index), "sample", step, slot, sample))
+    batch = float(trace.values((f"grad_{which}", l, index), "total", step, slot, sample))
+    names = TimeNames(l, latex)
+    t = names.t
+    factor = sp.IndexedBase(f"a^{{({l - 1})}}" if latex else f"a{notation.layer(l - 1)}")[t, index[0]] if which == "W" else 1
+    expression = sp.Sum(factor * names.delta[t, j], (t, 0, T - 1))
+    definitions = [(names.delta[t, j], names.slope[t, j] * names.e[t, j])]
+    chain = TimeChain(name, step, sample, which, l, tuple(index), "dense", T, input_name, "δ", j, rows, sum_over_time(parts),
+                      engine, batch, parts.copy(), expression, definitions, False, None, None, update_lines=list(update_lines))
+    if evaluate:
+        values = {names.delta[k, j]: sp.Float(repr(float(delta[k])), 30) for k in range(T)}
+        if which == "W":
+            values.update({factor.base[k, index[0]]: sp.Float(repr(float(inputs[k])), 30) for k in range(T)})
+        chain.sympy_total = float(unroll(expression).xreplace(values))
+    return chain
+
+
 def _close(a, b):
     if not (np.isfinite(a) and np.isfinite(b)):
         return bool(np.isfinite(a) == np.isfinite(b))
@@ -492,7 +536,10 @@ def _legend(chain):
         out.append(f"h[t] is the hidden state at time step t (h[−1] = 0, the initial state)")
     if chain.input_name and chain.which == "W":
         out.append("x[t, i] is the layer's input at time step t")
-    if chain.cell == "rnn":
+    if chain.cell == "dense":
+        out.append(f"a dense layer after a recurrent one with targets at every time step runs at every time step t: "
+                   f"its input a_t (the hidden states h_t below), δ_t = f'(u_t)·e_t, e_t = ∂E/∂a_t")
+    elif chain.cell == "rnn":
         out.append("f'[t] is the local slope f'(u_t) of the cell's activation; g[t] = ∂E/∂h_t arriving from above "
                    "(from the layer above: at the last time step only)")
         out.append("e[t] = ∂E/∂h_t, the error through time; δ[t] = ∂E/∂u_t")
@@ -528,8 +575,9 @@ def _table(chain, latex=False):
     header = ["t"]
     if chain.input_name:
         index = chain.index[0]
-        header.append((f"x_{{t}}[{index}]" if chain.which == "W" else f"h_{{t-1}}[{index}]") if latex else chain.input_name)
-    if chain.cell == "rnn":
+        below = "x" if chain.cell != "dense" else "a"
+        header.append((f"{below}_{{t}}[{index}]" if chain.which == "W" else f"h_{{t-1}}[{index}]") if latex else chain.input_name)
+    if chain.cell in ("rnn", "dense"):
         header += (["f'(u_{t})"] + (["W^{h} f'(u_{t})"] if chain.scalar else [])) if latex else \
             (["f'(u_t)"] + (["Wh·f'(u_t)"] if chain.scalar else []))
     gate = chain.delta_name[2:]
@@ -540,7 +588,7 @@ def _table(chain, latex=False):
         cell = [str(row["t"])]
         if chain.input_name:
             cell.append(f"{row['input']:.10g}")
-        if chain.cell == "rnn":
+        if chain.cell in ("rnn", "dense"):
             cell.append(f"{row['slope']:.10g}")
             if chain.scalar:
                 cell.append(f"{row['factor']:.10g}")
