@@ -88,6 +88,19 @@ def test_check_example_prints_what_the_readme_shows(tmp_path, invoke):
     assert "1 mistake(s), 4 number(s) that only follow from earlier ones" in shown
 
 
+def test_the_pytorch_example_runs_and_matches_pytorch(tmp_path, monkeypatch, capsys):
+    """The README's "Your own PyTorch model" block, executed as written in a scratch folder: it
+    writes its workbook and prints the largest difference between the traced and PyTorch's weights."""
+    pytest.importorskip("torch")
+    text = README.read_text(encoding="utf-8")
+    code = text.split("<!-- torch -->", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md (torch example)", "exec"), {})
+    assert (tmp_path / "my-model.xlsx").exists()
+    difference = float(capsys.readouterr().out.strip().splitlines()[-1])
+    assert difference < 1e-12
+
+
 def recurrent_commands():
     text = README.read_text(encoding="utf-8")
     block = text.split("<!-- recurrent -->", 1)[1].split("```", 2)[1]
