@@ -161,6 +161,7 @@ class TimeFinding:
     factor: float
     ratio: np.ndarray
     cell_factors: np.ndarray | None
+    cell_state: np.ndarray | None = None    # lstm: ‖∂E/∂c_t‖ per time step (the error through the cell state)
 
 
 def through_time_findings(trace):
@@ -180,7 +181,8 @@ def through_time_findings(trace):
             if verdict is None:
                 continue
             cell = through_time.step_factors(records[0])[:, 0, 0] if through_time.scalar(records[0]) else None
-            finding = TimeFinding(l, step, norms, verdict["kind"], verdict["time"], verdict["factor"], verdict["ratio"], cell)
+            state = through_time.error_norms(records, "ec") if "ec" in records[0].values else None
+            finding = TimeFinding(l, step, norms, verdict["kind"], verdict["time"], verdict["factor"], verdict["ratio"], cell, state)
             if first is None:
                 first = finding
             if finding.kind:
@@ -209,6 +211,9 @@ def _time_sentence(d, finding):
     head = (f"layer {finding.layer} ({layer.kind}) at step {t.first_step + finding.step}: going back from the last time step "
             f"{T - 1}, ‖∂E/∂h_t‖ changes by a factor of about {finding.factor:.6g} per time step{cell}: "
             f"from ‖e_{T - 1}‖ = {start:.4g} to ‖e_0‖ = {end:.4g} (×{total:.4g} over {T - 1} time steps)")
+    if finding.cell_state is not None:
+        head += (f"; through the cell state, ‖∂E/∂c_t‖ goes from {finding.cell_state[-1]:.4g} at time step {T - 1} to "
+                 f"{finding.cell_state[0]:.4g} at time step 0")
     if finding.kind == "exploding":
         return (f"Exploding through time: {head}; it first exceeds exploding = {th['exploding']:g} × ‖e_{T - 1}‖ at "
                 f"time step {finding.time} ({T - 1 - finding.time} time steps back).")

@@ -266,10 +266,10 @@ def sympy_value(record, which, l, index, names):
 
 # ---------------------------------------------------------------- the error through time, for diagnose
 
-def error_norms(records):
+def error_norms(records, name="e"):
     """‖∂E/∂h_t‖ per time step: the root of the sum of squares over the units and the given samples'
-    records (T,)."""
-    squares = sum((np.asarray(r.values["e"], dtype=float) ** 2).sum(axis=1) for r in records)
+    records (T,); name "ec": lstm's ‖∂E/∂c_t‖."""
+    squares = sum((np.asarray(r.values[name], dtype=float) ** 2).sum(axis=1) for r in records)
     with np.errstate(over="ignore"):
         return np.sqrt(squares)
 
