@@ -420,3 +420,18 @@ def test_random_cells_sum_to_the_engine(kind, units, scale, activation, which, s
     scale_of = math.fsum(abs(v) for _, v in printed) + 1e-300
     assert abs(math.fsum(v for _, v in printed) - explained.engine) <= 1e-12 * scale_of
     assert abs(explained.sympy_total - explained.engine) <= 1e-12 * scale_of
+
+
+def test_check_cli_with_time_steps(invoke, tmp_path, small_rnn):
+    from tests.conftest import write_toml
+    path = write_toml(tmp_path, _small("rnn", units=2))
+    value = check.engine_value(small_rnn, check.parse_name("h1[0]~3@1#1", small_rnn))
+    hand = tmp_path / "hand.csv"
+    hand.write_text(f"name,value\nh1[0]~3@1#1,{value!r}\ne1[1]~0#0,0.000000\n", encoding="utf-8")
+    result = invoke("check", str(path), str(hand))
+    assert result.exit_code == 1 and "h1[0]~3@1#1" in result.output and "the error arriving from time step 1" in result.output
+    hand.write_text("name,value\nh1[0]~9,0.5\n", encoding="utf-8")
+    result = invoke("check", str(path), str(hand))
+    assert result.exit_code == 2 and "time step 9 is outside 0..3" in result.output and "Traceback" not in result.output
+    result = invoke("chain", str(path), "--param", "Wh1[0,0]", "--path", "0,0")
+    assert result.exit_code == 2 and "sum over time steps" in result.output

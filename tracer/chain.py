@@ -149,6 +149,9 @@ def explain(trace, parameter, step=0, sample=None, path=None, latex=False, evalu
         raise InputError(f"--sample {sample}: step {step} uses samples {ids}")
     slot = ids.index(sample)
     if through_time.is_recurrent(s.layers[l - 1]) or getattr(s, "per_time_targets", False):
+        if path is not None:
+            raise InputError(f"--path: {parameter.strip()}'s gradient is a sum over time steps (a recurrent network): "
+                             "the path view is for networks of dense layers")
         store = getattr(trace, f"grad_{which}")[l - 1]
         batch = float(store[(step,) + tuple(index)])
         if not through_time.is_recurrent(s.layers[l - 1]):
