@@ -496,7 +496,7 @@ def render(chain):
 
 def render_latex(chain):
     """The report of a TimeChain as a LaTeX fragment (ASCII, amsmath)."""
-    text, number = notation.latex_text, notation.latex_number
+    text = notation.latex_text
     math = lambda e: sp.latex(e, order="none")  # noqa: E731
     name = notation.latex_parameter(chain.name)
     blocks = ["% tracer chain --latex: a LaTeX fragment; the document needs \\usepackage{amsmath}",
@@ -533,12 +533,12 @@ def _legend(chain):
     """What the indexed symbols hold."""
     out = []
     if chain.input_name and chain.which == "Wh":
-        out.append(f"h[t] is the hidden state at time step t (h[−1] = 0, the initial state)")
+        out.append("h[t] is the hidden state at time step t (h[−1] = 0, the initial state)")
     if chain.input_name and chain.which == "W":
         out.append("x[t, i] is the layer's input at time step t")
     if chain.cell == "dense":
-        out.append(f"a dense layer after a recurrent one with targets at every time step runs at every time step t: "
-                   f"its input a_t (the hidden states h_t below), δ_t = f'(u_t)·e_t, e_t = ∂E/∂a_t")
+        out.append("a dense layer after a recurrent one with targets at every time step runs at every time step t: "
+                   "its input a_t (the hidden states h_t below), δ_t = f'(u_t)·e_t, e_t = ∂E/∂a_t")
     elif chain.cell == "rnn":
         out.append("f'[t] is the local slope f'(u_t) of the cell's activation; g[t] = ∂E/∂h_t arriving from above "
                    "(from the layer above: at the last time step only)")
