@@ -435,3 +435,11 @@ def test_check_cli_with_time_steps(invoke, tmp_path, small_rnn):
     assert result.exit_code == 2 and "time step 9 is outside 0..3" in result.output and "Traceback" not in result.output
     result = invoke("chain", str(path), "--param", "Wh1[0,0]", "--path", "0,0")
     assert result.exit_code == 2 and "sum over time steps" in result.output
+
+
+def test_why_names_the_sum_over_time_of_a_dense_layer_at_every_time_step():
+    trace = _run(_many_to_many())
+    d = diagnose.diagnose(trace)
+    text = diagnose._why_through_time(trace, d, "exploding", 0, 2, "W")
+    explained = chain.explain(trace, "W2[0,0]", step=0)
+    assert "Σ_t h1_t[0]·δ_t over 4 time steps" in text and f"{explained.total:.4g}" in text

@@ -273,7 +273,9 @@ def _why(trace, result):
         kind = "vanishing" if "vanishing" in result.first else "exploding"
         step, layer = result.first[kind]
         if through_time.is_recurrent(trace.scenario.layers[layer - 1]):
-            return _why_through_time(trace, result, kind, step, layer)
+            return _why_through_time(trace, result, kind, step, layer, "Wh")
+        if getattr(trace.scenario, "per_time_targets", False):     # a dense layer at every time step
+            return _why_through_time(trace, result, kind, step, layer, "W")
         grads = np.abs(trace.grad_W[layer - 1][step])
         with np.errstate(invalid="ignore"):
             index = np.unravel_index(np.nanargmax(grads) if kind == "exploding" else 0, grads.shape)
@@ -301,20 +303,21 @@ def _why(trace, result):
     return ""
 
 
-def _why_through_time(trace, result, kind, step, layer):
-    """The worst gradient is a recurrent layer's: name its largest (exploding) or first (vanishing)
-    weight's sum over time, and its largest time step's contribution."""
-    store = trace.grad_Wh[layer - 1][step]
+def _why_through_time(trace, result, kind, step, layer, which):
+    """The worst gradient is a sum over time steps (a recurrent layer's Wh, or W of a dense layer at
+    every time step): name its largest (exploding) or first (vanishing) weight's sum over time, and
+    its largest time step's contribution."""
+    store = getattr(trace, f"grad_{which}")[layer - 1][step]
     with np.errstate(invalid="ignore"):
         index = np.unravel_index(np.nanargmax(np.abs(store)) if kind == "exploding" and np.isfinite(store).any() else 0,
                                  store.shape)
-    name = param_name(trace.scenario, "Wh", layer, index)
+    name = param_name(trace.scenario, which, layer, index)
     explained = chain_module.explain(trace, name, step=step)
     parts = np.array([row["contribution"] for row in explained.rows])
     with np.errstate(invalid="ignore"):
         biggest = int(np.nanargmax(np.abs(parts))) if np.isfinite(parts).any() else 0
     return (f"At step {trace.first_step + step}, layer {layer}'s gradient is {kind} (‖∇⁽{layer}⁾‖ = "
-            f"{result.norms[step, layer - 1]:.3g}). Its recurrent weight {name}: ∂E/∂{name} = Σ_t h_(t−1)·δ_t over "
+            f"{result.norms[step, layer - 1]:.3g}). Its weight {name}: ∂E/∂{name} = Σ_t {explained.input_name}·δ_t over "
             f"{explained.steps} time steps = {explained.total:.4g} (sample {explained.sample}); the largest contribution is "
             f"time step {biggest}'s, {parts[biggest]:.4g} (see tracer chain --param '{name}').")
 
