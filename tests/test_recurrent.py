@@ -5,7 +5,6 @@ finite differences (gradcheck), the records with a time index, and the templates
 computed from independent numbers."""
 from fractions import Fraction
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -289,12 +288,10 @@ def test_a_linear_scalar_rnn_multiplies_the_error_by_wh_at_every_time_step():
 
 # ---------------------------------------------------------------- the templates' phenomena
 
-STAGED = Path(__file__).parent / "recurrent_templates"   # until the recurrent workbook lands in templates/
-
-
 def load_template(name):
-    """A recurrent template: built in (templates/) or, before it joins them, from tests/recurrent_templates."""
-    return scenario_module.load(name if templates.exists(name) else str(STAGED / f"{name}.toml"))
+    """A built-in recurrent template."""
+    assert templates.exists(name), name
+    return scenario_module.load(name)
 
 
 def rel(a, b):

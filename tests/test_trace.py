@@ -60,7 +60,8 @@ def test_bytes_needed_is_what_allocate_takes(name, steps):
     trace = Trace.allocate(loaded, schedule)
     arrays = [schedule, trace.output_error, trace.sample_loss, trace.loss, trace.lr, trace.grad_norm, trace.clip_factor]
     for quantity in ("u", "a", "slope", "delta", "h", "error", "W", "b", "grad_W_sample", "grad_b_sample",
-                     "grad_W", "grad_b", "update_W", "update_b"):
+                     "grad_W", "grad_b", "update_W", "update_b",
+                     "Wh", "bh", "grad_Wh_sample", "grad_bh_sample", "grad_Wh", "grad_bh", "update_Wh", "update_bh"):
         arrays += getattr(trace, quantity)
     for group in (trace.norm, trace.state, trace.initial_state):
         arrays += [array for per_layer in group.values() for array in per_layer]
