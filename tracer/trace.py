@@ -47,7 +47,8 @@ class Trace:
     the quantity): u, a, slope, delta, h, error (e = ∂E/∂a of hidden layers; the last entry
     unused), W, b ((T+1, ...): the value used at step t; [T] = final), grad_W_sample,
     grad_b_sample ((T, B, ...)), grad_W, grad_b (batch totals), update_W, update_b (Δθ subtracted at
-    step t); arrays of the run: output_error ((T, B, K) ∂E/∂a⁽ᴸ⁾, None for fused losses),
+    step t); likewise Wh, bh, grad_Wh_sample, grad_bh_sample, grad_Wh, grad_bh, update_Wh, update_bh
+    of recurrent layers (None on other layers; trace.parameters(step) gives every stored parameter); arrays of the run: output_error ((T, B, K) ∂E/∂a⁽ᴸ⁾, None for fused losses),
     sample_loss (T, B), loss, lr (T,), grad_norm, clip_factor ((T,), None without clip_norm);
     norm {key: per layer} the layer kinds' own quantities (xhat, dxhat (T, B, n); batchnorm's
     mean, var, m1, m2 (T, n)); state {(name, "W"|"b"): per layer (T, ...)} the optimiser state
