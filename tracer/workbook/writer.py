@@ -100,7 +100,10 @@ def check_limits(layout):
             if template and len(template.format(**big)) + 1 > MAX_FORMULA:
                 layer = column.key[1] if len(column.key) > 1 and isinstance(column.key[1], int) else None
                 steps = layout_module.time_steps(layout.scenario)
-                if steps and layer and layers.of(layout.scenario.layers[layer - 1]).excel_unrolled(layout.scenario.layers[layer - 1]):
+                timed = layout.timed_from()
+                through_time = (layer and layers.of(layout.scenario.layers[layer - 1]).excel_unrolled(layout.scenario.layers[layer - 1])
+                                or timed and (layer is None or layer >= timed))   # a sum over the time steps
+                if steps and through_time:
                     raise LimitError(
                         f"the formula of column {column.header} would be longer than the spreadsheet limit of "
                         f"{MAX_FORMULA} characters: it sums {steps} time steps; use shorter sequences "
