@@ -35,7 +35,7 @@ import pytest
 from click.testing import CliRunner
 from hypothesis import settings
 
-from tracer import engine, gnumeric, libreoffice, output, scenario as scenario_module, verify
+from tracer import engine, gnumeric, libreoffice, output, scenario as scenario_module, templates, verify
 from tracer.cli import main
 from tracer.trace import Trace
 from tracer.workbook import writer
@@ -211,9 +211,29 @@ def _recomputes(item):
     return any((m := item.get_closest_marker(s)) is not None and "workbooks" in m.kwargs for s in SPREADSHEETS)
 
 
+# The large built-in templates (tracer.templates.LARGE: digits-64-32-10) are left out of the tests
+# that run every template in full; tests/test_datasets.py checks it on its first steps (LibreOffice)
+# and tests/test_pytorch.py its gradients against PyTorch's.
+EVERY_TEMPLATE_TESTS = ("test_every_template_verifies", "test_every_formula_carries_the_engines_value",
+                        "test_gradcheck_passes_on_every_template", "test_csv_is_byte_for_byte_the_row_writers",
+                        "test_every_finite_template_recomputes_in_gnumeric")
+
+
+def _large_template_run(item):
+    callspec = getattr(item, "callspec", None)
+    return (callspec is not None and callspec.params.get("name") in templates.LARGE
+            and item.originalname in EVERY_TEMPLATE_TESTS)
+
+
 def pytest_collection_modifyitems(config, items):
-    """Order: ordinary tests, then the tests that read the recomputation (they wait for it), then
-    the tests that change process-wide state. The recomputation runs in the background meanwhile."""
+    """Leave the large templates out of the every-template tests (templates.LARGE). Order: ordinary
+    tests, then the tests that read the recomputation (they wait for it), then the tests that change
+    process-wide state. The recomputation runs in the background meanwhile."""
+    large = [item for item in items if _large_template_run(item)]
+    if large:
+        config.hook.pytest_deselected(items=large)
+        items[:] = [item for item in items if not _large_template_run(item)]
+
     def phase(item):
         if item.path.name in PROCESS_STATE_FILES:
             return 2

@@ -10,6 +10,7 @@ The Python API, at the top level (sub-modules keep their own names and functions
     tracer.diagnose_run(trace).findings               # vanishing/exploding gradients, in sentences
     tracer.explain_gradient(trace, "W1[0,0]")         # the chain rule behind one gradient
     tracer.check_gradients(trace).worst               # backprop against finite differences
+    tracer.from_torch(model, x, y, optimizer, loss=nn.CrossEntropyLoss())  # a PyTorch nn.Sequential as a Scenario
 """
 import importlib
 
@@ -28,6 +29,7 @@ _LAZY = {
     "render_explanation": ("tracer.chain", "render"),
     "check_gradients": ("tracer.gradcheck", "check"),
     "template_names": ("tracer.templates", "names"),
+    "from_torch": ("tracer.pytorch", "from_torch"),   # torch is imported only when it is called
 }
 
 __all__ = ["Scenario", "Trace", "from_dict", "load", "loads", "run", *_LAZY]

@@ -2,6 +2,12 @@
 from importlib import resources
 from pathlib import Path
 
+# Templates too large for the tests and campaigns that run every template in full (a 64-32-10 net:
+# 7,475 Trace columns, a million formula cells, about a minute to recompute): tests/conftest.py
+# leaves them out of the every-template tests, benchmarks/fuzz.py out of its mutations; their own
+# tests (tests/test_datasets.py) and benchmarks/digits.py cover them.
+LARGE = ("digits-64-32-10",)
+
 
 def _folder():
     try:
@@ -25,3 +31,8 @@ def exists(name):
 def read(name):
     """The TOML text of template `name`."""
     return (_folder() / f"{name}.toml").read_text(encoding="utf-8")
+
+
+def data_file(name):
+    """The path of the shipped data file `name` (templates/data/, installed with the templates)."""
+    return Path(str(_folder() / "data" / name))

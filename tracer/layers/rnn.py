@@ -467,6 +467,14 @@ class Recurrent(LayerKind):
     grad_bh_time, Trace.values key (name, l, (t, i, j)) or (name, l, (t, j)), written to the CSV
     as grad_W, grad_b, grad_Wh, grad_bh with their time (the per-sample sums over time are the
     usual grad_W ... with the time empty).
+
+    Time steps are t = 0 … T−1 for sequences of T time steps (T = scenario.time_steps); the CSV's
+    `time` column holds t. The templates rnn-exploding and rnn-clipped have T = 101 (h₀ … h₁₀₀: 100
+    steps of recurrence, ∂h₁₀₀/∂h₀ = 1.1¹⁰⁰); rnn-vanishing, lstm-long and gru-long T = 50.
+    With targets per time step the dense layers above run at every t (records.py, "Time").
+    The engine calls: forward(layer, sequence, W, b, Wh, bh) -> record; output(layer, record) -> h
+    (B, T, U); backward(layer, record, dE_dh, W, Wh) -> the full record; gradients(layer, record) ->
+    (grad_W, grad_b, grad_Wh, grad_bh) per sample; error_down(layer, record) -> ∂E/∂x (B, T, F).
     """
 
     keys = RECURRENT_KEYS
