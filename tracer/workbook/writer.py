@@ -118,9 +118,6 @@ def check_limits(layout):
 def table_layouts(trace, layout, parameters=(), findings=None):
     """The Steps, Diagnosis, ChainRule and Histograms sheets' layouts (each: title, headers, rows, expected)."""
     steps_layout = steps_module.StepsLayout(trace, layout)
-    if any(layers.of(layer).excel_unrolled(layer) for layer in trace.scenario.layers):
-        # recurrent cells: the Diagnosis and ChainRule sheets through time are not written yet
-        return [steps_layout, histograms.HistogramLayout(trace, layout, steps_layout)]
     if findings is None:
         findings = diagnose_module.diagnose(trace).findings
     return [steps_layout, diagnosis.DiagnosisLayout(trace, layout, steps_layout, findings),
