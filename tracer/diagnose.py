@@ -507,7 +507,7 @@ def _floor_sentence(d):
         share = []
         for step in range(t.steps):
             n = len(t.samples(step))
-            values = t.u[l - 1][step, :n, u]
+            values = unit_values(t, "u", l, step, n)[:, u]   # a recurrent layer: every (sample, time step)
             share.extend(np.isfinite(values) & (values <= 0))
         parts.append(f"layer {l} unit {u} (from step {t.first_step + st}, at its floor for {np.mean(share):.0%} of the samples)")
     names = sorted({s.layers[l - 1].activation for l, _ in d.dead})
