@@ -326,10 +326,10 @@ def record(trace, l, step, slot):
     values["x"] = np.asarray(s.inputs[sample], dtype=float) if l == 1 else _time_array(trace, "h", l - 1, step, slot)
     h = values["h"]
     values["h_prev"] = np.concatenate([np.zeros_like(h[:1]), h[:-1]], axis=0)
-    if cell == "rnn":
+    if elman(layer):
         values["delta_x"] = values["delta_h"] = values["delta"]
     else:
-        gates = GATES[cell]
+        gates = gates_of(layer)
         values["delta_x"] = np.concatenate([values[f"delta_{k}"] for k in gates], axis=1)
         values["delta_h"] = np.concatenate([values["delta_hn" if k == "n" else f"delta_{k}"] for k in gates], axis=1)
     with np.errstate(invalid="ignore"):
@@ -338,7 +338,7 @@ def record(trace, l, step, slot):
     values["above"] = above
     params = [trace.parameters(step)[name][l - 1] if hasattr(trace, "parameters") else getattr(trace, name)[l - 1][step]
               for name in ("W", "Wh", "b", "bh")]
-    activation = layer.activation if cell == "rnn" else "tanh"
+    activation = layer.activation if elman(layer) else "tanh"
     return TimeRecord(cell, activation, dict(activations.get(activation).params, **layer.activation_params),
                       *(np.asarray(p, dtype=float) for p in params), values)
 
@@ -351,6 +351,18 @@ def _kind(layer):
 def is_recurrent(layer):
     """True for a layer of a recurrent kind (rnn, lstm, gru): its gradients are sums over time."""
     return bool(getattr(_kind(layer), "recurrent", False))
+
+
+def gates_of(layer):
+    """The gates of a recurrent layer's kind, in column order: ("",) for the Elman cell (one block of
+    columns), i f g o (lstm), r z n (gru)."""
+    return tuple(_kind(layer).gates)
+
+
+def elman(layer):
+    """True for the Elman cell (one gate, an elementwise activation): the error through time is the
+    recursion of e and δ that `tracer check` recomputes from a person's numbers."""
+    return is_recurrent(layer) and gates_of(layer) == ("",)
 
 
 # ---------------------------------------------------------------- tracer chain
