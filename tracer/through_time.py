@@ -395,6 +395,7 @@ class TimeChain:
     constant: float | None     # the factor when it is the same at every time step
     sympy_total: float | None = None
     update_lines: list = field(default_factory=list)
+    only_last: bool = True     # only the last time step receives an error from above
 
 
 def explain(trace, which, l, index, step, slot, name, latex=False, evaluate=False, update_lines=()):
@@ -425,7 +426,7 @@ def explain(trace, which, l, index, step, slot, name, latex=False, evaluate=Fals
         constant = float(phi[0]) if np.all(phi == phi[0]) else None
     chain = TimeChain(name, step, sample, which, l, tuple(index), rec.cell, rec.steps, input_name, delta_name_, j, rows,
                       sum_over_time(parts), engine, batch, times, expression, definitions, scalar(rec), power, constant,
-                      update_lines=list(update_lines))
+                      update_lines=list(update_lines), only_last=_only_last(rec))
     if evaluate:
         chain.sympy_total = sympy_value(rec, which, l, index, names)
     return chain
@@ -552,8 +553,8 @@ def _legend(chain):
         out.append("a dense layer after a recurrent one with targets at every time step runs at every time step t: "
                    "its input a_t (the hidden states h_t below), δ_t = f'(u_t)·e_t, e_t = ∂E/∂a_t")
     elif chain.cell == "rnn":
-        out.append("f'[t] is the local slope f'(u_t) of the cell's activation; g[t] = ∂E/∂h_t arriving from above "
-                   "(from the layer above: at the last time step only)")
+        out.append("f'[t] is the local slope f'(u_t) of the cell's activation; g[t] = ∂E/∂h_t arriving from the layer "
+                   "above" + (" (at the last time step only)" if chain.only_last else " (at every time step)"))
         out.append("e[t] = ∂E/∂h_t, the error through time; δ[t] = ∂E/∂u_t")
     else:
         out.append(f"{chain.delta_name}[t, j] is the delta of the column's gate ∂E/∂u at time step t, as the engine "
