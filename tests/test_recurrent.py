@@ -5,7 +5,6 @@ finite differences (gradcheck), the records with a time index, and the templates
 computed from independent numbers."""
 from fractions import Fraction
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -289,12 +288,10 @@ def test_a_linear_scalar_rnn_multiplies_the_error_by_wh_at_every_time_step():
 
 # ---------------------------------------------------------------- the templates' phenomena
 
-STAGED = Path(__file__).parent / "recurrent_templates"   # until the recurrent workbook lands in templates/
-
-
 def load_template(name):
-    """A recurrent template: built in (templates/) or, before it joins them, from tests/recurrent_templates."""
-    return scenario_module.load(name if templates.exists(name) else str(STAGED / f"{name}.toml"))
+    """A built-in recurrent template."""
+    assert templates.exists(name), name
+    return scenario_module.load(name)
 
 
 def rel(a, b):
@@ -381,3 +378,31 @@ def test_gradcheck_passes_on_every_recurrent_template(name):
     report = gradcheck.check(trace, steps=(0,))
     assert len(report.checks) == sum(a[0].size for store in ("W", "b", "Wh", "bh") for a in trace._store(store) if a is not None)
     assert report.worst.error < 1e-6, report.worst
+
+
+def test_the_csv_time_column_of_a_recurrent_trace(tmp_path):
+    """Time-indexed rows carry their time step in the `time` column (after `value`); the per-sample
+    gradient sums and every dense-layer row leave it empty; the CSV is the row writer's, byte for byte,
+    and to_frame has the same rows."""
+    from tests.test_trace import read, reference_csv
+    x, t, w = problem("gru", 4, samples=2, time=3, units=2)
+    trace = engine.run(scenario_module.from_dict(raw_scenario("gru", None, x, t, w, "adam", steps=2)))
+    path = tmp_path / "trace.csv"
+    trace.write_csv(path)
+    assert path.read_bytes() == reference_csv(trace)
+    rows = read(path)
+    assert list(rows[0]) == ["step", "sample", "quantity", "layer", "row", "col", "value", "time"]
+
+    def pick(**match):
+        found = [r for r in rows if all(r[k] == str(v) for k, v in match.items())]
+        assert len(found) == 1, match
+        return float(found[0]["value"])
+    assert pick(step=1, sample=1, quantity="h", layer=1, row=1, time=2) == trace.norm["h"][0][1, 1, 2, 1]
+    assert pick(step=0, sample=0, quantity="grad_Wh", layer=1, row=1, col=4, time=2) == trace.norm["grad_Wh_time"][0][0, 0, 2, 1, 4]
+    assert pick(step=0, sample=0, quantity="grad_Wh", layer=1, row=1, col=4, time="") == trace.grad_Wh_sample[0][0, 0, 1, 4]
+    assert pick(step=0, sample="", quantity="Wh", layer=1, row=0, col=5, time="") == trace.Wh[0][0, 0, 5]
+    assert pick(step=1, sample="", quantity="exp_avg_bh", layer=1, row=3, time="") == trace.state[("exp_avg", "bh")][0][1, 3]
+    assert pick(step=2, sample="", quantity="bh", layer=1, row=3, time="") == trace.bh[0][2, 3]
+    assert all(r["time"] == "" for r in rows if r["layer"] == "2")
+    frame = trace.to_frame()
+    assert len(frame) == len(rows) and frame["time"].notna().sum() == sum(r["time"] != "" for r in rows)

@@ -27,9 +27,12 @@ from .trace import Trace
 class Pass(dict):
     """One forward and backward pass over a batch (arrays have the batch on axis 0), keyed as the
     trace's fields read it (records.Field.key): per layer lists u, a, slope, delta, h (f(u) before a
-    residual skip), e (∂E/∂a, None for the output layer), grad_W, grad_b (per sample), records (the
-    layer kinds' own values {key: array}); output_error (∂E/∂a⁽ᴸ⁾, None for fused losses) and
-    sample_loss. Items read as attributes too (result.u)."""
+    residual skip), e (∂E/∂a, None for the output layer), grad_W, grad_b (per sample; and grad_Wh,
+    grad_bh: one list per stored parameter name of the scenario, None on layers without it), records
+    (the layer kinds' own values {key: array}; a recurrent layer's: its cell's full record, see
+    tracer/layers/rnn.py); output_error (∂E/∂a⁽ᴸ⁾, None for fused losses) and sample_loss. A
+    recurrent layer has None for u, h, slope, delta (they are in its record, per time step) and a =
+    h_(T−1). Items read as attributes too (result.u)."""
 
     def __getattr__(self, name):
         try:

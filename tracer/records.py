@@ -93,7 +93,7 @@ class Field:
         """The CSV's time of each flattened value: the time step, or -1 (empty) without a time index."""
         if self.index.startswith("time-"):
             return np.arange(self.size) // (self.size // self.shape[0])
-        return np.full(max(self.size, 1) if self.index != "scalar" else 1, -1)
+        return np.full(self.rows_cols()[0].size, -1)
 
 
 def fields(scenario):

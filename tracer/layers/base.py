@@ -82,7 +82,8 @@ class ExcelColumns:
     """A family of Trace sheet columns a layer kind declares for layer l (its excel face): one per
     unit j, key (quantity, l, j) and header symbol with j and l (u₀⁽¹⁾); or, with per_unit False, one
     for the layer, key (quantity, l) and header symbol⁽ˡ⁾ (a per-sample scalar: layernorm's μ); the
-    functions below are then called with j = 0. The columns of one family are adjacent, in j order.
+    functions below are then called with j = 0. With `time` t set, the family holds the units of one
+    time step t of an unrolled recurrent cell: key (quantity, l, (t, j)), header u₀⁽¹⁾(t=3). The columns of one family are adjacent, in j order.
     `meaning` is a text or a function of j; `sample` / `total` are functions of j giving the formula
     body in the sample rows / the Σ rows (None: blank there)."""
 
@@ -93,6 +94,8 @@ class ExcelColumns:
     sample: object = None
     total: object = None
     per_unit: bool = True
+    time: int | None = None   # a family of time step t (recurrent cells): key (quantity, l, (t, j)),
+                              # header u₀⁽¹⁾(t=3); the functions above are still functions of j
 
 
 @dataclass(frozen=True)
@@ -105,9 +108,17 @@ class ExcelLayer:
     ref: Callable           # (key, place="r") -> the cell of the column of `key` in row {place}
     setting: Callable       # parameter -> the defined name of the layer's Settings cell (excel_settings)
     unit: Callable          # (symbol, layer, j) -> the symbol in header notation: u₀⁽¹⁾
+    steps: int = 0          # time steps T of a sequence scenario (0: the data has no time axis)
+    below_key: Callable = None   # i -> the key of the layer's input i, when the layer below is not read as a⁽ˡ⁻¹⁾ᵢ
+    above: Callable = None  # (j, t) -> (formula body, text) of the error ∂E/∂a⁽ˡ⁾ⱼ the layer above passes
+                            # down (at time step t; None where nothing arrives); kinds with their own error columns
+    activation_params: dict = None   # the defined names of the layer's activation parameters (Settings cells)
 
     def below(self, i):
-        """The key of a⁽ˡ⁻¹⁾ᵢ, the layer's input i: the network's input x for layer 1."""
+        """The key of a⁽ˡ⁻¹⁾ᵢ, the layer's input i: the network's input x for layer 1 (a recurrent layer
+        below is read at its last time step, h⁽ˡ⁻¹⁾ᵢ at t = T−1: `below_key`)."""
+        if self.below_key is not None:
+            return self.below_key(i)
         return ("x", 0, i) if self.l == 1 else ("a", self.l - 1, i)
 
 
@@ -280,6 +291,27 @@ class LayerKind:
         """Settings cells the layer's formulas read: (parameter, defined name, value, label) each
         (batchnorm: ("eps", "bn_eps_2", 1e-5, "layer 2 batchnorm: eps")); x.setting(parameter) names it."""
         return ()
+
+    def excel_unrolled(self, layer):
+        """True when the kind declares ALL its Trace columns itself, unrolled through time (recurrent
+        cells): excel_forward gives every forward column (f(u) included) and excel_backward every
+        backward one (the error through time and the deltas included); the layout adds none."""
+        return False
+
+    def excel_parameters(self, layer, fan_in, units):
+        """(which, shape, is_bias) of each parameter array in sheet order (stored_params: W then b;
+        recurrent cells W, b, Wh, bh). A bias (bias_params) is frozen when train_bias is false."""
+        names, biases = getattr(self, "stored_params", ("W", "b")), getattr(self, "bias_params", ("b",))
+        return tuple((name, shape, name in biases) for name, shape in zip(names, self.param_shapes(fan_in, units)))
+
+    def excel_gradient(self, layer, x, which, index):
+        """(formula body, text) of the per-sample ∂E/∂θ of parameter `which` at `index` (the default
+        reads excel_grad_W / excel_grad_b)."""
+        return self.excel_grad_W(layer, x, *index) if which == "W" else self.excel_grad_b(layer, x, *index)
+
+    def excel_output(self, layer, l, i, steps):
+        """The key of the value the layer above reads as its input i: a⁽ˡ⁾ᵢ (recurrent cells: h at t = T−1)."""
+        return ("a", l, i)
 
     def excel_forward(self, layer, x):
         """The columns of the forward pass up to u, in sheet order (ExcelColumns each): dense u;

@@ -99,13 +99,94 @@ def backward(record, dE_dh, W, Wh):
     return dict(record, **out, **parameter_gradients(record, W, delta_x, delta_h))
 
 
+# ---- the Excel face (the Trace sheet unrolled through time) --------------------------------------
+
+from .rnn import RecurrentExcel  # noqa: E402
+
+
+class GruExcel(RecurrentExcel):
+    """The GRU's columns at time t (formulas in the module docstring's order of arithmetic):
+    forward u_r, r, u_z, z, hn = h_{t−1}·Wh_n + bh_n, u_n = x_t·W_n + b_n + r·hn, n, h_t = (1 − z)·n +
+    z·h_{t−1} (h₋₁ = 0 written as 0), the slopes r', z', n'; backward e_time = Σ_m Wh[k,m]·δh_{t+1}[m]
+    + e_{t+1}·z_{t+1} (t < T−1), e_t, δ_n = e·(1 − z)·n', δ_z = e·(h_{t−1} − n)·z', δ_r = δ_n·hn·r',
+    δ_hn = δ_n·r (what the n columns of Wh and bh see)."""
+
+    excel_gate_names = GATES
+
+    def excel_delta_x(self, x, gate, t, j):
+        return (f"delta_{gate}", x.l, (t, j))
+
+    def excel_delta_h(self, x, gate, t, j):
+        return ("delta_hn" if gate == "n" else f"delta_{gate}", x.l, (t, j))
+
+    def excel_step_forward(self, layer, x, t):
+        from .base import ExcelColumns
+        from .. import activations
+        l, group = x.l, f"layer {x.l} forward, t = {t}"
+        at = lambda name, j: x.ref((name, l, (t, j)))  # noqa: E731
+        name = lambda symbol, j: self.excel_timed(x, symbol, l, j, t)  # noqa: E731
+        sigmoid, tanh = activations.get("sigmoid"), activations.get("tanh")
+        h_prev = lambda j: self.excel_previous(x, "h", t, j)  # noqa: E731
+
+        def gate(k):
+            return [ExcelColumns(group, f"u_{k}", f"u_{k}", self.excel_u_meaning(x, f"u_{k}", k, t),
+                                 sample=lambda j: self.excel_preactivation(x, t, k, j), time=t),
+                    ExcelColumns(group, k, k, lambda j: f"{name(k, j)} = σ({name('u_' + k, j)})",
+                                 sample=lambda j: sigmoid.excel_value(at(f"u_{k}", j), {}), time=t)]
+
+        def candidate_input(j):
+            return f"{self.excel_input_terms(x, t, self.excel_column(x, 'n', j))}+{at('r', j)}*{at('hn', j)}"
+        slopes = [ExcelColumns(group, f"slope_{k}", f"{k}'", f"local slope of gate {k}",
+                               sample=lambda j, k=k, act=act: act.excel_slope(at(f"u_{k}", j), at(k, j), {}), time=t)
+                  for k, act in (("r", sigmoid), ("z", sigmoid), ("n", tanh))]
+        return gate("r") + gate("z") + [
+            ExcelColumns(group, "hn", "hn", lambda j: f"recurrent part of the candidate: Σₖ h(t−1)ₖ·Wh{l}[k,{self.excel_column(x, 'n', j)}] + "
+                         f"bh{l}[{self.excel_column(x, 'n', j)}]" + (" (h₋₁ = 0)" if t == 0 else ""),
+                         sample=lambda j: self.excel_recurrent_terms(x, t, self.excel_column(x, "n", j)), time=t),
+            ExcelColumns(group, "u_n", "u_n", lambda j: f"{name('u_n', j)} = Σᵢ xᵢ·W{l}[i,{self.excel_column(x, 'n', j)}] + "
+                         f"b{l}[{self.excel_column(x, 'n', j)}] + r·hn", sample=candidate_input, time=t),
+            ExcelColumns(group, "n", "n", lambda j: f"candidate {name('n', j)} = tanh({name('u_n', j)})",
+                         sample=lambda j: tanh.excel_value(at("u_n", j), {}), time=t),
+            ExcelColumns(group, "h", "h", lambda j: f"hidden state {name('h', j)} = (1 − z)·n + z·h(t−1)" + (" (h₋₁ = 0)" if t == 0 else ""),
+                         sample=lambda j: f"(1-{at('z', j)})*{at('n', j)}+{at('z', j)}*{h_prev(j)}", time=t),
+        ] + slopes
+
+    def excel_back_terms(self, x, t, k):
+        """Σ_m Wh[k,m]·δh_{t+1}[m] + e_{t+1}·z_{t+1}: through Wh, and through the z·h_{t−1} path."""
+        through = super().excel_back_terms(x, t, k)
+        return f"{through}+{x.ref(('e', x.l, (t + 1, k)))}*{x.ref(('z', x.l, (t + 1, k)))}"
+
+    def excel_step_backward(self, layer, x, t):
+        from .base import ExcelColumns
+        l, T, group = x.l, x.steps, f"layer {x.l} backward, t = {t}"
+        at = lambda name, j: x.ref((name, l, (t, j)))  # noqa: E731
+        last = t == T - 1
+        columns = []
+        if not last:
+            columns.append(ExcelColumns(
+                group, "e_time", "e→", lambda j: f"the error reaching h_t from step t+1: Σₘ Wh{l}[{j},m]·δhₘ(t={t + 1}) + e(t+1)·z(t+1)",
+                sample=lambda j: self.excel_back_terms(x, t, j), time=t))
+        through = (lambda j: None) if last else (lambda j: at("e_time", j))  # noqa: E731
+        h_prev = lambda j: self.excel_previous(x, "h", t, j)  # noqa: E731
+        return columns + [
+            ExcelColumns(group, "e", "e", lambda j: "e_t = ∂E/∂h_t: " + self.excel_error(x, t, j, through(j))[1],
+                         sample=lambda j: self.excel_error(x, t, j, through(j))[0], time=t),
+            ExcelColumns(group, "delta_n", "δ_n", "δ_n = ∂E/∂u_n = e·(1 − z)·n'",
+                         sample=lambda j: f"{at('e', j)}*(1-{at('z', j)})*{at('slope_n', j)}", time=t),
+            ExcelColumns(group, "delta_z", "δ_z", "δ_z = ∂E/∂u_z = e·(h(t−1) − n)·z'" + (" (h₋₁ = 0)" if t == 0 else ""),
+                         sample=lambda j: f"{at('e', j)}*({h_prev(j)}-{at('n', j)})*{at('slope_z', j)}", time=t),
+            ExcelColumns(group, "delta_r", "δ_r", "δ_r = ∂E/∂u_r = δ_n·hn·r'",
+                         sample=lambda j: f"{at('delta_n', j)}*{at('hn', j)}*{at('slope_r', j)}", time=t),
+            ExcelColumns(group, "delta_hn", "δ_hn", "δ_hn = ∂E/∂hn = δ_n·r (what the n columns of Wh, bh see)",
+                         sample=lambda j: f"{at('delta_n', j)}*{at('r', j)}", time=t),
+        ]
 # ---- the layer kind ------------------------------------------------------------------------------
 import sys as _sys  # noqa: E402
 
 from .rnn import Recurrent  # noqa: E402
 
 
-class Gru(Recurrent):
+class Gru(GruExcel, Recurrent):
     """torch.nn.GRU's cell through time (see Recurrent for the scenario, parameters and records)."""
 
     name = "gru"

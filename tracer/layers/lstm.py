@@ -106,13 +106,87 @@ def backward(record, dE_dh, W, Wh):
     return dict(record, **out, **parameter_gradients(record, W, delta, delta))
 
 
+# ---- the Excel face (the Trace sheet unrolled through time) --------------------------------------
+
+from .rnn import RecurrentExcel  # noqa: E402
+
+
+class LstmExcel(RecurrentExcel):
+    """The LSTM's columns at time t (formulas in the module docstring's order of arithmetic):
+    forward u_i u_f u_g u_o, i f g o, their slopes, c_t = f·c_{t−1} + i·g (c₋₁ = 0 written as 0),
+    tanh(c_t), tanh'(c_t), h_t = o·tanh(c_t); backward e_time (t < T−1), e_t, ec_time (t < T−1),
+    ec_t = e·o·tanh'(c_t) + ec_time, δ_i = ec·g·i', δ_f = ec·c_{t−1}·f', δ_g = ec·i·g', δ_o = e·tanh(c)·o'."""
+
+    excel_gate_names = GATES
+
+    def excel_delta_x(self, x, gate, t, j):
+        return (f"delta_{gate}", x.l, (t, j))
+
+    def excel_step_forward(self, layer, x, t):
+        from .base import ExcelColumns
+        from .. import activations
+        l, group = x.l, f"layer {x.l} forward, t = {t}"
+        at = lambda name, j: x.ref((name, l, (t, j)))  # noqa: E731
+        name = lambda symbol, j: self.excel_timed(x, symbol, l, j, t)  # noqa: E731
+        columns = [ExcelColumns(group, f"u_{k}", f"u_{k}", self.excel_u_meaning(x, f"u_{k}", k, t),
+                                sample=lambda j, k=k: self.excel_preactivation(x, t, k, j), time=t) for k in GATES]
+        for k in GATES:
+            act = activations.get(GATE_ACTIVATIONS[k])
+            columns.append(ExcelColumns(group, k, k, lambda j, k=k, act=act: f"{name(k, j)} = {act.symbol}({name('u_' + k, j)})",
+                                        sample=lambda j, k=k, act=act: act.excel_value(at(f"u_{k}", j), {}), time=t))
+        for k in GATES:
+            act = activations.get(GATE_ACTIVATIONS[k])
+            columns.append(ExcelColumns(group, f"slope_{k}", f"{k}'", f"local slope {act.symbol}'(u_{k}) of gate {k}",
+                                        sample=lambda j, k=k, act=act: act.excel_slope(at(f"u_{k}", j), at(k, j), {}), time=t))
+        tanh = activations.get("tanh")
+        c_prev = lambda j: self.excel_previous(x, "c", t, j)  # noqa: E731
+        columns += [
+            ExcelColumns(group, "c", "c", lambda j: f"cell state {name('c', j)} = f·c(t−1) + i·g" + (" (c₋₁ = 0)" if t == 0 else ""),
+                         sample=lambda j: f"{at('f', j)}*{c_prev(j)}+{at('i', j)}*{at('g', j)}", time=t),
+            ExcelColumns(group, "tanh_c", "tanh(c)", "tanh(c_t)", sample=lambda j: tanh.excel_value(at("c", j), {}), time=t),
+            ExcelColumns(group, "slope_c", "tanh'(c)", "tanh'(c_t) = 1 − tanh²(c_t)",
+                         sample=lambda j: tanh.excel_slope(at("c", j), at("tanh_c", j), {}), time=t),
+            ExcelColumns(group, "h", "h", lambda j: f"hidden state {name('h', j)} = o·tanh(c_t)",
+                         sample=lambda j: f"{at('o', j)}*{at('tanh_c', j)}", time=t),
+        ]
+        return columns
+
+    def excel_step_backward(self, layer, x, t):
+        from .base import ExcelColumns
+        l, T, group = x.l, x.steps, f"layer {x.l} backward, t = {t}"
+        at = lambda name, j, s=t: x.ref((name, l, (s, j)))  # noqa: E731
+        last = t == T - 1
+        columns = []
+        if not last:
+            columns.append(ExcelColumns(
+                group, "e_time", "e→", lambda j: f"the error reaching h_t from step t+1: Σₘ Wh{l}[{j},m]·δₘ(t={t + 1}) over the 4U gate columns",
+                sample=lambda j: self.excel_back_terms(x, t, j), time=t))
+        through = (lambda j: None) if last else (lambda j: at("e_time", j))  # noqa: E731
+        columns.append(ExcelColumns(group, "e", "e", lambda j: "e_t = ∂E/∂h_t: " + self.excel_error(x, t, j, through(j))[1],
+                                    sample=lambda j: self.excel_error(x, t, j, through(j))[0], time=t))
+        if not last:
+            columns.append(ExcelColumns(group, "ec_time", "ec→", "the part of ∂E/∂c_t from step t+1: ec(t+1)·f(t+1)",
+                                        sample=lambda j: f"{at('ec', j, t + 1)}*{at('f', j, t + 1)}", time=t))
+        ec = lambda j: f"{at('e', j)}*{at('o', j)}*{at('slope_c', j)}" + ("" if last else f"+{at('ec_time', j)}")  # noqa: E731
+        c_prev = lambda j: self.excel_previous(x, "c", t, j)  # noqa: E731
+        columns += [
+            ExcelColumns(group, "ec", "ec", "ec_t = ∂E/∂c_t = e·o·tanh'(c_t)" + ("" if last else " + ec_time"),
+                         sample=ec, time=t),
+            ExcelColumns(group, "delta_i", "δ_i", "δ_i = ec·g·i'", sample=lambda j: f"{at('ec', j)}*{at('g', j)}*{at('slope_i', j)}", time=t),
+            ExcelColumns(group, "delta_f", "δ_f", "δ_f = ec·c(t−1)·f'" + (" (c₋₁ = 0)" if t == 0 else ""),
+                         sample=lambda j: f"{at('ec', j)}*{c_prev(j)}*{at('slope_f', j)}", time=t),
+            ExcelColumns(group, "delta_g", "δ_g", "δ_g = ec·i·g'", sample=lambda j: f"{at('ec', j)}*{at('i', j)}*{at('slope_g', j)}", time=t),
+            ExcelColumns(group, "delta_o", "δ_o", "δ_o = e·tanh(c_t)·o'",
+                         sample=lambda j: f"{at('e', j)}*{at('tanh_c', j)}*{at('slope_o', j)}", time=t),
+        ]
+        return columns
 # ---- the layer kind ------------------------------------------------------------------------------
 import sys as _sys  # noqa: E402
 
 from .rnn import Recurrent  # noqa: E402
 
 
-class Lstm(Recurrent):
+class Lstm(LstmExcel, Recurrent):
     """torch.nn.LSTM's cell through time (see Recurrent for the scenario, parameters and records)."""
 
     name = "lstm"

@@ -145,10 +145,8 @@ class DiagnosisLayout:
         total = self.layout.total_row(step)
         first, last = total - len(self.trace.samples(step)), total - 1
         for l in range(1, L + 1):
-            rows, units = self.trace.W[l - 1].shape[1:]
-            last_update = ("update_b", l, (units - 1,)) if s.layers[l - 1].train_bias else ("update_W", l, (rows - 1, units - 1))
-            up = f"Trace!{self.layout.cell(('update_W', l, (0, 0)))}{total}:{self.layout.cell(last_update)}{total}"
-            theta = f"Trace!{self.layout.cell(('W', l, (0, 0)))}{total}:{self.layout.cell(('b', l, (s.widths[l] - 1,)))}{total}"
+            up = "Trace!{}{total}:{}{total}".format(*self.layout.parameter_span(l, "update_", trained_only=True), total=total)
+            theta = "Trace!{}{total}:{}{total}".format(*self.layout.parameter_span(l), total=total)
             cells[("update", l)] = f"=SQRT(SUMSQ({up}))/SQRT(SUMSQ({theta}))"
         ratios = f"{c[('update', 1)]}{r}:{c[('update', L)]}{r}"
         cells["update_flag"] = (f'=IF(COUNTIF({ratios},">"&threshold_update_unstable)>0,"unstable",'
