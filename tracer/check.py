@@ -358,7 +358,7 @@ class Local:
             # numbers are compared); the batch sums, updates and parameters keep theirs
             if key.time is not None or (key.sample is not None and (key.quantity.startswith("grad_") or key.quantity == "loss")):
                 return False
-        if key.layer and self._recurrent(key.layer) and self.s.layers[key.layer - 1].kind != "rnn":
+        if key.layer and self._recurrent(key.layer) and not self._elman(key.layer):
             # lstm, gru: the gradient's sums over time and contributions (from the engine's gate δ)
             return key.quantity.startswith("grad_") or key.quantity.startswith("update_") or key.quantity in PARAMETERS
         return True
@@ -366,6 +366,10 @@ class Local:
     def _recurrent(self, l):
         from . import through_time
         return through_time.is_recurrent(self.s.layers[l - 1])
+
+    def _elman(self, l):
+        from . import through_time
+        return through_time.elman(self.s.layers[l - 1])
 
     def __call__(self, key, get):
         q, l, t, smp = key.quantity, key.layer, key.step, key.sample
@@ -461,7 +465,7 @@ class Local:
         if q.startswith("grad_"):
             which = parameter_of(q)
             m = index[-1]
-            if layer.kind == "rnn":
+            if through_time.elman(layer):
                 delta = at("delta", m, k)
             else:
                 slot = self.trace.samples(t).tolist().index(smp)
@@ -513,7 +517,7 @@ class Local:
             raise ValueError("a recurrent layer is never the output layer")
         if not through_time.is_recurrent(above) and not per_time:
             return self.error(l, j, t, smp, get) if k == T - 1 else 0.0
-        if through_time.is_recurrent(above) and above.kind != "rnn":
+        if through_time.is_recurrent(above) and not through_time.elman(above):
             slot = self.trace.samples(t).tolist().index(smp)
             return float(through_time.record(self.trace, l, t, slot).values["above"][k, j])
         units = s.widths[l + 1]

@@ -93,7 +93,7 @@ def unit_values(trace, name, l, step, n):
         try:
             return through_time.time_values(trace, name, l)[step, :n].reshape(-1, layer.units)
         except KeyError:     # lstm, gru: u and slope per gate (u_i, slope_f, ...), every gate's rows
-            gates = through_time.GATES[layers.of(layer).name]
+            gates = through_time.gates_of(layer)
             return np.concatenate([through_time.time_values(trace, f"{name}_{g}", l)[step, :n].reshape(-1, layer.units)
                                    for g in gates])
     values = getattr(trace, name)[l - 1][step, :n]

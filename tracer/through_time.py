@@ -326,10 +326,10 @@ def record(trace, l, step, slot):
     values["x"] = np.asarray(s.inputs[sample], dtype=float) if l == 1 else _time_array(trace, "h", l - 1, step, slot)
     h = values["h"]
     values["h_prev"] = np.concatenate([np.zeros_like(h[:1]), h[:-1]], axis=0)
-    if cell == "rnn":
+    if elman(layer):
         values["delta_x"] = values["delta_h"] = values["delta"]
     else:
-        gates = GATES[cell]
+        gates = gates_of(layer)
         values["delta_x"] = np.concatenate([values[f"delta_{k}"] for k in gates], axis=1)
         values["delta_h"] = np.concatenate([values["delta_hn" if k == "n" else f"delta_{k}"] for k in gates], axis=1)
     with np.errstate(invalid="ignore"):
@@ -338,7 +338,7 @@ def record(trace, l, step, slot):
     values["above"] = above
     params = [trace.parameters(step)[name][l - 1] if hasattr(trace, "parameters") else getattr(trace, name)[l - 1][step]
               for name in ("W", "Wh", "b", "bh")]
-    activation = layer.activation if cell == "rnn" else "tanh"
+    activation = layer.activation if elman(layer) else "tanh"
     return TimeRecord(cell, activation, dict(activations.get(activation).params, **layer.activation_params),
                       *(np.asarray(p, dtype=float) for p in params), values)
 
@@ -351,6 +351,18 @@ def _kind(layer):
 def is_recurrent(layer):
     """True for a layer of a recurrent kind (rnn, lstm, gru): its gradients are sums over time."""
     return bool(getattr(_kind(layer), "recurrent", False))
+
+
+def gates_of(layer):
+    """The gates of a recurrent layer's kind, in column order: ("",) for the Elman cell (one block of
+    columns), i f g o (lstm), r z n (gru)."""
+    return tuple(_kind(layer).gates)
+
+
+def elman(layer):
+    """True for the Elman cell (one gate, an elementwise activation): the error through time is the
+    recursion of e and δ that `tracer check` recomputes from a person's numbers."""
+    return is_recurrent(layer) and gates_of(layer) == ("",)
 
 
 # ---------------------------------------------------------------- tracer chain
@@ -383,6 +395,7 @@ class TimeChain:
     constant: float | None     # the factor when it is the same at every time step
     sympy_total: float | None = None
     update_lines: list = field(default_factory=list)
+    only_last: bool = True     # only the last time step receives an error from above
 
 
 def explain(trace, which, l, index, step, slot, name, latex=False, evaluate=False, update_lines=()):
@@ -413,7 +426,7 @@ def explain(trace, which, l, index, step, slot, name, latex=False, evaluate=Fals
         constant = float(phi[0]) if np.all(phi == phi[0]) else None
     chain = TimeChain(name, step, sample, which, l, tuple(index), rec.cell, rec.steps, input_name, delta_name_, j, rows,
                       sum_over_time(parts), engine, batch, times, expression, definitions, scalar(rec), power, constant,
-                      update_lines=list(update_lines))
+                      update_lines=list(update_lines), only_last=_only_last(rec))
     if evaluate:
         chain.sympy_total = sympy_value(rec, which, l, index, names)
     return chain
@@ -540,8 +553,8 @@ def _legend(chain):
         out.append("a dense layer after a recurrent one with targets at every time step runs at every time step t: "
                    "its input a_t (the hidden states h_t below), δ_t = f'(u_t)·e_t, e_t = ∂E/∂a_t")
     elif chain.cell == "rnn":
-        out.append("f'[t] is the local slope f'(u_t) of the cell's activation; g[t] = ∂E/∂h_t arriving from above "
-                   "(from the layer above: at the last time step only)")
+        out.append("f'[t] is the local slope f'(u_t) of the cell's activation; g[t] = ∂E/∂h_t arriving from the layer "
+                   "above" + (" (at the last time step only)" if chain.only_last else " (at every time step)"))
         out.append("e[t] = ∂E/∂h_t, the error through time; δ[t] = ∂E/∂u_t")
     else:
         out.append(f"{chain.delta_name}[t, j] is the delta of the column's gate ∂E/∂u at time step t, as the engine "
