@@ -507,7 +507,7 @@ def _floor_sentence(d):
         share = []
         for step in range(t.steps):
             n = len(t.samples(step))
-            values = t.u[l - 1][step, :n, u]
+            values = unit_values(t, "u", l, step, n)[:, u]   # a recurrent layer: every (sample, time step)
             share.extend(np.isfinite(values) & (values <= 0))
         parts.append(f"layer {l} unit {u} (from step {t.first_step + st}, at its floor for {np.mean(share):.0%} of the samples)")
     names = sorted({s.layers[l - 1].activation for l, _ in d.dead})
@@ -687,7 +687,9 @@ def stall_series(trace, norms=None):
     depth = np.array([[_ratio(norms[t, l], norms[t, L - 1]) for l in range(L - 1)] for t in range(T)]).reshape(T, L - 1)
     with np.errstate(invalid="ignore"):
         deep = np.sum(depth < th["depth_ratio"], axis=1).astype(float)
-    update = np.array([[_ratio(_layer_norm([trace.update_W[l], trace.update_b[l]], t), _layer_norm([trace.W[l], trace.b[l]], t))
+    stored = [layers.of(layer).stored_params for layer in s.layers]   # W, b (recurrent: W, b, Wh, bh)
+    update = np.array([[_ratio(_layer_norm([getattr(trace, f"update_{p}")[l] for p in stored[l]], t),
+                               _layer_norm([getattr(trace, p)[l] for p in stored[l]], t))
                         for l in range(L)] for t in range(T)])
     update_flag = []
     with np.errstate(invalid="ignore"):

@@ -165,8 +165,7 @@ def clip(scenario, grads, trace, step):
     by layer in each kind's order (W, b; W, b, Wh, bh); ‖g‖ and c are recorded per step.
     `grads` {name: per layer array or None}; returns the clipped gradients in the same form."""
     order = [(name, l) for l, layer in enumerate(scenario.layers) for name in layers.of(layer).stored_params]
-    trained = [layer.train_bias or name not in layers.of(layer).bias_params
-               for name, l in order for layer in (scenario.layers[l],)]
+    trained = [scenario.layers[l].train_bias or name not in layers.of(scenario.layers[l]).bias_params for name, l in order]
     clipped, norm, factor = procedures.clip_gradients([grads[name][l] for name, l in order], trained,
                                                       scenario.clip_norm, scenario.clip_value)
     if norm is not None:

@@ -274,6 +274,13 @@ class TraceLayout:
             return None
         return 1 + max(l for l, layer in enumerate(s.layers, start=1) if layers.of(layer).excel_unrolled(layer))
 
+    def through_time(self, l):
+        """True for a layer whose columns repeat per time step (a recurrent cell, or a layer after one
+        with targets per time step): the sheets that read one column per unit leave it out."""
+        layer = self.scenario.layers[l - 1]
+        first = self.timed_from()
+        return layers.of(layer).excel_unrolled(layer) or (first is not None and l >= first)
+
     def _timed_key(self, key, t):
         """`key` at time step t when it names a per-time quantity: (q, l, j) of a layer from timed_from,
         h of the last recurrent layer, the targets; other keys unchanged."""

@@ -100,7 +100,10 @@ def check_limits(layout):
             if template and len(template.format(**big)) + 1 > MAX_FORMULA:
                 layer = column.key[1] if len(column.key) > 1 and isinstance(column.key[1], int) else None
                 steps = layout_module.time_steps(layout.scenario)
-                if steps and layer and layers.of(layout.scenario.layers[layer - 1]).excel_unrolled(layout.scenario.layers[layer - 1]):
+                timed = layout.timed_from()
+                through_time = (layer and layers.of(layout.scenario.layers[layer - 1]).excel_unrolled(layout.scenario.layers[layer - 1])
+                                or timed and (layer is None or layer >= timed))   # a sum over the time steps
+                if steps and through_time:
                     raise LimitError(
                         f"the formula of column {column.header} would be longer than the spreadsheet limit of "
                         f"{MAX_FORMULA} characters: it sums {steps} time steps; use shorter sequences "
@@ -115,9 +118,6 @@ def check_limits(layout):
 def table_layouts(trace, layout, parameters=(), findings=None):
     """The Steps, Diagnosis, ChainRule and Histograms sheets' layouts (each: title, headers, rows, expected)."""
     steps_layout = steps_module.StepsLayout(trace, layout)
-    if any(layers.of(layer).excel_unrolled(layer) for layer in trace.scenario.layers):
-        # recurrent cells: the Diagnosis and ChainRule sheets through time are not written yet
-        return [steps_layout, histograms.HistogramLayout(trace, layout, steps_layout)]
     if findings is None:
         findings = diagnose_module.diagnose(trace).findings
     return [steps_layout, diagnosis.DiagnosisLayout(trace, layout, steps_layout, findings),
