@@ -446,3 +446,14 @@ def test_why_names_the_sum_over_time_of_a_dense_layer_at_every_time_step():
     i = name[3]
     assert f"Σ_t h1_t[{i}]·δ_t over 4 time steps" in text and f"{explained.total:.4g}" in text
     assert abs(explained.batch) == np.abs(trace.grad_W[1][0]).max()
+
+
+def test_a_hand_check_through_101_time_steps_stays_shallow(tmp_path):
+    """e₀ reads δ₁, which reads e₁, ... up to the last time step: recomputed in the order of the
+    computation, not by a recursion 100 time steps deep (the fuzz campaign's RecursionError)."""
+    trace = _template("rnn-exploding")
+    results = _check(trace, ["e1[0]~0,1", "h1[0]~100,1", f"e1[0]~3,{check.engine_value(trace, check.parse_name('e1[0]~3', trace))!r}"],
+                     tmp_path)
+    assert [r.right for r in results] == [False, True, False]
+    first = next(r for r in results if r.entry.text == "e1[0]~0")
+    assert "delta1[0]~0" not in first.explanation      # no factor that follows from the number itself

@@ -615,12 +615,34 @@ class _Values:
             return self.written[key]
         if key.quantity in PARAMETERS or not self.local.inputs(key):
             return engine_value(self.trace, key)
+        if key.time is not None and key not in self.memo:
+            self._through_time_first(key)
         if key not in self.memo:
             plain = _Values(self.trace, self.written, local=self.local, memo=self.memo)
             self.memo[key] = (self.local(key, plain), plain.used)
         value, used = self.memo[key]
         self.used.update(used)
         return value
+
+
+    def _through_time_first(self, key):
+        """Recompute, once per step and sample, the Elman layers' values through time in the order of
+        the computation (h forward from time step 0, δ backward from the last), so that a value at one
+        time step reads its neighbour's from the memo: the recursion through time stays one step deep
+        whatever the length of the sequences. The warm-up's keys are not counted as used by `key`."""
+        done = self.local.__dict__.setdefault("through_time_done", set())
+        if (key.step, key.sample, id(self.memo)) in done:
+            return
+        done.add((key.step, key.sample, id(self.memo)))
+        s = self.trace.scenario
+        elman = [l for l in range(1, len(s.layers) + 1) if self.local._elman(l)]
+        plain = _Values(self.trace, self.written, local=self.local, memo=self.memo)
+        T = s.inputs.shape[1]
+        for quantity, order, layers_order in (("h", range(T), elman), ("delta", range(T - 1, -1, -1), elman[::-1])):
+            for l in layers_order:
+                for k in order:
+                    for j in range(s.layers[l - 1].units):
+                        plain._value(Key(quantity, l, (j,), key.step, key.sample, k))
 
 
 def check(trace, entries):
@@ -806,6 +828,11 @@ def _substitution(trace, local, written, key, person, tol):
     local(key, probe)
     for factor in dict.fromkeys(probe.direct):
         for other, where in _alternatives(trace, factor):
+            if other.time is not None:        # through time a neighbour may follow from `key` itself (δ_t from e_t)
+                reads = _Values(trace, written, local=local)
+                reads(other)
+                if key in reads.used:
+                    continue
             values = _Values(trace, written, {factor: other}, local=local)
             if _matches(local(key, values), person, tol):
                 return (f"the factor {factor.label(trace.scenario)} was taken from {where}: "
