@@ -20,7 +20,7 @@ LEVELS = {
     **dict.fromkeys(["activations", "losses", "optim", "init", "layers", "notation", "procedures", "ieee", "errors",
                      "inputs", "templates", "output", "datasets", "libreoffice", "gnumeric", "xlsxread"], 0),
     **dict.fromkeys(["engine", "trace", "records", "scenario"], 1),
-    **dict.fromkeys(["chain", "diagnose", "check", "gradcheck"], 2),
+    **dict.fromkeys(["chain", "diagnose", "check", "gradcheck", "through_time"], 2),
     "workbook": 3,
     **dict.fromkeys(["verify", "sweep", "cli", "pytorch", "", "__main__"], 4),
 }
