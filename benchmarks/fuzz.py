@@ -204,7 +204,7 @@ NAME_KEYS = {  # key -> a few wrong names for it
     "activation": ["sigmoidd", "ReLU", "", "softmax", "tanh ", "leaky-relu", "swish", "relu6", "Identity"],
     "init": ["kaiming", "xavier", "Uniform", "", "he", "orthogonal", "explicit"],
     "bias_init": ["glorot", "zeros", "", "explicit", "Constant"],
-    "kind": ["conv", "BatchNorm", "", "layernorm", "dense ", "residual"],
+    "kind": ["conv", "BatchNorm", "", "layer_norm", "dense ", "residual"],
     "normalize": ["zscore", "Standard", "", "minmax ", "l2"],
     "reduction": ["avg", "Mean", "", "none", "sum "],
     "schedule": ["cosine", "Step", "", "linear"],

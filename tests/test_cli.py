@@ -324,7 +324,7 @@ def test_killed_runs_leave_every_target_as_it_was_or_complete(tmp_path):
         assert new_csv == new_workbook, (moment, "one target is new, the other old")
         if new_csv:
             lines = trace_csv.read_text().splitlines()
-            assert lines[0] == "step,sample,quantity,layer,row,col,value" and lines[-1].startswith("20000,,b,1,0,,")
+            assert lines[0] == "step,sample,quantity,layer,row,col,value,time" and lines[-1].startswith("20000,,b,1,0,,")
             with zipfile.ZipFile(workbook) as opened:
                 assert opened.testzip() is None
         assert sorted(p.name for p in folder.iterdir()) == ["run.csv", "run.xlsx"], moment

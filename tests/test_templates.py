@@ -55,7 +55,7 @@ def test_deep_sigmoid_first_layer_gradient_is_orders_below_last():
 @pytest.mark.parametrize("remedy,twin", [("normalized-inputs", "sigmoid-vanishing"), ("small-lr", "leaky-relu-explosion"),
                                          ("clipped-explosion", "leaky-relu-explosion"),
                                          ("xavier-tanh", "deep-sigmoid"), ("he-relu-deep", "deep-sigmoid"),
-                                         ("batchnorm-deep", "deep-sigmoid")])
+                                         ("batchnorm-deep", "deep-sigmoid"), ("layernorm-deep", "deep-sigmoid")])
 def test_remedies_learn_where_their_twin_does_not(remedy, twin):
     fixed, broken = run(remedy), run(twin)
     assert np.isfinite(fixed.loss).all()
@@ -66,6 +66,21 @@ def test_remedies_learn_where_their_twin_does_not(remedy, twin):
         assert not np.isfinite(broken.loss).all()
     else:
         assert ratio_fixed > 10 * ratio_broken   # the first layer gets its gradient back
+
+
+def test_layernorm_deep_gives_the_first_layer_its_gradient_back():
+    fixed, broken = run("layernorm-deep"), run("deep-sigmoid")
+    assert [layer.kind for layer in fixed.scenario.layers] == ["dense", "layernorm"] * 5 + ["dense"]
+    assert fixed.scenario.inputs.tolist() == broken.scenario.inputs.tolist()
+    # every sigmoid sees, per sample, x̂ with mean 0 and variance σ²/(σ² + eps) over its four units
+    for l in range(1, 10, 2):
+        xhat = fixed.norm["xhat"][l][0]
+        np.testing.assert_allclose(xhat.mean(axis=1), 0, atol=1e-12)
+        np.testing.assert_allclose(xhat.var(axis=1), 1, rtol=1e-3)
+    share_fixed = fixed.gradient_norm(1)[0] / fixed.gradient_norm(fixed.layers)[0]
+    share_broken = broken.gradient_norm(1)[0] / broken.gradient_norm(broken.layers)[0]
+    assert share_fixed > 10 * share_broken
+    assert np.isfinite(fixed.loss).all() and fixed.loss[-1] < 0.5 * fixed.loss[0]
 
 
 def test_linear_regression_worked_example():

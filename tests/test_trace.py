@@ -60,7 +60,8 @@ def test_bytes_needed_is_what_allocate_takes(name, steps):
     trace = Trace.allocate(loaded, schedule)
     arrays = [schedule, trace.output_error, trace.sample_loss, trace.loss, trace.lr, trace.grad_norm, trace.clip_factor]
     for quantity in ("u", "a", "slope", "delta", "h", "error", "W", "b", "grad_W_sample", "grad_b_sample",
-                     "grad_W", "grad_b", "update_W", "update_b"):
+                     "grad_W", "grad_b", "update_W", "update_b",
+                     "Wh", "bh", "grad_Wh_sample", "grad_bh_sample", "grad_Wh", "grad_bh", "update_Wh", "update_bh"):
         arrays += getattr(trace, quantity)
     for group in (trace.norm, trace.state, trace.initial_state):
         arrays += [array for per_layer in group.values() for array in per_layer]
@@ -113,10 +114,10 @@ def test_to_frame_has_the_csvs_columns_and_rows(tmp_path):
     path = tmp_path / "trace.csv"
     trace.write_csv(path)
     read = pandas.read_csv(path, dtype={"sample": "Int64", "layer": "Int64", "row": "Int64", "col": "Int64",
-                                        "value": str}, keep_default_na=False, na_values={"sample": [""], "layer": [""],
-                                                                                         "row": [""], "col": [""]})
+                                        "value": str, "time": "Int64"}, keep_default_na=False,
+                           na_values={"sample": [""], "layer": [""], "row": [""], "col": [""], "time": [""]})
     assert len(frame) == len(read) == sum(1 for _ in trace.rows())
-    for column in ("step", "sample", "layer", "row", "col"):
+    for column in ("step", "sample", "layer", "row", "col", "time"):
         assert frame[column].astype("Int64").equals(read[column].astype("Int64")), column
     assert list(frame["quantity"]) == list(read["quantity"])
     np.testing.assert_array_equal(frame["value"].to_numpy(), [float(v) for v in read["value"]])   # bit for bit

@@ -15,7 +15,7 @@ import re
 import numpy as np
 import sympy as sp
 
-from . import activations, layers, losses
+from . import activations, layers, losses, through_time
 from .errors import InputError, shorten
 from .trace import param_name
 from . import notation
@@ -65,6 +65,8 @@ def parse_parameter(text, widths, scenario=None, where=None):
     if not 1 <= layer <= count:
         raise InputError(f"{where}: layer must be 1..{count}")
     kind = layers.DENSE if scenario is None else layers.of(scenario.layers[layer - 1])
+    if getattr(kind, "recurrent", False):
+        return _parse_recurrent(kind, given, layer, first, second, widths, where)
     w, b = kind.param_names
     pair = "," in kind.param_name("W", layer, (0, 0))        # W{l}[i,j], or gamma{l}[j] for (0, j)
     if given not in (w, b):
@@ -82,6 +84,23 @@ def parse_parameter(text, widths, scenario=None, where=None):
             raise InputError(f"{where}: {b}{layer} has {widths[layer]} entries, {b}{layer}[j]")
         raise InputError(f"{where}: layer {layer} has units 0..{widths[layer] - 1}")
     return ("W", layer, (0, first)) if given == w else ("b", layer, (first,))
+
+
+def _parse_recurrent(kind, given, layer, first, second, widths, where):
+    """A recurrent layer's W{l}[i,j], Wh{l}[i,j], b{l}[j], bh{l}[j] -> (which, layer, index), their
+    shapes those the kind stores ((F, G·U), (U, G·U), (G·U,), (G·U,))."""
+    shapes = dict(zip(kind.stored_params, kind.param_shapes(widths[layer - 1], widths[layer])))
+    if given not in shapes:
+        raise InputError(f"{where}: layer {layer} is a {kind.name} layer: its parameters are "
+                         f"W{layer}[i,j], Wh{layer}[i,j], b{layer}[j] and bh{layer}[j]")
+    shape = shapes[given]
+    index = (first,) if second is None else (first, int(second))
+    if len(index) != len(shape):
+        raise InputError(f"{where}: {given}{layer} " + (f"needs two indices, {given}{layer}[i,j]" if len(shape) == 2
+                                                        else f"has one index, {given}{layer}[j]"))
+    if any(k >= n for k, n in zip(index, shape)):
+        raise InputError(f"{where}: {given}{layer} has shape {'×'.join(map(str, shape))}")
+    return given, layer, index
 
 
 class Names:
@@ -115,8 +134,10 @@ class Names:
         return sp.Symbol(latex_text if self.latex else text)
 
 
-def explain(trace, parameter, step=0, sample=None, path=None, latex=False):
-    """Build the Chain of `parameter` (e.g. 'W1[0,0]') at `step` for one sample of that step."""
+def explain(trace, parameter, step=0, sample=None, path=None, latex=False, evaluate=False):
+    """Build the Chain of `parameter` (e.g. 'W1[0,0]') at `step` for one sample of that step; for a
+    parameter of a recurrent layer (W, Wh, b, bh) a through_time.TimeChain, its sum over time steps
+    (`evaluate`: with the symbolic expression evaluated by sympy as well)."""
     s = trace.scenario
     widths, L = s.widths, len(s.layers)
     which, l, index = parse_parameter(parameter, widths, s)
@@ -127,6 +148,17 @@ def explain(trace, parameter, step=0, sample=None, path=None, latex=False):
     if sample not in ids:
         raise InputError(f"--sample {sample}: step {step} uses samples {ids}")
     slot = ids.index(sample)
+    if through_time.is_recurrent(s.layers[l - 1]) or getattr(s, "per_time_targets", False):
+        if path is not None:
+            raise InputError(f"--path: {parameter.strip()}'s gradient is a sum over time steps (a recurrent network): "
+                             "the path view is for networks of dense layers")
+        store = getattr(trace, f"grad_{which}")[l - 1]
+        batch = float(store[(step,) + tuple(index)])
+        if not through_time.is_recurrent(s.layers[l - 1]):
+            return through_time.explain_per_time(trace, which, l, index, step, slot, param_name(s, which, l, index), latex=latex,
+                                                 evaluate=evaluate, update_lines=_update_lines(trace, which, l, index, step, batch))
+        return through_time.explain(trace, which, l, index, step, slot, param_name(s, which, l, index), latex=latex,
+                                    evaluate=evaluate, update_lines=_update_lines(trace, which, l, index, step, batch))
     names = Names(latex)
     j = index[-1]
     loss = losses.LOSSES[s.loss]
@@ -180,7 +212,7 @@ def explain(trace, parameter, step=0, sample=None, path=None, latex=False):
 def _update_lines(trace, which, layer, index, step, batch):
     """From the batch gradient to the update: the clip factor, the clamp, lr and the optimiser."""
     s = trace.scenario
-    if which == "b" and not s.layers[layer - 1].train_bias:
+    if which in ("b", "bh") and not s.layers[layer - 1].train_bias:
         return ["(not trained: train_bias = false)"]
     lines, used = [], f"g = {batch:.10g}"
     if trace.clip_factor is not None:
@@ -190,7 +222,7 @@ def _update_lines(trace, which, layer, index, step, batch):
         used = f"g·c = {batch * c:.10g}"
     if s.clip_value is not None:
         lines.append(f"clip by value: g clamped to ±{s.clip_value:g}")
-    update = (trace.update_W if which == "W" else trace.update_b)[layer - 1][(step,) + tuple(index)]
+    update = getattr(trace, f"update_{which}")[layer - 1][(step,) + tuple(index)]
     from . import optim
     lines.append(f"update at step {step}: {s.optimizer} ({optim.OPTIMIZERS[s.optimizer].meaning}) with lr = "
                  f"{trace.lr[step]:.6g} and {used}: Δθ = {update:.10g}")
@@ -307,6 +339,8 @@ def _log_magnitude(values):
 def render(chain, latex=False):
     """The report: symbolic expression, definitions, numbers, product vs engine (in LaTeX: a
     fragment for a document that loads amsmath, ASCII only; build `chain` with latex=True)."""
+    if isinstance(chain, through_time.TimeChain):
+        return through_time.render_latex(chain) if latex else through_time.render(chain)
     if latex:
         return _render_latex(chain)
     # order="none" keeps the factors in the chain's order (②, ④, ⑤) instead of sympy's sort

@@ -7,6 +7,13 @@ HAND.csv holds one number per line, `name,value`. Names (a contract):
   update W{l}[i,j]  update b{l}[j]                  Δθ subtracted at the step
   loss                                              the batch loss (or one sample's with #s)
 each optionally followed by @t (step, default 0) and #s (data row of the sample).
+A recurrent layer (rnn, lstm, gru) has one value per time step: its names take ~k, the time step,
+before @t and #s (a contract):
+  u{l}[j]~k  h{l}[j]~k  slope{l}[j]~k  e{l}[j]~k  delta{l}[j]~k     at time step k, per sample
+  Wh{l}[i,j]  bh{l}[j]  (and W, b) with grad / update as above      the sums over time
+  grad W{l}[i,j]~k  grad Wh{l}[i,j]~k  grad b{l}[j]~k  grad bh{l}[j]~k   time step k's contribution (per sample)
+e.g. h1[0]~3@0#1 is h of layer 1, unit 0, at time step 3 of training step 0 for sample 1; a{l}[j]
+of a recurrent layer is its last hidden state h~(T−1) (what the dense layer above reads).
 A number is right when it equals the engine's value at the precision it was written with:
 0.2413 stands for [0.24125, 0.24135], so it matches 0.241300709 and 0.2414 does not.
 
@@ -33,12 +40,20 @@ from .chain import parse_parameter
 from .errors import InputError, LibreOfficeMissing, TracerError, shorten
 
 _NAME = re.compile(
-    r"^(?:(grad|update)\s+)?(u|a|slope|delta|W|b|gamma|beta|loss)([0-9]{1,9})?(?:\[([0-9]{1,9})(?:,\s*([0-9]{1,9}))?\])?"
-    r"(?:@([0-9]{1,9}))?(?:#([0-9]{1,9}))?$"
+    r"^(?:(grad|update)\s+)?(u|a|h|e|slope|delta|Wh|bh|W|b|gamma|beta|loss)([0-9]{1,9})?"
+    r"(?:\[([0-9]{1,9})(?:,\s*([0-9]{1,9}))?\])?(?:~([0-9]{1,9}))?(?:@([0-9]{1,9}))?(?:#([0-9]{1,9}))?$"
 )
-PER_SAMPLE = ("u", "a", "slope", "delta")
-PHASE = {"W": 0, "b": 0, "u": 1, "a": 1, "loss": 2, "slope": 3, "delta": 3,
-         "grad_W": 4, "grad_b": 4, "update_W": 5, "update_b": 5}
+PER_SAMPLE = ("u", "a", "h", "e", "slope", "delta")
+THROUGH_TIME = ("u", "h", "e", "slope", "delta")      # one value per time step on a recurrent layer
+PARAMETERS = ("W", "b", "Wh", "bh")                   # stored parameter names (gamma, beta are W, b)
+PHASE = {"W": 0, "b": 0, "Wh": 0, "bh": 0, "u": 1, "a": 1, "h": 1, "loss": 2, "slope": 3, "e": 3, "delta": 3,
+         "grad_W": 4, "grad_b": 4, "grad_Wh": 4, "grad_bh": 4, "update_W": 5, "update_b": 5, "update_Wh": 5, "update_bh": 5}
+
+
+def parameter_of(quantity):
+    """The stored parameter a quantity is about (W of grad_W, Wh of update_Wh), or None."""
+    name = quantity.split("_", 1)[1] if quantity.startswith(("grad_", "update_")) else quantity
+    return name if name in PARAMETERS else None
 
 
 @dataclass(frozen=True)
@@ -48,19 +63,21 @@ class Key:
     index: tuple
     step: int
     sample: int | None     # data row; None for batch values and parameters
+    time: int | None = None   # time step of a recurrent layer's quantity (~k), None without one
 
     def label(self, scenario=None):
-        base = {"grad_W": "grad W", "grad_b": "grad b", "update_W": "update W", "update_b": "update b"}.get(
-            self.quantity, self.quantity)
+        param = parameter_of(self.quantity)
+        prefix = self.quantity.split("_", 1)[0] + " " if param and "_" in self.quantity else ""
         if self.quantity == "loss":
             text = "loss"
-        elif scenario is not None and self.quantity[-1] in "Wb" and self.layer:
+        elif scenario is not None and param and self.layer:
             layer = scenario.layers[self.layer - 1]
-            text = f"{base[:-1]}{layers.of(layer).param_name(self.quantity[-1], self.layer, self.index)}"
+            text = f"{prefix}{layers.of(layer).param_name(param, self.layer, self.index)}"
         else:
-            letter = base.split()[-1]
-            prefix = base[: -len(letter)]
+            letter = param or self.quantity
             text = f"{prefix}{letter}{self.layer}[{','.join(map(str, self.index))}]"
+        if self.time is not None:
+            text += f"~{self.time}"
         text += f"@{self.step}"
         return text + (f"#{self.sample}" if self.sample is not None else "")
 
@@ -116,13 +133,14 @@ def parse_name(text, trace, line=0, source="hand"):
     shown = shorten(repr(text), 60)
     if not match:
         raise InputError(f"{where}: cannot read the name {shown}; write e.g. u1[0], W1[0,1], grad W1[0,1]@2#0 or loss")
-    prefix, symbol, layer, first, second, step, sample = match.groups()
+    prefix, symbol, layer, first, second, time, step, sample = match.groups()
     s = trace.scenario
     widths, L = s.widths, len(s.layers)
     step = int(step) if step else 0
     sample = int(sample) if sample is not None else None
+    time = int(time) if time is not None else None
     if symbol == "loss":
-        if prefix or layer or first:
+        if prefix or layer or first or time is not None:
             raise InputError(f"{where}: {shown}: write the loss as loss, loss@t or loss@t#s")
         quantity, layer, index = "loss", None, ()
     else:
@@ -131,26 +149,56 @@ def parse_name(text, trace, line=0, source="hand"):
         layer = int(layer)
         if not 1 <= layer <= L:
             raise InputError(f"{where}: {shown}: layers are 1..{L}")
-        if symbol in ("W", "b", "gamma", "beta"):
+        if symbol in ("W", "b", "Wh", "bh", "gamma", "beta"):
             parameter = f"{symbol}{layer}[{first}" + (f",{second}" if second is not None else "") + "]"
             symbol, layer, index = parse_parameter(parameter, widths, s, where=f"{where}: {shown}")
         elif int(first) >= widths[layer] or second is not None:
             raise InputError(f"{where}: {shown}: layer {layer} has units 0..{widths[layer] - 1}")
         else:
             index = (int(first),)
-        if prefix and symbol not in ("W", "b"):
+        if prefix and symbol not in PARAMETERS:
             raise InputError(f"{where}: {shown}: '{prefix}' applies to parameters only (W, b, gamma, beta)")
         quantity = f"{prefix}_{symbol}" if prefix else symbol
-    last = trace.steps if quantity in ("W", "b") else trace.steps - 1
+        _check_time(s, quantity, layer, time, where, shown)
+        if time is not None and quantity.startswith("grad_") and sample is None:
+            sample = 0       # a time step's contribution belongs to one sample (default 0, as u, a, ...)
+    last = trace.steps if quantity in PARAMETERS else trace.steps - 1
     if not 0 <= step <= last:
         raise InputError(f"{where}: {shown}: step {step} is outside 0..{last}")
     if quantity in PER_SAMPLE and sample is None:
         sample = 0
-    if quantity in ("W", "b", "update_W", "update_b") and sample is not None:
+    if (quantity in PARAMETERS or quantity.startswith("update_")) and sample is not None:
         raise InputError(f"{where}: {shown}: parameters and updates belong to the step, not to a sample")
     if sample is not None and sample not in trace.samples(step).tolist():
         raise InputError(f"{where}: {shown}: sample {sample} is not in step {step}'s batch {trace.samples(step).tolist()}")
-    return Key(quantity, layer, index, step, sample)
+    return Key(quantity, layer, index, step, sample, time)
+
+
+def _check_time(s, quantity, l, time, where, shown):
+    """A time step (~k) where the layer is recurrent and the quantity has one; required for the
+    quantities a recurrent layer has at every time step; within 0..T−1."""
+    from . import through_time
+    layer = s.layers[l - 1]
+    recurrent = through_time.is_recurrent(layer)
+    timed = recurrent or getattr(s, "per_time_targets", False)   # dense layers at every time step: targets per time step
+    if quantity in ("h", "e") and not recurrent:
+        raise InputError(f"{where}: {shown}: h and e are the hidden state and the error through time of a recurrent "
+                         f"layer; layer {l} is a {layer.kind} layer")
+    if time is None:
+        if timed and quantity in THROUGH_TIME + ("a",) and not (recurrent and quantity == "a"):
+            what = f"a {layer.kind} layer" if recurrent else "a layer at every time step (targets per time step)"
+            raise InputError(f"{where}: {shown}: layer {l} is {what}: give the time step, "
+                             f"e.g. {quantity}{l}[0]~0 (time steps 0..{s.inputs.shape[1] - 1})")
+        return
+    if not timed:
+        raise InputError(f"{where}: {shown}: ~{time} is a time step, and layer {l} is a {layer.kind} layer without one")
+    if not recurrent and quantity.startswith("grad_"):
+        raise InputError(f"{where}: {shown}: the engine keeps a dense layer's gradient summed over time (no ~k)")
+    if not (quantity in THROUGH_TIME or quantity.startswith("grad_")):
+        raise InputError(f"{where}: {shown}: ~k applies to u, h, slope, e, delta and a gradient's contribution "
+                         "(grad W, grad Wh, grad b, grad bh); parameters and updates belong to the step")
+    if time >= s.inputs.shape[1]:
+        raise InputError(f"{where}: {shown}: time step {time} is outside 0..{s.inputs.shape[1] - 1}")
 
 
 def _name_lines(path, second):
@@ -285,6 +333,9 @@ def engine_value(trace, key):
     """The engine's value of a hand-check key, read with the Trace's accessor."""
     slot = None if key.sample is None else trace.samples(key.step).tolist().index(key.sample)
     kind = "total" if slot is None else "sample"
+    if key.time is not None:     # a recurrent layer's value at a time step: key (name, l, (t, ...))
+        name = f"{key.quantity}_time" if key.quantity.startswith("grad_") else key.quantity
+        return float(trace.values((name, key.layer, (key.time,) + tuple(key.index)), kind, key.step, slot or 0, key.sample or 0))
     return float(trace.values((key.quantity, key.layer, key.index), kind, key.step, slot or 0, key.sample or 0))
 
 
@@ -300,34 +351,54 @@ class Local:
 
     def inputs(self, key):
         """True when the quantity has a local formula (step-0 parameters are the starting values)."""
-        return not (key.quantity in ("W", "b") and key.step == 0)
+        if key.quantity in PARAMETERS and key.step == 0:
+            return False
+        if getattr(self.s, "per_time_targets", False) and not (key.layer and self._recurrent(key.layer)):
+            # a dense layer at every time step: its rules per time step are not written here yet (the
+            # numbers are compared); the batch sums, updates and parameters keep theirs
+            if key.time is not None or (key.sample is not None and (key.quantity.startswith("grad_") or key.quantity == "loss")):
+                return False
+        if key.layer and self._recurrent(key.layer) and not self._elman(key.layer):
+            # lstm, gru: the gradient's sums over time and contributions (from the engine's gate δ)
+            return key.quantity.startswith("grad_") or key.quantity.startswith("update_") or key.quantity in PARAMETERS
+        return True
+
+    def _recurrent(self, l):
+        from . import through_time
+        return through_time.is_recurrent(self.s.layers[l - 1])
+
+    def _elman(self, l):
+        from . import through_time
+        return through_time.elman(self.s.layers[l - 1])
 
     def __call__(self, key, get):
         q, l, t, smp = key.quantity, key.layer, key.step, key.sample
         s, widths, L = self.s, self.s.widths, len(self.s.layers)
-        if q in ("W", "b"):
+        if q in PARAMETERS:
             layer = s.layers[l - 1]
-            if q == "b" and not layer.train_bias:
+            if q in getattr(layers.of(layer), "bias_params", ("b",)) and not layer.train_bias:
                 return get(Key("b", l, key.index, t - 1, None))
             return get(Key(q, l, key.index, t - 1, None)) - get(Key(f"update_{q}", l, key.index, t - 1, None))
-        if q in ("update_W", "update_b"):
+        if q.startswith("update_"):
             g = get(Key(q.replace("update", "grad"), l, key.index, t, None))
             factor = 1.0 if self.trace.clip_factor is None else float(self.trace.clip_factor[t])
             g = g * factor
             if s.clip_value is not None:
                 g = min(s.clip_value, max(-s.clip_value, g))
-            kind = q[-1]
+            kind = parameter_of(q)
             theta = engine_value(self.trace, Key(kind, l, key.index, t, None))
             before = {name: value[key.index] for name, value in self.trace.state_before(kind, l - 1, t).items()}
             hyper = dict(s.optimizer_params, lr=float(self.trace.lr[t]))
             update, _ = optim.OPTIMIZERS[s.optimizer].step(np.float64(g), theta, before, hyper, t + 1)
             return float(update)
-        if q in ("grad_W", "grad_b") and smp is None:
+        if q.startswith("grad_") and smp is None:
             per = [get(Key(q, l, key.index, t, int(x))) for x in self.trace.samples(t)]
             total = sum(per[1:], per[0])
             return total / len(per) if s.reduction == "mean" else total
         layer = s.layers[l - 1] if l else None
         kind = layers.of(layer) if l else None
+        if l and self._recurrent(l):
+            return self.through_time(key, get)
         if q == "grad_W":
             return kind.check_grad_W(layer, l, key.index[0], key.index[1], _Sample(self, t, smp, get))
         if q == "grad_b":
@@ -370,6 +441,97 @@ class Local:
                 return float(loss.output_delta(y, target, slope)[0, j])
             return get(Key("slope", l, (j,), t, smp)) * self.error(l, j, t, smp, get)
         raise ValueError(key)
+
+    def through_time(self, key, get):
+        """The rules of a recurrent layer (tracer/through_time.py), for one sample at training step t:
+          u_k[j]  = Σ_i x_k[i]·W[i,j] + b[j] + Σ_m h_{k−1}[m]·Wh[m,j] + bh[j]   (h₋₁ = 0; left to right)
+          h_k = f(u_k),  slope_k = f'(u_k),  δ_k = slope_k·e_k
+          e_k[j]  = g_k[j] + Σ_m Wh[j,m]·δ_{k+1}[m]   (e_{T−1} = g_{T−1}; g = ∂E/∂h_k from the layer above)
+          grad W~k = x_k[i]·δ_k[j], grad Wh~k = h_{k−1}[i]·δ_k[j], grad b~k = grad bh~k = δ_k[j]
+          grad θ (per sample) = Σ_k grad θ~k, left to right from k = 0;  a = h_{T−1}
+        lstm and gru: the contributions with the engine's gate deltas (their gates have no hand rule here)."""
+        from . import through_time
+        q, l, t, smp, k, index = key.quantity, key.layer, key.step, key.sample, key.time, key.index
+        s = self.s
+        layer = s.layers[l - 1]
+        T = s.inputs.shape[1]
+        at = lambda quantity, unit, time: get(Key(quantity, l, (unit,), t, smp, time))  # noqa: E731
+        param = lambda name, index: get(Key(name, l, tuple(index), t, None))  # noqa: E731
+        if q == "a":
+            return at("h", index[0], T - 1)
+        if q.startswith("grad_") and k is None:
+            per = [get(Key(q, l, index, t, smp, time)) for time in range(T)]
+            return sum(per[1:], per[0])
+        if q.startswith("grad_"):
+            which = parameter_of(q)
+            m = index[-1]
+            if through_time.elman(layer):
+                delta = at("delta", m, k)
+            else:
+                slot = self.trace.samples(t).tolist().index(smp)
+                rec = through_time.record(self.trace, l, t, slot)
+                delta = float(rec.values["delta_x" if which in ("W", "b") else "delta_h"][k, m])
+            if which == "W":
+                return self.x(l, index[0], t, smp, k, get) * delta
+            if which == "Wh":
+                return (at("h", index[0], k - 1) if k > 0 else 0.0) * delta
+            return delta
+        j = index[0]
+        act = activations.get(layer.activation)
+        params = layer.activation_params
+        if q == "u":
+            fan_in = s.widths[l - 1]
+            total = self.x(l, 0, t, smp, k, get) * param("W", (0, j))
+            for i in range(1, fan_in):
+                total = total + self.x(l, i, t, smp, k, get) * param("W", (i, j))
+            total = total + param("b", (j,))
+            for m in range(layer.units):
+                total = total + (at("h", m, k - 1) if k > 0 else 0.0) * param("Wh", (m, j))
+            return total + param("bh", (j,))
+        if q == "h":
+            return float(act.forward(np.array([at("u", j, k)]), params)[0])
+        if q == "slope":
+            return float(act.slope(np.array([at("u", j, k)]), np.array([at("h", j, k)]), params)[0])
+        if q == "delta":
+            return at("slope", j, k) * at("e", j, k)
+        if q == "e":
+            above = self.from_above(l, j, t, smp, k, get)
+            if k == T - 1:
+                return above
+            total = at("delta", 0, k + 1) * param("Wh", (j, 0))
+            for m in range(1, layer.units):
+                total = total + at("delta", m, k + 1) * param("Wh", (j, m))
+            return above + total
+        raise ValueError(key)
+
+    def from_above(self, l, j, t, smp, k, get):
+        """g_k[j] = ∂E/∂h_k[j] from the layer above: the dense layer above at the last time step only
+        (its error passed down), or at every time step with targets per time step (Σ_m δ_k[m]·W[j,m]
+        of the dense layer at time k); an rnn above: Σ_m δ_k[m]·W[j,m] of its cell; lstm, gru above:
+        the engine's value."""
+        from . import through_time
+        s, T = self.s, self.s.inputs.shape[1]
+        above = s.layers[l] if l < len(s.layers) else None
+        per_time = getattr(s, "per_time_targets", False)
+        if above is None:
+            raise ValueError("a recurrent layer is never the output layer")
+        if not through_time.is_recurrent(above) and not per_time:
+            return self.error(l, j, t, smp, get) if k == T - 1 else 0.0
+        if through_time.is_recurrent(above) and not through_time.elman(above):
+            slot = self.trace.samples(t).tolist().index(smp)
+            return float(through_time.record(self.trace, l, t, slot).values["above"][k, j])
+        units = s.widths[l + 1]
+        W = lambda m: get(Key("W", l + 1, (j, m), t, None))  # noqa: E731
+        total = get(Key("delta", l + 1, (0,), t, smp, k)) * W(0)
+        for m in range(1, units):
+            total = total + get(Key("delta", l + 1, (m,), t, smp, k)) * W(m)
+        return total
+
+    def x(self, l, i, t, smp, k, get):
+        """x_k[i], the input of recurrent layer l at time step k: the data, or h of the layer below."""
+        if l == 1:
+            return float(self.s.inputs[smp, k, i])
+        return get(Key("h", l - 1, (i,), t, smp, k))
 
     def error(self, l, j, t, smp, get):
         """e⁽ˡ⁾ⱼ, the error layer l+1 passes down (its kind's check_error_down)."""
@@ -451,14 +613,36 @@ class _Values:
     def _value(self, key):
         if key in self.written:
             return self.written[key]
-        if key.quantity in ("W", "b"):
+        if key.quantity in PARAMETERS or not self.local.inputs(key):
             return engine_value(self.trace, key)
+        if key.time is not None and key not in self.memo:
+            self._through_time_first(key)
         if key not in self.memo:
             plain = _Values(self.trace, self.written, local=self.local, memo=self.memo)
             self.memo[key] = (self.local(key, plain), plain.used)
         value, used = self.memo[key]
         self.used.update(used)
         return value
+
+
+    def _through_time_first(self, key):
+        """Recompute, once per step and sample, the Elman layers' values through time in the order of
+        the computation (h forward from time step 0, δ backward from the last), so that a value at one
+        time step reads its neighbour's from the memo: the recursion through time stays one step deep
+        whatever the length of the sequences. The warm-up's keys are not counted as used by `key`."""
+        done = self.local.__dict__.setdefault("through_time_done", set())
+        if (key.step, key.sample, id(self.memo)) in done:
+            return
+        done.add((key.step, key.sample, id(self.memo)))
+        s = self.trace.scenario
+        elman = [l for l in range(1, len(s.layers) + 1) if self.local._elman(l)]
+        plain = _Values(self.trace, self.written, local=self.local, memo=self.memo)
+        T = s.inputs.shape[1]
+        for quantity, order, layers_order in (("h", range(T), elman), ("delta", range(T - 1, -1, -1), elman[::-1])):
+            for l in layers_order:
+                for k in order:
+                    for j in range(s.layers[l - 1].units):
+                        plain._value(Key(quantity, l, (j,), key.step, key.sample, k))
 
 
 def check(trace, entries):
@@ -482,9 +666,13 @@ def _order(key):
     phase = PHASE[key.quantity]
     if key.quantity == "loss":
         layer = 0
+    time = -1 if key.time is None else key.time
+    if phase == 4 and key.time is None:
+        time = math.inf      # a gradient's sum over time after its time steps' contributions
     if phase == 3:
-        layer = -layer       # backward: the output layer first
-    return (key.step, phase, layer, key.index, -1 if key.sample is None else key.sample)
+        layer = -layer       # backward: the output layer first, the last time step first
+        time = -time
+    return (key.step, phase, layer, time, key.index, -1 if key.sample is None else key.sample)
 
 
 def _explain(trace, local, written, results, result):
@@ -522,14 +710,18 @@ def _slip(trace, local, written, key, person, tol, engine):
     q = key.quantity
     if _matches(-engine, person, tol) and engine != 0:
         return f"the sign is flipped: the trace has {engine:.6g}"
-    backward = q in ("loss", "delta", "grad_W", "grad_b", "update_W", "update_b")
+    backward = q in ("loss", "delta", "e") or q.startswith(("grad_", "update_"))
     if backward and engine != 0:
         for factor, meaning in ((2.0, "a factor 2 too large"), (0.5, "a factor ½ too small")):
             if _matches(factor * engine, person, tol):
                 hint = losses.LOSSES[s.loss].derivative_text
                 return (f"{meaning}: a missing ½ or factor 2 in the loss ({s.loss}) or its derivative; {hint}; "
                         f"the trace has {engine:.6g}")
-    if q in ("update_W", "update_b", "W", "b"):
+    if q == "e" and key.time is not None:
+        text = _time_slip(trace, local, written, key, person, tol, engine)
+        if text:
+            return text
+    if q.startswith("update_") or q in PARAMETERS:
         text = _update_slip(trace, key, person, tol, engine)
         if text:
             return text
@@ -538,14 +730,31 @@ def _slip(trace, local, written, key, person, tol, engine):
         if text:
             return f"{text}; the trace has {engine:.6g}"
         return _required_factor(trace, local, written, key, person, engine)
+    if key.quantity not in PARAMETERS:
+        return f"the trace has {engine:.6g} (no hand rule recomputes this number at a time step yet)"
     return f"the starting value differs: the trace has {engine:.6g}"
+
+
+def _time_slip(trace, local, written, key, person, tol, engine):
+    """Slips in the error through time e_k = g_k + Σ_m Wh[j,m]·δ_{k+1}[m]: one of its two parts left out."""
+    from . import through_time
+    T = trace.scenario.inputs.shape[1]
+    if key.time == T - 1:
+        return None
+    slot = trace.samples(key.step).tolist().index(key.sample)
+    above = float(through_time.record(trace, key.layer, key.step, slot).values["above"][key.time, key.index[0]])
+    if _matches(above, person, tol) and not _matches(engine, person, tol):
+        return (f"the error arriving from time step {key.time + 1} is left out: e_k = g_k + Σ_m Wh[j,m]·δ_(k+1)[m], with "
+                f"g_k = {above:.6g} from the layer above (a dense layer above reads only the last time step {T - 1}); "
+                f"the trace has {engine:.6g}")
+    return None
 
 
 def _update_slip(trace, key, person, tol, engine):
     """Slips in the update θ ← θ − Δθ. Every optimiser's Δθ is lr times a step d (sgd: d = g, adam:
     d = m̂/(√v̂ + eps); tests/test_optim.py holds them to it), so d = Δθ/lr: the learning rate left out
     (d written for Δθ, or θ − d for θ), another learning rate (Δθ/d), or Δθ added instead of subtracted."""
-    kind = key.quantity[-1]
+    kind = parameter_of(key.quantity)
     step = key.step if key.quantity.startswith("update") else key.step - 1
     if step < 0:
         return None
@@ -570,9 +779,10 @@ def _update_slip(trace, key, person, tol, engine):
     return None
 
 
-def _weight_shape(trace, layer):
-    """Shape of layer `layer`'s W: fan-in × units, or 1 × units (γ) for a normalisation layer."""
-    return trace.W[layer - 1].shape[1:]
+def _weight_shape(trace, layer, which="W"):
+    """Shape of layer `layer`'s W: fan-in × units, or 1 × units (γ) for a normalisation layer (or of
+    its parameter `which`: Wh, b of a recurrent layer)."""
+    return getattr(trace, which)[layer - 1].shape[1:]
 
 
 def _alternatives(trace, key):
@@ -582,28 +792,33 @@ def _alternatives(trace, key):
     q, l = key.quantity, key.layer
     out = []
     if l is not None and key.index:
-        if q in ("W", "grad_W", "update_W"):
-            units = itertools.product(*map(range, _weight_shape(trace, l)))
+        param = parameter_of(q)
+        if param is not None and (param != "b" or key.time is not None or trace.b[l - 1].shape[1:] != (widths[l],)):
+            units = itertools.product(*map(range, _weight_shape(trace, l, param)))
         else:
             units = ((j,) for j in range(widths[l]))
         for index in units:
             if index != key.index:
-                out.append((Key(q, l, tuple(index), key.step, key.sample), "another unit"))
+                out.append((Key(q, l, tuple(index), key.step, key.sample, key.time), "another unit"))
+    if key.time is not None:
+        for time in (key.time - 1, key.time + 1):
+            if 0 <= time < trace.scenario.inputs.shape[1]:
+                out.append((Key(q, l, key.index, key.step, key.sample, time), "another time step"))
     if key.sample is not None:
         for other in trace.samples(key.step).tolist():
             if other != key.sample:
-                out.append((Key(q, l, key.index, key.step, other), "another sample"))
+                out.append((Key(q, l, key.index, key.step, other, key.time), "another sample"))
     for step in (key.step - 1, key.step + 1):
-        last = trace.steps if q in ("W", "b") else trace.steps - 1
+        last = trace.steps if q in PARAMETERS else trace.steps - 1
         if 0 <= step <= last and (key.sample is None or key.sample in trace.samples(step).tolist()):
-            out.append((Key(q, l, key.index, step, key.sample), "another step"))
+            out.append((Key(q, l, key.index, step, key.sample, key.time), "another step"))
     return out
 
 
 def _substitution(trace, local, written, key, person, tol):
     """Try one factor taken from elsewhere, and the layers above already updated."""
     if key.quantity in ("delta", "grad_W", "grad_b") and key.layer < len(trace.scenario.layers) \
-            and key.step + 1 <= trace.steps:
+            and key.step + 1 <= trace.steps and not local._recurrent(key.layer):
         values = _Values(trace, written, _updated_above(trace, local, key), local=local)
         if _matches(local(key, values), person, tol):
             return ("the parameters were updated one layer at a time: the back-propagation used the already-updated "
@@ -613,6 +828,11 @@ def _substitution(trace, local, written, key, person, tol):
     local(key, probe)
     for factor in dict.fromkeys(probe.direct):
         for other, where in _alternatives(trace, factor):
+            if other.time is not None:        # through time a neighbour may follow from `key` itself (δ_t from e_t)
+                reads = _Values(trace, written, local=local)
+                reads(other)
+                if key in reads.used:
+                    continue
             values = _Values(trace, written, {factor: other}, local=local)
             if _matches(local(key, values), person, tol):
                 return (f"the factor {factor.label(trace.scenario)} was taken from {where}: "

@@ -272,7 +272,7 @@ def chain(scenario, overrides, steps, parameter, at_step, sample, path, latex):
             units = [int(p) for p in path.split(",")]
         except ValueError:
             raise _Failure(f"--path must be unit numbers separated by commas, not {shorten(repr(path), 60)}", 2) from None
-    explained = chain_module.explain(trace, parameter, step=at_step, sample=sample, path=units, latex=latex)
+    explained = chain_module.explain(trace, parameter, step=at_step, sample=sample, path=units, latex=latex, evaluate=True)
     click.echo(chain_module.render(explained, latex=latex))
 
 

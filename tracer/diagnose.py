@@ -23,7 +23,7 @@ import math
 
 import numpy as np
 
-from . import activations, chain as chain_module, layers, losses, optim
+from . import activations, chain as chain_module, layers, losses, optim, through_time
 from .trace import param_name, weight_name
 
 
@@ -54,6 +54,7 @@ class Diagnosis:
     series: object = None                        # StallSeries
     producer: object = None                      # Producer of the first non-finite value, or None
     outcome: tuple = ("", 0)                     # (outcome, step)
+    time: dict = field(default_factory=dict)     # recurrent layer -> TimeFinding (the error through time)
 
     @property
     def findings(self):
@@ -84,6 +85,28 @@ def layer_flag(norm, finite, thresholds):
     return ""
 
 
+def unit_values(trace, name, l, step, n):
+    """A per-unit quantity (u, slope, a, h) of layer l at `step` for the step's first n batch slots,
+    (rows, units): one row per sample; on a recurrent layer one row per sample and time step."""
+    layer = trace.scenario.layers[l - 1]
+    if through_time.is_recurrent(layer):
+        try:
+            return through_time.time_values(trace, name, l)[step, :n].reshape(-1, layer.units)
+        except KeyError:     # lstm, gru: u and slope per gate (u_i, slope_f, ...), every gate's rows
+            gates = through_time.gates_of(layer)
+            return np.concatenate([through_time.time_values(trace, f"{name}_{g}", l)[step, :n].reshape(-1, layer.units)
+                                   for g in gates])
+    values = getattr(trace, name)[l - 1][step, :n]
+    return values.reshape(-1, values.shape[-1])     # a dense layer at every time step (targets per time step)
+
+
+def gradients_finite(trace, l, step):
+    """True when every entry of layer l's batch gradients (W, b; Wh, bh of a recurrent layer) is finite."""
+    return all(np.isfinite(store[l - 1][step]).all()
+               for store in (trace.grad_W, trace.grad_b, getattr(trace, "grad_Wh", None), getattr(trace, "grad_bh", None))
+               if store is not None and store[l - 1] is not None)
+
+
 def diagnose(trace):
     """Examine every step and layer of `trace`."""
     s = trace.scenario
@@ -95,24 +118,24 @@ def diagnose(trace):
     for step in range(trace.steps):
         row = {}
         for l in range(1, layers + 1):
-            finite = np.isfinite(trace.grad_W[l - 1][step]).all() and np.isfinite(trace.grad_b[l - 1][step]).all()
-            flag = layer_flag(norms[step, l - 1], finite, th)
+            flag = layer_flag(norms[step, l - 1], gradients_finite(trace, l, step), th)
             row[l] = flag
             if flag and flag not in result.first:
                 result.first[flag] = (step, l)
             n = len(trace.samples(step))
-            slope = trace.slope[l - 1][step, :n]
+            slope = unit_values(trace, "slope", l, step, n)
             small = int((np.abs(slope) < th["saturated"]).sum())
             zero = int((slope == 0).sum())
             if small:
                 result.saturated[(step, l)] = (small, zero)
                 result.first.setdefault("saturated", (step, l))
             if activations.get(s.layers[l - 1].activation).can_die:
-                u = trace.u[l - 1][step, :n]
+                u = unit_values(trace, "u", l, step, n)
                 for unit in np.flatnonzero((np.isfinite(u) & (u <= 0)).all(axis=0)):
                     result.dead.setdefault((l, int(unit)), step)
                     result.first.setdefault("dead", (step, l))
         flags.append(row)
+    result.time = through_time_findings(trace)
     result.swings = _swings(trace)
     result.why = _why(trace, result)
     result.window = _window(trace, result)
@@ -120,6 +143,86 @@ def diagnose(trace):
     result.producer = find_producer(trace)
     result.outcome = outcome(trace, result.series, norms)
     return result
+
+
+@dataclass
+class TimeFinding:
+    """The error through time of a recurrent layer: at `step` (the first step with a finding, else
+    the first step), norms[t] = ‖∂E/∂h_t‖ over the units and the step's samples, and
+    through_time.through_time's verdict: kind ("exploding", "vanishing" or ""), the first time step
+    (going back from the last) where ‖e_t‖/‖e_{T−1}‖ crosses the threshold, the factor per time step;
+    `cell_factors` the scalar Elman cell's Wh·f'(u_t) per time step of the first sample (else None)."""
+
+    layer: int
+    step: int
+    norms: np.ndarray
+    kind: str
+    time: int | None
+    factor: float
+    ratio: np.ndarray
+    cell_factors: np.ndarray | None
+    cell_state: np.ndarray | None = None    # lstm: ‖∂E/∂c_t‖ per time step (the error through the cell state)
+
+
+def through_time_findings(trace):
+    """{layer: TimeFinding} for every recurrent layer (the thresholds of [diagnosis]: a ratio
+    ‖e_t‖/‖e_{T−1}‖ above `exploding` or below `vanishing`)."""
+    s = trace.scenario
+    found = {}
+    for l, layer in enumerate(s.layers, start=1):
+        if not through_time.is_recurrent(layer):
+            continue
+        first = None
+        for step in range(trace.steps):
+            n = len(trace.samples(step))
+            records = [through_time.record(trace, l, step, slot) for slot in range(n)]
+            norms = through_time.error_norms(records)
+            verdict = through_time.through_time(norms, s.thresholds)
+            if verdict is None:
+                continue
+            cell = through_time.step_factors(records[0])[:, 0, 0] if through_time.scalar(records[0]) else None
+            state = through_time.error_norms(records, "ec") if "ec" in records[0].values else None
+            finding = TimeFinding(l, step, norms, verdict["kind"], verdict["time"], verdict["factor"], verdict["ratio"], cell, state)
+            if first is None:
+                first = finding
+            if finding.kind:
+                first = finding
+                break
+        if first is not None:
+            found[l] = first
+    return found
+
+
+def _time_sentence(d, finding):
+    """The finding "exploding/vanishing through time" of a recurrent layer."""
+    t, s = d.trace, d.trace.scenario
+    th = s.thresholds
+    T = len(finding.norms)
+    layer = s.layers[finding.layer - 1]
+    start, end = finding.norms[-1], finding.norms[0]
+    total = end / start if start else math.nan
+    if finding.cell_factors is not None:
+        f = finding.cell_factors
+        cell = (f"the cell's factor Wh·f'(u_t) = {f[0]:.6g} at every time step" if np.all(f == f[0])
+                else f"the cell's factor Wh·f'(u_t) between {np.min(f):.3g} and {np.max(f):.3g}")
+        cell = f" ({cell}: the error through time is multiplied by it once per time step)"
+    else:
+        cell = ""
+    head = (f"layer {finding.layer} ({layer.kind}) at step {t.first_step + finding.step}: going back from the last time step "
+            f"{T - 1}, ‖∂E/∂h_t‖ changes by a factor of about {finding.factor:.6g} per time step{cell}: "
+            f"from ‖e_{T - 1}‖ = {start:.4g} to ‖e_0‖ = {end:.4g} (×{total:.4g} over {T - 1} time steps)")
+    if finding.cell_state is not None:
+        head += (f"; through the cell state, ‖∂E/∂c_t‖ goes from {finding.cell_state[-1]:.4g} at time step {T - 1} to "
+                 f"{finding.cell_state[0]:.4g} at time step 0")
+    if finding.kind == "exploding":
+        return (f"Exploding through time: {head}; it first exceeds exploding = {th['exploding']:g} × ‖e_{T - 1}‖ at "
+                f"time step {finding.time} ({T - 1 - finding.time} time steps back).")
+    if finding.kind == "vanishing":
+        return (f"Vanishing through time: {head}; it first falls below vanishing = {th['vanishing']:g} × ‖e_{T - 1}‖ at "
+                f"time step {finding.time} ({T - 1 - finding.time} time steps back): the first time steps barely "
+                "contribute to the gradient.")
+    return (f"Through time: {head}; within the thresholds (vanishing = {th['vanishing']:g}, exploding = "
+            f"{th['exploding']:g} of ‖e_{T - 1}‖) at every time step.")
 
 
 def _parameters(trace):
@@ -169,6 +272,10 @@ def _why(trace, result):
     if "vanishing" in result.first or "exploding" in result.first:
         kind = "vanishing" if "vanishing" in result.first else "exploding"
         step, layer = result.first[kind]
+        if through_time.is_recurrent(trace.scenario.layers[layer - 1]):
+            return _why_through_time(trace, result, kind, step, layer, "Wh")
+        if getattr(trace.scenario, "per_time_targets", False):     # a dense layer at every time step
+            return _why_through_time(trace, result, kind, step, layer, "W")
         grads = np.abs(trace.grad_W[layer - 1][step])
         with np.errstate(invalid="ignore"):
             index = np.unravel_index(np.nanargmax(grads) if kind == "exploding" else 0, grads.shape)
@@ -194,6 +301,25 @@ def _why(trace, result):
                      "from the layer above.")
         return text
     return ""
+
+
+def _why_through_time(trace, result, kind, step, layer, which):
+    """The worst gradient is a sum over time steps (a recurrent layer's Wh, or W of a dense layer at
+    every time step): name its largest (exploding) or first (vanishing) weight's sum over time, and
+    its largest time step's contribution."""
+    store = getattr(trace, f"grad_{which}")[layer - 1][step]
+    with np.errstate(invalid="ignore"):
+        index = np.unravel_index(np.nanargmax(np.abs(store)) if kind == "exploding" and np.isfinite(store).any() else 0,
+                                 store.shape)
+    name = param_name(trace.scenario, which, layer, index)
+    explained = chain_module.explain(trace, name, step=step)
+    parts = np.array([row["contribution"] for row in explained.rows])
+    with np.errstate(invalid="ignore"):
+        biggest = int(np.nanargmax(np.abs(parts))) if np.isfinite(parts).any() else 0
+    return (f"At step {trace.first_step + step}, layer {layer}'s gradient is {kind} (‖∇⁽{layer}⁾‖ = "
+            f"{result.norms[step, layer - 1]:.3g}). Its weight {name}: ∂E/∂{name} = Σ_t {explained.input_name}·δ_t over "
+            f"{explained.steps} time steps = {explained.total:.4g} (sample {explained.sample}); the largest contribution is "
+            f"time step {biggest}'s, {parts[biggest]:.4g} (see tracer chain --param '{name}').")
 
 
 def _window(trace, result):
@@ -222,6 +348,8 @@ def _sentences(d):
                               f"(layers affected: {', '.join(map(str, layers))})."))
     if d.producer is not None:
         out.append(("non-finite", _producer_sentence(d.producer, t)))
+    for finding in d.time.values():
+        out.append(("time", _time_sentence(d, finding)))
     if d.series is not None:
         out += _stall_sentences(d)
     if d.saturated:
@@ -379,7 +507,7 @@ def _floor_sentence(d):
         share = []
         for step in range(t.steps):
             n = len(t.samples(step))
-            values = t.u[l - 1][step, :n, u]
+            values = unit_values(t, "u", l, step, n)[:, u]   # a recurrent layer: every (sample, time step)
             share.extend(np.isfinite(values) & (values <= 0))
         parts.append(f"layer {l} unit {u} (from step {t.first_step + st}, at its floor for {np.mean(share):.0%} of the samples)")
     names = sorted({s.layers[l - 1].activation for l, _ in d.dead})
@@ -425,11 +553,32 @@ def render(d, rows=20):
         lines.append(f"  {t.first_step + step:>4} " + "".join(f"{v:>12.3g}" for v in d.norms[step]) + f"   {flags}")
     if t.steps > len(shown):
         lines.append(f"  ... {t.steps - len(shown)} more steps (see the Diagnosis sheet of the workbook)")
+    for finding in d.time.values():
+        lines += [""] + _time_table(d, finding, rows)
     lines += ["", "Findings:"] + [f"- {text}" for text in d.findings]
     if d.window:
         a, b = d.window
         lines += ["", "Zoom into the first anomaly:", f"  tracer run {_reference(s)} --window {a}:{b} -o zoom.xlsx"]
     return "\n".join(lines)
+
+
+def _time_table(d, finding, rows):
+    """‖∂E/∂h_t‖ per time step of a recurrent layer (at most `rows` time steps, always the first, the
+    last and the crossing), with its ratio to the last time step's."""
+    T = len(finding.norms)
+    chosen = set(np.linspace(0, T - 1, max(2, min(rows, T))).round().astype(int).tolist())
+    if finding.time is not None:
+        chosen |= {finding.time, min(T - 1, finding.time + 1)}
+    layer = d.trace.scenario.layers[finding.layer - 1]
+    lines = [f"‖∂E/∂h_t‖ of layer {finding.layer} ({layer.kind}) at step {d.trace.first_step + finding.step} per time step t "
+             f"(over the units and the step's samples; ratio to the last time step's):",
+             f"  {'t':>5} {'‖e_t‖':>12} {'ratio':>12}"]
+    for t in sorted(chosen, reverse=True):
+        mark = "   ← first beyond the threshold" if t == finding.time else ""
+        lines.append(f"  {t:>5} {finding.norms[t]:>12.4g} {finding.ratio[t]:>12.4g}{mark}")
+    if len(chosen) < T:
+        lines.append(f"  ({T - len(chosen)} other time steps not shown)")
+    return lines
 
 
 def _reference(scenario):
@@ -538,7 +687,9 @@ def stall_series(trace, norms=None):
     depth = np.array([[_ratio(norms[t, l], norms[t, L - 1]) for l in range(L - 1)] for t in range(T)]).reshape(T, L - 1)
     with np.errstate(invalid="ignore"):
         deep = np.sum(depth < th["depth_ratio"], axis=1).astype(float)
-    update = np.array([[_ratio(_layer_norm([trace.update_W[l], trace.update_b[l]], t), _layer_norm([trace.W[l], trace.b[l]], t))
+    stored = [layers.of(layer).stored_params for layer in s.layers]   # W, b (recurrent: W, b, Wh, bh)
+    update = np.array([[_ratio(_layer_norm([getattr(trace, f"update_{p}")[l] for p in stored[l]], t),
+                               _layer_norm([getattr(trace, p)[l] for p in stored[l]], t))
                         for l in range(L)] for t in range(T)])
     update_flag = []
     with np.errstate(invalid="ignore"):
@@ -548,12 +699,12 @@ def stall_series(trace, norms=None):
     saturation, floor = {}, {}
     for l, layer in enumerate(s.layers, start=1):
         act = activations.get(layer.activation)
-        store = getattr(trace, layers.of(layer).activated(layer))
+        activated = layers.of(layer).activated(layer)
         if act.saturates_at:
             series = np.zeros(T)
             for t in range(T):
                 n = len(trace.samples(t))
-                a = store[l - 1][t, :n]
+                a = unit_values(trace, activated, l, t, n)
                 with np.errstate(invalid="ignore"):
                     near = sum(int(((a > level - th["saturation"]) & (a < level + th["saturation"])).sum())
                                for level in act.saturates_at)
@@ -563,7 +714,7 @@ def stall_series(trace, norms=None):
             series = np.zeros(T)
             for t in range(T):
                 n = len(trace.samples(t))
-                u = trace.u[l - 1][t, :n]
+                u = unit_values(trace, "u", l, t, n)
                 series[t] = float((np.isfinite(u) & (u <= 0)).all(axis=0).sum())
             floor[l] = series
     return StallSeries(minimum, rel, quiet, plateau, flips, oscillating, depth, deep, update, update_flag, saturation, floor)
@@ -578,7 +729,7 @@ def dominant_path(trace, layer, step):
     L, n = trace.layers, len(trace.samples(step))
     reads_slope = losses.LOSSES[s.loss].reads_output_slope
     with np.errstate(all="ignore"):
-        slope = [np.nanmean(np.abs(trace.slope[m][step, :n]), axis=0) for m in range(L)]
+        slope = [np.nanmean(np.abs(_last_slopes(trace, m + 1, step, n)), axis=0) for m in range(L)]
     if not reads_slope:
         slope[L - 1] = np.ones_like(slope[L - 1])
     units = chain_module.dominant_path(trace, step, layer, slope[layer - 1:])
@@ -591,6 +742,18 @@ def dominant_path(trace, layer, step):
     if not reads_slope:
         slopes.pop()   # an output delta that does not read the slope carries none
     return units, slopes, weights
+
+
+def _last_slopes(trace, l, step, n):
+    """Layer l's slopes f'(u) at `step` (n samples × units): a recurrent layer's at its last time step
+    (the hidden state the layer above reads)."""
+    layer = trace.scenario.layers[l - 1]
+    if through_time.is_recurrent(layer):
+        try:
+            return through_time.time_values(trace, "slope", l)[step, :n, -1]
+        except KeyError:     # lstm, gru: h_{T−1} is no single activation's output (no one slope)
+            return np.ones((n, layer.units))
+    return trace.slope[l - 1][step, :n]
 
 
 @dataclass
@@ -613,6 +776,11 @@ def _product(name_a, a, name_b, b):
     return f"the product {name_a} × {name_b}", [(name_a, float(a)), (name_b, float(b))]
 
 
+def _time_producer(step, ids, found):
+    name, slot, value, operation, operands = found
+    return Producer(step, f"{name} (sample {ids[slot]})", value, operation, operands)
+
+
 def find_producer(trace):
     """Scan the run in computation order (forward, loss, backward, batch gradients, update, next θ)
     and explain the first non-finite scalar by its finite operands, or return None."""
@@ -624,6 +792,11 @@ def find_producer(trace):
         for l in range(1, L + 1):
             layer, act = s.layers[l - 1], activations.get(s.layers[l - 1].activation)
             kind = layers.of(layer)
+            if through_time.is_recurrent(layer):
+                found = through_time.producer(trace, l, step, "forward")
+                if found:
+                    return _time_producer(step, ids, found)
+                continue
             below = s.inputs[ids] if l == 1 else trace.a[l - 2][step, :n]
             below_name = "x" if l == 1 else f"a{l - 1}"
             hit = _first_bad(trace.u[l - 1][step, :n])
@@ -661,6 +834,11 @@ def find_producer(trace):
                 return Producer(step, f"∂E/∂y[{k}] (sample {ids[slot]})", trace.output_error[step, slot, k],
                                 f"the {s.loss} derivative", [(f"y[{k}]", float(trace.a[L - 1][step, slot, k]))])
         for l in range(L, 0, -1):
+            if through_time.is_recurrent(s.layers[l - 1]):
+                found = through_time.producer(trace, l, step, "backward")
+                if found:
+                    return _time_producer(step, ids, found)
+                continue
             if l < L:
                 hit = _first_bad(trace.error[l - 1][step, :n])
                 if hit:
@@ -681,6 +859,11 @@ def find_producer(trace):
                     op += " (δ = f'(u)·e), which overflows"
                 return Producer(step, f"δ{l}[{j}] (sample {ids[slot]})", trace.delta[l - 1][step, slot, j], op, operands)
         for l in range(1, L + 1):
+            if through_time.is_recurrent(s.layers[l - 1]):
+                found = through_time.producer(trace, l, step, "gradient")
+                if found:
+                    return _time_producer(step, ids, found)
+                continue
             hit = _first_bad(trace.grad_W_sample[l - 1][step, :n])
             if hit:
                 slot, i, j = hit

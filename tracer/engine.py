@@ -21,19 +21,23 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import activations, layers, losses, optim, procedures
+from . import activations, layers, losses, optim, procedures, records
 from .ieee import propagate_nonfinite
-from .layers import back_sum, weighted_sum  # noqa: F401  (the shared sums, defined with the layer kinds)
+from .records import derives_sample_gradients
+from .layers import back_sum, rnn, weighted_sum  # noqa: F401  (the shared sums, defined with the layer kinds)
 from .trace import Trace
 
 
 class Pass(dict):
     """One forward and backward pass over a batch (arrays have the batch on axis 0), keyed as the
     trace's fields read it (records.Field.key): per layer lists u, a, slope, delta, h (f(u) before a
-    residual skip), e (∂E/∂a, None for the output layer), grad_W, grad_b (per sample; None for the
-    kinds whose per-sample gradients the Trace derives), records (the layer kinds' own values
-    {key: array}); output_error (∂E/∂a⁽ᴸ⁾, None for fused losses) and sample_loss. Items read as
-    attributes too (result.u)."""
+    residual skip), e (∂E/∂a, None for the output layer), grad_W, grad_b (per sample; and grad_Wh,
+    grad_bh: one list per stored parameter name of the scenario, None on layers without it, and None
+    on the layers whose per-sample gradients the Trace derives: records.derives_sample_gradients),
+    records (the layer kinds' own values {key: array}; a recurrent layer's: its cell's full record,
+    see tracer/layers/rnn.py); output_error (∂E/∂a⁽ᴸ⁾, None for fused losses) and sample_loss. A
+    recurrent layer has None for u, h, slope, delta (they are in its record, per time step) and a =
+    h_(T−1). Items read as attributes too (result.u)."""
 
     def __getattr__(self, name):
         try:
@@ -55,15 +59,16 @@ class Recorder:
 
 
 def initial_parameters(scenario):
-    """The parameters W_l, b_l of every layer before the first step, in layer order, each kind drawing
-    from the seeded generator as it needs (see LayerKind.initial_parameters)."""
+    """The parameters of every layer before the first step: {stored name: per layer array or None}
+    (W, b for every layer; Wh, bh of recurrent layers), each kind drawing from the seeded generator
+    as it needs, layer by layer (see LayerKind.initial_parameters)."""
     rng = np.random.default_rng(scenario.seed)
-    weights, biases = [], []
-    for fan_in, layer in zip(scenario.widths[:-1], scenario.layers):
-        W, b = layers.of(layer).initial_parameters(layer, fan_in, rng)
-        weights.append(W)
-        biases.append(b)
-    return weights, biases
+    params = {name: [None] * len(scenario.layers) for name in records.parameter_names(scenario)}
+    for l, (fan_in, layer) in enumerate(zip(scenario.widths[:-1], scenario.layers)):
+        kind = layers.of(layer)
+        for name, value in zip(kind.stored_params, kind.initial_parameters(layer, fan_in, rng)):
+            params[name][l] = value
+    return params
 
 
 def output_delta(loss, y, t, slope):
@@ -72,69 +77,129 @@ def output_delta(loss, y, t, slope):
     return loss.output_error(y, t), loss.output_delta(y, t, slope)
 
 
-def forward_backward(scenario, weights, biases, x, t):
-    """Run one pass over the samples x (B × n_in) with targets t; return every intermediate.
+def forward_backward(scenario, weights, biases, x, t, extra=None):
+    """Run one pass over the samples x (B × n_in, or B × time × features for sequences) with targets
+    t; return every intermediate. `extra` {name: per layer array or None}: the stored parameters
+    beyond W and b (Wh, bh of recurrent layers).
 
     forward, per layer: u, record = kind.forward; h = f(u); a = kind.combine(h, a⁽ˡ⁻¹⁾)
+      a recurrent layer (first in the net) runs its cell through time on the sequence below:
+      record = kind.forward(sequence, W, b, Wh, bh); its a is the last hidden state h_{T−1}
     backward: δ⁽ᴸ⁾ from the loss; per layer from the top: kind.backward (its own records),
     e⁽ˡ⁻¹⁾ = kind.error_down, δ⁽ˡ⁻¹⁾ = f'(u⁽ˡ⁻¹⁾)·e⁽ˡ⁻¹⁾; then per-sample gradients by kind.gradients
-    for the kinds that record them (batch_gradients gives the batch's)."""
+    for the layers that record them (batch_gradients gives the batch's).
+      a recurrent layer receives dE_dh (B, time, U): e⁽ˡ⁾ at the last time step (0 before it) from a
+      dense layer above, or ∂E/∂x of the recurrent layer above at every time step; it
+      backpropagates through time (kind.backward gives the full record) and its gradients are the
+      per-sample sums over time (recorded: recurrent layers do not derive them)."""
     loss = losses.LOSSES[scenario.loss]
     kinds = [layers.of(layer) for layer in scenario.layers]
+    params = {"W": weights, "b": biases, **(extra or {})}
+    values = [[params[name][l] for name in kind.stored_params] for l, kind in enumerate(kinds)]
     us, hs, acts, slopes, records = [], [], [], [], []
-    previous = x
-    for layer, kind, W, b in zip(scenario.layers, kinds, weights, biases):
+    previous = sequence = x
+    per_time = t.ndim == 3           # targets per time step: the dense layers run on every (sample, time) row
+    for layer, kind, p in zip(scenario.layers, kinds, values):
+        if kind.recurrent:
+            record = kind.forward(layer, sequence, *p)
+            sequence = kind.output(layer, record)
+            previous = sequence.reshape(-1, sequence.shape[-1]) if per_time else sequence[:, -1]
+            us.append(None), hs.append(None), acts.append(sequence[:, -1]), slopes.append(None), records.append(record)
+            continue
         definition = activations.get(layer.activation)
         axis = None if definition.elementwise else -1
-        u, record = kind.forward(layer, previous, W, b)
+        u, record = kind.forward(layer, previous, *p)
         h = propagate_nonfinite(definition.forward(u, layer.activation_params), u, axis=axis)
         slope = propagate_nonfinite(definition.slope(u, h, layer.activation_params), u, h)
         a = kind.combine(layer, h, previous)
         us.append(u), hs.append(h), acts.append(a), slopes.append(slope), records.append(record)
         previous = a
     y, u_out = acts[-1], us[-1]
-    sample_loss = propagate_nonfinite(loss.value(u_out, y, t)[:, None], u_out, y, axis=-1)[:, 0]
-    output_error, delta = output_delta(loss, y, t, slopes[-1])
+    rows_t = t.reshape(-1, t.shape[-1]) if per_time else t
+    sample_loss = propagate_nonfinite(loss.value(u_out, y, rows_t)[:, None], u_out, y, axis=-1)[:, 0]
+    if per_time:                     # Σ over time, left to right from t = 0
+        sample_loss = rnn.sum_over_time(sample_loss.reshape(t.shape[:2]))
+    output_error, delta = output_delta(loss, y, rows_t, slopes[-1])
     last = len(scenario.layers) - 1
     deltas, errors = [None] * last + [delta], [None] * (last + 1)
+    through_time = None       # dE_dh for a recurrent layer below a recurrent one
     for index in range(last, -1, -1):
         layer, kind = scenario.layers[index], kinds[index]
-        kind.backward(layer, records[index], deltas[index], weights[index])
+        if kind.recurrent:
+            if through_time is None and per_time:
+                through_time = errors[index].reshape(kind.output(layer, records[index]).shape)
+            elif through_time is None:
+                through_time = np.zeros_like(kind.output(layer, records[index]))
+                through_time[:, -1] = errors[index]
+            records[index] = kind.backward(layer, records[index], through_time, values[index][0], values[index][2])
+            through_time = kind.error_down(layer, records[index]) if index else None
+            continue
+        kind.backward(layer, records[index], deltas[index], values[index][0])
         if index:
-            errors[index - 1] = kind.error_down(layer, records[index], deltas[index], weights[index], errors[index])
-            deltas[index - 1] = slopes[index - 1] * errors[index - 1]
+            errors[index - 1] = kind.error_down(layer, records[index], deltas[index], values[index][0], errors[index])
+            if not kinds[index - 1].recurrent:
+                deltas[index - 1] = slopes[index - 1] * errors[index - 1]
     inputs = [x] + acts[:-1]
-    grads = [(None, None) if kind.derives_sample_gradients else kind.gradients(layer, record, below, d)
-             for layer, kind, record, below, d in zip(scenario.layers, kinds, records, inputs, deltas)]
+    if per_time:                     # the first dense layer read every h_t of the last recurrent layer
+        top = max(l for l, kind in enumerate(kinds) if kind.recurrent)
+        sequence = kinds[top].output(scenario.layers[top], records[top])
+        inputs[top + 1] = sequence.reshape(-1, sequence.shape[-1])
+    grads = {name: [None] * len(kinds) for name in params}
+    for l, (layer, kind, record, below, d) in enumerate(zip(scenario.layers, kinds, records, inputs, deltas)):
+        if derives_sample_gradients(scenario, kind):
+            continue                 # derived by the Trace when read; batch_gradients sums them blockwise
+        found = kind.gradients(layer, record) if kind.recurrent else kind.gradients(layer, record, below, d)
+        if per_time and not kind.recurrent:     # per (sample, time) row → per sample, Σ over time
+            found = [rnn.sum_over_time(g.reshape(t.shape[:2] + g.shape[1:])) for g in found]
+        for name, g in zip(kind.stored_params, found):
+            grads[name][l] = g
+    if per_time:                     # the dense layers' rows back to (sample, time, unit)
+        for store in (us, hs, acts, slopes, deltas, errors):
+            for l, kind in enumerate(kinds):
+                if not kind.recurrent and store[l] is not None:
+                    store[l] = store[l].reshape(t.shape[:2] + store[l].shape[1:])
+        if output_error is not None:
+            output_error = output_error.reshape(t.shape)
     return Pass(u=us, a=acts, slope=slopes, delta=deltas, h=hs, e=errors, output_error=output_error,
-                sample_loss=sample_loss, grad_W=[g for g, _ in grads], grad_b=[g for _, g in grads], records=records)
+                sample_loss=sample_loss, records=records, **{f"grad_{name}": g for name, g in grads.items()})
 
 
 reduce_samples = procedures.reduce_samples   # Σ_s, or Σ_s / B for `mean` (with its Excel form there)
 
 
 def batch_gradients(scenario, result, x):
-    """The batch gradients of a pass over the samples x, per layer: (grads_W, grads_b), each Σ_s (or
-    Σ_s / B for `mean`) of the per-sample gradients in sample order, by the kinds' batch_gradients
-    (from a⁽ˡ⁻¹⁾ and δ, the per-sample products never all held at once)."""
-    pairs = []
-    for layer, record, below, delta, per_sample_W, per_sample_b in zip(
-            scenario.layers, result.records, [x] + result.a[:-1], result.delta, result.grad_W, result.grad_b):
-        if per_sample_W is None:
-            pairs.append(layers.of(layer).batch_gradients(layer, record, below, delta, scenario.reduction))
-        else:    # a kind that records its per-sample gradients: they are at hand
-            pairs.append((reduce_samples(per_sample_W, scenario.reduction), reduce_samples(per_sample_b, scenario.reduction)))
-    return [w for w, _ in pairs], [b for _, b in pairs]
+    """The batch gradients of a pass over the samples x: {name: per layer array or None} (W, b; Wh,
+    bh of recurrent layers), each Σ_s (or Σ_s / B for `mean`) of the per-sample gradients in sample
+    order. For the layers that derive their per-sample gradients (records.derives_sample_gradients)
+    the kind's batch_gradients forms W's and b's from a⁽ˡ⁻¹⁾ and δ (the per-sample products never all
+    held at once); the others' recorded per-sample arrays are reduced."""
+    grads = {name: [None] * len(scenario.layers) for name in records.parameter_names(scenario)}
+    for l, (layer, record, below, delta) in enumerate(zip(scenario.layers, result.records, [x] + result.a[:-1],
+                                                          result.delta)):
+        kind = layers.of(layer)
+        if derives_sample_gradients(scenario, kind):
+            grads["W"][l], grads["b"][l] = kind.batch_gradients(layer, record, below, delta, scenario.reduction)
+            continue
+        for name in kind.stored_params:
+            grads[name][l] = reduce_samples(result[f"grad_{name}"][l], scenario.reduction)
+    return grads
 
 
-def clip(scenario, grads_W, grads_b, trace, step):
-    """Gradient clipping before the update, as PyTorch does it (procedures.clip: clip_norm's factor
-    c = min(1, clip_norm / (‖g‖ + 1e-6)), then clip_value's clamp); ‖g‖ and c are recorded per step."""
-    grads_W, grads_b, norm, factor = procedures.clip(grads_W, grads_b, [layer.train_bias for layer in scenario.layers],
-                                                     scenario.clip_norm, scenario.clip_value)
+def clip(scenario, grads, trace, step):
+    """Gradient clipping before the update, as PyTorch does it (procedures.clip_gradients: clip_norm's
+    factor c = min(1, clip_norm / (‖g‖ + 1e-6)), then clip_value's clamp) over every parameter, layer
+    by layer in each kind's order (W, b; W, b, Wh, bh); ‖g‖ and c are recorded per step.
+    `grads` {name: per layer array or None}; returns the clipped gradients in the same form."""
+    order = [(name, l) for l, layer in enumerate(scenario.layers) for name in layers.of(layer).stored_params]
+    trained = [scenario.layers[l].train_bias or name not in layers.of(scenario.layers[l]).bias_params for name, l in order]
+    clipped, norm, factor = procedures.clip_gradients([grads[name][l] for name, l in order], trained,
+                                                      scenario.clip_norm, scenario.clip_value)
     if norm is not None:
         trace.grad_norm[step], trace.clip_factor[step] = norm, factor
-    return grads_W, grads_b
+    used = {name: list(values) for name, values in grads.items()}
+    for (name, l), g in zip(order, clipped):
+        used[name][l] = g
+    return used
 
 
 def batch_schedule(scenario):
@@ -155,7 +220,7 @@ def batch_schedule(scenario):
 
 def run(scenario):
     """Train for scenario.steps steps and return the full Trace."""
-    weights, biases = initial_parameters(scenario)
+    params = initial_parameters(scenario)
     optimizer = optim.OPTIMIZERS[scenario.optimizer]
     trace = Trace.allocate(scenario, batch_schedule(scenario))
     recorder = Recorder()
@@ -163,27 +228,31 @@ def run(scenario):
         for step in range(scenario.steps):
             recorder.step = step
             ids = trace.samples(step)
-            trace.set_parameters(step, weights, biases)
+            extra = {name: values for name, values in params.items() if name not in ("W", "b")}
+            trace.set_parameters(step, params["W"], params["b"], extra)
             x = scenario.inputs[ids]
-            result = forward_backward(scenario, weights, biases, x, scenario.targets[ids])
-            grads_W, grads_b = batch_gradients(scenario, result, x)
-            used_W, used_b = clip(scenario, grads_W, grads_b, trace, step)
+            result = forward_backward(scenario, params["W"], params["b"], x, scenario.targets[ids], extra)
+            grads = batch_gradients(scenario, result, x)
+            used = clip(scenario, grads, trace, step)
             hyper = dict(scenario.optimizer_params, lr=procedures.learning_rate(scenario.optimizer_params, step))
             trace.lr[step] = hyper["lr"]
-            updates = {"W": [], "b": []}
+            updates = {name: [None] * len(scenario.layers) for name in params}
             for l, layer in enumerate(scenario.layers):
-                for kind, grads, params in (("W", used_W, weights), ("b", used_b, biases)):
-                    if kind == "b" and not layer.train_bias:
-                        updates[kind].append(np.zeros_like(grads[l]))
+                kind = layers.of(layer)
+                for name in kind.stored_params:
+                    if name in kind.bias_params and not layer.train_bias:
+                        updates[name][l] = np.zeros_like(used[name][l])
                         continue
-                    update, state = optimizer.step(grads[l], params[l], trace.state_before(kind, l, step), hyper, step + 1)
-                    trace.record_state(kind, l, step, state)
-                    updates[kind].append(update)
-            updates_W, updates_b = updates["W"], updates["b"]
+                    update, state = optimizer.step(used[name][l], params[name][l], trace.state_before(name, l, step),
+                                                   hyper, step + 1)
+                    trace.record_state(name, l, step, state)
+                    updates[name][l] = update
             loss = reduce_samples(result.sample_loss, scenario.reduction)
-            trace.record(step, result, dict(grad_W=grads_W, grad_b=grads_b, update_W=updates_W, update_b=updates_b, loss=loss))
-            weights = [W - d for W, d in zip(weights, updates_W)]
-            biases = [b - d for b, d in zip(biases, updates_b)]
-        trace.set_parameters(scenario.steps, weights, biases)
+            totals = {f"{what}_{name}": values[name] for name in params for what, values in (("grad", grads), ("update", updates))}
+            trace.record(step, result, dict(totals, loss=loss))
+            params = {name: [None if p is None else p - d for p, d in zip(values, updates[name])]
+                      for name, values in params.items()}
+        extra = {name: values for name, values in params.items() if name not in ("W", "b")}
+        trace.set_parameters(scenario.steps, params["W"], params["b"], extra)
     trace.warnings = recorder.events
     return trace

@@ -55,16 +55,21 @@ class Report:
         return max(self.checks, key=lambda c: c.error, default=None)
 
 
-def _batch_loss(scenario, weights, biases, x, t):
-    result = forward_backward(scenario, weights, biases, x, t)
-    kinked = [activations.get(layer.activation).piecewise for layer in scenario.layers]
-    return float(reduce_samples(result.sample_loss, scenario.reduction)), [np.sign(u) for u, k in zip(result.u, kinked) if k]
+def _batch_loss(scenario, weights, biases, x, t, extra=None):
+    """E of the batch, and the signs of every u of a piecewise activation (recurrent layers: u at
+    every time step) to detect a kink crossed by a perturbation."""
+    result = forward_backward(scenario, weights, biases, x, t, extra)
+    signs = []
+    for layer, u, record in zip(scenario.layers, result.u, result.records):
+        if activations.get(layer.activation).piecewise:
+            signs.append(np.sign(record["u"] if layers.of(layer).recurrent else u))
+    return float(reduce_samples(result.sample_loss, scenario.reduction)), signs
 
 
 _KINK = object()
 
 
-def _numeric_derivative(scenario, weights, biases, x, t, array, index, h, signs, floor):
+def _numeric_derivative(scenario, weights, biases, x, t, array, index, h, signs, floor, extra=None):
     """Richardson-extrapolated ∂E/∂θ for θ = array[index], halving h until it no longer bends.
 
     Returns the estimate, _KINK if a ±h step flips the sign of some u, or None if the loss
@@ -76,7 +81,7 @@ def _numeric_derivative(scenario, weights, biases, x, t, array, index, h, signs,
         losses, crossed = [], False
         for offset in (step, -step):
             array[index] = original + offset
-            value, perturbed = _batch_loss(scenario, weights, biases, x, t)
+            value, perturbed = _batch_loss(scenario, weights, biases, x, t, extra)
             losses.append(value)
             crossed = crossed or any((p != s0).any() for p, s0 in zip(perturbed, signs))
         array[index] = original
@@ -100,24 +105,29 @@ def check(trace, steps=(0,)):
     checks, skipped, nonfinite, unresolved = [], [], [], []
     with np.errstate(all="ignore"):
         for step in steps:
-            weights = [W[step].copy() for W in trace.W]
-            biases = [b[step].copy() for b in trace.b]
+            params = trace.parameters(step)
+            weights, biases = params.pop("W"), params.pop("b")
+            extra = params                              # Wh, bh of recurrent layers
+            stored = dict(extra, W=weights, b=biases)
             ids = trace.samples(step)
             x, t = scenario.inputs[ids], scenario.targets[ids]
-            loss, signs = _batch_loss(scenario, weights, biases, x, t)
-            if not np.isfinite(loss) or not all(np.isfinite(g[step]).all() for g in trace.grad_W + trace.grad_b):
+            loss, signs = _batch_loss(scenario, weights, biases, x, t, extra)
+            gradients = [g[step] for name in stored for g in trace._store(f"grad_{name}") if g is not None]
+            if not np.isfinite(loss) or not all(np.isfinite(g).all() for g in gradients):
                 nonfinite.append(step)
                 continue
             for layer in range(trace.layers):
-                kind = layers.of(scenario.layers[layer])   # names the parameters: W, b or gamma, beta
-                targets = [(weights[layer], (i, j), kind.param_name("W", layer + 1, (i, j)), trace.grad_W[layer][step, i, j])
-                           for i in range(weights[layer].shape[0]) for j in range(weights[layer].shape[1])]
-                targets += [(biases[layer], (j,), kind.param_name("b", layer + 1, (j,)), trace.grad_b[layer][step, j])
-                            for j in range(biases[layer].shape[0])]
+                kind = layers.of(scenario.layers[layer])   # names the parameters: W, b, Wh, bh or gamma, beta
+                targets = []
+                for which in kind.stored_params:
+                    array, grad = stored[which][layer], trace._store(f"grad_{which}")[layer][step]
+                    targets += [(array, index, kind.param_name(which, layer + 1, index), grad[index])
+                                for index in np.ndindex(array.shape)]
                 for array, index, name, backprop in targets:
                     scale = max(1.0, abs(array[index]))
                     floor = max(1e-3 * abs(loss) / scale, 1e-300)
-                    numeric = _numeric_derivative(scenario, weights, biases, x, t, array, index, 1e-4 * scale, signs, floor)
+                    numeric = _numeric_derivative(scenario, weights, biases, x, t, array, index, 1e-4 * scale, signs, floor,
+                                                  extra)
                     if numeric is _KINK:
                         skipped.append((step, name))
                     elif numeric is None:

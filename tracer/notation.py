@@ -39,16 +39,17 @@ _TEXT = {"#": r"\#", "$": r"\$", "%": r"\%", "&": r"\&", "_": r"\_", "{": r"\{",
 _CIRCLED = {chr(0x2460 + k): str(k + 1) for k in range(20)}   # ① .. ⑳
 _HAT = "\u0302"
 _FUNCTIONS = {"tanh", "exp", "log", "ln", "max", "min", "sin", "cos"}
-_PARAMETER = re.compile(r"(?<![A-Za-z0-9])(W|b|gamma|beta)([0-9]+)\[([0-9a-z]+(?:,\s*[0-9a-z]+)?)\]")
+_PARAMETER = re.compile(r"(?<![A-Za-z0-9])(Wh|bh|W|b|gamma|beta)([0-9]+)\[([0-9a-z]+(?:,\s*[0-9a-z]+)?)\]")
 
 
 def latex_parameter(name):
-    """'W1[0,2]' -> 'W_{1}[0,2]', 'gamma2[1]' -> '\\gamma_{2}[1]' (math mode); other text unchanged."""
+    """'W1[0,2]' -> 'W_{1}[0,2]', 'gamma2[1]' -> '\\gamma_{2}[1]', a recurrent layer's 'Wh1[0,0]' ->
+    'W^{h}_{1}[0,0]', 'bh1[0]' -> 'b^{h}_{1}[0]' (math mode); other text unchanged."""
     match = _PARAMETER.fullmatch(name.strip())
     if not match:
         return name
     letter, layer, index = match.groups()
-    base = "\\" + letter if letter in ("gamma", "beta") else letter
+    base = "\\" + letter if letter in ("gamma", "beta") else f"{letter[0]}^{{h}}" if letter in ("Wh", "bh") else letter
     return f"{base}_{{{layer}}}[{index.replace(' ', '')}]"
 
 

@@ -109,15 +109,23 @@ def clip(grads_W, grads_b, train_bias, clip_norm=None, clip_value=None):
     clip_value: clamp, after clip_norm (clip_grad_norm_ then clip_grad_value_: ‖g‖ is the norm
                 before the clamp).
     """
+    gradients = [g for pair in zip(grads_W, grads_b) for g in pair]
+    trained = [flag for bias in train_bias for flag in (True, bias)]
+    clipped, norm, factor = clip_gradients(gradients, trained, clip_norm, clip_value)
+    return clipped[0::2], clipped[1::2], norm, factor
+
+
+def clip_gradients(gradients, trained, clip_norm=None, clip_value=None):
+    """`clip` over any list of gradient arrays (every parameter of every layer, in the engine's
+    order: layer by layer, each kind's stored parameters), `trained` flags beside them (False:
+    a frozen bias, left out of ‖g‖): returns (clipped list, ‖g‖, c)."""
     norm = factor = None
     if clip_norm is not None:
-        trained = [g for g_W, g_b, bias in zip(grads_W, grads_b, train_bias) for g in ((g_W, g_b) if bias else (g_W,))]
-        norm, factor = clip_norm_factor(trained, clip_norm)
-        grads_W = [g * factor for g in grads_W]
-        grads_b = [g * factor for g in grads_b]
+        norm, factor = clip_norm_factor([g for g, flag in zip(gradients, trained) if flag], clip_norm)
+        gradients = [g * factor for g in gradients]
     if clip_value is not None:
-        grads_W, grads_b = [clamp(g, clip_value) for g in grads_W], [clamp(g, clip_value) for g in grads_b]
-    return grads_W, grads_b, norm, factor
+        gradients = [clamp(g, clip_value) for g in gradients]
+    return list(gradients), norm, factor
 
 
 def excel_grad_norm(cells):

@@ -15,6 +15,23 @@ CSV rows it belongs to and how its index becomes the CSV's row/col:
   index  "unit"   CSV row j over the flattened value (col empty)
          "matrix" CSV row i, col j (the W-like parameters of a dense layer)
          "scalar" CSV row and col empty
+         "time-unit"   recurrent layers: shape (time, n), CSV time t, row j (col empty)
+         "time-matrix" recurrent layers: shape (time, n, m), CSV time t, row i, col j
+
+Time (issue 12): the quantities of recurrent layers have a time index, the first axis of their
+shape: Trace.values keys index them (time, unit) or (time, i, j): ("h", 1, (t, j)),
+("grad_W_time", 1, (t, i, j)). With targets per time step (samples × time × outputs, many-to-many)
+the dense layers after the recurrent ones run at every time step: their u, a, slope, delta (h, e)
+and the loss's dE_da are kept per (time, unit) too (index "time-unit", keys (name, l, (t, j))),
+their grad_W, grad_b per sample are sums over time, and the targets read ("t", 0, (t, k)); a
+sample's loss is the sum over time of the loss at each time step (the per-time losses are not kept). The per-time-step gradient contributions are the fields
+grad_W_time, grad_b_time, grad_Wh_time, grad_bh_time (keys), written to the CSV as grad_W, ...
+with their time; every other quantity has no time index (its CSV time is empty).
+
+Parameters: each layer kind declares its stored parameters (LayerKind.stored_params: W, b; for
+recurrent layers W, b, Wh, bh) and their shapes (param_shapes); every parameter-shaped quantity
+(the parameter, grad_, update_, the optimiser's state m_, v_, ...) is recorded for each, in that
+order: dense layers keep exactly W, grad_W, update_W, b, grad_b, update_b.
 
 A field marked `derived` is not kept: the per-sample grad_W, grad_b of the kinds that derive them
 (LayerKind.derives_sample_gradients) are computed from a⁽ˡ⁻¹⁾ (x̂) and δ when read (trace.py's
@@ -33,7 +50,7 @@ from .layers.base import E, H, U, A, SLOPE, DELTA
 
 MAX_BYTES = 2 * 2**30   # the cap on a run's recorded scalars (README: "Bad input"), checked at load time
 COMMON_STORES = {U.name: "u", A.name: "a", SLOPE.name: "slope", DELTA.name: "delta", H.name: "h", E.name: "error"}
-PARAMETER_TOTALS = ("W", "grad_W", "update_W", "b", "grad_b", "update_b")
+PARAMETER_TOTALS = ("W", "grad_W", "update_W", "b", "grad_b", "update_b")   # of a dense layer, in order
 
 
 @dataclass(frozen=True)
@@ -72,7 +89,17 @@ class Field:
             return np.array([-1]), None
         if self.index == "matrix":
             return np.divmod(np.arange(self.size), self.shape[1])
+        if self.index == "time-unit":
+            return np.arange(self.size) % self.shape[1], None
+        if self.index == "time-matrix":
+            return np.divmod(np.arange(self.size) % (self.shape[1] * self.shape[2]), self.shape[2])
         return np.arange(self.size), None
+
+    def times(self):
+        """The CSV's time of each flattened value: the time step, or -1 (empty) without a time index."""
+        if self.index.startswith("time-"):
+            return np.arange(self.size) // (self.size // self.shape[0])
+        return np.full(self.rows_cols()[0].size, -1)
 
 
 def fields(scenario):
@@ -86,13 +113,43 @@ def _param(name, store, group, l, shape, kind, source, derived=False):
     """A parameter-shaped field: CSV name by the kind (gamma, grad_beta, ...), matrix rows on dense W."""
     csv = kind.param_quantity(name)
     index = "matrix" if len(shape) == 2 and csv == name else "unit"
-    return Field(name, store, group, l, shape, csv, index, source, final=name in ("W", "b"), derived=derived)
+    return Field(name, store, group, l, shape, csv, index, source, final=name in kind.stored_params, derived=derived)
 
 
 def parameter_shapes(scenario):
-    """Per layer the (W-like, b-like) stored shapes, as each kind declares them."""
-    return [layers.of(layer).param_shapes(fan_in, layer.units)
-            for fan_in, layer in zip(scenario.widths[:-1], scenario.layers)]
+    """Per layer {stored parameter name: shape}, as each kind declares them (W, b; W, b, Wh, bh)."""
+    out = []
+    for fan_in, layer in zip(scenario.widths[:-1], scenario.layers):
+        kind = layers.of(layer)
+        out.append(dict(zip(kind.stored_params, kind.param_shapes(fan_in, layer.units))))
+    return out
+
+
+def parameter_names(scenario):
+    """Every stored parameter name of the scenario's layers, in order of first appearance (W, b, Wh, bh)."""
+    return tuple(dict.fromkeys(name for layer in scenario.layers for name in layers.of(layer).stored_params))
+
+
+def _time_field(q, l, layer, scenario, shapes):
+    """The field of a recurrent layer's quantity with a time index."""
+    steps = scenario.time_steps
+    if q.per == "sample-time-unit":
+        return Field(q.key, "norm", "sample", l, (steps, layer.units), q.name, "time-unit", key=q.key)
+    shape = (steps,) + shapes[q.param]
+    return Field(q.key, "norm", "sample", l, shape, q.name, "time-matrix" if len(shape) == 3 else "time-unit", key=q.key)
+
+
+def per_time(scenario, kind):
+    """True for the (dense) layers after the recurrent ones when the targets are per time step: their
+    per-sample quantities are kept per (time, unit), and the loss's ∂E/∂a per (time, output)."""
+    return scenario.per_time_targets and not kind.recurrent
+
+
+def derives_sample_gradients(scenario, kind):
+    """Whether the per-sample gradients of a layer of this kind are derived when read, not kept: the
+    kinds that derive them (LayerKind.derives_sample_gradients), except dense layers run at every
+    time step (per_time: their per-sample gradients are sums over time, recorded)."""
+    return kind.derives_sample_gradients and not per_time(scenario, kind)
 
 
 def sample_fields(scenario):
@@ -100,21 +157,33 @@ def sample_fields(scenario):
     shapes = parameter_shapes(scenario)
     for l, layer in enumerate(scenario.layers, start=1):
         kind = layers.of(layer)
-        declared = [q for q in kind.records(layer) if q.per in ("sample-unit", "sample")]
+        declared = [q for q in kind.records(layer) if q.per in ("sample-unit", "sample", "sample-time-unit",
+                                                                  "sample-time-param")]
         for q in declared:
+            if q.per.startswith("sample-time"):
+                out.append(_time_field(q, l, layer, scenario, shapes[l - 1]))
+                continue
             shape, index = ((layer.units,), "unit") if q.per == "sample-unit" else ((), "scalar")
+            if per_time(scenario, kind):
+                shape, index = (scenario.time_steps,) + shape, "time-unit"
             store = COMMON_STORES[q.name] if q.common else "norm"
             out.append(Field(q.name, store, "sample", l, shape, q.name, index, key=q.key))
         written = {q.name for q in declared}
-        out += [Field(q.name, COMMON_STORES[q.name], "sample", l, (layer.units,), None, key=q.key)
+        shape = ((scenario.time_steps,) if per_time(scenario, kind) else ()) + (layer.units,)
+        out += [Field(q.name, COMMON_STORES[q.name], "sample", l, shape, None, key=q.key)
                 for q in (U, A, SLOPE, DELTA, H, E) if q.name not in written]
     if losses.LOSSES[scenario.loss].records_output_error:
-        out.append(Field("dE_da", "output_error", "sample", L, (scenario.widths[-1],), "dE_da", key="output_error"))
+        if scenario.per_time_targets:
+            out.append(Field("dE_da", "output_error", "sample", L, (scenario.time_steps, scenario.widths[-1]), "dE_da",
+                             "time-unit", key="output_error"))
+        else:
+            out.append(Field("dE_da", "output_error", "sample", L, (scenario.widths[-1],), "dE_da", key="output_error"))
     for l, layer in enumerate(scenario.layers, start=1):
         kind = layers.of(layer)
-        derived = kind.derives_sample_gradients
-        out.append(_param("grad_W", "grad_W_sample", "sample", l, shapes[l - 1][0], kind, "pass", derived))
-        out.append(_param("grad_b", "grad_b_sample", "sample", l, shapes[l - 1][1], kind, "pass", derived))
+        derived = derives_sample_gradients(scenario, kind)
+        for name in kind.stored_params:
+            out.append(_param(f"grad_{name}", f"grad_{name}_sample", "sample", l, shapes[l - 1][name], kind, "pass",
+                              derived))
     out.append(Field("loss", "sample_loss", "sample", None, (), "loss", "scalar", key="sample_loss"))
     return out
 
@@ -124,18 +193,21 @@ def total_fields(scenario):
     shapes = parameter_shapes(scenario)
     for l, layer in enumerate(scenario.layers, start=1):
         kind = layers.of(layer)
-        for name in PARAMETER_TOTALS:
-            shape = shapes[l - 1][0] if name.endswith("W") else shapes[l - 1][1]
-            out.append(_param(name, name, "total", l, shape, kind, "engine" if name in ("W", "b") else "step"))
+        for param in kind.stored_params:
+            for name in (param, f"grad_{param}", f"update_{param}"):
+                out.append(_param(name, name, "total", l, shapes[l - 1][param], kind, "engine" if name == param else "step"))
         out += [Field(q.name, "norm", "total", l, (layer.units,), q.name, key=q.key)
                 for q in kind.records(layer) if q.per == "step-unit"]
     scalar = lambda name, source: Field(name, name, "total", None, (), name, "scalar", source)  # noqa: E731
     out += [scalar("loss", "step"), scalar("lr", "engine")]
     for name in optim.OPTIMIZERS[scenario.optimizer].state:
-        for which in ("W", "b"):
+        for which in parameter_names(scenario):
             for l, layer in enumerate(scenario.layers, start=1):
-                field = _param(f"{name}_{which}", "state", "total", l, shapes[l - 1][which == "b"], layers.of(layer), "engine")
-                if which == "b" and not layer.train_bias:   # a frozen bias has no optimiser state to show
+                kind = layers.of(layer)
+                if which not in kind.stored_params:
+                    continue
+                field = _param(f"{name}_{which}", "state", "total", l, shapes[l - 1][which], kind, "engine")
+                if which in kind.bias_params and not layer.train_bias:   # a frozen bias has no optimiser state to show
                     field = Field(field.name, "state", "total", l, field.shape, None, source="engine")
                 out.append(field)
     if scenario.clip_norm is not None:
@@ -146,9 +218,9 @@ def total_fields(scenario):
 def once_fields(scenario):
     """The optimiser state before the first step (zeros; a window's is the state before its first step)."""
     shapes = parameter_shapes(scenario)
-    return [Field(f"{name}_{which}", "initial_state", "once", l, shapes[l - 1][which == "b"], None, source="engine")
-            for name in optim.OPTIMIZERS[scenario.optimizer].state for which in ("W", "b")
-            for l in range(1, len(scenario.layers) + 1)]
+    return [Field(f"{name}_{which}", "initial_state", "once", l, shapes[l - 1][which], None, source="engine")
+            for name in optim.OPTIMIZERS[scenario.optimizer].state for which in parameter_names(scenario)
+            for l in range(1, len(scenario.layers) + 1) if which in shapes[l - 1]]
 
 
 def bytes_needed(scenario, steps, size):

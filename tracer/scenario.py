@@ -68,8 +68,20 @@ class Scenario:
 
     @property
     def widths(self):
-        """Units per layer, input layer first: [n_inputs, units_1, ..., units_L]."""
-        return [self.inputs.shape[1]] + [layer.units for layer in self.layers]
+        """Units per layer, input layer first: [n_inputs, units_1, ..., units_L] (n_inputs: the
+        features per time step of sequences)."""
+        return [self.inputs.shape[-1]] + [layer.units for layer in self.layers]
+
+    @property
+    def per_time_targets(self):
+        """Targets samples × time × outputs (many-to-many): the dense layers after the recurrent ones
+        read every h_t, and a sample's loss is the sum over time of the loss at each time step."""
+        return self.targets.ndim == 3
+
+    @property
+    def time_steps(self):
+        """The length of the input sequences (inputs samples × time × features), None for plain rows."""
+        return self.inputs.shape[1] if self.inputs.ndim == 3 else None
 
     @property
     def batch_size(self):
@@ -77,7 +89,8 @@ class Scenario:
 
     def __repr__(self):
         layers = ", ".join(layer_kinds.of(layer).describe(layer) for layer in self.layers)
-        return (f"<Scenario {self.name!r}: {self.inputs.shape[1]} inputs -> {layers}; {self.loss} loss, "
+        inputs = f"{self.widths[0]} inputs" + (f" × {self.time_steps} time steps" if self.time_steps else "")
+        return (f"<Scenario {self.name!r}: {inputs} -> {layers}; {self.loss} loss, "
                 f"{self.optimizer} lr={self.optimizer_params.get('lr')}, {self.steps} steps, "
                 f"{self.inputs.shape[0]} samples, batch {'full' if self.batch is None else self.batch}>")
 
@@ -200,21 +213,30 @@ def from_dict(raw, source="<scenario>", base=None, text=""):
     data_raw = v.table(raw, "data", "")
     raw_inputs, targets = _data(v, data_raw, base)
     normalize = v.choice(data_raw, "normalize", "data", NORMALIZATIONS, default="none")
+    if normalize != "none" and raw_inputs.ndim == 3:
+        raise ScenarioError(source, "data.normalize", "input normalisation is not available for sequences "
+                            "(samples × time × features) yet: use normalize = \"none\"")
     inputs = normalized(raw_inputs, normalize, v)
     layers_raw = raw["layers"]
     if not isinstance(layers_raw, list) or not layers_raw or not all(isinstance(x, dict) for x in layers_raw):
         raise ScenarioError(source, "layers", "must be one or more [[layers]] tables")
-    widths = [inputs.shape[1]]
+    _check_sequence_order(v, layers_raw, inputs)
+    widths = [inputs.shape[-1]]
     layers = []
     for index, layer_raw in enumerate(layers_raw):
         layer = layer_kinds.parse(v, layer_raw, f"layers[{index}]", widths[-1], index == len(layers_raw) - 1)
         layers.append(layer)
         widths.append(layer.units)
-    if widths[-1] != targets.shape[1]:
+    if widths[-1] != targets.shape[-1]:
         raise ScenarioError(
             source, f"layers[{len(layers) - 1}].units",
-            f"the output layer has {widths[-1]} units but the data has {targets.shape[1]} target column(s)",
+            f"the output layer has {widths[-1]} units but the data has {targets.shape[-1]} target column(s)",
         )
+    if targets.ndim == 3:
+        for index, layer in enumerate(layers):
+            if layer.kind not in ("dense", *(k for k, kind in layer_kinds.LAYERS.items() if kind.recurrent)):
+                raise ScenarioError(source, f"layers[{index}].kind", f"with targets at every time step (samples × time "
+                                    f"× outputs) the layers after the recurrent ones must be dense, not {layer.kind}")
     loss_raw = v.table(raw, "loss", "", default={})
     v.keys(loss_raw, LOSS_KEYS, "loss")
     loss = v.choice(loss_raw, "name", "loss", losses.LOSSES, default="half_sse")
@@ -254,6 +276,23 @@ def from_dict(raw, source="<scenario>", base=None, text=""):
     )
     _check_size(loaded)
     return loaded
+
+
+def _check_sequence_order(v, layers_raw, inputs):
+    """Recurrent layers come first (a stack of them), and input sequences need one: checked on the
+    [[layers]] kinds before the layers are parsed (unknown kinds are left to the layer's parse)."""
+    kinds = [raw.get("kind", "dense") for raw in layers_raw]
+    recurrent = [isinstance(k, str) and k in layer_kinds.LAYERS and layer_kinds.get(k).recurrent for k in kinds]
+    for index in range(1, len(kinds)):
+        if recurrent[index] and not recurrent[index - 1]:
+            raise ScenarioError(v.source, f"layers[{index}].kind", f"a {kinds[index]} layer must come before every "
+                                f"non-recurrent layer (layers[{index - 1}] is {kinds[index - 1]})")
+    if inputs.ndim == 3 and not recurrent[0]:
+        raise ScenarioError(v.source, "layers[0].kind", "input sequences (samples × time × features) need a "
+                            "recurrent first layer (kind = \"rnn\", \"lstm\" or \"gru\")")
+    if recurrent[0] and inputs.ndim != 3:
+        raise ScenarioError(v.source, "data.inputs", f"a {kinds[0]} layer needs input sequences: samples × time × "
+                            "features, a 3-deep array like [[[0.5], [0.1]], ...]")
 
 
 def _check_size(scenario):
@@ -325,13 +364,26 @@ def _data(v, data, base):
     else:
         v.require(data, "inputs", "data")
         v.require(data, "targets", "data")
-        inputs = v.matrix(data, "inputs", "data")
-        targets = v.matrix(data, "targets", "data")
+        inputs = v.sequences(data, "inputs", "data") if _three_deep(data["inputs"]) else v.matrix(data, "inputs", "data")
+        targets = v.sequences(data, "targets", "data") if _three_deep(data["targets"]) else v.matrix(data, "targets", "data")
+    if targets.ndim == 3:
+        if inputs.ndim != 3:
+            raise ScenarioError(v.source, "data.targets", "targets per time step (samples × time × outputs) need "
+                                "input sequences (samples × time × features)")
+        if targets.shape[1] != inputs.shape[1]:
+            raise ScenarioError(v.source, "data.targets", f"{targets.shape[1]} time steps of targets for "
+                                f"{inputs.shape[1]} time steps of inputs")
     if inputs.shape[0] != targets.shape[0]:
         raise ScenarioError(
             v.source, "data.targets", f"{targets.shape[0]} target rows for {inputs.shape[0]} input rows",
         )
     return inputs, targets
+
+
+def _three_deep(value):
+    """A list of lists of lists (samples × time × features): sequences for recurrent layers."""
+    return isinstance(value, list) and bool(value) and isinstance(value[0], list) and bool(value[0]) \
+        and isinstance(value[0][0], list)
 
 
 def _read_data_file(v, data, base):
@@ -375,8 +427,9 @@ def _probability_targets(v, targets, loss, key):
     """Cross-entropy targets are probabilities in [0, 1]; outside, E has no minimum (u → ±∞)."""
     outside = np.argwhere((targets < 0) | (targets > 1))
     if outside.size:
-        row, column = (int(i) for i in outside[0])
-        raise ScenarioError(v.source, key, f"row {row}, column {column}: target {targets[row, column]!r} is outside [0, 1]; "
+        where = [int(i) for i in outside[0]]
+        at = f"row {where[0]}, column {where[-1]}" if len(where) == 2 else f"sample {where[0]}, time {where[1]}, column {where[2]}"
+        raise ScenarioError(v.source, key, f"{at}: target {targets[tuple(where)]!r} is outside [0, 1]; "
                             f"{loss} targets are probabilities (rows need not sum to 1)")
 
 
@@ -563,6 +616,25 @@ class _Validator:
                 if _finite(item) is None:
                     self.fail(where, key, f"row {index}: NaN or infinite value {describe(item)}")
         return np.array([[float(item) for item in row] for row in value], dtype=float)
+
+    def sequences(self, table, key, where):
+        """A non-empty samples × time × values array: every sample as many time steps, every time
+        step as many finite numbers (a ragged sequence is refused, naming the sample)."""
+        value = table[key]
+        first = value[0]
+        for index, sample in enumerate(value):
+            if not isinstance(sample, list) or not sample or not all(isinstance(row, list) for row in sample):
+                self.fail(where, key, f"sample {index} must be a non-empty list of time steps ([[...], ...]), "
+                          f"not {describe(sample)}")
+            if len(sample) != len(first):
+                self.fail(where, key, f"ragged sequences: sample {index} has {len(sample)} time steps, sample 0 has {len(first)}")
+            try:
+                rows = self.matrix({key: sample}, key, where)
+            except ScenarioError as exc:
+                self.fail(where, key, f"sample {index}: {exc.problem}")
+            if rows.shape[1] != len(first[0]):
+                self.fail(where, key, f"sample {index} has {rows.shape[1]} values per time step, sample 0 has {len(first[0])}")
+        return np.array([[[float(item) for item in row] for row in sample] for sample in value], dtype=float)
 
     def vector(self, table, key, where):
         value = table[key]

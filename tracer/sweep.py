@@ -18,7 +18,7 @@ import signal
 
 import numpy as np
 
-from . import diagnose, engine, output, scenario as scenario_module
+from . import diagnose, engine, layers as layer_kinds, output, scenario as scenario_module
 from .errors import InputError, OutputError, TracerError, shorten
 
 RELU_FAMILY = ("relu", "leaky_relu", "elu", "gelu", "silu")
@@ -137,7 +137,7 @@ def remedies(scenario):
         out.append(Variant("learning rate for |Δθ|/|θ| ≈ 1e-3 at step 0", (f"optimizer.lr={matched:.3g}",)))
     changes = []
     for index, (layer_raw, layer) in enumerate(zip(layers_raw, s.layers)):
-        if layer.kind != "dense" or layer.init == "explicit":
+        if not layer_kinds.of(layer).weighted or layer.init == "explicit":
             continue
         init = "he_normal" if layer.activation in RELU_FAMILY else "xavier_uniform"
         table = {key: value for key, value in layer_raw.items()
@@ -149,10 +149,13 @@ def remedies(scenario):
                        "" if changes else "every layer has explicit weights"))
     out.append(Variant("input normalisation (standard)", ("data.normalize=\"standard\"",),
                        "" if s.normalize == "none" else f"inputs are already normalised ({s.normalize})"))
-    norm_kind = "layernorm" if "layernorm" in scenario_module.LAYER_KINDS else "batchnorm"
+    # the registered normalisation that trains on the smallest batches (layernorm: any batch)
+    norm = min((kind for kind in layer_kinds.LAYERS.values() if kind.normalises), key=lambda kind: kind.min_batch)
+    norm_kind = norm.name
     rebuilt, inserted = [], 0
     for index, (layer_raw, layer) in enumerate(zip(layers_raw, s.layers)):
-        if index in hidden and layer.kind == "dense" and not layer.residual:
+        kind = layer_kinds.of(layer)
+        if index in hidden and kind.weighted and not kind.skips(layer):
             linear = {key: value for key, value in layer_raw.items()
                       if key not in ("activation", "slope", "alpha", "bias", "bias_init", "bias_low", "bias_high",
                                      "bias_mean", "bias_std", "bias_value", "train_bias")}
@@ -163,17 +166,18 @@ def remedies(scenario):
             inserted += 1
         else:
             rebuilt.append(layer_raw)
-    batch_note = ("" if norm_kind == "layernorm" or s.batch_size > 1 else "batchnorm needs batches of 2 or more samples")
+    batch_note = ("" if s.batch_size >= norm.min_batch else f"{norm_kind} needs batches of {norm.min_batch} or more samples")
     out.append(Variant(f"{norm_kind} before each hidden activation (Linear → {norm_kind} → f)",
                        (f"layers={toml_value(rebuilt)}",) if inserted else (),
                        batch_note or ("" if inserted else "no hidden dense layer")))
     leaky = [f"layers.{i}.activation=\"leaky_relu\"" for i in hidden
-             if s.layers[i].activation != "leaky_relu" and not s.layers[i].activation_params and s.layers[i].kind == "dense"]
+             if s.layers[i].activation != "leaky_relu" and not s.layers[i].activation_params and layer_kinds.of(s.layers[i]).weighted]
     out.append(Variant("Leaky ReLU in the hidden layers", tuple(leaky),
                        "" if leaky else "the hidden layers already use Leaky ReLU (or an activation with parameters)"))
     widths = s.widths
     residual = [f"layers.{i}.residual=true" for i in hidden
-                if s.layers[i].kind == "dense" and not s.layers[i].residual and widths[i] == widths[i + 1]]
+                if "residual" in layer_kinds.of(s.layers[i]).keys and not layer_kinds.of(s.layers[i]).skips(s.layers[i])
+                and widths[i] == widths[i + 1]]
     out.append(Variant("residual connections", tuple(residual),
                        "" if residual else "no hidden layer has as many units as the layer below it"))
     return out

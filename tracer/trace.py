@@ -10,10 +10,13 @@ import numpy as np
 from . import layers, output, records
 from .records import MAX_BYTES  # noqa: F401  (the cap on a run's recorded scalars, checked at load time)
 
-CSV_COLUMNS = ("step", "sample", "quantity", "layer", "row", "col", "value")
+CSV_COLUMNS = ("step", "sample", "quantity", "layer", "row", "col", "value", "time")
+# time: the time step of a recurrent layer's quantity (issue 12), empty for every other quantity
 # the stores Trace keeps one array per layer in (attributes trace.u, trace.grad_W, ...)
 LAYER_STORES = ("u", "a", "slope", "delta", "h", "error", "W", "b", "grad_W_sample", "grad_b_sample",
-                "grad_W", "grad_b", "update_W", "update_b")
+                "grad_W", "grad_b", "update_W", "update_b",
+                # recurrent layers' recurrent weights and bias (None on other layers)
+                "Wh", "bh", "grad_Wh_sample", "grad_bh_sample", "grad_Wh", "grad_bh", "update_Wh", "update_bh")
 RUN_STORES = ("output_error", "sample_loss", "loss", "lr", "grad_norm", "clip_factor")
 
 
@@ -45,7 +48,9 @@ class Trace:
     unused), W, b ((T+1, ...): the value used at step t; [T] = final), grad_W_sample,
     grad_b_sample ((T, B, ...); for the kinds that derive them, DerivedGradient arrays computed
     from a⁽ˡ⁻¹⁾ (x̂) and δ when indexed, not kept), grad_W, grad_b (batch totals), update_W, update_b (Δθ subtracted at
-    step t); arrays of the run: output_error ((T, B, K) ∂E/∂a⁽ᴸ⁾, None for fused losses),
+    step t); likewise Wh, bh, grad_Wh_sample, grad_bh_sample, grad_Wh, grad_bh, update_Wh, update_bh
+    of recurrent layers (None on other layers; trace.parameters(step) gives every stored parameter; recurrent
+    layers keep their per-sample gradients); arrays of the run: output_error ((T, B, K) ∂E/∂a⁽ᴸ⁾, None for fused losses),
     sample_loss (T, B), loss, lr (T,), grad_norm, clip_factor ((T,), None without clip_norm);
     norm {key: per layer} the layer kinds' own quantities (xhat, dxhat (T, B, n); batchnorm's
     mean, var, m1, m2 (T, n)); state {(name, "W"|"b"): per layer (T, ...)} the optimiser state
@@ -205,11 +210,22 @@ class Trace:
         ids = self.sample_ids[step]
         return ids[ids >= 0]
 
-    def set_parameters(self, step, weights, biases):
+    def set_parameters(self, step, weights, biases, extra=None):
+        """Record the parameters used at `step`: W and b per layer, and `extra` {name: per layer
+        array or None} for the other stored parameters (Wh, bh of recurrent layers)."""
         for store, value in zip(self.W, weights):
             store[step] = value
         for store, value in zip(self.b, biases):
             store[step] = value
+        for name, values in (extra or {}).items():
+            for store, value in zip(self._store(name), values):
+                if store is not None and value is not None:
+                    store[step] = value
+
+    def parameters(self, step):
+        """{stored parameter name: per layer array (a copy) or None} at `step` (W, b, Wh, bh, ...)."""
+        return {name: [None if a is None else a[step].copy() for a in self._store(name)]
+                for name in records.parameter_names(self.scenario)}
 
     def record(self, step, result, totals):
         """Record one step: the per-sample values of the engine's Pass `result` (a dict keyed by the
@@ -226,7 +242,7 @@ class Trace:
             else:
                 continue
             if f.store in LAYER_STORES:
-                value = value[f.layer - 1]
+                value = None if value is None else value[f.layer - 1]
             if value is None:
                 continue
             if f.group == "sample":
@@ -239,12 +255,16 @@ class Trace:
         with np.errstate(all="ignore"):
             squares = np.sum(self.grad_W[layer - 1].reshape(self.steps, -1) ** 2, axis=1)
             squares = squares + np.sum(self.grad_b[layer - 1].reshape(self.steps, -1) ** 2, axis=1)
+            for extra in (self.grad_Wh[layer - 1], self.grad_bh[layer - 1]):   # recurrent layers
+                if extra is not None:
+                    squares = squares + np.sum(extra.reshape(self.steps, -1) ** 2, axis=1)
             return np.sqrt(squares)
 
     def first_nonfinite_step(self):
         """The first step at which any recorded value is inf or NaN, or None."""
         bad = ~np.isfinite(self.loss)
-        for array in self.grad_W + self.grad_b + [w[:-1] for w in self.W]:
+        extra = [a for a in self.grad_Wh + self.grad_bh + [w[:-1] for w in self.Wh if w is not None] if a is not None]
+        for array in self.grad_W + self.grad_b + [w[:-1] for w in self.W] + extra:
             bad = bad | ~np.isfinite(array.reshape(self.steps, -1)).all(axis=1)
         hits = np.flatnonzero(bad)
         return int(hits[0]) if hits.size else None
@@ -255,7 +275,8 @@ class Trace:
         return [f for f in self.arrays if f.group == group and f.csv and (f.final or not final)]
 
     def rows(self):
-        """Yield tidy rows (step, sample, quantity, layer, row, col, value); sample None for totals:
+        """Yield tidy rows (step, sample, quantity, layer, row, col, value, time); sample None for
+        totals, time None without a time index (see records.Field.times):
         per step, each sample's rows (the "sample" fields of the table in order), then the step's
         totals ("total" fields); after the last step the final parameters."""
         sample_fields, total_fields = self._csv_fields("sample"), self._csv_fields("total")
@@ -269,7 +290,7 @@ class Trace:
             yield from _field_rows(self.steps, None, f, self.arrays[f][self.steps])
 
     def write_csv(self, path, into=None):
-        """Write the tidy CSV (columns: step,sample,quantity,layer,row,col,value), the rows of
+        """Write the tidy CSV (columns: step,sample,quantity,layer,row,col,value,time), the rows of
         `rows()` in their order, values with full precision (repr), lines ending in CRLF (as the
         csv module writes them), under a temporary name beside `path`, renamed to `path` when
         complete; with `into` (a temporary beside `path` that the caller renames, see
@@ -292,20 +313,20 @@ class Trace:
     def tables(self, steps_per_table=2048, rows_per_table=1 << 20):
         """The rows of `rows()` as column arrays, a few thousand steps at a time (memory stays
         bounded: at most `steps_per_table` steps, fewer when a step has many rows, at least one step):
-        dicts of numpy arrays step, sample, layer, row, col (-1 where the CSV is empty),
+        dicts of numpy arrays step, sample, layer, row, col, time (-1 where the CSV is empty),
         quantity (str), value (float) and meta (the CSV text "quantity,layer,row,col,")."""
         sample_parts, total_parts = self._parts("sample"), self._parts("total")
         per_step = sum(part[2].size for part in total_parts) + self.sample_ids.shape[1] * sum(part[2].size for part in sample_parts)
         steps_per_table = max(1, min(steps_per_table, rows_per_table // max(per_step, 1)))
         for first in range(0, self.steps, steps_per_table):
             yield _step_table(self, sample_parts, total_parts, slice(first, min(first + steps_per_table, self.steps)))
-        final = [(f.csv, f.layer, *f.rows_cols(), self.arrays[f][self.steps:].reshape(1, -1))
+        final = [(f.csv, f.layer, *f.rows_cols(), self.arrays[f][self.steps:].reshape(1, -1), f.times())
                  for f in self._csv_fields("total", final=True)]
         yield _stack(final, np.array([self.steps]), per_sample=False)
 
     def to_frame(self):
         """The trace as a tidy pandas DataFrame with exactly the CSV's columns and rows
-        (step,sample,quantity,layer,row,col,value); empty CSV fields are <NA> (nullable integers).
+        (step,sample,quantity,layer,row,col,value,time); empty CSV fields are <NA> (nullable integers).
         Needs pandas (`pip install pandas`)."""
         try:
             import pandas
@@ -316,7 +337,7 @@ class Trace:
         columns = {}
         for name in CSV_COLUMNS:
             joined = np.concatenate([table[name] for table in tables])
-            if name in ("sample", "layer", "row", "col"):
+            if name in ("sample", "layer", "row", "col", "time"):
                 columns[name] = pandas.array(np.where(joined < 0, 0, joined), dtype="Int64")
                 columns[name][joined < 0] = pandas.NA
             elif name == "step":
@@ -336,9 +357,10 @@ class Trace:
     # ------------------------------------------------------------ CSV parts (vectorised rows)
 
     def _parts(self, group):
-        """The CSV fields of a group in their order: (quantity, layer, rows, cols, array), the array
-        (steps, B, ...) for "sample", (steps, ...) for "total" (derived ones computed when sliced)."""
-        return [(f.csv, f.layer, *f.rows_cols(), self.arrays[f]) for f in self._csv_fields(group)]
+        """The CSV fields of a group in their order: (quantity, layer, rows, cols, array, times), the
+        array (steps, B, ...) for "sample", (steps, ...) for "total" (derived ones computed when
+        sliced; _step_table slices and flattens them to (steps, B, n), (steps, n))."""
+        return [(f.csv, f.layer, *f.rows_cols(), self.arrays[f], f.times()) for f in self._csv_fields(group)]
 
 
 class DerivedGradient:
@@ -404,8 +426,9 @@ def _field_rows(step, sample, field, value):
     flat = np.reshape(value, -1)
     rows = [None if r < 0 else r for r in rows.tolist()]
     cols = [None] * len(rows) if cols is None else cols.tolist()
+    times = [None if t < 0 else t for t in field.times().tolist()]
     for k, (row, col) in enumerate(zip(rows, cols)):
-        yield step, sample, field.csv, field.layer, row, col, flat[k]
+        yield step, sample, field.csv, field.layer, row, col, flat[k], times[k]
 
 
 def _store_property(store):
@@ -424,6 +447,7 @@ def _stack(parts, steps, per_sample, sample_ids=None):
     layer = np.repeat(np.array([-1 if part[1] is None else part[1] for part in parts], dtype=np.int64), widths)
     row = np.concatenate([part[2] for part in parts]).astype(np.int64)
     col = np.concatenate([np.full(part[2].size, -1) if part[3] is None else part[3] for part in parts]).astype(np.int64)
+    time = np.concatenate([part[5] for part in parts]).astype(np.int64)
     field = lambda k: "" if k < 0 else str(k)  # noqa: E731
     meta = np.array([f"{q},{field(l)},{field(r)},{field(c)},"
                      for q, l, r, c in zip(quantity, layer.tolist(), row.tolist(), col.tolist())], dtype=object)
@@ -436,21 +460,21 @@ def _stack(parts, steps, per_sample, sample_ids=None):
                 "quantity": np.tile(quantity, int(valid.sum())), "layer": np.tile(layer, int(valid.sum())),
                 "meta": np.tile(meta, int(valid.sum())),
                 "row": np.tile(row, int(valid.sum())), "col": np.tile(col, int(valid.sum())),
-                "value": values[valid].reshape(-1)}
+                "time": np.tile(time, int(valid.sum())), "value": values[valid].reshape(-1)}
     values = np.concatenate([part[4] for part in parts], axis=1)              # (steps, Q)
     n = len(steps)
     return {"step": np.repeat(steps, len(quantity)), "sample": np.full(n * len(quantity), -1),
             "quantity": np.tile(quantity, n), "layer": np.tile(layer, n), "row": np.tile(row, n),
-            "col": np.tile(col, n), "meta": np.tile(meta, n), "value": values.reshape(-1)}
+            "col": np.tile(col, n), "time": np.tile(time, n), "meta": np.tile(meta, n), "value": values.reshape(-1)}
 
 
 def _step_table(trace, sample_parts, total_parts, steps):
     """The rows of steps `steps` (a slice): each step's sample rows, then its total rows."""
     numbers = np.arange(trace.steps)[steps]
     count, size = len(numbers), trace.sample_ids.shape[1]
-    samples = _stack([(q, l, r, c, v[steps].reshape(count, size, -1)) for q, l, r, c, v in sample_parts], numbers, True,
-                     trace.sample_ids[steps])
-    totals = _stack([(q, l, r, c, v[steps].reshape(count, -1)) for q, l, r, c, v in total_parts], numbers, False)
+    samples = _stack([(q, l, r, c, v[steps].reshape(count, size, -1), t) for q, l, r, c, v, t in sample_parts], numbers,
+                     True, trace.sample_ids[steps])
+    totals = _stack([(q, l, r, c, v[steps].reshape(count, -1), t) for q, l, r, c, v, t in total_parts], numbers, False)
     # interleave: step t's sample rows, then its total rows (a stable sort on the step number)
     order = np.argsort(np.concatenate([samples["step"], totals["step"]]), kind="stable")
     return {name: np.concatenate([samples[name], totals[name]])[order] for name in samples}
@@ -459,7 +483,7 @@ def _step_table(trace, sample_parts, total_parts, steps):
 def _csv_text(table):
     """The CSV lines of a table of column arrays, built with C-level loops: "step,sample," once
     per run of rows that share them, "quantity,layer,row,col," from the table's `meta`, the value
-    with repr; empty fields for -1; CRLF line ends."""
+    with repr, then ",time"; empty fields for -1; CRLF line ends."""
     n = len(table["value"])
     if not n:
         return ""
@@ -471,5 +495,10 @@ def _csv_text(table):
     pieces[0::4] = np.repeat(prefixes, np.diff(np.append(starts, n)))
     pieces[1::4] = table["meta"]
     pieces[2::4] = list(map(repr, table["value"].tolist()))
-    pieces[3::4] = "\r\n"
+    time = table["time"]
+    ends = np.full(n, ",\r\n", dtype=object)
+    timed = np.flatnonzero(time >= 0)
+    if timed.size:
+        ends[timed] = [f",{t}\r\n" for t in time[timed].tolist()]
+    pieces[3::4] = ends
     return "".join(pieces.tolist())

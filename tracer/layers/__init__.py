@@ -7,10 +7,13 @@ Registering a kind here is the only place a kind is named.
 from .base import Layer, LayerKind, Quantity, back_sum, weighted_sum  # noqa: F401
 from .batchnorm import BatchNorm
 from .dense import Dense
+from .gru import Gru
 from .layernorm import LayerNorm
+from .lstm import Lstm
+from .rnn import Rnn
 
-DENSE, BATCHNORM, LAYERNORM = Dense(), BatchNorm(), LayerNorm()
-LAYERS = {kind.name: kind for kind in (DENSE, BATCHNORM, LAYERNORM)}
+DENSE, BATCHNORM, LAYERNORM, RNN, LSTM, GRU = Dense(), BatchNorm(), LayerNorm(), Rnn(), Lstm(), Gru()
+LAYERS = {kind.name: kind for kind in (DENSE, BATCHNORM, LAYERNORM, RNN, LSTM, GRU)}
 KEYS = tuple(dict.fromkeys(key for kind in LAYERS.values() for key in kind.keys))   # every [[layers]] key
 
 

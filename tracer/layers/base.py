@@ -38,7 +38,7 @@ from ..errors import ScenarioError
 from ..ieee import propagate_nonfinite
 from ..procedures import reduce_samples
 
-PER = ("sample-unit", "step-unit", "sample")
+PER = ("sample-unit", "step-unit", "sample", "sample-time-unit", "sample-time-param")
 
 
 @dataclass(frozen=True)
@@ -51,10 +51,17 @@ class Quantity:
     per      "sample-unit": one value per sample and unit, array (T, B, n);
              "step-unit":   one value per step and unit (a batch statistic), array (T, n);
              "sample":      one value per sample for the whole layer (layernorm's μ, σ²), array (T, B)
+             "sample-time-unit":  recurrent layers: one value per sample, time step and unit,
+                                  array (T, B, time, n); CSV row = unit, time = time step
+             "sample-time-param": recurrent layers: a per-time-step gradient contribution shaped
+                                  like the stored parameter `param` (grad_W's at each time step),
+                                  array (T, B, time, *shape); CSV row (and col), time
     common   True for the quantities every layer records whether the CSV shows them or not
              (u, a, slope, delta, h, e): the engine fills them itself, not from `record`
     key      its name in the kind's `record` dict and in Trace.norm (default: the CSV name;
-             batchnorm's bn_mean is "mean" there, as Trace.norm["mean"] always had it)
+             batchnorm's bn_mean is "mean" there, as Trace.norm["mean"] always had it); also the
+             name in Trace.values keys (the per-time gradients: grad_W_time, CSV name grad_W)
+    param    "sample-time-param" only: the stored parameter (W, b, Wh, bh) whose shape it has
     """
 
     name: str
@@ -63,6 +70,7 @@ class Quantity:
     per: str
     common: bool = False
     key: str = ""
+    param: str = ""
 
     def __post_init__(self):
         if self.per not in PER:
@@ -76,7 +84,8 @@ class ExcelColumns:
     """A family of Trace sheet columns a layer kind declares for layer l (its excel face): one per
     unit j, key (quantity, l, j) and header symbol with j and l (u₀⁽¹⁾); or, with per_unit False, one
     for the layer, key (quantity, l) and header symbol⁽ˡ⁾ (a per-sample scalar: layernorm's μ); the
-    functions below are then called with j = 0. The columns of one family are adjacent, in j order.
+    functions below are then called with j = 0. With `time` t set, the family holds the units of one
+    time step t of an unrolled recurrent cell: key (quantity, l, (t, j)), header u₀⁽¹⁾(t=3). The columns of one family are adjacent, in j order.
     `meaning` is a text or a function of j; `sample` / `total` are functions of j giving the formula
     body in the sample rows / the Σ rows (None: blank there)."""
 
@@ -87,6 +96,8 @@ class ExcelColumns:
     sample: object = None
     total: object = None
     per_unit: bool = True
+    time: int | None = None   # a family of time step t (recurrent cells): key (quantity, l, (t, j)),
+                              # header u₀⁽¹⁾(t=3); the functions above are still functions of j
 
 
 @dataclass(frozen=True)
@@ -99,9 +110,17 @@ class ExcelLayer:
     ref: Callable           # (key, place="r") -> the cell of the column of `key` in row {place}
     setting: Callable       # parameter -> the defined name of the layer's Settings cell (excel_settings)
     unit: Callable          # (symbol, layer, j) -> the symbol in header notation: u₀⁽¹⁾
+    steps: int = 0          # time steps T of a sequence scenario (0: the data has no time axis)
+    below_key: Callable = None   # i -> the key of the layer's input i, when the layer below is not read as a⁽ˡ⁻¹⁾ᵢ
+    above: Callable = None  # (j, t) -> (formula body, text) of the error ∂E/∂a⁽ˡ⁾ⱼ the layer above passes
+                            # down (at time step t; None where nothing arrives); kinds with their own error columns
+    activation_params: dict = None   # the defined names of the layer's activation parameters (Settings cells)
 
     def below(self, i):
-        """The key of a⁽ˡ⁻¹⁾ᵢ, the layer's input i: the network's input x for layer 1."""
+        """The key of a⁽ˡ⁻¹⁾ᵢ, the layer's input i: the network's input x for layer 1 (a recurrent layer
+        below is read at its last time step, h⁽ˡ⁻¹⁾ᵢ at t = T−1: `below_key`)."""
+        if self.below_key is not None:
+            return self.below_key(i)
         return ("x", 0, i) if self.l == 1 else ("a", self.l - 1, i)
 
 
@@ -212,9 +231,16 @@ class LayerKind:
     name = ""                 # the TOML `kind` value (a contract)
     description = ""          # one line for README/help
     keys = ()                 # the TOML keys a layer of this kind accepts (`kind` among them)
-    param_names = ("W", "b")  # the names of its two parameters in CSV quantities and parameter names
+    stored_params = ("W", "b")  # its parameters in their stored form, in order (recurrent: W, b, Wh, bh);
+                                # the engine, optimiser loop, clipping, records and gradcheck iterate over them
+    bias_params = ("b",)      # those of stored_params that `train_bias = false` freezes (recurrent: b, bh)
+    param_names = ("W", "b")  # the names of stored_params in CSV quantities and parameter names
+    recurrent = False         # reads and produces sequences (B, time, width): see tracer/layers/rnn.py
     keeps_width = False       # units must equal the layer below's (normalisation layers)
     min_batch = 1             # every batch needs at least this many samples
+    weighted = False          # u = Σᵢ a⁽ˡ⁻¹⁾ᵢ·W[i,j] + b[j] with W drawn by `init` (dense): what sweep's
+                              # initialisation, Linear → normalisation → f and Leaky ReLU remedies rewrite
+    normalises = False        # x̂ = (x − μ)/√(σ² + eps) before γ, β (batchnorm, layernorm)
 
     # ------------------------------------------------------------ scenario face (l11-core)
 
@@ -244,9 +270,13 @@ class LayerKind:
         v.fail("training", "batch", f"{self.name} (layers[{index}]) needs more than {self.min_batch - 1} sample "
                f"in every batch, as in PyTorch; here {detail}")
 
+    def skips(self, layer):
+        """True when the layer adds its input to its output, a = f(u) + a⁽ˡ⁻¹⁾ (dense's residual skip)."""
+        return False
+
     def param_shapes(self, fan_in, units):
-        """The shapes of the stored parameters (W-like, b-like): dense (fan_in, units), (units,);
-        normalisation layers (1, units) for γ and (units,) for β."""
+        """The shapes of the stored parameters, in the order of stored_params (W-like, b-like): dense
+        (fan_in, units), (units,); normalisation layers (1, units) for γ and (units,) for β."""
         return (fan_in, units), (units,)
 
     def initial_parameters(self, layer, fan_in, rng):
@@ -255,14 +285,16 @@ class LayerKind:
         raise NotImplementedError
 
     def param_name(self, which, l, index):
-        """The name of one parameter (a contract): which "W" or "b" (the stored form), index (i, j) or
-        (j,): W{l}[i,j], b{l}[j]."""
-        return f"W{l}[{index[0]},{index[1]}]" if which == "W" else f"b{l}[{index[0]}]"
+        """The name of one parameter (a contract): which one of stored_params ("W", "b"; "Wh", "bh"),
+        index (i, j) or (j,): W{l}[i,j], b{l}[j], Wh{l}[i,j], bh{l}[j]."""
+        if len(index) == 2:
+            return f"{which}{l}[{index[0]},{index[1]}]"
+        return f"{which}{l}[{index[0]}]"
 
     def param_quantity(self, quantity):
         """The CSV quantity name of a parameter-shaped quantity (W, grad_W, update_W, m_W, b, ...)
         on a layer of this kind: W → gamma, grad_b → grad_beta on normalisation layers."""
-        if self.param_names == ("W", "b"):
+        if self.param_names == self.stored_params:
             return quantity
         w, b = self.param_names
         if quantity in ("W", "b"):
@@ -335,6 +367,27 @@ class LayerKind:
         """Settings cells the layer's formulas read: (parameter, defined name, value, label) each
         (batchnorm: ("eps", "bn_eps_2", 1e-5, "layer 2 batchnorm: eps")); x.setting(parameter) names it."""
         return ()
+
+    def excel_unrolled(self, layer):
+        """True when the kind declares ALL its Trace columns itself, unrolled through time (recurrent
+        cells): excel_forward gives every forward column (f(u) included) and excel_backward every
+        backward one (the error through time and the deltas included); the layout adds none."""
+        return False
+
+    def excel_parameters(self, layer, fan_in, units):
+        """(which, shape, is_bias) of each parameter array in sheet order (stored_params: W then b;
+        recurrent cells W, b, Wh, bh). A bias (bias_params) is frozen when train_bias is false."""
+        names, biases = getattr(self, "stored_params", ("W", "b")), getattr(self, "bias_params", ("b",))
+        return tuple((name, shape, name in biases) for name, shape in zip(names, self.param_shapes(fan_in, units)))
+
+    def excel_gradient(self, layer, x, which, index):
+        """(formula body, text) of the per-sample ∂E/∂θ of parameter `which` at `index` (the default
+        reads excel_grad_W / excel_grad_b)."""
+        return self.excel_grad_W(layer, x, *index) if which == "W" else self.excel_grad_b(layer, x, *index)
+
+    def excel_output(self, layer, l, i, steps):
+        """The key of the value the layer above reads as its input i: a⁽ˡ⁾ᵢ (recurrent cells: h at t = T−1)."""
+        return ("a", l, i)
 
     def excel_forward(self, layer, x):
         """The columns of the forward pass up to u, in sheet order (ExcelColumns each): dense u;
@@ -483,6 +536,8 @@ class Layer:
     residual: bool = False        # a = f(u) + a⁽ˡ⁻¹⁾ (a skip connection; equal widths, hidden layers)
     kind: str = "dense"           # a name in tracer.layers.LAYERS
     eps: float = 1e-5             # normalisation layers only
+    recurrent_weights: np.ndarray | None = None   # recurrent layers: explicit Wh (units × gates·units)
+    recurrent_bias: np.ndarray | None = None      # recurrent layers: bh (gates·units), default 0
 
 
 ACTIVATION_PARAM_KEYS = ("slope", "alpha")
@@ -534,6 +589,7 @@ class Normalisation(LayerKind):
     keys = ("kind", "units", "activation", "slope", "alpha", "eps", "train_bias")
     param_names = ("gamma", "beta")
     keeps_width = True
+    normalises = True
     axis = 0
 
     def parse(self, v, raw, key, fan_in, is_output):

@@ -23,6 +23,11 @@ class Dense(LayerKind):
             "bias", "bias_init", "bias_low", "bias_high", "bias_mean", "bias_std", "bias_value", "train_bias",
             "residual", "kind")
     param_names = ("W", "b")
+    weighted = True
+
+    def skips(self, layer):
+        """The residual skip: a = f(u) + a⁽ˡ⁻¹⁾."""
+        return layer.residual
 
     # ------------------------------------------------------------ scenario face
 
@@ -172,9 +177,9 @@ class Dense(LayerKind):
         """Σₖ W[j,k]·δₖ (left to right), + e⁽ˡ⁾_j with the residual skip (the skip passes e on)."""
         l = x.l
         body = "+".join(f"{x.ref(('W', l, (j, k)), 'p')}*{x.ref(('delta', l, k))}" for k in range(x.units))
-        text = f"Σₖ W{l}[{j},k]·δₖ⁽{l}⁾"
+        text = f"Σₖ W{l}[{j},k]·δₖ{notation.layer(l)}"
         if layer.residual:
-            body, text = f"{body}+{x.ref(('e', l, j))}", text + " + e⁽ˡ⁺¹⁾"
+            body, text = f"{body}+{x.ref(('e', l, j))}", f"{text} + {notation.unit('e', l, j)}"
         return body, text
 
     def excel_error_columns(self, layer):

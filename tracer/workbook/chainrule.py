@@ -21,6 +21,8 @@ class ChainRuleLayout:
         firsts = [("W", l, (0, 0)) for l in range(1, len(s.layers) + 1)]   # W1[0,0] (gamma1[0]) of every layer
         self.parameters = []
         for parsed in firsts + [parse_parameter(text, s.widths, s) for text in parameters]:
+            if trace_layout.through_time(parsed[1]):
+                continue   # a sum over time steps (tracer chain shows it), not one product of three factors
             if parsed not in self.parameters:
                 self.parameters.append(parsed)
         self.steps = min(trace.steps, MAX_STEPS)

@@ -11,7 +11,7 @@ import numpy as np
 from openpyxl.utils import get_column_letter as _letter
 
 from .. import activations, layers
-from ..diagnose import layer_flag, loss_minimum, stall_series
+from ..diagnose import gradients_finite, layer_flag, loss_minimum, stall_series
 from ..notation import layer as _layer
 
 
@@ -23,10 +23,11 @@ class DiagnosisLayout:
         self.trace, self.layout, self.steps = trace, trace_layout, steps_layout
         self.layers = trace.layers
         self.findings = findings
-        self.slope_ranges = []
+        self.slope_ranges = []   # None: a layer through time (its slopes per time step; the count is left blank)
         for l in range(1, self.layers + 1):
             units = trace.scenario.widths[l]
-            self.slope_ranges.append((trace_layout.cell(("slope", l, 0)), trace_layout.cell(("slope", l, units - 1))))
+            self.slope_ranges.append(None if trace_layout.through_time(l) else
+                                     (trace_layout.cell(("slope", l, 0)), trace_layout.cell(("slope", l, units - 1))))
 
     def headers(self):
         L = self.layers
@@ -57,9 +58,9 @@ class DiagnosisLayout:
                     f'IF(ISERROR({norm}),"exploding",IF({norm}<threshold_vanishing,"vanishing",'
                     f'IF({norm}>threshold_exploding,"exploding",""))))'
                 )
-            zeros = [f"=SUMPRODUCT((Trace!{a}{first}:{b}{total - 1}<threshold_saturated)"
-                     f"*(Trace!{a}{first}:{b}{total - 1}>-threshold_saturated))"
-                     for a, b in self.slope_ranges]
+            zeros = [f"=SUMPRODUCT((Trace!{span[0]}{first}:{span[1]}{total - 1}<threshold_saturated)"
+                     f"*(Trace!{span[0]}{first}:{span[1]}{total - 1}>-threshold_saturated))" if span else None
+                     for span in self.slope_ranges]
             finding = self.findings[step] if step < len(self.findings) else None
             yield [self.trace.first_step + step] + norms + flags + zeros + self._stall_cells(step) + [finding]
 
@@ -71,9 +72,11 @@ class DiagnosisLayout:
             n = len(self.trace.samples(step))
             values = {}
             for l in range(1, L + 1):
-                finite = bool(np.isfinite(self.trace.grad_W[l - 1][step]).all() and np.isfinite(self.trace.grad_b[l - 1][step]).all())
+                finite = gradients_finite(self.trace, l, step)
                 values[l] = norms[l - 1][step]
                 values[L + l] = layer_flag(norms[l - 1][step], finite, th)
+                if self.slope_ranges[l - 1] is None:
+                    continue
                 slopes = self.trace.slope[l - 1][step, :n]
                 values[2 * L + l] = (float((np.abs(slopes) < th["saturated"]).sum()) if np.isfinite(slopes).all()
                                      else np.nan)
@@ -101,12 +104,12 @@ class DiagnosisLayout:
                                                   "one is below threshold_update_frozen"))
         for l, layer in enumerate(s.layers, start=1):
             act = activations.get(layer.activation)
-            if act.saturates_at:
+            if act.saturates_at and not self.layout.through_time(l):
                 levels = ", ".join(f"{v:g}" for v in act.saturates_at)
                 columns.append((("saturation", l), f"saturated{_layer(l)} share",
                                 f"share of the step's unit-samples with {act.symbol} within threshold_saturation of {levels}"))
         for l, layer in enumerate(s.layers, start=1):
-            if activations.get(layer.activation).can_die:
+            if activations.get(layer.activation).can_die and not self.layout.through_time(l):
                 columns.append((("floor", l), f"at floor{_layer(l)}", "units with u ≤ 0 for every sample of the step"))
         return columns
 
@@ -145,10 +148,8 @@ class DiagnosisLayout:
         total = self.layout.total_row(step)
         first, last = total - len(self.trace.samples(step)), total - 1
         for l in range(1, L + 1):
-            rows, units = self.trace.W[l - 1].shape[1:]
-            last_update = ("update_b", l, (units - 1,)) if s.layers[l - 1].train_bias else ("update_W", l, (rows - 1, units - 1))
-            up = f"Trace!{self.layout.cell(('update_W', l, (0, 0)))}{total}:{self.layout.cell(last_update)}{total}"
-            theta = f"Trace!{self.layout.cell(('W', l, (0, 0)))}{total}:{self.layout.cell(('b', l, (s.widths[l] - 1,)))}{total}"
+            up = "Trace!{}{total}:{}{total}".format(*self.layout.parameter_span(l, "update_", trained_only=True), total=total)
+            theta = "Trace!{}{total}:{}{total}".format(*self.layout.parameter_span(l), total=total)
             cells[("update", l)] = f"=SQRT(SUMSQ({up}))/SQRT(SUMSQ({theta}))"
         ratios = f"{c[('update', 1)]}{r}:{c[('update', L)]}{r}"
         cells["update_flag"] = (f'=IF(COUNTIF({ratios},">"&threshold_update_unstable)>0,"unstable",'
@@ -157,6 +158,8 @@ class DiagnosisLayout:
         for l, layer in enumerate(s.layers, start=1):
             act = activations.get(layer.activation)
             symbol = layers.of(layer).activated(layer)   # the column of f(u)
+            if self.layout.through_time(l):
+                continue   # no saturation / floor columns for a layer through time
             if act.saturates_at:
                 span = (f"Trace!{self.layout.cell((symbol, l, 0))}{first}:"
                         f"{self.layout.cell((symbol, l, s.widths[l] - 1))}{last}")

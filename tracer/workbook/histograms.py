@@ -20,7 +20,7 @@ import numpy as np
 from openpyxl.chart import BarChart, Reference
 from openpyxl.utils import get_column_letter as _letter
 
-from .. import notation
+from .. import layers, notation
 
 MAX_BINS = 12
 ZERO = 1e-9      # |value| at most this fraction of the largest |value| of its group counts as 0 (rounding)
@@ -97,11 +97,10 @@ class HistogramLayout:
     def __init__(self, trace, trace_layout, steps_layout):
         self.trace, self.layout = trace, trace_layout
         self.layers = trace.layers
-        widths = trace.scenario.widths
         self.ranges = {}
         for l in range(1, self.layers + 1):
             self.ranges[("gradient", l)] = steps_layout.gradient_range(l)
-            self.ranges[("weight", l)] = (trace_layout.cell(("W", l, (0, 0))), trace_layout.cell(("b", l, (widths[l] - 1,))))
+            self.ranges[("weight", l)] = trace_layout.parameter_span(l)
         self.edges = decade_edges([self._values(step, group) for step in range(trace.steps) for group in self.groups()])
         self.labels = ["tol", "0"] + [f"[1e{a},1e{b})" for a, b in zip(self.edges, self.edges[1:])] + ["non-finite"]
 
@@ -112,8 +111,10 @@ class HistogramLayout:
     def _values(self, step, group):
         """The group's values at `step` (the Σ row's cells, in sheet order)."""
         t, (quantity, l) = self.trace, group
-        pair = (t.grad_W, t.grad_b) if quantity == "gradient" else (t.W, t.b)
-        return np.concatenate([pair[0][l - 1][step].ravel(), pair[1][l - 1][step].ravel()])
+        layer = t.scenario.layers[l - 1]
+        names = getattr(layers.of(layer), "stored_params", ("W", "b"))   # W, b (recurrent cells: W, b, Wh, bh)
+        prefix = "grad_" if quantity == "gradient" else ""
+        return np.concatenate([getattr(t, prefix + name)[l - 1][step].ravel() for name in names])
 
     def headers(self):
         heads = [("step", "training step t", 7)]

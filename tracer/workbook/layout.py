@@ -10,6 +10,7 @@ Each column also knows its quantity key, so the verifier can ask the Trace for t
 engine's value of every cell. Formulas refer to other columns by key (`ref`), never by letter:
 letters exist only once every column is declared (see TraceLayout).
 """
+import ast
 from dataclasses import dataclass, field
 import functools
 import itertools
@@ -137,6 +138,12 @@ class TraceLayout:
         families = list(self._families())
         count = sum(len(family.indices) for family in families)
         if count > MAX_COLUMNS:
+            if time_steps(scenario):
+                raise LimitError(
+                    f"the Trace sheet would need {count:,} columns ({time_steps(scenario)} time steps unrolled), above "
+                    f"the spreadsheet limit of {MAX_COLUMNS} columns: use shorter sequences or fewer units",
+                    scenario.source, "data.inputs",
+                )
             raise LimitError(
                 f"the Trace sheet would need {count:,} columns, above the spreadsheet limit of "
                 f"{MAX_COLUMNS} columns: use fewer or narrower layers",
@@ -193,10 +200,10 @@ class TraceLayout:
         yield from self._row_labels()
         yield from self._inputs_and_targets()
         for l in range(1, L + 1):
-            yield from self._forward(l)
+            yield from self._over_time(l, self._forward)
         yield from self._loss_columns()
         for l in range(L, 0, -1):
-            yield from self._backward(l)
+            yield from self._over_time(l, self._backward)
         yield from self._gradients()
         yield from self._parameters()
         yield from self._updates()
@@ -210,6 +217,9 @@ class TraceLayout:
 
     def _inputs_and_targets(self):
         s = self.scenario
+        if time_steps(s):
+            yield from self._sequences()
+            return
         yield Family("input x", range(s.widths[0]), lambda i: Declared(
             notation.sub("x", i), f"input x{i} of the sample (Data sheet)", ("x", 0, i),
             sample=f"Data!{input_letter(s, i)}{{d}}"))
@@ -217,14 +227,101 @@ class TraceLayout:
             notation.sub("t", k), f"target t{k} of the sample (Data sheet)", ("t", 0, k),
             sample=f"Data!{data_letter(s.widths[0] + k)}{{d}}"))
 
+    def _sequences(self):
+        """Sequence data (samples × time × features): x per (time, feature), time outer, read from the
+        Data sheet's row of the sample (its columns x[t,i] in the same order); the targets after them."""
+        s = self.scenario
+        T, F, K = time_steps(s), s.widths[0], s.widths[-1]
+        yield Family("input x", Grid(T, F), lambda index: Declared(
+            timed(notation.sub("x", index[1]), index[0]), f"input x{index[1]} at time step {index[0]} (Data sheet)",
+            ("x", 0, index), sample=f"Data!{data_letter(index[0] * F + index[1])}{{d}}"))
+        if self.timed_from():
+            yield Family("target t", Grid(T, K), lambda index: Declared(
+                timed(notation.sub("t", index[1]), index[0]), f"target t{index[1]} at time step {index[0]} (Data sheet)",
+                ("t", 0, index), sample=f"Data!{data_letter(T * F + index[0] * K + index[1])}{{d}}"))
+            return
+        yield Family("target t", range(s.widths[-1]), lambda k: Declared(
+            notation.sub("t", k), f"target t{k} of the sample, read after the last time step (Data sheet)", ("t", 0, k),
+            sample=f"Data!{data_letter(T * F + k)}{{d}}"))
+
     def layer_cells(self, l):
         """Layer l's scenario entry, its kind (the registry's definition) and what the kind's excel face is given."""
         s = self.scenario
         layer = s.layers[l - 1]
         kind = layers.of(layer)
+        steps = time_steps(s)
+        below_key = above = None
+        if l > 1:
+            below, below_kind = s.layers[l - 2], layers.of(s.layers[l - 2])
+            if below_kind.excel_unrolled(below) and self.timed_from():   # h of the row's time step (see _at_time)
+                below_key = functools.partial(lambda l, i: ("h", l, i), l - 1)
+            elif below_kind.excel_unrolled(below):
+                below_key = functools.partial(below_kind.excel_output, below, l - 1, steps=steps)
+        if l < len(s.layers) and kind.excel_unrolled(layer):
+            above = functools.partial(self.error_from_above, l)
         cells = ExcelLayer(l, s.widths[l], s.widths[l - 1], ref, lambda parameter: self.names[(kind.name, parameter, l)],
-                           notation.unit)
+                           notation.unit, steps, below_key, above, self._activation_params(l))
         return layer, kind, cells
+
+    # ---------------------------------------------------------------- targets per time step (many-to-many)
+    # The layers after the recurrent ones run at every time step: their columns are declared once per
+    # time step t by the usual builders, then moved to time t (`_at_time`): keys (q, l, j) become
+    # (q, l, (t, j)), the headers get (t=…), and the references of their formulas follow — to the
+    # layer's own columns at t, the recurrent layer's h at t, the targets and ∂E/∂a at t.
+
+    def timed_from(self):
+        """The first layer that runs at every time step (targets per time step), or None."""
+        s = self.scenario
+        if not getattr(s, "per_time_targets", False):
+            return None
+        return 1 + max(l for l, layer in enumerate(s.layers, start=1) if layers.of(layer).excel_unrolled(layer))
+
+    def through_time(self, l):
+        """True for a layer whose columns repeat per time step (a recurrent cell, or a layer after one
+        with targets per time step): the sheets that read one column per unit leave it out."""
+        layer = self.scenario.layers[l - 1]
+        first = self.timed_from()
+        return layers.of(layer).excel_unrolled(layer) or (first is not None and l >= first)
+
+    def _timed_key(self, key, t):
+        """`key` at time step t when it names a per-time quantity: (q, l, j) of a layer from timed_from,
+        h of the last recurrent layer, the targets; other keys unchanged."""
+        first = self.timed_from()
+        if len(key) < 2 or not isinstance(key[1], int):
+            return key
+        name, l = key[0], key[1]
+        timed_layer = l >= first or (l == first - 1 and name == "h") or name == "t"
+        if not timed_layer or l == 0 and name == "x":
+            return key
+        if len(key) == 2:
+            return (name, l, (t,))
+        return (name, l, (t, key[2])) if isinstance(key[2], int) else key
+
+    def _at_time(self, template, t):
+        """A formula template with its per-time references moved to time step t."""
+        if template is None or callable(template):
+            return template
+        return REFERENCE.sub(lambda m: "«" + repr(self._timed_key(ast.literal_eval(m.group(1)), t)) + "»", template)
+
+    def _over_time(self, l, families):
+        """Layer l's families (`families(l)`): as they are, or once per time step for a layer that runs
+        at every time step."""
+        first = self.timed_from()
+        if first is None or l < first:
+            yield from families(l)
+            return
+        for t in range(time_steps(self.scenario)):
+            for family in families(l):
+                yield Family(f"{family.group}, t = {t}", family.indices, functools.partial(self._member_at, family.member, t))
+
+    def _member_at(self, member, t, index):
+        declared = member(index)
+        return Declared(timed(declared.header, t), declared.comment, self._timed_key(declared.key, t),
+                        *(self._at_time(getattr(declared, name), t) for name in TEMPLATES), width=declared.width)
+
+    def _summed_over_time(self, body):
+        """A per-time formula body summed over time from t = 0 (the engine's order)."""
+        return "+".join(f"({self._at_time(body, t)})" for t in range(time_steps(self.scenario)))
 
     def _kind_columns(self, l, declared):
         """The families of a kind's ExcelColumns declarations on layer l."""
@@ -237,6 +334,8 @@ class TraceLayout:
         header = notation.unit(columns.symbol, l, j) if columns.per_unit else f"{columns.symbol}{notation.layer(l)}"
         meaning = columns.meaning(j) if callable(columns.meaning) else columns.meaning
         key = (columns.quantity, l, j) if columns.per_unit else (columns.quantity, l)
+        if columns.time is not None:
+            header, key = timed(header, columns.time), (columns.quantity, l, (columns.time, j))
         return Declared(header, meaning, key,
                         sample=columns.sample(j) if columns.sample else None, total=columns.total(j) if columns.total else None)
 
@@ -245,6 +344,8 @@ class TraceLayout:
         layer, kind, cells = self.layer_cells(l)
         n = cells.units
         yield from self._kind_columns(l, kind.excel_forward(layer, cells))
+        if kind.excel_unrolled(layer):
+            return
         act, params = activations.get(layer.activation), self._activation_params(l)
         symbol = kind.activated(layer)
 
@@ -263,12 +364,15 @@ class TraceLayout:
         s = self.scenario
         L, K, loss = len(s.layers), s.widths[-1], losses.LOSSES[s.loss]
         if loss.records_output_error:
-            yield Family("loss", range(K), lambda k: Declared(
+            yield from self._over_time(L, lambda L: [Family("loss", range(K), lambda k: Declared(
                 f"∂E/∂{notation.unit('a', L, k)}", f"derivative of the {s.loss} loss by the output", ("dE_da", L, k),
-                sample=loss.excel_error(ref(("a", L, k)), ref(("t", 0, k)), K)))
+                sample=loss.excel_error(ref(("a", L, k)), ref(("t", 0, k)), K)))])
         template = loss.excel_value([ref(("u", L, k)) for k in range(K)], [ref(("a", L, k)) for k in range(K)],
                                     [ref(("t", 0, k)) for k in range(K)])
-        yield one("loss", Declared("E", f"{s.loss} loss of the sample; Σ row: {s.reduction} over the batch", ("loss",),
+        meaning = f"{s.loss} loss of the sample"
+        if self.timed_from():
+            template, meaning = self._summed_over_time(template), meaning + ": the sum over time of the loss at each time step"
+        yield one("loss", Declared("E", f"{meaning}; Σ row: {s.reduction} over the batch", ("loss",),
                                    sample=template, total=self._reduce(("loss",))))
 
     def _backward(self, l):
@@ -277,6 +381,9 @@ class TraceLayout:
         layer, kind, cells = self.layer_cells(l)
         n, L = cells.units, len(s.layers)
         group = f"layer {l} backward"
+        if kind.excel_unrolled(layer):
+            yield from self._kind_columns(l, kind.excel_backward(layer, cells))
+            return
         act, params = activations.get(layer.activation), self._activation_params(l)
         activated = kind.activated(layer)
         yield Family(group, range(n), lambda j: Declared(
@@ -310,9 +417,18 @@ class TraceLayout:
                                            [ref(("dE_da", L, k)) for k in range(K)], ref(("slope", L, j)))
         return template, loss.output_delta_meaning
 
-    def error_from_above(self, l, j):
-        """(formula body, text) of the error layer l+1 passes down to unit j of layer l, by its kind."""
+    def error_from_above(self, l, j, t=None):
+        """(formula body, text) of the error layer l+1 passes down to unit j of layer l, by its kind;
+        at time step t of a recurrent layer l: a recurrent layer above passes one at every t, another
+        kind reads h at the last time step only (None at the other t)."""
         layer, kind, cells = self.layer_cells(l + 1)
+        if t is not None and kind.excel_unrolled(layer):
+            return kind.excel_error_down_time(layer, cells, j, t)
+        if t is not None and self.timed_from():
+            body, text = kind.excel_error_down(layer, cells, j)
+            return self._at_time(body, t), f"{text} at t={t}"
+        if t is not None and t != time_steps(self.scenario) - 1:
+            return None
         return kind.excel_error_down(layer, cells, j)
 
     def _gradients(self):
@@ -321,11 +437,17 @@ class TraceLayout:
         group = "gradient ∂E/∂θ (Σ row: batch)"
         for l in range(1, len(s.layers) + 1):
             layer, kind, cells = self.layer_cells(l)
-            shape_W, shape_b = kind.param_shapes(cells.fan_in, cells.units)
-            yield Family(group, Grid(*shape_W), lambda index, l=l, layer=layer, kind=kind, cells=cells: self._gradient(
-                "W", l, index, *kind.excel_grad_W(layer, cells, *index)))
-            yield Family(group, Grid(*shape_b), lambda index, l=l, layer=layer, kind=kind, cells=cells: self._gradient(
-                "b", l, index, *kind.excel_grad_b(layer, cells, *index)))
+            for which, shape, _ in kind.excel_parameters(layer, cells.fan_in, cells.units):
+                yield Family(group, Grid(*shape), lambda index, l=l, layer=layer, kind=kind, cells=cells, which=which:
+                             self._gradient(which, l, index, *self._layer_gradient(l, layer, kind, cells, which, index)))
+
+    def _layer_gradient(self, l, layer, kind, cells, which, index):
+        """(formula body, text) of a per-sample gradient: the kind's, summed over time for a layer that
+        runs at every time step."""
+        body, text = kind.excel_gradient(layer, cells, which, index)
+        if self.timed_from() and l >= self.timed_from():
+            return self._summed_over_time(body), f"Σₜ {text} (t = 0 … {time_steps(self.scenario) - 1})"
+        return body, text
 
     def _gradient(self, which, l, index, body, text):
         s = self.scenario
@@ -337,13 +459,23 @@ class TraceLayout:
         or of the trained ones (a bias with train_bias = false is frozen)."""
         s = self.scenario
         for l, layer in enumerate(s.layers, start=1):
-            shape_W, shape_b = layers.of(layer).param_shapes(s.widths[l - 1], s.widths[l])
-            yield "W", l, Grid(*shape_W)
-            if layer.train_bias or not trained_only:
-                yield "b", l, Grid(*shape_b)
+            for which, shape, is_bias in layers.of(layer).excel_parameters(layer, s.widths[l - 1], s.widths[l]):
+                if layer.train_bias or not is_bias or not trained_only:
+                    yield which, l, Grid(*shape)
+
+    def parameter_span(self, l, prefix="", trained_only=False):
+        """(first, last) column letters of layer l's parameter-shaped columns named prefix + parameter
+        ("" θ, "grad_" ∂E/∂θ, "update_" Δθ): W[0,0] … the last entry of its last parameter (b, or bh
+        of a recurrent cell), adjacent in the sheet."""
+        blocks = [(which, indices) for which, layer, indices in self._parameter_blocks(trained_only) if layer == l]
+        (first, first_indices), (last, last_indices) = blocks[0], blocks[-1]
+        return (self.cell((f"{prefix}{first}", l, next(iter(first_indices)))),
+                self.cell((f"{prefix}{last}", l, tuple(n - 1 for n in last_indices.shape))))
 
     def _trained(self, which, l):
-        return which == "W" or self.scenario.layers[l - 1].train_bias
+        layer = self.scenario.layers[l - 1]
+        biases = {name for name, _, is_bias in layers.of(layer).excel_parameters(layer, 1, 1) if is_bias}
+        return which not in biases or layer.train_bias
 
     def _parameters(self):
         """θ used at each step (Σ rows) and after the last one (final row): previous θ − previous Δθ."""
@@ -488,6 +620,17 @@ def _column_ranges(letters):
     cells = [f"{get_column_letter(a)}{{r}}" if a == b else f"{get_column_letter(a)}{{r}}:{get_column_letter(b)}{{r}}"
              for a, b in ranges]
     return cells
+
+
+def time_steps(scenario):
+    """T, the time steps of sequence data (inputs samples × time × features); 0 without a time axis."""
+    inputs = np.asarray(scenario.inputs)
+    return inputs.shape[1] if inputs.ndim == 3 else 0
+
+
+def timed(header, t):
+    """A header at time step t: h₀⁽¹⁾(t=3)."""
+    return f"{header}(t={t})"
 
 
 def input_letter(scenario, i):

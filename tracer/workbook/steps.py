@@ -19,12 +19,7 @@ class StepsLayout:
         self.trace, self.layout = trace, trace_layout
         self.first_step = trace.first_step
         self.layers = trace.layers
-        widths = trace.scenario.widths
-        self._gradient_ranges = []
-        for l in range(1, self.layers + 1):
-            first = trace_layout.cell(("grad_W", l, (0, 0)))
-            last = trace_layout.cell(("grad_b", l, (widths[l] - 1,)))
-            self._gradient_ranges.append((first, last))
+        self._gradient_ranges = [trace_layout.parameter_span(l, "grad_") for l in range(1, self.layers + 1)]
 
     def headers(self):
         """(text, comment, width) per column."""

@@ -25,7 +25,7 @@ from openpyxl.workbook.defined_name import DefinedName
 from openpyxl.xml.functions import tostring
 
 from ..errors import LimitError, OutputExistsError
-from .. import diagnose as diagnose_module, output, procedures
+from .. import diagnose as diagnose_module, layers, output, procedures
 from . import chainrule, charts, diagnosis, histograms, layout as layout_module, matrix, steps as steps_module, xlsx
 
 MAX_ROWS, MAX_FORMULA = 1_048_576, 8_192
@@ -128,6 +128,15 @@ def check_limits(layout):
         for template in (column.sample, column.total, column.final):
             if template and len(template.format(**big)) + 1 > MAX_FORMULA:
                 layer = column.key[1] if len(column.key) > 1 and isinstance(column.key[1], int) else None
+                steps = layout_module.time_steps(layout.scenario)
+                timed = layout.timed_from()
+                through_time = (layer and layers.of(layout.scenario.layers[layer - 1]).excel_unrolled(layout.scenario.layers[layer - 1])
+                                or timed and (layer is None or layer >= timed))   # a sum over the time steps
+                if steps and through_time:
+                    raise LimitError(
+                        f"the formula of column {column.header} would be longer than the spreadsheet limit of "
+                        f"{MAX_FORMULA} characters: it sums {steps} time steps; use shorter sequences "
+                        "(or fewer units)", source, "data.inputs")
                 raise LimitError(
                     f"the formula of column {column.header} would be longer than the spreadsheet limit of "
                     f"{MAX_FORMULA} characters: use fewer units per layer",
@@ -458,6 +467,13 @@ def _write_data(workbook, scenario):
     raw = scenario.raw_inputs if scenario.raw_inputs is not None else scenario.inputs
     n_in, n_out = raw.shape[1], scenario.targets.shape[1]
     headers = ["sample"] + [f"x{i}" for i in range(n_in)] + [f"t{k}" for k in range(n_out)]
+    if raw.ndim == 3:   # sequences: one column per (time step, feature), time outer
+        headers[1:1 + n_in] = [layout_module.timed(f"x{i}", t) for t in range(raw.shape[1]) for i in range(raw.shape[2])]
+        raw = raw.reshape(len(raw), -1)
+        n_in = raw.shape[1]
+    if scenario.targets.ndim == 3:   # targets per time step, likewise
+        targets = scenario.targets
+        headers[1 + n_in:] = [layout_module.timed(f"t{k}", t) for t in range(targets.shape[1]) for k in range(targets.shape[2])]
     if scenario.normalize != "none":
         headers += [f"x̂{i} ({scenario.normalize})" for i in range(n_in)]
     for index, header in enumerate(headers, start=1):
@@ -472,7 +488,7 @@ def _data_rows(scenario, raw):
     first_row, last_row = 2, n + 1
     stats = (last_row + 2, last_row + 3)
     letter = layout_module.data_letter
-    for index, (x, t) in enumerate(zip(raw, scenario.targets)):
+    for index, (x, t) in enumerate(zip(raw, scenario.targets.reshape(len(raw), -1))):
         number = index + 2
         constants = [index] + [float(v) for v in np.concatenate([x, t])]
         cells = [constant_cell(f"{get_column_letter(position + 1)}{number}", value)
@@ -483,7 +499,7 @@ def _data_rows(scenario, raw):
                 continue
             formula = procedures.excel_normalized(normalize, cell, f"{column}${one}", f"{column}${two}")
             ref = f"{letter(len(constants) - 1 + i)}{number}"
-            cells.append(xlsx.formula_cell(ref, formula, float(scenario.inputs[index, i])))
+            cells.append(xlsx.formula_cell(ref, formula, float(scenario.inputs.reshape(len(raw), -1)[index, i])))
         yield xlsx.row(number, cells)
     if normalize == "none":
         return
