@@ -406,3 +406,24 @@ def test_the_csv_time_column_of_a_recurrent_trace(tmp_path):
     assert all(r["time"] == "" for r in rows if r["layer"] == "2")
     frame = trace.to_frame()
     assert len(frame) == len(rows) and frame["time"].notna().sum() == sum(r["time"] != "" for r in rows)
+
+
+@pytest.mark.parametrize("per_time", [False, True])
+def test_the_dense_head_derives_its_per_sample_gradients_only_without_targets_per_time_step(per_time):
+    """A dense head on an lstm derives grad_W, grad_b per sample from h_(T−1) and δ (issue 15),
+    unless it runs at every time step (its per-sample gradients are sums over time: recorded); the
+    cell keeps its own. Either way Σ_s of the per-sample gradients is the batch gradient (whose W, b
+    torch parity checks), and the CSV accessor reads the same numbers."""
+    x, t, w = problem("lstm", 3, per_time=per_time)
+    s = scenario_module.from_dict(raw_scenario("lstm", None, x, t, w, "adam", steps=3))
+    trace = engine.run(s)
+    assert [(f.layer, f.name, f.derived) for f in records.sample_fields(s) if f.store.endswith("_sample")] == \
+        [(1, name, False) for name in ("grad_W", "grad_b", "grad_Wh", "grad_bh")] + \
+        [(2, name, not per_time) for name in ("grad_W", "grad_b")]
+    for l, names in ((1, ("W", "b", "Wh", "bh")), (2, ("W", "b"))):
+        for name in names:
+            per_sample = np.asarray(getattr(trace, f"grad_{name}_sample")[l - 1])
+            np.testing.assert_allclose(per_sample.sum(axis=1), getattr(trace, f"grad_{name}")[l - 1][:trace.steps],
+                                       rtol=1e-12, atol=1e-15)
+    head = np.asarray(trace.grad_W_sample[1])
+    assert trace.values(("grad_W", 2, (0, 1)), "sample", 1, 0, trace.sample_ids[1, 0]) == head[1, 0, 0, 1]
