@@ -359,11 +359,12 @@ def test_every_command_refuses_a_run_too_large_for_memory(tmp_path, invoke, monk
         scenario, extra = tmp_path / "big.toml", []
         scenario.write_text(templates.read("xor").replace("steps = ", f"{how}\n# steps = "), encoding="utf-8")
     arguments = [command, scenario, *extra, *COMMANDS[command]]
-    # xor (2-2-1, 4 samples, sgd, half_sse): per sample 7 values per unit (u a slope delta h e grad_b) × 3
-    # units + 6 grad_W + ∂E/∂a + loss + the sample id = 30; per step 4 × 30 + 3 × 9 (θ, g, Δθ) + loss + lr
-    # = 149 scalars of 8 bytes; once the final 9 parameters: (2 GiB − 72) // 1192 = 1,801,580 steps
+    # xor (2-2-1, 4 samples, sgd, half_sse): per sample 6 values per unit (u a slope delta h e) × 3 units
+    # + ∂E/∂a + loss + the sample id = 21 (the per-sample grad_W, grad_b of dense layers are derived, not
+    # kept); per step 4 × 21 + 3 × 9 (θ, g, Δθ) + loss + lr = 113 scalars of 8 bytes; once the final 9
+    # parameters: (2 GiB − 72) // 904 = 2,375,534 steps
     assert_refused(invoke(*arguments), "steps: ", "of memory for the trace, above tracer's cap of 2 GiB",
-                   f"use at most {(2 * 2**30 - 8 * 9) // (8 * 149):,} steps")
+                   f"use at most {(2 * 2**30 - 8 * 9) // (8 * 113):,} steps")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["hand.csv"] + (["big.toml"] if not extra else []))
 
 

@@ -94,7 +94,7 @@ def compare(trace, layout, recomputed, parameters=(), spreadsheet="LibreOffice")
     tables = writer.table_layouts(trace, layout, parameters, findings=[])
     sheets = xlsxread.read_values(recomputed, ["Trace"] + [table.title for table in tables])
     if isinstance(layout, matrix_layout.MatrixLayout):
-        matrix_layout.compare(report, trace, layout, sheets["Trace"], _judge)
+        matrix_layout.compare(report, trace, layout, sheets["Trace"], _judge, FLOOR, Mismatch)
     else:
         _compare_trace(report, trace, layout, sheets["Trace"])
     for table in tables:

@@ -700,11 +700,12 @@ def _block_cells(cells, block):
                 line.append((column, xlsx.formula_cell(ref, text, value)))
 
 
-def compare(report, trace, layout, sheet, judge):
+def compare(report, trace, layout, sheet, judge, floor_factor, mismatch):
     """Every formula cell of the matrix layout's Trace sheet against the engine: per block, the
-    cancellation floor is FLOOR × the larger of the block's largest finite |value| and its scale
-    (what flows into it: operands and Σ|terms| of its sums); `judge` is verify's vectorised rule."""
-    from .. import verify as verify_module
+    cancellation floor is `floor_factor` (verify's FLOOR) × the larger of the block's largest finite
+    |value| and its scale (what flows into it: operands and Σ|terms| of its sums); `judge` is
+    verify's vectorised rule and `mismatch` its Mismatch (passed in: the workbook does not import
+    the commands' level)."""
     blocks = [block for step in range(len(layout.counts)) for block in layout.step_blocks(step, trace)]
     blocks += list(layout.final_block(trace))
     sheet.cover(layout.last_row, layout.column_count)
@@ -718,7 +719,7 @@ def compare(report, trace, layout, sheet, judge):
         rows.append((block.row + grid_rows).ravel())
         columns.append((block.column + grid_columns).ravel())
         engine.append(values.ravel())
-        floor = verify_module.FLOOR * max(_max(values), block.scale)
+        floor = floor_factor * max(_max(values), block.scale)
         floors.append(np.full(values.size, max(floor, 1e-300)))
     row, column = np.concatenate(rows), np.concatenate(columns)
     x, floor = np.concatenate(engine), np.concatenate(floors)
@@ -730,7 +731,7 @@ def compare(report, trace, layout, sheet, judge):
         return f"Trace!{_letter(int(column[k]))}{int(row[k])}", live[int(names[k])].header
     for k in judge(report, "Trace", x, y, kind, floor, describe):
         where, header = describe(k)
-        report.mismatches.append(verify_module.Mismatch(where, header, float(x[k]), sheet.value(int(row[k]), int(column[k]))))
+        report.mismatches.append(mismatch(where, header, float(x[k]), sheet.value(int(row[k]), int(column[k]))))
 
 
 class StepsLayout(steps_module.StepsLayout):
