@@ -173,3 +173,14 @@ def test_diagnose_runs_through_layernorm(tmp_path, invoke):
     assert diagnose.diagnose(trace).findings
     result = invoke("diagnose", str(write_toml(tmp_path, scenario_module.dump_toml(raw))))
     assert result.exit_code == 0 and "Findings:" in result.output, result.output
+
+
+def test_a_saturated_recurrent_layer_is_diagnosed_without_a_traceback():
+    # found by the fuzz campaign (seed 1, case 51): an input of 1e11 saturates the tanh of
+    # rnn-vanishing, and the saturation sentence read the recurrent layer's f(u) store, which is None
+    import tomllib
+    raw = tomllib.loads(templates.read("rnn-vanishing"))
+    raw["data"]["inputs"][0][3][0] = 1e11
+    trace = engine.run(scenario_module.from_dict(raw))
+    findings = diagnose.diagnose(trace).findings
+    assert any(text.startswith("Saturated tanh units") for text in findings), findings

@@ -470,7 +470,10 @@ def _stall_sentences(d):
         levels = " or ".join(f"{v:g}" for v in act.saturates_at)
         step = int(np.flatnonzero(fractions > 0)[0])
         n = len(t.samples(last))
-        a = getattr(t, layers.of(s.layers[l - 1]).activated(s.layers[l - 1]))[l - 1][last, :n]
+        store = getattr(t, layers.of(s.layers[l - 1]).activated(s.layers[l - 1]))[l - 1]
+        if store is None:      # a recurrent layer keeps f(u) per time step; its a is the last hidden state
+            store = t.a[l - 1]
+        a = store[last, :n]
         stuck = [j for j in range(a.shape[1]) if all(
             any(level - th["saturation"] < v < level + th["saturation"] for level in act.saturates_at) for v in a[:, j])]
         kind = "near one-hot" if not act.elementwise else f"within {th['saturation']:g} of {levels}"
