@@ -3,7 +3,7 @@
 same comparison as `tracer verify`."""
 import pytest
 
-from tracer import engine, gnumeric, layers, scenario as scenario_module, templates
+from tracer import engine, gnumeric, scenario as scenario_module, templates
 from tracer.errors import TracerError
 from tracer.workbook import diagnosis as diagnosis_sheet, writer
 
@@ -14,12 +14,6 @@ def _finite(name):
 
 
 FINITE = [name for name in templates.names() if _finite(name)]
-# recurrent templates: the workbook has no Diagnosis and ChainRule sheets through time yet (i12-workbook);
-# strict, so the mark must go when they are written
-_NO_THROUGH_TIME_SHEETS = pytest.mark.xfail(strict=True, reason="Diagnosis/ChainRule sheets of recurrent nets not written yet")
-FINITE_CASES = [pytest.param(name, marks=_NO_THROUGH_TIME_SHEETS)
-                if any(layers.of(layer).recurrent for layer in scenario_module.load(name).layers) else name
-                for name in FINITE]
 
 
 def test_the_finite_templates():
@@ -27,7 +21,7 @@ def test_the_finite_templates():
 
 
 @pytest.mark.gnumeric(workbooks=lambda name: engine.run(scenario_module.load(name)))
-@pytest.mark.parametrize("name", FINITE_CASES)
+@pytest.mark.parametrize("name", FINITE)
 def test_every_finite_template_recomputes_in_gnumeric(recomputed, name):
     report = recomputed.report
     assert report.ok, report.summary()
