@@ -578,6 +578,20 @@ def parse_init(v, raw, key, prefix, default):
     return name, params
 
 
+
+def parse_bias(v, raw, key, read_bias):
+    """The bias: explicit values `bias = [...]` (read and shape-checked by `read_bias()`), or an
+    initialiser ({bias_}init, default constant), never both. Returns (values or None, init name, params)."""
+    if "bias" in raw:
+        bias = read_bias()
+        if "bias_init" in raw and raw["bias_init"] != "explicit":
+            raise ScenarioError(v.source, f"{key}.bias_init", "give either bias values or bias_init, not both")
+        return bias, "explicit", {}
+    name, params = parse_init(v, raw, key, "bias_", default="constant")
+    if name == "explicit":
+        raise ScenarioError(v.source, f"{key}.bias", "bias_init = \"explicit\" needs bias = [...]")
+    return None, name, params
+
 class Normalisation(LayerKind):
     """A normalisation layer (batchnorm, layernorm): x̂ = (x − μ)/√(σ² + eps) with μ and σ² (biased)
     over `axis` of x = a⁽ˡ⁻¹⁾ (0: per unit over the batch; 1: per sample over the units), then

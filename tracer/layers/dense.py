@@ -12,7 +12,7 @@ from .. import init as inits, notation
 from ..errors import ScenarioError
 from ..procedures import reduce_samples
 from . import base
-from .base import (COMMON, E, H, ExcelColumns, Layer, LayerKind, back_sum, parse_activation, parse_init, sum_in_order,
+from .base import (COMMON, E, H, ExcelColumns, Layer, LayerKind, back_sum, parse_activation, parse_bias, parse_init, sum_in_order,
                    weighted_sum)
 
 
@@ -50,18 +50,12 @@ class Dense(LayerKind):
                 )
         elif "weights" in raw:
             raise ScenarioError(v.source, f"{key}.weights", "explicit weights need init = \"explicit\"")
-        bias = None
-        if "bias" in raw:
+        def read_bias():
             bias = v.vector(raw, "bias", key)
             if bias.shape != (units,):
                 raise ScenarioError(v.source, f"{key}.bias", f"{bias.shape[0]} values for {units} units")
-            if "bias_init" in raw and raw["bias_init"] != "explicit":
-                raise ScenarioError(v.source, f"{key}.bias_init", "give either bias values or bias_init, not both")
-            bias_name, bias_params = "explicit", {}
-        else:
-            bias_name, bias_params = parse_init(v, raw, key, "bias_", default="constant")
-            if bias_name == "explicit":
-                raise ScenarioError(v.source, f"{key}.bias", "bias_init = \"explicit\" needs bias = [...]")
+            return bias
+        bias, bias_name, bias_params = parse_bias(v, raw, key, read_bias)
         return Layer(
             units=units, activation=activation, activation_params=activation_params, init=init_name,
             init_params=init_params, weights=weights, bias_init=bias_name, bias_params=bias_params, bias=bias,

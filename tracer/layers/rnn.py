@@ -433,7 +433,7 @@ class RnnExcel(RecurrentExcel):
 # ---- the layer kinds (registry faces) ----------------------------------------------------------
 # Imported here, below the cells' maths, so that the cells stay importable on their own.
 from ..errors import ScenarioError  # noqa: E402
-from .base import LayerKind, Layer, Quantity, parse_activation, parse_init  # noqa: E402
+from .base import LayerKind, Layer, Quantity, parse_activation, parse_bias, parse_init  # noqa: E402
 from .. import init as inits  # noqa: E402
 
 RECURRENT_KEYS = ("kind", "units", "init", "low", "high", "mean", "std", "value", "weights", "recurrent_weights",
@@ -504,16 +504,7 @@ class Recurrent(LayerKind):
             for name in ("weights", "recurrent_weights"):
                 if name in raw:
                     raise ScenarioError(v.source, f"{key}.{name}", f"explicit {name.replace('_', ' ')} need init = \"explicit\"")
-        bias = None
-        if "bias" in raw:
-            bias = self._vector(v, raw, "bias", key, columns)
-            if "bias_init" in raw and raw["bias_init"] != "explicit":
-                raise ScenarioError(v.source, f"{key}.bias_init", "give either bias values or bias_init, not both")
-            bias_name, bias_params = "explicit", {}
-        else:
-            bias_name, bias_params = parse_init(v, raw, key, "bias_", default="constant")
-            if bias_name == "explicit":
-                raise ScenarioError(v.source, f"{key}.bias", "bias_init = \"explicit\" needs bias = [...]")
+        bias, bias_name, bias_params = parse_bias(v, raw, key, lambda: self._vector(v, raw, "bias", key, columns))
         recurrent_bias = self._vector(v, raw, "recurrent_bias", key, columns) if "recurrent_bias" in raw else np.zeros(columns)
         return Layer(
             units=units, activation=activation, activation_params=activation_params, init=init_name,
