@@ -9,13 +9,12 @@ A test that needs workbooks recomputed says so with its marker and a factory:
         (trace, report), = recomputed      # one Verified per Trace the factory returned
 
 The factory receives the test's parameters by name (and `folder`, a scratch folder, if it asks)
-and returns a Trace, a Path of a workbook, or a list of them. Before the first such test runs,
-the factories of ALL selected tests are called and their workbooks recomputed together, in a
-background thread while the ordinary tests run (the tests that read the results run after them,
-and the test files that change process-wide state after those; see pytest_collection_modifyitems): three
-LibreOffice processes (two at a time, one per core) share every `libreoffice` workbook (about 2 s
-of start-up paid three times, not once per test), each started as soon as its workbooks are
-written, while Gnumeric recomputes every `gnumeric` workbook. Each
+and returns a Trace, a Path of a workbook, or a list of them. After collection a child process
+is forked that calls the factories of ALL selected tests and recomputes their workbooks together
+while this process runs the ordinary tests (the tests that read the results run last; see
+pytest_collection_modifyitems): three LibreOffice processes (two at a time) share every
+`libreoffice` workbook (about 2 s of start-up paid three times, not once per test), each started
+as soon as its workbooks are written, while Gnumeric recomputes every `gnumeric` workbook. Each
 test then finds its Traces as Verified(trace, report) and its Paths as the recomputed Paths.
 """
 import builtins
@@ -23,6 +22,9 @@ import contextlib
 import copy
 import errno
 import io
+import pickle
+import signal
+import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 import inspect
@@ -35,7 +37,7 @@ import pytest
 from click.testing import CliRunner
 from hypothesis import settings
 
-from tracer import engine, gnumeric, libreoffice, output, scenario as scenario_module, templates, verify
+from tracer import engine, gnumeric, libreoffice, scenario as scenario_module, templates, verify
 from tracer.cli import main
 from tracer.trace import Trace
 from tracer.workbook import writer
@@ -80,18 +82,9 @@ def build(raw):
     return engine.run(scenario_module.from_dict(copy.deepcopy(raw)))
 
 
-@contextlib.contextmanager
-def _usual_tempdir():
-    yield tempfile.gettempdir()
-
-
 @pytest.fixture
-def invoke(request, monkeypatch):
-    """Run the `tracer` CLI in-process; returns the click Result. Outside the files that test the
-    private temporary folder itself, commands keep the usual one: the background recomputation
-    shares this process, and a private folder is process-wide (it would be removed under it)."""
-    if request.path.name not in PROCESS_STATE_FILES:
-        monkeypatch.setattr(output, "private_tempdir", _usual_tempdir)
+def invoke():
+    """Run the `tracer` CLI in-process; returns the click Result."""
     runner = CliRunner()
 
     def call(*args):
@@ -201,12 +194,6 @@ def _recompute_all(spreadsheet, entries, folder):
     return found
 
 
-# Tests that change process-wide state run after the recomputation has finished, never beside its
-# background thread: the files that set signal handlers or tempfile.tempdir (the CLI's private
-# temporary folder, see `invoke`) or fork.
-PROCESS_STATE_FILES = ("test_cli.py", "test_output.py", "test_fuzz.py")
-
-
 def _recomputes(item):
     return any((m := item.get_closest_marker(s)) is not None and "workbooks" in m.kwargs for s in SPREADSHEETS)
 
@@ -226,31 +213,22 @@ def _large_template_run(item):
 
 
 def pytest_collection_modifyitems(config, items):
-    """Leave the large templates out of the every-template tests (templates.LARGE). Order: ordinary
-    tests, then the tests that read the recomputation (they wait for it), then the tests that change
-    process-wide state. The recomputation runs in the background meanwhile."""
+    """Leave the large templates out of the every-template tests (templates.LARGE). Order: the
+    ordinary tests first, then the tests that read the recomputation (they wait for it, and it
+    runs in a child process meanwhile)."""
     large = [item for item in items if _large_template_run(item)]
     if large:
         config.hook.pytest_deselected(items=large)
         items[:] = [item for item in items if not _large_template_run(item)]
-
-    def phase(item):
-        if item.path.name in PROCESS_STATE_FILES:
-            return 2
-        return 1 if _recomputes(item) else 0
-    items.sort(key=phase)   # stable: the order within a phase is kept
+    items.sort(key=_recomputes)   # stable: the order within each part is kept
 
 
-def pytest_collection_finish(session):
-    """Start recomputing, in a background thread, the workbooks of every selected test whose
-    `libreoffice`/`gnumeric` marker names `workbooks` (the factories run here, in order)."""
-    session.config.stash[_RECOMPUTATION] = None
-    if session.config.option.collectonly or not any(_recomputes(item) for item in session.items):
-        return
-    folder = Path(tempfile.mkdtemp(prefix="tracer-tests-recomputed-"))
+def _recompute_session(items, folder):
+    """In the child process: call every factory, recompute the workbooks (LibreOffice and Gnumeric
+    side by side) and return what the tests read: ({nodeid: (results, single)}, {nodeid: exception})."""
     entries = {spreadsheet: {} for spreadsheet in SPREADSHEETS}
     shapes, failures = {}, {}
-    for number, item in enumerate(session.items):
+    for number, item in enumerate(items):
         for spreadsheet in SPREADSHEETS:
             marker = item.get_closest_marker(spreadsheet)
             if marker is None or "workbooks" not in marker.kwargs:
@@ -265,17 +243,83 @@ def pytest_collection_finish(session):
     installed = {"libreoffice": shutil.which("soffice") or shutil.which("libreoffice"),
                  "gnumeric": shutil.which("ssconvert")}
     wanted = [s for s in SPREADSHEETS if entries[s] and installed[s]]   # the tests skip (or fail in CI) otherwise
-    pool = ThreadPoolExecutor(max_workers=2)   # LibreOffice and Gnumeric side by side
-    running = {s: pool.submit(_recompute_all, s, entries[s], folder) for s in wanted}
-    session.config.stash[_RECOMPUTATION] = (folder, pool, running, shapes, failures)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        running = [pool.submit(_recompute_all, s, entries[s], folder) for s in wanted]
+        found = {}
+        for future in running:
+            found.update(future.result())
+    return {nodeid: (results, shapes[nodeid]) for nodeid, results in found.items()}, failures
+
+
+def _picklable(thing):
+    """`thing`, or for an exception that does not survive pickling, a RuntimeError saying what it was."""
+    try:
+        pickle.loads(pickle.dumps(thing))
+        return thing
+    except Exception:
+        return RuntimeError(f"{type(thing).__name__}: {thing}")
+
+
+def _child(items, folder):
+    """The recomputation process: write its findings to folder/results.pickle, then leave without
+    running anything of pytest's (os._exit)."""
+    status = 1
+    try:
+        os.setpgid(0, 0)   # its own process group: the session can stop it and its soffice at once
+        found, failures = _recompute_session(items, folder)
+        found = {nodeid: ([_picklable(r) for r in results], single) for nodeid, (results, single) in found.items()}
+        failures = {nodeid: _picklable(exc) for nodeid, exc in failures.items()}
+        partial = folder / "results.pickle.part"
+        with open(partial, "wb") as handle:
+            pickle.dump((found, failures), handle, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(partial, folder / "results.pickle")
+        status = 0
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        os._exit(status)
+
+
+def pytest_collection_finish(session):
+    """Start recomputing the workbooks of every selected test whose `libreoffice`/`gnumeric`
+    marker names `workbooks`, in a child process (forked here, after collection): the factories,
+    the writing and the comparisons use the second core while this process runs the ordinary
+    tests, and nothing those tests change in this process (monkeypatched limits, signal handlers,
+    tempfile.tempdir) can reach it."""
+    session.config.stash[_RECOMPUTATION] = None
+    items = [item for item in session.items if _recomputes(item)]
+    if session.config.option.collectonly or not items:
+        return
+    folder = Path(tempfile.mkdtemp(prefix="tracer-tests-recomputed-"))
+    pid = os.fork()
+    if pid == 0:
+        _child(items, folder)
+    with contextlib.suppress(OSError):   # as the child does itself (whichever runs first)
+        os.setpgid(pid, pid)
+    session.config.stash[_RECOMPUTATION] = {"folder": folder, "pid": pid, "results": None}
+
+
+def _wait(started):
+    """The child's findings (waiting for it once)."""
+    if started["results"] is None:
+        _, status = os.waitpid(started["pid"], 0)
+        started["pid"] = None
+        found = started["folder"] / "results.pickle"
+        if not found.exists():
+            raise RuntimeError(f"the recomputation process failed (wait status {status}); its traceback is on stderr")
+        with open(found, "rb") as handle:
+            started["results"] = pickle.load(handle)
+    return started["results"]
 
 
 def pytest_sessionfinish(session):
     started = session.config.stash.get(_RECOMPUTATION, None)
     if started:
-        folder, pool, _, _, _ = started
-        pool.shutdown(wait=True, cancel_futures=True)
-        shutil.rmtree(folder, ignore_errors=True)
+        if started["pid"] is not None:   # no test waited for it (e.g. -x stopped early): stop it
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(started["pid"], signal.SIGTERM)
+            os.waitpid(started["pid"], 0)
+        shutil.rmtree(started["folder"], ignore_errors=True)
 
 
 _RECOMPUTATION = pytest.StashKey()
@@ -283,16 +327,12 @@ _RECOMPUTATION = pytest.StashKey()
 
 @pytest.fixture(scope="session")
 def recomputations(request):
-    """{nodeid: (results, single)} and {nodeid: the exception its factory raised}: the background
-    recomputation started after collection, waited for."""
+    """{nodeid: (results, single)} and {nodeid: the exception its factory raised}: the child
+    process's recomputation, waited for."""
     started = request.config.stash.get(_RECOMPUTATION, None)
     if started is None:
         return {}, {}
-    _, _, running, shapes, failures = started
-    found = {}
-    for future in running.values():
-        found.update(future.result())
-    return {nodeid: (results, shapes[nodeid]) for nodeid, results in found.items()}, failures
+    return _wait(started)
 
 
 @pytest.fixture
