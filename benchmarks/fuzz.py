@@ -85,6 +85,8 @@ COMMANDS = ("run", "diagnose", "chain", "gradcheck", "check")
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")   # before numpy is imported (2 shared cores)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+sys.path.insert(0, str(REPO))   # this checkout's tracer: its TOML writer (after the thread settings: it imports numpy)
+from tracer.scenario import dump_toml, toml_value  # noqa: E402
 
 
 # ============================================================ cases
@@ -114,7 +116,7 @@ class Case:
         return "python -m tracer " + " ".join(shlex.quote(a) for a in self.args)
 
 
-# tracer.templates.LARGE (this campaign reads no tracer code): a 64-32-10 net whose every run writes
+# tracer.templates.LARGE (the campaign takes only its TOML writer from tracer): a 64-32-10 net whose every run writes
 # a million formula cells; its keys are those of the other templates, so mutating it adds no coverage
 LARGE_TEMPLATES = ("digits-64-32-10", "wide-784-32-10")
 
@@ -126,77 +128,6 @@ def _templates():
 
 
 TEMPLATES = _templates()
-
-# ------------------------------------------------------------ TOML writing (independent of tracer)
-
-_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
-_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
-
-
-def toml_string(text):
-    out = []
-    for ch in text:
-        if ch in _ESCAPES:
-            out.append(_ESCAPES[ch])
-        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
-            out.append(f"\\u{ord(ch):04X}")
-        elif 0xD800 <= ord(ch) <= 0xDFFF:
-            out.append("?")
-        else:
-            out.append(ch)
-    return '"' + "".join(out) + '"'
-
-
-def toml_key(key):
-    return key if _BARE_KEY.match(key) else toml_string(key)
-
-
-def toml_value(value):
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        return repr(value)
-    if isinstance(value, str):
-        return toml_string(value)
-    if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
-        return value.isoformat()
-    if isinstance(value, list):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{toml_key(k)} = {toml_value(v)}" for k, v in value.items()) + "}"
-    raise TypeError(f"cannot write {value!r}")
-
-
-def toml_dump(raw, header_comments=()):
-    lines = [f"# {c}" for c in header_comments]
-    _dump_table(raw, [], lines)
-    return "\n".join(lines).strip() + "\n"
-
-
-def _is_table_array(value):
-    return isinstance(value, list) and value and all(isinstance(v, dict) for v in value)
-
-
-def _dump_table(table, path, lines):
-    for key, value in table.items():
-        if not isinstance(value, dict) and not _is_table_array(value):
-            lines.append(f"{toml_key(key)} = {toml_value(value)}")
-    for key, value in table.items():
-        name = ".".join(toml_key(k) for k in path + [key])
-        if isinstance(value, dict):
-            lines.append(f"\n[{name}]")
-            _dump_table(value, path + [key], lines)
-        elif _is_table_array(value):
-            for item in value:
-                lines.append(f"\n[[{name}]]")
-                _dump_table(item, path + [key], lines)
-
 
 # ------------------------------------------------------------ values
 
@@ -909,7 +840,8 @@ def make_case(seed, number, soffice=True, step_cap=STEP_CAP):
         if rng.random() < 0.2 and mutator.steps_option is None:
             mutator.steps_option = "3"
             mutator.note("--steps 3")
-    text = toml_dump(raw, ["fuzz case", *mutator.comments]).encode("utf-8")
+    text = "".join(f"# {comment}\n" for comment in ["fuzz case", *mutator.comments]) + dump_toml(raw)
+    text = text.encode("utf-8")
     if mutator.text_mutation:
         text = mutator.text_mutation(text)
     files = {"scenario.toml": text, **mutator.files}

@@ -30,24 +30,32 @@ HEADER = '''\
 
 def main():
     pixels, labels = datasets.digits()
-    inputs = pixels[:SAMPLES] / 16
-    lines = [HEADER.rstrip("\n"),
-             'name = "digits-64-32-10"',
-             'description = "The first 100 8x8 handwritten digits (UCI, CC BY 4.0), pixels/16, through a 64-32-10 '
-             'ReLU net with a softmax output and cross-entropy, SGD on mini-batches of 10: the loss falls from 2.4."',
-             "seed = 0", f"steps = {STEPS}", "", "[data]", "inputs = ["]
-    lines += ["  [" + ", ".join(_number(v) for v in row) + "]," for row in inputs]
-    lines += ["]", "targets = ["]
-    lines += ["  [" + ", ".join("1" if k == label else "0" for k in range(10)) + "]," for label in labels[:SAMPLES]]
-    lines += ["]", "", "[[layers]]", "units = 32", 'activation = "relu"', 'init = "he_uniform"', "",
-              "[[layers]]", "units = 10", 'activation = "softmax"', 'init = "xavier_uniform"', "",
-              "[loss]", 'name = "softmax_ce"', 'reduction = "mean"', "",
-              "[optimizer]", 'name = "sgd"', f"lr = {LR}", "", "[training]", f"batch = {BATCH}", ""]
-    TEMPLATE.write_text("\n".join(lines), encoding="utf-8")
+    text = template_text(HEADER, "digits-64-32-10",
+                         "The first 100 8x8 handwritten digits (UCI, CC BY 4.0), pixels/16, through a 64-32-10 "
+                         "ReLU net with a softmax output and cross-entropy, SGD on mini-batches of 10: the loss falls from 2.4.",
+                         pixels[:SAMPLES] / 16, labels[:SAMPLES], steps=STEPS, optimizer="sgd", lr=LR, batch=BATCH)
+    TEMPLATE.write_text(text, encoding="utf-8")
     print(f"wrote {TEMPLATE}")
 
 
 STEPS, BATCH, LR = 30, 10, 0.5
+
+
+def template_text(header, name, description, inputs, labels, steps, optimizer, lr, batch):
+    """A digits template: `header` (comment lines), the samples one per line (`inputs` as k/16
+    numbers, `labels` as one-hot targets over 10 digits), an n-32-10 net (ReLU hidden units, a
+    softmax output, He/Xavier uniform initialisation), cross-entropy (mean over the batch) and
+    `optimizer` with rate `lr` on mini-batches of `batch`. examples/wide_template.py uses it too."""
+    lines = [header.rstrip("\n"), f'name = "{name}"', f'description = "{description}"',
+             "seed = 0", f"steps = {steps}", "", "[data]", "inputs = ["]
+    lines += ["  [" + ", ".join(_number(v) for v in row) + "]," for row in inputs]
+    lines += ["]", "targets = ["]
+    lines += ["  [" + ", ".join("1" if k == label else "0" for k in range(10)) + "]," for label in labels]
+    lines += ["]", "", "[[layers]]", "units = 32", 'activation = "relu"', 'init = "he_uniform"', "",
+              "[[layers]]", "units = 10", 'activation = "softmax"', 'init = "xavier_uniform"', "",
+              "[loss]", 'name = "softmax_ce"', 'reduction = "mean"', "",
+              "[optimizer]", f'name = "{optimizer}"', f"lr = {lr}", "", "[training]", f"batch = {batch}", ""]
+    return "\n".join(lines)
 
 
 def _number(value):

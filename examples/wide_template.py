@@ -13,6 +13,8 @@ import numpy as np
 
 from tracer import datasets
 
+from digits_template import template_text  # the sibling script (this folder is on sys.path)
+
 SAMPLES, STEPS, BATCH, LR, SIDE = 32, 3, 16, 0.001, 28
 TEMPLATE = Path(__file__).resolve().parent.parent / "templates" / "wide-784-32-10.toml"
 
@@ -40,26 +42,13 @@ def upsampled(pixels, side=SIDE):
 
 def main():
     pixels, labels = datasets.digits()
-    inputs = upsampled(pixels[:SAMPLES]) / 16
-    lines = [HEADER.rstrip("\n"),
-             'name = "wide-784-32-10"',
-             'description = "The first 32 8x8 digits upsampled to 28x28 (UCI, CC BY 4.0) through a 784-32-10 ReLU net '
-             'with a softmax output, Adam on mini-batches of 16, three steps: the matrix layout."',
-             "seed = 0", f"steps = {STEPS}", "", "[data]", "inputs = ["]
-    lines += ["  [" + ", ".join(_number(v) for v in row) + "]," for row in inputs]
-    lines += ["]", "targets = ["]
-    lines += ["  [" + ", ".join("1" if k == label else "0" for k in range(10)) + "]," for label in labels[:SAMPLES]]
-    lines += ["]", "", "[[layers]]", "units = 32", 'activation = "relu"', 'init = "he_uniform"', "",
-              "[[layers]]", "units = 10", 'activation = "softmax"', 'init = "xavier_uniform"', "",
-              "[loss]", 'name = "softmax_ce"', 'reduction = "mean"', "",
-              "[optimizer]", 'name = "adam"', f"lr = {LR}", "", "[training]", f"batch = {BATCH}", ""]
-    TEMPLATE.write_text("\n".join(lines), encoding="utf-8")
+    text = template_text(HEADER, "wide-784-32-10",
+                         "The first 32 8x8 digits upsampled to 28x28 (UCI, CC BY 4.0) through a 784-32-10 ReLU net "
+                         "with a softmax output, Adam on mini-batches of 16, three steps: the matrix layout.",
+                         upsampled(pixels[:SAMPLES]) / 16, labels[:SAMPLES], steps=STEPS, optimizer="adam", lr=LR,
+                         batch=BATCH)
+    TEMPLATE.write_text(text, encoding="utf-8")
     print(f"wrote {TEMPLATE}")
-
-
-def _number(value):
-    """k/16 as the shortest decimal that reads back as the same double (0, 1 without a point)."""
-    return repr(float(value)).removesuffix(".0") if float(value).is_integer() else repr(float(value))
 
 
 if __name__ == "__main__":

@@ -46,3 +46,16 @@ def test_latex_number_reads_back(value):
         mantissa, _, exponent = text.partition(r" \cdot 10^{")
         back = float(f"{mantissa}e{exponent.rstrip('}')}") if exponent else float(mantissa)
         assert back == pytest.approx(value, rel=1e-9, abs=0)
+
+
+@pytest.mark.parametrize("definitions", [[], [("e^{(2)}_{0}", "a^{(2)}_{0} - t_{0}"), ("z", "2 y")]])
+def test_latex_chain_opening_is_one_block_per_part(definitions):
+    blocks = notation.latex_chain_opening("W_{1}[0,0]", "∂E/∂W1[0,0] at step 0:", "x \\cdot y", definitions)
+    check_latex("\n\n".join(blocks))
+    assert blocks[0].startswith("% ") and "\\usepackage{amsmath}" in blocks[0]
+    assert blocks[1] == r"$\partial E/\partial W_{1}[0,0]$ at step 0:"
+    assert blocks[2] == "\\begin{align*}\n  \\frac{\\partial E}{\\partial W_{1}[0,0]} &= x \\cdot y\n\\end{align*}"
+    if definitions:
+        assert blocks[3:] == ["where", "\\begin{align*}\n  e^{(2)}_{0} &= a^{(2)}_{0} - t_{0} \\\\\n  z &= 2 y\n\\end{align*}"]
+    else:
+        assert len(blocks) == 3

@@ -1,6 +1,7 @@
 """Bad input: one line naming the file, the key and the problem, exit code 2, no traceback."""
 import copy
 import datetime
+import math
 import os
 import tomllib
 
@@ -298,6 +299,14 @@ TOML_TABLES = st.dictionaries(st.text(st.characters(exclude_categories=("Cs",)),
 def test_dump_toml_writes_every_toml_type(document):
     text = scenario_module.dump_toml(document)
     assert tomllib.loads(text) == document
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(TOML_VALUES | st.sampled_from([float("inf"), float("-inf")]))
+def test_toml_value_reads_back_as_the_value(value):
+    """One value as TOML (what benchmarks/fuzz.py writes into --set arguments)."""
+    assert tomllib.loads(f"v = {scenario_module.toml_value(value)}")["v"] == value
+    assert math.isnan(tomllib.loads(f"v = {scenario_module.toml_value(float('nan'))}")["v"])
 
 
 def _key_paths(node, path=()):

@@ -381,14 +381,9 @@ def _render_latex(chain):
     math = lambda e: sp.latex(e, order="none")  # noqa: E731
     text, number = notation.latex_text, notation.latex_number
     name = notation.latex_parameter(chain.name)
-    blocks = ["% tracer chain --latex: a LaTeX fragment; the document needs \\usepackage{amsmath}",
-              text(f"∂E/∂{chain.name} at step {chain.step}, sample {chain.sample} (chain rule):"),
-              "\\begin{align*}\n"
-              f"  \\frac{{\\partial E}}{{\\partial {name}}} &= {math(chain.symbolic)}\n"
-              "\\end{align*}"]
-    if chain.definitions:
-        blocks += ["where", "\\begin{align*}\n" + " \\\\\n".join(
-            f"  {math(symbol)} &= {math(expression)}" for symbol, expression in chain.definitions) + "\n\\end{align*}"]
+    blocks = notation.latex_chain_opening(
+        name, f"∂E/∂{chain.name} at step {chain.step}, sample {chain.sample} (chain rule):", math(chain.symbolic),
+        [(math(symbol), math(expression)) for symbol, expression in chain.definitions])
     blocks.append("with the numbers of the trace:")
     for factor in chain.factors:
         blocks.append(f"{text(factor.label)} ${math(factor.symbol)} = {number(factor.value)}$ ({text(factor.meaning)})")

@@ -173,3 +173,21 @@ def latex_number(value):
         mantissa, exponent = text.split("e")
         return f"{mantissa} \\cdot 10^{{{int(exponent)}}}"
     return text
+
+
+def latex_align(rows):
+    """Rows `left &= right` (LaTeX, one per line) as one amsmath align* block."""
+    return "\\begin{align*}\n" + " \\\\\n".join(rows) + "\n\\end{align*}"
+
+
+def latex_chain_opening(parameter, intro, derivative, definitions):
+    """The opening blocks of `tracer chain --latex`: the comment naming what the fragment needs,
+    `intro` (Unicode prose), ∂E/∂`parameter` = `derivative` as an align* block and, if there are
+    `definitions` ((symbol, expression) pairs), "where" and their align* block. `parameter`,
+    `derivative` and the definitions are LaTeX already."""
+    blocks = ["% tracer chain --latex: a LaTeX fragment; the document needs \\usepackage{amsmath}",
+              latex_text(intro),
+              latex_align([f"  \\frac{{\\partial E}}{{\\partial {parameter}}} &= {derivative}"])]
+    if definitions:
+        blocks += ["where", latex_align(f"  {symbol} &= {expression}" for symbol, expression in definitions)]
+    return blocks

@@ -658,7 +658,7 @@ def dump_toml(raw):
 def _dump_table(table, path, lines):
     scalars = {k: v for k, v in table.items() if not _is_table(v) and not _is_table_array(v)}
     for key, value in scalars.items():
-        lines.append(f"{_toml_key(key)} = {_toml_value(value)}")
+        lines.append(f"{_toml_key(key)} = {toml_value(value)}")
     for key, value in table.items():
         header = ".".join(_toml_key(k) for k in path + [key])
         if _is_table(value):
@@ -699,7 +699,9 @@ def _toml_string(text):
     return '"' + "".join(out) + '"'
 
 
-def _toml_value(value):
+def toml_value(value):
+    """One value as TOML text (a string, number, boolean, date/time, array or inline table);
+    tomllib reads `key = <this>` back as the value (nan and inf included)."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
@@ -715,7 +717,7 @@ def _toml_value(value):
     if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
         return value.isoformat()
     if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
     if isinstance(value, dict):
-        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
+        return "{" + ", ".join(f"{_toml_key(k)} = {toml_value(v)}" for k, v in value.items()) + "}"
     raise TypeError(f"cannot write {type(value).__name__} as TOML")

@@ -512,15 +512,10 @@ def render_latex(chain):
     text = notation.latex_text
     math = lambda e: sp.latex(e, order="none")  # noqa: E731
     name = notation.latex_parameter(chain.name)
-    blocks = ["% tracer chain --latex: a LaTeX fragment; the document needs \\usepackage{amsmath}",
-              text(f"∂E/∂{chain.name} at step {chain.step}, sample {chain.sample}: a sum over the {chain.steps} time "
-                   f"steps of the {chain.cell} layer {chain.layer} (backpropagation through time)"),
-              "\\begin{align*}\n"
-              f"  \\frac{{\\partial E}}{{\\partial {name}}} &= {math(chain.symbolic)}\n"
-              "\\end{align*}"]
-    if chain.definitions:
-        blocks += ["where", "\\begin{align*}\n" + " \\\\\n".join(
-            f"  {math(symbol)} &= {math(expression)}" for symbol, expression in chain.definitions) + "\n\\end{align*}"]
+    blocks = notation.latex_chain_opening(
+        name, f"∂E/∂{chain.name} at step {chain.step}, sample {chain.sample}: a sum over the {chain.steps} time "
+              f"steps of the {chain.cell} layer {chain.layer} (backpropagation through time)",
+        math(chain.symbolic), [(math(symbol), math(expression)) for symbol, expression in chain.definitions])
     blocks += [text(line) for line in _legend(chain)]
     if chain.scalar:
         blocks += [text(line) for line in _power_lines(chain)]
@@ -530,7 +525,7 @@ def render_latex(chain):
     for row in cells:
         parts = [f"{h} = {_latex_cell(c)}" for h, c in zip(header[1:], row[1:])]
         rows.append(f"  t = {row[0]} &: \\quad " + ", \\quad ".join(parts))
-    blocks.append("\\begin{align*}\n" + " \\\\\n".join(rows) + "\n\\end{align*}")
+    blocks.append(notation.latex_align(rows))
     blocks += [text(line) for line in _totals(chain)]
     return "\n\n".join(blocks)
 
