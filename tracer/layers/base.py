@@ -238,6 +238,7 @@ class LayerKind:
     recurrent = False         # reads and produces sequences (B, time, width): see tracer/layers/rnn.py
     keeps_width = False       # units must equal the layer below's (normalisation layers)
     min_batch = 1             # every batch needs at least this many samples
+    couples_samples = False   # a sample's forward reads the other samples of its batch (batchnorm's μ, σ²)
     weighted = False          # u = Σᵢ a⁽ˡ⁻¹⁾ᵢ·W[i,j] + b[j] with W drawn by `init` (dense): what sweep's
                               # initialisation, Linear → normalisation → f and Leaky ReLU remedies rewrite
     normalises = False        # x̂ = (x − μ)/√(σ² + eps) before γ, β (batchnorm, layernorm)
