@@ -64,6 +64,40 @@ def test_gradcheck_rejects_step_outside_run(invoke):
     assert result.exit_code == 2
 
 
+def test_gradcheck_of_a_small_template_prints_one_line_and_no_progress(invoke):
+    result = invoke("gradcheck", "xor")
+    assert result.exit_code == 0 and result.stderr == ""
+    assert result.stdout.startswith("checked 27 gradients at step(s) 0, 150, 299; largest relative error")
+    assert len(result.stdout.splitlines()) == 1
+
+
+def test_gradcheck_checks_a_sample_of_a_wide_net(invoke):
+    result = invoke("gradcheck", "wide-784-32-10", "--sample", "300", "--seed", "1", "--step", "0")
+    assert result.exit_code == 0, result.output
+    assert " (a sample of 300 of the 25450 parameters, seed 1) at step(s) 0; largest relative error" in result.stdout
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (("--sample", "4"), ("--sample 4", "every bias and one weight of every weight array, 5 parameters here (of 9)")),
+    (("--seed", "3"), ("--seed", "add --sample N")),
+    (("--sample", "0"), ("--sample", "x>=1")),
+])
+def test_gradcheck_refuses_a_sample_it_cannot_draw(invoke, args, fragments):
+    assert_refused(invoke("gradcheck", "xor", *args), *fragments)
+
+
+def test_gradcheck_progress_is_a_line_every_few_seconds_on_stderr(capsys):
+    now = [0.0]
+    progress = cli._ProgressLines("gradcheck", every=3.0, clock=lambda: now[0])
+    for done, seconds in [(1000, 1.0), (2000, 2.0), (3000, 3.5), (4000, 4.0), (5000, 7.0), (10000, 20.0)]:
+        now[0] = seconds
+        progress(done, 10000)
+    assert capsys.readouterr().err.splitlines() == [
+        "gradcheck: 3000 of 10000 parameters checked, about 9 s left",     # 2.5 s for 2000 since the first report
+        "gradcheck: 5000 of 10000 parameters checked, about 8 s left",
+    ]
+
+
 def test_every_command_has_help_with_example(invoke):
     for command in ("run", "templates", "show", "gradcheck", "verify", "chain", "diagnose"):
         result = invoke(command, "--help")

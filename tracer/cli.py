@@ -428,20 +428,29 @@ def show(name):
 @_scenario_options
 @click.option("--step", "check_steps", type=click.IntRange(min=0), multiple=True,
               help="Step(s) to check (default: the first, middle and last finite steps).")
+@click.option("--sample", "sample", type=click.IntRange(min=1), metavar="N",
+              help="Check N parameters drawn reproducibly (every bias and a weight of every layer among them) "
+                   "instead of all.")
+@click.option("--seed", "sample_seed", type=click.IntRange(min=0), metavar="S",
+              help="Seed of the --sample draw (default 0).")
 @_reports_errors
-def gradcheck(scenario, overrides, steps, check_steps):
+def gradcheck(scenario, overrides, steps, check_steps, sample, sample_seed):
     """Compare backprop gradients with central finite differences; exit 1 beyond 1e-6.
 
     \b
-    Example:
+    Examples:
       tracer gradcheck xor --step 0 --step 10
+      tracer gradcheck wide-784-32-10 --sample 2000 --seed 1
     """
+    if sample_seed is not None and sample is None:
+        raise _Failure("--seed draws the parameters of --sample: add --sample N", 2)
     loaded = _load(scenario, overrides, steps)
     trace = engine.run(loaded)
     chosen = sorted(set(check_steps)) or sorted({0, trace.steps // 2, trace.steps - 1})
     if any(step >= trace.steps for step in chosen):
         raise _Failure(f"--step must be below the run's {trace.steps} steps", 2)
-    report = gradcheck_module.check(trace, chosen)
+    seed = sample_seed or 0
+    report = gradcheck_module.check(trace, chosen, sample=sample, seed=seed, progress=_ProgressLines("gradcheck"))
     worst = report.worst
     if report.nonfinite:
         click.echo(f"skipped steps with non-finite values: {', '.join(map(str, report.nonfinite))}")
@@ -452,13 +461,39 @@ def gradcheck(scenario, overrides, steps, check_steps):
                    "even at the smallest step (e.g. batchnorm with σ² near eps)")
     if worst is None:
         raise _Failure("no gradient could be checked (every chosen step is non-finite)", 1)
+    drawn = ""
+    if sample is not None:
+        total = sum(a.size for arrays in trace.parameters(0).values() for a in arrays if a is not None)
+        drawn = f" (a sample of {min(sample, total)} of the {total} parameters, seed {seed})"
     click.echo(
-        f"checked {len(report.checks)} gradients at step(s) {', '.join(str(s) for s in chosen if s not in report.nonfinite)}; "
+        f"checked {len(report.checks)} gradients{drawn} at step(s) "
+        f"{', '.join(str(s) for s in chosen if s not in report.nonfinite)}; "
         f"largest relative error {worst.error:.3e} ({worst.name} at step {worst.step}: "
         f"backprop {worst.backprop:.10g}, numeric {worst.numeric:.10g})"
     )
     if worst.error > 1e-6:
         raise _Failure(f"gradient check failed: {worst.error:.3e} > 1e-6", 1)
+
+
+class _ProgressLines:
+    """Progress of a long check as plain lines on stderr (a log keeps them too): the first after
+    `every` seconds, then one every `every` seconds, "gradcheck: 5120 of 25450 parameters checked,
+    about 12 s left" (the rate since the first report, as _Remaining). Nothing for a short check."""
+
+    def __init__(self, label, every=3.0, clock=time.monotonic):
+        self.label, self.every, self._clock = label, every, clock
+        self._started = self._last = clock()
+        self._remaining = None
+
+    def __call__(self, done, total):
+        if self._remaining is None:
+            self._remaining = _Remaining(total, self._clock)
+        left = self._remaining.text(done)
+        now = self._clock()
+        if now - self._last < self.every or done >= total:
+            return
+        self._last = now
+        click.echo(f"{self.label}: {done} of {total} parameters checked" + (f", {left}" if left else ""), err=True)
 
 
 if __name__ == "__main__":  # pragma: no cover
