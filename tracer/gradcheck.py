@@ -34,9 +34,14 @@ only what θ cannot change is not recomputed:
   - K perturbations are evaluated at once: their K copies of the batch are stacked along the
     sample axis (K·B rows) through the layers above l, whose forward treats every row alone (with
     a batchnorm layer above l, one pass per perturbation instead).
-Every row goes through the same numpy operations as in the engine's forward pass, so E(θ ± h) has
-the bits of a full pass (tests/test_gradcheck.py compares the derivatives with `reference=True`,
-which runs engine.forward_backward for every E on every layer kind). The halvings run for many
+The sums are added in the trace's sum order (trace.sum_order, layers.SumOrder). In order (left to
+right), every row goes through the same numpy operations as in the engine's forward pass and E(θ ± h)
+has the bits of a full pass: the derivatives are those of `reference=True`, which runs
+engine.forward_backward for every E (tests/test_gradcheck.py, on every layer kind). With matmul,
+BLAS may add a product of K columns or K·B rows in another blocked order than the engine's
+product: E(θ ± h) differs from the full pass's in the last bits, the round-off the step sizes
+above allow for (the derivatives agree with the reference path's to ~1e-9 of max(|numeric|, floor),
+as two reference runs with differently blocked products would). The halvings run for many
 parameters together: the first round evaluates ±h₀ and ±h₀/2, each further round ±h/2 of those
 still bending, with the same decisions as for one parameter.
 
@@ -80,10 +85,11 @@ class Report:
         return max(self.checks, key=lambda c: c.error, default=None)
 
 
-def _batch_loss(scenario, weights, biases, x, t, extra=None):
-    """E of the batch, and the signs of every u of a piecewise activation (recurrent layers: u at
-    every time step) to detect a kink crossed by a perturbation."""
-    result = forward_backward(scenario, weights, biases, x, t, extra)
+def _batch_loss(scenario, weights, biases, x, t, extra=None, sums="in_order"):
+    """E of the batch (its sums in the order `sums`, the trace's), and the signs of every u of a
+    piecewise activation (recurrent layers: u at every time step) to detect a kink crossed by a
+    perturbation."""
+    result = forward_backward(scenario, weights, biases, x, t, extra, sums)
     signs = []
     for layer, u, record in zip(scenario.layers, result.u, result.records):
         if activations.get(layer.activation).piecewise:
@@ -94,7 +100,7 @@ def _batch_loss(scenario, weights, biases, x, t, extra=None):
 _KINK = object()
 
 
-def _numeric_derivative(scenario, weights, biases, x, t, array, index, h, signs, floor, extra=None):
+def _numeric_derivative(scenario, weights, biases, x, t, array, index, h, signs, floor, extra=None, sums="in_order"):
     """Richardson-extrapolated ∂E/∂θ for θ = array[index], halving h until it no longer bends,
     each E from a full forward_backward pass (the reference path, check(reference=True)).
 
@@ -107,7 +113,7 @@ def _numeric_derivative(scenario, weights, biases, x, t, array, index, h, signs,
         losses, crossed = [], False
         for offset in (step, -step):
             array[index] = original + offset
-            value, perturbed = _batch_loss(scenario, weights, biases, x, t, extra)
+            value, perturbed = _batch_loss(scenario, weights, biases, x, t, extra, sums)
             losses.append(value)
             crossed = crossed or any((p != s0).any() for p, s0 in zip(perturbed, signs))
         array[index] = original
@@ -158,9 +164,10 @@ def _numeric_derivatives(evaluate, originals, h, floors):
     return outcome
 
 
-def _forward(scenario, kinds, values, t, start, previous, sequence, u_start=None, keep=None):
-    """The engine's forward pass (engine.forward_backward, forward part) from layer `start`, given
-    its input: `previous` rows (a⁽ˡ⁻¹⁾) or the `sequence` below for a recurrent layer. `u_start`:
+def _forward(scenario, kinds, values, t, start, previous, sequence, sums, u_start=None, keep=None):
+    """The engine's forward pass (engine.forward_backward, forward part, its sums in the order
+    `sums`) from layer `start`, given its input: `previous` rows (a⁽ˡ⁻¹⁾) or the `sequence` below
+    for a recurrent layer. `u_start`:
     layer start's u already formed (then the rows of u may be K stacked copies of the batch over
     one `previous`). `keep` (a list) collects (previous, sequence, u) of every layer it runs.
     Returns the per-sample losses (sample rows of t) and {layer: u} of the piecewise layers (a
@@ -180,7 +187,7 @@ def _forward(scenario, kinds, values, t, start, previous, sequence, u_start=None
             if definition.piecewise:
                 pieces[l] = record["u"]
             continue
-        u = u_start if l == start and u_start is not None else kind.forward(layer, previous, *values[l])[0]
+        u = u_start if l == start and u_start is not None else kind.forward(layer, previous, *values[l], sums=sums)[0]
         if keep is not None:
             keep.append((previous, sequence, u))
         axis = None if definition.elementwise else -1
@@ -203,12 +210,12 @@ class _Step:
     """The unperturbed forward pass of one step, every layer's input and u kept, and the losses of
     perturbed parameter sets resuming from the perturbed layer (see the module docstring)."""
 
-    def __init__(self, scenario, stored, x, t):
-        self.scenario, self.t, self.samples = scenario, t, x.shape[0]
+    def __init__(self, scenario, stored, x, t, sums="in_order"):
+        self.scenario, self.t, self.samples, self.sums = scenario, t, x.shape[0], layers.sum_order(sums)
         self.kinds = [layers.of(layer) for layer in scenario.layers]
         self.values = [[stored[name][l] for name in kind.stored_params] for l, kind in enumerate(self.kinds)]
         self.kept = []
-        sample_loss, pieces = _forward(scenario, self.kinds, self.values, t, 0, x, x, keep=self.kept)
+        sample_loss, pieces = _forward(scenario, self.kinds, self.values, t, 0, x, x, self.sums, keep=self.kept)
         self.loss = self._reduce(sample_loss)[0]
         self.signs = {l: np.sign(u).reshape(-1) for l, u in pieces.items()}
 
@@ -234,7 +241,7 @@ class _Step:
         copies = u_stack.shape[0]
         if not any(kind.couples_samples for kind in self.kinds[l + 1:]):
             t = np.tile(self.t, (copies,) + (1,) * (self.t.ndim - 1))
-            sample_loss, pieces = _forward(self.scenario, self.kinds, self.values, t, l, previous, sequence,
+            sample_loss, pieces = _forward(self.scenario, self.kinds, self.values, t, l, previous, sequence, self.sums,
                                            u_start=u_stack.reshape((-1,) + u_stack.shape[2:]))
             return self._reduce(sample_loss), self._crossed(pieces, copies)
         results = [self._pass(l, self.values, u) for u in u_stack]
@@ -243,7 +250,8 @@ class _Step:
     def _pass(self, l, values, u=None):
         """E and the kink flag of one perturbed batch, resuming at layer l (u: layer l's u, if formed)."""
         previous, sequence, _ = self.kept[l]
-        sample_loss, pieces = _forward(self.scenario, self.kinds, values, self.t, l, previous, sequence, u_start=u)
+        sample_loss, pieces = _forward(self.scenario, self.kinds, values, self.t, l, previous, sequence, self.sums,
+                                       u_start=u)
         return self._reduce(sample_loss)[0], self._crossed(pieces, 1)[0]
 
     def losses(self, l, which, flat, values):
@@ -273,7 +281,7 @@ class _Step:
         else:
             units = flat
             columns, biases = W[:, units].copy(), np.array(values, dtype=float)
-        recomputed = kind.forward(self.scenario.layers[l], previous, columns, biases)[0]
+        recomputed = kind.forward(self.scenario.layers[l], previous, columns, biases, sums=self.sums)[0]
         u_stack = np.repeat(u[None], len(flat), axis=0)
         u_stack[np.arange(len(flat)), :, units] = recomputed.T
         return self._above(l, u_stack)
@@ -292,7 +300,7 @@ class _Step:
             if kind.recurrent:
                 outcomes.append(self._pass(l, self.values[:l] + [own] + self.values[l + 1:]))
             else:
-                stack.append(kind.forward(layer, previous, *own)[0])
+                stack.append(kind.forward(layer, previous, *own, sums=self.sums)[0])
         if kind.recurrent:
             return np.array([loss for loss, _ in outcomes]), np.array([crossed for _, crossed in outcomes])
         return self._above(l, np.stack(stack))
@@ -361,7 +369,7 @@ def check(trace, steps=(0,), sample=None, seed=0, progress=None, reference=False
             total = len(steps) * sum(len(flat) for *_, flat in targets)
             ids = trace.samples(step)
             x, t = scenario.inputs[ids], scenario.targets[ids]
-            loss, signs = _batch_loss(scenario, weights, biases, x, t, extra)
+            loss, signs = _batch_loss(scenario, weights, biases, x, t, extra, trace.sum_order)
             gradients = [g[step] for name in stored for g in trace._store(f"grad_{name}") if g is not None]
             if not np.isfinite(loss) or not all(np.isfinite(g).all() for g in gradients):
                 nonfinite.append(step)
@@ -369,7 +377,7 @@ def check(trace, steps=(0,), sample=None, seed=0, progress=None, reference=False
                 if progress:
                     progress(done, total)
                 continue
-            evaluation = None if reference else _Step(scenario, stored, x, t)
+            evaluation = None if reference else _Step(scenario, stored, x, t, trace.sum_order)
             for l, which, flat in targets:
                 kind = layers.of(scenario.layers[l])    # names the parameters: W, b, Wh, bh or gamma, beta
                 array, grad = stored[which][l], trace._store(f"grad_{which}")[l][step]
@@ -380,7 +388,8 @@ def check(trace, steps=(0,), sample=None, seed=0, progress=None, reference=False
                     part = slice(begin, begin + GROUP)
                     if reference:
                         found = [_numeric_derivative(scenario, weights, biases, x, t, array,
-                                                     np.unravel_index(f, array.shape), 1e-4 * scale, signs, floor, extra)
+                                                     np.unravel_index(f, array.shape), 1e-4 * scale, signs, floor, extra,
+                                                     trace.sum_order)
                                  for f, scale, floor in zip(flat[part], scales[part], floors[part])]
                     else:
                         def evaluate(positions, values):

@@ -77,7 +77,14 @@ LAYOUTS = ("column", "matrix")
 
 
 def build_layout(trace, layout=None):
-    """The Trace sheet's layout of `trace` (see make_layout)."""
+    """The Trace sheet's layout of `trace` (see make_layout). None: the layout of the trace's sum
+    order where it can show the run (a trace run in the matmul order gets the matrix layout, whose
+    sums are not in order either), else make_layout's choice."""
+    if layout is None and trace.sum_order == SUM_ORDER_OF_LAYOUT["matrix"] and not matrix.unsupported(trace.scenario):
+        try:
+            return make_layout(trace.scenario, trace.sample_ids, trace.first_step, "matrix")
+        except LimitError:
+            pass
     return make_layout(trace.scenario, trace.sample_ids, trace.first_step, layout)
 
 
@@ -102,11 +109,39 @@ def make_layout(scenario, sample_ids, first_step=0, layout=None):
         raise refused from None
 
 
-def check_scenario_fits(scenario, layout="column"):
+def check_scenario_fits(scenario, layout="column", window=None):
     """Refuse, before training, a run whose workbook would break a spreadsheet limit in `layout`
-    ("column", "matrix", or None: whichever make_layout chooses); returns the layout's name."""
+    ("column", "matrix", or None: whichever make_layout chooses); returns the layout's name.
+    `window` (A, B): the workbook shows only steps A..B (--window)."""
     from ..engine import batch_schedule
-    return make_layout(scenario, batch_schedule(scenario), layout=layout).name
+    schedule = batch_schedule(scenario)
+    if window is not None:
+        return make_layout(scenario, schedule[window[0]:window[1] + 1], window[0], layout).name
+    return make_layout(scenario, schedule, layout=layout).name
+
+
+# The engine's sum order for the workbook of each layout: the column layout writes every sum as a
+# formula =t₀+t₁+… that the spreadsheet adds left to right, as the engine's in_order does (so both
+# take the same branch at u exactly 0); the matrix layout's MMULT and SUMPRODUCT add in the
+# spreadsheet's own order (LibreOffice: compensated Kahan–Neumaier summation), which no engine order
+# reproduces, so the engine takes numpy's matrix products there (verify's tolerance covers both).
+SUM_ORDER_OF_LAYOUT = {"column": "in_order", "matrix": "matmul"}
+
+
+def sum_order(scenario, layout=None, window=None):
+    """The sum order engine.run should use for `scenario` ("in_order" or "matmul"): that of the
+    layout its workbook will have (SUM_ORDER_OF_LAYOUT), `layout` ("column", "matrix", or None:
+    whichever make_layout chooses) for the steps it shows (`window` (A, B), or all). A run too long
+    for any workbook (traced to CSV only) takes the order of the layout its first step alone would
+    have (what a --window export of it shows). Cheap: the layouts count their columns and check
+    their limits from the scenario alone, before the engine runs."""
+    try:
+        return SUM_ORDER_OF_LAYOUT[check_scenario_fits(scenario, layout, window)]
+    except LimitError:
+        try:
+            return SUM_ORDER_OF_LAYOUT[check_scenario_fits(scenario, layout, (0, 0))]
+        except LimitError:
+            return "in_order"
 
 
 def check_limits(layout):
