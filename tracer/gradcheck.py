@@ -167,9 +167,9 @@ def _numeric_derivatives(evaluate, originals, h, floors):
 def _forward(scenario, kinds, values, t, start, previous, sequence, sums, u_start=None, keep=None):
     """The engine's forward pass (engine.forward_backward, forward part, its sums in the order
     `sums`) from layer `start`, given its input: `previous` rows (a⁽ˡ⁻¹⁾) or the `sequence` below
-    for a recurrent layer. `u_start`:
-    layer start's u already formed (then the rows of u may be K stacked copies of the batch over
-    one `previous`). `keep` (a list) collects (previous, sequence, u) of every layer it runs.
+    for a recurrent layer. `u_start`: layer start's u already formed (its rows may be K stacked
+    copies of the batch over one `previous`). `keep` (a list) collects (previous, sequence, u) of
+    every layer it runs.
     Returns the per-sample losses (sample rows of t) and {layer: u} of the piecewise layers (a
     recurrent layer's u at every time step)."""
     loss = losses.LOSSES[scenario.loss]
