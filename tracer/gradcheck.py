@@ -60,7 +60,9 @@ from .layers import rnn
 
 BEND_LIMIT = 1e-4     # accepted |D(h/2) − D(h)| / max(|numeric|, floor): O(h⁴) remainder ~1e-8
 HALVINGS = 4          # smallest step h₀/16: its round-off stays ~1e-7 of the floor
-STACK_CELLS = 1 << 21  # values per stacked array of K perturbed batches (16 MiB)
+STACK_CELLS = 1 << 16  # values per stacked array of K perturbed batches (512 KiB): small enough that numpy's
+                       # BLAS multiplies the stacked products in one thread (thread hand-offs cost 10-20x on
+                       # a busy 2-core machine: benchmarks/gradcheck.py), large enough for few Python calls
 GROUP = 1024          # parameters whose halvings run together (progress is reported per group)
 
 
