@@ -7,6 +7,7 @@ openpyxl (write-only mode) writes each sheet's frame: widths, header rows with c
 conditional formats, charts, defined names; the rows are streamed as XML by xlsx.py.
 The file is written to a temporary name beside the target and renamed when complete.
 """
+import copy
 import io
 import math
 import sys
@@ -130,18 +131,21 @@ SUM_ORDER_OF_LAYOUT = {"column": "in_order", "matrix": "matmul"}
 
 def sum_order(scenario, layout=None, window=None):
     """The sum order engine.run should use for `scenario` ("in_order" or "matmul"): that of the
-    layout its workbook will have (SUM_ORDER_OF_LAYOUT), `layout` ("column", "matrix", or None:
-    whichever make_layout chooses) for the steps it shows (`window` (A, B), or all). A run too long
-    for any workbook (traced to CSV only) takes the order of the layout its first step alone would
-    have (what a --window export of it shows). Cheap: the layouts count their columns and check
-    their limits from the scenario alone, before the engine runs."""
+    layout its workbook has (SUM_ORDER_OF_LAYOUT), `layout` ("column", "matrix", or None: whichever
+    make_layout chooses), judged on the first step the workbook shows (of `window` (A, B), or step
+    0): the net's width decides, and a run too long for a workbook (traced to CSV only) takes the
+    order of its --window exports. "in_order" when no layout can show even that step. Cheap: the
+    layouts count their columns and check their limits from the scenario alone, before the engine
+    runs (a whole run that fits a layout has the layout of its first step: the matrix layout takes
+    more rows per step than the column layout)."""
+    from ..engine import batch_schedule
+    first = 0 if window is None else window[0]
+    head = copy.copy(scenario)
+    head.steps = first + 1
     try:
-        return SUM_ORDER_OF_LAYOUT[check_scenario_fits(scenario, layout, window)]
+        return SUM_ORDER_OF_LAYOUT[make_layout(scenario, batch_schedule(head)[first:], first, layout).name]
     except LimitError:
-        try:
-            return SUM_ORDER_OF_LAYOUT[check_scenario_fits(scenario, layout, (0, 0))]
-        except LimitError:
-            return "in_order"
+        return "in_order"
 
 
 def check_limits(layout):
