@@ -117,6 +117,12 @@ def _load(scenario, overrides, steps):
     return scenario_module.load(scenario, overrides=overrides, steps=steps)
 
 
+def _run(loaded):
+    """engine.run in the sum order of the layout the run's workbook would have (writer.sum_order),
+    so that every command sees the trace `tracer run` writes."""
+    return engine.run(loaded, sums=writer.sum_order(loaded))
+
+
 @click.group(cls=_Tracer, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="tracer")
 def main():
@@ -160,9 +166,11 @@ def run(scenario, overrides, steps, output, trace_path, force, verify_after, win
     if output is None and trace_path is None:
         output = output_module.safe_file_name(loaded.name, ".xlsx")
     output_module.check_targets({"-o": output, "--trace": trace_path}, force=force)
-    if output and span is None:
-        layout = writer.check_scenario_fits(loaded, layout)
-    trace = engine.run(loaded)
+    if output:
+        layout = writer.check_scenario_fits(loaded, layout, span)
+    # the sum order of the workbook's layout (that of the layout it would have with --trace only)
+    sums = writer.SUM_ORDER_OF_LAYOUT[layout] if output else writer.sum_order(loaded, layout, span)
+    trace = engine.run(loaded, sums=sums)
     if span is not None:
         trace = trace.window(*span)
     # both outputs are staged beside their targets and renamed together once both are complete
@@ -265,7 +273,7 @@ def chain(scenario, overrides, steps, parameter, at_step, sample, path, latex):
       tracer chain sigmoid-vanishing --param W1[0,0] --step 0
     """
     from . import chain as chain_module
-    trace = engine.run(_load(scenario, overrides, steps))
+    trace = _run(_load(scenario, overrides, steps))
     units = None
     if path:
         try:
@@ -288,7 +296,7 @@ def diagnose(scenario, overrides, steps, rows):
       tracer diagnose leaky-relu-explosion
     """
     from . import diagnose as diagnose_module
-    trace = engine.run(_load(scenario, overrides, steps))
+    trace = _run(_load(scenario, overrides, steps))
     click.echo(diagnose_module.render(diagnose_module.diagnose(trace), rows=rows))
 
 
@@ -355,7 +363,7 @@ def check_command(scenario, overrides, steps, hand, mapping, as_json):
       tracer check xor my-sheet.xlsx --map cells.csv --json
     """
     from . import check as check_module
-    trace = engine.run(_load(scenario, overrides, steps))
+    trace = _run(_load(scenario, overrides, steps))
     if hand.lower().endswith((".xlsx", ".xlsm", ".ods", ".xls")):
         if not mapping:
             raise _Failure("a workbook needs --map map.csv (name,cell per line)", 2)
@@ -384,7 +392,7 @@ def verify_command(scenario, overrides, steps, layout):
     """
     loaded = _load(scenario, overrides, steps)
     layout = writer.check_scenario_fits(loaded, layout)
-    trace = engine.run(loaded)
+    trace = engine.run(loaded, sums=writer.SUM_ORDER_OF_LAYOUT[layout])
     _report_verification(verify.verify(trace, layout=layout))
 
 
@@ -428,20 +436,29 @@ def show(name):
 @_scenario_options
 @click.option("--step", "check_steps", type=click.IntRange(min=0), multiple=True,
               help="Step(s) to check (default: the first, middle and last finite steps).")
+@click.option("--sample", "sample", type=click.IntRange(min=1), metavar="N",
+              help="Check N parameters drawn reproducibly (every bias and a weight of every layer among them) "
+                   "instead of all.")
+@click.option("--seed", "sample_seed", type=click.IntRange(min=0), metavar="S",
+              help="Seed of the --sample draw (default 0).")
 @_reports_errors
-def gradcheck(scenario, overrides, steps, check_steps):
+def gradcheck(scenario, overrides, steps, check_steps, sample, sample_seed):
     """Compare backprop gradients with central finite differences; exit 1 beyond 1e-6.
 
     \b
-    Example:
+    Examples:
       tracer gradcheck xor --step 0 --step 10
+      tracer gradcheck wide-784-32-10 --sample 2000 --seed 1
     """
+    if sample_seed is not None and sample is None:
+        raise _Failure("--seed draws the parameters of --sample: add --sample N", 2)
     loaded = _load(scenario, overrides, steps)
-    trace = engine.run(loaded)
+    trace = _run(loaded)
     chosen = sorted(set(check_steps)) or sorted({0, trace.steps // 2, trace.steps - 1})
     if any(step >= trace.steps for step in chosen):
         raise _Failure(f"--step must be below the run's {trace.steps} steps", 2)
-    report = gradcheck_module.check(trace, chosen)
+    seed = sample_seed or 0
+    report = gradcheck_module.check(trace, chosen, sample=sample, seed=seed, progress=_ProgressLines("gradcheck"))
     worst = report.worst
     if report.nonfinite:
         click.echo(f"skipped steps with non-finite values: {', '.join(map(str, report.nonfinite))}")
@@ -452,13 +469,39 @@ def gradcheck(scenario, overrides, steps, check_steps):
                    "even at the smallest step (e.g. batchnorm with σ² near eps)")
     if worst is None:
         raise _Failure("no gradient could be checked (every chosen step is non-finite)", 1)
+    drawn = ""
+    if sample is not None:
+        total = sum(a.size for arrays in trace.parameters(0).values() for a in arrays if a is not None)
+        drawn = f" (a sample of {min(sample, total)} of the {total} parameters, seed {seed})"
     click.echo(
-        f"checked {len(report.checks)} gradients at step(s) {', '.join(str(s) for s in chosen if s not in report.nonfinite)}; "
+        f"checked {len(report.checks)} gradients{drawn} at step(s) "
+        f"{', '.join(str(s) for s in chosen if s not in report.nonfinite)}; "
         f"largest relative error {worst.error:.3e} ({worst.name} at step {worst.step}: "
         f"backprop {worst.backprop:.10g}, numeric {worst.numeric:.10g})"
     )
     if worst.error > 1e-6:
         raise _Failure(f"gradient check failed: {worst.error:.3e} > 1e-6", 1)
+
+
+class _ProgressLines:
+    """Progress of a long check as plain lines on stderr (a log keeps them too): the first after
+    `every` seconds, then one every `every` seconds, "gradcheck: 5120 of 25450 parameters checked,
+    about 12 s left" (the rate since the first report, as _Remaining). Nothing for a short check."""
+
+    def __init__(self, label, every=3.0, clock=time.monotonic):
+        self.label, self.every, self._clock = label, every, clock
+        self._started = self._last = clock()
+        self._remaining = None
+
+    def __call__(self, done, total):
+        if self._remaining is None:
+            self._remaining = _Remaining(total, self._clock)
+        left = self._remaining.text(done)
+        now = self._clock()
+        if now - self._last < self.every or done >= total:
+            return
+        self._last = now
+        click.echo(f"{self.label}: {done} of {total} parameters checked" + (f", {left}" if left else ""), err=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -24,6 +24,7 @@ class BatchNorm(Normalisation):
     name = "batchnorm"
     description = "u = γ·(x − μ)/√(σ² + eps) + β, μ and σ² per unit over the batch"
     min_batch = 2
+    couples_samples = True    # μ and σ² run over the batch
     axis = 0                  # the statistics run over the batch (per unit)
 
     # scenario face and numpy face: Normalisation's (base.py), with axis 0
