@@ -7,12 +7,14 @@ steps) in the sum order `tracer run` chooses for the net (writer.sum_order, the 
 matmul (numpy matrix products) for 784-32-10, whose workbook is in the matrix layout, in_order
 (every sum left to right, a spreadsheet formula's bits) for the tiny nets of the column layout;
 an engine from before the sum orders (--repo) runs in order. And it times the equivalent torch
-loop (nn.Sequential of Linear and the activations in float64; forward, loss, backward, SGD step)
-with torch.set_num_threads(1) and with torch's default threads. Each
-measurement runs in a fresh subprocess that reports its own peak RSS (resource.getrusage); the
+loop (nn.Sequential of Linear and the activations in float64; forward, loss, backward, SGD step).
+Both sides are timed on one thread (engine1: numpy's BLAS limited to one thread by
+OPENBLAS_NUM_THREADS/OMP_NUM_THREADS/MKL_NUM_THREADS = 1; torch1: torch.set_num_threads(1)), ratio1
+= engine1 / torch1, and with their default threads (engineN, torchN), ratioN = engineN / torchN.
+Each measurement runs in a fresh subprocess that reports its own peak RSS (resource.getrusage); the
 engine and torch alternate for --pairs pairs and the medians are printed, so that a change of
-the machine's load moves both sides. Target: the engine's ratio to torch (one thread) at most 2
-on 784-32-10 batch 32, and no slower than before on the tiny nets.
+the machine's load moves both sides. Target: ratio1 at most 2 on 784-32-10 batch 32, and no
+slower than before on the tiny nets.
 
     python benchmarks/engine.py [--pairs 3] [--steps 20] [--repo PATH]
 
@@ -20,6 +22,7 @@ on 784-32-10 batch 32, and no slower than before on the tiny nets.
 """
 import argparse
 import json
+import os
 from pathlib import Path
 import resource
 import statistics
@@ -123,10 +126,16 @@ def measure(args):
     print(json.dumps({"seconds": seconds, "rss_mb": rss, "order": order}))
 
 
+BLAS_THREADS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
 def run(side, net, args, threads=0):
+    """One measurement in a fresh process; `threads` 1: torch.set_num_threads(1), and numpy's BLAS
+    on one thread (its variables set before numpy loads) for the engine."""
     command = [sys.executable, __file__, "--measure", side, "--net", net, "--steps", str(args.steps),
                "--repeats", str(args.repeats), "--repo", args.repo, "--threads", str(threads)]
-    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    environment = dict(os.environ, **({name: str(threads) for name in BLAS_THREADS} if threads else {}))
+    done = subprocess.run(command, capture_output=True, text=True, check=True, env=environment)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -144,19 +153,21 @@ def main():
     if args.side:
         return measure(args)
     print(f"engine of {args.repo}; medians of {args.pairs} alternating measurements (best of {args.repeats} runs each)")
-    print(f"{'net':>13} {'order':>9} {'engine ms':>10} {'torch1 ms':>10} {'torchN ms':>10} {'ratio1':>7} {'ratioN':>7}"
-          f" {'engine RSS':>11} {'torch RSS':>10}")
+    print(f"{'net':>13} {'order':>9} {'engine1 ms':>10} {'engineN ms':>10} {'torch1 ms':>10} {'torchN ms':>10}"
+          f" {'ratio1':>7} {'ratioN':>7} {'engine RSS':>11} {'torch RSS':>10}")
     for net in args.nets.split(","):
-        figures = {"engine": [], "torch1": [], "torchN": []}
+        figures = {"engine1": [], "engineN": [], "torch1": [], "torchN": []}
         for _ in range(args.pairs):
-            figures["engine"].append(run("engine", net, args))
+            figures["engine1"].append(run("engine", net, args, threads=1))
             figures["torch1"].append(run("torch", net, args, threads=1))
+            figures["engineN"].append(run("engine", net, args))
             figures["torchN"].append(run("torch", net, args))
         median = {k: {m: statistics.median(f[m] for f in v) for m in ("seconds", "rss_mb")} for k, v in figures.items()}
-        e, t1, tn = (median[k]["seconds"] for k in ("engine", "torch1", "torchN"))
-        order = figures["engine"][0]["order"]
-        print(f"{net:>13} {order:>9} {e * 1e3:>10.3f} {t1 * 1e3:>10.3f} {tn * 1e3:>10.3f} {e / t1:>7.2f} {e / tn:>7.2f}"
-              f" {median['engine']['rss_mb']:>8.0f} MB {median['torch1']['rss_mb']:>7.0f} MB", flush=True)
+        e1, en, t1, tn = (median[k]["seconds"] for k in ("engine1", "engineN", "torch1", "torchN"))
+        order = figures["engine1"][0]["order"]
+        print(f"{net:>13} {order:>9} {e1 * 1e3:>10.3f} {en * 1e3:>10.3f} {t1 * 1e3:>10.3f} {tn * 1e3:>10.3f}"
+              f" {e1 / t1:>7.2f} {en / tn:>7.2f} {median['engineN']['rss_mb']:>8.0f} MB {median['torch1']['rss_mb']:>7.0f} MB",
+              flush=True)
 
 
 if __name__ == "__main__":
