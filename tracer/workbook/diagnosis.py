@@ -51,10 +51,9 @@ class DiagnosisLayout:
             flags = []
             for l in range(1, L + 1):
                 norm = f"{_letter(l + 1)}{number}"
-                a, b = self.steps.gradient_range(l)
-                gradients = f"Trace!{a}{total}:{b}{total}"
+                gradients = self.layout.parameter_range(l, step, "grad_")
                 flags.append(
-                    f'=IF(COUNT({gradients})<COLUMNS({gradients}),"non-finite",'
+                    f'=IF(COUNT({gradients})<{self.layout.range_size(gradients)},"non-finite",'
                     f'IF(ISERROR({norm}),"exploding",IF({norm}<threshold_vanishing,"vanishing",'
                     f'IF({norm}>threshold_exploding,"exploding",""))))'
                 )
@@ -148,8 +147,8 @@ class DiagnosisLayout:
         total = self.layout.total_row(step)
         first, last = total - len(self.trace.samples(step)), total - 1
         for l in range(1, L + 1):
-            up = "Trace!{}{total}:{}{total}".format(*self.layout.parameter_span(l, "update_", trained_only=True), total=total)
-            theta = "Trace!{}{total}:{}{total}".format(*self.layout.parameter_span(l), total=total)
+            up = self.layout.parameter_range(l, step, "update_", trained_only=True)
+            theta = self.layout.parameter_range(l, step)
             cells[("update", l)] = f"=SQRT(SUMSQ({up}))/SQRT(SUMSQ({theta}))"
         ratios = f"{c[('update', 1)]}{r}:{c[('update', L)]}{r}"
         cells["update_flag"] = (f'=IF(COUNTIF({ratios},">"&threshold_update_unstable)>0,"unstable",'
@@ -166,7 +165,12 @@ class DiagnosisLayout:
                 terms = "+".join(f'COUNTIFS({span},">"&({level:g}-threshold_saturation),{span},"<"&({level:g}+threshold_saturation))'
                                  for level in act.saturates_at)
                 cells[("saturation", l)] = f"=({terms})/{n * s.widths[l]}"
-            if act.can_die:
+            if act.can_die and getattr(self.layout, "fixed_length_formulas", False):
+                # one formula whatever the units: per unit (column) the count of finite u ≤ 0 (1/(u≤0) is an
+                # error unless u ≤ 0, and an error cell stays one), summed down the samples by MMULT
+                span = f"Trace!{self.layout.cell(('u', l, 0))}{first}:{self.layout.cell(('u', l, s.widths[l] - 1))}{last}"
+                cells[("floor", l)] = f"=SUMPRODUCT(--(MMULT(TRANSPOSE(ROW({span})^0),--ISNUMBER(1/({span}<=0)))={n}))"
+            elif act.can_die:
                 units = "+".join(f'(COUNTIF(Trace!{self.layout.cell(("u", l, j))}{first}:{self.layout.cell(("u", l, j))}{last},'
                                  f'"<=0")={n})' for j in range(s.widths[l]))
                 cells[("floor", l)] = f"=0+{units}"

@@ -486,6 +486,30 @@ class MatrixLayout:
         return (f"{_letter(first)}{top + skip}:{_letter(first + self.widths[l] - 1)}"
                 f"{top + self.param_rows(l) - 1}")
 
+    # ---------------------------------------------------------------- what the companion sheets read
+
+    fixed_length_formulas = True   # the companion sheets write counts over units as one range formula
+
+    def parameter_range(self, l, step, prefix="", trained_only=False):
+        """Layer l's block named prefix ("" θ, "grad_" ∂E/∂θ, "update_" Δθ) at step index `step`, as a
+        range of the Trace sheet (a frozen bias's row left out with `trained_only`)."""
+        block = {"": "theta", "grad_": "grad", "update_": "update"}[prefix]
+        return "Trace!" + self.parameter_block_range(block, l, step, trained_only)
+
+    @staticmethod
+    def range_size(span):
+        """How many cells a range of `parameter_range` holds, as a formula: a block's."""
+        return f"ROWS({span})*COLUMNS({span})"
+
+    def cell(self, key):
+        """The column letter of a sample-row quantity's cell `key` = (quantity, layer, unit) (the
+        companion sheets read its sample rows, first_sample_row … total_row − 1, as in the column layout)."""
+        return _letter(self.sample_columns[(key[0], key[1] if len(key) > 1 else None)] + (key[2] if len(key) > 2 else 0))
+
+    def through_time(self, l):
+        """No layer runs through time here (recurrent layers are refused)."""
+        return False
+
     def _total_blocks(self, step, n, v):
         s, row = self.scenario, self.total_row(step)
         loss_column = self.sample_columns[("loss", None)]
