@@ -275,6 +275,32 @@ def test_formulas_of_normalisation_layers_have_a_fixed_length_whatever_the_batch
     assert longest[300] <= longest[3] + 12   # longer row numbers and column letters only
 
 
+# ------------------------------------------------------------------ the companion sheets
+
+def test_the_matrix_workbook_has_the_column_layouts_sheets_but_chainrule(invoke, tmp_path):
+    """Steps (with its loss, gradient and weight charts), Diagnosis and Histograms (with its charts) read
+    the matrix Trace sheet; ChainRule factors per-sample gradient cells, which this layout has not."""
+    import openpyxl
+    path = tmp_path / "bn.xlsx"
+    result = invoke("run", "batchnorm-deep", "--steps", "2", "--layout", "matrix", "-o", path)
+    assert result.exit_code == 0, result.output
+    book = openpyxl.load_workbook(path)
+    assert book.sheetnames == ["Trace", "Steps", "Diagnosis", "Histograms", "Settings", "Data", "Scenario"]
+    assert len(book["Steps"]._charts) == 3 and len(book["Histograms"]._charts) >= 2
+    assert book["Diagnosis"]["A3"].value == 1 and str(book["Diagnosis"]["B3"].value).startswith("=Steps!")
+
+
+def test_the_companion_sheets_formulas_do_not_grow_with_the_units():
+    """A ReLU layer of 300 units: the Diagnosis sheet's count of units at their floor, its flags and ratios,
+    and the Histograms' counts are each one formula over a block or a range."""
+    trace = engine.run(_load("xor", ('layers=[{units=300, activation="relu"}, {units=1}]',), steps=2))
+    layout = _matrix(trace)
+    for table in writer.table_layouts(trace, layout, findings=[]):
+        for row in table.rows():
+            formulas = [cell for cell in row if isinstance(cell, str) and cell.startswith("=")]
+            assert max(len(f) for f in formulas) < 400, (table.title, max(formulas, key=len))
+
+
 # ------------------------------------------------------------------ the wide template
 
 def test_the_wide_template_holds_the_digits_upsampled_by_nearest_neighbour():
