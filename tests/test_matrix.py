@@ -24,18 +24,21 @@ BOTH = [(name, ()) for name in templates.names()
              "optimizer.weight_decay=0.01")),
     ("xor", ("training.clip_norm=1.0", "training.clip_value=0.5", "layers.0.train_bias=false", 'loss.name="bce"')),
     ("deep-sigmoid", ('optimizer.name="momentum"', "optimizer.nesterov=true", "training.batch=3")),
-    # residual skips (a = f(u) + a⁽ˡ⁻¹⁾, e cells), and a layernorm above one with its own eps, a
-    # parametrised activation, the mean reduction, Adam and clipping by norm
-    ("deep-sigmoid", ("layers.1.residual=true", "layers.3.residual=true")),
-    ("deep-sigmoid", ("layers.1.residual=true", 'layers.2={kind="layernorm", activation="leaky_relu", slope=0.1, eps=0.001}',
-                      'loss.reduction="mean"', 'optimizer.name="adam"', "training.clip_norm=0.5")),
 ]
-SHORT = {"batchnorm-deep": 6, "layernorm-deep": 6}   # steps of the deep normalisation nets (12 layers: large workbooks)
+# residual skips (a = f(u) + a⁽ˡ⁻¹⁾, e cells), and a layernorm above one with its own eps, a
+# parametrised activation, the mean reduction, Adam and clipping by norm
+RESIDUAL = [("deep-sigmoid", ("layers.1.residual=true", "layers.3.residual=true")),
+            ("deep-sigmoid", ("layers.1.residual=true", 'layers.2={kind="layernorm", activation="leaky_relu", slope=0.1, '
+                              'eps=0.001}', 'loss.reduction="mean"', 'optimizer.name="adam"', "training.clip_norm=0.5"))]
+BOTH += RESIDUAL
+# fewer steps for the deep normalisation nets (12 layers) and the residual variants: smaller workbooks
+SHORT = {"batchnorm-deep": 6, "layernorm-deep": 6, **{entry: 8 for entry in RESIDUAL}}
 
 
 def _load(name, overrides=(), steps=None):
     loaded = scenario_module.load(name, overrides=list(overrides))
-    return scenario_module.load(name, overrides=list(overrides), steps=steps or min(loaded.steps, SHORT.get(name, STEPS)))
+    most = SHORT.get((name, tuple(overrides)), SHORT.get(name, STEPS))
+    return scenario_module.load(name, overrides=list(overrides), steps=steps or min(loaded.steps, most))
 
 
 def _matrix(trace):
@@ -259,6 +262,26 @@ def test_a_wide_batchnorm_net_takes_the_matrix_layout_and_verifies(recomputed):
         writer.build_layout(trace, "column")
     assert report.ok, report.summary()
     assert report.cells > 2 * 3 * 784 * 16   # θ (the second step's), ∂E/∂θ and Δθ of W1 at both steps, and more
+
+
+def test_normalisation_statistics_sum_over_the_batch_rows_or_the_samples_unit_cells():
+    """batchnorm's μⱼ in the Σ row sums unit j of the layer below down the step's sample rows; layernorm's
+    μ of a sample sums its row of the layer below; x̂ reads them; the bodies are the kinds' Excel faces."""
+    for name, quantity in (("batchnorm-deep", "bn_mean"), ("layernorm-deep", "ln_mean")):
+        loaded = _load(name, steps=2)
+        layout = matrix.MatrixLayout(loaded, batch_schedule(loaded))
+        blocks = {b.quantity: b for b in layout.step_blocks(1, None) if b.layer == 2}
+        first, last, n = layout.first_sample_row(1), layout.total_row(1) - 1, layout.counts[1]
+        below = [matrix.LETTERS[layout.sample_columns[("a", 1)] + j] for j in range(loaded.widths[1])]
+        mean = blocks[quantity]
+        if quantity == "bn_mean":
+            assert mean.row == layout.total_row(1) and mean.height == 1 and mean.width == loaded.widths[2]
+            assert mean.formula(0, 1) == f"SUM({below[1]}{first}:{below[1]}{last})/{n}"
+        else:
+            assert mean.row == first and mean.height == n and mean.width == 1 and not mean.per_unit
+            assert mean.formula(0, 0) == f"SUM({below[0]}{first}:{below[-1]}{first})/{loaded.widths[1]}"
+        assert blocks["xhat"].formula(0, 0).startswith(f"({below[0]}{first}-")
+        assert "_eps_2" in blocks["xhat"].formula(0, 0)
 
 
 def test_formulas_of_normalisation_layers_have_a_fixed_length_whatever_the_batch_and_width():

@@ -427,7 +427,6 @@ class MatrixLayout:
         """The blocks of every family (its sample rows, or its cells of the Σ row). Each block's scale is
         the largest magnitude flowing into it through the step (its operands' values and their own
         scales, θ of the layers it reads) and, for the dense sums, Σ|terms|."""
-        s = self.scenario
         row0, total = self.first_sample_row(step), self.total_row(step)
         data_rows = [str(int(sample) + 2) for sample in v.ids]
         flows = {}
@@ -453,7 +452,6 @@ class MatrixLayout:
             header = f"{symbol}{l}" if l else symbol
             yield Block(family.quantity, row, self.sample_columns[key], values, formula, scale, header, layer=l,
                         per_unit=family.per_unit)
-        self._flows = flows
 
     def _sum_terms(self, family, v, flows):
         """Σ|terms| of the dense sums a family's formulas hold (MMULT for u, SUMPRODUCT(W row, δ row) for the
@@ -963,7 +961,7 @@ class StepsLayout(steps_module.StepsLayout):
         self.layers = trace.layers
 
     def rows(self):
-        layout, widths = self.layout, self.layout.widths
+        layout = self.layout
         loss = LETTERS[layout.sample_columns[("loss", None)]]
         for step in range(self.trace.steps):
             top = layout.parameter_row(step)
