@@ -182,13 +182,29 @@ class DiagnosisLayout:
             self._minimum = loss_minimum(self.trace)
         return self._minimum
 
+    def _rel_operands(self, step):
+        """The magnitude |ΔE|/|E| is relative to: |E_t/E_{t−1}|; where the Trace sheet's E need not carry the
+        engine's bits (the matrix layout adds its sums in another order: `loss_scale`, the magnitude that
+        flows into E_t), also what that uncertainty of E_t and E_{t−1} is relative to E_{t−1}."""
+        E = self.trace.loss
+        operands = abs(float(E[step] / E[step - 1]))
+        loss_scale = getattr(self.layout, "loss_scale", None)
+        if loss_scale is not None:
+            if not hasattr(self, "_loss_scales"):
+                self._loss_scales = {}
+            for t in (step - 1, step):
+                if t not in self._loss_scales:
+                    self._loss_scales[t] = loss_scale(self.trace, t)
+            operands = max(operands, (self._loss_scales[step] + self._loss_scales[step - 1] * operands) / abs(float(E[step - 1])))
+        return operands
+
     def _stall_expected(self, series, step):
         """Engine values of the stall formula cells of `step`: {column index: value}."""
         L = self.layers
         start = 1 + 3 * L   # 0-based index of the first stall column
         E = self.trace.loss
         # |E_t − E_{t−1}|/|E_{t−1}| cancels: its operands are of the size E_t/E_{t−1}
-        rel = (series.rel[step], abs(float(E[step] / E[step - 1]))) if step and np.isfinite(series.rel[step]) else series.rel[step]
+        rel = (series.rel[step], self._rel_operands(step)) if step and np.isfinite(series.rel[step]) else series.rel[step]
         values = {"rel": rel, "quiet": series.quiet[step], "plateau": series.plateau[step],
                   "flips": series.flips[step], "oscillating": series.oscillating[step], "deep": series.deep[step],
                   "update_flag": series.update_flag[step]}

@@ -504,6 +504,13 @@ class MatrixLayout:
         companion sheets read its sample rows, first_sample_row … total_row − 1, as in the column layout)."""
         return _letter(self.sample_columns[(key[0], key[1] if len(key) > 1 else None)] + (key[2] if len(key) > 2 else 0))
 
+    def loss_scale(self, trace, step):
+        """The magnitude flowing into E of the batch at step index `step` (its sample losses' blocks): what
+        the sheet's E may differ from the engine's relative to (the Diagnosis sheet's |ΔE|/|E| reads it)."""
+        n = self.counts[step]
+        losses_of_samples = next(b for b in self._sample_blocks(step, n, _Values(trace, step, n, self)) if b.quantity == "loss")
+        return max(losses_of_samples.scale, _max(losses_of_samples.values))
+
     def through_time(self, l):
         """No layer runs through time here (recurrent layers are refused)."""
         return False
