@@ -2,9 +2,13 @@
 
 Nets: wide 784-32-10 (sigmoid, softmax output, softmax_ce, SGD, batch 32, random inputs and
 one-hot targets), and the tiny templates xor (2-2-1) and deep-sigmoid (5-4-4-4-4-4-1). For each
-it times `engine.run(scenario)` (the whole run, trace recording included, divided by the steps)
-and the equivalent torch loop (nn.Sequential of Linear and the activations in float64; forward,
-loss, backward, SGD step) with torch.set_num_threads(1) and with torch's default threads. Each
+it times `engine.run(scenario, sums=...)` (the whole run, trace recording included, divided by the
+steps) in the sum order `tracer run` chooses for the net (writer.sum_order, the "order" column):
+matmul (numpy matrix products) for 784-32-10, whose workbook is in the matrix layout, in_order
+(every sum left to right, a spreadsheet formula's bits) for the tiny nets of the column layout;
+an engine from before the sum orders (--repo) runs in order. And it times the equivalent torch
+loop (nn.Sequential of Linear and the activations in float64; forward, loss, backward, SGD step)
+with torch.set_num_threads(1) and with torch's default threads. Each
 measurement runs in a fresh subprocess that reports its own peak RSS (resource.getrusage); the
 engine and torch alternate for --pairs pairs and the medians are printed, so that a change of
 the machine's load moves both sides. Target: the engine's ratio to torch (one thread) at most 2
@@ -49,15 +53,22 @@ def load(net, steps):
 
 
 def time_engine(net, steps, repeats):
-    """Seconds per step of engine.run (best of `repeats` runs)."""
+    """(seconds per step of engine.run (best of `repeats` runs), the sum order it ran in): the
+    order `tracer run` chooses for the net's workbook."""
     from tracer import engine
+    from tracer.workbook import writer
     s = load(net, steps)
+    if hasattr(writer, "sum_order"):
+        order = writer.sum_order(s)
+        train = lambda: engine.run(s, sums=order)  # noqa: E731
+    else:                                          # an engine from before the sum orders: in order
+        order, train = "in_order", lambda: engine.run(s)  # noqa: E731
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
-        engine.run(s)
+        train()
         best = min(best, (time.perf_counter() - start) / s.steps)
-    return best
+    return best, order
 
 
 def time_torch(net, steps, repeats, threads):
@@ -102,13 +113,14 @@ def time_torch(net, steps, repeats, threads):
 
 def measure(args):
     """One measurement in this process: print {"seconds": per step, "rss_mb": peak RSS}."""
+    order = None
     if args.side == "engine":
         sys.path.insert(0, args.repo)
-        seconds = time_engine(args.net, args.steps, args.repeats)
+        seconds, order = time_engine(args.net, args.steps, args.repeats)
     else:
         seconds = time_torch(args.net, args.steps, args.repeats, args.threads)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"seconds": seconds, "rss_mb": rss}))
+    print(json.dumps({"seconds": seconds, "rss_mb": rss, "order": order}))
 
 
 def run(side, net, args, threads=0):
@@ -132,7 +144,7 @@ def main():
     if args.side:
         return measure(args)
     print(f"engine of {args.repo}; medians of {args.pairs} alternating measurements (best of {args.repeats} runs each)")
-    print(f"{'net':>13} {'engine ms':>10} {'torch1 ms':>10} {'torchN ms':>10} {'ratio1':>7} {'ratioN':>7}"
+    print(f"{'net':>13} {'order':>9} {'engine ms':>10} {'torch1 ms':>10} {'torchN ms':>10} {'ratio1':>7} {'ratioN':>7}"
           f" {'engine RSS':>11} {'torch RSS':>10}")
     for net in args.nets.split(","):
         figures = {"engine": [], "torch1": [], "torchN": []}
@@ -142,7 +154,8 @@ def main():
             figures["torchN"].append(run("torch", net, args))
         median = {k: {m: statistics.median(f[m] for f in v) for m in ("seconds", "rss_mb")} for k, v in figures.items()}
         e, t1, tn = (median[k]["seconds"] for k in ("engine", "torch1", "torchN"))
-        print(f"{net:>13} {e * 1e3:>10.3f} {t1 * 1e3:>10.3f} {tn * 1e3:>10.3f} {e / t1:>7.2f} {e / tn:>7.2f}"
+        order = figures["engine"][0]["order"]
+        print(f"{net:>13} {order:>9} {e * 1e3:>10.3f} {t1 * 1e3:>10.3f} {tn * 1e3:>10.3f} {e / t1:>7.2f} {e / tn:>7.2f}"
               f" {median['engine']['rss_mb']:>8.0f} MB {median['torch1']['rss_mb']:>7.0f} MB", flush=True)
 
 

@@ -41,3 +41,14 @@ def test_api_tour_example_runs(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "<Trace 'api-tour'" in done.stdout and "gradient check" in done.stdout
     assert (tmp_path / "api-tour.xlsx").exists() and (tmp_path / "api-tour.csv").exists()
+
+
+def test_run_sums_in_the_order_of_the_workbooks_layout():
+    """tracer.run, like `tracer run`, sums as numpy matrix products exactly when its workbook is in
+    the matrix layout (a net too wide for the column layout, or layout="matrix"); `sums` overrides."""
+    assert tracer.run(tracer.load("wide-784-32-10", steps=1)).sum_order == "matmul"
+    xor = tracer.load("xor", steps=2)
+    assert tracer.run(xor).sum_order == "in_order"
+    assert tracer.run(xor, layout="matrix").sum_order == "matmul"
+    assert tracer.run(xor, sums="matmul").sum_order == "matmul"
+    assert (tracer.run(xor).loss == tracer.engine.run(xor).loss).all()

@@ -16,6 +16,7 @@ import zipfile
 import pytest
 
 from tracer import cli, engine, templates, trace as trace_module
+from tracer.scenario import load as engine_scenario
 from tracer.trace import Trace
 from tracer.workbook import writer
 from tests.conftest import assert_refused
@@ -400,3 +401,64 @@ def test_parameter_names_with_huge_or_long_numbers(tmp_path, invoke, monkeypatch
     assert_refused(invoke("chain", "xor", "--param", "W1[" + "9" * 5000 + ",0]"), "write W<layer>[i,j]")
     message = assert_refused(invoke("run", "xor", "--trace", "x.csv", "--param", "W" + "x" * 10_000))
     assert len(message) < 300
+
+
+@pytest.fixture
+def sum_orders(monkeypatch):
+    """The sum order of every engine.run the CLI makes, in order (the runs still happen)."""
+    used, run = [], engine.run
+
+    def recording(scenario, sums="in_order"):
+        used.append(sums)
+        return run(scenario, sums=sums)
+    monkeypatch.setattr(engine, "run", recording)
+    return used
+
+
+@pytest.mark.parametrize("args, order", [
+    (("run", "wide-784-32-10", "--steps", "1", "-o", "w.xlsx"), "matmul"),        # the matrix layout, chosen
+    (("run", "wide-784-32-10", "--steps", "1", "--trace", "w.csv"), "matmul"),    # no workbook: the one it would have
+    (("run", "xor", "--steps", "2", "-o", "x.xlsx"), "in_order"),
+    (("run", "xor", "--steps", "2", "--trace", "x.csv"), "in_order"),
+    (("run", "xor", "--steps", "2", "--layout", "matrix", "-o", "x.xlsx"), "matmul"),
+    (("run", "xor", "--steps", "3", "--layout", "matrix", "--window", "1:2", "-o", "x.xlsx"), "matmul"),
+    (("run", "xor", "--steps", "2", "--layout", "column", "-o", "x.xlsx"), "in_order"),
+    (("diagnose", "wide-784-32-10", "--steps", "1"), "matmul"),
+    (("chain", "wide-784-32-10", "--steps", "1", "--param", "W2[0,0]"), "matmul"),
+    (("gradcheck", "xor", "--steps", "2"), "in_order"),
+])
+def test_commands_sum_in_the_order_of_the_workbooks_layout(tmp_path, monkeypatch, invoke, sum_orders, args, order):
+    """matmul exactly when the workbook is (or would be) in the matrix layout: its MMULT and
+    SUMPRODUCT do not add in order; in_order for the column layout's =t₀+t₁+… formulas."""
+    monkeypatch.chdir(tmp_path)
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    assert sum_orders == [order]
+
+
+@pytest.mark.parametrize("name, order", [("wide-784-32-10", "matmul"), ("xor", "in_order")])
+def test_verify_sums_in_the_order_of_the_workbooks_layout(monkeypatch, invoke, name, order):
+    checked = []
+    monkeypatch.setattr(cli.verify, "verify", lambda trace, layout: checked.append((trace.sum_order, layout)) or _Passed())
+    assert invoke("verify", name, "--steps", "1").exit_code == 0
+    assert checked == [(order, {"matmul": "matrix", "in_order": "column"}[order])]
+
+
+class _Passed:
+    ok = True
+
+    def summary(self):
+        return "compared"
+
+
+def test_the_trace_csv_of_a_wide_net_holds_the_matmul_run(tmp_path, invoke):
+    """`tracer run wide-784-32-10 --trace` writes the run its matrix workbook shows (matmul sums),
+    which differs in the last bits from the in-order run."""
+    result = invoke("run", "wide-784-32-10", "--steps", "1", "--trace", tmp_path / "cli.csv")
+    assert result.exit_code == 0, result.output
+    loaded = engine_scenario("wide-784-32-10", steps=1)
+    for order, path in (("matmul", tmp_path / "matmul.csv"), ("in_order", tmp_path / "in_order.csv")):
+        engine.run(loaded, sums=order).write_csv(path)
+    cli_text = (tmp_path / "cli.csv").read_bytes()
+    assert cli_text == (tmp_path / "matmul.csv").read_bytes()
+    assert cli_text != (tmp_path / "in_order.csv").read_bytes()

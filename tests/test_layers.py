@@ -356,3 +356,60 @@ def test_weighted_sum_of_a_wide_layer_is_left_to_right_in_blocks():
         patch.setattr(base, "SUM_BLOCK_CELLS", 300 * 15)
         assert_same_bits(base.weighted_sum(a, W, b), loop_weighted_sum(a, W, b))
     assert_same_bits(base.weighted_sum(a, W, b), loop_weighted_sum(a, W, b))
+
+
+# ---------------------------------------------------------------- sum orders: in order, or numpy's matmul
+
+EPS = 2.0 ** -53   # the unit roundoff of a double
+
+
+@st.composite
+def finite_sums(draw):
+    batch, fan_in, units = draw(st.integers(1, 6)), draw(st.integers(1, 40)), draw(st.integers(1, 12))
+    finite = st.floats(-1e3, 1e3, allow_nan=False, allow_infinity=False)
+    draw_array = lambda shape: np.array(draw(st.lists(finite, min_size=int(np.prod(shape)),  # noqa: E731
+                                                      max_size=int(np.prod(shape)))), dtype=float).reshape(shape)
+    return draw_array((batch, fan_in)), draw_array((fan_in, units)), draw_array((units,)), draw_array((batch, units))
+
+
+@given(finite_sums())
+@settings(max_examples=60, deadline=None)
+def test_the_matmul_order_agrees_with_the_in_order_sums_within_their_rounding_bound(case):
+    """Any order of n additions is within (n − 1)·ε·Σ|terms| of the exact sum, so the two orders
+    differ by at most 2n·ε·Σ|terms| (u's + b one more term): u, the error down and the batch sum."""
+    a, W, b, delta = case
+    pairs = [
+        (lambda order: order.weighted_sum(a, W, b), np.abs(a) @ np.abs(W) + np.abs(b), W.shape[0] + 1),
+        (lambda order: order.back_sum(delta, W), np.abs(delta) @ np.abs(W).T, W.shape[1]),
+        (lambda order: order.sample_product_sum(a, delta), np.abs(a).T @ np.abs(delta), a.shape[0]),
+    ]
+    for compute, magnitude, terms in pairs:
+        in_order, matmul = compute(layers.IN_ORDER), compute(layers.MATMUL)
+        assert in_order.shape == matmul.shape
+        assert (np.abs(matmul - in_order) <= 2 * terms * EPS * magnitude).all()
+
+
+def test_the_matmul_order_is_not_finite_wherever_a_sum_reads_a_non_finite_term():
+    """BLAS multiplies every term: 0·NaN and 0·inf are NaN, so a non-finite input poisons the sums
+    that read it (the spreadsheet shows an error there) even where its weights are 0."""
+    rng = np.random.default_rng(0)
+    a, W, delta = rng.normal(size=(4, 30)), rng.normal(size=(30, 6)), rng.normal(size=(4, 6))
+    a[1, 7], a[2, 3], W[7], W[3] = np.nan, np.inf, 0.0, 0.0
+    delta[3, 2], W[:, 2] = np.inf, 0.0
+    zero_delta = rng.normal(size=(4, 6))      # δ of the samples whose inputs are not finite: 0
+    zero_delta[1] = zero_delta[2] = 0.0
+    with np.errstate(all="ignore"):
+        for order in (layers.IN_ORDER, layers.MATMUL):
+            u = order.weighted_sum(a, W, np.zeros(6))
+            assert not np.isfinite(u[1:3]).any() and np.isfinite(u[[0, 3]]).all(), order
+            e = order.back_sum(delta, W)
+            assert not np.isfinite(e[3]).any() and np.isfinite(e[:3]).all(), order
+            g = order.sample_product_sum(a, zero_delta)
+            assert not np.isfinite(g[[3, 7]]).any() and np.isfinite(np.delete(g, [3, 7], axis=0)).all(), order
+
+
+def test_sum_orders_are_named():
+    assert layers.sum_order("in_order") is layers.IN_ORDER and layers.sum_order("matmul") is layers.MATMUL
+    assert layers.sum_order(layers.MATMUL) is layers.MATMUL
+    with pytest.raises(ValueError, match="unknown sum order 'left'.*in_order, matmul"):
+        layers.sum_order("left")

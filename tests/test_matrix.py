@@ -56,6 +56,36 @@ def test_the_column_layout_is_kept_where_it_fits_and_the_matrix_layout_takes_wid
     assert writer.check_scenario_fits(_load("xor"), "matrix") == "matrix"
 
 
+@pytest.mark.parametrize("name, overrides, layout, window, order", [
+    (WIDE, (), None, None, "matmul"),                 # too wide for the column layout
+    ("xor", (), None, None, "in_order"),
+    ("xor", (), "matrix", None, "matmul"),
+    ("xor", (), "matrix", (5, 7), "matmul"),
+    ("xor", (), "column", None, "in_order"),
+    ("xor", ("steps=300000",), None, None, "in_order"),     # too long for any workbook: its --window exports
+    (WIDE, ("steps=1400",), None, None, "matmul"),         # (too many rows for one, too)
+    (WIDE, (), "column", None, "in_order"),            # no layout can show it: the default order
+])
+def test_the_sum_order_is_that_of_the_workbooks_layout(name, overrides, layout, window, order):
+    """matmul exactly when the Trace sheet is the matrix layout (MMULT and SUMPRODUCT add in the
+    spreadsheet's own order), in_order for the column layout's =t₀+t₁+… formulas."""
+    loaded = scenario_module.load(name, overrides=list(overrides))
+    assert writer.sum_order(loaded, layout, window) == order
+    if loaded.steps < 100:
+        try:
+            chosen = writer.check_scenario_fits(loaded, layout, window)
+        except LimitError:
+            return
+        assert writer.SUM_ORDER_OF_LAYOUT[chosen] == order
+
+
+def test_a_trace_of_the_matmul_order_is_written_in_the_matrix_layout_unless_asked():
+    trace = engine.run(_load("xor", steps=2), sums="matmul")
+    assert writer.build_layout(trace).name == "matrix"
+    assert writer.build_layout(trace, "column").name == "column"
+    assert writer.build_layout(engine.run(_load("xor", steps=2))).name == "column"
+
+
 @pytest.mark.parametrize("name", ["rnn-vanishing", "lstm-long", "gru-long"])
 def test_recurrent_layers_are_refused_with_their_key(name):
     loaded = scenario_module.load(name)
@@ -344,7 +374,7 @@ def test_the_wide_template_trains_in_the_matrix_layout():
 
 
 @pytest.mark.slow
-@pytest.mark.libreoffice(workbooks=lambda: engine.run(scenario_module.load(WIDE, steps=1)))
+@pytest.mark.libreoffice(workbooks=lambda: engine.run(scenario_module.load(WIDE, steps=1), sums="matmul"))
 def test_the_wide_template_verifies_in_libreoffice(recomputed):
     report = recomputed.report
     assert report.ok, report.summary()

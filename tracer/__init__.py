@@ -3,7 +3,7 @@
 The Python API, at the top level (sub-modules keep their own names and functions):
 
     scenario = tracer.load("xor")                     # a template name or a TOML file
-    trace = tracer.run(scenario)                      # every scalar of the training run
+    trace = tracer.run(scenario)                      # every scalar of the training run (sums in its workbook's order)
     trace.to_frame()                                  # the tidy CSV as a pandas DataFrame
     tracer.write_workbook(trace, "xor.xlsx")          # live formulas
     tracer.verify_workbook(trace).ok                  # recomputed by LibreOffice, cell by cell
@@ -15,7 +15,7 @@ The Python API, at the top level (sub-modules keep their own names and functions
 import importlib
 
 from .scenario import Scenario, from_dict, load, loads
-from .engine import run
+from . import engine
 from .trace import Trace
 
 # name -> (module, function): imported on first use, so `import tracer` stays light (sympy,
@@ -34,6 +34,18 @@ _LAZY = {
 
 __all__ = ["Scenario", "Trace", "from_dict", "load", "loads", "run", *_LAZY]
 __version__ = "0.1.0"
+
+
+def run(scenario, sums=None, layout=None):
+    """Train `scenario` and return its Trace (engine.run). `sums`: the engine's sum order,
+    "in_order" (every sum left to right, a spreadsheet formula's bits) or "matmul" (numpy matrix
+    products); None: the order of the layout its workbook will have, as `tracer run` chooses it
+    (writer.sum_order: in_order for the column layout, matmul for the matrix layout of a net too
+    wide for it; `layout` "column" or "matrix" asks for one)."""
+    if sums is None:
+        from .workbook import writer
+        sums = writer.sum_order(scenario, layout)
+    return engine.run(scenario, sums=sums)
 
 
 def __getattr__(name):

@@ -117,6 +117,12 @@ def _load(scenario, overrides, steps):
     return scenario_module.load(scenario, overrides=overrides, steps=steps)
 
 
+def _run(loaded):
+    """engine.run in the sum order of the layout the run's workbook would have (writer.sum_order),
+    so that every command sees the trace `tracer run` writes."""
+    return engine.run(loaded, sums=writer.sum_order(loaded))
+
+
 @click.group(cls=_Tracer, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="tracer")
 def main():
@@ -160,9 +166,11 @@ def run(scenario, overrides, steps, output, trace_path, force, verify_after, win
     if output is None and trace_path is None:
         output = output_module.safe_file_name(loaded.name, ".xlsx")
     output_module.check_targets({"-o": output, "--trace": trace_path}, force=force)
-    if output and span is None:
-        layout = writer.check_scenario_fits(loaded, layout)
-    trace = engine.run(loaded)
+    if output:
+        layout = writer.check_scenario_fits(loaded, layout, span)
+    # the sum order of the workbook's layout (that of the layout it would have with --trace only)
+    sums = writer.SUM_ORDER_OF_LAYOUT[layout] if output else writer.sum_order(loaded, layout, span)
+    trace = engine.run(loaded, sums=sums)
     if span is not None:
         trace = trace.window(*span)
     # both outputs are staged beside their targets and renamed together once both are complete
@@ -265,7 +273,7 @@ def chain(scenario, overrides, steps, parameter, at_step, sample, path, latex):
       tracer chain sigmoid-vanishing --param W1[0,0] --step 0
     """
     from . import chain as chain_module
-    trace = engine.run(_load(scenario, overrides, steps))
+    trace = _run(_load(scenario, overrides, steps))
     units = None
     if path:
         try:
@@ -288,7 +296,7 @@ def diagnose(scenario, overrides, steps, rows):
       tracer diagnose leaky-relu-explosion
     """
     from . import diagnose as diagnose_module
-    trace = engine.run(_load(scenario, overrides, steps))
+    trace = _run(_load(scenario, overrides, steps))
     click.echo(diagnose_module.render(diagnose_module.diagnose(trace), rows=rows))
 
 
@@ -355,7 +363,7 @@ def check_command(scenario, overrides, steps, hand, mapping, as_json):
       tracer check xor my-sheet.xlsx --map cells.csv --json
     """
     from . import check as check_module
-    trace = engine.run(_load(scenario, overrides, steps))
+    trace = _run(_load(scenario, overrides, steps))
     if hand.lower().endswith((".xlsx", ".xlsm", ".ods", ".xls")):
         if not mapping:
             raise _Failure("a workbook needs --map map.csv (name,cell per line)", 2)
@@ -384,7 +392,7 @@ def verify_command(scenario, overrides, steps, layout):
     """
     loaded = _load(scenario, overrides, steps)
     layout = writer.check_scenario_fits(loaded, layout)
-    trace = engine.run(loaded)
+    trace = engine.run(loaded, sums=writer.SUM_ORDER_OF_LAYOUT[layout])
     _report_verification(verify.verify(trace, layout=layout))
 
 
@@ -437,7 +445,7 @@ def gradcheck(scenario, overrides, steps, check_steps):
       tracer gradcheck xor --step 0 --step 10
     """
     loaded = _load(scenario, overrides, steps)
-    trace = engine.run(loaded)
+    trace = _run(loaded)
     chosen = sorted(set(check_steps)) or sorted({0, trace.steps // 2, trace.steps - 1})
     if any(step >= trace.steps for step in chosen):
         raise _Failure(f"--step must be below the run's {trace.steps} steps", 2)

@@ -1,7 +1,7 @@
 """The scalar-trace engine: Scenario -> Trace, every intermediate kept.
 
 Per step t, for the batch's samples (a⁽⁰⁾ = x):
-  u⁽ˡ⁾ = the layer kind's forward of a⁽ˡ⁻¹⁾ (dense: Σ_i a⁽ˡ⁻¹⁾_i W_l[i,j] + b_l[j], left to right;
+  u⁽ˡ⁾ = the layer kind's forward of a⁽ˡ⁻¹⁾ (dense: Σ_i a⁽ˡ⁻¹⁾_i W_l[i,j] + b_l[j];
          batchnorm/layernorm: γ·x̂ + β; see tracer/layers/)
   h⁽ˡ⁾_j = f_l(u⁽ˡ⁾_j),  slope⁽ˡ⁾_j = f_l'(u⁽ˡ⁾_j)
   a⁽ˡ⁾_j = the kind's combine: h⁽ˡ⁾_j, or h⁽ˡ⁾_j + a⁽ˡ⁻¹⁾_j for a residual dense layer
@@ -16,6 +16,14 @@ The per-sample gradients follow from a⁽ˡ⁻¹⁾ (x̂) and δ: for the kinds 
 into g without keeping them and the Trace derives them when asked (bit for bit the same products).
 Overflow never raises: inf/NaN propagate as IEEE arithmetic gives them, and a non-finite
 input poisons every output that reads it (see ieee.py); numpy's warnings are recorded.
+
+The sum order (`run(scenario, sums=...)`, layers.SumOrder) says how the dense layers add their
+big sums, u over the fan-in, the error Σ_k W δ over the units above and the batch gradient over
+the samples: "in_order" (the default) adds the terms left to right, u and the error from the first
+term, the batch gradient from 0.0 in sample order, each addition rounded once (the bits of a
+formula =t₀+t₁+…); "matmul" takes numpy matrix products (BLAS's own order, last bits differ). The
+Trace records the order (trace.sum_order). Recurrent and normalisation layers, the loss and the
+optimiser add in their own fixed order whatever the sum order.
 """
 from dataclasses import dataclass, field
 
@@ -77,10 +85,10 @@ def output_delta(loss, y, t, slope):
     return loss.output_error(y, t), loss.output_delta(y, t, slope)
 
 
-def forward_backward(scenario, weights, biases, x, t, extra=None):
+def forward_backward(scenario, weights, biases, x, t, extra=None, sums=layers.IN_ORDER):
     """Run one pass over the samples x (B × n_in, or B × time × features for sequences) with targets
     t; return every intermediate. `extra` {name: per layer array or None}: the stored parameters
-    beyond W and b (Wh, bh of recurrent layers).
+    beyond W and b (Wh, bh of recurrent layers); `sums` the sum order (a name or layers.SumOrder).
 
     forward, per layer: u, record = kind.forward; h = f(u); a = kind.combine(h, a⁽ˡ⁻¹⁾)
       a recurrent layer (first in the net) runs its cell through time on the sequence below:
@@ -93,6 +101,7 @@ def forward_backward(scenario, weights, biases, x, t, extra=None):
       backpropagates through time (kind.backward gives the full record) and its gradients are the
       per-sample sums over time (recorded: recurrent layers do not derive them)."""
     loss = losses.LOSSES[scenario.loss]
+    sums = layers.sum_order(sums)
     kinds = [layers.of(layer) for layer in scenario.layers]
     params = {"W": weights, "b": biases, **(extra or {})}
     values = [[params[name][l] for name in kind.stored_params] for l, kind in enumerate(kinds)]
@@ -108,7 +117,7 @@ def forward_backward(scenario, weights, biases, x, t, extra=None):
             continue
         definition = activations.get(layer.activation)
         axis = None if definition.elementwise else -1
-        u, record = kind.forward(layer, previous, *p)
+        u, record = kind.forward(layer, previous, *p, sums=sums)
         h = propagate_nonfinite(definition.forward(u, layer.activation_params), u, axis=axis)
         slope = propagate_nonfinite(definition.slope(u, h, layer.activation_params), u, h)
         a = kind.combine(layer, h, previous)
@@ -136,7 +145,8 @@ def forward_backward(scenario, weights, biases, x, t, extra=None):
             continue
         kind.backward(layer, records[index], deltas[index], values[index][0])
         if index:
-            errors[index - 1] = kind.error_down(layer, records[index], deltas[index], values[index][0], errors[index])
+            errors[index - 1] = kind.error_down(layer, records[index], deltas[index], values[index][0], errors[index],
+                                                sums=sums)
             if not kinds[index - 1].recurrent:
                 deltas[index - 1] = slopes[index - 1] * errors[index - 1]
     inputs = [x] + acts[:-1]
@@ -167,18 +177,20 @@ def forward_backward(scenario, weights, biases, x, t, extra=None):
 reduce_samples = procedures.reduce_samples   # Σ_s, or Σ_s / B for `mean` (with its Excel form there)
 
 
-def batch_gradients(scenario, result, x):
+def batch_gradients(scenario, result, x, sums=layers.IN_ORDER):
     """The batch gradients of a pass over the samples x: {name: per layer array or None} (W, b; Wh,
     bh of recurrent layers), each Σ_s (or Σ_s / B for `mean`) of the per-sample gradients in sample
     order. For the layers that derive their per-sample gradients (records.derives_sample_gradients)
     the kind's batch_gradients forms W's and b's from a⁽ˡ⁻¹⁾ and δ (the per-sample products never all
-    held at once); the others' recorded per-sample arrays are reduced."""
+    held at once), in the sum order `sums` (a name or layers.SumOrder); the others' recorded
+    per-sample arrays are reduced."""
+    sums = layers.sum_order(sums)
     grads = {name: [None] * len(scenario.layers) for name in records.parameter_names(scenario)}
     for l, (layer, record, below, delta) in enumerate(zip(scenario.layers, result.records, [x] + result.a[:-1],
                                                           result.delta)):
         kind = layers.of(layer)
         if derives_sample_gradients(scenario, kind):
-            grads["W"][l], grads["b"][l] = kind.batch_gradients(layer, record, below, delta, scenario.reduction)
+            grads["W"][l], grads["b"][l] = kind.batch_gradients(layer, record, below, delta, scenario.reduction, sums=sums)
             continue
         for name in kind.stored_params:
             grads[name][l] = reduce_samples(result[f"grad_{name}"][l], scenario.reduction)
@@ -218,11 +230,14 @@ def batch_schedule(scenario):
     return ids
 
 
-def run(scenario):
-    """Train for scenario.steps steps and return the full Trace."""
+def run(scenario, sums="in_order"):
+    """Train for scenario.steps steps and return the full Trace. `sums`: the sum order of the dense
+    layers' sums, "in_order" (left to right, a spreadsheet formula's bits) or "matmul" (numpy matrix
+    products), see the module docstring; the Trace records it (trace.sum_order)."""
+    sums = layers.sum_order(sums)
     params = initial_parameters(scenario)
     optimizer = optim.OPTIMIZERS[scenario.optimizer]
-    trace = Trace.allocate(scenario, batch_schedule(scenario))
+    trace = Trace.allocate(scenario, batch_schedule(scenario), sum_order=sums.name)
     recorder = Recorder()
     with np.errstate(all="call", call=recorder):
         for step in range(scenario.steps):
@@ -231,8 +246,8 @@ def run(scenario):
             extra = {name: values for name, values in params.items() if name not in ("W", "b")}
             trace.set_parameters(step, params["W"], params["b"], extra)
             x = scenario.inputs[ids]
-            result = forward_backward(scenario, params["W"], params["b"], x, scenario.targets[ids], extra)
-            grads = batch_gradients(scenario, result, x)
+            result = forward_backward(scenario, params["W"], params["b"], x, scenario.targets[ids], extra, sums)
+            grads = batch_gradients(scenario, result, x, sums)
             used = clip(scenario, grads, trace, step)
             hyper = dict(scenario.optimizer_params, lr=procedures.learning_rate(scenario.optimizer_params, step))
             trace.lr[step] = hyper["lr"]

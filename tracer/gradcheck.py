@@ -55,10 +55,11 @@ class Report:
         return max(self.checks, key=lambda c: c.error, default=None)
 
 
-def _batch_loss(scenario, weights, biases, x, t, extra=None):
-    """E of the batch, and the signs of every u of a piecewise activation (recurrent layers: u at
-    every time step) to detect a kink crossed by a perturbation."""
-    result = forward_backward(scenario, weights, biases, x, t, extra)
+def _batch_loss(scenario, weights, biases, x, t, extra=None, sums="in_order"):
+    """E of the batch (its sums in the order `sums`, the trace's), and the signs of every u of a
+    piecewise activation (recurrent layers: u at every time step) to detect a kink crossed by a
+    perturbation."""
+    result = forward_backward(scenario, weights, biases, x, t, extra, sums)
     signs = []
     for layer, u, record in zip(scenario.layers, result.u, result.records):
         if activations.get(layer.activation).piecewise:
@@ -69,7 +70,7 @@ def _batch_loss(scenario, weights, biases, x, t, extra=None):
 _KINK = object()
 
 
-def _numeric_derivative(scenario, weights, biases, x, t, array, index, h, signs, floor, extra=None):
+def _numeric_derivative(scenario, weights, biases, x, t, array, index, h, signs, floor, extra=None, sums="in_order"):
     """Richardson-extrapolated ∂E/∂θ for θ = array[index], halving h until it no longer bends.
 
     Returns the estimate, _KINK if a ±h step flips the sign of some u, or None if the loss
@@ -81,7 +82,7 @@ def _numeric_derivative(scenario, weights, biases, x, t, array, index, h, signs,
         losses, crossed = [], False
         for offset in (step, -step):
             array[index] = original + offset
-            value, perturbed = _batch_loss(scenario, weights, biases, x, t, extra)
+            value, perturbed = _batch_loss(scenario, weights, biases, x, t, extra, sums)
             losses.append(value)
             crossed = crossed or any((p != s0).any() for p, s0 in zip(perturbed, signs))
         array[index] = original
@@ -111,7 +112,7 @@ def check(trace, steps=(0,)):
             stored = dict(extra, W=weights, b=biases)
             ids = trace.samples(step)
             x, t = scenario.inputs[ids], scenario.targets[ids]
-            loss, signs = _batch_loss(scenario, weights, biases, x, t, extra)
+            loss, signs = _batch_loss(scenario, weights, biases, x, t, extra, trace.sum_order)
             gradients = [g[step] for name in stored for g in trace._store(f"grad_{name}") if g is not None]
             if not np.isfinite(loss) or not all(np.isfinite(g).all() for g in gradients):
                 nonfinite.append(step)
@@ -127,7 +128,7 @@ def check(trace, steps=(0,)):
                     scale = max(1.0, abs(array[index]))
                     floor = max(1e-3 * abs(loss) / scale, 1e-300)
                     numeric = _numeric_derivative(scenario, weights, biases, x, t, array, index, 1e-4 * scale, signs, floor,
-                                                  extra)
+                                                  extra, trace.sum_order)
                     if numeric is _KINK:
                         skipped.append((step, name))
                     elif numeric is None:

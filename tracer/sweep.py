@@ -220,10 +220,10 @@ def run_one(job):
         return base
     try:
         loaded = scenario_module.load(job.reference, overrides=tuple(job.overrides) + tuple(variant.changes), steps=job.steps)
-        trace = engine.run(loaded)
+        from .workbook import writer
+        trace = engine.run(loaded, sums=writer.sum_order(loaded))   # the order of its workbook's layout
         outcome, step = diagnose.outcome(trace)
         if job.workbook:
-            from .workbook import writer
             writer.write(trace, job.workbook, force=job.force)
     except TracerError as exc:
         base.outcome, base.note = "invalid", str(exc)

@@ -55,11 +55,14 @@ class Trace:
     norm {key: per layer} the layer kinds' own quantities (xhat, dxhat (T, B, n); batchnorm's
     mean, var, m1, m2 (T, n)); state {(name, "W"|"b"): per layer (T, ...)} the optimiser state
     after step t, initial_state the same before the first step.
+    `sum_order` names the order the engine added the dense layers' sums in ("in_order": left to
+    right, a spreadsheet formula's bits; "matmul": numpy matrix products; see engine.run).
     The one accessor for a value by name is `values` (verify, check and the workbook read it).
     """
 
-    def __init__(self, scenario, sample_ids, arrays, warnings=(), first_step=0):
+    def __init__(self, scenario, sample_ids, arrays, warnings=(), first_step=0, sum_order="in_order"):
         self.scenario = scenario
+        self.sum_order = sum_order        # the engine's sum order (layers.SUM_ORDERS)
         self.sample_ids = sample_ids      # (T, B), -1 = padding
         self.arrays = arrays              # {records.Field: ndarray}, in the table's order
         self.warnings = list(warnings)
@@ -73,11 +76,11 @@ class Trace:
     # ------------------------------------------------------------ the table
 
     @classmethod
-    def allocate(cls, scenario, sample_ids):
+    def allocate(cls, scenario, sample_ids, sum_order="in_order"):
         """NaN arrays for every field (zeros for the optimiser state before the first step; derived
-        fields are computed when read)."""
+        fields are computed when read), for a run in `sum_order`."""
         steps, size = sample_ids.shape
-        return cls(scenario, sample_ids, {
+        return cls(scenario, sample_ids, sum_order=sum_order, arrays={
             f: None if f.derived else
             (np.zeros if f.group == "once" else lambda shape: np.full(shape, np.nan))(f.array_shape(steps, size))
             for f in records.fields(scenario)})
@@ -186,7 +189,7 @@ class Trace:
             else:
                 cut[f] = array[first:last + 1 + f.final]
         return Trace(self.scenario, self.sample_ids[first:last + 1], cut,
-                     [w for w in self.warnings if first <= w[0] <= last], self.first_step + first)
+                     [w for w in self.warnings if first <= w[0] <= last], self.first_step + first, self.sum_order)
 
     def state_before(self, kind, layer, step):
         """Optimiser state of parameter kind W/b of layer (0-based) before `step`: {name: array}."""

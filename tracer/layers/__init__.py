@@ -4,7 +4,8 @@
 Consumers ask the kind of a layer, `layers.get(layer.kind).<face>(...)`, never test a kind's name.
 Registering a kind here is the only place a kind is named.
 """
-from .base import Layer, LayerKind, Quantity, back_sum, weighted_sum  # noqa: F401
+from .base import (IN_ORDER, MATMUL, SUM_ORDERS, Layer, LayerKind, Quantity, SumOrder, back_sum,  # noqa: F401
+                   sum_order, weighted_sum)
 from .batchnorm import BatchNorm
 from .dense import Dense
 from .gru import Gru

@@ -18,15 +18,17 @@ a⁽ˡ⁻¹⁾ (B × fan_in), `u`, `delta` are (B × units). W is stored fan_in 
 and 1 × units (γ) for normalisation layers; b is (units,) (β for normalisation layers).
 
 The numpy face of one layer, per batch (engine.forward_backward calls them in this order):
-  u, record = kind.forward(layer, below, W, b)        u = the layer's pre-activation
+  u, record = kind.forward(layer, below, W, b, sums)  u = the layer's pre-activation
   h = f(u);  a = kind.combine(layer, h, below)         a = h, or h + a⁽ˡ⁻¹⁾ (residual skip)
   ... δ = ∂E/∂u of the layer (from the loss or the layer above) ...
   kind.backward(layer, record, delta, W)               backward records (dx̂, m1, m2) into `record`
-  e_below = kind.error_down(layer, record, delta, W, error_here)   ∂E/∂a⁽ˡ⁻¹⁾ per sample
+  e_below = kind.error_down(layer, record, delta, W, error_here, sums)   ∂E/∂a⁽ˡ⁻¹⁾ per sample
   grad_W, grad_b = kind.gradients(layer, record, below, delta)     per sample (B, *shape)
-  kind.batch_gradients(layer, record, below, delta, reduction)      their Σ_s (or mean), in sample order
+  kind.batch_gradients(layer, record, below, delta, reduction, sums)   their Σ_s (or mean)
 `record` is a dict CSV quantity name -> array, holding the values of the kind's own recorded
-quantities (those of `records(layer)` that are not common to every layer).
+quantities (those of `records(layer)` that are not common to every layer). `sums` is the run's
+SumOrder (IN_ORDER: every sum left to right, a spreadsheet's bits; MATMUL: numpy matrix products),
+the order in which a kind adds its big sums (dense: u, the error passed down, the batch gradient).
 """
 from dataclasses import dataclass
 from typing import Callable
@@ -203,6 +205,99 @@ def back_sum(delta_next, W_next):
     return sum_in_order(W_next.shape[1], (delta_next.shape[0], W_next.shape[0]), products)
 
 
+def sample_product_sum(below, delta):
+    """G[i,j] = Σ_s below[s,i]·delta[s,j], the products added in sample order from 0.0, the bits of
+    np.add.reduce(below[:, :, None] * delta[:, None, :], axis=0), without holding the
+    B × fan_in × units products at once when they are many (sum_in_order, over blocks of samples)."""
+    samples, fan_in = below.shape
+    units = delta.shape[1]
+    if fan_in * units < 2 or samples * fan_in * units <= SUM_BLOCK_CELLS:
+        return np.add.reduce(below[:, :, None] * delta[:, None, :], axis=0)
+
+    def products(out, start, stop):     # out[s − start, j, i] = δ_sj·a_si (transposed: long rows)
+        np.multiply(delta[start:stop, :, None], below[start:stop, None, :], out=out)
+    return sum_in_order(samples, (units, fan_in), products, initial=0.0).T.copy()
+
+
+class SumOrder:
+    """The order in which the engine adds the terms of the big sums of a dense layer: the weighted
+    sum u = Σᵢ aᵢ·W[i,j] + bⱼ, the error passed down Σₖ W[j,k]·δₖ, and the batch gradient
+    Σ_s a_si·δ_sj. One object per order (SUM_ORDERS); the engine hands the run's to the layer kinds'
+    numpy faces (forward, error_down, batch_gradients: the `sums` argument)."""
+
+    name = ""
+
+    def weighted_sum(self, a, W, b):
+        """u = a @ W + b for every sample row of `a` (B × fan_in), W fan_in × units."""
+        raise NotImplementedError
+
+    def back_sum(self, delta, W):
+        """e[s,j] = Σₖ W[j,k]·δ[s,k] for every sample row of δ (B × units)."""
+        raise NotImplementedError
+
+    def sample_product_sum(self, below, delta):
+        """G[i,j] = Σ_s below[s,i]·δ[s,j] over the samples (the batch gradient's Σ)."""
+        raise NotImplementedError
+
+    def __repr__(self):
+        return f"<sum order {self.name}>"
+
+
+class InOrder(SumOrder):
+    """Every sum adds its terms one after another, left to right (u over i, the error over k, the
+    batch gradient over the samples from 0.0), each addition rounded once: the exact bits of a
+    spreadsheet's `=t₀+t₁+…` formula, so that the engine and the spreadsheet take the same branch
+    (a ReLU at u exactly 0). numpy multiplies and np.add.reduce over blocks (sum_in_order)."""
+
+    name = "in_order"
+
+    def weighted_sum(self, a, W, b):
+        return weighted_sum(a, W, b)
+
+    def back_sum(self, delta, W):
+        return back_sum(delta, W)
+
+    def sample_product_sum(self, below, delta):
+        return sample_product_sum(below, delta)
+
+
+class Matmul(SumOrder):
+    """Every sum is a numpy matrix product (`@`, BLAS): u = a @ W + b, e = δ @ Wᵀ, G = aᵀ @ δ. BLAS
+    adds the terms in its own blocked order (with fused multiply-adds), so the results differ from
+    the in-order sums in the last bits (a relative difference of a few 1e-16 per term's size), and
+    are 10–30× faster on a 784-32-10 net. For workbooks whose sums are not in order anyway: a
+    spreadsheet's MMULT and SUMPRODUCT (the matrix layout) add in the client's own order
+    (LibreOffice: compensated Kahan–Neumaier summation), so the in-order bits buy no agreement there.
+    BLAS multiplies every term (0·inf and 0·NaN are NaN, as in the in-order sums: a non-finite
+    input makes the sums that read it non-finite; tests/test_layers.py checks it)."""
+
+    name = "matmul"
+
+    def weighted_sum(self, a, W, b):
+        return a @ W + b
+
+    def back_sum(self, delta, W):
+        return delta @ W.T
+
+    def sample_product_sum(self, below, delta):
+        return below.T @ delta
+
+
+IN_ORDER, MATMUL = InOrder(), Matmul()
+SUM_ORDERS = {order.name: order for order in (IN_ORDER, MATMUL)}
+
+
+def sum_order(name):
+    """The SumOrder named `name` ("in_order", "matmul"; a SumOrder is returned as it is);
+    ValueError naming the known orders."""
+    if isinstance(name, SumOrder):
+        return name
+    try:
+        return SUM_ORDERS[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown sum order {name!r} (known: {', '.join(SUM_ORDERS)})") from None
+
+
 def normalise(x, axis, eps):
     """μ = Σ x / n, σ² = Σ (x − μ)² / n (biased), x̂ = (x − μ)/√(σ² + eps), over `axis`
     (0: over the batch, batchnorm; 1: over the units of a sample, layernorm). Returns (μ, σ², x̂)
@@ -320,9 +415,10 @@ class LayerKind:
 
     # ------------------------------------------------------------ numpy face (l11-core)
 
-    def forward(self, layer, below, W, b):
+    def forward(self, layer, below, W, b, sums=IN_ORDER):
         """u (B × units) from the layer below's output `below` (B × fan_in) and the parameters;
-        returns (u, record) with `record` the kind's own forward quantities {CSV name: array}."""
+        returns (u, record) with `record` the kind's own forward quantities {CSV name: array}.
+        `sums` the run's SumOrder: how a kind's big sums (Σ over fan-in or batch) are added."""
         raise NotImplementedError
 
     def combine(self, layer, h, below):
@@ -332,9 +428,9 @@ class LayerKind:
     def backward(self, layer, record, delta, W):
         """Add the kind's backward quantities to `record` given δ = ∂E/∂u (B × units); none by default."""
 
-    def error_down(self, layer, record, delta, W, error_here):
+    def error_down(self, layer, record, delta, W, error_here, sums=IN_ORDER):
         """∂E/∂a⁽ˡ⁻¹⁾ (B × fan_in), the error passed to the layer below, from this layer's δ and W and
-        `error_here` = e⁽ˡ⁾ = ∂E/∂a⁽ˡ⁾ (None on the output layer)."""
+        `error_here` = e⁽ˡ⁾ = ∂E/∂a⁽ˡ⁾ (None on the output layer); `sums` the run's SumOrder."""
         raise NotImplementedError
 
     def gradients(self, layer, record, below, delta):
@@ -342,10 +438,11 @@ class LayerKind:
         sample's loss; the batch total is taken by the reduction."""
         raise NotImplementedError
 
-    def batch_gradients(self, layer, record, below, delta, reduction):
+    def batch_gradients(self, layer, record, below, delta, reduction, sums=IN_ORDER):
         """The batch gradients (grad_W, grad_b): Σ_s (or Σ_s / B for `mean`) of `gradients`, with
-        the bits of procedures.reduce_samples (np.sum over the samples, in sample order); a kind
-        may override it to add the products without holding every sample's (Dense)."""
+        the bits of procedures.reduce_samples (np.sum over the samples, in sample order) whatever
+        `sums`; a kind may override it to add the products without holding every sample's, in the
+        run's SumOrder `sums` (Dense)."""
         grad_W, grad_b = self.gradients(layer, record, below, delta)
         return reduce_samples(grad_W, reduction), reduce_samples(grad_b, reduction)
 
@@ -637,8 +734,9 @@ class Normalisation(LayerKind):
         """gamma{l}[j] for the stored W index (0, j), beta{l}[j] for b's (j,)."""
         return f"{self.param_names[0]}{l}[{index[-1]}]" if which == "W" else f"{self.param_names[1]}{l}[{index[0]}]"
 
-    def forward(self, layer, below, W, b):
-        """u = γ·x̂ + β with the statistics over `axis`; record {mean, var, xhat}."""
+    def forward(self, layer, below, W, b, sums=IN_ORDER):
+        """u = γ·x̂ + β with the statistics over `axis`; record {mean, var, xhat} (their sums: numpy's
+        own, whatever `sums`)."""
         mean, var, xhat = normalise(below, self.axis, layer.eps)
         return W[0] * xhat + b, {"mean": mean, "var": var, "xhat": xhat}
 
@@ -647,7 +745,7 @@ class Normalisation(LayerKind):
         dxhat, m1, m2, dx = normalise_backward(delta, W[0], record["xhat"], record["var"], self.axis, layer.eps)
         record.update({"dxhat": dxhat, "m1": m1, "m2": m2, "dx": dx})
 
-    def error_down(self, layer, record, delta, W, error_here):
+    def error_down(self, layer, record, delta, W, error_here, sums=IN_ORDER):
         """∂E/∂x = (dx̂ − m1 − x̂·m2)/√(σ² + eps), computed by `backward`."""
         return record["dx"]
 

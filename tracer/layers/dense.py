@@ -1,9 +1,11 @@
 """dense: u = Σ_i a⁽ˡ⁻¹⁾_i W[i,j] + b_j, with an optional residual skip (`residual = true`).
 
-  forward   u⁽ˡ⁾_j = Σ_i a⁽ˡ⁻¹⁾_i W_l[i,j] + b_l[j]          (summed left to right, as a spreadsheet does)
+  forward   u⁽ˡ⁾_j = Σ_i a⁽ˡ⁻¹⁾_i W_l[i,j] + b_l[j]
   combine   a⁽ˡ⁾_j = h⁽ˡ⁾_j, or h⁽ˡ⁾_j + a⁽ˡ⁻¹⁾_j with the residual skip (h = f(u))
   error     ∂E/∂a⁽ˡ⁻¹⁾_j = Σ_k W_l[j,k] δ⁽ˡ⁾_k (+ e⁽ˡ⁾_j with the residual skip: the skip passes e on)
   gradients ∂E/∂W_l[i,j] = a⁽ˡ⁻¹⁾_i δ⁽ˡ⁾_j,  ∂E/∂b_l[j] = δ⁽ˡ⁾_j   (per sample)
+The three sums (over i, over k, over the batch) are added in the run's SumOrder (base.py): left to
+right as a spreadsheet's formula does (in_order), or as numpy matrix products (matmul).
 """
 import numpy as np
 import sympy as sp
@@ -11,9 +13,7 @@ import sympy as sp
 from .. import init as inits, notation
 from ..errors import ScenarioError
 from ..procedures import reduce_samples
-from . import base
-from .base import (COMMON, E, H, ExcelColumns, Layer, LayerKind, back_sum, parse_activation, parse_bias, parse_init, sum_in_order,
-                   weighted_sum)
+from .base import COMMON, E, H, IN_ORDER, ExcelColumns, Layer, LayerKind, parse_activation, parse_bias, parse_init
 
 
 class Dense(LayerKind):
@@ -104,36 +104,30 @@ class Dense(LayerKind):
 
     # ------------------------------------------------------------ numpy face
 
-    def forward(self, layer, below, W, b):
-        """u_j = Σ_i below_i W[i,j] + b_j (left to right); no record of its own."""
-        return weighted_sum(below, W, b), {}
+    def forward(self, layer, below, W, b, sums=IN_ORDER):
+        """u_j = Σ_i below_i W[i,j] + b_j (in the order `sums`); no record of its own."""
+        return sums.weighted_sum(below, W, b), {}
 
     def combine(self, layer, h, below):
         """a = h + a⁽ˡ⁻¹⁾ with the residual skip, a = h otherwise."""
         return h + below if layer.residual else h
 
-    def error_down(self, layer, record, delta, W, error_here):
-        """∂E/∂a⁽ˡ⁻¹⁾_j = Σ_k W[j,k] δ_k (left to right), + e⁽ˡ⁾_j with the residual skip."""
-        error = back_sum(delta, W)
+    def error_down(self, layer, record, delta, W, error_here, sums=IN_ORDER):
+        """∂E/∂a⁽ˡ⁻¹⁾_j = Σ_k W[j,k] δ_k (in the order `sums`), + e⁽ˡ⁾_j with the residual skip."""
+        error = sums.back_sum(delta, W)
         return error + error_here if layer.residual else error
 
     def gradients(self, layer, record, below, delta):
         """∂E/∂W[i,j] = a⁽ˡ⁻¹⁾_i δ_j (B × fan_in × units), ∂E/∂b_j = δ_j, per sample."""
         return below[:, :, None] * delta[:, None, :], delta
 
-    def batch_gradients(self, layer, record, below, delta, reduction):
-        """∂E/∂W[i,j] = Σ_s a⁽ˡ⁻¹⁾_si δ_sj (÷ B for `mean`), ∂E/∂b_j = Σ_s δ_sj: the per-sample
-        products added in sample order from 0.0, the bits of reduce_samples(gradients(...)), without
-        holding the B × fan_in × units products at once (sum_in_order, over blocks of samples)."""
-        grad_b = reduce_samples(delta, reduction)
-        samples, fan_in = below.shape
-        if fan_in * layer.units < 2 or samples * fan_in * layer.units <= base.SUM_BLOCK_CELLS:
-            return reduce_samples(below[:, :, None] * delta[:, None, :], reduction), grad_b
-
-        def products(out, start, stop):     # out[s − start, j, i] = δ_sj·a_si (transposed: long rows)
-            np.multiply(delta[start:stop, :, None], below[start:stop, None, :], out=out)
-        total = sum_in_order(samples, (layer.units, fan_in), products, initial=0.0).T.copy()
-        return (total / samples if reduction == "mean" else total), grad_b
+    def batch_gradients(self, layer, record, below, delta, reduction, sums=IN_ORDER):
+        """∂E/∂W[i,j] = Σ_s a⁽ˡ⁻¹⁾_si δ_sj (÷ B for `mean`), ∂E/∂b_j = Σ_s δ_sj (in sample order).
+        W's sum in the order `sums`: in_order adds the per-sample products in sample order from
+        0.0, the bits of reduce_samples(gradients(...)), without holding the B × fan_in × units
+        products at once (base.sample_product_sum); matmul is aᵀ @ δ."""
+        total = sums.sample_product_sum(below, delta)
+        return (total / below.shape[0] if reduction == "mean" else total), reduce_samples(delta, reduction)
 
     derives_sample_gradients = True
 

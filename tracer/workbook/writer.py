@@ -7,6 +7,7 @@ openpyxl (write-only mode) writes each sheet's frame: widths, header rows with c
 conditional formats, charts, defined names; the rows are streamed as XML by xlsx.py.
 The file is written to a temporary name beside the target and renamed when complete.
 """
+import copy
 import io
 import math
 import sys
@@ -77,7 +78,14 @@ LAYOUTS = ("column", "matrix")
 
 
 def build_layout(trace, layout=None):
-    """The Trace sheet's layout of `trace` (see make_layout)."""
+    """The Trace sheet's layout of `trace` (see make_layout). None: the layout of the trace's sum
+    order where it can show the run (a trace run in the matmul order gets the matrix layout, whose
+    sums are not in order either), else make_layout's choice."""
+    if layout is None and trace.sum_order == SUM_ORDER_OF_LAYOUT["matrix"] and not matrix.unsupported(trace.scenario):
+        try:
+            return make_layout(trace.scenario, trace.sample_ids, trace.first_step, "matrix")
+        except LimitError:
+            pass
     return make_layout(trace.scenario, trace.sample_ids, trace.first_step, layout)
 
 
@@ -102,11 +110,42 @@ def make_layout(scenario, sample_ids, first_step=0, layout=None):
         raise refused from None
 
 
-def check_scenario_fits(scenario, layout="column"):
+def check_scenario_fits(scenario, layout="column", window=None):
     """Refuse, before training, a run whose workbook would break a spreadsheet limit in `layout`
-    ("column", "matrix", or None: whichever make_layout chooses); returns the layout's name."""
+    ("column", "matrix", or None: whichever make_layout chooses); returns the layout's name.
+    `window` (A, B): the workbook shows only steps A..B (--window)."""
     from ..engine import batch_schedule
-    return make_layout(scenario, batch_schedule(scenario), layout=layout).name
+    schedule = batch_schedule(scenario)
+    if window is not None:
+        return make_layout(scenario, schedule[window[0]:window[1] + 1], window[0], layout).name
+    return make_layout(scenario, schedule, layout=layout).name
+
+
+# The engine's sum order for the workbook of each layout: the column layout writes every sum as a
+# formula =t₀+t₁+… that the spreadsheet adds left to right, as the engine's in_order does (so both
+# take the same branch at u exactly 0); the matrix layout's MMULT and SUMPRODUCT add in the
+# spreadsheet's own order (LibreOffice: compensated Kahan–Neumaier summation), which no engine order
+# reproduces, so the engine takes numpy's matrix products there (verify's tolerance covers both).
+SUM_ORDER_OF_LAYOUT = {"column": "in_order", "matrix": "matmul"}
+
+
+def sum_order(scenario, layout=None, window=None):
+    """The sum order engine.run should use for `scenario` ("in_order" or "matmul"): that of the
+    layout its workbook has (SUM_ORDER_OF_LAYOUT), `layout` ("column", "matrix", or None: whichever
+    make_layout chooses), judged on the first step the workbook shows (of `window` (A, B), or step
+    0): the net's width decides, and a run too long for a workbook (traced to CSV only) takes the
+    order of its --window exports. "in_order" when no layout can show even that step. Cheap: the
+    layouts count their columns and check their limits from the scenario alone, before the engine
+    runs (a whole run that fits a layout has the layout of its first step: the matrix layout takes
+    more rows per step than the column layout)."""
+    from ..engine import batch_schedule
+    first = 0 if window is None else window[0]
+    head = copy.copy(scenario)
+    head.steps = first + 1
+    try:
+        return SUM_ORDER_OF_LAYOUT[make_layout(scenario, batch_schedule(head)[first:], first, layout).name]
+    except LimitError:
+        return "in_order"
 
 
 def check_limits(layout):
