@@ -340,15 +340,14 @@ class MatrixLayout:
             return
         step = len(self.counts) - 1   # the largest row numbers: the longest references
         for block in self.step_blocks(step, None, first=False):
-            for i in range(block.height):
-                for j in range(block.width):
-                    text = block.formula(i, j)
-                    if text is not None and len(text) + 1 > MAX_FORMULA:
-                        raise LimitError(
-                            f"the formula of {block.header} would be longer than the spreadsheet limit of "
-                            f"{MAX_FORMULA} characters: use fewer units per layer",
-                            source, layout_module.widest_key(self.scenario, block.layer))
-                break   # a block's formulas have one length up to its row numbers: one row is enough
+            i = block.height - 1   # a block's formulas differ by row only in their row numbers: its last row's are the longest
+            for j in range(block.width):
+                text = block.formula(i, j)
+                if text is not None and len(text) + 1 > MAX_FORMULA:
+                    raise LimitError(
+                        f"the formula of {block.header} would be longer than the spreadsheet limit of "
+                        f"{MAX_FORMULA} characters: use fewer units per layer",
+                        source, layout_module.widest_key(self.scenario, block.layer))
 
     # ---------------------------------------------------------------- references
 
@@ -390,15 +389,6 @@ class MatrixLayout:
             else:
                 families.add((key[0], key[1] if len(key) > 1 else None))
         return families, parameters
-
-    def _sample_cell(self, quantity, l, j, row):
-        return f"{_letter(self.sample_columns[(quantity, l)] + j)}{row}"
-
-    def _sample_range(self, quantity, l, row, width=None):
-        """The cells of one sample row's quantity: a row range."""
-        first = self.sample_columns[(quantity, l)]
-        width = self.widths[l] if width is None else width
-        return f"{_letter(first)}{row}:{_letter(first + width - 1)}{row}"
 
     def _below(self, l):
         return ("x", 0) if l == 1 else ("a", l - 1)
@@ -469,12 +459,6 @@ class MatrixLayout:
                 back = back * _finite(v.sample("slope", l))
             return _max(back)
         return 0.0
-
-    def _parameter_range(self, block, l, row, step):
-        """One row of a parameter block: the row range over its units."""
-        first = self.parameter_columns[(block, l)]
-        number = self.parameter_row(step) + row
-        return f"{_letter(first)}{number}:{_letter(first + self.widths[l] - 1)}{number}"
 
     def parameter_block_range(self, block, l, step, trained_only=False):
         """The whole parameter block `block` of layer l at step index `step` (a frozen bias's row left
