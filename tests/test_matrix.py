@@ -343,6 +343,22 @@ def test_the_matrix_workbook_has_the_column_layouts_sheets_but_chainrule(invoke,
     assert book["Diagnosis"]["A3"].value == 1 and str(book["Diagnosis"]["B3"].value).startswith("=Steps!")
 
 
+def _relu_matrix(folder):
+    trace = engine.run(_load("he-relu-deep", steps=3))
+    writer.write(trace, folder / "matrix.xlsx", layout="matrix")
+    return folder / "matrix.xlsx"
+
+
+@pytest.mark.gnumeric(workbooks=_relu_matrix)
+def test_the_matrix_workbooks_sheets_recompute_alike_in_gnumeric(recomputed):
+    """The Diagnosis sheet's one-formula count of units at their floor (MMULT of a row of ones and the
+    0/1 block) and every other formula of the matrix workbook evaluate in Gnumeric as in the engine."""
+    trace = engine.run(_load("he-relu-deep", steps=3))
+    report = verify.compare(trace, _matrix(trace), recomputed, spreadsheet="Gnumeric")
+    assert report.ok, report.summary()
+    assert report.cells_by_sheet["Diagnosis"] > 0 and report.cells_by_sheet["Histograms"] > 0
+
+
 def test_the_companion_sheets_formulas_do_not_grow_with_the_units():
     """A ReLU layer of 300 units: the Diagnosis sheet's count of units at their floor, its flags and ratios,
     and the Histograms' counts are each one formula over a block or a range."""

@@ -11,7 +11,7 @@ import numpy as np
 from openpyxl.utils import get_column_letter as _letter
 
 from .. import activations, layers
-from ..diagnose import gradients_finite, layer_flag, loss_minimum, stall_series
+from ..diagnose import gradients_finite, layer_flag, loss_minimum, stall_series, unit_values
 from ..notation import layer as _layer
 
 
@@ -165,11 +165,11 @@ class DiagnosisLayout:
                 terms = "+".join(f'COUNTIFS({span},">"&({level:g}-threshold_saturation),{span},"<"&({level:g}+threshold_saturation))'
                                  for level in act.saturates_at)
                 cells[("saturation", l)] = f"=({terms})/{n * s.widths[l]}"
-            if act.can_die and getattr(self.layout, "fixed_length_formulas", False):
-                # one formula whatever the units: per unit (column) the count of finite u ≤ 0 (1/(u≤0) is an
-                # error unless u ≤ 0, and an error cell stays one), summed down the samples by MMULT
+            if act.can_die and self._fixed_length:
+                # one formula whatever the units: per unit (column) the count of u ≤ 0 down the samples by MMULT
+                # (a row of ones times the 0/1 block; an error cell of u makes the count an error: see expected)
                 span = f"Trace!{self.layout.cell(('u', l, 0))}{first}:{self.layout.cell(('u', l, s.widths[l] - 1))}{last}"
-                cells[("floor", l)] = f"=SUMPRODUCT(--(MMULT(TRANSPOSE(ROW({span})^0),--ISNUMBER(1/({span}<=0)))={n}))"
+                cells[("floor", l)] = f"=SUMPRODUCT(--(MMULT(TRANSPOSE(ROW({span})^0),--({span}<=0))={n}))"
             elif act.can_die:
                 units = "+".join(f'(COUNTIF(Trace!{self.layout.cell(("u", l, j))}{first}:{self.layout.cell(("u", l, j))}{last},'
                                  f'"<=0")={n})' for j in range(s.widths[l]))
@@ -181,6 +181,11 @@ class DiagnosisLayout:
         if not hasattr(self, "_minimum"):
             self._minimum = loss_minimum(self.trace)
         return self._minimum
+
+    @property
+    def _fixed_length(self):
+        """The layout wants counts over units as one range formula (the matrix layout) rather than a term per unit."""
+        return getattr(self.layout, "fixed_length_formulas", False)
 
     def _rel_operands(self, step):
         """The magnitude |ΔE|/|E| is relative to: |E_t/E_{t−1}|; where the Trace sheet's E need not carry the
@@ -202,8 +207,7 @@ class DiagnosisLayout:
         """Engine values of the stall formula cells of `step`: {column index: value}."""
         L = self.layers
         start = 1 + 3 * L   # 0-based index of the first stall column
-        E = self.trace.loss
-        # |E_t − E_{t−1}|/|E_{t−1}| cancels: its operands are of the size E_t/E_{t−1}
+        # |E_t − E_{t−1}|/|E_{t−1}| cancels: its operands are of the size E_t/E_{t−1} (see _rel_operands)
         rel = (series.rel[step], self._rel_operands(step)) if step and np.isfinite(series.rel[step]) else series.rel[step]
         values = {"rel": rel, "quiet": series.quiet[step], "plateau": series.plateau[step],
                   "flips": series.flips[step], "oscillating": series.oscillating[step], "deep": series.deep[step],
@@ -216,6 +220,8 @@ class DiagnosisLayout:
             values[("saturation", l)] = fractions[step]
         for l, counts in series.floor.items():
             values[("floor", l)] = counts[step]
+            if self._fixed_length and not np.isfinite(unit_values(self.trace, "u", l, step, len(self.trace.samples(step)))).all():
+                values[("floor", l)] = np.nan   # the one MMULT formula is an error where a u of the layer is one
         skipped = {"rel", "quiet", "plateau"} if step == 0 else set()
         skipped |= {"flips", "oscillating"} if step < 2 else set()
         return {start + k: values[key] for k, (key, _, _) in enumerate(self._stall_columns())
