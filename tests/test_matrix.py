@@ -10,6 +10,7 @@ from tracer import datasets, engine, scenario as scenario_module, templates, ver
 from tracer.engine import batch_schedule
 from tracer.errors import LimitError
 from tracer.workbook import layout as column_layout, matrix, writer
+from tests.conftest import assert_refused
 
 WIDE = "wide-784-32-10"
 STEPS = 40   # at most, per template: the agreement test's workbooks stay small
@@ -24,11 +25,20 @@ BOTH = [(name, ()) for name in templates.names()
     ("xor", ("training.clip_norm=1.0", "training.clip_value=0.5", "layers.0.train_bias=false", 'loss.name="bce"')),
     ("deep-sigmoid", ('optimizer.name="momentum"', "optimizer.nesterov=true", "training.batch=3")),
 ]
+# residual skips (a = f(u) + a⁽ˡ⁻¹⁾, e cells), and a layernorm above one with its own eps, a
+# parametrised activation, the mean reduction, Adam and clipping by norm
+RESIDUAL = [("deep-sigmoid", ("layers.1.residual=true", "layers.3.residual=true")),
+            ("deep-sigmoid", ("layers.1.residual=true", 'layers.2={kind="layernorm", activation="leaky_relu", slope=0.1, '
+                              'eps=0.001}', 'loss.reduction="mean"', 'optimizer.name="adam"', "training.clip_norm=0.5"))]
+BOTH += RESIDUAL
+# fewer steps for the deep normalisation nets (12 layers) and the residual variants: smaller workbooks
+SHORT = {"batchnorm-deep": 6, "layernorm-deep": 6, **{entry: 8 for entry in RESIDUAL}}
 
 
 def _load(name, overrides=(), steps=None):
     loaded = scenario_module.load(name, overrides=list(overrides))
-    return scenario_module.load(name, overrides=list(overrides), steps=steps or min(loaded.steps, STEPS))
+    most = SHORT.get((name, tuple(overrides)), SHORT.get(name, STEPS))
+    return scenario_module.load(name, overrides=list(overrides), steps=steps or min(loaded.steps, most))
 
 
 def _matrix(trace):
@@ -76,11 +86,19 @@ def test_a_trace_of_the_matmul_order_is_written_in_the_matrix_layout_unless_aske
     assert writer.build_layout(engine.run(_load("xor", steps=2))).name == "column"
 
 
-def test_layers_the_matrix_layout_cannot_show_are_refused_with_their_key():
-    loaded = scenario_module.load("batchnorm-deep")
-    with pytest.raises(LimitError, match="dense layers only") as refused:
+@pytest.mark.parametrize("name", ["rnn-vanishing", "lstm-long", "gru-long"])
+def test_recurrent_layers_are_refused_with_their_key(name):
+    loaded = scenario_module.load(name)
+    with pytest.raises(LimitError, match="does not show recurrent layers") as refused:
         matrix.MatrixLayout(loaded, batch_schedule(loaded))
-    assert refused.value.key == "layers[1].kind"
+    assert refused.value.key == "layers[0].kind" and "--layout column" in str(refused.value)
+    assert "\n" not in str(refused.value)
+
+
+def test_recurrent_layers_are_one_line_at_the_cli(invoke, tmp_path):
+    result = invoke("run", "rnn-vanishing", "--steps", "1", "--layout", "matrix", "-o", tmp_path / "r.xlsx")
+    assert_refused(result, "layers[0].kind", "recurrent layers (rnn)", "--layout column")
+    assert not (tmp_path / "r.xlsx").exists()
 
 
 def test_matrix_limits_are_checked_before_anything_is_written():
@@ -110,7 +128,7 @@ def test_formulas_have_a_fixed_length_whatever_the_fan_in(fan_in):
 def test_every_formula_cell_carries_the_engines_value(tmp_path):
     """The written file read as it is (no recomputation) agrees exactly: every cached value is the engine's."""
     for name, overrides in BOTH:
-        trace = engine.run(_load(name, overrides, steps=5))
+        trace = engine.run(_load(name, overrides, steps=3))
         layout = writer.write(trace, tmp_path / f"{name}.xlsx", layout="matrix", force=True)
         report = verify.compare(trace, layout, tmp_path / f"{name}.xlsx")
         assert report.ok and report.worst == 0.0 and report.cells > 0, (name, report.summary())
@@ -136,22 +154,23 @@ def _factory(name, overrides, folder):
     return paths
 
 
-def _column_cell(trace, column, rows, block, step, i, j):
+def _column_cell(trace, column, rows, block, step, i, j, wide):
     """(row, column index) in the column layout of cell (i, j) of a matrix block of `step`."""
     q, l = block.quantity, block.layer
     if q in ("x", "t"):
         key, place = (q, 0, j), ("sample", step, i)
-    elif q in ("u", "a", "slope", "delta", "dE_da"):
-        key, place = (q, l, j), ("sample", step, i)
     elif q == "loss":
         key, place = ("loss",), ("sample", step, i)
     elif q in ("loss_total", "lr", "grad_norm", "clip_factor"):
         key, place = ("loss",) if q == "loss_total" else (q,), ("total", step, None)
-    else:
+    elif q in wide.blocks:
         which, index = ("b", (j,)) if i == 0 else ("W", (i - 1, j))
         name = {"theta": which, "grad": f"grad_{which}", "update": f"update_{which}"}.get(q, f"{q}_{which}")
         key = (name, l, index)
         place = ("final", step, None) if step == trace.steps else ("total", step, None)
+    else:   # a layer's sample-row quantity (u, a, h, e, δ, x̂, dx̂, layernorm's μ ...), or batchnorm's μ, σ², m1, m2 in the Σ row
+        key = (q, l, j) if block.per_unit else (q, l)
+        place = ("total", step, None) if block.row == wide.total_row(step) else ("sample", step, i)
     return rows[place], column.cell(key)
 
 
@@ -177,7 +196,7 @@ def test_the_matrix_layout_agrees_with_the_column_layout(recomputed, name, overr
         floor = verify.FLOOR * max(block.scale, matrix._max(block.values))
         for i in range(1 if block.blank_first_row else 0, block.height):
             for j in range(block.width):
-                number, letter = _column_cell(trace, column, rows, block, step, i, j)
+                number, letter = _column_cell(trace, column, rows, block, step, i, j, wide)
                 left = sheets[0].value(number, column_index_from_string(letter) - 1)
                 right = sheets[1].value(block.row + i, block.column + j)
                 if isinstance(left, str) or isinstance(right, str):
@@ -192,6 +211,163 @@ def test_the_matrix_layout_agrees_with_the_column_layout(recomputed, name, overr
     assert report.cells_by_sheet["Steps"] == (1 + 2 * len(trace.scenario.layers)) * trace.steps   # E, ‖∇‖, log10|W|
     if name == "leaky-relu-explosion":
         assert errors > 0
+    shown = {block.quantity for _, block in blocks}
+    kinds = {layer.kind for layer in trace.scenario.layers}
+    if "batchnorm" in kinds:
+        assert {"bn_mean", "bn_var", "xhat", "dxhat", "bn_m1", "bn_m2", "e"} <= shown
+    if "layernorm" in kinds:
+        assert {"ln_mean", "ln_var", "xhat", "dxhat", "ln_m1", "ln_m2", "e"} <= shown
+    if any(layer.residual for layer in trace.scenario.layers):
+        assert {"h", "e"} <= shown
+
+
+# ------------------------------------------------------------------ normalisation and residual nets
+
+OVERFLOW = "data.inputs=[[1e200,-1e200],[0,1],[1,0],[3e-160,1e-160]]"
+MATRIX_NETS = {
+    # batchnorm with weight decay, the mean reduction and a frozen β; mini-batches of 2 (4 samples). (Not Adam or
+    # RMSprop: with batches of 2 some β gradients are rounding noise, ~1e-19, which g/(√v + ε) lifts to ~1e-13 in
+    # the engine and in either layout alike, each its own noise: beyond verify's floor there, column layout too)
+    "batchnorm-decay": ("batchnorm-deep", ['optimizer.weight_decay=0.01', 'loss.reduction="mean"', "layers.1.train_bias=false",
+                                          "training.batch=2"], 3),
+    # layernorm on the inputs, one sample per batch (its own statistics), clipping by norm and value
+    "layernorm-first": ("xor", ['layers=[{kind="layernorm", activation="tanh"}, {units=3, activation="sigmoid"}, '
+                                '{units=1, activation="sigmoid"}]', "training.clip_norm=0.5", "training.clip_value=0.1",
+                                "training.batch=1"], 4),
+    # a residual layer between two batchnorm layers, momentum
+    "residual-batchnorm": ("deep-sigmoid", ['layers.1={kind="batchnorm", activation="tanh"}', "layers.2.residual=true",
+                                            'layers.3={kind="batchnorm", activation="relu"}', 'optimizer.name="momentum"'], 3),
+    # σ² overflows (deviations of 1e200 squared): error cells exactly where the engine is inf or NaN
+    "batchnorm-overflow": ("xor", ['layers=[{kind="batchnorm", activation="tanh"}, {units=1, activation="sigmoid"}]',
+                                   OVERFLOW], 3),
+    "layernorm-overflow": ("xor", ['layers=[{kind="layernorm", activation="tanh"}, {units=1, activation="sigmoid"}]',
+                                   OVERFLOW], 3),
+}
+
+
+def _matrix_net(name, folder):
+    """The matrix workbook of a MATRIX_NETS run (LibreOffice recomputes it in the session's batch)."""
+    template, overrides, steps = MATRIX_NETS[name]
+    trace = engine.run(scenario_module.load(template, overrides=overrides, steps=steps))
+    writer.write(trace, folder / "matrix.xlsx", layout="matrix")
+    return folder / "matrix.xlsx"
+
+
+@pytest.mark.libreoffice(workbooks=_matrix_net)
+@pytest.mark.parametrize("name", list(MATRIX_NETS))
+def test_normalisation_and_residual_nets_verify_in_the_matrix_layout(recomputed, name):
+    """Every formula cell recomputed by LibreOffice equals the engine's value (verify's rule), and the
+    recomputed Trace sheet holds an error cell exactly where a formula cell's engine value is inf or NaN."""
+    template, overrides, steps = MATRIX_NETS[name]
+    trace = engine.run(scenario_module.load(template, overrides=overrides, steps=steps))
+    layout = _matrix(trace)
+    report = verify.compare(trace, layout, recomputed)
+    assert report.ok, report.summary()
+    blocks = [b for step in range(trace.steps) for b in layout.step_blocks(step, trace)] + list(layout.final_block(trace))
+    nonfinite = sum(int((~np.isfinite(b.values[(1 if b.blank_first_row else 0):])).sum())
+                    for b in blocks if b.formula is not None)
+    sheet = xlsxread.read_values(recomputed, ["Trace"])["Trace"]
+    assert int((sheet.kinds == xlsxread.ERROR).sum()) == nonfinite
+    if name.endswith("overflow"):
+        assert nonfinite > 0 and report.errors_matched >= nonfinite
+        var = "bn_var" if name.startswith("batch") else "ln_var"
+        statistic = next(b for b in blocks if b.quantity == var)
+        assert not np.isfinite(statistic.values).all()
+    else:
+        assert nonfinite == 0 and report.cells > 500
+
+
+def _wide_batchnorm():
+    """784-16-BN-10 on the wide template's digits, SGD on batches of 4, two steps: too wide for the column layout."""
+    return engine.run(scenario_module.load(WIDE, steps=2, overrides=[
+        'layers=[{units=16, activation="relu"}, {kind="batchnorm", activation="identity"}, '
+        '{units=10, activation="softmax"}]', 'optimizer.name="sgd"', "optimizer.lr=0.1", "training.batch=4"]))
+
+
+@pytest.mark.libreoffice(workbooks=_wide_batchnorm)
+def test_a_wide_batchnorm_net_takes_the_matrix_layout_and_verifies(recomputed):
+    trace, report = recomputed.trace, recomputed.report
+    assert writer.build_layout(trace).name == "matrix"
+    with pytest.raises(LimitError, match="columns"):
+        writer.build_layout(trace, "column")
+    assert report.ok, report.summary()
+    assert report.cells > 2 * 3 * 784 * 16   # θ (the second step's), ∂E/∂θ and Δθ of W1 at both steps, and more
+
+
+def test_normalisation_statistics_sum_over_the_batch_rows_or_the_samples_unit_cells():
+    """batchnorm's μⱼ in the Σ row sums unit j of the layer below down the step's sample rows; layernorm's
+    μ of a sample sums its row of the layer below; x̂ reads them; the bodies are the kinds' Excel faces."""
+    for name, quantity in (("batchnorm-deep", "bn_mean"), ("layernorm-deep", "ln_mean")):
+        loaded = _load(name, steps=2)
+        layout = matrix.MatrixLayout(loaded, batch_schedule(loaded))
+        blocks = {b.quantity: b for b in layout.step_blocks(1, None) if b.layer == 2}
+        first, last, n = layout.first_sample_row(1), layout.total_row(1) - 1, layout.counts[1]
+        below = [matrix.LETTERS[layout.sample_columns[("a", 1)] + j] for j in range(loaded.widths[1])]
+        mean = blocks[quantity]
+        if quantity == "bn_mean":
+            assert mean.row == layout.total_row(1) and mean.height == 1 and mean.width == loaded.widths[2]
+            assert mean.formula(0, 1) == f"SUM({below[1]}{first}:{below[1]}{last})/{n}"
+        else:
+            assert mean.row == first and mean.height == n and mean.width == 1 and not mean.per_unit
+            assert mean.formula(0, 0) == f"SUM({below[0]}{first}:{below[-1]}{first})/{loaded.widths[1]}"
+        assert blocks["xhat"].formula(0, 0).startswith(f"({below[0]}{first}-")
+        assert "_eps_2" in blocks["xhat"].formula(0, 0)
+
+
+def test_formulas_of_normalisation_layers_have_a_fixed_length_whatever_the_batch_and_width():
+    """μ, σ², m1, m2 sum over ranges: their formulas do not grow with the batch or the layer's width."""
+    longest = {}
+    for units, batch in ((3, 4), (300, 40)):
+        loaded = _load("xor", (f"data.inputs=[{','.join(['[' + ','.join(['0.5'] * 2) + ']'] * batch)}]",
+                               f"data.targets=[{','.join(['[1]'] * batch)}]",
+                               f'layers=[{{units={units}}}, {{kind="batchnorm"}}, {{kind="layernorm"}}, {{units=1}}]'),
+                       steps=1)
+        layout = matrix.MatrixLayout(loaded, batch_schedule(loaded))
+        blocks = [b for b in layout.step_blocks(0, None, first=False) if b.formula is not None and b.layer in (2, 3)]
+        longest[units] = max(len(b.formula(0, b.width - 1)) for b in blocks)
+    assert longest[300] <= longest[3] + 12   # longer row numbers and column letters only
+
+
+# ------------------------------------------------------------------ the companion sheets
+
+def test_the_matrix_workbook_has_the_column_layouts_sheets_but_chainrule(invoke, tmp_path):
+    """Steps (with its loss, gradient and weight charts), Diagnosis and Histograms (with its charts) read
+    the matrix Trace sheet; ChainRule factors per-sample gradient cells, which this layout has not."""
+    import openpyxl
+    path = tmp_path / "bn.xlsx"
+    result = invoke("run", "batchnorm-deep", "--steps", "2", "--layout", "matrix", "-o", path)
+    assert result.exit_code == 0, result.output
+    book = openpyxl.load_workbook(path)
+    assert book.sheetnames == ["Trace", "Steps", "Diagnosis", "Histograms", "Settings", "Data", "Scenario"]
+    assert len(book["Steps"]._charts) == 3 and len(book["Histograms"]._charts) >= 2
+    assert book["Diagnosis"]["A3"].value == 1 and str(book["Diagnosis"]["B3"].value).startswith("=Steps!")
+
+
+def _relu_matrix(folder):
+    trace = engine.run(_load("he-relu-deep", steps=3))
+    writer.write(trace, folder / "matrix.xlsx", layout="matrix")
+    return folder / "matrix.xlsx"
+
+
+@pytest.mark.gnumeric(workbooks=_relu_matrix)
+def test_the_matrix_workbooks_sheets_recompute_alike_in_gnumeric(recomputed):
+    """The Diagnosis sheet's one-formula count of units at their floor (MMULT of a row of ones and the
+    0/1 block) and every other formula of the matrix workbook evaluate in Gnumeric as in the engine."""
+    trace = engine.run(_load("he-relu-deep", steps=3))
+    report = verify.compare(trace, _matrix(trace), recomputed, spreadsheet="Gnumeric")
+    assert report.ok, report.summary()
+    assert report.cells_by_sheet["Diagnosis"] > 0 and report.cells_by_sheet["Histograms"] > 0
+
+
+def test_the_companion_sheets_formulas_do_not_grow_with_the_units():
+    """A ReLU layer of 300 units: the Diagnosis sheet's count of units at their floor, its flags and ratios,
+    and the Histograms' counts are each one formula over a block or a range."""
+    trace = engine.run(_load("xor", ('layers=[{units=300, activation="relu"}, {units=1}]',), steps=2))
+    layout = _matrix(trace)
+    for table in writer.table_layouts(trace, layout, findings=[]):
+        for row in table.rows():
+            formulas = [cell for cell in row if isinstance(cell, str) and cell.startswith("=")]
+            assert max(len(f) for f in formulas) < 400, (table.title, max(formulas, key=len))
 
 
 # ------------------------------------------------------------------ the wide template

@@ -117,6 +117,11 @@ class ExcelLayer:
     above: Callable = None  # (j, t) -> (formula body, text) of the error ∂E/∂a⁽ˡ⁾ⱼ the layer above passes
                             # down (at time step t; None where nothing arrives); kinds with their own error columns
     activation_params: dict = None   # the defined names of the layer's activation parameters (Settings cells)
+    span: Callable = None   # (first key, last key, place="r") -> the range of adjacent cells from the one to the
+                            # other, where the layout has them adjacent (the matrix layout: a row's units, W's
+                            # column j or row i in the parameter block); None (the column layout): kinds write
+                            # their sums term by term, left to right. With it they write the range form
+                            # (MMULT, SUMPRODUCT), of a fixed length whatever the fan-in
 
     def below(self, i):
         """The key of a⁽ˡ⁻¹⁾ᵢ, the layer's input i: the network's input x for layer 1 (a recurrent layer

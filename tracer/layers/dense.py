@@ -138,10 +138,14 @@ class Dense(LayerKind):
     # ------------------------------------------------------------ excel face (l11-workbook)
 
     def excel_forward(self, layer, x):
-        """u⁽ˡ⁾_j = Σᵢ a⁽ˡ⁻¹⁾ᵢ·W[i,j] + b[j], left to right, with W and b of the step's Σ row."""
+        """u⁽ˡ⁾_j = Σᵢ a⁽ˡ⁻¹⁾ᵢ·W[i,j] + b[j], left to right, with W and b of the step's Σ row (with the
+        layout's ranges, `x.span`: MMULT(a⁽ˡ⁻¹⁾ row, W column j) + b[j])."""
         l = x.l
 
         def weighted_sum(j):
+            if x.span is not None:   # the range form: the row of a⁽ˡ⁻¹⁾ times W's column j
+                return (f"MMULT({x.span(x.below(0), x.below(x.fan_in - 1))},"
+                        f"{x.span(('W', l, (0, j)), ('W', l, (x.fan_in - 1, j)), 'p')})+{x.ref(('b', l, (j,)), 'p')}")
             terms = "+".join(f"{x.ref(x.below(i))}*{x.ref(('W', l, (i, j)), 'p')}" for i in range(x.fan_in))
             return f"{terms}+{x.ref(('b', l, (j,)), 'p')}"
         return [ExcelColumns(f"layer {l} forward", "u", "u",
@@ -162,9 +166,14 @@ class Dense(LayerKind):
                              sample=lambda j: f"{x.ref(('h', l, j))}+{x.ref(x.below(j))}")]
 
     def excel_error_down(self, layer, x, j):
-        """Σₖ W[j,k]·δₖ (left to right), + e⁽ˡ⁾_j with the residual skip (the skip passes e on)."""
+        """Σₖ W[j,k]·δₖ (left to right; with the layout's ranges SUMPRODUCT(W row j, δ row)), + e⁽ˡ⁾_j with
+        the residual skip (the skip passes e on)."""
         l = x.l
-        body = "+".join(f"{x.ref(('W', l, (j, k)), 'p')}*{x.ref(('delta', l, k))}" for k in range(x.units))
+        if x.span is not None:
+            body = (f"SUMPRODUCT({x.span(('W', l, (j, 0)), ('W', l, (j, x.units - 1)), 'p')},"
+                    f"{x.span(('delta', l, 0), ('delta', l, x.units - 1))})")
+        else:
+            body = "+".join(f"{x.ref(('W', l, (j, k)), 'p')}*{x.ref(('delta', l, k))}" for k in range(x.units))
         text = f"Σₖ W{l}[{j},k]·δₖ{notation.layer(l)}"
         if layer.residual:
             body, text = f"{body}+{x.ref(('e', l, j))}", f"{text} + {notation.unit('e', l, j)}"

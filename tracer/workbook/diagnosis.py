@@ -11,7 +11,7 @@ import numpy as np
 from openpyxl.utils import get_column_letter as _letter
 
 from .. import activations, layers
-from ..diagnose import gradients_finite, layer_flag, loss_minimum, stall_series
+from ..diagnose import gradients_finite, layer_flag, loss_minimum, stall_series, unit_values
 from ..notation import layer as _layer
 
 
@@ -51,10 +51,9 @@ class DiagnosisLayout:
             flags = []
             for l in range(1, L + 1):
                 norm = f"{_letter(l + 1)}{number}"
-                a, b = self.steps.gradient_range(l)
-                gradients = f"Trace!{a}{total}:{b}{total}"
+                gradients = self.layout.parameter_range(l, step, "grad_")
                 flags.append(
-                    f'=IF(COUNT({gradients})<COLUMNS({gradients}),"non-finite",'
+                    f'=IF(COUNT({gradients})<{self.layout.range_size(gradients)},"non-finite",'
                     f'IF(ISERROR({norm}),"exploding",IF({norm}<threshold_vanishing,"vanishing",'
                     f'IF({norm}>threshold_exploding,"exploding",""))))'
                 )
@@ -148,8 +147,8 @@ class DiagnosisLayout:
         total = self.layout.total_row(step)
         first, last = total - len(self.trace.samples(step)), total - 1
         for l in range(1, L + 1):
-            up = "Trace!{}{total}:{}{total}".format(*self.layout.parameter_span(l, "update_", trained_only=True), total=total)
-            theta = "Trace!{}{total}:{}{total}".format(*self.layout.parameter_span(l), total=total)
+            up = self.layout.parameter_range(l, step, "update_", trained_only=True)
+            theta = self.layout.parameter_range(l, step)
             cells[("update", l)] = f"=SQRT(SUMSQ({up}))/SQRT(SUMSQ({theta}))"
         ratios = f"{c[('update', 1)]}{r}:{c[('update', L)]}{r}"
         cells["update_flag"] = (f'=IF(COUNTIF({ratios},">"&threshold_update_unstable)>0,"unstable",'
@@ -166,7 +165,12 @@ class DiagnosisLayout:
                 terms = "+".join(f'COUNTIFS({span},">"&({level:g}-threshold_saturation),{span},"<"&({level:g}+threshold_saturation))'
                                  for level in act.saturates_at)
                 cells[("saturation", l)] = f"=({terms})/{n * s.widths[l]}"
-            if act.can_die:
+            if act.can_die and self._fixed_length:
+                # one formula whatever the units: per unit (column) the count of u ≤ 0 down the samples by MMULT
+                # (a row of ones times the 0/1 block; an error cell of u makes the count an error: see expected)
+                span = f"Trace!{self.layout.cell(('u', l, 0))}{first}:{self.layout.cell(('u', l, s.widths[l] - 1))}{last}"
+                cells[("floor", l)] = f"=SUMPRODUCT(--(MMULT(TRANSPOSE(ROW({span})^0),--({span}<=0))={n}))"
+            elif act.can_die:
                 units = "+".join(f'(COUNTIF(Trace!{self.layout.cell(("u", l, j))}{first}:{self.layout.cell(("u", l, j))}{last},'
                                  f'"<=0")={n})' for j in range(s.widths[l]))
                 cells[("floor", l)] = f"=0+{units}"
@@ -178,13 +182,33 @@ class DiagnosisLayout:
             self._minimum = loss_minimum(self.trace)
         return self._minimum
 
+    @property
+    def _fixed_length(self):
+        """The layout wants counts over units as one range formula (the matrix layout) rather than a term per unit."""
+        return getattr(self.layout, "fixed_length_formulas", False)
+
+    def _rel_operands(self, step):
+        """The magnitude |ΔE|/|E| is relative to: |E_t/E_{t−1}|; where the Trace sheet's E need not carry the
+        engine's bits (the matrix layout adds its sums in another order: `loss_scale`, the magnitude that
+        flows into E_t), also what that uncertainty of E_t and E_{t−1} is relative to E_{t−1}."""
+        E = self.trace.loss
+        operands = abs(float(E[step] / E[step - 1]))
+        loss_scale = getattr(self.layout, "loss_scale", None)
+        if loss_scale is not None:
+            if not hasattr(self, "_loss_scales"):
+                self._loss_scales = {}
+            for t in (step - 1, step):
+                if t not in self._loss_scales:
+                    self._loss_scales[t] = loss_scale(self.trace, t)
+            operands = max(operands, (self._loss_scales[step] + self._loss_scales[step - 1] * operands) / abs(float(E[step - 1])))
+        return operands
+
     def _stall_expected(self, series, step):
         """Engine values of the stall formula cells of `step`: {column index: value}."""
         L = self.layers
         start = 1 + 3 * L   # 0-based index of the first stall column
-        E = self.trace.loss
-        # |E_t − E_{t−1}|/|E_{t−1}| cancels: its operands are of the size E_t/E_{t−1}
-        rel = (series.rel[step], abs(float(E[step] / E[step - 1]))) if step and np.isfinite(series.rel[step]) else series.rel[step]
+        # |E_t − E_{t−1}|/|E_{t−1}| cancels: its operands are of the size E_t/E_{t−1} (see _rel_operands)
+        rel = (series.rel[step], self._rel_operands(step)) if step and np.isfinite(series.rel[step]) else series.rel[step]
         values = {"rel": rel, "quiet": series.quiet[step], "plateau": series.plateau[step],
                   "flips": series.flips[step], "oscillating": series.oscillating[step], "deep": series.deep[step],
                   "update_flag": series.update_flag[step]}
@@ -196,6 +220,8 @@ class DiagnosisLayout:
             values[("saturation", l)] = fractions[step]
         for l, counts in series.floor.items():
             values[("floor", l)] = counts[step]
+            if self._fixed_length and not np.isfinite(unit_values(self.trace, "u", l, step, len(self.trace.samples(step)))).all():
+                values[("floor", l)] = np.nan   # the one MMULT formula is an error where a u of the layer is one
         skipped = {"rel", "quiet", "plateau"} if step == 0 else set()
         skipped |= {"flips", "oscillating"} if step < 2 else set()
         return {start + k: values[key] for k, (key, _, _) in enumerate(self._stall_columns())

@@ -97,10 +97,6 @@ class HistogramLayout:
     def __init__(self, trace, trace_layout, steps_layout):
         self.trace, self.layout = trace, trace_layout
         self.layers = trace.layers
-        self.ranges = {}
-        for l in range(1, self.layers + 1):
-            self.ranges[("gradient", l)] = steps_layout.gradient_range(l)
-            self.ranges[("weight", l)] = trace_layout.parameter_span(l)
         self.edges = decade_edges([self._values(step, group) for step in range(trace.steps) for group in self.groups()])
         self.labels = ["tol", "0"] + [f"[1e{a},1e{b})" for a, b in zip(self.edges, self.edges[1:])] + ["non-finite"]
 
@@ -133,18 +129,17 @@ class HistogramLayout:
 
     def rows(self):
         for step in range(self.trace.steps):
-            total = self.layout.total_row(step)
             row = [self.trace.first_step + step]
             for group in self.groups():
-                first, last = self.ranges[group]
-                span = f"Trace!{first}{total}:{last}{total}"
+                quantity, l = group
+                span = self.layout.parameter_range(l, step, "grad_" if quantity == "gradient" else "")
                 tol = f"{_letter(self.first_column(group))}{step + 2}"
                 row.append(f'={ZERO!r}*MAX(IFERROR(_xlfn.MAXIFS({span},{span},">0"),0),IFERROR(-_xlfn.MINIFS({span},{span},"<0"),0))')
                 row.append(f'=COUNTIFS({span},">="&-{tol},{span},"<="&{tol})')
                 for low, high in zip(self.edges, self.edges[1:]):
                     positive, negative = _bounds(span, low, high)
                     row.append(f'=COUNTIFS({positive}{span},">"&{tol})+COUNTIFS({negative}{span},"<"&-{tol})')
-                row.append(f"=COLUMNS({span})-COUNT({span})")
+                row.append(f"={self.layout.range_size(span)}-COUNT({span})")
             yield row
 
     def expected(self):

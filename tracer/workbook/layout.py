@@ -472,6 +472,18 @@ class TraceLayout:
         return (self.cell((f"{prefix}{first}", l, next(iter(first_indices)))),
                 self.cell((f"{prefix}{last}", l, tuple(n - 1 for n in last_indices.shape))))
 
+    def parameter_range(self, l, step, prefix="", trained_only=False):
+        """Layer l's parameter-shaped cells named prefix + parameter ("" θ, "grad_" ∂E/∂θ, "update_" Δθ) at
+        step index `step`, as a range of the Trace sheet (the companion sheets read it): its Σ row's span."""
+        first, last = self.parameter_span(l, prefix, trained_only)
+        total = self.total_row(step)
+        return f"Trace!{first}{total}:{last}{total}"
+
+    @staticmethod
+    def range_size(span):
+        """How many cells a range of `parameter_range` holds, as a formula: a row's span."""
+        return f"COLUMNS({span})"
+
     def _trained(self, which, l):
         layer = self.scenario.layers[l - 1]
         biases = {name for name, _, is_bias in layers.of(layer).excel_parameters(layer, 1, 1) if is_bias}

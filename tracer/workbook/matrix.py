@@ -5,26 +5,37 @@ The column layout gives every parameter its own column and writes u = Σ a·W te
 step a block of rows a reader takes in at once:
 
   two header rows            group and quantity of each column of the sample rows
-  one row per sample         x, t, then per layer u, a; ∂E/∂a, E; per layer (output first) f'(u), δ
-  the Σ row                  E of the batch; lr, ‖g‖, clip c where the run has them
+  one row per sample         x, t; per layer its kind's forward columns (u; a normalisation layer's
+                             μ, σ², x̂ before it), f(u) (a, or h before a residual skip), a = h + a⁽ˡ⁻¹⁾;
+                             ∂E/∂a, E; per layer (output first) f'(u), e = ∂E/∂a where it has cells,
+                             δ, the kind's backward columns (dx̂, m1, m2)
+  the Σ row                  E of the batch; a batchnorm layer's μ, σ², m1, m2 (statistics over the
+                             batch, under their columns); lr, ‖g‖, clip c where the run has them
   two header rows            the parameter blocks' titles and units
   the parameter rows         per layer, side by side: θ | ∂E/∂θ | Δθ | each optimiser state, each a
-                             block of (1 + fan-in) rows × units columns: the bias in the first row,
-                             W[i, ·] in row 1 + i
+                             block of (1 + rows of W) rows × units columns: the bias (β) in the first
+                             row, W[i, ·] in row 1 + i (a normalisation layer's γ in row 1)
   a blank row
 
 and after the last step the parameters after it. Formulas have a fixed length whatever the
-fan-in: u = MMULT(a⁽ˡ⁻¹⁾ row, W column) + b; the error passed down SUMPRODUCT(W row, δ row); the
-batch gradient ∂E/∂W[i,j] = SUMPRODUCT(a⁽ˡ⁻¹⁾ᵢ column, δⱼ column) over the step's sample rows (÷ n
-for a mean), with no per-sample gradient cells. The per-unit formulas (activation, slope, loss,
-δ⁽ᴸ⁾, optimiser, schedule, clipping) are the same definitions' Excel faces as in the column layout,
-given cell references, and the Settings sheet's defined names drive them.
+fan-in and the batch: every formula body of the sample rows and the Σ row is the layer kind's (and
+the activation's, the loss's) Excel face — the same definitions as the column layout's — given
+the cells of this layout and its ranges (`ExcelLayer.span`), so the kinds write their sums over
+adjacent cells: dense u = MMULT(a⁽ˡ⁻¹⁾ row, W column) + b and the error passed down
+SUMPRODUCT(W row, δ row); batchnorm's μ, σ², m1, m2 SUM/SUMPRODUCT over the step's sample rows;
+layernorm's over a sample's unit cells. The batch gradient ∂θ[i,j] = SUMPRODUCT(② column, δⱼ
+column) over the step's sample rows (÷ n for a mean), ② the kind's factor (a⁽ˡ⁻¹⁾ᵢ, x̂ⱼ), with no
+per-sample gradient cells. The optimiser, schedule and clipping formulas are their definitions'
+Excel faces given cell references, and the Settings sheet's defined names drive them.
 
 Every cell is described by a `Block` (a rectangle of one quantity: its formulas, the engine's
 values, and the magnitude of what flows into it), so the writer (formulas with cached values) and
 `verify` (the engine's values and the cancellation floors) read one description.
 """
+import ast
 from dataclasses import dataclass
+import functools
+import re
 from typing import Callable
 
 import numpy as np
@@ -32,6 +43,7 @@ from openpyxl.utils import get_column_letter
 
 from .. import activations, layers, losses, notation, optim, procedures
 from ..errors import LimitError
+from ..layers.base import ExcelLayer
 from . import layout as layout_module, steps as steps_module
 
 MAX_ROWS, MAX_COLUMNS, MAX_FORMULA = 1_048_576, layout_module.MAX_COLUMNS, 8_192
@@ -54,6 +66,7 @@ class Block:
     header: str = ""
     blank_first_row: bool = False   # a frozen bias: no update or state cells in row 0
     layer: int | None = None        # the layer (from 1) of the quantity; None: the data or the run
+    per_unit: bool = True           # a sample-row quantity with a cell per unit (False: one for the layer)
 
     @property
     def height(self):
@@ -64,7 +77,24 @@ class Block:
         return self.values.shape[1]
 
 
+@dataclass
+class Family:
+    """The columns of one sample-row quantity of one layer (key (quantity, layer)): `width` adjacent
+    columns, a formula template per unit j in the sample rows (`sample`) or in the Σ row (`total`),
+    naming cells by key as the column layout's do («key»{place}, layout.ref) and {d} (the
+    sample's Data row), {n} (the step's sample count)."""
+    quantity: str
+    layer: int | None
+    width: int
+    title: str
+    symbol: str
+    sample: Callable | None = None
+    total: Callable | None = None
+    per_unit: bool = True
+
+
 LETTERS = [get_column_letter(index + 1) for index in range(MAX_COLUMNS)]
+_REFERENCE = re.compile(r"«([^»]*)»(?:\{([rpqfl])\})?")
 
 
 def _letter(index):
@@ -83,22 +113,27 @@ def _max(*arrays):
     return best
 
 
+def _finite(array):
+    """|array| with non-finite entries as 0."""
+    with np.errstate(all="ignore"):
+        array = np.abs(np.asarray(array, float))
+        return np.where(np.isfinite(array), array, 0.0)
+
+
 def _abs_product(a, b):
     """|a| @ |b| with non-finite entries as 0: the Σ|terms| of the dot products a @ b."""
     with np.errstate(all="ignore"):
-        a, b = np.abs(np.asarray(a, float)), np.abs(np.asarray(b, float))
-        a, b = np.where(np.isfinite(a), a, 0.0), np.where(np.isfinite(b), b, 0.0)
-        return a @ b
+        return _finite(a) @ _finite(b)
 
 
 def unsupported(scenario):
-    """(key, problem) of the first layer the matrix layout cannot show, or None."""
+    """(key, problem) of the first layer the matrix layout cannot show, or None: recurrent layers
+    (their columns unroll through time: the column layout shows them)."""
     for l, layer in enumerate(scenario.layers):
         kind = layers.of(layer)
-        if kind.name != "dense":
-            return f"layers[{l}].kind", f"the matrix layout shows dense layers only, not {kind.name}"
-        if layer.residual:
-            return f"layers[{l}].residual", "the matrix layout does not show residual connections"
+        if kind.recurrent or kind.excel_unrolled(layer):
+            return (f"layers[{l}].kind", f"the matrix layout does not show recurrent layers ({kind.name}): "
+                    "use the column layout (--layout column) with shorter sequences or fewer units")
     return None
 
 
@@ -121,32 +156,127 @@ class MatrixLayout:
         self.loss = losses.LOSSES[s.loss]
         self.optimizer = optim.OPTIMIZERS[s.optimizer]
         self.counts = [int((np.asarray(ids) >= 0).sum()) for ids in sample_ids]
+        self._keys = {}
         self._columns()
         self._rows()
         self._check()
 
+    # ---------------------------------------------------------------- what the kinds are given
+
+    def layer_cells(self, l):
+        """Layer l's scenario entry, its kind and the ExcelLayer its excel face is given: references by
+        key («key»{place}, resolved per step by `_resolve`) and the ranges of adjacent cells."""
+        s = self.scenario
+        layer = s.layers[l - 1]
+        kind = layers.of(layer)
+        params = self._activation_params(l)
+        cells = ExcelLayer(l, s.widths[l], s.widths[l - 1], layout_module.ref,
+                           functools.partial(lambda kind, l, parameter: self.names[(kind.name, parameter, l)], kind, l),
+                           notation.unit, activation_params=params, span=_span)
+        return layer, kind, cells
+
+    def has_error_columns(self, l):
+        """Whether hidden layer l's error e = ∂E/∂a gets cells: its kind keeps it (residual), or the kind
+        above writes the error it passes down there (normalisation); as in the column layout."""
+        s = self.scenario
+        if l >= len(s.layers):
+            return False
+        here, above = s.layers[l - 1], s.layers[l]
+        return layers.of(here).excel_error_columns(here) or layers.of(above).excel_error_columns_below(above)
+
+    def error_from_above(self, l, j):
+        """(formula template, text) of the error layer l+1 passes down to unit j of layer l, by its kind."""
+        layer, kind, cells = self.layer_cells(l + 1)
+        return kind.excel_error_down(layer, cells, j)
+
+    def param_rows(self, l):
+        """Rows of layer l's parameter blocks: the bias row, then the rows of W (γ: one)."""
+        layer = self.scenario.layers[l - 1]
+        return layers.of(layer).param_shapes(self.widths[l - 1], self.widths[l])[0][0] + 1
+
     # ---------------------------------------------------------------- geometry
+
+    def _families(self):
+        """Every sample-row quantity of a step, in sheet order."""
+        s, widths, L = self.scenario, self.widths, self.L
+        ref = layout_module.ref
+        yield Family("x", 0, widths[0], "input x", "x",
+                     sample=lambda i: f"Data!{layout_module.input_letter(s, i)}{{d}}")
+        yield Family("t", 0, widths[-1], "target t", "t",
+                     sample=lambda k: f"Data!{layout_module.data_letter(widths[0] + k)}{{d}}")
+        for l in range(1, L + 1):
+            yield from self._forward(l)
+        K = widths[-1]
+        if self.loss.records_output_error:
+            yield Family("dE_da", L, K, "∂E/∂a", "∂E/∂a",
+                         sample=lambda k: self.loss.excel_error(ref(("a", L, k)), ref(("t", 0, k)), K))
+        loss = self.loss.excel_value([ref(("u", L, k)) for k in range(K)], [ref(("a", L, k)) for k in range(K)],
+                                     [ref(("t", 0, k)) for k in range(K)])
+        yield Family("loss", None, 1, "E", "E", sample=lambda j: loss)
+        for l in range(L, 0, -1):
+            yield from self._backward(l)
+
+    def _forward(self, l):
+        """The kind's forward columns (u; μ, σ², x̂ before it), f(u), the kind's combine columns (residual a)."""
+        layer, kind, cells = self.layer_cells(l)
+        n = cells.units
+        yield from self._kind_families(l, kind.excel_forward(layer, cells))
+        act, params = activations.get(layer.activation), cells.activation_params
+        symbol = kind.activated(layer)
+        if act.elementwise:
+            activated = functools.partial(lambda l, j: act.excel_value(layout_module.ref(("u", l, j)), params), l)
+        else:
+            activated = functools.partial(lambda l, j: act.excel_value(
+                [layout_module.ref(("u", l, k)) for k in range(n)], j, params), l)
+        yield Family(symbol, l, n, f"{symbol} = f(u)", symbol, sample=activated)
+        yield from self._kind_families(l, kind.excel_combine(layer, cells))
+
+    def _backward(self, l):
+        """f'(u), e = ∂E/∂a where it has cells, δ = ∂E/∂u, the kind's backward columns."""
+        s, ref = self.scenario, layout_module.ref
+        layer, kind, cells = self.layer_cells(l)
+        n, L = cells.units, self.L
+        act, params = activations.get(layer.activation), cells.activation_params
+        activated = kind.activated(layer)
+        yield Family("slope", l, n, "f'(u)", "f'",
+                     sample=lambda j: act.excel_slope(ref(("u", l, j)), ref((activated, l, j)), params))
+        has_error = self.has_error_columns(l)
+        if has_error:
+            yield Family("e", l, n, "e = ∂E/∂a", "e", sample=lambda j: self.error_from_above(l, j)[0])
+        K = s.widths[-1]
+
+        def delta(j):
+            slope = ref(("slope", l, j))
+            if l == L:
+                return self.loss.excel_output_delta([ref(("a", L, k)) for k in range(K)], [ref(("t", 0, k)) for k in range(K)],
+                                                    j, [ref(("dE_da", L, k)) for k in range(K)], slope)
+            if has_error:
+                return f"{slope}*{ref(('e', l, j))}"
+            return f"{slope}*({self.error_from_above(l, j)[0]})"
+        yield Family("delta", l, n, "δ = ∂E/∂u", "δ", sample=delta)
+        yield from self._kind_families(l, kind.excel_backward(layer, cells))
+
+    def _kind_families(self, l, declared):
+        """Families of a kind's ExcelColumns declarations on layer l."""
+        for columns in declared:
+            width = self.widths[l] if columns.per_unit else 1
+            yield Family(columns.quantity, l, width, f"{columns.symbol}: {columns.group}", columns.symbol,
+                         columns.sample, columns.total, columns.per_unit)
 
     def _columns(self):
         """Column index of every quantity of the sample rows, and of every parameter block."""
         s, widths = self.scenario, self.widths
         at = 2
         self.sample_columns = {}          # (quantity, layer) -> first column; groups in sheet order
+        self.families = []
+
         def take(key, width):
             nonlocal at
             self.sample_columns[key] = at
             at += width
-        take(("x", 0), widths[0])
-        take(("t", 0), widths[-1])
-        for l in range(1, self.L + 1):
-            take(("u", l), widths[l])
-            take(("a", l), widths[l])
-        if self.loss.records_output_error:
-            take(("dE_da", self.L), widths[-1])
-        take(("loss", None), 1)
-        for l in range(self.L, 0, -1):
-            take(("slope", l), widths[l])
-            take(("delta", l), widths[l])
+        for family in self._families():
+            take((family.quantity, family.layer), family.width)
+            self.families.append(family)
         self.summary = []
         if s.optimizer_params["schedule"] != "constant":
             self.summary.append("lr")
@@ -165,7 +295,7 @@ class MatrixLayout:
                 at += widths[l] + 1
         self.parameter_width = at - 1
         self.column_count = max(self.sample_width, self.parameter_width)
-        self.parameter_rows = max(widths[l - 1] + 1 for l in range(1, self.L + 1))
+        self.parameter_rows = max(self.param_rows(l) for l in range(1, self.L + 1))
 
     def _rows(self):
         """First row of every step's block, and of the final parameters."""
@@ -210,33 +340,55 @@ class MatrixLayout:
             return
         step = len(self.counts) - 1   # the largest row numbers: the longest references
         for block in self.step_blocks(step, None, first=False):
-            for i in range(block.height):
-                for j in range(block.width):
-                    text = block.formula(i, j)
-                    if text is not None and len(text) + 1 > MAX_FORMULA:
-                        raise LimitError(
-                            f"the formula of {block.header} would be longer than the spreadsheet limit of "
-                            f"{MAX_FORMULA} characters: use fewer units per layer",
-                            source, layout_module.widest_key(self.scenario))
-                if block.quantity not in ("a", "loss", "dE_da", "delta", "slope"):
-                    break   # a block's formulas have one length up to its row numbers: one row is enough
+            i = block.height - 1   # a block's formulas differ by row only in their row numbers: its last row's are the longest
+            for j in range(block.width):
+                text = block.formula(i, j)
+                if text is not None and len(text) + 1 > MAX_FORMULA:
+                    raise LimitError(
+                        f"the formula of {block.header} would be longer than the spreadsheet limit of "
+                        f"{MAX_FORMULA} characters: use fewer units per layer",
+                        source, layout_module.widest_key(self.scenario, block.layer))
 
     # ---------------------------------------------------------------- references
 
-    def _sample_cell(self, quantity, l, j, row):
-        return f"{_letter(self.sample_columns[(quantity, l)] + j)}{row}"
+    def _key(self, text):
+        """The key of a «key» reference (parsed once)."""
+        key = self._keys.get(text)
+        if key is None:
+            key = self._keys[text] = ast.literal_eval(text)
+        return key
 
-    def _sample_range(self, quantity, l, row, width=None):
-        """The cells of one sample row's quantity: a row range."""
-        first = self.sample_columns[(quantity, l)]
-        width = self.widths[l] if width is None else width
-        return f"{_letter(first)}{row}:{_letter(first + width - 1)}{row}"
+    def _resolve(self, template, step, row=None):
+        """A family's formula template with its references made cells of step index `step`: a sample
+        quantity's column in the row `row` ({r} kept when None: filled per sample row), the Σ row (p)
+        or the step's first/last sample row (f, l); a parameter (W, b at p) its cell of the step's θ
+        block; {n} the step's sample count."""
+        first, last, total = self.first_sample_row(step), self.total_row(step) - 1, self.total_row(step)
+        here = "{r}" if row is None else str(row)
 
-    def _sample_column_range(self, quantity, l, j, step):
-        """Unit j of a quantity down the step's sample rows."""
-        letter = _letter(self.sample_columns[(quantity, l)] + j)
-        first = self.first_sample_row(step)
-        return f"{letter}{first}:{letter}{first + self.counts[step] - 1}"
+        def cell(match):
+            key, place = self._key(match.group(1)), match.group(2)
+            if key[0] in ("W", "b") and len(key) == 3 and isinstance(key[2], tuple):
+                which, l, index = key
+                offset = 1 + index[0] if which == "W" else 0
+                return self._parameter_cell("theta", l, offset, index[-1], step)
+            name, l = key[0], key[1] if len(key) > 1 else None
+            letter = _letter(self.sample_columns[(name, l)] + (key[2] if len(key) > 2 else 0))
+            if place is None:
+                return letter
+            return letter + {"r": here, "p": str(total), "f": str(first), "l": str(last)}[place]
+        return _REFERENCE.sub(cell, template).replace("{n}", str(self.counts[step]))
+
+    def _operands(self, template):
+        """The (quantity, layer) of the sample-row families a template reads, and the layers whose θ it reads."""
+        families, parameters = set(), set()
+        for match in _REFERENCE.finditer(template):
+            key = self._key(match.group(1))
+            if key[0] in ("W", "b") and len(key) == 3 and isinstance(key[2], tuple):
+                parameters.add(key[1])
+            else:
+                families.add((key[0], key[1] if len(key) > 1 else None))
+        return families, parameters
 
     def _below(self, l):
         return ("x", 0) if l == 1 else ("a", l - 1)
@@ -257,88 +409,95 @@ class MatrixLayout:
             first = step == 0
         n = self.counts[step]
         v = _Values(trace, step, n, self)
-        for block in self._sample_blocks(step, n, v):
-            yield self._with_layer(block)
+        yield from self._sample_blocks(step, n, v)
         yield from self._total_blocks(step, n, v)
-        for block in self._parameter_blocks(step, n, v, first):
-            yield self._with_layer(block)
-
-    def _with_layer(self, block):
-        """The block with its layer, read from the column it starts at."""
-        if block.quantity in self.blocks:
-            block.layer = next(l for (name, l), column in self.parameter_columns.items() if column == block.column)
-        else:
-            block.layer = next(l for (name, l), column in self.sample_columns.items() if column == block.column)
-        return block
+        yield from self._parameter_blocks(step, n, v, first)
 
     def _sample_blocks(self, step, n, v):
-        s, widths, L = self.scenario, self.widths, self.L
-        row0 = self.first_sample_row(step)
-        rows = lambda i: row0 + i   # noqa: E731
-        ids = v.ids
-        data_rows = [int(sample) + 2 for sample in ids]
-        x, t = v.data()
-        yield Block("x", row0, self.sample_columns[("x", 0)], x,
-                    lambda i, j: f"Data!{layout_module.input_letter(s, j)}{data_rows[i]}", _max(x), "x")
-        yield Block("t", row0, self.sample_columns[("t", 0)], t,
-                    lambda i, j: f"Data!{layout_module.data_letter(widths[0] + j)}{data_rows[i]}", _max(t), "t")
-        below = x
-        for l in range(1, L + 1):
-            layer = s.layers[l - 1]
-            u, a = v.sample("u", l), v.sample("a", l)
-            W, b = v.parameter("W", l), v.parameter("b", l)
-            terms = _abs_product(below, W) + np.abs(np.where(np.isfinite(b), b, 0.0))
-            yield Block("u", row0, self.sample_columns[("u", l)], u, _weighted_sum(self, step, l, rows),
-                        max(_max(terms), _max(below, W, b)), f"u{l} (MMULT)")
-            act, params = activations.get(layer.activation), self._activation_params(l)
-            if act.elementwise:
-                formula = (lambda act, l, params: lambda i, j: act.excel_value(
-                    self._sample_cell("u", l, j, rows(i)), params))(act, l, params)
+        """The blocks of every family (its sample rows, or its cells of the Σ row). Each block's scale is
+        the largest magnitude flowing into it through the step (its operands' values and their own
+        scales, θ of the layers it reads) and, for the dense sums, Σ|terms|."""
+        row0, total = self.first_sample_row(step), self.total_row(step)
+        data_rows = [str(int(sample) + 2) for sample in v.ids]
+        flows = {}
+        thetas = {l: _max(v.stacked("theta", l)) for l in range(1, self.L + 1)}
+        for family in self.families:
+            key, l = (family.quantity, family.layer), family.layer
+            in_total = family.sample is None
+            template_of = family.total if in_total else family.sample
+            templates = [self._resolve(template_of(j), step, total if in_total else None) for j in range(family.width)]
+            values = v.family(family, in_total)
+            families, parameters = self._operands(template_of(0) + template_of(family.width - 1))
+            scale = max([flows.get(k, 0.0) for k in families] + [thetas[p] for p in parameters] + [0.0])
+            scale = max(scale, self._sum_terms(family, v, flows))
+            flows[key] = max(scale, _max(values))
+            if in_total:
+                formula = (lambda templates: lambda i, j: templates[j])(templates)
+                row = total
             else:
-                formula = (lambda act, l, params: lambda i, j: act.excel_value(
-                    [self._sample_cell("u", l, k, rows(i)) for k in range(widths[l])], j, params))(act, l, params)
-            yield Block("a", row0, self.sample_columns[("a", l)], a, formula, _max(u), f"a{l}")
-            below = a
-        K, out = widths[-1], below
-        targets = lambda i: [self._sample_cell("t", 0, k, rows(i)) for k in range(K)]   # noqa: E731
-        outputs = lambda i: [self._sample_cell("a", L, k, rows(i)) for k in range(K)]   # noqa: E731
-        if self.loss.records_output_error:
-            yield Block("dE_da", row0, self.sample_columns[("dE_da", L)], v.sample("dE_da", L),
-                        lambda i, j: self.loss.excel_error(self._sample_cell("a", L, j, rows(i)),
-                                                           self._sample_cell("t", 0, j, rows(i)), K),
-                        _max(out, t), "∂E/∂a")
-        yield Block("loss", row0, self.sample_columns[("loss", None)], v.sample("loss", None),
-                    lambda i, j: self.loss.excel_value([self._sample_cell("u", L, k, rows(i)) for k in range(K)],
-                                                       outputs(i), targets(i)),
-                    _max(v.sample("u", L), out, t), "E")
-        for l in range(L, 0, -1):
-            layer = s.layers[l - 1]
-            act, params = activations.get(layer.activation), self._activation_params(l)
-            u, a, slope, delta = v.sample("u", l), v.sample("a", l), v.sample("slope", l), v.sample("delta", l)
-            yield Block("slope", row0, self.sample_columns[("slope", l)], slope,
-                        (lambda act, l, params: lambda i, j: act.excel_slope(
-                            self._sample_cell("u", l, j, rows(i)), self._sample_cell("a", l, j, rows(i)), params))(act, l, params),
-                        _max(u, a), f"f'(u{l})")
-            if l == L:
-                dE = (lambda i: [self._sample_cell("dE_da", L, k, rows(i)) for k in range(K)]) \
-                    if self.loss.records_output_error else (lambda i: [])
-                formula = lambda i, j: self.loss.excel_output_delta(   # noqa: E731
-                    outputs(i), targets(i), j, dE(i), self._sample_cell("slope", L, j, rows(i)))
-                scale = _max(out, t, slope, v.sample("dE_da", L) if self.loss.records_output_error else 0)
-            else:
-                W_above, delta_above = v.parameter("W", l + 1), v.sample("delta", l + 1)
-                formula = (lambda l: lambda i, j: (
-                    f"{self._sample_cell('slope', l, j, rows(i))}*SUMPRODUCT("
-                    f"{self._parameter_range('theta', l + 1, 1 + j, step)},{self._sample_range('delta', l + 1, rows(i))})"))(l)
-                back = _abs_product(delta_above, W_above.T)
-                scale = max(_max(back * np.abs(np.where(np.isfinite(slope), slope, 0.0))), _max(back, slope, W_above, delta_above))
-            yield Block("delta", row0, self.sample_columns[("delta", l)], delta, formula, scale, f"δ{l}")
+                formula = (lambda templates, first: lambda i, j: templates[j].replace("{r}", str(first + i))
+                           .replace("{d}", data_rows[i]))(templates, row0)
+                row = row0
+            symbol = family.symbol if family.quantity not in ("x", "t") else family.quantity
+            header = f"{symbol}{l}" if l else symbol
+            yield Block(family.quantity, row, self.sample_columns[key], values, formula, scale, header, layer=l,
+                        per_unit=family.per_unit)
 
-    def _parameter_range(self, block, l, row, step):
-        """One row of a parameter block: the row range over its units."""
-        first = self.parameter_columns[(block, l)]
-        number = self.parameter_row(step) + row
-        return f"{_letter(first)}{number}:{_letter(first + self.widths[l] - 1)}{number}"
+    def _sum_terms(self, family, v, flows):
+        """Σ|terms| of the dense sums a family's formulas hold (MMULT for u, SUMPRODUCT(W row, δ row) for the
+        error passed down by a dense layer): they need not add their terms in the engine's order."""
+        s, l, q = self.scenario, family.layer, family.quantity
+        if l is None or l == 0:
+            return 0.0
+        layer = s.layers[l - 1]
+        if q == "u" and layers.of(layer).weighted:
+            below = v.sample(*self._below(l)) if l > 1 else v.data()[0]
+            return _max(_abs_product(below, v.parameter("W", l)) + _finite(v.parameter("b", l)))
+        if q in ("e", "delta") and l < self.L and layers.of(s.layers[l]).weighted:
+            back = _abs_product(v.sample("delta", l + 1), v.parameter("W", l + 1).T)
+            if q == "delta":
+                back = back * _finite(v.sample("slope", l))
+            return _max(back)
+        return 0.0
+
+    def parameter_block_range(self, block, l, step, trained_only=False):
+        """The whole parameter block `block` of layer l at step index `step` (a frozen bias's row left
+        out with `trained_only`): "C12:F15"."""
+        first, top = self.parameter_columns[(block, l)], self.parameter_row(step)
+        skip = 1 if trained_only and not self.scenario.layers[l - 1].train_bias else 0
+        return (f"{_letter(first)}{top + skip}:{_letter(first + self.widths[l] - 1)}"
+                f"{top + self.param_rows(l) - 1}")
+
+    # ---------------------------------------------------------------- what the companion sheets read
+
+    fixed_length_formulas = True   # the companion sheets write counts over units as one range formula
+
+    def parameter_range(self, l, step, prefix="", trained_only=False):
+        """Layer l's block named prefix ("" θ, "grad_" ∂E/∂θ, "update_" Δθ) at step index `step`, as a
+        range of the Trace sheet (a frozen bias's row left out with `trained_only`)."""
+        block = {"": "theta", "grad_": "grad", "update_": "update"}[prefix]
+        return "Trace!" + self.parameter_block_range(block, l, step, trained_only)
+
+    @staticmethod
+    def range_size(span):
+        """How many cells a range of `parameter_range` holds, as a formula: a block's."""
+        return f"ROWS({span})*COLUMNS({span})"
+
+    def cell(self, key):
+        """The column letter of a sample-row quantity's cell `key` = (quantity, layer, unit) (the
+        companion sheets read its sample rows, first_sample_row … total_row − 1, as in the column layout)."""
+        return _letter(self.sample_columns[(key[0], key[1] if len(key) > 1 else None)] + (key[2] if len(key) > 2 else 0))
+
+    def loss_scale(self, trace, step):
+        """The magnitude flowing into E of the batch at step index `step` (its sample losses' blocks): what
+        the sheet's E may differ from the engine's relative to (the Diagnosis sheet's |ΔE|/|E| reads it)."""
+        n = self.counts[step]
+        losses_of_samples = next(b for b in self._sample_blocks(step, n, _Values(trace, step, n, self)) if b.quantity == "loss")
+        return max(losses_of_samples.scale, _max(losses_of_samples.values))
+
+    def through_time(self, l):
+        """No layer runs through time here (recurrent layers are refused)."""
+        return False
 
     def _total_blocks(self, step, n, v):
         s, row = self.scenario, self.total_row(step)
@@ -351,12 +510,7 @@ class MatrixLayout:
                         lambda i, j: procedures.excel_learning_rate(s.optimizer_params["schedule"], f"$A{row}"),
                         _max(v.total("lr")), "lr")
         if s.clip_norm is not None:
-            ranges = []
-            for l in range(1, self.L + 1):
-                first = self.parameter_columns[("grad", l)]
-                top = self.parameter_row(step) + (0 if s.layers[l - 1].train_bias else 1)
-                bottom = self.parameter_row(step) + self.widths[l - 1]
-                ranges.append(f"{_letter(first)}{top}:{_letter(first + self.widths[l] - 1)}{bottom}")
+            ranges = [self.parameter_block_range("grad", l, step, trained_only=True) for l in range(1, self.L + 1)]
             norm_cell = self._summary_cell("grad_norm", step)
             grads = [v.parameter(which, l, "grad") for l in range(1, self.L + 1) for which in ("W", "b")]
             yield Block("grad_norm", row, self.sample_columns[("grad_norm", None)], v.total("grad_norm"),
@@ -364,51 +518,65 @@ class MatrixLayout:
             yield Block("clip_factor", row, self.sample_columns[("clip_factor", None)], v.total("clip_factor"),
                         lambda i, j: procedures.excel_clip_factor(norm_cell), _max(v.total("grad_norm"), 1.0), "clip c")
 
+    def _gradient_factor(self, l, step):
+        """(formula of ∂E/∂θ[i, j] of the batch, Σ|terms| per cell): row 0 (the bias) the reduction of δⱼ,
+        row 1 + i SUMPRODUCT(② column, δⱼ column) over the step's sample rows (÷ n for a mean), ② the
+        kind's factor of ∂E/∂W[i,j] = ②·δⱼ (a⁽ˡ⁻¹⁾ᵢ, x̂ⱼ)."""
+        s = self.scenario
+        layer, kind, cells = self.layer_cells(l)
+        n = self.counts[step]
+        first_row, last_row = self.first_sample_row(step), self.first_sample_row(step) + n - 1
+        delta_letters = LETTERS[self.sample_columns[("delta", l)]:]
+        divide = f"/{n}" if s.reduction == "mean" else ""
+
+        def column(key):
+            letter = _letter(self.sample_columns[(key[0], key[1])] + (key[2] if len(key) > 2 else 0))
+            return f"{letter}{first_row}:{letter}{last_row}"
+
+        def formula(i, j):
+            d = delta_letters[j]
+            if i == 0:
+                return procedures.excel_reduce(f"{d}{first_row}:{d}{last_row}", s.reduction, n)
+            factor = kind.excel_factor(layer, cells, i - 1, j)[0]
+            return f"SUMPRODUCT({column(factor)},{d}{first_row}:{d}{last_row}){divide}"
+        return formula
+
     def _parameter_blocks(self, step, n, v, first):
         s, row0 = self.scenario, self.parameter_row(step)
         for l in range(1, self.L + 1):
             layer = s.layers[l - 1]
+            kind = layers.of(layer)
             trained_b = layer.train_bias
             theta = v.stacked("theta", l)
+            w, b = kind.param_names
             if first:
                 formula = None
                 scale = _max(theta)
             else:
                 formula = self._carried(l, step - 1, trained_b)
                 scale = _max(v.stacked("theta", l, previous=True), v.stacked("update", l, previous=True))
-            yield Block("theta", row0, self.parameter_columns[("theta", l)], theta, formula, scale, f"θ (W{l}, b{l})")
-            below = v.sample(*self._below(l)) if l > 1 else v.data()[0]
-            delta = v.sample("delta", l)
-            mean = s.reduction == "mean"
-            grad = v.stacked("grad", l)
-            terms = np.vstack([_abs_product(np.ones((1, delta.shape[0])), delta), _abs_product(below.T, delta)])
-            if mean:
+            yield Block("theta", row0, self.parameter_columns[("theta", l)], theta, formula, scale, f"θ ({w}{l}, {b}{l})",
+                        layer=l)
+            delta, factor = v.sample("delta", l), v.factor(l)
+            with np.errstate(all="ignore"):
+                terms = np.vstack([_finite(delta).sum(axis=0)[None, :],
+                                   np.einsum("sij,sj->ij", factor, _finite(delta)) if n else np.zeros(factor.shape[1:])])
+            if s.reduction == "mean":
                 terms = terms / max(n, 1)
-
-            first_row, last_row = self.first_sample_row(step), self.first_sample_row(step) + n - 1
-            below_letters = LETTERS[self.sample_columns[self._below(l)]:]
-            delta_letters = LETTERS[self.sample_columns[("delta", l)]:]
-            divide = f"/{n}" if mean else ""
-
-            def grad_formula(i, j, below_letters=below_letters, delta_letters=delta_letters):
-                d = delta_letters[j]
-                if i == 0:
-                    return procedures.excel_reduce(f"{d}{first_row}:{d}{last_row}", s.reduction, n)
-                a = below_letters[i - 1]
-                return f"SUMPRODUCT({a}{first_row}:{a}{last_row},{d}{first_row}:{d}{last_row}){divide}"
-            yield Block("grad", row0, self.parameter_columns[("grad", l)], grad, grad_formula,
-                        max(_max(terms), _max(below, delta)), f"∂E/∂θ{l} (batch)")
+            grad = v.stacked("grad", l)
+            yield Block("grad", row0, self.parameter_columns[("grad", l)], grad, self._gradient_factor(l, step),
+                        max(_max(terms), _max(factor, delta)), f"∂E/∂θ{l} (batch)", layer=l)
             update = v.stacked("update", l)
             states = [v.stacked(state, l) for state in self.optimizer.state]
             previous_states = [v.stacked(state, l, previous=True) for state in self.optimizer.state]
             scale = max(_max(grad, theta, update, *states, *previous_states, v.total("lr") if "lr" in self.summary else 0),
                         _max(v.total("clip_factor")) if s.clip_norm is not None else 0.0)
             yield Block("update", row0, self.parameter_columns[("update", l)], update,
-                        self._optimizer_formula(step, l, trained_b, None, first), scale, f"Δθ{l}", not trained_b)
+                        self._optimizer_formula(step, l, trained_b, None, first), scale, f"Δθ{l}", not trained_b, layer=l)
             for state, values in zip(self.optimizer.state, states):
                 yield Block(state, row0, self.parameter_columns[(state, l)], values,
                             self._optimizer_formula(step, l, trained_b, state, first, v), scale, f"{state} {l}",
-                            not trained_b)
+                            not trained_b, layer=l)
 
     def _carried(self, l, previous, trained_b):
         """θ at the next step: θ − Δθ of step `previous` (a frozen bias: θ)."""
@@ -474,22 +642,40 @@ class MatrixLayout:
         for l in range(1, self.L + 1):
             formula = self._carried(l, step - 1, self.scenario.layers[l - 1].train_bias)
             scale = _max(v.stacked("theta", l, previous=True), v.stacked("update", l, previous=True))
+            w, b = layers.of(self.scenario.layers[l - 1]).param_names
             yield Block("theta", row0, self.parameter_columns[("theta", l)], v.stacked("theta", l), formula, scale,
-                        f"θ (W{l}, b{l}) after the last step", layer=l)
+                        f"θ ({w}{l}, {b}{l}) after the last step", layer=l)
 
     # ---------------------------------------------------------------- headers
+
+    TITLES = {"u": "u = MMULT(a⁽ˡ⁻¹⁾, W) + b", "a": "a = f(u)", "loss": "E", "slope": "f'(u)", "delta": "δ = ∂E/∂u",
+              "lr": "lr", "grad_norm": "‖g‖", "clip_factor": "clip c"}
 
     def sample_headers(self):
         """(group row, header row) of the sample rows: {column index: text}."""
         groups, heads = {0: "step", 1: "sample"}, {}
-        titles = {"x": "input x", "t": "target t", "u": "u = MMULT(a⁽ˡ⁻¹⁾, W) + b", "a": "a = f(u)",
-                  "dE_da": "∂E/∂a", "loss": "E", "slope": "f'(u)", "delta": "δ = ∂E/∂u",
-                  "lr": "lr", "grad_norm": "‖g‖", "clip_factor": "clip c"}
-        for (quantity, l), column in self.sample_columns.items():
-            groups[column] = titles[quantity] + (f" (layer {l})" if l else "")
-            width = 1 if l is None else self.widths[l]
-            for j in range(width):
-                heads[column + j] = _symbol(quantity, l, j)
+        for family in self.families:
+            column = self.sample_columns[(family.quantity, family.layer)]
+            l = family.layer
+            layer = self.scenario.layers[l - 1] if l else None
+            title = family.title
+            if family.quantity == "u" and layer is not None and layers.of(layer).weighted:
+                title = self.TITLES["u"]
+            elif family.quantity == "a" and layer is not None and layers.of(layer).skips(layer):
+                title = "a = h + a⁽ˡ⁻¹⁾ (residual)"
+            groups[column] = title + (f" (layer {l})" if l else "")
+            for j in range(family.width):
+                if family.quantity in ("x", "t"):
+                    heads[column + j] = notation.sub(family.quantity, j)
+                elif l is None:
+                    heads[column + j] = family.symbol
+                elif family.per_unit:
+                    heads[column + j] = notation.unit(family.symbol, l, j)
+                else:
+                    heads[column + j] = f"{family.symbol}{notation.layer(l)}"
+        for name in self.summary:
+            column = self.sample_columns[(name, None)]
+            groups[column] = heads[column] = self.TITLES[name] if name != "lr" else "lr"
         heads[0], heads[1] = "t", "sample"
         return groups, heads
 
@@ -497,37 +683,21 @@ class MatrixLayout:
         """(group row, header row) of the parameter rows."""
         groups, heads = {1: "row"}, {}
         titles = {"theta": "θ used at this step" if not final else "θ after the last step",
-                  "grad": "∂E/∂θ of the batch (SUMPRODUCT of a⁽ˡ⁻¹⁾ and δ)", "update": f"Δθ ({self.scenario.optimizer})"}
+                  "grad": "∂E/∂θ of the batch (SUMPRODUCT of ② and δ)", "update": f"Δθ ({self.scenario.optimizer})"}
         for (block, l), column in self.parameter_columns.items():
             if final and block != "theta":
                 continue
-            groups[column] = f"{titles.get(block, optim.STATE_SYMBOLS.get(block, block) + ' (' + block + ')')} · layer {l}"
+            w, b = layers.of(self.scenario.layers[l - 1]).param_names
+            groups[column] = (f"{titles.get(block, optim.STATE_SYMBOLS.get(block, block) + ' (' + block + ')')} · "
+                              f"layer {l} ({b}, {w})")
             for j in range(self.widths[l]):
                 heads[column + j] = f"[·,{j}]"
         return groups, heads
 
 
-def _symbol(quantity, l, j):
-    """The header of unit j of a sample-row quantity: x₀, u¹₀, δ²₁, E, ..."""
-    if quantity in ("x", "t"):
-        return notation.sub(quantity, j)
-    if l is None:
-        return {"loss": "E", "grad_norm": "‖g‖", "clip_factor": "clip c"}.get(quantity, quantity)
-    symbol = {"slope": "f'", "delta": "δ", "dE_da": "∂E/∂a"}.get(quantity, quantity)
-    return notation.unit(symbol, l, j)
-
-
-def _weighted_sum(layout, step, l, rows):
-    """u⁽ˡ⁾ of a sample row: MMULT of the row of a⁽ˡ⁻¹⁾ and W's column j, plus b_j."""
-    below = layout._below(l)
-    fan_in = layout.widths[l - 1]
-
-    def formula(i, j):
-        a_row = layout._sample_range(*below, rows(i), width=fan_in)
-        top = layout._parameter_cell("theta", l, 1, j, step)
-        bottom = layout._parameter_cell("theta", l, fan_in, j, step)
-        return f"MMULT({a_row},{top}:{bottom})+{layout._parameter_cell('theta', l, 0, j, step)}"
-    return formula
+def _span(first, last, place="r"):
+    """The range of adjacent cells from key `first` to key `last` (references resolved per step)."""
+    return f"{layout_module.ref(first, place)}:{layout_module.ref(last, place)}"
 
 
 class _Values:
@@ -543,6 +713,25 @@ class _Values:
             return np.zeros((0, s.widths[0])), np.zeros((0, s.widths[-1]))
         return s.inputs[self.ids], s.targets[self.ids]
 
+    def family(self, family, in_total):
+        """The engine's values of a family's cells: n × width (sample rows) or 1 × width (the Σ row)."""
+        width = family.width
+        if self.trace is None:
+            return np.zeros((1 if in_total else self.n, width))
+        l = family.layer
+        key = (family.quantity,) if l is None else (family.quantity, l)
+        units = np.arange(width)[None, :]
+        if family.per_unit and l is not None:
+            key = key + (units,)
+        with np.errstate(all="ignore"):
+            if in_total:
+                values = self.trace.values(key, "total", self.step, 0, 0)
+            else:
+                slots = np.arange(self.n)[:, None]
+                samples = np.array(self.ids, dtype=np.intp)[:, None]
+                values = self.trace.values(key, "sample", self.step, slots, samples)
+        return np.array(np.broadcast_to(np.asarray(values, dtype=float), (1 if in_total else self.n, width)))
+
     def sample(self, quantity, l):
         t, n, widths = self.trace, self.n, self.layout.widths
         if quantity == "x":
@@ -556,6 +745,22 @@ class _Values:
             return t.output_error[self.step, :n]
         return getattr(t, quantity)[l - 1][self.step, :n]
 
+    def factor(self, l):
+        """|②| of ∂E/∂W[i,j] = ②·δⱼ per sample, n × rows of W × units (non-finite as 0): the layer kind's
+        gradient factor (a⁽ˡ⁻¹⁾ᵢ, x̂ⱼ)."""
+        layout = self.layout
+        layer = layout.scenario.layers[l - 1]
+        kind = layers.of(layer)
+        rows, units = kind.param_shapes(layout.widths[l - 1], layout.widths[l])[0]
+        shape = (self.n, rows, units)
+        if self.trace is None or not self.n:
+            return np.zeros(shape)
+        key = kind.gradient_factor(layer, l, np.arange(rows)[:, None], np.arange(units)[None, :])
+        slots = np.arange(self.n)[:, None, None]
+        samples = np.array(self.ids, dtype=np.intp)[:, None, None]
+        values = self.trace.values(key, "sample", self.step, slots, samples)
+        return _finite(np.broadcast_to(np.asarray(values, dtype=float), shape))
+
     def total(self, quantity):
         if self.trace is None:
             return np.zeros((1, 1))
@@ -563,8 +768,10 @@ class _Values:
 
     def parameter(self, which, l, block="theta", previous=False):
         """W or b of layer l (block theta: the value used at the step; grad, update; a state)."""
-        widths = self.layout.widths
-        shape = (widths[l - 1], widths[l]) if which == "W" else (widths[l],)
+        layout = self.layout
+        layer = layout.scenario.layers[l - 1]
+        shapes = layers.of(layer).param_shapes(layout.widths[l - 1], layout.widths[l])
+        shape = shapes[0] if which == "W" else shapes[1]
         step = self.step - 1 if previous else self.step
         if self.trace is None or step < 0:
             return np.zeros(shape)
@@ -576,13 +783,13 @@ class _Values:
         return t.state[(block, which)][l - 1][step]
 
     def stacked(self, block, l, previous=False):
-        """A parameter block: the bias in row 0, W below it ((1 + fan-in) × units)."""
+        """A parameter block: the bias in row 0, W below it ((1 + rows of W) × units)."""
         return np.vstack([self.parameter("b", l, block, previous)[None, :], self.parameter("W", l, block, previous)])
 
     def initial(self, state, l):
         """The optimiser state before the first step of the trace, stacked like the blocks."""
         if self.trace is None:
-            return np.zeros((self.layout.widths[l - 1] + 1, self.layout.widths[l]))
+            return np.zeros((self.layout.param_rows(l), self.layout.widths[l]))
         before = self.trace.initial_state
         return np.vstack([before[(state, "b")][l - 1][None, :], before[(state, "W")][l - 1]])
 
@@ -745,15 +952,13 @@ class StepsLayout(steps_module.StepsLayout):
         self.layers = trace.layers
 
     def rows(self):
-        layout, widths = self.layout, self.layout.widths
+        layout = self.layout
         loss = LETTERS[layout.sample_columns[("loss", None)]]
         for step in range(self.trace.steps):
             top = layout.parameter_row(step)
             row = [f"Trace!{loss}{layout.total_row(step)}"]
             for l in range(1, self.layers + 1):
-                first = layout.parameter_columns[("grad", l)]
-                span = f"Trace!{LETTERS[first]}{top}:{LETTERS[first + widths[l] - 1]}{top + widths[l - 1]}"
-                row.append(f"SQRT(SUMSQ({span}))")
+                row.append(f"SQRT(SUMSQ(Trace!{layout.parameter_block_range('grad', l, step)}))")
             row += [f"LOG10(ABS(Trace!{LETTERS[layout.parameter_columns[('theta', l)]]}{top + 1}))"
                     for l in range(1, self.layers + 1)]
             yield [self.first_step + step] + [f"=IFERROR({body},NA())" for body in row]

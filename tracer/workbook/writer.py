@@ -185,12 +185,14 @@ def check_limits(layout):
 
 def table_layouts(trace, layout, parameters=(), findings=None):
     """The Steps, Diagnosis, ChainRule and Histograms sheets' layouts (each: title, headers, rows, expected);
-    in the matrix layout the Steps sheet only."""
-    if isinstance(layout, matrix.MatrixLayout):
-        return [matrix.StepsLayout(trace, layout)]
-    steps_layout = steps_module.StepsLayout(trace, layout)
+    in the matrix layout all but ChainRule (it factors per-sample gradient cells, which that layout has not)."""
     if findings is None:
         findings = diagnose_module.diagnose(trace).findings
+    if isinstance(layout, matrix.MatrixLayout):
+        steps_layout = matrix.StepsLayout(trace, layout)
+        return [steps_layout, diagnosis.DiagnosisLayout(trace, layout, steps_layout, findings),
+                histograms.HistogramLayout(trace, layout, steps_layout)]
+    steps_layout = steps_module.StepsLayout(trace, layout)
     return [steps_layout, diagnosis.DiagnosisLayout(trace, layout, steps_layout, findings),
             chainrule.ChainRuleLayout(trace, layout, parameters), histograms.HistogramLayout(trace, layout, steps_layout)]
 
