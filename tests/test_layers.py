@@ -1,7 +1,6 @@
 """The layer registry (tracer/layers/): every kind's numpy face against finite differences, the
 scenario face of layernorm (a batch of 1, its one-line refusals), its records in the CSV, and
 layernorm against torch.nn.LayerNorm in float64."""
-import copy
 
 import numpy as np
 import pytest

@@ -1,7 +1,6 @@
 """The matrix layout (tracer/workbook/matrix.py): parameters as blocks, u by MMULT, batch gradients
 by SUMPRODUCT, for nets too wide for the column layout; and the wide-784-32-10 template."""
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,11 +8,12 @@ import pytest
 from tracer import datasets, engine, scenario as scenario_module, templates, verify, xlsxread
 from tracer.engine import batch_schedule
 from tracer.errors import LimitError
-from tracer.workbook import layout as column_layout, matrix, writer
+from tracer.workbook import matrix, writer
 from tests.conftest import assert_refused
 
 WIDE = "wide-784-32-10"
-STEPS = 40   # at most, per template: the agreement test's workbooks stay small
+STEPS = 10   # at most, per template: the agreement test's workbooks stay small (every template
+             # verifies at its full length in tests/test_workbook.py)
 
 # every template both layouts can show, and variants of the parameter blocks: Adam with a step
 # schedule and weight decay, clipping (norm and value) with a frozen bias and bce, Nesterov momentum
