@@ -104,6 +104,32 @@ def test_pdf_conversion(soffice, tmp_path):
         libreoffice.convert_many([path, tmp_path / "pdf" / "run.xlsx"], "pdf", tmp_path / "many")
 
 
+def _header_comments(path):
+    """{column letter: comment text} of the Trace sheet's header row (row 2)."""
+    sheet = openpyxl.load_workbook(path)["Trace"]
+    return {cell.column_letter: cell.comment.text for cell in sheet[2] if cell.comment is not None}
+
+
+def test_a_narrow_sheet_comments_every_column_and_a_wide_one_each_quantity_once(tmp_path):
+    """Every header cell has its comment up to COMMENTED_COLUMNS columns; beyond, the first column
+    of each quantity of each layer (LibreOffice draws each comment as a shape: thousands of them
+    took seconds to open)."""
+    narrow = writer.write(engine.run(scenario_module.load("xor", steps=2)), tmp_path / "narrow.xlsx")
+    comments = _header_comments(tmp_path / "narrow.xlsx")
+    assert len(narrow.columns) <= writer.COMMENTED_COLUMNS and set(comments) == {c.letter for c in narrow.columns}
+    wide = writer.write(engine.run(scenario_module.load(
+        "xor", overrides=["data.inputs=[[" + ",".join(["0.5"] * 300) + "]]", "data.targets=[[1]]"], steps=1)),
+        tmp_path / "wide.xlsx", layout="column")
+    comments = _header_comments(tmp_path / "wide.xlsx")
+    assert len(wide.columns) > writer.COMMENTED_COLUMNS
+    firsts = {}
+    for column in wide.columns:
+        firsts.setdefault((column.group, column.key[:2]), column)
+    assert set(comments) == {c.letter for c in firsts.values()}
+    assert all(comments[c.letter] == c.comment for c in firsts.values())
+    assert comments[wide.cell(("x", 0, 0))].startswith("input x0")
+
+
 def test_sheet_structure(tmp_path):
     path = tmp_path / "run.xlsx"
     layout = writer.write(engine.run(scenario_module.load("sigmoid-vanishing")), path)

@@ -278,6 +278,23 @@ def _header_cell(sheet, value, fill, comment=None):
     return cell
 
 
+COMMENTED_COLUMNS = 500   # LibreOffice draws every comment as a shape: the 7,475 of a 64-32-10 net took 12 s to open
+
+
+def _column_comments(columns):
+    """The header comment of each column. Up to COMMENTED_COLUMNS columns every column has its own;
+    a wider sheet comments the first column of each run of one quantity of one layer (the headers
+    name the others), so that it opens in seconds."""
+    if len(columns) <= COMMENTED_COLUMNS:
+        return [c.comment for c in columns]
+    comments, previous = [], None
+    for c in columns:
+        quantity = (c.group, c.key[:2])
+        comments.append(c.comment if quantity != previous else None)
+        previous = quantity
+    return comments
+
+
 def _fit(width, *texts):
     """A column width that shows `texts` whole (about one unit per character, plus a margin)."""
     return max([width] + [len(str(t)) + 2 for t in texts if t is not None])
@@ -319,7 +336,8 @@ def _write_trace(workbook, trace, layout, progress):
         groups.append(_header_cell(sheet, column.group if column.group != previous else None, _GROUP_FILL))
         previous = column.group
     sheet.append(groups)
-    sheet.append([_header_cell(sheet, c.header, _HEADER_FILL, c.comment) for c in layout.columns])
+    sheet.append([_header_cell(sheet, c.header, _HEADER_FILL, comment)
+                  for c, comment in zip(layout.columns, _column_comments(layout.columns))])
     _add_highlights(sheet, layout)
     label = WriteOnlyCell(sheet)
     label.font, label.fill = _HEADER_FONT, _TOTAL_FILL
