@@ -84,16 +84,45 @@ def test_batchnorm_settings_are_validated(tmp_path, invoke):
 
 
 MATRIX = list(itertools.product(["sgd", "momentum", "adagrad", "rmsprop", "adam"], [False, True], [False, True], [False, True]))
+IDS = [f"{o}-{'clip' if c else 'noclip'}-{'bn' if b else 'nobn'}-{'res' if r else 'nores'}" for o, c, b, r in MATRIX]
+
+
+def _pairwise():
+    """Ten of the forty combinations that hold every pair of settings: each optimiser with one row
+    (c, b, r) of the orthogonal array FFF, FTT, TFT, TTF of the three switches and with its
+    complement, so that each optimiser meets both values of each switch and every two switches
+    meet in all four pairs of values."""
+    rows = [(False, False, False), (False, True, True), (True, False, True), (True, True, False)]
+    chosen = []
+    for number, optimizer in enumerate(["sgd", "momentum", "adagrad", "rmsprop", "adam"]):
+        row = rows[number % 4]
+        chosen += [(optimizer, *row), (optimizer, *(not v for v in row))]
+    return chosen
+
+
+PAIRWISE = _pairwise()
+
+
+@pytest.mark.parametrize("optimizer,clip,batchnorm,residual", MATRIX, ids=IDS)
+def test_combination_gradchecks(optimizer, clip, batchnorm, residual):
+    trace = build(network(batchnorm, residual, optimizer, clip))
+    report = gradcheck.check(trace, steps=(0, 2))
+    assert report.checks and report.worst.error < 1e-6, report.worst
+
+
+def test_the_libreoffice_combinations_hold_every_pair_of_settings():
+    assert len(set(PAIRWISE)) == 10 and set(PAIRWISE) <= set(MATRIX)
+    for first, second in itertools.combinations(range(4), 2):
+        wanted = {(a, b) for a in {row[first] for row in MATRIX} for b in {row[second] for row in MATRIX}}
+        assert {(row[first], row[second]) for row in PAIRWISE} == wanted, (first, second)
 
 
 @pytest.mark.libreoffice(workbooks=lambda optimizer, clip, batchnorm, residual: build(network(batchnorm, residual, optimizer, clip)))
-@pytest.mark.parametrize("optimizer,clip,batchnorm,residual", MATRIX,
-                         ids=[f"{o}-{'clip' if c else 'noclip'}-{'bn' if b else 'nobn'}-{'res' if r else 'nores'}"
-                              for o, c, b, r in MATRIX])
-def test_combination_gradchecks_and_verifies(recomputed, optimizer, clip, batchnorm, residual):
-    trace, verified = recomputed.trace, recomputed.report
-    report = gradcheck.check(trace, steps=(0, 2))
-    assert report.checks and report.worst.error < 1e-6, report.worst
+@pytest.mark.parametrize("optimizer,clip,batchnorm,residual", PAIRWISE,
+                         ids=[IDS[MATRIX.index(entry)] for entry in PAIRWISE])
+def test_combination_verifies_in_libreoffice(recomputed, optimizer, clip, batchnorm, residual):
+    """Every formula of the combinations that hold every pair of settings (all forty gradcheck above)."""
+    verified = recomputed.report
     assert verified.ok, verified.summary()
 
 
