@@ -18,7 +18,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "tracer"
 
 LEVELS = {
     **dict.fromkeys(["activations", "losses", "optim", "init", "layers", "notation", "procedures", "ieee", "errors",
-                     "inputs", "templates", "output", "datasets", "libreoffice", "gnumeric", "xlsxread"], 0),
+                     "inputs", "templates", "output", "datasets", "libreoffice", "gnumeric", "xlsxread", "symbolic"], 0),
     **dict.fromkeys(["engine", "trace", "records", "scenario"], 1),
     **dict.fromkeys(["chain", "diagnose", "check", "gradcheck", "through_time"], 2),
     "workbook": 3,
@@ -122,3 +122,20 @@ def test_scenario_does_not_import_the_trace():
     """The size guard reads the record declarations (records.py), not the Trace (DESIGN-11)."""
     modules = sources()
     assert "tracer.trace" not in imported("tracer.scenario", *modules["tracer.scenario"])
+
+
+def test_running_a_scenario_does_not_import_sympy(tmp_path):
+    """sympy (a third of a command's start-up) is imported only where a symbolic form is built
+    (tracer/symbolic.py): `tracer run` writes a workbook without it, `tracer chain` uses it."""
+    import subprocess
+    import sys
+    program = ("import sys; from tracer import cli; sys.argv = ['tracer'] + sys.argv[1:]\n"
+               "try:\n    cli.main()\nexcept SystemExit:\n    pass\n"
+               "print('sympy' in sys.modules)")
+    root = str(PACKAGE.parent)
+    run = subprocess.run([sys.executable, "-c", program, "run", "xor", "--steps", "2", "-o", str(tmp_path / "x.xlsx")],
+                         capture_output=True, text=True, cwd=tmp_path, env={"PYTHONPATH": root, "PATH": ""}, check=True)
+    assert run.stdout.splitlines()[-1] == "False", run.stdout
+    chain = subprocess.run([sys.executable, "-c", program, "chain", "xor", "--param", "W1[0,0]"],
+                           capture_output=True, text=True, cwd=tmp_path, env={"PYTHONPATH": root, "PATH": ""}, check=True)
+    assert chain.stdout.splitlines()[-1] == "True" and "∂E/∂W1[0,0]" in chain.stdout, chain.stdout

@@ -9,11 +9,13 @@ arriving from above e⁽ˡ⁾_j = Σ_k W_{l+1}[j,k]·δ⁽ˡ⁺¹⁾_k (for the 
 For deeper nets the delta recursion δ⁽ᵐ⁾ = f'(u⁽ᵐ⁾)·Σ W δ⁽ᵐ⁺¹⁾ unrolls into a sum over paths
 j = j_l → j_{l+1} → … → j_L; one path's term is a_i · Π f'(u along the path) · Π W along it · ∂E/∂a.
 """
+from __future__ import annotations   # sp.Symbol below: sympy is imported when first used (symbolic.py)
+
 from dataclasses import dataclass
 import re
 
 import numpy as np
-import sympy as sp
+from .symbolic import sympy as sp
 
 from . import activations, layers, losses, through_time
 from .errors import InputError, shorten

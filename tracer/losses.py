@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-import sympy as sp
+from .symbolic import sympy as sp
 
 from . import procedures
 from .activations import _x_log1p

@@ -25,7 +25,7 @@ Wh = 1.1 over 100 time steps.
 from dataclasses import dataclass, field
 
 import numpy as np
-import sympy as sp
+from .symbolic import sympy as sp
 
 from . import activations, notation
 

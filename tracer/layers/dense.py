@@ -8,7 +8,7 @@ The three sums (over i, over k, over the batch) are added in the run's SumOrder 
 right as a spreadsheet's formula does (in_order), or as numpy matrix products (matmul).
 """
 import numpy as np
-import sympy as sp
+from ..symbolic import sympy as sp
 
 from .. import init as inits, notation
 from ..errors import ScenarioError
