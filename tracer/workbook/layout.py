@@ -608,7 +608,9 @@ class TraceLayout:
 
     @property
     def last_row(self):
-        return HEADER_ROWS + sum(int((ids >= 0).sum()) + 1 for ids in self.sample_ids) + 1
+        """Row number of the final row: the header rows, each step's samples and Σ row, then it."""
+        steps = len(self.sample_ids)
+        return HEADER_ROWS + int((np.asarray(self.sample_ids) >= 0).sum()) + steps + 1
 
     def total_row(self, step):
         """Row number of the Σ row of trace step `step` (index within this layout)."""

@@ -155,7 +155,7 @@ class MatrixLayout:
         self.L = len(s.layers)
         self.loss = losses.LOSSES[s.loss]
         self.optimizer = optim.OPTIMIZERS[s.optimizer]
-        self.counts = [int((np.asarray(ids) >= 0).sum()) for ids in sample_ids]
+        self.counts = (np.asarray(sample_ids) >= 0).sum(axis=1).tolist() if len(sample_ids) else []
         self._keys = {}
         self._columns()
         self._rows()
