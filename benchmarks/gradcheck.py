@@ -10,15 +10,14 @@ Each measurement runs in a fresh subprocess that reports its own peak RSS (getru
     python benchmarks/gradcheck.py [--reference] [--template NAME]...
 """
 import argparse
-import json
 from pathlib import Path
 import resource
-import subprocess
 import sys
 import time
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))   # this checkout's tracer, not an installed one
+from benchmarks import fresh  # noqa: E402
 TEMPLATES = ("wide-784-32-10", "digits-64-32-10")
 
 
@@ -37,13 +36,6 @@ def _measure(name, steps, reference):
             "seconds": seconds, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
-def _child(name, steps, reference):
-    code = (f"import json, sys; sys.path.insert(0, {str(ROOT)!r}); sys.argv = ['x'];"
-            f"from benchmarks import gradcheck; print(json.dumps(gradcheck._measure({name!r}, {steps!r}, {reference!r})))")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reference", action="store_true", help="also time step 0 by the reference path (slow)")
@@ -52,7 +44,7 @@ def main():
     runs = [("stacked", [0], False), ("stacked", None, False)] + ([("reference", [0], True)] if args.reference else [])
     for name in args.template or TEMPLATES:
         for label, steps, reference in runs:
-            m = _child(name, steps, reference)
+            m = fresh.measure("gradcheck", "_measure", name, steps, reference)
             if label == "stacked" and steps:
                 print(f"{name} (sums {m['sums']})")
             print(f"  {label:9} step(s) {', '.join(map(str, m['steps'])):9} {m['checked']:6,} gradients checked, "

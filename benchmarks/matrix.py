@@ -8,16 +8,15 @@ Each measurement runs in a fresh subprocess that reports its own peak RSS (getru
     python benchmarks/matrix.py [--steps 3] [--more 12]
 """
 import argparse
-import json
 from pathlib import Path
 import resource
-import subprocess
 import sys
 import tempfile
 import time
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))   # this checkout's tracer, not an installed one
+from benchmarks import fresh  # noqa: E402
 TEMPLATE = "wide-784-32-10"
 
 
@@ -53,13 +52,6 @@ def _verify(steps, out):
             "worst_where": report.worst_where, "ok": report.ok, "rss_mb": _rss_mb()}
 
 
-def _child(function, steps, out):
-    code = (f"import json, sys; sys.path.insert(0, {str(ROOT)!r}); sys.argv = ['x'];"
-            f"from benchmarks import matrix; print(json.dumps(matrix.{function}({steps}, {str(out)!r})))")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=3, help="steps written and verified (the template's: 3)")
@@ -67,9 +59,9 @@ def main():
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "wide.xlsx"
-        written = _child("_write", args.steps, out)
-        verified = _child("_verify", args.steps, out)
-        more = _child("_write", args.more, Path(folder) / "more.xlsx")
+        written = fresh.measure("matrix", "_write", args.steps, str(out))
+        verified = fresh.measure("matrix", "_verify", args.steps, str(out))
+        more = fresh.measure("matrix", "_write", args.more, str(Path(folder) / "more.xlsx"))
     print(f"{TEMPLATE}, {args.steps} steps, {written['layout']} layout: {written['rows']:,} rows x {written['columns']:,} "
           f"columns, {written['bytes'] / 2**20:.1f} MB")
     print(f"  engine {written['engine_s']:.2f} s; write {written['write_s']:.2f} s; peak RSS {written['rss_mb']:.0f} MB "
