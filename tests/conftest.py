@@ -275,7 +275,7 @@ def _child(items, folder):
         os.replace(partial, folder / "results.pickle")
         status = 0
     except BaseException:
-        traceback.print_exc()
+        (folder / "traceback.txt").write_text(traceback.format_exc(), encoding="utf-8")
     finally:
         os._exit(status)
 
@@ -306,7 +306,9 @@ def _wait(started):
         started["pid"] = None
         found = started["folder"] / "results.pickle"
         if not found.exists():
-            raise RuntimeError(f"the recomputation process failed (wait status {status}); its traceback is on stderr")
+            told = started["folder"] / "traceback.txt"
+            raise RuntimeError(f"the recomputation process failed (wait status {status}):\n"
+                               + (told.read_text(encoding="utf-8") if told.exists() else "it left no traceback"))
         with open(found, "rb") as handle:
             started["results"] = pickle.load(handle)
     return started["results"]

@@ -4,6 +4,9 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+import re
+
+import pytest
 
 import tracer
 from tracer import chain, diagnose, gradcheck, verify
@@ -51,4 +54,11 @@ def test_run_sums_in_the_order_of_the_workbooks_layout():
     assert tracer.run(xor).sum_order == "in_order"
     assert tracer.run(xor, layout="matrix").sum_order == "matmul"
     assert tracer.run(xor, sums="matmul").sum_order == "matmul"
-    assert (tracer.run(xor).loss == tracer.engine.run(xor).loss).all()
+    assert (tracer.run(xor).loss == tracer.engine.run(xor, sums="in_order").loss).all()
+
+
+@pytest.mark.parametrize("arguments, fragment", [({"layout": "matrx"}, "layout must be one of column, matrix, not 'matrx'"),
+                                                 ({"sums": "matmul", "layout": "column"}, "not both")])
+def test_run_refuses_an_unknown_layout_and_two_ways_to_choose_the_order(arguments, fragment):
+    with pytest.raises(tracer.errors.InputError, match=re.escape(fragment)):
+        tracer.run(tracer.load("xor", steps=1), **arguments)

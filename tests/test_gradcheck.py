@@ -200,6 +200,12 @@ def test_a_sample_has_the_size_asked_and_its_seed_decides_it(count, seed):
     assert len(report.checks) + len(report.skipped) + len(report.unresolved) == count
 
 
+def test_different_seeds_draw_different_samples():
+    trace = build(network("dense", steps=1))
+    drawn = {tuple(gradcheck.sample_parameters(trace, 12, seed)) for seed in range(8)}
+    assert len(drawn) > 1
+
+
 def test_progress_reaches_the_total():
     calls = []
     trace = build(copy.deepcopy(_wide_dense()))

@@ -42,8 +42,13 @@ def run(scenario, sums=None, layout=None):
     products); None: the order of the layout its workbook will have, as `tracer run` chooses it
     (writer.sum_order: in_order for the column layout, matmul for the matrix layout of a net too
     wide for it; `layout` "column" or "matrix" asks for one)."""
+    from .errors import InputError
+    from .workbook import writer
+    if layout not in (None, *writer.SUM_ORDER_OF_LAYOUT):
+        raise InputError(f"layout must be one of {', '.join(writer.SUM_ORDER_OF_LAYOUT)}, not {layout!r}")
+    if sums is not None and layout is not None:
+        raise InputError("give the sum order (sums=) or the layout that chooses it (layout=), not both")
     if sums is None:
-        from .workbook import writer
         sums = writer.sum_order(scenario, layout)
     return engine.run(scenario, sums=sums)
 

@@ -490,7 +490,7 @@ class _ProgressLines:
 
     def __init__(self, label, every=3.0, clock=time.monotonic):
         self.label, self.every, self._clock = label, every, clock
-        self._started = self._last = clock()
+        self._last = clock()
         self._remaining = None
 
     def __call__(self, done, total):

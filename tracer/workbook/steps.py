@@ -46,7 +46,3 @@ class StepsLayout:
         for step in range(self.trace.steps):
             values = [self.trace.loss[step]] + [n[step] for n in norms] + [g[step] for g in logs]
             yield step, {index: value for index, value in enumerate(values, start=1)}
-
-    def gradient_range(self, layer):
-        """First and last Trace column of layer's batch gradients (W then b)."""
-        return self._gradient_ranges[layer - 1]
