@@ -158,19 +158,11 @@ class GruExcel(RecurrentExcel):
 
     def excel_step_backward(self, layer, x, t):
         from .base import ExcelColumns
-        l, T, group = x.l, x.steps, f"layer {x.l} backward, t = {t}"
+        l, group = x.l, f"layer {x.l} backward, t = {t}"
         at = lambda name, j: x.ref((name, l, (t, j)))  # noqa: E731
-        last = t == T - 1
-        columns = []
-        if not last:
-            columns.append(ExcelColumns(
-                group, "e_time", "e→", lambda j: f"the error reaching h_t from step t+1: Σₘ Wh{l}[{j},m]·δhₘ(t={t + 1}) + e(t+1)·z(t+1)",
-                sample=lambda j: self.excel_back_terms(x, t, j), time=t))
-        through = (lambda j: None) if last else (lambda j: at("e_time", j))  # noqa: E731
+        columns = self.excel_error_columns(x, t, lambda j: f"Σₘ Wh{l}[{j},m]·δhₘ(t={t + 1}) + e(t+1)·z(t+1)")
         h_prev = lambda j: self.excel_previous(x, "h", t, j)  # noqa: E731
         return columns + [
-            ExcelColumns(group, "e", "e", lambda j: "e_t = ∂E/∂h_t: " + self.excel_error(x, t, j, through(j))[1],
-                         sample=lambda j: self.excel_error(x, t, j, through(j))[0], time=t),
             ExcelColumns(group, "delta_n", "δ_n", "δ_n = ∂E/∂u_n = e·(1 − z)·n'",
                          sample=lambda j: f"{at('e', j)}*(1-{at('z', j)})*{at('slope_n', j)}", time=t),
             ExcelColumns(group, "delta_z", "δ_z", "δ_z = ∂E/∂u_z = e·(h(t−1) − n)·z'" + (" (h₋₁ = 0)" if t == 0 else ""),

@@ -156,14 +156,7 @@ class LstmExcel(RecurrentExcel):
         l, T, group = x.l, x.steps, f"layer {x.l} backward, t = {t}"
         at = lambda name, j, s=t: x.ref((name, l, (s, j)))  # noqa: E731
         last = t == T - 1
-        columns = []
-        if not last:
-            columns.append(ExcelColumns(
-                group, "e_time", "e→", lambda j: f"the error reaching h_t from step t+1: Σₘ Wh{l}[{j},m]·δₘ(t={t + 1}) over the 4U gate columns",
-                sample=lambda j: self.excel_back_terms(x, t, j), time=t))
-        through = (lambda j: None) if last else (lambda j: at("e_time", j))  # noqa: E731
-        columns.append(ExcelColumns(group, "e", "e", lambda j: "e_t = ∂E/∂h_t: " + self.excel_error(x, t, j, through(j))[1],
-                                    sample=lambda j: self.excel_error(x, t, j, through(j))[0], time=t))
+        columns = self.excel_error_columns(x, t, lambda j: f"Σₘ Wh{l}[{j},m]·δₘ(t={t + 1}) over the 4U gate columns")
         if not last:
             columns.append(ExcelColumns(group, "ec_time", "ec→", "the part of ∂E/∂c_t from step t+1: ec(t+1)·f(t+1)",
                                         sample=lambda j: f"{at('ec', j, t + 1)}*{at('f', j, t + 1)}", time=t))

@@ -323,6 +323,22 @@ class RecurrentExcel:
                 terms.append(f"{x.ref(self.excel_delta_h(x, gate, t + 1, j))}*{x.ref(('Wh', l, (k, m)), 'p')}")
         return "+".join(terms)
 
+    def excel_error_columns(self, x, t, carried):
+        """The first columns of every recurrent kind's backward step t: e→ (below the last step: the
+        error reaching h_t from step t+1, excel_back_terms; `carried(j)` states its sum in the header
+        comment) and e_t = ∂E/∂h_t (excel_error, with e→ where there is one)."""
+        from .base import ExcelColumns
+        l, group, last = x.l, f"layer {x.l} backward, t = {t}", t == x.steps - 1
+        columns = []
+        if not last:
+            columns.append(ExcelColumns(
+                group, "e_time", "e→", lambda j: f"the error reaching h_t from step t+1: {carried(j)}",
+                sample=lambda j: self.excel_back_terms(x, t, j), time=t))
+        through = (lambda j: None) if last else (lambda j: x.ref(("e_time", l, (t, j))))  # noqa: E731
+        columns.append(ExcelColumns(group, "e", "e", lambda j: "e_t = ∂E/∂h_t: " + self.excel_error(x, t, j, through(j))[1],
+                                    sample=lambda j: self.excel_error(x, t, j, through(j))[0], time=t))
+        return columns
+
     def excel_error(self, x, t, j, through_time):
         """(formula body, text) of e_t = ∂E/∂h_t: what arrives from above (a dense layer above: at
         t = T−1 only; a recurrent layer above: at every t) + `through_time` (the cell of the part
@@ -415,21 +431,11 @@ class RnnExcel(RecurrentExcel):
 
     def excel_step_backward(self, layer, x, t):
         from .base import ExcelColumns
-        l, T = x.l, x.steps
-        group = f"layer {l} backward, t = {t}"
-        columns = []
-        if t < T - 1:
-            columns.append(ExcelColumns(
-                group, "e_time", "e→", lambda j: f"the error reaching h_t from step t+1: Σₘ Wh{l}[{j},m]·δₘ(t={t + 1})",
-                sample=lambda j: self.excel_back_terms(x, t, j), time=t))
-        through = (lambda j: x.ref(("e_time", l, (t, j)))) if t < T - 1 else (lambda j: None)  # noqa: E731
-        columns += [
-            ExcelColumns(group, "e", "e", lambda j: "e_t = ∂E/∂h_t: " + self.excel_error(x, t, j, through(j))[1],
-                         sample=lambda j: self.excel_error(x, t, j, through(j))[0], time=t),
-            ExcelColumns(group, "delta", "δ", "δ_t = ∂E/∂u_t = f'(u_t)·e_t",
+        l = x.l
+        return self.excel_error_columns(x, t, lambda j: f"Σₘ Wh{l}[{j},m]·δₘ(t={t + 1})") + [
+            ExcelColumns(f"layer {l} backward, t = {t}", "delta", "δ", "δ_t = ∂E/∂u_t = f'(u_t)·e_t",
                          sample=lambda j: f"{x.ref(('slope', l, (t, j)))}*{x.ref(('e', l, (t, j)))}", time=t),
         ]
-        return columns
 # ---- the layer kinds (registry faces) ----------------------------------------------------------
 # Imported here, below the cells' maths, so that the cells stay importable on their own.
 from ..errors import ScenarioError  # noqa: E402
