@@ -252,7 +252,11 @@ def _recompute_session(items, folder):
 
 
 def _picklable(thing):
-    """`thing`, or for an exception that does not survive pickling, a RuntimeError saying what it was."""
+    """`thing`, or for an exception that does not survive pickling (one whose __init__ takes other
+    arguments than its args), a RuntimeError saying what it was. Only exceptions are tried: a
+    Verified or a Path always pickles, and trying a Verified would pickle its whole Trace twice."""
+    if not isinstance(thing, BaseException):
+        return thing
     try:
         pickle.loads(pickle.dumps(thing))
         return thing
