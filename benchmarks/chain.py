@@ -12,7 +12,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tracer import chain, engine, scenario  # noqa: E402
+from tracer.explain import chain  # noqa: E402
+from tracer.training import engine, scenario
 
 
 def deep_net(depth, width):

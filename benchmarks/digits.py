@@ -16,7 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tracer import engine, libreoffice, scenario, verify  # noqa: E402
+from tracer.training import engine, scenario  # noqa: E402
+from tracer.recalc import libreoffice, verify
 from tracer.workbook import writer  # noqa: E402
 
 TEMPLATE = "digits-64-32-10"

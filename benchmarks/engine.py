@@ -49,7 +49,7 @@ def wide_scenario(steps, batch=32, samples=640, seed=0):
 
 
 def load(net, steps):
-    from tracer import scenario
+    from tracer.training import scenario
     if net == "784-32-10":
         return scenario.from_dict(wide_scenario(steps))
     return scenario.load(net)
@@ -58,7 +58,7 @@ def load(net, steps):
 def time_engine(net, steps, repeats):
     """(seconds per step of engine.run (best of `repeats` runs), the sum order it ran in): the
     order `tracer run` chooses for the net's workbook."""
-    from tracer import engine
+    from tracer.training import engine
     from tracer.workbook import writer
     s = load(net, steps)
     if hasattr(writer, "sum_order"):

@@ -86,7 +86,7 @@ COMMANDS = ("run", "diagnose", "chain", "gradcheck", "check")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")   # before numpy is imported (2 shared cores)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, str(REPO))   # this checkout's tracer: its TOML writer (after the thread settings: it imports numpy)
-from tracer.scenario import dump_toml, toml_value  # noqa: E402
+from tracer.training.scenario import dump_toml, toml_value  # noqa: E402
 
 
 # ============================================================ cases
@@ -116,7 +116,7 @@ class Case:
         return "python -m tracer " + " ".join(shlex.quote(a) for a in self.args)
 
 
-# tracer.templates.LARGE (the campaign takes only its TOML writer from tracer): a 64-32-10 net whose every run writes
+# tracer.training.templates.LARGE (the campaign takes only its TOML writer from tracer): a 64-32-10 net whose every run writes
 # a million formula cells; its keys are those of the other templates, so mutating it adds no coverage
 LARGE_TEMPLATES = ("digits-64-32-10", "wide-784-32-10")
 

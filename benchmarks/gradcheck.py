@@ -24,7 +24,8 @@ TEMPLATES = ("wide-784-32-10", "digits-64-32-10")
 def _measure(name, steps, reference):
     """Run the template, gradcheck every parameter at `steps` (None: the CLI's default steps)."""
     import tracer
-    from tracer import gradcheck, scenario
+    from tracer.explain import gradcheck
+    from tracer.training import scenario
     trace = tracer.run(scenario.load(name))      # in the sum order of its workbook's layout, as `tracer gradcheck`
     chosen = steps or sorted({0, trace.steps // 2, trace.steps - 1})
     start = time.perf_counter()

@@ -26,7 +26,7 @@ def _rss_mb():
 
 def _write(steps, out):
     """Engine, then the workbook: seconds of each, the peak RSS after the engine and after the write."""
-    from tracer import engine, scenario
+    from tracer.training import engine, scenario
     from tracer.workbook import writer
     start = time.perf_counter()
     loaded = scenario.load(TEMPLATE, steps=steps)
@@ -42,7 +42,8 @@ def _write(steps, out):
 
 def _verify(steps, out):
     """Recompute the written workbook with LibreOffice and compare every formula cell."""
-    from tracer import engine, scenario, verify
+    from tracer.training import engine, scenario
+    from tracer.recalc import verify
     from tracer.workbook import writer
     loaded = scenario.load(TEMPLATE, steps=steps)
     trace = engine.run(loaded, sums=writer.sum_order(loaded))

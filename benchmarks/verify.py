@@ -17,7 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tracer import engine, libreoffice, scenario, verify, xlsxread  # noqa: E402
+from tracer.training import engine, scenario  # noqa: E402
+from tracer.recalc import libreoffice, verify, xlsxread
 from tracer.workbook import writer  # noqa: E402
 
 STEPS_PER_CELLS = {10_000: 47, 100_000: 632, 1_000_000: 6926}   # xor: formula cells of the workbook

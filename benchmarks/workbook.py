@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))   # this checkout's tracer, not an installed one
 
 
 def _tracer(steps, out):
-    from tracer import engine, scenario
+    from tracer.training import engine, scenario
     from tracer.workbook import writer
     start = time.perf_counter()
     trace = engine.run(scenario.load("xor", steps=steps))

@@ -9,7 +9,7 @@ data is exactly this.
 """
 from pathlib import Path
 
-from tracer import datasets
+from tracer.training import datasets
 
 SAMPLES = 100
 TEMPLATE = Path(__file__).resolve().parent.parent / "templates" / "digits-64-32-10.toml"

@@ -4,7 +4,7 @@
 """
 from pathlib import Path
 
-from tracer import engine, scenario, templates
+from tracer.training import engine, scenario, templates
 from tracer.workbook import writer
 
 FOLDER = Path(__file__).resolve().parent / "workbooks"

@@ -7,7 +7,8 @@ import subprocess
 import sys
 import tempfile
 
-from tracer import engine, libreoffice, scenario
+from tracer.training import engine, scenario
+from tracer.recalc import libreoffice
 from tracer.workbook import writer
 
 TARGET = Path(__file__).resolve().parent / "steps-page.png"

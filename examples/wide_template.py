@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tracer import datasets
+from tracer.training import datasets
 
 from digits_template import template_text  # the sibling script (this folder is on sys.path)
 

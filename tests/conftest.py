@@ -37,9 +37,10 @@ import pytest
 from click.testing import CliRunner
 from hypothesis import settings
 
-from tracer import engine, gnumeric, libreoffice, scenario as scenario_module, templates, verify
+from tracer.training import engine, scenario as scenario_module, templates
+from tracer.recalc import gnumeric, libreoffice, verify
 from tracer.cli import main
-from tracer.trace import Trace
+from tracer.training.trace import Trace
 from tracer.workbook import writer
 
 # Property tests draw the same examples on every run and machine ("ci", the default: the random
@@ -198,7 +199,7 @@ def _recomputes(item):
     return any((m := item.get_closest_marker(s)) is not None and "workbooks" in m.kwargs for s in SPREADSHEETS)
 
 
-# The large built-in templates (tracer.templates.LARGE: digits-64-32-10) are left out of the tests
+# The large built-in templates (tracer.training.templates.LARGE: digits-64-32-10) are left out of the tests
 # that run every template in full; tests/test_datasets.py checks it on its first steps (LibreOffice)
 # and tests/test_pytorch.py its gradients against PyTorch's.
 EVERY_TEMPLATE_TESTS = ("test_every_template_verifies", "test_every_formula_carries_the_engines_value",

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import sympy as sp
 
-from tracer import activations
+from tracer.maths import activations
 
 POINTS = np.concatenate([np.linspace(-8, 8, 161), [-30.0, -3.3, -0.01, 0.01, 0.3, 2.7, 30.0]])
 PARAMS = {"slope": 0.07, "alpha": 1.3}

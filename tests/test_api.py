@@ -9,7 +9,8 @@ import re
 import pytest
 
 import tracer
-from tracer import chain, diagnose, gradcheck, verify
+from tracer.explain import chain, diagnose, gradcheck
+from tracer.recalc import verify
 from tracer.workbook import writer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -22,8 +23,8 @@ def test_top_level_names_are_the_sub_modules_functions():
     assert tracer.explain_gradient is chain.explain and tracer.render_explanation is chain.render
     assert tracer.check_gradients is gradcheck.check
     assert set(tracer.__all__) <= set(dir(tracer))
-    # the sub-modules keep their names: tracer.verify is still the module
-    assert verify.verify and tracer.verify is verify
+    # the sub-modules keep their names: tracer.recalc.verify is still the module
+    assert verify.verify and tracer.recalc.verify is verify
 
 
 def test_top_level_api_runs_a_template(tmp_path):
@@ -54,7 +55,7 @@ def test_run_sums_in_the_order_of_the_workbooks_layout():
     assert tracer.run(xor).sum_order == "in_order"
     assert tracer.run(xor, layout="matrix").sum_order == "matmul"
     assert tracer.run(xor, sums="matmul").sum_order == "matmul"
-    assert (tracer.run(xor).loss == tracer.engine.run(xor, sums="in_order").loss).all()
+    assert (tracer.run(xor).loss == tracer.training.engine.run(xor, sums="in_order").loss).all()
 
 
 @pytest.mark.parametrize("arguments, fragment", [({"layout": "matrx"}, "layout must be one of column, matrix, not 'matrx'"),

@@ -3,9 +3,10 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from tracer import chain, engine, scenario as scenario_module, templates
+from tracer.explain import chain
+from tracer.training import engine, scenario as scenario_module, templates
 from tracer.errors import InputError
-from tracer.trace import param_name
+from tracer.training.trace import param_name
 from tests.conftest import build
 from tests.latex_check import check_latex, compile_latex
 from tests.test_engine import networks

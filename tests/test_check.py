@@ -8,7 +8,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from tracer import check, engine, scenario as scenario_module
+from tracer.explain import check
+from tracer.training import engine, scenario as scenario_module
 from tests.conftest import BASE, assert_refused
 
 DEEP = copy.deepcopy(BASE)

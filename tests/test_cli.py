@@ -15,9 +15,10 @@ import zipfile
 
 import pytest
 
-from tracer import cli, engine, templates, trace as trace_module
-from tracer.scenario import load as engine_scenario
-from tracer.trace import Trace
+from tracer import cli
+from tracer.training import engine, templates, trace as trace_module
+from tracer.training.scenario import load as engine_scenario
+from tracer.training.trace import Trace
 from tracer.workbook import writer
 from tests.conftest import assert_refused
 

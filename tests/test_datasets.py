@@ -4,7 +4,7 @@ import tomllib
 import numpy as np
 import pytest
 
-from tracer import datasets, engine, inputs, scenario as scenario_module, templates
+from tracer.training import datasets, engine, inputs, scenario as scenario_module, templates
 from tracer.workbook import writer
 
 TEMPLATE = "digits-64-32-10"

@@ -4,7 +4,8 @@ import math
 import numpy as np
 import pytest
 
-from tracer import diagnose, engine, scenario as scenario_module
+from tracer.explain import diagnose
+from tracer.training import engine, scenario as scenario_module
 
 
 def diagnosed(name, **kwargs):
@@ -53,7 +54,7 @@ def test_cli_diagnose(invoke):
 
 # ---------------------------------------------------------------- why did the net stop learning?
 
-from tracer import templates  # noqa: E402
+from tracer.training import templates  # noqa: E402
 
 
 def _norm(trace, layer, step):

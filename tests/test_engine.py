@@ -5,7 +5,10 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, assume, example, given, settings, strategies as st
 
-from tracer import activations, engine, gradcheck, layers, scenario as scenario_module
+from tracer.maths import activations
+from tracer.training import engine, scenario as scenario_module
+from tracer.explain import gradcheck
+from tracer import layers
 from tests.conftest import build
 
 ELEMENTWISE = sorted(n for n, a in activations.ACTIVATIONS.items() if a.elementwise)

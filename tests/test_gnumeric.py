@@ -4,7 +4,8 @@ Steps, Diagnosis, ChainRule, Histograms), by the same comparison as `tracer veri
 verifies every template at its full length: tests/test_workbook.py.)"""
 import pytest
 
-from tracer import engine, gnumeric, scenario as scenario_module, templates
+from tracer.training import engine, scenario as scenario_module, templates
+from tracer.recalc import gnumeric
 from tracer.errors import TracerError
 from tracer.workbook import diagnosis as diagnosis_sheet, writer
 

@@ -1,4 +1,4 @@
-"""tracer/gradcheck.py: the stacked evaluation of E(θ ± h) against the reference path (a full
+"""tracer/explain/gradcheck.py: the stacked evaluation of E(θ ± h) against the reference path (a full
 engine.forward_backward pass per loss) on nets of every layer kind, the sample of parameters, and
 gradcheck on the wide nets (wide-784-32-10, digits-64-32-10) on a sample, a planted wrong gradient
 caught. The all-parameter runs of the wide nets: benchmarks/gradcheck.py."""
@@ -9,7 +9,9 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import tracer
-from tracer import engine, gradcheck, layers, scenario as scenario_module, templates
+from tracer.training import engine, scenario as scenario_module, templates
+from tracer.explain import gradcheck
+from tracer import layers
 from tracer.errors import InputError
 from tests.conftest import build
 from tests.test_engine import BATCHNORM_VARIANCE_NEAR_EPS

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from openpyxl import load_workbook
 
-from tracer import engine, scenario as scenario_module
+from tracer.training import engine, scenario as scenario_module
 from tracer.workbook import histograms, writer
 
 

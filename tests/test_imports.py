@@ -1,12 +1,16 @@
-"""Imports point down (issue 11): every module under tracer/ is parsed with ast and may import only
-modules of its own level or of a level below it:
+"""Imports point down: every module under tracer/ is parsed with ast and may import only modules of
+its own level or of a level below it. A module's level is its package's (tracer.layers.dense is
+layers'), or its own where LEVELS names it:
 
-  0 definitions  activations, losses, optim, init, layers, notation, procedures, ieee, errors,
-                 inputs, templates, output, datasets, libreoffice, gnumeric, xlsxread
-  1 the run      engine, trace, records, scenario
-  2 analysis     chain, diagnose, check, gradcheck
-  3 workbook     tracer/workbook/
-  4 commands     verify, sweep, cli, pytorch, and the package itself (tracer/__init__.py, __main__)
+  0 definitions  maths/, errors, output, aliases, and the spreadsheet engines' runners and readers
+                 (recalc.libreoffice, recalc.gnumeric, recalc.xlsxread: they import nothing above)
+  1 layers       layers/
+  2 the run      training/
+  3 analysis     explain/
+  4 workbook     workbook/
+  5 recalc       recalc/ (verify)
+  6 studies      studies/, bridges/
+  7 commands     cli, and the package itself (tracer/__init__.py, __main__)
 
 Imports inside functions count as well (a lazy import is still a dependency)."""
 import ast
@@ -17,14 +21,17 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "tracer"
 
 LEVELS = {
-    **dict.fromkeys(["activations", "losses", "optim", "init", "layers", "notation", "procedures", "ieee", "errors",
-                     "inputs", "templates", "output", "datasets", "libreoffice", "gnumeric", "xlsxread", "symbolic"], 0),
-    **dict.fromkeys(["engine", "trace", "records", "scenario"], 1),
-    **dict.fromkeys(["chain", "diagnose", "check", "gradcheck", "through_time"], 2),
-    "workbook": 3,
-    **dict.fromkeys(["verify", "sweep", "cli", "pytorch", "", "__main__"], 4),
+    **dict.fromkeys(["maths", "errors", "output", "aliases",
+                     "recalc.libreoffice", "recalc.gnumeric", "recalc.xlsxread"], 0),
+    "layers": 1,
+    "training": 2,
+    "explain": 3,
+    "workbook": 4,
+    "recalc": 5,
+    **dict.fromkeys(["studies", "bridges"], 6),
+    **dict.fromkeys(["cli", "", "__main__"], 7),
 }
-NAMES = ["definitions", "the run", "analysis", "workbook", "commands"]
+NAMES = ["definitions", "layers", "the run", "analysis", "workbook", "recalc", "studies", "commands"]
 
 
 def module_name(path):
@@ -36,8 +43,10 @@ def module_name(path):
 def level(module):
     """The level of a tracer module: that of its top-level name under tracer/ (tracer.layers.dense is
     layers'); KeyError for a module no level was given."""
-    top = module.split(".")[1] if "." in module else ""
-    return LEVELS[top]
+    parts = module.split(".")[1:]
+    if ".".join(parts[:2]) in LEVELS:
+        return LEVELS[".".join(parts[:2])]
+    return LEVELS[parts[0] if parts else ""]
 
 
 def imported(module, source, is_package=False):
@@ -55,7 +64,7 @@ def imported(module, source, is_package=False):
                 target = node.module
             else:
                 continue
-            # `from . import chain` imports the module tracer.chain; `from .layers import get` tracer.layers
+            # `from . import chain` imports the module tracer.explain.chain; `from .layers import get` tracer.layers
             names = [f"{target}.{alias.name}" for alias in node.names]
             found.update(name if _is_module(name) else target for name in names)
     return found
@@ -95,10 +104,10 @@ def test_imports_point_down():
 
 
 @pytest.mark.parametrize("module,line", [
-    ("tracer.chain", "from .workbook import notation"),
-    ("tracer.chain", "import tracer.workbook.layout"),
-    ("tracer.engine", "from . import diagnose"),
-    ("tracer.layers.dense", "from ..trace import Trace"),
+    ("tracer.explain.chain", "from ..workbook import notation"),
+    ("tracer.explain.chain", "import tracer.workbook.layout"),
+    ("tracer.training.engine", "from ..explain import diagnose"),
+    ("tracer.layers.dense", "from ..training.trace import Trace"),
     ("tracer.workbook.writer", "def f():\n    from .. import cli"),
 ])
 def test_an_upward_import_is_caught(module, line):
@@ -112,8 +121,8 @@ def test_an_upward_import_is_caught(module, line):
 def test_the_levels_read_the_real_imports():
     """The parser sees the imports the modules really have (so that a pass is not an empty check)."""
     modules = sources()
-    assert "tracer.layers" in imported("tracer.engine", *modules["tracer.engine"])
-    assert "tracer.chain" in imported("tracer.workbook.chainrule", *modules["tracer.workbook.chainrule"])
+    assert "tracer.layers" in imported("tracer.training.engine", *modules["tracer.training.engine"])
+    assert "tracer.explain.chain" in imported("tracer.workbook.chainrule", *modules["tracer.workbook.chainrule"])
     assert "tracer.layers.base" in imported("tracer.layers.dense", *modules["tracer.layers.dense"])
     assert any(level(name) == 3 for name in imported("tracer.cli", *modules["tracer.cli"]))
 
@@ -121,12 +130,12 @@ def test_the_levels_read_the_real_imports():
 def test_scenario_does_not_import_the_trace():
     """The size guard reads the record declarations (records.py), not the Trace (DESIGN-11)."""
     modules = sources()
-    assert "tracer.trace" not in imported("tracer.scenario", *modules["tracer.scenario"])
+    assert "tracer.training.trace" not in imported("tracer.training.scenario", *modules["tracer.training.scenario"])
 
 
 def test_running_a_scenario_does_not_import_sympy(tmp_path):
     """sympy (a third of a command's start-up) is imported only where a symbolic form is built
-    (tracer/symbolic.py): `tracer run` writes a workbook without it, `tracer chain` uses it."""
+    (tracer/maths/symbolic.py): `tracer run` writes a workbook without it, `tracer chain` uses it."""
     import subprocess
     import sys
     program = ("import sys; from tracer import cli; sys.argv = ['tracer'] + sys.argv[1:]\n"

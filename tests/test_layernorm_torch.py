@@ -3,7 +3,7 @@
 A net Linear (identity) → norm → sigmoid | tanh → Linear with random explicit weights (seeded) is
 trained 5 steps by `tracer.run` and by torch (tests/torch_reference.py, written from PyTorch's
 documentation): the losses and the step-0 gradients agree, and so do the parameters after every
-step, to 1e-9 relative, for every optimiser of tracer.optim.OPTIMIZERS.
+step, to 1e-9 relative, for every optimiser of tracer.maths.optim.OPTIMIZERS.
 
 The layernorm cases skip while "layernorm" is not a known layer kind (it is being built); the
 batchnorm cases run today and prove the comparison itself.
@@ -16,7 +16,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import tracer  # noqa: E402
-from tracer import optim  # noqa: E402
+from tracer.maths import optim  # noqa: E402
 from tracer.errors import ScenarioError  # noqa: E402
 
 import torch_reference as ref  # noqa: E402
@@ -28,7 +28,7 @@ TOLERANCE = 1e-9
 # exact arithmetic is compared at the precision of its array, not at its own rounding noise.
 FLOOR = 1e-12
 
-# The base hyper-parameters of each optimiser; every name of tracer.optim.OPTIMIZERS must be here
+# The base hyper-parameters of each optimiser; every name of tracer.maths.optim.OPTIMIZERS must be here
 # (a new optimiser needs its torch.optim mapping in torch_reference.make_optimizer and a line here).
 BASE_HYPER = {
     "sgd": {"lr": 0.5},

@@ -6,9 +6,12 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from tracer import engine, gradcheck, layers, procedures, records, scenario as scenario_module
+from tracer.training import engine, records, scenario as scenario_module
+from tracer.explain import gradcheck
+from tracer import layers
+from tracer.maths import procedures
 from tracer.layers import Layer, base
-from tracer.trace import Trace
+from tracer.training.trace import Trace
 from tests.conftest import assert_refused, build, write_toml
 
 INPUTS = [[0.5, -1.0, 0.3], [1.5, 0.2, -0.4], [0.1, 0.7, 0.9], [-0.6, 0.4, 1.2]]
@@ -199,7 +202,7 @@ def test_an_unknown_kind_lists_the_registered_ones():
 
 def test_parameter_names_come_from_the_kind():
     loaded = scenario_module.from_dict(network("layernorm"))
-    from tracer.trace import param_name, param_quantity
+    from tracer.training.trace import param_name, param_quantity
     assert param_name(loaded, "W", 2, (0, 1)) == "gamma2[1]" and param_name(loaded, "b", 2, (1,)) == "beta2[1]"
     assert param_name(loaded, "W", 1, (0, 1)) == "W1[0,1]"
     assert param_quantity(loaded, "update_b", 2) == "update_beta" and param_quantity(loaded, "m_W", 3) == "m_W"

@@ -4,8 +4,8 @@ import numpy as np
 from openpyxl.utils import column_index_from_string
 import pytest
 
-from tracer import engine, scenario as scenario_module
-from tracer.engine import batch_schedule
+from tracer.training import engine, scenario as scenario_module
+from tracer.training.engine import batch_schedule
 from tracer.workbook import layout
 
 LAYERNORM_NETS = {

@@ -5,8 +5,9 @@ import re
 import pytest
 from openpyxl.utils import column_index_from_string, get_column_letter
 
-from tracer import activations, scenario as scenario_module, templates
-from tracer.engine import batch_schedule
+from tracer.maths import activations
+from tracer.training import scenario as scenario_module, templates
+from tracer.training.engine import batch_schedule
 from tracer.errors import LimitError
 from tracer.workbook import layout
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import sympy as sp
 
-from tracer import activations, losses
+from tracer.maths import activations, losses
 
 Y = np.array([[0.2, -1.3, 0.7]])
 T = np.array([[0.0, 1.0, 0.5]])
@@ -69,7 +69,7 @@ def _fused_targets_run(loss_name, targets):
 
 @pytest.mark.parametrize("name", ["softmax_ce", "bce"])
 def test_fused_losses_gradcheck_with_rows_that_do_not_sum_to_one(name):
-    from tracer import gradcheck
+    from tracer.explain import gradcheck
     trace = _fused_targets_run(name, FUSED_TARGETS)
     report = gradcheck.check(trace, steps=(0, 1, 2))
     assert report.checks and not report.nonfinite

@@ -5,8 +5,9 @@ import math
 import numpy as np
 import pytest
 
-from tracer import datasets, engine, scenario as scenario_module, templates, verify, xlsxread
-from tracer.engine import batch_schedule
+from tracer.training import datasets, engine, scenario as scenario_module, templates
+from tracer.recalc import verify, xlsxread
+from tracer.training.engine import batch_schedule
 from tracer.errors import LimitError
 from tracer.workbook import matrix, writer
 from tests.conftest import assert_refused

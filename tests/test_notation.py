@@ -4,7 +4,7 @@ import math
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from tracer import notation
+from tracer.maths import notation
 from tests.latex_check import check_latex
 
 # every character the reports use, and the characters LaTeX treats specially

@@ -6,7 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from tracer import optim, scenario as scenario_module
+from tracer.maths import optim
+from tracer.training import scenario as scenario_module
 from tests.conftest import BASE, build
 
 # E = ½(w·x − t)² with x = 2, t = 1, w0 = 0.3: g = (w·x − t)·x
@@ -143,7 +144,7 @@ def _optimised(name, options, training):
 @pytest.mark.parametrize("name,options,training", MATRIX, ids=[m[0] for m in MATRIX])
 def test_optimisers_verify_and_gradcheck(recomputed, name, options, training):
     trace, report = recomputed.trace, recomputed.report
-    from tracer import gradcheck
+    from tracer.explain import gradcheck
     assert gradcheck.check(trace, steps=(0, 4)).worst.error < 1e-6
     assert report.ok, report.summary()
     quantities = {q for _, _, q, *_ in trace.rows()}

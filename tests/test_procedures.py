@@ -9,7 +9,8 @@ from openpyxl.utils import get_column_letter
 import pytest
 import sympy as sp
 
-from tracer import activations, losses, procedures, xlsxread
+from tracer.maths import activations, losses, procedures
+from tracer.recalc import xlsxread
 
 SHEET = "Faces"
 TINY = 2.2250738585072014e-308   # below it a spreadsheet holds 0 (or #NUM! where IFERROR makes it 0)

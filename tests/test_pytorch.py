@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 import tracer
-from tracer import pytorch, scenario as scenario_module
+from tracer.bridges import pytorch
+from tracer.training import scenario as scenario_module
 from tracer.errors import TracerError
 
 torch = pytest.importorskip("torch")
@@ -103,7 +104,7 @@ def _case_flattened_images_probability_ce_sgd():
 
 
 def _case_digits_64_32_10_adam():
-    from tracer import datasets
+    from tracer.training import datasets
     pixels, labels = datasets.digits()
     model = _model(10, lambda: [nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)])
     x, t = torch.tensor(pixels[:20] / 16), torch.tensor(labels[:20])
@@ -226,7 +227,7 @@ def test_weights_are_the_models_transposed_and_the_scenario_round_trips_as_toml(
 
 
 def test_import_tracer_does_not_import_torch():
-    code = "import sys, tracer; tracer.from_torch; tracer.pytorch; assert 'torch' not in sys.modules, 'torch'"
+    code = "import sys, tracer; tracer.from_torch; tracer.bridges.pytorch; assert 'torch' not in sys.modules, 'torch'"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tracer import engine, scenario as scenario_module
+from tracer.training import engine, scenario as scenario_module
 from tracer.workbook import writer
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -111,7 +111,7 @@ def test_recurrent_walkthrough_runs_and_prints_what_the_readme_says(tmp_path):
     """The commands of "Recurrent networks through time", in order in one folder, and the figures the
     section quotes: 1.1¹⁰⁰ by hand (Fraction), the crossing 73 time steps back (1.1⁷² < 1000 < 1.1⁷³)."""
     from fractions import Fraction
-    from tracer import templates
+    from tracer.training import templates
     if not templates.exists("rnn-exploding"):
         pytest.skip("the rnn-exploding template is not installed yet (staged in tests/recurrent_templates)")
     commands = recurrent_commands()

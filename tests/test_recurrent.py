@@ -9,8 +9,10 @@ import math
 import numpy as np
 import pytest
 
-from tracer import engine, gradcheck, optim, records, templates
-from tracer import scenario as scenario_module
+from tracer.training import engine, records, templates
+from tracer.explain import gradcheck
+from tracer.maths import optim
+from tracer.training import scenario as scenario_module
 from tracer.errors import ScenarioError
 
 ref = pytest.importorskip("tests.torch_reference")

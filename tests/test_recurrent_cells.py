@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from tracer import activations
+from tracer.maths import activations
 from tracer.layers import gru, lstm, rnn
 
 torch = pytest.importorskip("torch")

@@ -6,8 +6,8 @@ gradients summed over time, and the sheet's limits refused naming data.inputs.""
 import numpy as np
 import pytest
 
-from tracer import engine, scenario as scenario_module
-from tracer.engine import batch_schedule
+from tracer.training import engine, scenario as scenario_module
+from tracer.training.engine import batch_schedule
 from tracer.errors import LimitError
 from tracer.workbook import layout, writer
 

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, assume, example, given, settings, strategies as st
 
-from tracer import chain, diagnose, gradcheck, scenario as scenario_module
+from tracer.explain import chain, diagnose, gradcheck
+from tracer.training import scenario as scenario_module
 from tests.conftest import build
 from tests.test_engine import networks
 

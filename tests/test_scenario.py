@@ -8,9 +8,9 @@ import tomllib
 from hypothesis import HealthCheck, given, settings, strategies as st
 import pytest
 
-from tracer import engine, scenario as scenario_module, templates
+from tracer.training import engine, scenario as scenario_module, templates
 from tracer.errors import ScenarioError, shorten
-from tracer.trace import Trace
+from tracer.training.trace import Trace
 from tests.conftest import assert_refused, write_toml
 
 GOOD = """
@@ -473,7 +473,7 @@ def test_storable_unusual_text_reaches_the_scenario_sheet_whole(tmp_path, invoke
     """What the loader lets through (tab, DEL, C1 controls, U+2028, emoji, combining and RTL text,
     lines longer than a cell holds) LibreOffice reads back from the Scenario sheet unchanged."""
     from openpyxl import load_workbook
-    from tracer import libreoffice
+    from tracer.recalc import libreoffice
     unusual = "tab\there DEL\x7f NEL\x85 C1\x9f LS\u2028PS\u2029 😀 e\u0301 עברית \u00a0 \ufffd \U0010fffd"
     comment = "".join(char for char in unusual if char not in "\x7f\u2028\u2029")   # TOML refuses DEL in a comment
     text = GOOD.replace('name = "t"', f'name = "t"\ndescription = {scenario_module._toml_string(unusual)}\n# {comment}'

@@ -5,7 +5,8 @@ import csv
 import numpy as np
 import pytest
 
-from tracer import engine, scenario as scenario_module, sweep
+from tracer.training import engine, scenario as scenario_module
+from tracer.studies import sweep
 from tests.conftest import assert_refused
 
 RAW_SIGMOID = ["layers.0.activation=\"sigmoid\"", "layers.0={units = 3, activation = \"sigmoid\", init = \"uniform\", "

@@ -4,7 +4,8 @@ import math
 import numpy as np
 import pytest
 
-from tracer import engine, gradcheck, scenario as scenario_module, templates
+from tracer.training import engine, scenario as scenario_module, templates
+from tracer.explain import gradcheck
 
 
 def run(name, **kwargs):

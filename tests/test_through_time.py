@@ -1,4 +1,4 @@
-"""The analysis through time of recurrent layers (tracer/through_time.py): `tracer chain` of W, Wh,
+"""The analysis through time of recurrent layers (tracer/explain/through_time.py): `tracer chain` of W, Wh,
 b, bh as a sum over time steps, `tracer diagnose`'s error through time, `tracer check` with ~k.
 
 Independent numbers: the engine's gradients (themselves held to torch in tests/test_recurrent.py),
@@ -10,7 +10,8 @@ import re
 import numpy as np
 import pytest
 
-from tracer import chain, check, diagnose, engine, scenario as scenario_module, through_time
+from tracer.explain import chain, check, diagnose, through_time
+from tracer.training import engine, scenario as scenario_module
 from tests.latex_check import check_latex
 
 T_LONG = 101     # time steps t = 0 … 100: 100 steps of recurrence from h₀ to h₁₀₀, as in the articles
@@ -376,7 +377,7 @@ def test_stacked_cells_chain_and_diagnose():
 def _template(name):
     """A recurrent template by name once installed, else its staged file (tests/recurrent_templates)."""
     from pathlib import Path
-    from tracer import templates
+    from tracer.training import templates
     if templates.exists(name):
         return engine.run(scenario_module.load(name))
     return engine.run(scenario_module.load(str(Path(__file__).parent / "recurrent_templates" / f"{name}.toml")))

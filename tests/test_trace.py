@@ -8,8 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from tracer import engine, scenario as scenario_module, templates
-from tracer.trace import CSV_COLUMNS, Trace
+from tracer.training import engine, scenario as scenario_module, templates
+from tracer.training.trace import CSV_COLUMNS, Trace
 from tests.conftest import build
 
 

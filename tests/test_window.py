@@ -4,7 +4,7 @@ import functools
 import numpy as np
 import pytest
 
-from tracer import engine, scenario as scenario_module
+from tracer.training import engine, scenario as scenario_module
 
 LATE = {
     # E = (w·1 − 0)², w ← (1 − 2·lr)·w = −1.021·w: the sign flips every step and |w| grows slowly,

@@ -11,7 +11,8 @@ import numpy as np
 import openpyxl
 import pytest
 
-from tracer import engine, libreoffice, scenario as scenario_module, templates, verify
+from tracer.training import engine, scenario as scenario_module, templates
+from tracer.recalc import libreoffice, verify
 from tracer.errors import LimitError, TracerError
 from tracer.workbook import charts, writer
 from tests.conftest import BASE, build

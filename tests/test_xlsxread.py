@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 from openpyxl import load_workbook
 
-from tracer import xlsxread
+from tracer.recalc import xlsxread
 
 EXAMPLES = [Path(__file__).resolve().parent.parent / "examples" / "workbooks" / f"{name}.xlsx"
             for name in ("linear-regression", "leaky-relu-explosion", "sigmoid-vanishing")]

@@ -14,22 +14,25 @@ The Python API, at the top level (sub-modules keep their own names and functions
 """
 import importlib
 
-from .scenario import Scenario, from_dict, load, loads
-from . import engine
-from .trace import Trace
+from tracer import aliases
+from tracer.training.scenario import Scenario, from_dict, load, loads
+from tracer.training import engine
+from tracer.training.trace import Trace
+
+aliases.install()
 
 # name -> (module, function): imported on first use, so `import tracer` stays light (sympy,
 # openpyxl and the workbook writer load only when asked for).
 _LAZY = {
     "write_workbook": ("tracer.workbook.writer", "write"),
-    "verify_workbook": ("tracer.verify", "verify"),
-    "verify_workbooks": ("tracer.verify", "verify_many"),
-    "diagnose_run": ("tracer.diagnose", "diagnose"),
-    "explain_gradient": ("tracer.chain", "explain"),
-    "render_explanation": ("tracer.chain", "render"),
-    "check_gradients": ("tracer.gradcheck", "check"),
-    "template_names": ("tracer.templates", "names"),
-    "from_torch": ("tracer.pytorch", "from_torch"),   # torch is imported only when it is called
+    "verify_workbook": ("tracer.recalc.verify", "verify"),
+    "verify_workbooks": ("tracer.recalc.verify", "verify_many"),
+    "diagnose_run": ("tracer.explain.diagnose", "diagnose"),
+    "explain_gradient": ("tracer.explain.chain", "explain"),
+    "render_explanation": ("tracer.explain.chain", "render"),
+    "check_gradients": ("tracer.explain.gradcheck", "check"),
+    "template_names": ("tracer.training.templates", "names"),
+    "from_torch": ("tracer.bridges.pytorch", "from_torch"),   # torch is imported only when it is called
 }
 
 __all__ = ["Scenario", "Trace", "from_dict", "load", "loads", "run", *_LAZY]
@@ -42,8 +45,8 @@ def run(scenario, sums=None, layout=None):
     products); None: the order of the layout its workbook will have, as `tracer run` chooses it
     (writer.sum_order: in_order for the column layout, matmul for the matrix layout of a net too
     wide for it; `layout` "column" or "matrix" asks for one)."""
-    from .errors import InputError
-    from .workbook import writer
+    from tracer.errors import InputError
+    from tracer.workbook import writer
     if layout not in (None, *writer.SUM_ORDER_OF_LAYOUT):
         raise InputError(f"layout must be one of {', '.join(writer.SUM_ORDER_OF_LAYOUT)}, not {layout!r}")
     if sums is not None and layout is not None:

@@ -1,3 +1,3 @@
-from .cli import main
+from tracer.cli import main
 
 main()

@@ -7,11 +7,14 @@ import time
 
 import click
 
-from . import engine, gradcheck as gradcheck_module, output as output_module, scenario as scenario_module
-from . import templates, verify
-from .chain import parse_parameter
-from .errors import TracerError, shorten
-from .workbook import writer
+from tracer.training import engine, scenario as scenario_module
+from tracer.explain import gradcheck as gradcheck_module
+from tracer import output as output_module
+from tracer.training import templates
+from tracer.recalc import verify
+from tracer.explain.chain import parse_parameter
+from tracer.errors import TracerError, shorten
+from tracer.workbook import writer
 
 
 class _Failure(click.ClickException):
@@ -272,7 +275,7 @@ def chain(scenario, overrides, steps, parameter, at_step, sample, path, latex):
     Example:
       tracer chain sigmoid-vanishing --param W1[0,0] --step 0
     """
-    from . import chain as chain_module
+    from tracer.explain import chain as chain_module
     trace = _run(_load(scenario, overrides, steps))
     units = None
     if path:
@@ -295,7 +298,7 @@ def diagnose(scenario, overrides, steps, rows):
     Example:
       tracer diagnose leaky-relu-explosion
     """
-    from . import diagnose as diagnose_module
+    from tracer.explain import diagnose as diagnose_module
     trace = _run(_load(scenario, overrides, steps))
     click.echo(diagnose_module.render(diagnose_module.diagnose(trace), rows=rows))
 
@@ -322,7 +325,7 @@ def sweep(scenario, seeds, remedies, grid, steps, output, csv_path, workbooks, j
       tracer sweep leaky-relu-explosion --remedies --csv remedies.csv
       tracer sweep xor --set optimizer.lr=0.1,1,10 --set layers.0.init=xavier_uniform,he_uniform
     """
-    from . import sweep as sweep_module
+    from tracer.studies import sweep as sweep_module
     loaded = _load(scenario, (), steps)
     axes = sweep_module.grid_axes(grid)
     if seeds:
@@ -362,7 +365,7 @@ def check_command(scenario, overrides, steps, hand, mapping, as_json):
       tracer check linear-regression my-numbers.csv
       tracer check xor my-sheet.xlsx --map cells.csv --json
     """
-    from . import check as check_module
+    from tracer.explain import check as check_module
     trace = _run(_load(scenario, overrides, steps))
     if hand.lower().endswith((".xlsx", ".xlsm", ".ods", ".xls")):
         if not mapping:

@@ -11,7 +11,7 @@ import shutil
 import signal
 import tempfile
 
-from .errors import InputError, OutputError, OutputExistsError
+from tracer.errors import InputError, OutputError, OutputExistsError
 
 PART_SUFFIX = ".part"
 NAME_LIMIT = 100  # characters of a file name made from a scenario's `name`

@@ -4,14 +4,13 @@
 Consumers ask the kind of a layer, `layers.get(layer.kind).<face>(...)`, never test a kind's name.
 Registering a kind here is the only place a kind is named.
 """
-from .base import (IN_ORDER, MATMUL, SUM_ORDERS, Layer, LayerKind, Quantity, SumOrder, back_sum,  # noqa: F401
-                   sum_order, weighted_sum)
-from .batchnorm import BatchNorm
-from .dense import Dense
-from .gru import Gru
-from .layernorm import LayerNorm
-from .lstm import Lstm
-from .rnn import Rnn
+from tracer.layers.base import (IN_ORDER, MATMUL, SUM_ORDERS, Layer, LayerKind, Quantity, SumOrder, back_sum, sum_order, weighted_sum)
+from tracer.layers.batchnorm import BatchNorm
+from tracer.layers.dense import Dense
+from tracer.layers.gru import Gru
+from tracer.layers.layernorm import LayerNorm
+from tracer.layers.lstm import Lstm
+from tracer.layers.rnn import Rnn
 
 DENSE, BATCHNORM, LAYERNORM, RNN, LSTM, GRU = Dense(), BatchNorm(), LayerNorm(), Rnn(), Lstm(), Gru()
 LAYERS = {kind.name: kind for kind in (DENSE, BATCHNORM, LAYERNORM, RNN, LSTM, GRU)}

@@ -35,10 +35,10 @@ from typing import Callable
 
 import numpy as np
 
-from .. import activations, init as inits
-from ..errors import ScenarioError
-from ..ieee import propagate_nonfinite
-from ..procedures import reduce_samples
+from tracer.maths import activations, initialisers as inits
+from tracer.errors import ScenarioError
+from tracer.maths.ieee import propagate_nonfinite
+from tracer.maths.procedures import reduce_samples
 
 PER = ("sample-unit", "step-unit", "sample", "sample-time-unit", "sample-time-param")
 

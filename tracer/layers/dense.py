@@ -8,12 +8,12 @@ The three sums (over i, over k, over the batch) are added in the run's SumOrder 
 right as a spreadsheet's formula does (in_order), or as numpy matrix products (matmul).
 """
 import numpy as np
-from ..symbolic import sympy as sp
+from tracer.maths.symbolic import sympy as sp
 
-from .. import init as inits, notation
-from ..errors import ScenarioError
-from ..procedures import reduce_samples
-from .base import COMMON, E, H, IN_ORDER, ExcelColumns, Layer, LayerKind, parse_activation, parse_bias, parse_init
+from tracer.maths import initialisers as inits, notation
+from tracer.errors import ScenarioError
+from tracer.maths.procedures import reduce_samples
+from tracer.layers.base import (COMMON, E, H, IN_ORDER, ExcelColumns, Layer, LayerKind, parse_activation, parse_bias, parse_init)
 
 
 class Dense(LayerKind):

@@ -18,8 +18,7 @@ delta_hn] (the columns of Wh, bh); products left to right as written.
 """
 import numpy as np
 
-from .rnn import (activate, as_float, back_sum, check_shapes, input_sums, parameter_gradients,
-                  previous_states, running_sum, split_gates)
+from tracer.layers.rnn import (activate, as_float, back_sum, check_shapes, input_sums, parameter_gradients, previous_states, running_sum, split_gates)
 
 GATES = ("r", "z", "n")
 FORWARD_QUANTITIES = (
@@ -101,7 +100,7 @@ def backward(record, dE_dh, W, Wh):
 
 # ---- the Excel face (the Trace sheet unrolled through time) --------------------------------------
 
-from .rnn import RecurrentExcel  # noqa: E402
+from tracer.layers.rnn import RecurrentExcel  # noqa: E402
 
 
 class GruExcel(RecurrentExcel):
@@ -120,8 +119,8 @@ class GruExcel(RecurrentExcel):
         return ("delta_hn" if gate == "n" else f"delta_{gate}", x.l, (t, j))
 
     def excel_step_forward(self, layer, x, t):
-        from .base import ExcelColumns
-        from .. import activations
+        from tracer.layers.base import ExcelColumns
+        from tracer.maths import activations
         l, group = x.l, f"layer {x.l} forward, t = {t}"
         at = lambda name, j: x.ref((name, l, (t, j)))  # noqa: E731
         name = lambda symbol, j: self.excel_timed(x, symbol, l, j, t)  # noqa: E731
@@ -157,7 +156,7 @@ class GruExcel(RecurrentExcel):
         return f"{through}+{x.ref(('e', x.l, (t + 1, k)))}*{x.ref(('z', x.l, (t + 1, k)))}"
 
     def excel_step_backward(self, layer, x, t):
-        from .base import ExcelColumns
+        from tracer.layers.base import ExcelColumns
         l, group = x.l, f"layer {x.l} backward, t = {t}"
         at = lambda name, j: x.ref((name, l, (t, j)))  # noqa: E731
         columns = self.excel_error_columns(x, t, lambda j: f"Σₘ Wh{l}[{j},m]·δhₘ(t={t + 1}) + e(t+1)·z(t+1)")
@@ -175,7 +174,7 @@ class GruExcel(RecurrentExcel):
 # ---- the layer kind ------------------------------------------------------------------------------
 import sys as _sys  # noqa: E402
 
-from .rnn import Recurrent  # noqa: E402
+from tracer.layers.rnn import Recurrent  # noqa: E402
 
 
 class Gru(GruExcel, Recurrent):

@@ -16,8 +16,7 @@ Backward through time, given e_t = ∂E/∂h_t in full (see `backward`):
 """
 import numpy as np
 
-from .rnn import (activate, as_float, back_sum, check_shapes, input_sums, parameter_gradients,
-                  previous_states, running_sum, split_gates)
+from tracer.layers.rnn import (activate, as_float, back_sum, check_shapes, input_sums, parameter_gradients, previous_states, running_sum, split_gates)
 
 GATES = ("i", "f", "g", "o")
 GATE_ACTIVATIONS = {"i": "sigmoid", "f": "sigmoid", "g": "tanh", "o": "sigmoid"}
@@ -108,7 +107,7 @@ def backward(record, dE_dh, W, Wh):
 
 # ---- the Excel face (the Trace sheet unrolled through time) --------------------------------------
 
-from .rnn import RecurrentExcel  # noqa: E402
+from tracer.layers.rnn import RecurrentExcel  # noqa: E402
 
 
 class LstmExcel(RecurrentExcel):
@@ -123,8 +122,8 @@ class LstmExcel(RecurrentExcel):
         return (f"delta_{gate}", x.l, (t, j))
 
     def excel_step_forward(self, layer, x, t):
-        from .base import ExcelColumns
-        from .. import activations
+        from tracer.layers.base import ExcelColumns
+        from tracer.maths import activations
         l, group = x.l, f"layer {x.l} forward, t = {t}"
         at = lambda name, j: x.ref((name, l, (t, j)))  # noqa: E731
         name = lambda symbol, j: self.excel_timed(x, symbol, l, j, t)  # noqa: E731
@@ -152,7 +151,7 @@ class LstmExcel(RecurrentExcel):
         return columns
 
     def excel_step_backward(self, layer, x, t):
-        from .base import ExcelColumns
+        from tracer.layers.base import ExcelColumns
         l, T, group = x.l, x.steps, f"layer {x.l} backward, t = {t}"
         at = lambda name, j, s=t: x.ref((name, l, (s, j)))  # noqa: E731
         last = t == T - 1
@@ -176,7 +175,7 @@ class LstmExcel(RecurrentExcel):
 # ---- the layer kind ------------------------------------------------------------------------------
 import sys as _sys  # noqa: E402
 
-from .rnn import Recurrent  # noqa: E402
+from tracer.layers.rnn import Recurrent  # noqa: E402
 
 
 class Lstm(LstmExcel, Recurrent):

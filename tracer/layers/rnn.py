@@ -60,8 +60,8 @@ input is non-finite gives NaN (ieee.propagate_nonfinite), as a spreadsheet error
 """
 import numpy as np
 
-from .. import activations
-from ..ieee import propagate_nonfinite
+from tracer.maths import activations
+from tracer.maths.ieee import propagate_nonfinite
 
 GATES = ("",)    # one block of columns, no gate name (lstm: i f g o; gru: r z n)
 FORWARD_QUANTITIES = (
@@ -124,7 +124,7 @@ def back_sum(delta, M):
 
 
 def activate(name, u, params=None):
-    """(f(u), f'(u)) of an elementwise activation of tracer.activations, non-finite u giving NaN."""
+    """(f(u), f'(u)) of an elementwise activation of tracer.maths.activations, non-finite u giving NaN."""
     definition = activations.get(name)
     if not definition.elementwise:
         raise ValueError(f"a recurrent cell needs an elementwise activation, not {name!r}")
@@ -181,7 +181,7 @@ def forward(x, W, Wh, b, bh, activation="tanh", params=None):
 
     Like torch.nn.RNN(nonlinearity=tanh|relu) with W = weight_ih_l0ᵀ, Wh = weight_hh_l0ᵀ,
     b = bias_ih_l0, bh = bias_hh_l0, batch_first=True; any elementwise activation of
-    tracer.activations (identity included), with its `params` (defaults of the activation).
+    tracer.maths.activations (identity included), with its `params` (defaults of the activation).
     Returns the record: u, h, slope (B, T, U), and the working arrays x, h_prev.
     """
     check_shapes(x, W, Wh, b, bh, len(GATES))
@@ -327,7 +327,7 @@ class RecurrentExcel:
         """The first columns of every recurrent kind's backward step t: e→ (below the last step: the
         error reaching h_t from step t+1, excel_back_terms; `carried(j)` states its sum in the header
         comment) and e_t = ∂E/∂h_t (excel_error, with e→ where there is one)."""
-        from .base import ExcelColumns
+        from tracer.layers.base import ExcelColumns
         l, group, last = x.l, f"layer {x.l} backward, t = {t}", t == x.steps - 1
         columns = []
         if not last:
@@ -415,7 +415,7 @@ class RnnExcel(RecurrentExcel):
     e_t, δ_t = f'(u_t)·e_t."""
 
     def excel_step_forward(self, layer, x, t):
-        from .base import ExcelColumns
+        from tracer.layers.base import ExcelColumns
         l, act = x.l, activations.get(layer.activation)
         params = x.activation_params or {}
         group = f"layer {l} forward, t = {t}"
@@ -430,7 +430,7 @@ class RnnExcel(RecurrentExcel):
         ]
 
     def excel_step_backward(self, layer, x, t):
-        from .base import ExcelColumns
+        from tracer.layers.base import ExcelColumns
         l = x.l
         return self.excel_error_columns(x, t, lambda j: f"Σₘ Wh{l}[{j},m]·δₘ(t={t + 1})") + [
             ExcelColumns(f"layer {l} backward, t = {t}", "delta", "δ", "δ_t = ∂E/∂u_t = f'(u_t)·e_t",
@@ -438,9 +438,9 @@ class RnnExcel(RecurrentExcel):
         ]
 # ---- the layer kinds (registry faces) ----------------------------------------------------------
 # Imported here, below the cells' maths, so that the cells stay importable on their own.
-from ..errors import ScenarioError  # noqa: E402
-from .base import LayerKind, Layer, Quantity, parse_activation, parse_bias, parse_init  # noqa: E402
-from .. import init as inits  # noqa: E402
+from tracer.errors import ScenarioError  # noqa: E402
+from tracer.layers.base import LayerKind, Layer, Quantity, parse_activation, parse_bias, parse_init  # noqa: E402
+from tracer.maths import initialisers as inits  # noqa: E402
 
 RECURRENT_KEYS = ("kind", "units", "init", "low", "high", "mean", "std", "value", "weights", "recurrent_weights",
                   "bias", "recurrent_bias", "bias_init", "bias_low", "bias_high", "bias_mean", "bias_std",

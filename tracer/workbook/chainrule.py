@@ -3,9 +3,9 @@ step and sample, the factors ② input · ④ error from above · ⑤ local slop
 the Trace cells, their product, the Trace's gradient and whether they agree (to 1e-9)."""
 import numpy as np
 
-from .. import losses
-from ..chain import error_from_above, parse_parameter
-from ..trace import param_name
+from tracer.maths import losses
+from tracer.explain.chain import error_from_above, parse_parameter
+from tracer.training.trace import param_name
 
 MAX_STEPS = 200   # the sheet covers the first steps only; the identity is the same at every step
 

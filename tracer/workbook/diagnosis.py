@@ -10,9 +10,10 @@ as (x < θ)·(x > −θ), which still propagates an error cell into the count.""
 import numpy as np
 from openpyxl.utils import get_column_letter as _letter
 
-from .. import activations, layers
-from ..diagnose import gradients_finite, layer_flag, loss_minimum, stall_series, unit_values
-from ..notation import layer as _layer
+from tracer.maths import activations
+from tracer import layers
+from tracer.explain.diagnose import gradients_finite, layer_flag, loss_minimum, stall_series, unit_values
+from tracer.maths.notation import layer as _layer
 
 
 class DiagnosisLayout:

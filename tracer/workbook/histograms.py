@@ -20,7 +20,8 @@ import numpy as np
 from openpyxl.chart import BarChart, Reference
 from openpyxl.utils import get_column_letter as _letter
 
-from .. import layers, notation
+from tracer import layers
+from tracer.maths import notation
 
 MAX_BINS = 12
 ZERO = 1e-9      # |value| at most this fraction of the largest |value| of its group counts as 0 (rounding)

@@ -21,11 +21,12 @@ from typing import Callable
 import numpy as np
 from openpyxl.utils import column_index_from_string, get_column_letter
 
-from .. import activations, layers, losses, optim, procedures
-from ..errors import LimitError
-from ..layers.base import ExcelLayer
-from ..trace import param_name
-from .. import notation
+from tracer.maths import activations, losses, optim, procedures
+from tracer import layers
+from tracer.errors import LimitError
+from tracer.layers.base import ExcelLayer
+from tracer.training.trace import param_name
+from tracer.maths import notation
 
 HEADER_ROWS = 2
 MAX_COLUMNS = 16_384

@@ -41,10 +41,11 @@ from typing import Callable
 import numpy as np
 from openpyxl.utils import get_column_letter
 
-from .. import activations, layers, losses, notation, optim, procedures
-from ..errors import LimitError
-from ..layers.base import ExcelLayer
-from . import layout as layout_module, steps as steps_module
+from tracer.maths import activations, losses, notation, optim, procedures
+from tracer import layers
+from tracer.errors import LimitError
+from tracer.layers.base import ExcelLayer
+from tracer.workbook import layout as layout_module, steps as steps_module
 
 MAX_ROWS, MAX_COLUMNS, MAX_FORMULA = 1_048_576, layout_module.MAX_COLUMNS, 8_192
 SAMPLE_HEADER_ROWS, PARAMETER_HEADER_ROWS, GAP_ROWS = 2, 2, 1
@@ -799,9 +800,9 @@ class _Values:
 def write_sheet(workbook, trace, layout, progress=None):
     """The Trace sheet of the matrix layout: its frame (widths, frozen label columns, highlights);
     returns the generator of its rows (XML, one step at a time: memory does not grow with steps)."""
-    from . import writer
+    from tracer.workbook import writer
     from openpyxl.cell import WriteOnlyCell
-    from . import xlsx
+    from tracer.workbook import xlsx
     sheet = workbook.create_sheet("Trace")
     sheet.column_dimensions["A"].width = 9
     sheet.column_dimensions["B"].width = 9
@@ -822,7 +823,7 @@ def write_sheet(workbook, trace, layout, progress=None):
 
 
 def _sheet_rows(trace, layout, styles, progress):
-    from . import xlsx
+    from tracer.workbook import xlsx
     first_step = trace.first_step
     for step in range(len(layout.counts)):
         yield from _rows_of(layout, _step_cells(trace, layout, step, styles))
@@ -839,13 +840,13 @@ def _sheet_rows(trace, layout, styles, progress):
 
 
 def _rows_of(layout, cells):
-    from . import xlsx
+    from tracer.workbook import xlsx
     for number in sorted(cells):
         yield xlsx.row(number, [xml for _, xml in sorted(cells[number], key=lambda c: c[0])])
 
 
 def _header_rows(cells, row, headers, styles, title):
-    from . import xlsx
+    from tracer.workbook import xlsx
     groups, heads = headers
     groups = {**groups, 0: title}
     cells.setdefault(row, []).extend((c, xlsx.value_cell(f"{_letter(c)}{row}", text, styles["group"])) for c, text in groups.items())
@@ -854,7 +855,7 @@ def _header_rows(cells, row, headers, styles, title):
 
 
 def _parameter_labels(cells, layout, step):
-    from . import xlsx
+    from tracer.workbook import xlsx
     top = layout.parameter_row(step)
     for i in range(layout.parameter_rows):
         cells.setdefault(top + i, []).append((1, xlsx.value_cell(f"B{top + i}", "b" if i == 0 else f"W[{i - 1},·]")))
@@ -862,7 +863,7 @@ def _parameter_labels(cells, layout, step):
 
 def _step_cells(trace, layout, step, styles):
     """{row: [(column, xml)]} of one step."""
-    from . import xlsx
+    from tracer.workbook import xlsx
     number = trace.first_step + step
     cells = {}
     start = layout.starts[step]
@@ -884,7 +885,7 @@ def _step_cells(trace, layout, step, styles):
 
 def _block_cells(cells, block):
     """Add a block's cells: formulas with the engine's value cached, or the engine's constants."""
-    from . import writer, xlsx
+    from tracer.workbook import writer, xlsx
     values = block.values.tolist()
     for i in range(block.height):
         if i == 0 and block.blank_first_row:

@@ -3,8 +3,8 @@ of the first weight of every layer, all formulas on the Trace sheet's Σ rows. W
 not finite the cell is #N/A (IFERROR(…,NA())), which the charts draw as a gap, not as 0."""
 import numpy as np
 
-from ..trace import param_name
-from .. import notation
+from tracer.training.trace import param_name
+from tracer.maths import notation
 
 
 class StepsLayout:

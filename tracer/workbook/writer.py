@@ -25,9 +25,11 @@ from openpyxl.utils import get_column_letter
 from openpyxl.workbook.defined_name import DefinedName
 from openpyxl.xml.functions import tostring
 
-from ..errors import LimitError, OutputExistsError
-from .. import diagnose as diagnose_module, layers, output, procedures
-from . import chainrule, charts, diagnosis, histograms, layout as layout_module, matrix, steps as steps_module, xlsx
+from tracer.errors import LimitError, OutputExistsError
+from tracer.explain import diagnose as diagnose_module
+from tracer import layers, output
+from tracer.maths import procedures
+from tracer.workbook import (chainrule, charts, diagnosis, histograms, layout as layout_module, matrix, steps as steps_module, xlsx)
 
 MAX_ROWS, MAX_FORMULA = 1_048_576, 8_192
 _HEADER_FONT = Font(bold=True)
@@ -114,7 +116,7 @@ def check_scenario_fits(scenario, layout="column", window=None):
     """Refuse, before training, a run whose workbook would break a spreadsheet limit in `layout`
     ("column", "matrix", or None: whichever make_layout chooses); returns the layout's name.
     `window` (A, B): the workbook shows only steps A..B (--window)."""
-    from ..engine import batch_schedule
+    from tracer.training.engine import batch_schedule
     schedule = batch_schedule(scenario)
     if window is not None:
         return make_layout(scenario, schedule[window[0]:window[1] + 1], window[0], layout).name
@@ -138,7 +140,7 @@ def sum_order(scenario, layout=None, window=None):
     layouts count their columns and check their limits from the scenario alone, before the engine
     runs (a whole run that fits a layout has the layout of its first step: the matrix layout takes
     more rows per step than the column layout)."""
-    from ..engine import batch_schedule
+    from tracer.training.engine import batch_schedule
     first = 0 if window is None else window[0]
     head = copy.copy(scenario)
     head.steps = first + 1

@@ -7,8 +7,9 @@ is padded with NaN and sample id -1.
 """
 import numpy as np
 
-from . import layers, output, records
-from .records import MAX_BYTES  # noqa: F401  (the cap on a run's recorded scalars, checked at load time)
+from tracer import layers, output
+from tracer.training import records
+from tracer.training.records import MAX_BYTES  # noqa: F401  (the cap on a run's recorded scalars, checked at load time)
 
 CSV_COLUMNS = ("step", "sample", "quantity", "layer", "row", "col", "value", "time")
 # time: the time step of a recurrent layer's quantity (issue 12), empty for every other quantity

@@ -7,7 +7,7 @@ ships as load_digits): 32×32 bitmaps cut into 4×4 blocks, each block's count o
 (pixel_0_0 … pixel_7_7 row by row, digit, is_0 … is_9), one image a row, its digit and the digit
 one-hot, so a scenario's [data] can name input_columns and target_columns directly.
 """
-from . import inputs, templates
+from tracer.training import inputs, templates
 
 DIGITS_FILE = "digits.csv"
 PIXELS = tuple(f"pixel_{row}_{column}" for row in range(8) for column in range(8))

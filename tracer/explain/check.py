@@ -35,9 +35,11 @@ import re
 
 import numpy as np
 
-from . import activations, inputs, layers, losses, optim
-from .chain import parse_parameter
-from .errors import InputError, LibreOfficeMissing, TracerError, shorten
+from tracer.maths import activations, losses, optim
+from tracer.training import inputs
+from tracer import layers
+from tracer.explain.chain import parse_parameter
+from tracer.errors import InputError, LibreOfficeMissing, TracerError, shorten
 
 _NAME = re.compile(
     r"^(?:(grad|update)\s+)?(u|a|h|e|slope|delta|Wh|bh|W|b|gamma|beta|loss)([0-9]{1,9})?"
@@ -177,7 +179,7 @@ def parse_name(text, trace, line=0, source="hand"):
 def _check_time(s, quantity, l, time, where, shown):
     """A time step (~k) where the layer is recurrent and the quantity has one; required for the
     quantities a recurrent layer has at every time step; within 0..T−1."""
-    from . import through_time
+    from tracer.explain import through_time
     layer = s.layers[l - 1]
     recurrent = through_time.is_recurrent(layer)
     timed = recurrent or getattr(s, "per_time_targets", False)   # dense layers at every time step: targets per time step
@@ -290,7 +292,7 @@ def read_workbook(path, mapping, trace):
     line, e.g. `grad W1[0,0],Sheet1!C7`) names. Full-precision values are compared to 1e-9 relative."""
     import tempfile
     from openpyxl import load_workbook
-    from . import libreoffice
+    from tracer.recalc import libreoffice
     pairs = []
     for number, name, cell in _name_lines(mapping, "cell"):
         key = parse_name(name, trace, number, str(mapping))
@@ -364,11 +366,11 @@ class Local:
         return True
 
     def _recurrent(self, l):
-        from . import through_time
+        from tracer.explain import through_time
         return through_time.is_recurrent(self.s.layers[l - 1])
 
     def _elman(self, l):
-        from . import through_time
+        from tracer.explain import through_time
         return through_time.elman(self.s.layers[l - 1])
 
     def __call__(self, key, get):
@@ -443,14 +445,14 @@ class Local:
         raise ValueError(key)
 
     def through_time(self, key, get):
-        """The rules of a recurrent layer (tracer/through_time.py), for one sample at training step t:
+        """The rules of a recurrent layer (tracer/explain/through_time.py), for one sample at training step t:
           u_k[j]  = Σ_i x_k[i]·W[i,j] + b[j] + Σ_m h_{k−1}[m]·Wh[m,j] + bh[j]   (h₋₁ = 0; left to right)
           h_k = f(u_k),  slope_k = f'(u_k),  δ_k = slope_k·e_k
           e_k[j]  = g_k[j] + Σ_m Wh[j,m]·δ_{k+1}[m]   (e_{T−1} = g_{T−1}; g = ∂E/∂h_k from the layer above)
           grad W~k = x_k[i]·δ_k[j], grad Wh~k = h_{k−1}[i]·δ_k[j], grad b~k = grad bh~k = δ_k[j]
           grad θ (per sample) = Σ_k grad θ~k, left to right from k = 0;  a = h_{T−1}
         lstm and gru: the contributions with the engine's gate deltas (their gates have no hand rule here)."""
-        from . import through_time
+        from tracer.explain import through_time
         q, l, t, smp, k, index = key.quantity, key.layer, key.step, key.sample, key.time, key.index
         s = self.s
         layer = s.layers[l - 1]
@@ -509,7 +511,7 @@ class Local:
         (its error passed down), or at every time step with targets per time step (Σ_m δ_k[m]·W[j,m]
         of the dense layer at time k); an rnn above: Σ_m δ_k[m]·W[j,m] of its cell; lstm, gru above:
         the engine's value."""
-        from . import through_time
+        from tracer.explain import through_time
         s, T = self.s, self.s.inputs.shape[1]
         above = s.layers[l] if l < len(s.layers) else None
         per_time = getattr(s, "per_time_targets", False)
@@ -737,7 +739,7 @@ def _slip(trace, local, written, key, person, tol, engine):
 
 def _time_slip(trace, local, written, key, person, tol, engine):
     """Slips in the error through time e_k = g_k + Σ_m Wh[j,m]·δ_{k+1}[m]: one of its two parts left out."""
-    from . import through_time
+    from tracer.explain import through_time
     T = trace.scenario.inputs.shape[1]
     if key.time == T - 1:
         return None

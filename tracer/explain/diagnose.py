@@ -23,8 +23,10 @@ import math
 
 import numpy as np
 
-from . import activations, chain as chain_module, layers, losses, optim, through_time
-from .trace import param_name, weight_name
+from tracer.maths import activations, losses, optim
+from tracer.explain import chain as chain_module, through_time
+from tracer import layers
+from tracer.training.trace import param_name, weight_name
 
 
 SWING_GROWTH = 2.0   # |θ| must at least double per step on average, and end above 1, to count as diverging

@@ -25,7 +25,7 @@ import math
 
 import numpy as np
 
-from .ieee import propagate_nonfinite
+from tracer.maths.ieee import propagate_nonfinite
 
 # ---------------------------------------------------------------- batch reduction
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import shutil
 import subprocess
 
-from .errors import TracerError
+from tracer.errors import TracerError
 
 INSTALL = "apt-get install -y --no-install-recommends gnumeric"
 

@@ -18,7 +18,7 @@ import math
 from typing import Callable
 
 import numpy as np
-from .symbolic import sympy as sp
+from tracer.maths.symbolic import sympy as sp
 
 _erfc = np.vectorize(math.erfc, otypes=[float])
 _SQRT2 = math.sqrt(2.0)

@@ -14,10 +14,12 @@ import unicodedata
 
 import numpy as np
 
-from . import inputs, layers as layer_kinds, losses, optim, procedures, templates
-from .layers import Layer  # noqa: F401  (a scenario's layer; defined with the layer kinds)
-from .errors import ScenarioError, shorten
-from .records import MAX_BYTES as MAX_TRACE_BYTES, bytes_needed as trace_bytes
+from tracer.training import inputs, templates
+from tracer import layers as layer_kinds
+from tracer.maths import losses, optim, procedures
+from tracer.layers import Layer  # noqa: F401  (a scenario's layer; defined with the layer kinds)
+from tracer.errors import ScenarioError, shorten
+from tracer.training.records import MAX_BYTES as MAX_TRACE_BYTES, bytes_needed as trace_bytes
 
 TOP_KEYS = ("name", "description", "seed", "steps", "data", "layers", "loss", "optimizer", "training", "diagnosis")
 DATA_KEYS = ("inputs", "targets", "file", "input_columns", "target_columns", "normalize")

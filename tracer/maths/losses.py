@@ -33,10 +33,10 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-from .symbolic import sympy as sp
+from tracer.maths.symbolic import sympy as sp
 
-from . import procedures
-from .activations import _x_log1p
+from tracer.maths import procedures
+from tracer.maths.activations import _x_log1p
 
 
 @dataclass(frozen=True)

@@ -47,8 +47,8 @@ import math
 
 import numpy as np
 
-from . import scenario as scenario_module
-from .errors import TracerError
+from tracer.training import scenario as scenario_module
+from tracer.errors import TracerError
 
 SOURCE = "from_torch"
 
@@ -230,7 +230,7 @@ def _softmax_dim(module, where):
 
 def _known_kinds():
     try:
-        from . import layers as registry   # the layer registry, where this version of tracer has one
+        from tracer import layers as registry   # the layer registry, where this version of tracer has one
         return tuple(registry.LAYERS)
     except (ImportError, AttributeError):
         return scenario_module.LAYER_KINDS

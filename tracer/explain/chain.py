@@ -15,12 +15,14 @@ from dataclasses import dataclass
 import re
 
 import numpy as np
-from .symbolic import sympy as sp
+from tracer.maths.symbolic import sympy as sp
 
-from . import activations, layers, losses, through_time
-from .errors import InputError, shorten
-from .trace import param_name
-from . import notation
+from tracer.maths import activations, losses
+from tracer import layers
+from tracer.explain import through_time
+from tracer.errors import InputError, shorten
+from tracer.training.trace import param_name
+from tracer.maths import notation
 
 _PARAMETER_NAMES = sorted({name for kind in layers.LAYERS.values() for name in kind.param_names}, key=lambda n: (-len(n), n))
 _PARAM = re.compile(rf"^\s*({'|'.join(_PARAMETER_NAMES)})([0-9]{{1,9}})\[([0-9]{{1,9}})(?:,\s*([0-9]{{1,9}}))?\]\s*$")
@@ -225,7 +227,7 @@ def _update_lines(trace, which, layer, index, step, batch):
     if s.clip_value is not None:
         lines.append(f"clip by value: g clamped to ±{s.clip_value:g}")
     update = getattr(trace, f"update_{which}")[layer - 1][(step,) + tuple(index)]
-    from . import optim
+    from tracer.maths import optim
     lines.append(f"update at step {step}: {s.optimizer} ({optim.OPTIMIZERS[s.optimizer].meaning}) with lr = "
                  f"{trace.lr[step]:.6g} and {used}: Δθ = {update:.10g}")
     return lines

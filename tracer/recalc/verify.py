@@ -21,8 +21,8 @@ import tempfile
 import numpy as np
 from openpyxl.utils import get_column_letter
 
-from . import gnumeric, libreoffice, xlsxread
-from .workbook import matrix as matrix_layout, writer
+from tracer.recalc import gnumeric, libreoffice, xlsxread
+from tracer.workbook import matrix as matrix_layout, writer
 
 TOLERANCE = 1e-9
 FLOOR = 1e-5

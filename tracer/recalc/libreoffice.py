@@ -6,7 +6,7 @@ import shutil
 import subprocess
 import tempfile
 
-from .errors import LibreOfficeMissing, TracerError
+from tracer.errors import LibreOfficeMissing, TracerError
 
 # Recalculate every formula when a file is loaded (0 = always), for xlsx and ods alike.
 _PROFILE = """<?xml version="1.0" encoding="UTF-8"?>

@@ -29,11 +29,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import activations, layers, losses, optim, procedures, records
-from .ieee import propagate_nonfinite
-from .records import derives_sample_gradients
-from .layers import back_sum, rnn, weighted_sum  # noqa: F401  (the shared sums, defined with the layer kinds)
-from .trace import Trace
+from tracer.maths import activations, losses, optim, procedures
+from tracer import layers
+from tracer.training import records
+from tracer.maths.ieee import propagate_nonfinite
+from tracer.training.records import derives_sample_gradients
+from tracer.layers import back_sum, rnn, weighted_sum  # noqa: F401  (the shared sums, defined with the layer kinds)
+from tracer.training.trace import Trace
 
 
 class Pass(dict):

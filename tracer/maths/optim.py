@@ -17,8 +17,8 @@ from typing import Callable
 
 import numpy as np
 
-from . import procedures
-from .ieee import propagate_nonfinite as poison
+from tracer.maths import procedures
+from tracer.maths.ieee import propagate_nonfinite as poison
 
 
 @dataclass(frozen=True)

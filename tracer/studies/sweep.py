@@ -18,8 +18,10 @@ import signal
 
 import numpy as np
 
-from . import diagnose, engine, layers as layer_kinds, output, scenario as scenario_module
-from .errors import InputError, OutputError, TracerError, shorten
+from tracer.explain import diagnose
+from tracer.training import engine, scenario as scenario_module
+from tracer import layers as layer_kinds, output
+from tracer.errors import InputError, OutputError, TracerError, shorten
 
 RELU_FAMILY = ("relu", "leaky_relu", "elu", "gelu", "silu")
 CSV_COLUMNS = ("variant", "label", "changes", "outcome", "outcome_step", "initial_loss", "final_loss", "note")
@@ -220,7 +222,7 @@ def run_one(job):
         return base
     try:
         loaded = scenario_module.load(job.reference, overrides=tuple(job.overrides) + tuple(variant.changes), steps=job.steps)
-        from .workbook import writer
+        from tracer.workbook import writer
         trace = engine.run(loaded, sums=writer.sum_order(loaded))   # the order of its workbook's layout
         outcome, step = diagnose.outcome(trace)
         if job.workbook:

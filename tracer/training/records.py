@@ -45,8 +45,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import layers, losses, optim
-from .layers.base import E, H, U, A, SLOPE, DELTA
+from tracer import layers
+from tracer.maths import losses, optim
+from tracer.layers.base import E, H, U, A, SLOPE, DELTA
 
 MAX_BYTES = 2 * 2**30   # the cap on a run's recorded scalars (README: "Bad input"), checked at load time
 COMMON_STORES = {U.name: "u", A.name: "a", SLOPE.name: "slope", DELTA.name: "delta", H.name: "h", E.name: "error"}

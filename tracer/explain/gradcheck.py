@@ -52,11 +52,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import activations, layers, losses
-from .engine import forward_backward, reduce_samples
-from .errors import InputError
-from .ieee import propagate_nonfinite
-from .layers import rnn
+from tracer.maths import activations, losses
+from tracer import layers
+from tracer.training.engine import forward_backward, reduce_samples
+from tracer.errors import InputError
+from tracer.maths.ieee import propagate_nonfinite
+from tracer.layers import rnn
 
 BEND_LIMIT = 1e-4     # accepted |D(h/2) − D(h)| / max(|numeric|, floor): O(h⁴) remainder ~1e-8
 HALVINGS = 4          # smallest step h₀/16: its round-off stays ~1e-7 of the floor

@@ -25,9 +25,9 @@ Wh = 1.1 over 100 time steps.
 from dataclasses import dataclass, field
 
 import numpy as np
-from .symbolic import sympy as sp
+from tracer.maths.symbolic import sympy as sp
 
-from . import activations, notation
+from tracer.maths import activations, notation
 
 GATES = {"rnn": ("",), "lstm": ("i", "f", "g", "o"), "gru": ("r", "z", "n")}
 WHICH = ("W", "Wh", "b", "bh")
@@ -344,7 +344,7 @@ def record(trace, l, step, slot):
 
 
 def _kind(layer):
-    from . import layers
+    from tracer import layers
     return layers.of(layer)
 
 

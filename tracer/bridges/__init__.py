@@ -1,0 +1,1 @@
+"""Bridges from other frameworks: a PyTorch model as a tracer Scenario."""

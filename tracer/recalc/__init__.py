@@ -1,0 +1,2 @@
+"""Recalculation by real spreadsheet engines (LibreOffice, Gnumeric), reading their results back and
+comparing every formula cell with the engine."""

@@ -1,0 +1,1 @@
+"""Studies over many runs: sweeps of seeds, settings and remedies."""
