@@ -186,7 +186,7 @@ def test_eps_on_a_dense_layer_names_the_kinds_it_applies_to(tmp_path, invoke):
     raw["layers"][1]["eps"] = 1e-3
     path = write_toml(tmp_path, scenario_module.dump_toml(raw))
     assert_refused(invoke("run", path, "--trace", tmp_path / "t.csv"), "layers[1].eps",
-                   "applies to kind = \"batchnorm\" or \"layernorm\" layers")
+                   "applies to kind = \"batchnorm\" or \"layernorm\"", "\"groupnorm\" layers")
 
 
 def test_an_unknown_kind_lists_the_registered_ones():

@@ -7,13 +7,15 @@ Registering a kind here is the only place a kind is named.
 from tracer.layers.base import (IN_ORDER, MATMUL, SUM_ORDERS, Layer, LayerKind, Quantity, SumOrder, back_sum, sum_order, weighted_sum)
 from tracer.layers.batchnorm import BatchNorm
 from tracer.layers.dense import Dense
+from tracer.layers.groupnorm import GroupNorm
 from tracer.layers.gru import Gru
 from tracer.layers.layernorm import LayerNorm
 from tracer.layers.lstm import Lstm
 from tracer.layers.rnn import Rnn
 
 DENSE, BATCHNORM, LAYERNORM, RNN, LSTM, GRU = Dense(), BatchNorm(), LayerNorm(), Rnn(), Lstm(), Gru()
-LAYERS = {kind.name: kind for kind in (DENSE, BATCHNORM, LAYERNORM, RNN, LSTM, GRU)}
+GROUPNORM = GroupNorm()
+LAYERS = {kind.name: kind for kind in (DENSE, BATCHNORM, LAYERNORM, RNN, LSTM, GRU, GROUPNORM)}
 KEYS = tuple(dict.fromkeys(key for kind in LAYERS.values() for key in kind.keys))   # every [[layers]] key
 
 
