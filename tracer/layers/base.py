@@ -639,9 +639,9 @@ class Layer:
     residual: bool = False        # a = f(u) + a⁽ˡ⁻¹⁾ (a skip connection; equal widths, hidden layers)
     kind: str = "dense"           # a name in tracer.layers.LAYERS
     eps: float = 1e-5             # normalisation layers only
-    groups: int = 1               # groupnorm layers only: the groups of units normalised together
     recurrent_weights: np.ndarray | None = None   # recurrent layers: explicit Wh (units × gates·units)
     recurrent_bias: np.ndarray | None = None      # recurrent layers: bh (gates·units), default 0
+    groups: int = 1               # groupnorm layers only: the groups of units normalised together
 
 
 ACTIVATION_PARAM_KEYS = ("slope", "alpha")
