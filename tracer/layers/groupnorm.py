@@ -173,13 +173,24 @@ class GroupNorm(Normalisation):
     # Normalisation's, the statistics per unit (those of the unit's group):
     #   chain     ② = x̂ⱼ;  ∂E/∂a⁽ˡ⁻¹⁾ⱼ = (dx̂ⱼ − m1ⱼ − x̂ⱼ·m2ⱼ)/√(σ²ⱼ + ε)
     #   check     u = γⱼ·x̂ⱼ + βⱼ and ∂E/∂γⱼ = x̂ⱼ·δⱼ with x̂ and the error down from the engine
-    #   diagnose  link diag(|γⱼ|/√(σ²ⱼ + ε)), below
+    #   diagnose  the producer of a non-finite u and the links diag(|γⱼ|/√(σ²ⱼ + ε)), below
 
     def chain_error_down(self, layer, l, j, names):
         """Normalisation's (dx̂ⱼ − m1ⱼ − x̂ⱼ·m2ⱼ)/√(σ²ⱼ + ε), said to be over unit j's group."""
         meaning, expression = super().chain_error_down(layer, l, j, names)
         first, last = self.group_units(layer, j)
         return f"{meaning} (m1, m2, σ² of unit {j}'s group, units {first}…{last})", expression
+
+    def diagnose_u(self, layer, l, trace, step, slot, j, below, below_name):
+        """γ·x̂ + β from a finite x̂; a non-finite x̂ from finite inputs: the statistics of unit j's
+        group overflowed (μ, or σ² = Σ (x − μ)²/m), named with the group's inputs."""
+        if np.isfinite(trace_value(trace, XHAT.name, l, j, step, slot)):
+            return super().diagnose_u(layer, l, trace, step, slot, j, below, below_name)
+        first, last = self.group_units(layer, j)
+        inputs = [(f"{below_name}[{i}]", float(below[slot, i])) for i in range(first, last + 1)]
+        return (f"the {self.name} statistics of unit {j}'s group (units {first}…{last}) overflowing: μ or "
+                f"σ² = Σ (x − μ)²/{last - first + 1}, then x̂ = (x − μ)/√(σ² + eps)",
+                [(name, value) for name, value in inputs if np.isfinite(value)])
 
     def diagnose_links(self, layer, l, trace, step, slot=None):
         """diag(|γⱼ|/√(σ²ⱼ + ε)): the direct path through x̂ (m1 and m2 left out), σ²ⱼ that of unit
