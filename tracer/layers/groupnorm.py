@@ -62,6 +62,7 @@ class GroupNorm(Normalisation):
         return layer
 
     def describe(self, layer):
+        """The layer in a few words: "groupnorm 8 sigmoid (2 groups)"."""
         return f"{self.name} {layer.units} {layer.activation} ({layer.groups} group{'s' if layer.groups > 1 else ''})"
 
     @staticmethod
