@@ -330,6 +330,22 @@ def test_comparison_passes_torch_against_itself_and_notices_a_wrong_step(build, 
     assert not any(what.startswith("step-0") or "after step 0" in what for what in failed)
 
 
+@pytest.mark.parametrize("optimizer", sorted(BASE_HYPER))
+@pytest.mark.parametrize("case", ["h2-multihead-residual-mean", "h2-multihead-causal-last"])
+def test_two_torch_attentions_pass_the_comparison(case, optimizer):
+    """F.scaled_dot_product_attention per head and nn.MultiheadAttention, each trained 5 steps,
+    pass `differences` against each other: the tolerances (bk's included, under the adaptive
+    optimisers that amplify its noise) are met by two faithful implementations."""
+    raw = attention_scenario(case, optimizer, BASE_HYPER[optimizer], seed=len(case))
+    runs = []
+    for multihead in (False, True):
+        spec = [dict(entry, multihead=multihead) if entry["kind"] == "attention" else entry
+                for entry in ref.spec_from_scenario(raw)]
+        runs.append(ref.train_torch(spec, raw["data"]["inputs"], raw["data"]["targets"], "half_sse", "sum",
+                                    optimizer, BASE_HYPER[optimizer], STEPS))
+    assert _failed(raw, (_as_engine(runs[0]), runs[1])) == []
+
+
 def test_comparison_allows_key_bias_noise_but_not_a_key_bias_step():
     """bk moved by what a 1e-13 noise gradient can move it passes; a real step of bk fails."""
     raw = attention_scenario("h1-defaults-mean", "sgd", BASE_HYPER["sgd"])
@@ -486,7 +502,8 @@ def test_conv1d_reference_is_the_im2col_sum(kernel, stride, padding):
     and ∂E/∂W[c·kernel + k, j] = Σ_n Σ_p x[n, p·stride + k − padding, c]·δ[n, p, j] under W1."""
     rng = np.random.default_rng(kernel * 10 + stride)
     samples, time, channels, units = 2, 7, 3, 2
-    x, W, b = rng.normal(size=(samples, time, channels)), rng.normal(size=(channels * kernel, units)), rng.normal(size=units)
+    x, b = rng.normal(size=(samples, time, channels)), rng.normal(size=units)
+    W = rng.normal(size=(channels * kernel, units))
     entry = dict(kind="conv1d", kernel=kernel, stride=stride, padding=padding, weights=W, bias=b)
     modules, named = ref.build_modules([entry], (time, channels))
     u = modules[0](ref.tensor(x))

@@ -218,7 +218,8 @@ def _conv_entries(layer):
     weights = _explicit(layer, "weights")
     return [{"kind": layer["kind"], "kernel": layer["kernel"], "stride": layer.get("stride", 1),
              "padding": layer.get("padding", 0), "weights": weights,
-             "bias": _array(layer.get("bias", np.zeros(weights.shape[1]))), "train_bias": layer.get("train_bias", True)},
+             "bias": _array(layer.get("bias", np.zeros(weights.shape[1]))),
+             "train_bias": layer.get("train_bias", True)},
             _activation_of(layer, None)]
 
 
@@ -296,7 +297,7 @@ def _norm(entry, shape, layer):
     if entry["kind"] == "layernorm":
         norm = nn.LayerNorm(width, eps=eps, elementwise_affine=True, dtype=DTYPE)
     elif entry["kind"] == "groupnorm":
-        norm = group_norm(entry["groups"], width, eps)
+        norm = group_norm(entry["groups"], width, eps, entry.get("formula"))
     else:
         norm = nn.BatchNorm1d(width, eps=eps, affine=entry.get("affine", True), dtype=DTYPE)
     named = []
@@ -331,10 +332,13 @@ class GroupNormFormula(nn.Module):
         return (centred / torch.sqrt(var + self.eps)).view(samples, units) * self.weight + self.bias
 
 
-def group_norm(groups, width, eps=1e-5):
+def group_norm(groups, width, eps=1e-5, formula=None):
     """nn.GroupNorm(groups, width, eps) (affine, float64), or GroupNormFormula where every group
-    is a single unit (instance norm of samples × units: see GroupNormFormula for why)."""
-    if width % groups == 0 and width // groups == 1:
+    is a single unit (instance norm of samples × units: see GroupNormFormula for why);
+    formula=True or False forces the choice."""
+    if formula is None:
+        formula = width % groups == 0 and width // groups == 1
+    if formula:
         return GroupNormFormula(groups, width, eps)
     return nn.GroupNorm(groups, width, eps=eps, affine=True, dtype=DTYPE)
 
