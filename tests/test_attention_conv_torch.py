@@ -6,7 +6,9 @@ nn.Conv1d, nn.Conv2d, nn.Flatten), for every optimiser of tracer.maths.optim.OPT
 losses, the step-0 gradients of every parameter and the parameters after every step agree to
 1e-9 relative (torch_reference.relative_difference, whose floor covers components that cancel).
 A case skips while one of its kinds is unknown to the engine; the reference itself is checked
-today against the formulas written out in numpy.
+today against the formulas written out in numpy. With heads > 1 the reference is
+nn.MultiheadAttention wherever it can hold the layer (heads·d_k = features, the default scale, an
+output projection) and F.scaled_dot_product_attention per head otherwise; the two agree.
 
 The nets, built from the scenario contract of these kinds:
 - attention (layer 1, on samples × time × features) → pool (layer 2, mean | last) → dense
@@ -563,10 +565,10 @@ def test_conv_scenarios_read_the_contract():
     assert isinstance(modules[0].conv, torch.nn.Conv1d) and isinstance(modules[2], ref.Pool)
     assert np.array_equal(dict((n, t(p)) for n, p, t in named)["W1"], raw["layers"][0]["weights"])
     assert [name for name, _, _ in named] == ["W1", "b1", "W3", "b3"]
-    assert all(reference(build(case, "sgd", BASE_HYPER["sgd"])).losses[-1] < reference(
-        build(case, "sgd", BASE_HYPER["sgd"])).losses[0] for build, cases in ((conv1d_scenario, CONV1D),
-                                                                            (conv2d_scenario, CONV2D))
-               for case in cases)
+    for build, cases in ((conv1d_scenario, CONV1D), (conv2d_scenario, CONV2D)):
+        for case in cases:
+            losses = reference(build(case, "sgd", BASE_HYPER["sgd"], seed=len(case))).losses
+            assert losses[-1] < losses[0], (case, losses)
 
 
 @pytest.mark.parametrize("mode", ["mean", "last"])
