@@ -37,7 +37,7 @@ import torch_reference as ref  # noqa: E402
 STEPS = 5
 TOLERANCE = 1e-9
 HIDDEN = 6
-# Groups of 6, 3 and 1 units (the G = 1, 2, n); groups of two units (G = 3), where
+# Groups of 6, 3 and 1 units (G = 1, 2, n: layer norm, groups, instance norm); groups of two units (G = 3), where
 # ∂E/∂x is the eps term alone (x̂ = ±σ/√(σ² + eps)) and cancels most, in two variants.
 GROUPS = (1, 2, HIDDEN)
 

@@ -21,7 +21,7 @@ computes u = x · weightᵀ + bias. So
 
 Every array this module returns is in tracer's orientation, under tracer's names.
 
-Recurrent layers (issue 12's scenario contract), with H units and G gates (rnn 1, gru 3, lstm 4):
+Recurrent layers (README's scenario schema), with H units and G gates (rnn 1, gru 3, lstm 4):
 
     W{l}  = weight_ih_l0.T   shape (features, G·H)     `weights`
     Wh{l} = weight_hh_l0.T   shape (H, G·H)            `recurrent_weights`
@@ -44,8 +44,8 @@ the batch by `reduction` = "sum" or "mean" (the mean divides by the number of sa
 half_sse ½Σ(t−y)², sse Σ(t−y)², mse (1/K)Σ(t−y)², bce −Σ[t ln y + (1−t) ln(1−y)] of a sigmoid
 output (computed from its logits u, as torch's binary_cross_entropy_with_logits), softmax_ce
 −Σ t ln softmax(u) (log_softmax). For per-time-step targets of a recurrent net the per-sample loss
-is the SUM over time steps of the per-step losses (an assumption: issue 12 does not define it;
-`time_reduction="mean"` divides by T instead).
+is the SUM over time steps of the per-step losses (README: "the sum over time of the loss at each
+time step"; `time_reduction="mean"` divides by T instead).
 
 Optimisers (tracer name → torch.optim, state starting at 0):
     sgd       SGD(lr, weight_decay)
@@ -462,7 +462,7 @@ def _train(forward, named, inputs, targets, loss, reduction, optimizer, hyper, s
     return run
 
 
-# --- recurrent nets (issue 12) -----------------------------------------------------------------
+# --- recurrent nets ------------------------------------------------------------------------------
 
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}
 GATE_ORDER = {"rnn": ("h",), "lstm": ("i", "f", "g", "o"), "gru": ("r", "z", "n")}
@@ -557,7 +557,7 @@ def rnn_reference(cell, inputs, targets, weights, recurrent_weights, bias, recur
     inputs: samples × time × features. targets: samples × outputs (the head reads the last hidden
     state h_{T−1}) or samples × time × outputs (many-to-many: the head reads every h_t and the
     per-sample loss sums — or with time_reduction="mean" averages — over time). Weights in
-    tracer's orientation (issue 12's contract): weights (features, G·H) = weight_ih_l0ᵀ,
+    tracer's orientation (README's schema): weights (features, G·H) = weight_ih_l0ᵀ,
     recurrent_weights (H, G·H) = weight_hh_l0ᵀ, bias = bias_ih_l0, recurrent_bias = bias_hh_l0,
     head_weights (H, outputs), head_bias (outputs,). h₋₁ = 0 (and c₋₁ = 0).
     hyper defaults to {"lr": 0.1} (with sgd). Returns a TorchRun with names W1, Wh1, b1, bh1 (the
