@@ -237,6 +237,8 @@ def differences(raw, sides):
     the module docstring says; every other array by relative_difference against TOLERANCE."""
     (params, grads, losses), run = sides
     assert set(grads) == set(run.grads[0]), sorted(set(grads) ^ set(run.grads[0]))
+    for step in range(STEPS + 1):
+        assert set(params[step]) == set(run.params[step]), (step, sorted(set(params[step]) ^ set(run.params[step])))
     checks = [("losses", ref.relative_difference(losses, run.losses), TOLERANCE)]
     for name, torch_grad in run.grads[0].items():
         stem, layer = ref.split_name(name)
@@ -248,10 +250,10 @@ def differences(raw, sides):
         checks.append((f"step-0 ∂E/∂{name} (0 exactly) / the layer's gradients", noise / scale, NOISE))
         for step in range(STEPS + 1):
             bk_engine, bk_torch = params[step][name], run.params[step][name]
+            assert bk_engine.shape == bk_torch.shape, (name, bk_engine.shape, bk_torch.shape)
             limit = TOLERANCE * np.abs(bk_torch).max() + _noise_drift(raw, scale) * step / STEPS
             checks.append((f"{name} after step {step}", np.abs(bk_engine - bk_torch).max(), limit))
     for step in range(STEPS + 1):
-        assert set(params[step]) == set(run.params[step]), (step, sorted(set(params[step]) ^ set(run.params[step])))
         checks += [(f"{name} after step {step}", ref.relative_difference(params[step][name], value), TOLERANCE)
                    for name, value in run.params[step].items() if ref.split_name(name)[0] != "bk"]
     return checks
