@@ -66,3 +66,10 @@ def test_plot_command_writes_a_png(tmp_path, invoke):
     svg = tmp_path / "time.svg"
     assert invoke("plot", "rnn-exploding", "--kind", "through-time", "-o", svg).exit_code == 0
     assert svg.read_text(encoding="utf-8").lstrip().startswith("<?xml")
+
+
+def test_plot_command_refuses_what_it_cannot_draw(tmp_path, invoke):
+    assert "name a .png, .svg or .pdf" in invoke("plot", "xor", "-o", tmp_path / "flow.txt").output
+    refused = invoke("plot", "xor", "--kind", "through-time", "-o", tmp_path / "time.png")
+    assert refused.exit_code == 2 and "no recurrent layer" in refused.output
+    assert not list(tmp_path.iterdir())

@@ -458,13 +458,16 @@ def plot(scenario, overrides, steps, output, kind, time_step, force):
       tracer plot rnn-exploding --kind through-time -o time.png
     """
     from tracer import plots
+    picture_format = output.rsplit(".", 1)[-1].lower() if "." in output else "png"
+    if picture_format not in ("png", "svg", "pdf"):
+        raise _Failure(f"-o {shorten(output, 60)}: name a .png, .svg or .pdf file", 2)
     output_module.check_targets({"-o": output}, force)
     trace = _run(_load(scenario, overrides, steps))
     if kind == "through-time" and time_step >= trace.steps:
         raise _Failure(f"--step must be below the run's {trace.steps} steps", 2)
     figure = plots.figure_of(trace, kind, time_step)
     with output_module.atomic_path(output) as staged:
-        figure.savefig(staged, format=output.rsplit(".", 1)[-1].lower() if "." in output else "png", dpi=110)
+        figure.savefig(staged, format=picture_format, dpi=110)
     click.echo(f"wrote {output}")
 
 
