@@ -25,6 +25,7 @@ LEVELS = {
                      "recalc.libreoffice", "recalc.gnumeric", "recalc.xlsxread"], 0),
     "layers": 1,
     "training": 2,
+    **dict.fromkeys(["notebook", "plots", "diagram"], 2),
     "explain": 3,
     "workbook": 4,
     "recalc": 5,

@@ -107,7 +107,7 @@ def test_cli_grid_writes_summary_csv_and_workbooks_and_refuses_existing(tmp_path
 def test_readme_sweep_examples_run(tmp_path, invoke, monkeypatch):
     from pathlib import Path
     text = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
-    block = text.split("<!-- sweep -->", 1)[1].split("```", 2)[1]
+    block = text.split("<!-- sweep -->", 1)[1].split("```", 2)[1].split("\n", 1)[1]   # after the fence's `sh`
     commands = [line.split()[1:] for line in block.strip().splitlines()]
     assert len(commands) == 2
     monkeypatch.chdir(tmp_path)

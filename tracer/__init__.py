@@ -12,7 +12,9 @@ The Python API, at the top level (sub-modules keep their own names and functions
     tracer.check_gradients(trace).worst               # backprop against finite differences
     tracer.from_torch(model, x, y, optimizer, loss=nn.CrossEntropyLoss())  # a PyTorch nn.Sequential as a Scenario
 """
+import functools
 import importlib
+import os
 
 from tracer import aliases
 from tracer.training.scenario import Scenario, from_dict, load, loads
@@ -39,8 +41,32 @@ __all__ = ["Scenario", "Trace", "from_dict", "load", "loads", "run", *_LAZY]
 __version__ = "0.1.0"
 
 
+# the lazy functions whose first argument is a Trace: they take a Scenario, a name or a path too
+_TAKE_TRACE = ("write_workbook", "verify_workbook", "diagnose_run", "explain_gradient", "check_gradients")
+
+
+def _scenario_of(reference, wanted="a template name, a scenario file path or a tracer.Scenario"):
+    """A Scenario from a built-in template's name or a TOML file's path (str or os.PathLike), or the
+    Scenario given; one TypeError for anything else."""
+    if isinstance(reference, Scenario):
+        return reference
+    if isinstance(reference, (str, os.PathLike)):
+        return load(reference)
+    raise TypeError(f"expected {wanted}, not {type(reference).__name__}")
+
+
+def _taking_names(function):
+    """`function(trace, ...)` that also takes a Scenario, a template name or a path, and runs it first."""
+    @functools.wraps(function)
+    def wrapper(trace, *args, **kwargs):
+        if not isinstance(trace, Trace):
+            trace = run(_scenario_of(trace, "a tracer.Trace, a tracer.Scenario, a template name or a scenario file path"))
+        return function(trace, *args, **kwargs)
+    return wrapper
+
+
 def run(scenario, sums=None, layout=None):
-    """Train `scenario` and return its Trace (engine.run). `sums`: the engine's sum order,
+    """Train `scenario` (a Scenario, a template name or a TOML file's path) and return its Trace (engine.run). `sums`: the engine's sum order,
     "in_order" (every sum left to right, a spreadsheet formula's bits) or "matmul" (numpy matrix
     products); None: the order of the layout its workbook will have, as `tracer run` chooses it
     (writer.sum_order: in_order for the column layout, matmul for the matrix layout of a net too
@@ -51,6 +77,7 @@ def run(scenario, sums=None, layout=None):
         raise InputError(f"layout must be one of {', '.join(writer.SUM_ORDER_OF_LAYOUT)}, not {layout!r}")
     if sums is not None and layout is not None:
         raise InputError("give the sum order (sums=) or the layout that chooses it (layout=), not both")
+    scenario = _scenario_of(scenario)
     if sums is None:
         sums = writer.sum_order(scenario, layout)
     return engine.run(scenario, sums=sums)
@@ -60,6 +87,7 @@ def __getattr__(name):
     if name in _LAZY:
         module, attribute = _LAZY[name]
         value = getattr(importlib.import_module(module), attribute)
+        value = _taking_names(value) if name in _TAKE_TRACE else value
         globals()[name] = value
         return value
     raise AttributeError(f"module 'tracer' has no attribute {name!r}")

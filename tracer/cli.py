@@ -424,15 +424,78 @@ def list_templates():
 
 @main.command()
 @click.argument("name")
+@click.option("--explicit", is_flag=True,
+              help="Write the initial weights and biases drawn from the seed as explicit arrays (to compute by hand).")
 @_reports_errors
-def show(name):
+def show(name, explicit):
     """Print the TOML of a built-in template (or scenario file).
 
     \b
-    Example:
+    Examples:
       tracer show sigmoid-vanishing > my-run.toml
+      tracer show xor --explicit > xor-by-hand.toml
     """
-    click.echo(_load(name, (), None).text, nl=False)
+    from tracer.training import explicit as explicit_module
+    loaded = _load(name, (), None)
+    click.echo(explicit_module.explicit_text(loaded) if explicit else loaded.text, nl=False)
+
+
+@main.command()
+@_scenario_options
+@click.option("-o", "--output", type=click.Path(dir_okay=False), required=True,
+              help="Picture to write (.png, .svg or .pdf: matplotlib's formats).")
+@click.option("--kind", type=click.Choice(["overview", "loss", "gradient-flow", "histograms", "through-time"]),
+              default="overview", show_default=True, help="Which picture: the loss and gradient flow side by side, or one of them.")
+@click.option("--step", "time_step", type=click.IntRange(min=0), default=0, help="The training step of --kind through-time.")
+@click.option("--force", is_flag=True, help="Replace an existing output file.")
+@_reports_errors
+def plot(scenario, overrides, steps, output, kind, time_step, force):
+    """Draw the run: loss curve, gradient norm per layer and step (log scale), histograms, error through time.
+
+    \b
+    Examples:
+      tracer plot deep-sigmoid -o flow.png
+      tracer plot rnn-exploding --kind through-time -o time.png
+    """
+    from tracer import plots
+    picture_format = output.rsplit(".", 1)[-1].lower() if "." in output else "png"
+    if picture_format not in ("png", "svg", "pdf"):
+        raise _Failure(f"-o {shorten(output, 60)}: name a .png, .svg or .pdf file", 2)
+    output_module.check_targets({"-o": output}, force)
+    trace = _run(_load(scenario, overrides, steps))
+    if kind == "through-time" and time_step >= trace.steps:
+        raise _Failure(f"--step must be below the run's {trace.steps} steps", 2)
+    figure = plots.figure_of(trace, kind, time_step)
+    with output_module.atomic_path(output) as staged:
+        figure.savefig(staged, format=picture_format, dpi=110)
+    click.echo(f"wrote {output}")
+
+
+@main.command()
+@_scenario_options
+@click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="SVG file to write.")
+@click.option("--step", "graph_step", type=click.IntRange(min=0), default=0, show_default=True, help="The step whose values are shown.")
+@click.option("--sample", "slot", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Which sample of the step's batch (its position in the batch) the unit values are of.")
+@click.option("--force", is_flag=True, help="Replace an existing output file.")
+@_reports_errors
+def graph(scenario, overrides, steps, output, graph_step, slot, force):
+    """Draw the network at a step as SVG: units with their values, weights on the edges, zero or
+    saturated slopes marked.
+
+    \b
+    Example:
+      tracer graph leaky-relu-explosion --step 3 -o net.svg
+    """
+    from tracer import diagram
+    output_module.check_targets({"-o": output}, force)
+    trace = _run(_load(scenario, overrides, steps))
+    if graph_step >= trace.steps or slot >= len(trace.samples(min(graph_step, trace.steps - 1))):
+        raise _Failure(f"--step must be below {trace.steps} and --sample below the batch size", 2)
+    text = diagram.svg(trace, graph_step, slot)
+    with output_module.atomic_path(output) as staged:
+        staged.write_text(text, encoding="utf-8")
+    click.echo(f"wrote {output}")
 
 
 @main.command()

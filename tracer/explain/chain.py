@@ -55,6 +55,14 @@ class Chain:
     path_term: float | None
     update_lines: list = None   # how the batch gradient became the update: clipping, lr, optimiser
 
+    def __repr__(self):
+        from tracer import notebook
+        return notebook.chain_repr(self)
+
+    def _repr_html_(self):
+        from tracer import notebook
+        return notebook.chain_html(render(self, latex=True), render(self))
+
 
 def parse_parameter(text, widths, scenario=None, where=None):
     """'W1[0,2]', 'b2[1]' (or 'gamma2[1]', 'beta2[1]' of a normalisation layer: the names its kind

@@ -103,6 +103,14 @@ class Result:
     explanation: str = ""
     causes: list = field(default_factory=list)
 
+    def __repr__(self):
+        from tracer import notebook
+        return notebook.hand_result_repr(self)
+
+    def _repr_html_(self):
+        from tracer import notebook
+        return notebook.hand_results_html([self])
+
 
 def tolerance_of(text):
     """Half a unit in the last written digit: '0.2413' -> 5e-5, '1.83e18' -> 5e15, '379' -> 0.5;

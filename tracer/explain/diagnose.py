@@ -58,6 +58,14 @@ class Diagnosis:
     outcome: tuple = ("", 0)                     # (outcome, step)
     time: dict = field(default_factory=dict)     # recurrent layer -> TimeFinding (the error through time)
 
+    def __repr__(self):
+        from tracer import notebook
+        return notebook.diagnosis_repr(self)
+
+    def _repr_html_(self):
+        from tracer import notebook
+        return notebook.diagnosis_html(self)
+
     @property
     def findings(self):
         return [text for _, text in _sentences(self)]

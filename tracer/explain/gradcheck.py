@@ -87,6 +87,14 @@ class Report:
     def worst(self):
         return max(self.checks, key=lambda c: c.error, default=None)
 
+    def __repr__(self):
+        from tracer import notebook
+        return notebook.gradcheck_repr(self)
+
+    def _repr_html_(self):
+        from tracer import notebook
+        return notebook.gradcheck_html(self)
+
 
 def _batch_loss(scenario, weights, biases, x, t, extra=None, sums="in_order"):
     """E of the batch (its sums in the order `sums`, the trace's), and the signs of every u of a

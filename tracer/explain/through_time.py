@@ -393,6 +393,14 @@ class TimeChain:
     power: float | None        # Π_{t=1}^{T−1} Wh·f'(u_t) = ∂h_{T−1}/∂h_0 (scalar cell): e_0 = power·e_{T−1}
                                # when only the last time step receives an error from above
     constant: float | None     # the factor when it is the same at every time step
+
+    def __repr__(self):
+        from tracer import notebook
+        return notebook.chain_repr(self)
+
+    def _repr_html_(self):
+        from tracer import notebook
+        return notebook.chain_html(render_latex(self), render(self))
     sympy_total: float | None = None
     update_lines: list = field(default_factory=list)
     only_last: bool = True     # only the last time step receives an error from above

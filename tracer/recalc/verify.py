@@ -55,6 +55,14 @@ class Report:
     def ok(self):
         return not self.mismatches
 
+    def __repr__(self):
+        from tracer import notebook
+        return notebook.verify_repr(self)
+
+    def _repr_html_(self):
+        from tracer import notebook
+        return notebook.verify_html(self)
+
     def summary(self):
         text = (f"compared {self.cells:,} formula cells with the engine ({self.errors_matched:,} error cells where the "
                 f"engine is non-finite); largest relative difference {self.worst:.3e}"

@@ -90,11 +90,12 @@ class Scenario:
         return self.inputs.shape[0] if self.batch is None else self.batch
 
     def __repr__(self):
-        layers = ", ".join(layer_kinds.of(layer).describe(layer) for layer in self.layers)
-        inputs = f"{self.widths[0]} inputs" + (f" × {self.time_steps} time steps" if self.time_steps else "")
-        return (f"<Scenario {self.name!r}: {inputs} -> {layers}; {self.loss} loss, "
-                f"{self.optimizer} lr={self.optimizer_params.get('lr')}, {self.steps} steps, "
-                f"{self.inputs.shape[0]} samples, batch {'full' if self.batch is None else self.batch}>")
+        from tracer import notebook
+        return notebook.scenario_repr(self)
+
+    def _repr_html_(self):
+        from tracer import notebook
+        return notebook.scenario_html(self)
 
 
 # ---------------------------------------------------------------- loading

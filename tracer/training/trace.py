@@ -351,12 +351,19 @@ class Trace:
         return pandas.DataFrame(columns, columns=list(CSV_COLUMNS))
 
     def __repr__(self):
-        s = self.scenario
-        span = f"steps {self.first_step}..{self.first_step + self.steps - 1}"
-        bad = self.first_nonfinite_step()
-        state = "finite" if bad is None else f"non-finite from step {self.first_step + bad}"
-        loss = f"loss {self.loss[0]:.6g} -> {self.loss[-1]:.6g}" if self.steps else "no steps"
-        return f"<Trace {s.name!r}: {'-'.join(map(str, s.widths))} network, {span}, {loss}, {state}>"
+        from tracer import notebook
+        return notebook.trace_repr(self)
+
+    def _repr_html_(self):
+        from tracer import notebook
+        return notebook.trace_html(self)
+
+    @property
+    def plot(self):
+        """The pictures of the run: trace.plot() (loss and gradient flow), trace.plot.loss(),
+        .gradient_flow(), .histograms(), .through_time(), .network(step) (tracer.plots)."""
+        from tracer import plots
+        return plots.Plotter(self)
 
     # ------------------------------------------------------------ CSV parts (vectorised rows)
 
