@@ -1,0 +1,208 @@
+"""tracer.watch: the failing window of the user's own PyTorch training loop, as a Scenario.
+
+    w = tracer.watch(model, optimizer, loss_fn, keep=50)
+    with w:
+        for x, y in loader:                      # the user's loop, unchanged
+            optimizer.zero_grad()
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            optimizer.step()
+    w.failure                                    # the first step with a non-finite loss, gradient or parameter
+    scenario = w.scenario(steps=5)               # loop steps failure − 5 … failure, as tracer trains them
+
+Hooks (removed when the block ends): a forward pre-hook on the model keeps the batch's inputs; a
+forward hook on the loss module its targets and the loss, with a copy of the parameters (as they are
+during the step, before the update) and of the optimiser's state; optimizer.step's pre-hook checks
+the gradients, its post-hook the updated parameters, and counts the step. Step k is the k-th call
+of optimizer.step (from 0); its snapshot is what that step read. The last `keep` snapshots are kept
+(a ring); recording stops at the first non-finite step, so the window before it stays.
+
+The scenario of a window: the model with the snapshot's parameters at its first step, its batches
+one after the other as the data (batch = their size, taken in data order: step s of the scenario
+trains on the window's s-th batch, the loop's own, shuffled or not), the loss module and the
+optimiser's hyper-parameters (bridges.pytorch.convert). Its steps reproduce the loop's numbers
+to float64 round-off when the model is float64. With a failure, the window is the `steps` steps
+before it and the failing step itself (steps + 1 steps, so the trace shows the first inf/NaN);
+without, the last `steps` steps.
+Refused: a window whose optimiser carries state (momentum, Adam's moments: a scenario starts every
+optimiser from zero state) unless it starts at the loop's step 0, a learning rate that changes in
+the window (a scheduler), batches of different sizes, a window older than the ring keeps.
+"""
+from collections import deque
+from dataclasses import dataclass
+
+from tracer.bridges.pytorch.common import ModelError, torch_module
+
+WHERE = "watch"
+
+
+@dataclass
+class Snapshot:
+    """What loop step `step` read: its batch (inputs, targets), the parameters before its update (in
+    model.parameters() order), the optimiser state before it ({parameter index: {name: tensor}}),
+    the learning rate and the loss it computed."""
+
+    step: int
+    inputs: object
+    targets: object
+    parameters: list
+    optimizer_state: dict
+    lr: float
+    loss: float
+
+
+def watch(model, optimizer, loss_fn, keep=50):
+    """A Watch of the loop that trains `model` with `optimizer` on `loss_fn` (an nn.Module loss);
+    use it as `with tracer.watch(...) as w:` around the loop."""
+    return Watch(model, optimizer, loss_fn, keep)
+
+
+class Watch:
+    """The hooks on a running loop and the ring of its last `keep` snapshots (module docstring)."""
+
+    def __init__(self, model, optimizer, loss_fn, keep=50):
+        torch = torch_module()
+        if not isinstance(loss_fn, torch.nn.Module):
+            raise ModelError(WHERE, f"loss_fn must be a torch loss module (nn.MSELoss(), ...), not "
+                             f"{type(loss_fn).__name__}: its forward hook sees the targets")
+        if keep < 1:
+            raise ModelError(WHERE, f"keep={keep}: keep at least one step")
+        self.model, self.optimizer, self.loss_fn, self.keep = model, optimizer, loss_fn, keep
+        self.failure = None          # the first non-finite step, or None
+        self.steps = 0               # optimizer.step calls seen
+        self.ring = deque(maxlen=keep)
+        self._torch, self._handles, self._inputs = torch, [], None
+        self._parameters = list(model.parameters())
+
+    def __enter__(self):
+        self._handles = [
+            self.model.register_forward_pre_hook(self._on_model),
+            self.loss_fn.register_forward_hook(self._on_loss),
+            self.optimizer.register_step_pre_hook(self._before_step),
+            self.optimizer.register_step_post_hook(self._after_step),
+        ]
+        return self
+
+    def __exit__(self, *exc):
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        return False
+
+    # ------------------------------------------------------------ hooks
+
+    def _on_model(self, module, args):
+        if self.failure is None:
+            self._inputs = args[0]
+
+    def _on_loss(self, module, args, loss):
+        if self.failure is not None:
+            return
+        with self._torch.no_grad():
+            snapshot = Snapshot(self.steps, self._inputs.detach().clone(), args[1].detach().clone(),
+                                [p.detach().clone() for p in self._parameters], self._state(),
+                                float(self.optimizer.param_groups[0]["lr"]), float(loss.detach()))
+        if self.ring and self.ring[-1].step == self.steps:
+            self.ring.pop()              # a second loss in the same step: the last one before the update counts
+        self.ring.append(snapshot)
+        if not self._torch.isfinite(loss.detach()).all():
+            self.failure = self.steps
+
+    def _state(self):
+        """The optimiser's state tensors, copied ({} for plain SGD)."""
+        state = {}
+        for index, parameter in enumerate(self._parameters):
+            tensors = {name: value.detach().clone() for name, value in self.optimizer.state.get(parameter, {}).items()
+                       if isinstance(value, self._torch.Tensor)}
+            if tensors:
+                state[index] = tensors
+        return state
+
+    def _before_step(self, optimizer, args, kwargs):
+        gradients = [p.grad for p in self._parameters if p.grad is not None]
+        if self.failure is None and not self._finite(gradients):
+            self.failure = self.steps
+
+    def _after_step(self, optimizer, args, kwargs):
+        if self.failure is None and not self._finite(self._parameters):
+            self.failure = self.steps
+        self.steps += 1
+
+    def _finite(self, tensors):
+        with self._torch.no_grad():
+            return bool(self._torch.stack([self._torch.isfinite(t).all() for t in tensors]).all()) if tensors else True
+
+    # ------------------------------------------------------------ the window
+
+    def window(self, steps):
+        """The snapshots of the window (module docstring): `steps` before the failure and the failing
+        one, or the last `steps`."""
+        if steps < 1:
+            raise ModelError(WHERE, f"steps={steps}: a window has at least one step")
+        if not self.ring:
+            raise ModelError(WHERE, "no step was recorded (was the loop inside `with w:`, and did it call the "
+                             "model, loss_fn and optimizer.step?)")
+        last = self.failure if self.failure is not None else self.ring[-1].step
+        first = last - steps if self.failure is not None else last - steps + 1
+        if first < 0:
+            raise ModelError(WHERE, f"steps={steps}: the loop ran only {last + 1} step(s) up to step {last}")
+        if first < self.ring[0].step:
+            raise ModelError(WHERE, f"steps={steps} reaches back to step {first}, but keep={self.keep} holds steps "
+                             f"{self.ring[0].step}..{self.ring[-1].step}: watch with a larger keep")
+        return [s for s in self.ring if first <= s.step <= last]
+
+    def scenario(self, steps=5, name="watched-window"):
+        """The Scenario of the window (module docstring); its step 0 is the loop's step window[0].step."""
+        from tracer.bridges.pytorch.convert import convert
+        window = self.window(steps)
+        first = window[0]
+        _check_window(window)
+        torch = self._torch
+        inputs = torch.cat([s.inputs for s in window])
+        targets = torch.cat([s.targets for s in window])
+        description = (f"Loop steps {first.step}..{window[-1].step} of a watched PyTorch training loop"
+                       + (f" (step {self.failure} is the first non-finite one)" if self.failure is not None else "") + ".")
+        with _parameters_set(self._parameters, first.parameters, torch):
+            scenario = convert(self.model, inputs, targets, self.optimizer, loss=self.loss_fn, steps=len(window),
+                               batch=len(first.inputs), name=name, description=description, reduction=None, fresh=False)
+        if scenario.optimizer_params["lr"] != first.lr:
+            raise ModelError(WHERE, f"the optimiser's lr is now {scenario.optimizer_params['lr']:g}, the window's "
+                             f"{first.lr:g} (a scheduler stepped since): a scenario has one")
+        scenario.conversion.notes.append(description)
+        scenario.first_loop_step = first.step
+        return scenario
+
+
+def _check_window(window):
+    """One batch size, one learning rate, and no optimiser state to start from (or the loop's step 0)."""
+    first = window[0]
+    sizes = sorted({len(s.inputs) for s in window})
+    if len(sizes) > 1 or any(len(s.targets) != len(s.inputs) for s in window):
+        raise ModelError(WHERE, f"the window's batches have sizes {sizes}: a scenario trains on batches of one size")
+    rates = sorted({s.lr for s in window})
+    if len(rates) > 1:
+        raise ModelError(WHERE, f"the learning rate changes in the window ({rates[0]:g} … {rates[-1]:g}): a scenario "
+                         "has one (watch a window without a scheduler step)")
+    if first.optimizer_state and first.step > 0:
+        names = sorted({name for state in first.optimizer_state.values() for name in state})
+        raise ModelError(WHERE, f"the optimiser carries state into step {first.step} ({', '.join(names)}); a scenario "
+                         "starts every optimiser from zero state: watch plain SGD, or a window from step 0")
+
+
+class _parameters_set:
+    """The model's parameters set to `values` inside the block, restored after it."""
+
+    def __init__(self, parameters, values, torch):
+        self.parameters, self.values, self.torch = parameters, values, torch
+
+    def __enter__(self):
+        with self.torch.no_grad():
+            self.saved = [p.detach().clone() for p in self.parameters]
+            for parameter, value in zip(self.parameters, self.values):
+                parameter.copy_(value)
+
+    def __exit__(self, *exc):
+        with self.torch.no_grad():
+            for parameter, value in zip(self.parameters, self.saved):
+                parameter.copy_(value)
+        return False
