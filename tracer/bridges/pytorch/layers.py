@@ -70,7 +70,7 @@ def without_dropout(parts, torch, notes):
             raise ModelError(part.where, f"Dropout(p={part.module.p}) in training mode is not supported (its random mask "
                              "cannot be reproduced): in eval mode (model.eval()) it is the identity, which tracer reads")
         else:
-            notes.append(f"{part.where}: the identity in eval mode (left out)")
+            notes.append(f"{part.where}: the identity in eval mode (left out).")
     return kept
 
 

@@ -92,4 +92,4 @@ def _check(module, where, width, notes):
             raise ModelError(where, f"dropout={module.dropout} between stacked layers in training mode is not "
                              "supported (random masks): in eval mode it is the identity")
         if notes is not None:
-            notes.append(f"{where}: dropout between stacked layers is the identity in eval mode (left out)")
+            notes.append(f"{where}: dropout between stacked layers is the identity in eval mode (left out).")
