@@ -1,0 +1,104 @@
+"""tracer.watch around a user's own training loop (bridges.pytorch.watch): a 784-32-10 net whose
+learning rate makes it diverge at step ~40 (46 here) is watched; the scenario of the failing window
+reproduces the loop's own losses and parameters at steps failure − 5 … failure (its actual,
+shuffled batches) to 1e-9, and the diagnosis of its trace names the producer of the first inf."""
+import numpy as np
+import pytest
+
+import tracer
+from tracer.bridges import pytorch
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+
+TOLERANCE = 1e-9
+WINDOW = 5
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(784, 32), nn.Linear(32, 10)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+def _loader(samples=640, batch=64, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.rand(samples, 784, generator=generator, dtype=torch.float64)
+    y = nn.functional.one_hot(torch.randint(0, 10, (samples,), generator=generator), 10).double()
+    dataset = torch.utils.data.TensorDataset(x, y)
+    return torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=True,
+                                       generator=torch.Generator().manual_seed(seed + 1))
+
+
+def _train(lr, epochs, keep=50, seed=0):
+    """The user's loop, unchanged, inside `with w:`; also the parameters it had at every step."""
+    torch.manual_seed(seed)
+    model = Net().double()
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    loss_fn = nn.MSELoss(reduction="sum")
+    seen, loader = [], _loader(seed=seed)
+    with tracer.watch(model, optimizer, loss_fn, keep=keep) as w:
+        for _ in range(epochs):
+            for x, y in loader:
+                seen.append([p.detach().clone() for p in model.parameters()])
+                optimizer.zero_grad()
+                loss = loss_fn(model(x), y)
+                loss.backward()
+                optimizer.step()
+                if not torch.isfinite(loss):
+                    return model, w, seen
+    return model, w, seen
+
+
+@pytest.fixture(scope="module")
+def diverged():
+    return _train(lr=12.0, epochs=10)
+
+
+def test_the_first_non_finite_step_is_found(diverged):
+    model, w, seen = diverged
+    assert w.failure is not None and 35 <= w.failure <= 50, w.failure
+    losses = [s.loss for s in w.ring]
+    assert np.isfinite(losses[:-1]).all() and not np.isfinite(losses[-1]) and w.ring[-1].step == w.failure
+
+
+def test_the_window_reproduces_the_loops_own_numbers(diverged):
+    model, w, seen = diverged
+    scenario = w.scenario(steps=WINDOW)
+    first = w.failure - WINDOW
+    assert scenario.steps == WINDOW + 1 and scenario.first_loop_step == first
+    trace = tracer.run(scenario)
+    window = w.window(WINDOW)
+    for k, snapshot in enumerate(window):
+        assert snapshot.step == first + k
+        # the batch the loop drew at that step, and the parameters it had then
+        assert (scenario.inputs[64 * k:64 * (k + 1)] == snapshot.inputs.numpy()).all()
+        for index, (ours, layer) in enumerate(((trace.W, 0), (trace.b, 0), (trace.W, 1), (trace.b, 1))):
+            theirs = seen[first + k][index].numpy()
+            ours_now = ours[layer][k]
+            assert np.max(np.abs(ours_now - (theirs.T if theirs.ndim == 2 else theirs))) <= TOLERANCE * np.max(np.abs(theirs))
+        if k < WINDOW:
+            assert abs(trace.loss[k] - snapshot.loss) <= TOLERANCE * abs(snapshot.loss)
+    assert not np.isfinite(trace.loss[WINDOW]), trace.loss
+
+
+def test_the_diagnosis_names_the_producer_of_the_first_inf(diverged):
+    model, w, seen = diverged
+    trace = tracer.run(w.scenario(steps=WINDOW))
+    diagnosis = tracer.diagnose_run(trace)
+    producer = diagnosis.producer
+    assert producer is not None and producer.step == WINDOW, producer
+    assert producer.name.startswith("E (sample") and "overflows" in producer.operation and all(np.isfinite(v) for _, v in producer.operands), producer
+    assert any("The first non-finite value" in finding for finding in diagnosis.findings)
+
+
+def test_without_a_failure_the_window_is_the_last_steps():
+    model, w, seen = _train(lr=0.01, epochs=1, keep=4)
+    assert w.failure is None and w.steps == 10 and [s.step for s in w.ring] == [6, 7, 8, 9]
+    scenario = w.scenario(steps=3)
+    assert scenario.steps == 3 and scenario.first_loop_step == 7
+    with pytest.raises(pytorch.ModelError, match="keep=4 holds steps 6..9"):
+        w.scenario(steps=5)
