@@ -102,3 +102,37 @@ def test_without_a_failure_the_window_is_the_last_steps():
     assert scenario.steps == 3 and scenario.first_loop_step == 7
     with pytest.raises(pytorch.ModelError, match="keep=4 holds steps 6..9"):
         w.scenario(steps=5)
+
+
+def _small_loop(inject_at, steps, keep=8):
+    """A 3-4-2 net trained on fixed batches; at step `inject_at` an inf is written into a gradient
+    after backward() (as an overflow in a custom backward would leave it)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    loss_fn = nn.MSELoss()
+    generator = torch.Generator().manual_seed(1)
+    batches = [(torch.randn(4, 3, generator=generator, dtype=torch.float64),
+                torch.randn(4, 2, generator=generator, dtype=torch.float64)) for _ in range(steps)]
+    with tracer.watch(model, optimizer, loss_fn, keep=keep) as w:
+        for step, (x, y) in enumerate(batches):
+            optimizer.zero_grad()
+            loss_fn(model(x), y).backward()
+            if step == inject_at:
+                model[2].weight.grad[0, 0] = float("inf")
+            optimizer.step()
+    return w
+
+
+@pytest.mark.parametrize("inject_at", [3, 7, 9])
+def test_a_non_finite_gradient_dates_the_failure_to_its_own_step(inject_at):
+    w = _small_loop(inject_at, steps=10)
+    assert w.failure == inject_at, (w.failure, [(s.step, s.loss) for s in w.ring])
+    window = w.window(2)
+    assert [s.step for s in window] == [inject_at - 2, inject_at - 1, inject_at]
+
+
+def test_a_window_older_than_the_ring_is_refused_naming_keep():
+    w = _small_loop(9, steps=10, keep=4)
+    with pytest.raises(pytorch.ModelError, match="keep=4"):
+        w.scenario(steps=6)

@@ -11,11 +11,15 @@
     scenario = w.scenario(steps=5)               # loop steps failure − 5 … failure, as tracer trains them
 
 Hooks (removed when the block ends): a forward pre-hook on the model keeps the batch's inputs; a
-forward hook on the loss module its targets and the loss, with a copy of the parameters (as they are
-during the step, before the update) and of the optimiser's state; optimizer.step's pre-hook checks
-the gradients, its post-hook the updated parameters, and counts the step. Step k is the k-th call
-of optimizer.step (from 0); its snapshot is what that step read. The last `keep` snapshots are kept
-(a ring); recording stops at the first non-finite step, so the window before it stays.
+forward hook on the loss module takes its targets and the loss, copies the parameters (as they are
+during the step, before the update: into preallocated ring buffers) and the optimiser's state, and
+checks the loss; optimizer.step's post-hook counts the steps and, every keep // 2 steps and when the
+block ends, checks the parameters for inf/NaN: a non-finite gradient or update leaves them
+non-finite for good, and the first snapshot holding one dates it (Watch._scan). Step k is the k-th
+call of optimizer.step (from 0); its snapshot is what that step read. The last `keep` snapshots are
+kept (a ring); recording stops at the first non-finite step found, so the window before it stays
+(a window of n steps needs keep ≥ 2(n + 1)). The batch tensors are kept as the loop made them (a
+loader makes new ones for every batch; the same memory coming again, a refilled buffer, is copied).
 
 The scenario of a window: the model with the snapshot's parameters at its first step, its batches
 one after the other as the data (batch = their size, taken in data order: step s of the scenario
@@ -30,6 +34,7 @@ the window (a scheduler), batches of different sizes, a window older than the ri
 """
 from collections import deque
 from dataclasses import dataclass
+import math
 
 from tracer.bridges.pytorch.common import ModelError, torch_module
 
@@ -72,13 +77,14 @@ class Watch:
         self.steps = 0               # optimizer.step calls seen
         self.ring = deque(maxlen=keep)
         self._torch, self._handles, self._inputs = torch, [], None
+        self._buffers = []           # the ring's parameter copies, one list of tensors per slot
+        self._every = max(1, keep // 2)
         self._parameters = list(model.parameters())
 
     def __enter__(self):
         self._handles = [
             self.model.register_forward_pre_hook(self._on_model),
             self.loss_fn.register_forward_hook(self._on_loss),
-            self.optimizer.register_step_pre_hook(self._before_step),
             self.optimizer.register_step_post_hook(self._after_step),
         ]
         return self
@@ -87,26 +93,46 @@ class Watch:
         for handle in self._handles:
             handle.remove()
         self._handles = []
+        if self.failure is None:
+            self._scan()
         return False
 
-    # ------------------------------------------------------------ hooks
+    # ------------------------------------------------------------ hooks (efficiency matters: every step)
 
     def _on_model(self, module, args):
         if self.failure is None:
             self._inputs = args[0]
 
     def _on_loss(self, module, args, loss):
-        if self.failure is not None:
-            return
-        with self._torch.no_grad():
-            snapshot = Snapshot(self.steps, self._inputs.detach().clone(), args[1].detach().clone(),
-                                [p.detach().clone() for p in self._parameters], self._state(),
-                                float(self.optimizer.param_groups[0]["lr"]), float(loss.detach()))
+        if self.failure is None:
+            self._record(args[1], loss)
+
+    def _record(self, targets, loss):
+        """The step's snapshot into the ring; its parameters copied into the ring slot's buffers."""
+        torch = self._torch
+        slot = self.steps % self.keep
+        if len(self._buffers) <= slot:
+            self._buffers.append([p.detach().clone() for p in self._parameters])
+        else:
+            torch._foreach_copy_(self._buffers[slot], [p.detach() for p in self._parameters])
+        value = float(loss.detach())
+        snapshot = Snapshot(self.steps, self._batch(self._inputs, 0), self._batch(targets, 1), self._buffers[slot],
+                            self._state(), float(self.optimizer.param_groups[0]["lr"]), value)
         if self.ring and self.ring[-1].step == self.steps:
             self.ring.pop()              # a second loss in the same step: the last one before the update counts
         self.ring.append(snapshot)
-        if not self._torch.isfinite(loss.detach()).all():
-            self.failure = self.steps
+        if not math.isfinite(value):
+            self._scan()                 # parameters gone non-finite in an earlier step come first
+            if self.failure is None:
+                self.failure = self.steps
+
+    def _batch(self, tensor, which):
+        """The step's inputs (which 0) or targets (1): the loop's own tensor, as a loader makes a new one
+        for every batch; copied when the same tensor object comes again (a loop refilling one buffer)."""
+        tensor = tensor.detach()
+        if self.ring and tensor.data_ptr() == (self.ring[-1].inputs, self.ring[-1].targets)[which].data_ptr():
+            tensor = tensor.clone()
+        return tensor
 
     def _state(self):
         """The optimiser's state tensors, copied ({} for plain SGD)."""
@@ -118,19 +144,25 @@ class Watch:
                 state[index] = tensors
         return state
 
-    def _before_step(self, optimizer, args, kwargs):
-        gradients = [p.grad for p in self._parameters if p.grad is not None]
-        if self.failure is None and not self._finite(gradients):
-            self.failure = self.steps
-
     def _after_step(self, optimizer, args, kwargs):
-        if self.failure is None and not self._finite(self._parameters):
-            self.failure = self.steps
+        """Counts the step; every `_every` steps, the parameters are checked (_scan)."""
         self.steps += 1
+        if self.failure is None and self.steps % self._every == 0:
+            self._scan()
 
-    def _finite(self, tensors):
-        with self._torch.no_grad():
-            return bool(self._torch.stack([self._torch.isfinite(t).all() for t in tensors]).all()) if tensors else True
+    def _scan(self):
+        """Sets the failure where the parameters first became non-finite, if they have.
+
+        A non-finite parameter stays non-finite (inf − x is inf or NaN, NaN − x is NaN) and a
+        non-finite gradient makes a non-finite update (θ − lr·g; Adam's m/√v is NaN for g = ±inf),
+        so the first step k whose gradient or updated parameters are non-finite is the step before
+        the first snapshot whose parameters (read before its update) are non-finite — or the last
+        step, when only the live parameters are. Checking the live parameters every keep // 2 steps
+        (not every step) finds it while the ring still holds the steps before it."""
+        if _finite([p.detach() for p in self._parameters], self._torch):
+            return
+        bad = next((s for s in self.ring if not _finite(s.parameters, self._torch)), None)
+        self.failure = self.steps - 1 if bad is None else max(bad.step - 1, 0)
 
     # ------------------------------------------------------------ the window
 
@@ -171,6 +203,18 @@ class Watch:
         scenario.conversion.notes.append(description)
         scenario.first_loop_step = first.step
         return scenario
+
+
+def _finite(tensors, torch):
+    """Whether every element of `tensors` is finite. The 2-norms first (one pass over all of them):
+    inf/NaN anywhere makes its norm inf/NaN, so finite norms settle it; a non-finite norm can also
+    be the square of a huge finite value, which the exact element-wise check then decides."""
+    if not tensors:
+        return True
+    with torch.no_grad():
+        if math.isfinite(float(torch.stack(torch._foreach_norm(tensors)).sum())):
+            return True
+        return all(bool(torch.isfinite(t).all()) for t in tensors)
 
 
 def _check_window(window):
