@@ -136,3 +136,21 @@ def test_a_window_older_than_the_ring_is_refused_naming_keep():
     w = _small_loop(9, steps=10, keep=4)
     with pytest.raises(pytorch.ModelError, match="keep=4"):
         w.scenario(steps=6)
+
+
+def test_the_readme_example_writes_the_workbook_of_the_failing_window(tmp_path, capsys):
+    """examples/torch_watch.py: the practitioner's module and loop, watched; the workbook of the
+    failing window is written and the diagnosis names the product that overflowed first."""
+    from pathlib import Path
+    import importlib.util
+    path = Path(__file__).resolve().parent.parent / "examples" / "torch_watch.py"
+    spec = importlib.util.spec_from_file_location("torch_watch_example", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    w, trace = example.main(tmp_path)
+    assert (tmp_path / "failing-window.xlsx").stat().st_size > 0
+    producer = tracer.diagnose_run(trace).producer
+    assert trace.first_step + producer.step == w.failure
+    assert producer.operation.startswith("the product") and "overflows" in producer.operation, producer
+    printed = capsys.readouterr().out
+    assert f"the loop failed at step {w.failure}" in printed and "it is produced by the product" in printed
