@@ -181,3 +181,21 @@ def test_functional_forms_read_as_their_modules():
     mapping = [(module.weight, index, "W") for index, module in enumerate((model.fc1, model.fc2, model.fc3))]
     worst = parity(model, x, t, optimizer, nn.BCEWithLogitsLoss(), mapping)
     assert max(worst.values()) < TOLERANCE, worst
+
+
+class DataDependent(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3, 2)
+
+    def forward(self, x):
+        if x.sum() > 0:
+            return self.fc(x)
+        return -self.fc(x)
+
+
+def test_a_forward_fx_cannot_trace_is_refused_in_one_line():
+    model = _double(7, DataDependent)
+    x, t = _data(4, 3, 2, 7)
+    message = _refusal(lambda: tracer.from_torch(model, x, t, loss=nn.MSELoss()))
+    assert message.startswith("from_torch: DataDependent: torch.fx cannot trace its forward"), message

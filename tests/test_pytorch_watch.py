@@ -154,3 +154,23 @@ def test_the_readme_example_writes_the_workbook_of_the_failing_window(tmp_path, 
     assert producer.operation.startswith("the product") and "overflows" in producer.operation, producer
     printed = capsys.readouterr().out
     assert f"the loop failed at step {w.failure}" in printed and "it is produced by the product" in printed
+
+
+def test_a_loss_called_with_keywords_is_recorded_and_a_model_called_without_a_tensor_is_named():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 2)).double()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    loss_fn = nn.MSELoss()
+    x, y = torch.ones(4, 3, dtype=torch.float64), torch.zeros(4, 2, dtype=torch.float64)
+    with tracer.watch(model, optimizer, loss_fn, keep=4) as w:
+        for _ in range(3):
+            optimizer.zero_grad()
+            loss_fn(input=model(x), target=y).backward()
+            optimizer.step()
+    assert [s.step for s in w.ring] == [0, 1, 2] and w.scenario(steps=2).steps == 2
+    with tracer.watch(model, optimizer, loss_fn, keep=4) as w:
+        optimizer.zero_grad()
+        loss_fn(model(input=x), y).backward()
+        optimizer.step()
+    with pytest.raises(pytorch.ModelError, match="step 0: the model was not called with one tensor"):
+        w.scenario(steps=1)

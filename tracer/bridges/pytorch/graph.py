@@ -122,6 +122,8 @@ class _Chain:
             raise ModelError(place, f"adds {skip.name}, which is not an earlier value of the chain")
         branch = self.parts[start:]
         self.parts[start:] = [Part(None, place, residual=branch)]
+        # the branch's own values are inside the new part now: no later residual can start there
+        self.position = {n: p for n, p in self.position.items() if p <= start}
 
     def _part(self, node):
         place = where(node, self.model, self.torch)

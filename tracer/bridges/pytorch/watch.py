@@ -79,12 +79,13 @@ class Watch:
         self._torch, self._handles, self._inputs = torch, [], None
         self._buffers = []           # the ring's parameter copies, one list of tensors per slot
         self._every = max(1, keep // 2)
+        self.problem = None          # why a step could not be recorded, if one could not
         self._parameters = list(model.parameters())
 
     def __enter__(self):
         self._handles = [
             self.model.register_forward_pre_hook(self._on_model),
-            self.loss_fn.register_forward_hook(self._on_loss),
+            self.loss_fn.register_forward_hook(self._on_loss, with_kwargs=True),
             self.optimizer.register_step_post_hook(self._after_step),
         ]
         return self
@@ -101,11 +102,17 @@ class Watch:
 
     def _on_model(self, module, args):
         if self.failure is None:
-            self._inputs = args[0]
+            self._inputs = args[0] if args and isinstance(args[0], self._torch.Tensor) else None
 
-    def _on_loss(self, module, args, loss):
-        if self.failure is None:
-            self._record(args[1], loss)
+    def _on_loss(self, module, args, kwargs, loss):
+        if self.failure is not None:
+            return
+        targets = args[1] if len(args) > 1 else kwargs.get("target")
+        if self._inputs is None or not isinstance(targets, self._torch.Tensor):
+            self.problem = self.problem or (f"step {self.steps}: the model was not called with one tensor, or the "
+                                            "loss without targets, so the step's batch is unknown")
+            return
+        self._record(targets, loss)
 
     def _record(self, targets, loss):
         """The step's snapshot into the ring; its parameters copied into the ring slot's buffers."""
@@ -171,6 +178,8 @@ class Watch:
         one, or the last `steps`."""
         if steps < 1:
             raise ModelError(WHERE, f"steps={steps}: a window has at least one step")
+        if self.problem is not None:
+            raise ModelError(WHERE, self.problem)
         if not self.ring:
             raise ModelError(WHERE, "no step was recorded (was the loop inside `with w:`, and did it call the "
                              "model, loss_fn and optimizer.step?)")
