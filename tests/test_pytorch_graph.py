@@ -1,9 +1,11 @@
 """Models written as classes, read through torch.fx (bridges.pytorch.graph and .layers): modules and
 their functional forms, x + f(x) residuals, nested Sequentials and ModuleLists, Dropout in eval mode;
-their traces match the models' own backward()/step() over 3 steps to 1e-9 in float64, and what
-cannot be read is refused in ONE line naming the node, what it calls and the forward's source line."""
+their traces match the models' own backward()/step() over 3 steps to 1e-9 in float64; a forward of
+functional forms reads as the nn.Sequential of their modules; what cannot be read is refused in ONE
+line naming the node, what it calls and the forward's source line."""
 import inspect
 
+from hypothesis import given, settings, strategies as st
 import pytest
 
 import tracer
@@ -199,3 +201,47 @@ def test_a_forward_fx_cannot_trace_is_refused_in_one_line():
     x, t = _data(4, 3, 2, 7)
     message = _refusal(lambda: tracer.from_torch(model, x, t, loss=nn.MSELoss()))
     assert message.startswith("from_torch: DataDependent: torch.fx cannot trace its forward"), message
+
+
+# name -> (the functional form a forward writes, the module an nn.Sequential holds)
+FORMS = {
+    "relu": (F.relu, nn.ReLU), "tanh": (torch.tanh, nn.Tanh), "sigmoid": (lambda x: x.sigmoid(), nn.Sigmoid),
+    "silu": (F.silu, nn.SiLU), "elu": (lambda x: F.elu(x, alpha=0.5), lambda: nn.ELU(alpha=0.5)),
+    "leaky_relu": (lambda x: F.leaky_relu(x, 0.3), lambda: nn.LeakyReLU(0.3)), "none": (None, None),
+}
+
+
+class Chain(nn.Module):
+    """Linear layers from a ModuleList, each followed by a functional form (or nothing)."""
+
+    def __init__(self, linears, forms):
+        super().__init__()
+        self.linears, self.forms = nn.ModuleList(linears), forms
+
+    def forward(self, x):
+        for linear, form in zip(self.linears, self.forms):
+            x = linear(x)
+            if form is not None:
+                x = form(x)
+        return x
+
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 4), st.sampled_from(sorted(FORMS))), min_size=1, max_size=4),
+       st.integers(0, 2 ** 16))
+def test_a_forward_of_functional_forms_reads_as_the_sequential_of_their_modules(layers, seed):
+    torch.manual_seed(seed)
+    widths = [3] + [units for units, _ in layers]
+    linears = [nn.Linear(a, b).double() for a, b in zip(widths, widths[1:])]
+    modules = []
+    for linear, (_, name) in zip(linears, layers):
+        modules += [linear] + ([FORMS[name][1]()] if FORMS[name][1] else [])
+    x, t = _data(4, 3, widths[-1], seed)
+    scenarios = [tracer.from_torch(model, x, t, loss="half_sse", steps=1)
+                 for model in (nn.Sequential(*modules), Chain(linears, [FORMS[name][0] for _, name in layers]))]
+    described = [[(layer.units, layer.activation, layer.activation_params, layer.weights.tolist(), layer.bias.tolist())
+                  for layer in scenario.layers] for scenario in scenarios]
+    assert described[0] == described[1]
+    assert [layer.activation for layer in scenarios[1].layers] == [
+        {"none": "identity"}.get(name, name) for _, name in layers]
