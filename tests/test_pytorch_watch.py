@@ -176,3 +176,14 @@ def test_a_loss_called_with_keywords_is_recorded_and_a_model_called_without_a_te
         optimizer.step()
     with pytest.raises(pytorch.ModelError, match="step 0: the model was not called with one tensor"):
         w.scenario(steps=1)
+
+
+def test_a_named_step_ends_the_window():
+    w = _small_loop(9, steps=10, keep=8)
+    assert [s.step for s in w.window(3, until=6)] == [4, 5, 6]
+    scenario = w.scenario(steps=3, until=6)
+    assert scenario.first_loop_step == 4 and scenario.steps == 3 and "non-finite" not in scenario.description
+    losses = tracer.run(scenario).loss
+    assert np.allclose(losses, [s.loss for s in w.window(3, until=6)], rtol=TOLERANCE, atol=0)
+    with pytest.raises(pytorch.ModelError, match="until=10: the recorded steps end at 9"):
+        w.window(2, until=10)

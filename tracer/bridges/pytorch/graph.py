@@ -161,9 +161,10 @@ class _Arguments:
         self.args, self.kwargs = node.args[1:], node.kwargs
 
     def get(self, name, position, default):
+        """The argument `name`, or the one at `position` after the tensor (None: keyword-only)."""
         if name in self.kwargs:
             return self.kwargs[name]
-        return self.args[position] if position < len(self.args) else default
+        return self.args[position] if position is not None and position < len(self.args) else default
 
 
 def _dropout(nn, arguments):
@@ -178,7 +179,7 @@ FUNCTIONAL = {
     "tanh": lambda nn, a: nn.Tanh(),
     "sigmoid": lambda nn, a: nn.Sigmoid(),
     "silu": lambda nn, a: nn.SiLU(),
-    "gelu": lambda nn, a: nn.GELU(approximate=a.get("approximate", 99, "none")),
+    "gelu": lambda nn, a: nn.GELU(approximate=a.get("approximate", None, "none")),
     "elu": lambda nn, a: nn.ELU(alpha=a.get("alpha", 0, 1.0)),
     "leaky_relu": lambda nn, a: nn.LeakyReLU(a.get("negative_slope", 0, 0.01)),
     "softplus": lambda nn, a: nn.Softplus(beta=a.get("beta", 0, 1.0), threshold=a.get("threshold", 1, 20.0)),

@@ -27,7 +27,8 @@ trains on the window's s-th batch, the loop's own, shuffled or not), the loss mo
 optimiser's hyper-parameters (bridges.pytorch.convert). Its steps reproduce the loop's numbers
 to float64 round-off when the model is float64. With a failure, the window is the `steps` steps
 before it and the failing step itself (steps + 1 steps, so the trace shows the first inf/NaN);
-without, the last `steps` steps.
+without, the last `steps` steps; `until=k` asks for the `steps` steps that end at loop step k (a
+step the user names: where a plateau began, where a metric jumped).
 Refused: a window whose optimiser carries state (momentum, Adam's moments: a scenario starts every
 optimiser from zero state) unless it starts at the loop's step 0, a learning rate that changes in
 the window (a scheduler), batches of different sizes, a window older than the ring keeps.
@@ -173,9 +174,9 @@ class Watch:
 
     # ------------------------------------------------------------ the window
 
-    def window(self, steps):
+    def window(self, steps, until=None):
         """The snapshots of the window (module docstring): `steps` before the failure and the failing
-        one, or the last `steps`."""
+        one, or the last `steps`; `until` names the window's last loop step instead (n steps to it)."""
         if steps < 1:
             raise ModelError(WHERE, f"steps={steps}: a window has at least one step")
         if self.problem is not None:
@@ -183,8 +184,12 @@ class Watch:
         if not self.ring:
             raise ModelError(WHERE, "no step was recorded (was the loop inside `with w:`, and did it call the "
                              "model, loss_fn and optimizer.step?)")
-        last = self.failure if self.failure is not None else self.ring[-1].step
-        first = last - steps if self.failure is not None else last - steps + 1
+        recorded = self.ring[-1].step if self.failure is None else min(self.failure, self.ring[-1].step)
+        if until is not None and not 0 <= until <= recorded:
+            raise ModelError(WHERE, f"until={until}: the recorded steps end at {recorded}")
+        ends_at_failure = until is None and self.failure is not None
+        last = recorded if until is None else until
+        first = last - steps if ends_at_failure else last - steps + 1
         if first < 0:
             raise ModelError(WHERE, f"steps={steps}: the loop ran only {last + 1} step(s) up to step {last}")
         if first < self.ring[0].step:
@@ -192,17 +197,19 @@ class Watch:
                              f"{self.ring[0].step}..{self.ring[-1].step}: watch with a larger keep")
         return [s for s in self.ring if first <= s.step <= last]
 
-    def scenario(self, steps=5, name="watched-window"):
-        """The Scenario of the window (module docstring); its step 0 is the loop's step window[0].step."""
+    def scenario(self, steps=5, name="watched-window", until=None):
+        """The Scenario of the window (module docstring, `until` as in `window`); its step 0 is the
+        loop's step `scenario.first_loop_step`, its `conversion` notes say which steps it holds."""
         from tracer.bridges.pytorch.convert import convert
-        window = self.window(steps)
+        window = self.window(steps, until)
         first = window[0]
         _check_window(window)
         torch = self._torch
         inputs = torch.cat([s.inputs for s in window])
         targets = torch.cat([s.targets for s in window])
+        failing = self.failure is not None and window[-1].step == self.failure
         description = (f"Loop steps {first.step}..{window[-1].step} of a watched PyTorch training loop"
-                       + (f" (step {self.failure} is the first non-finite one)" if self.failure is not None else "") + ".")
+                       + (f" (step {self.failure} is the first non-finite one)" if failing else "") + ".")
         with _parameters_set(self._parameters, first.parameters, torch):
             scenario = convert(self.model, inputs, targets, self.optimizer, loss=self.loss_fn, steps=len(window),
                                batch=len(first.inputs), name=name, description=description, reduction=None, fresh=False)
