@@ -14,6 +14,10 @@ import torch
 
 import tracer
 
+# The tensors here are tiny: one thread is several times faster than two on a shared 2-core machine
+# (as tests/torch_reference.py sets it for the same reason).
+torch.set_num_threads(1)
+
 TRACE_FIELDS = {"W": ("W", "grad_W"), "b": ("b", "grad_b"), "Wh": ("Wh", "grad_Wh"), "bh": ("bh", "grad_bh")}
 
 

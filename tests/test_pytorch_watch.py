@@ -11,6 +11,8 @@ from tracer.bridges import pytorch
 torch = pytest.importorskip("torch")
 nn = torch.nn
 
+import tests.pytorch_parity  # noqa: E402,F401  (one torch thread: the loops here are small)
+
 TOLERANCE = 1e-9
 WINDOW = 5
 
@@ -58,6 +60,13 @@ def diverged():
     return _train(lr=12.0, epochs=10)
 
 
+@pytest.fixture(scope="module")
+def window_trace(diverged):
+    """The failing window's scenario and its trace."""
+    scenario = diverged[1].scenario(steps=WINDOW)
+    return scenario, tracer.run(scenario)
+
+
 def test_the_first_non_finite_step_is_found(diverged):
     model, w, seen = diverged
     assert w.failure is not None and 35 <= w.failure <= 50, w.failure
@@ -65,12 +74,11 @@ def test_the_first_non_finite_step_is_found(diverged):
     assert np.isfinite(losses[:-1]).all() and not np.isfinite(losses[-1]) and w.ring[-1].step == w.failure
 
 
-def test_the_window_reproduces_the_loops_own_numbers(diverged):
+def test_the_window_reproduces_the_loops_own_numbers(diverged, window_trace):
     model, w, seen = diverged
-    scenario = w.scenario(steps=WINDOW)
+    scenario, trace = window_trace
     first = w.failure - WINDOW
     assert scenario.steps == WINDOW + 1 and scenario.first_loop_step == first
-    trace = tracer.run(scenario)
     window = w.window(WINDOW)
     for k, snapshot in enumerate(window):
         assert snapshot.step == first + k
@@ -85,9 +93,8 @@ def test_the_window_reproduces_the_loops_own_numbers(diverged):
     assert not np.isfinite(trace.loss[WINDOW]), trace.loss
 
 
-def test_the_diagnosis_names_the_producer_of_the_first_inf(diverged):
-    model, w, seen = diverged
-    trace = tracer.run(w.scenario(steps=WINDOW))
+def test_the_diagnosis_names_the_producer_of_the_first_inf(window_trace):
+    scenario, trace = window_trace
     diagnosis = tracer.diagnose_run(trace)
     producer = diagnosis.producer
     assert producer is not None and producer.step == WINDOW, producer
