@@ -245,3 +245,19 @@ def test_a_forward_of_functional_forms_reads_as_the_sequential_of_their_modules(
     assert described[0] == described[1]
     assert [layer.activation for layer in scenarios[1].layers] == [
         {"none": "identity"}.get(name, name) for _, name in layers]
+
+
+class Convolutional(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = nn.Conv1d(1, 2, 3), nn.Linear(12, 2)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(torch.relu(self.conv(x)), 1))
+
+
+def test_a_convolution_is_refused_by_its_node_not_by_the_shape_of_the_inputs():
+    model = _double(8, Convolutional)
+    x = torch.randn(4, 1, 8, dtype=torch.float64)
+    message = _refusal(lambda: tracer.from_torch(model, x, torch.zeros(4, 2, dtype=torch.float64), loss=nn.MSELoss()))
+    assert "node conv (Conv1d" in message and "Conv1d is not supported" in message, message

@@ -90,9 +90,7 @@ def layers_of(parts, x, torch, model, notes):
     layers, words = [], []
     index, width, per_time = recurrent.layers_first(parts, x, torch, layers, words, notes)
     if x.ndim != (3 if layers else 2):
-        raise ModelError("inputs", f"must be a (samples × features) array, not of shape {tuple(x.shape)}"
-                         + (f": {parts[0].where} cannot read it (begin the model with nn.Flatten() to flatten images)"
-                            if parts else ""))
+        _unread_inputs(parts, x, torch)
     known = activations(torch)
     while index < len(parts):
         part = parts[index]
@@ -108,6 +106,18 @@ def layers_of(parts, x, torch, model, notes):
     if not layers:
         raise ModelError(type(model).__name__, "has no layers")
     return layers, words, per_time
+
+
+def _unread_inputs(parts, x, torch):
+    """Inputs of more than two dimensions that no recurrent layer reads: the first part named (as not
+    supported, or as what cannot read them)."""
+    first = parts[0] if parts else None
+    nn = torch.nn
+    if first is not None and not first.residual and type(first.module) not in (nn.Linear, nn.BatchNorm1d, nn.LayerNorm):
+        raise ModelError(first.where, f"{type(first.module).__name__} is not supported ({SUPPORTED})")
+    raise ModelError("inputs", f"must be a (samples × features) array, not of shape {tuple(x.shape)}"
+                     + (f": {first.where} cannot read it (begin the model with nn.Flatten() to flatten images)"
+                        if first is not None else ""))
 
 
 def _layer(part, parts, index, width, torch, model):
