@@ -154,3 +154,19 @@ def test_the_mean_over_every_time_step_is_refused_for_what_it_divides_by():
     x, _ = _sequences(3, 4, 2, 2)
     message = _refusal(model, x, torch.zeros(3, 4, 1, dtype=torch.float64), nn.MSELoss())
     assert "reduction='sum'" in message, message
+
+
+def test_dropout_between_stacked_layers_in_eval_mode_is_noted_and_the_final_state_is_refused():
+    model = _model(5, lambda: Sequencer(batch_first=True, num_layers=2, dropout=0.5)).eval()
+    x, _ = _sequences(3, 4, 2, 5)
+    t = torch.zeros(3, 1, dtype=torch.float64)
+    notes = tracer.from_torch(model, x, t, loss=nn.MSELoss(), steps=1).conversion.notes
+    assert len(notes) == 1 and "node rnn (GRU" in notes[0] and "identity in eval mode" in notes[0], notes
+
+    class FinalState(Sequencer):
+        def forward(self, x):
+            return self.head(self.rnn(x)[1][-1])
+
+    model = _model(5, lambda: FinalState(batch_first=True))
+    message = _refusal(model, x, t, nn.MSELoss())
+    assert "node getitem" in message and "out[:, -1]" in message, message

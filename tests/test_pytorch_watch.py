@@ -194,3 +194,36 @@ def test_a_named_step_ends_the_window():
     assert np.allclose(losses, [s.loss for s in w.window(3, until=6)], rtol=TOLERANCE, atol=0)
     with pytest.raises(pytorch.ModelError, match="until=10: the recorded steps end at 9"):
         w.window(2, until=10)
+
+
+def _adam_loop(steps, scheduler=False):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 2)).double()
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
+    schedule = torch.optim.lr_scheduler.StepLR(optimizer, step_size=2) if scheduler else None
+    loss_fn = nn.MSELoss()
+    generator = torch.Generator().manual_seed(2)
+    with tracer.watch(model, optimizer, loss_fn, keep=8) as w:
+        for _ in range(steps):
+            x = torch.randn(4, 3, generator=generator, dtype=torch.float64)
+            y = torch.randn(4, 2, generator=generator, dtype=torch.float64)
+            optimizer.zero_grad()
+            loss_fn(model(x), y).backward()
+            optimizer.step()
+            if schedule:
+                schedule.step()
+    return w
+
+
+def test_an_optimiser_with_state_reproduces_from_step_0_and_is_refused_later():
+    w = _adam_loop(3)
+    losses = tracer.run(w.scenario(steps=3)).loss
+    assert np.allclose(losses, [s.loss for s in w.ring], rtol=TOLERANCE, atol=0)
+    with pytest.raises(pytorch.ModelError, match="carries state into step 1 .*exp_avg"):
+        w.scenario(steps=2)
+
+
+def test_a_learning_rate_that_changes_in_the_window_is_refused():
+    w = _adam_loop(4, scheduler=True)
+    with pytest.raises(pytorch.ModelError, match="learning rate changes in the window"):
+        w.scenario(steps=4)
