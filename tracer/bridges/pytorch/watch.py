@@ -16,10 +16,12 @@ during the step, before the update: into preallocated ring buffers) and the opti
 checks the loss; optimizer.step's post-hook counts the steps and, every keep // 2 steps and when the
 block ends, checks the parameters for inf/NaN: a non-finite gradient or update leaves them
 non-finite for good, and the first snapshot holding one dates it (Watch._scan). Step k is the k-th
-call of optimizer.step (from 0); its snapshot is what that step read. The last `keep` snapshots are
-kept (a ring); recording stops at the first non-finite step found, so the window before it stays
-(a window of n steps needs keep ≥ 2(n + 1)). The batch tensors are kept as the loop made them (a
-loader makes new ones for every batch; the same memory coming again, a refilled buffer, is copied).
+call of optimizer.step (from 0); its snapshot is what that step read (of several model and loss calls
+in a step, the last before the update: a validation batch after step k is replaced by step k + 1's
+training batch). The last `keep` snapshots are kept (a ring); recording stops at the first
+non-finite step found, so the window before it stays (a window of n steps needs keep ≥ 2(n + 1)).
+The batch tensors are kept as the loop made them (a loader makes new ones for every batch; the same
+memory coming again, a refilled buffer, is copied).
 
 The scenario of a window: the model with the snapshot's parameters at its first step, its batches
 one after the other as the data (batch = their size, taken in data order: step s of the scenario
