@@ -79,7 +79,7 @@ def _hooks_alone(initial, options, calls=2000):
     for call in range(calls):
         x, y = batches[call % len(batches)]
         w._on_model(model, (x,))
-        w._on_loss(loss_fn, (model, y), loss)
+        w._on_loss(loss_fn, (model, y), {}, loss)
         w._after_step(optimizer, (), {})
     return (time.perf_counter() - start) / calls
 

@@ -11,8 +11,9 @@
     scenario = w.scenario(steps=5)               # loop steps failure − 5 … failure, as tracer trains them
 
 Hooks (removed when the block ends): a forward pre-hook on the model keeps the batch's inputs; a
-forward hook on the loss module takes its targets and the loss, copies the parameters (as they are
-during the step, before the update: into preallocated ring buffers) and the optimiser's state, and
+forward hook on the loss module takes its targets and the loss, copies the batch and the parameters
+(as they are during the step, before the update) into the ring slot's buffers, allocated once, and
+the optimiser's state, and
 checks the loss; optimizer.step's post-hook counts the steps and, every keep // 2 steps and when the
 block ends, checks the parameters for inf/NaN: a non-finite gradient or update leaves them
 non-finite for good, and the first snapshot holding one dates it (Watch._scan). Step k is the k-th
@@ -20,8 +21,6 @@ call of optimizer.step (from 0); its snapshot is what that step read (of several
 in a step, the last before the update: a validation batch after step k is replaced by step k + 1's
 training batch). The last `keep` snapshots are kept (a ring); recording stops at the first
 non-finite step found, so the window before it stays (a window of n steps needs keep ≥ 2(n + 1)).
-The batch tensors are kept as the loop made them (a loader makes new ones for every batch; the same
-memory coming again, a refilled buffer, is copied).
 
 The scenario of a window: the model with the snapshot's parameters at its first step, its batches
 one after the other as the data (batch = their size, taken in data order: step s of the scenario
@@ -80,7 +79,7 @@ class Watch:
         self.steps = 0               # optimizer.step calls seen
         self.ring = deque(maxlen=keep)
         self._torch, self._handles, self._inputs = torch, [], None
-        self._buffers = []           # the ring's parameter copies, one list of tensors per slot
+        self._buffers = []           # per ring slot: copies of the parameters, then the inputs and targets
         self._every = max(1, keep // 2)
         self.problem = None          # why a step could not be recorded, if one could not
         self._parameters = list(model.parameters())
@@ -118,16 +117,19 @@ class Watch:
         self._record(targets, loss)
 
     def _record(self, targets, loss):
-        """The step's snapshot into the ring; its parameters copied into the ring slot's buffers."""
-        torch = self._torch
+        """The step's snapshot into the ring: its parameters and batch copied into the ring slot's
+        buffers (allocated once: the loop's own batch memory is freed and reused, as without the watch)."""
         slot = self.steps % self.keep
-        if len(self._buffers) <= slot:
-            self._buffers.append([p.detach().clone() for p in self._parameters])
+        live = [p.detach() for p in self._parameters] + [self._inputs.detach(), targets.detach()]
+        buffers = self._buffers[slot] if slot < len(self._buffers) else None
+        if buffers is None or any(b.shape != t.shape or b.dtype != t.dtype for b, t in zip(buffers[-2:], live[-2:])):
+            buffers = [t.clone() for t in live]
+            self._buffers[slot:slot + 1] = [buffers]
         else:
-            torch._foreach_copy_(self._buffers[slot], [p.detach() for p in self._parameters])
+            self._torch._foreach_copy_(buffers, live)
         value = float(loss.detach())
-        snapshot = Snapshot(self.steps, self._batch(self._inputs, 0), self._batch(targets, 1), self._buffers[slot],
-                            self._state(), float(self.optimizer.param_groups[0]["lr"]), value)
+        snapshot = Snapshot(self.steps, buffers[-2], buffers[-1], buffers[:-2], self._state(),
+                            float(self.optimizer.param_groups[0]["lr"]), value)
         if self.ring and self.ring[-1].step == self.steps:
             self.ring.pop()              # a second loss in the same step: the last one before the update counts
         self.ring.append(snapshot)
@@ -135,14 +137,6 @@ class Watch:
             self._scan()                 # parameters gone non-finite in an earlier step come first
             if self.failure is None:
                 self.failure = self.steps
-
-    def _batch(self, tensor, which):
-        """The step's inputs (which 0) or targets (1): the loop's own tensor, as a loader makes a new one
-        for every batch; copied when the same tensor object comes again (a loop refilling one buffer)."""
-        tensor = tensor.detach()
-        if self.ring and tensor.data_ptr() == (self.ring[-1].inputs, self.ring[-1].targets)[which].data_ptr():
-            tensor = tensor.clone()
-        return tensor
 
     def _state(self):
         """The optimiser's state tensors, copied ({} for plain SGD)."""
