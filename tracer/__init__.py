@@ -35,6 +35,7 @@ _LAZY = {
     "check_gradients": ("tracer.explain.gradcheck", "check"),
     "template_names": ("tracer.training.templates", "names"),
     "from_torch": ("tracer.bridges.pytorch", "from_torch"),   # torch is imported only when it is called
+    "watch": ("tracer.bridges.pytorch", "watch"),             # the failing window of a PyTorch training loop
 }
 
 __all__ = ["Scenario", "Trace", "from_dict", "load", "loads", "run", *_LAZY]
