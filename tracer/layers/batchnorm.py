@@ -10,7 +10,9 @@ torch.nn.BatchNorm1d), then γ, β and the layer's own activation.
 γ starts at 1 and β at 0 (no draw from the seed); the layer keeps the width of the layer below;
 every batch needs 2 samples or more (σ² = 0 for one sample, so x̂ = 0 whatever the input).
 """
-from tracer.layers.base import COMMON, ExcelColumns, Normalisation, Quantity
+from tracer.layers.excel import ExcelColumns
+from tracer.layers.normalisation import Normalisation
+from tracer.layers.quantities import COMMON, Quantity
 
 XHAT = Quantity("xhat", "x̂", "x̂ = (x − μ)/√(σ² + eps), the normalised input", "sample-unit")
 DXHAT = Quantity("dxhat", "dx̂", "dx̂ = δ·γ = ∂E/∂x̂", "sample-unit")

@@ -13,7 +13,11 @@ from tracer.maths.symbolic import sympy as sp
 from tracer.maths import initialisers as inits, notation
 from tracer.errors import ScenarioError
 from tracer.maths.procedures import reduce_samples
-from tracer.layers.base import (COMMON, E, H, IN_ORDER, ExcelColumns, Layer, LayerKind, parse_activation, parse_bias, parse_init)
+from tracer.layers.excel import ExcelColumns
+from tracer.layers.parsing import Layer, parse_activation, parse_bias, parse_init
+from tracer.layers.protocol import LayerKind
+from tracer.layers.quantities import COMMON, E, H
+from tracer.layers.sums import IN_ORDER
 
 
 class Dense(LayerKind):
@@ -60,7 +64,7 @@ class Dense(LayerKind):
             units=units, activation=activation, activation_params=activation_params, init=init_name,
             init_params=init_params, weights=weights, bias_init=bias_name, bias_params=bias_params, bias=bias,
             train_bias=v.boolean(raw, "train_bias", key, default=True),
-            residual=self._residual(v, raw, key, fan_in, units, is_output),
+            residual=self._residual(v, raw, key, fan_in, units, is_output), kind=self.name,
         )
 
     def refuse_key(self, v, key, name, kinds_with_it):

@@ -11,7 +11,9 @@ torch.nn.LayerNorm(units, elementwise_affine=True)), then γ, β and the layer's
 γ starts at 1 and β at 0 (no draw from the seed); eps defaults to 1e-5; the layer keeps the width
 of the layer below; a batch of one sample is fine (the statistics are the sample's own).
 """
-from tracer.layers.base import COMMON, ExcelColumns, Normalisation, Quantity
+from tracer.layers.excel import ExcelColumns
+from tracer.layers.normalisation import Normalisation
+from tracer.layers.quantities import COMMON, Quantity
 
 MEAN = Quantity("ln_mean", "μ", "μ, the sample's mean over the layer's units", "sample", key="mean")
 VAR = Quantity("ln_var", "σ²", "σ², the sample's biased variance over the layer's units", "sample", key="var")
