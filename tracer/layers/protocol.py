@@ -256,9 +256,10 @@ class LayerKind:
             a = self.combine(layer, h, rows)
         return LayerPass(below, Signal(a, below.sequence, below.per_time), a, record, u, h, slope)
 
-    def pre_activations(self, layer, state):
-        """Every u of the pass whose sign a kinked activation reads (gradcheck's kink test): u."""
-        return state.u
+    def pre_activations(self, layer, u, record):
+        """Every u of a pass (its u and record) whose sign a kinked activation reads (gradcheck's kink
+        test): u."""
+        return u
 
     def backward_pass(self, layer, state, error, params, sums=IN_ORDER, down=True):
         """The layer's backward given `error` = e⁽ˡ⁾ = ∂E/∂a⁽ˡ⁾ from the layer above (None on the output

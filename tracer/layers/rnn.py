@@ -440,6 +440,8 @@ class RnnExcel(RecurrentExcel):
 # Imported here, below the cells' maths, so that the cells stay importable on their own.
 from tracer.errors import ScenarioError  # noqa: E402
 from tracer.layers.base import LayerKind, Layer, Quantity, parse_activation, parse_bias, parse_init  # noqa: E402
+from tracer.layers.protocol import LayerPass, Signal  # noqa: E402
+from tracer.layers.sums import IN_ORDER  # noqa: E402
 from tracer.maths import initialisers as inits  # noqa: E402
 
 RECURRENT_KEYS = ("kind", "units", "init", "low", "high", "mean", "std", "value", "weights", "recurrent_weights",
@@ -478,9 +480,11 @@ class Recurrent(LayerKind):
     `time` column holds t. The templates rnn-exploding and rnn-clipped have T = 101 (h₀ … h₁₀₀: 100
     steps of recurrence, ∂h₁₀₀/∂h₀ = 1.1¹⁰⁰); rnn-vanishing, lstm-long and gru-long T = 50.
     With targets per time step the dense layers above run at every t (records.py, "Time").
-    The engine calls: forward(layer, sequence, W, b, Wh, bh) -> record; output(layer, record) -> h
-    (B, T, U); backward(layer, record, dE_dh, W, Wh) -> the full record; gradients(layer, record) ->
-    (grad_W, grad_b, grad_Wh, grad_bh) per sample; error_down(layer, record) -> ∂E/∂x (B, T, F).
+    The engine runs it through the protocol's pass faces (forward_pass, backward_pass,
+    sample_gradients); the numpy faces keep the protocol's signatures: forward(layer, sequence, W, b,
+    Wh, bh) -> (h, record); backward(layer, record, dE_dh, W, Wh) adds the backward quantities to the
+    record; gradients(layer, record, ...) -> (grad_W, grad_b, grad_Wh, grad_bh) per sample;
+    error_down(layer, record, ...) -> ∂E/∂x (B, T, F).
     """
 
     keys = RECURRENT_KEYS
@@ -579,26 +583,72 @@ class Recurrent(LayerKind):
         return per_time + gradients
 
     # ------------------------------------------------------------ numpy face (through time)
+    # The protocol's signatures; `below` is the sequence (B, time, F), `delta` the error reaching the
+    # hidden states from above, ∂E/∂h_t (B, time, U).
 
-    def forward(self, layer, below, W, b, Wh, bh):
-        """The cell's record through time for the sequence `below` (B, time, F)."""
+    def forward(self, layer, below, W, b, Wh, bh, sums=IN_ORDER):
+        """(h, record): the hidden states (B, time, U) and the cell's record through time."""
+        record = self.cell_forward(layer, below, W, b, Wh, bh)
+        return record["h"], record
+
+    def cell_forward(self, layer, below, W, b, Wh, bh):
+        """The cell module's forward (the Elman cell adds its activation)."""
         return self.cell.forward(below, W, Wh, b, bh)
 
     def output(self, layer, record):
         """The hidden states h (B, time, U): what a recurrent layer above reads (h[:, -1] a dense one)."""
         return record["h"]
 
-    def backward(self, layer, record, dE_dh, W, Wh):
-        """Backpropagation through time given dE_dh (B, time, U) from above; the full record."""
-        return self.cell.backward(record, dE_dh, W, Wh)
+    def backward(self, layer, record, delta, W, Wh):
+        """Backpropagation through time given delta = ∂E/∂h_t (B, time, U) from above: the backward
+        quantities and gradients added to `record`."""
+        record.update(self.cell.backward(record, delta, W, Wh))
 
-    def gradients(self, layer, record):
+    def gradients(self, layer, record, below=None, delta=None):
         """Per-sample gradients summed over time, in the order of stored_params."""
         return tuple(record[f"grad_{p}"] for p in self.stored_params)
 
-    def error_down(self, layer, record):
+    def error_down(self, layer, record, delta=None, W=None, error_here=None, sums=IN_ORDER):
         """∂E/∂x_t (B, time, F): the error passed to a recurrent layer below."""
         return record["dx"]
+
+    # ------------------------------------------------------------ the engine's pass faces
+
+    def forward_pass(self, layer, below, params, sums=IN_ORDER, u=None, slopes=True):
+        """The cell through time over below.sequence; up: the hidden states as the sequence, and as
+        rows the last hidden state h_{T−1} (B × U), or every h_t ((B·time) × U) with per-time targets."""
+        sequence, record = self.forward(layer, below.sequence, *params)
+        rows = sequence.reshape(-1, sequence.shape[-1]) if below.per_time else sequence[:, -1]
+        return LayerPass(below, Signal(rows, sequence, below.per_time), sequence[:, -1], record)
+
+    def pre_activations(self, layer, u, record):
+        """u at every time step."""
+        return record["u"]
+
+    def backward_pass(self, layer, state, error, params, sums=IN_ORDER, down=True):
+        """Through time, given ∂E/∂h_t from a recurrent layer above (B, time, U), or the error rows of
+        a row layer above: at the last time step only (0 before it), or at every time step with
+        per-time targets. Returns ∂E/∂x_t for a recurrent layer below."""
+        sequence = state.up.sequence
+        if error.ndim == sequence.ndim:
+            dE_dh = error
+        else:
+            state.e = error
+            if state.below.per_time:
+                dE_dh = error.reshape(sequence.shape)
+            else:
+                dE_dh = np.zeros_like(sequence)
+                dE_dh[:, -1] = error
+        W, _, Wh, _ = params
+        self.backward(layer, state.record, dE_dh, W, Wh)
+        return self.error_down(layer, state.record) if down else None
+
+    def sample_gradients(self, layer, state, steps=None):
+        """The per-sample sums over time of the record."""
+        return self.gradients(layer, state.record)
+
+    def finish_pass(self, layer, state, steps=None):
+        """Its values stay per (sample, time) in the record."""
 
     def activated(self, layer):
         return "h"
@@ -618,7 +668,7 @@ class Rnn(RnnExcel, Recurrent):
                                 "elementwise activation (tanh, relu, identity, ...)")
         return parse_activation(v, raw, key, units, False, "tanh")
 
-    def forward(self, layer, below, W, b, Wh, bh):
+    def cell_forward(self, layer, below, W, b, Wh, bh):
         return forward(below, W, Wh, b, bh, layer.activation, layer.activation_params)
 
     def describe(self, layer):
