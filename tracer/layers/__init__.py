@@ -5,16 +5,22 @@ Consumers ask the kind of a layer, `layers.of(layer).<face>(...)`, never test a 
 `register(kind)` adds a kind at run time (a user's own kind, or a built-in one subclassed under a
 new name); the built-in kinds are registered below, the only place a kind is named.
 """
+import sys
+
 from tracer.layers.batchnorm import BatchNorm
 from tracer.layers.dense import Dense
-from tracer.layers.gru import Gru
 from tracer.layers.layernorm import LayerNorm
-from tracer.layers.lstm import Lstm
 from tracer.layers.parsing import Layer  # noqa: F401
 from tracer.layers.protocol import LayerKind, LayerPass, Signal  # noqa: F401
 from tracer.layers.quantities import Quantity  # noqa: F401
-from tracer.layers.rnn import Rnn
+from tracer.layers.recurrent import gru, lstm, rnn
+from tracer.layers.recurrent.gru import Gru
+from tracer.layers.recurrent.lstm import Lstm
+from tracer.layers.recurrent.rnn import Rnn
 from tracer.layers.sums import IN_ORDER, MATMUL, SUM_ORDERS, SumOrder, back_sum, sum_order, weighted_sum  # noqa: F401
+
+for _cell in (rnn, lstm, gru):     # the cells' first home: tracer.layers.rnn, .lstm, .gru
+    sys.modules[f"{__name__}.{_cell.__name__.rpartition('.')[2]}"] = _cell
 
 LAYERS = {}
 KEYS = ()   # every [[layers]] key some registered kind takes

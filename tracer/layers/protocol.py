@@ -321,6 +321,10 @@ class LayerKind:
         reads excel_grad_W / excel_grad_b)."""
         return self.excel_grad_W(layer, x, *index) if which == "W" else self.excel_grad_b(layer, x, *index)
 
+    def output_quantity(self, layer):
+        """The recorded quantity the layer above reads from this layer: a (recurrent cells: h)."""
+        return "a"
+
     def excel_output(self, layer, l, i, steps):
         """The key of the value the layer above reads as its input i: a⁽ˡ⁾ᵢ (recurrent cells: h at t = T−1)."""
         return ("a", l, i)
