@@ -439,6 +439,50 @@ class LayerKind:
         """(operation, operands) that produced a non-finite error passed down by layer l, e⁽ˡ⁻¹⁾ⱼ."""
         return "the error from the layer above (a sum of finite terms) overflows", []
 
+    def unit_values(self, layer, trace, name, l, step, n):
+        """A per-unit quantity (u, slope, a, h) of layer l at `step` for the step's first n batch slots,
+        (rows, units): one row per sample (a layer run at every time step: per sample and time step)."""
+        values = getattr(trace, name)[l - 1][step, :n]
+        return values.reshape(-1, values.shape[-1])
+
+    def output_slopes(self, layer, trace, l, step, n):
+        """f'(u) behind the output the layer above reads, (n samples × units)."""
+        return trace.slope[l - 1][step, :n]
+
+    def error_through_time(self, layer, trace, l, step):
+        """The error through time of the layer at `step` for diagnose (recurrent kinds: the norms of
+        ∂E/∂h_t and their verdict); None for a layer without a recursion through time."""
+        return None
+
+    def first_nonfinite_through_time(self, layer, trace, l, step, phase):
+        """The first non-finite value of the layer's values through time in computation order (phase
+        "forward", "backward" or "gradient"), as (name, slot, value, operation, operands); None for a
+        layer without values through time, whose per-sample values diagnose scans itself."""
+        return None
+
+    # ------------------------------------------------------------ chain face through time
+
+    def runs_per_time(self, scenario):
+        """True when the layer runs on every (sample, time) row (a row layer above the recurrent ones
+        with targets per time step): its per-sample quantities are kept per (time, unit)."""
+        return bool(getattr(scenario, "per_time_targets", False))
+
+    def time_parameter(self, layer, scenario):
+        """The parameter whose gradient diagnose explains as a sum over time steps: W for a layer run
+        at every time step (targets per time step), None for a layer that runs once per sample."""
+        return "W" if getattr(scenario, "per_time_targets", False) else None
+
+    def explain_through_time(self, trace, which, l, index, step, slot, name, latex=False, evaluate=False,
+                             update_lines=()):
+        """The gradient of parameter which[index] of layer l as a sum over time steps (a TimeChain:
+        tracer/layers/recurrent/chain.py) when the layer runs at every time step; None otherwise
+        (`tracer chain` then writes the chain rule of one pass)."""
+        if not getattr(trace.scenario, "per_time_targets", False):
+            return None
+        from tracer.layers.recurrent import chain
+        return chain.explain_per_time(trace, which, l, index, step, slot, name, latex=latex, evaluate=evaluate,
+                                      update_lines=update_lines)
+
     def diagnose_links(self, layer, l, trace, step, slot=None):
         """(magnitude, weight), two fan_in × units arrays for the dominant path: how strongly the error
         passed down to unit i of the layer below follows δ⁽ˡ⁾ₖ, |∂e⁽ˡ⁻¹⁾ᵢ/∂δ⁽ˡ⁾ₖ| through the

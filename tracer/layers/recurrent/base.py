@@ -8,6 +8,7 @@ import numpy as np
 from tracer.errors import ScenarioError
 from tracer.layers.parsing import Layer, parse_bias, parse_init
 from tracer.layers.protocol import LayerKind, LayerPass, Signal
+from tracer.layers.recurrent import chain, through_time
 from tracer.layers.quantities import Quantity
 from tracer.layers.sums import IN_ORDER
 from tracer.maths import initialisers as inits
@@ -239,3 +240,47 @@ class Recurrent(LayerKind):
         cells' output tanh)."""
         return "tanh", {}
 
+    def unit_values(self, layer, trace, name, l, step, n):
+        """One row per sample and time step; u and slope of a gated cell: every gate's rows (u_i, ...)."""
+        try:
+            return through_time.time_values(trace, name, l)[step, :n].reshape(-1, layer.units)
+        except KeyError:
+            return np.concatenate([through_time.time_values(trace, f"{name}_{gate}", l)[step, :n].reshape(-1, layer.units)
+                                   for gate in self.gates])
+
+    def output_slopes(self, layer, trace, l, step, n):
+        """f'(u) at the last time step (the hidden state the layer above reads); a gated cell's h_{T−1}
+        is no single activation's output: ones."""
+        try:
+            return through_time.time_values(trace, "slope", l)[step, :n, -1]
+        except KeyError:
+            return np.ones((n, layer.units))
+
+    def error_through_time(self, layer, trace, l, step):
+        """{norms, verdict, cell_factors, cell_state}: ‖∂E/∂h_t‖ over the units and the step's samples,
+        through_time.through_time's verdict (None: nothing to judge), the scalar Elman cell's
+        Wh·f'(u_t) of the first sample (else None), lstm's ‖∂E/∂c_t‖ (else None)."""
+        records = [through_time.record(trace, l, step, slot) for slot in range(len(trace.samples(step)))]
+        norms = through_time.error_norms(records)
+        cell = through_time.step_factors(records[0])[:, 0, 0] if through_time.scalar(records[0]) else None
+        state = through_time.error_norms(records, "ec") if "ec" in records[0].values else None
+        return {"norms": norms, "verdict": through_time.through_time(norms, trace.scenario.thresholds),
+                "cell_factors": cell, "cell_state": state}
+
+    def first_nonfinite_through_time(self, layer, trace, l, step, phase):
+        """through_time.producer."""
+        return through_time.producer(trace, l, step, phase)
+
+    def runs_per_time(self, scenario):
+        """Its values are per time step in its record, whatever the targets."""
+        return False
+
+    def time_parameter(self, layer, scenario):
+        """Wh: the recurrent weight carries the error through time."""
+        return "Wh"
+
+    def explain_through_time(self, trace, which, l, index, step, slot, name, latex=False, evaluate=False,
+                             update_lines=()):
+        """Every parameter's gradient is a sum over time steps (chain.explain)."""
+        return chain.explain(trace, which, l, index, step, slot, name, latex=latex, evaluate=evaluate,
+                             update_lines=update_lines)

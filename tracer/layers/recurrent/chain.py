@@ -46,6 +46,10 @@ class TimeChain:
     hand_rules: bool = False   # the Elman recursion: slopes and e written out (the kind's hand_rules)
     per_time_dense: bool = False   # a dense layer run at every time step (targets per time step)
 
+    def report(self, latex=False):
+        """The report in Unicode, or as a LaTeX fragment."""
+        return render_latex(self) if latex else render(self)
+
 
 def explain(trace, which, l, index, step, slot, name, latex=False, evaluate=False, update_lines=()):
     """The TimeChain of parameter which[index] of recurrent layer l (built by chain.explain);
