@@ -397,6 +397,24 @@ class LayerKind:
 
     engine_only = ()          # quantities a hand check takes from the engine (statistics), read with get.engine
 
+    def check_recomputes(self, layer, scenario, quantity, time, sample):
+        """Whether a hand check recomputes the layer's `quantity` (at time step `time`, for `sample`)
+        from its rule: every one, except on a layer run at every time step, whose rules per time step
+        are not written (its numbers are compared; its batch sums, updates and parameters keep theirs)."""
+        if self.runs_per_time(scenario):
+            return time is None and not (sample is not None and quantity.startswith("grad_"))
+        return True
+
+    def check_recursion(self, layer, steps):
+        """{quantity: time steps in the order of the computation} of a recursion through time that a
+        hand check recomputes step by step (the Elman cell's h and δ); none by default."""
+        return {}
+
+    def check_value(self, layer, quantity, l, index, time, get):
+        """The layer's own rule for `quantity` (recurrent kinds: every quantity, through time); None:
+        check's rules of a row layer (check_u, check_combine, ... below)."""
+        return None
+
     def check_u(self, layer, l, j, get):
         """u⁽ˡ⁾ⱼ recomputed from supplied values."""
         raise NotImplementedError

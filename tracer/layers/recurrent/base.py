@@ -11,7 +11,8 @@ from tracer.layers.protocol import LayerKind, LayerPass, Signal
 from tracer.layers.recurrent import chain, through_time
 from tracer.layers.quantities import Quantity
 from tracer.layers.sums import IN_ORDER
-from tracer.maths import initialisers as inits
+from tracer import layers
+from tracer.maths import activations, initialisers as inits
 
 RECURRENT_KEYS = ("kind", "units", "init", "low", "high", "mean", "std", "value", "weights", "recurrent_weights",
                   "bias", "recurrent_bias", "bias_init", "bias_low", "bias_high", "bias_mean", "bias_std",
@@ -284,3 +285,106 @@ class Recurrent(LayerKind):
         """Every parameter's gradient is a sum over time steps (chain.explain)."""
         return chain.explain(trace, which, l, index, step, slot, name, latex=latex, evaluate=evaluate,
                              update_lines=update_lines)
+
+    # ------------------------------------------------------------ check face through time
+    # `get` is check's accessor of one sample at one step (protocol.py, check face) with the time
+    # step: get(quantity, l, index, time); get.error(l, j) the error the row layer above passes
+    # down; get.trace, get.step, get.sample, get.slot.
+
+    def check_recomputes(self, layer, scenario, quantity, time, sample):
+        """The Elman cell: every quantity has a rule; a gated cell: the gradient's sums over time and
+        contributions (from the engine's gate δ), the updates and the parameters."""
+        if self.hand_rules:
+            return True
+        return quantity.startswith(("grad_", "update_")) or quantity in self.stored_params
+
+    def check_recursion(self, layer, steps):
+        """The Elman cell's recursion, in the order of the computation: h forward from time step 0,
+        δ backward from the last."""
+        return {"h": range(steps), "delta": range(steps - 1, -1, -1)} if self.hand_rules else {}
+
+    def check_value(self, layer, quantity, l, index, time, get):
+        """The rules of a recurrent layer for one sample at one training step (time step k = `time`):
+          u_k[j]  = Σ_i x_k[i]·W[i,j] + b[j] + Σ_m h_{k−1}[m]·Wh[m,j] + bh[j]   (h₋₁ = 0; left to right)
+          h_k = f(u_k),  slope_k = f'(u_k),  δ_k = slope_k·e_k
+          e_k[j]  = g_k[j] + Σ_m Wh[j,m]·δ_{k+1}[m]   (e_{T−1} = g_{T−1}; g = ∂E/∂h_k from the layer above)
+          grad W~k = x_k[i]·δ_k[j], grad Wh~k = h_{k−1}[i]·δ_k[j], grad b~k = grad bh~k = δ_k[j]
+          grad θ (per sample) = Σ_k grad θ~k, left to right from k = 0;  a = h_{T−1}
+        A gated cell: the contributions with the engine's gate deltas (its gates have no hand rule here)."""
+        k, T = time, get.trace.scenario.inputs.shape[1]
+        at = lambda name, unit, when: get(name, l, (unit,), when)  # noqa: E731
+        if quantity == "a":
+            return at("h", index[0], T - 1)
+        if quantity.startswith("grad_") and k is None:
+            per = [get(quantity, l, index, when) for when in range(T)]
+            return sum(per[1:], per[0])
+        if quantity.startswith("grad_"):
+            which = quantity[len("grad_"):]
+            m = index[-1]
+            if self.hand_rules:
+                delta = at("delta", m, k)
+            else:
+                record = through_time.record(get.trace, l, get.step, get.slot)
+                delta = float(record.values["delta_x" if which in ("W", "b") else "delta_h"][k, m])
+            if which == "W":
+                return self._check_input(l, index[0], k, get) * delta
+            if which == "Wh":
+                return (at("h", index[0], k - 1) if k > 0 else 0.0) * delta
+            return delta
+        return self._check_unit(layer, quantity, l, index[0], k, T, get)
+
+    def _check_unit(self, layer, quantity, l, j, k, T, get):
+        """u, h, slope, δ and e of unit j at time step k (the Elman cell)."""
+        at = lambda name, unit, when: get(name, l, (unit,), when)  # noqa: E731
+        act, params = activations.get(layer.activation), layer.activation_params
+        if quantity == "u":
+            total = self._check_input(l, 0, k, get) * get("W", l, (0, j))
+            for i in range(1, get.fan_in(l)):
+                total = total + self._check_input(l, i, k, get) * get("W", l, (i, j))
+            total = total + get("b", l, (j,))
+            for m in range(layer.units):
+                total = total + (at("h", m, k - 1) if k > 0 else 0.0) * get("Wh", l, (m, j))
+            return total + get("bh", l, (j,))
+        if quantity == "h":
+            return float(act.forward(np.array([at("u", j, k)]), params)[0])
+        if quantity == "slope":
+            return float(act.slope(np.array([at("u", j, k)]), np.array([at("h", j, k)]), params)[0])
+        if quantity == "delta":
+            return at("slope", j, k) * at("e", j, k)
+        if quantity == "e":
+            above = self._check_from_above(l, j, k, T, get)
+            if k == T - 1:
+                return above
+            total = at("delta", 0, k + 1) * get("Wh", l, (j, 0))
+            for m in range(1, layer.units):
+                total = total + at("delta", m, k + 1) * get("Wh", l, (j, m))
+            return above + total
+        raise ValueError(f"no rule through time for {quantity}")
+
+    def _check_from_above(self, l, j, k, T, get):
+        """g_k[j] = ∂E/∂h_k[j] from the layer above: a row layer above at the last time step only (its
+        error passed down), or at every time step when it runs per time step (Σ_m δ_k[m]·W[j,m] of it
+        at time k); a recurrent layer with hand rules above: Σ_m δ_k[m]·W[j,m] of its cell; a gated
+        cell above: the engine's value."""
+        s = get.trace.scenario
+        above = s.layers[l]
+        kind = layers.of(above)
+        if not kind.recurrent and not kind.runs_per_time(s):
+            return get.error(l, j) if k == T - 1 else 0.0
+        if kind.recurrent and not kind.hand_rules:
+            return self.error_from_above(get.trace, l, get.step, get.slot, k, j)
+        total = get("delta", l + 1, (0,), k) * get("W", l + 1, (j, 0))
+        for m in range(1, s.widths[l + 1]):
+            total = total + get("delta", l + 1, (m,), k) * get("W", l + 1, (j, m))
+        return total
+
+    @staticmethod
+    def _check_input(l, i, k, get):
+        """x_k[i], the input of recurrent layer l at time step k: the data, or h of the layer below."""
+        if l == 1:
+            return float(get.trace.scenario.inputs[get.sample, k, i])
+        return get("h", l - 1, (i,), k)
+
+    def error_from_above(self, trace, l, step, slot, time, j):
+        """The engine's g_k[j] = ∂E/∂h_k[j] arriving from above at time step k = `time` (e − e→)."""
+        return float(through_time.record(trace, l, step, slot).values["above"][time, j])
