@@ -11,7 +11,8 @@ from tracer.layers.batchnorm import BatchNorm
 from tracer.layers.dense import Dense
 from tracer.layers.layernorm import LayerNorm
 from tracer.layers.parsing import Layer  # noqa: F401
-from tracer.layers.protocol import LayerKind, LayerPass, Signal  # noqa: F401
+from tracer.layers.passes import LayerPass, Signal  # noqa: F401
+from tracer.layers.protocol import LayerKind
 from tracer.layers.quantities import Quantity  # noqa: F401
 from tracer.layers.recurrent import gru, lstm, rnn
 from tracer.layers.recurrent.gru import Gru

@@ -45,59 +45,11 @@ The numpy face of one row layer, per batch (forward_pass and backward_pass call 
 quantities (those of `records(layer)` that are not common to every layer). `sums` is the run's
 SumOrder (sums.py), the order in which a kind adds its big sums.
 """
-from dataclasses import dataclass, field
-
-import numpy as np
-
 from tracer.errors import ScenarioError
+from tracer.layers.passes import LayerPass, Signal, activate, sum_over_time
 from tracer.layers.quantities import COMMON
 from tracer.layers.sums import IN_ORDER
-from tracer.maths import activations
-from tracer.maths.ieee import propagate_nonfinite
 from tracer.maths.procedures import reduce_samples
-
-
-@dataclass
-class Signal:
-    """What a layer hands to the layer above: `rows`, the array a row layer reads as a⁽ˡ⁻¹⁾ (B × width;
-    (B·time) × width for the dense layers above a recurrent one when the targets are per time step,
-    `per_time`), and `sequence`, what a recurrent layer reads (B × time × width: the data, or the
-    hidden states of the recurrent layer below; None above the recurrent layers). Row i of a stack of
-    K perturbed copies of the batch (gradcheck) is sample i mod B of copy i // B."""
-
-    rows: np.ndarray
-    sequence: np.ndarray | None = None
-    per_time: bool = False
-
-
-@dataclass
-class LayerPass:
-    """One layer's forward and backward values over a batch (forward_pass fills the forward ones,
-    backward_pass the rest): u, h = f(u), slope = f'(u), a (the layer's output; a recurrent layer's
-    is h at the last time step, its u, h, slope and delta None: they live in its record per time
-    step), record (the kind's own values {key: array}), below (the Signal it read), up (the Signal
-    it hands up), e = ∂E/∂a arriving from above (None on the output layer) and δ = ∂E/∂u."""
-
-    below: Signal
-    up: Signal
-    a: np.ndarray
-    record: dict = field(default_factory=dict)
-    u: np.ndarray | None = None
-    h: np.ndarray | None = None
-    slope: np.ndarray | None = None
-    e: np.ndarray | None = None
-    delta: np.ndarray | None = None
-
-
-def activate(layer, u, slopes=True):
-    """(h = f(u), f'(u) or None) of the layer's activation (softmax over the units of a row);
-    a non-finite u gives NaN (ieee.propagate_nonfinite)."""
-    definition = activations.get(layer.activation)
-    axis = None if definition.elementwise else -1
-    h = propagate_nonfinite(definition.forward(u, layer.activation_params), u, axis=axis)
-    if not slopes:
-        return h, None
-    return h, propagate_nonfinite(definition.slope(u, h, layer.activation_params), u, h)
 
 
 class LayerKind:
@@ -280,7 +232,7 @@ class LayerKind:
         found = self.gradients(layer, state.record, state.below.rows, state.delta)
         if steps is None:
             return found
-        return [_sum_over_time(g.reshape(tuple(steps) + g.shape[1:])) for g in found]
+        return [sum_over_time(g.reshape(tuple(steps) + g.shape[1:])) for g in found]
 
     def finish_pass(self, layer, state, steps=None):
         """After the backward: a layer run on every (sample, time) row gives its rows back as
@@ -517,10 +469,3 @@ def trace_value(trace, name, l, index, step, slot=None):
     key = (name, l) if index is None else (name, l, index)
     return trace.values(key, "sample" if slot is not None else "total", step, 0 if slot is None else slot, sample)
 
-
-def _sum_over_time(per_time):
-    """Σ_t per_time[:, t], left to right from t = 0 (axis 1 is time)."""
-    total = per_time[:, 0]
-    for t in range(1, per_time.shape[1]):
-        total = total + per_time[:, t]
-    return total

@@ -36,6 +36,7 @@ from tracer.maths.ieee import propagate_nonfinite
 from tracer.training.records import derives_sample_gradients
 from tracer.layers import back_sum, weighted_sum  # noqa: F401  (the shared sums, defined with the layer kinds)
 from tracer.training.trace import Trace
+from tracer.layers.passes import sum_over_time
 
 
 class Pass(dict):
@@ -112,14 +113,6 @@ def sample_losses(scenario, top, t):
     if per_time:
         sample_loss = sum_over_time(sample_loss.reshape(t.shape[:2]))
     return sample_loss
-
-
-def sum_over_time(per_time):
-    """Σ_t per_time[:, t], left to right from t = 0 (axis 1 is time)."""
-    total = per_time[:, 0]
-    for step in range(1, per_time.shape[1]):
-        total = total + per_time[:, step]
-    return total
 
 
 def forward_backward(scenario, weights, biases, x, t, extra=None, sums=layers.IN_ORDER):

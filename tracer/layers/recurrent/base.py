@@ -7,7 +7,8 @@ import numpy as np
 
 from tracer.errors import ScenarioError
 from tracer.layers.parsing import Layer, parse_bias, parse_init
-from tracer.layers.protocol import LayerKind, LayerPass, Signal
+from tracer.layers.passes import LayerPass, Signal
+from tracer.layers.protocol import LayerKind
 from tracer.layers.recurrent import chain, through_time
 from tracer.layers.quantities import Quantity
 from tracer.layers.sums import IN_ORDER

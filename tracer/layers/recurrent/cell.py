@@ -61,6 +61,7 @@ input is non-finite gives NaN (ieee.propagate_nonfinite), as a spreadsheet error
 """
 import numpy as np
 
+from tracer.layers.passes import sum_over_time  # noqa: F401  (the cells' sums over time)
 from tracer.maths import activations
 from tracer.maths.ieee import propagate_nonfinite
 
@@ -117,14 +118,6 @@ def activate(name, u, params=None):
     params = dict(definition.params, **(params or {}))
     value = propagate_nonfinite(definition.forward(u, params), u)
     return value, propagate_nonfinite(definition.slope(u, value, params), u, value)
-
-
-def sum_over_time(per_time):
-    """Σ_t per_time[:, t], left to right from t = 0 (axis 1 is time)."""
-    total = per_time[:, 0]
-    for t in range(1, per_time.shape[1]):
-        total = total + per_time[:, t]
-    return total
 
 
 def split_gates(array, gates):
