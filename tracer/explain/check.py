@@ -444,7 +444,7 @@ class Local:
 
 
 class _Sample:
-    """The accessor a layer kind's check face reads (see layers/base.py): the values of one sample
+    """The accessor a layer kind's check face reads (see layers/protocol.py): the values of one sample
     at one step as `get` supplies them, the layer below's output, and the engine's values of the
     quantities a hand check does not recompute (batch statistics)."""
 

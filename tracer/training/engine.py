@@ -46,7 +46,7 @@ class Pass(dict):
     grad_bh: one list per stored parameter name of the scenario, None on layers without it, and None
     on the layers whose per-sample gradients the Trace derives: records.derives_sample_gradients),
     records (the layer kinds' own values {key: array}; a recurrent layer's: its cell's full record,
-    see tracer/layers/rnn.py); inputs (what each layer read as rows: x, a⁽ˡ⁻¹⁾); output_error (∂E/∂a⁽ᴸ⁾, None for fused losses) and sample_loss. A
+    see tracer/layers/recurrent/); inputs (what each layer read as rows: x, a⁽ˡ⁻¹⁾); output_error (∂E/∂a⁽ᴸ⁾, None for fused losses) and sample_loss. A
     recurrent layer has None for u, h, slope, delta (they are in its record, per time step) and a =
     h_(T−1). Items read as attributes too (result.u)."""
 
