@@ -14,12 +14,16 @@ Required faces are few: parse, initial_parameters, forward, error_down, gradient
 face), and the excel, chain, check and diagnose faces a kind shows (they raise
 NotImplementedError here). Every other face has a default for a row kind (one value per sample
 and unit). The recurrent kinds (tracer/layers/recurrent/) override the pass faces and own the
-through-time faces once.
+through-time faces once: runs_per_time, output_quantity, pre_activations (engine, records,
+gradcheck); time_parameter, explain_through_time (chain); unit_values, output_slopes,
+error_through_time, first_nonfinite_through_time (diagnose); check_value, check_recomputes,
+check_recursion (check); excel_unrolled and the excel face (the workbook layouts).
 
 Declared capabilities (class attributes; the only questions code outside tracer/layers/ asks of a
 kind besides calling its faces):
   recurrent        reads and produces sequences (B, time, width), runs through time: recurrent
-                   layers come first in a net (the scenario's structure rule)
+                   layers come first in a net (the scenario's structure rule); its values live per
+                   time step in its record (diagnose scans no per-sample u, a, δ of it)
   keeps_width      units must equal the layer below's (normalisation layers)
   min_batch        every batch needs at least this many samples
   couples_samples  a sample's forward reads the other samples of its batch (batchnorm's μ, σ²)
