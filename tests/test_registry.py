@@ -212,3 +212,4 @@ def test_verify_workbook_gives_the_same_report(recomputed, name):
     assert renamed.report.ok, renamed.report.summary()
     assert original.report.cells == renamed.report.cells > 0
     assert original.report.cells_by_sheet == renamed.report.cells_by_sheet
+

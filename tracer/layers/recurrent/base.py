@@ -386,6 +386,14 @@ class Recurrent(LayerKind):
             return float(get.trace.scenario.inputs[get.sample, k, i])
         return get("h", l - 1, (i,), k)
 
+    def diagnose_links(self, layer, l, trace, step, slot=None):
+        """(Σ_gates |W_gate|, the W of the strongest gate), fan_in × units: the error passed down to
+        input i at every time step is Σ_m W[i,m]·δx_t[m], over each gate's block of columns m."""
+        W = trace.W[l - 1][step]
+        blocks = np.stack(np.split(W, len(self.gates), axis=1))      # (gates, fan_in, units)
+        strongest = np.argmax(np.abs(blocks), axis=0)
+        return np.abs(blocks).sum(axis=0), np.take_along_axis(blocks, strongest[None], axis=0)[0]
+
     def error_from_above(self, trace, l, step, slot, time, j):
         """The engine's g_k[j] = ∂E/∂h_k[j] arriving from above at time step k = `time` (e − e→)."""
         return float(through_time.record(trace, l, step, slot).values["above"][time, j])
