@@ -29,7 +29,7 @@ class BatchNorm(Normalisation):
     couples_samples = True    # μ and σ² run over the batch
     axis = 0                  # the statistics run over the batch (per unit)
 
-    # scenario face and numpy face: Normalisation's (base.py), with axis 0
+    # scenario face and numpy face: Normalisation's (normalisation.py), with axis 0
 
     # ------------------------------------------------------------ records face
 
@@ -37,7 +37,7 @@ class BatchNorm(Normalisation):
         """x̂ and dx̂ per sample and unit, then u, a, slope, delta; μ, σ², m1, m2 per step and unit."""
         return (XHAT, DXHAT) + COMMON + (MEAN, VAR, M1, M2)
 
-    # ------------------------------------------------------------ excel face (l11-workbook)
+    # ------------------------------------------------------------ excel face
 
     def excel_settings(self, layer, l):
         """eps in a Settings cell bn_eps_l."""

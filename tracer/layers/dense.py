@@ -4,7 +4,7 @@
   combine   a⁽ˡ⁾_j = h⁽ˡ⁾_j, or h⁽ˡ⁾_j + a⁽ˡ⁻¹⁾_j with the residual skip (h = f(u))
   error     ∂E/∂a⁽ˡ⁻¹⁾_j = Σ_k W_l[j,k] δ⁽ˡ⁾_k (+ e⁽ˡ⁾_j with the residual skip: the skip passes e on)
   gradients ∂E/∂W_l[i,j] = a⁽ˡ⁻¹⁾_i δ⁽ˡ⁾_j,  ∂E/∂b_l[j] = δ⁽ˡ⁾_j   (per sample)
-The three sums (over i, over k, over the batch) are added in the run's SumOrder (base.py): left to
+The three sums (over i, over k, over the batch) are added in the run's SumOrder (sums.py): left to
 right as a spreadsheet's formula does (in_order), or as numpy matrix products (matmul).
 """
 import numpy as np
@@ -139,7 +139,7 @@ class Dense(LayerKind):
         """The layer's input i: xᵢ on layer 1, a⁽ˡ⁻¹⁾ᵢ above it (∂E/∂W[i,j] = a⁽ˡ⁻¹⁾ᵢ·δⱼ)."""
         return ("x", 0, i) if l == 1 else ("a", l - 1, i)
 
-    # ------------------------------------------------------------ excel face (l11-workbook)
+    # ------------------------------------------------------------ excel face
 
     def excel_forward(self, layer, x):
         """u⁽ˡ⁾_j = Σᵢ a⁽ˡ⁻¹⁾ᵢ·W[i,j] + b[j], left to right, with W and b of the step's Σ row (with the

@@ -100,7 +100,7 @@ class Normalisation(LayerKind):
         """x̂ⱼ: ∂E/∂γⱼ = x̂ⱼ·δⱼ."""
         return ("xhat", l, j)
 
-    # ------------------------------------------------------------ chain, check, diagnose faces (l11-chain)
+    # ------------------------------------------------------------ chain, check, diagnose faces
     # The statistics are per unit over the batch (batchnorm: σ²ⱼ, m1ⱼ, m2ⱼ, per "step-unit") or per
     # sample over the units (layernorm: σ², m1, m2 of the sample, per "sample"): `statistic` finds
     # which from the kind's own records.
