@@ -12,7 +12,7 @@ import pytest
 import tracer
 from tracer import layers
 from tracer.errors import ScenarioError
-from tracer.explain import chain, check, diagnose, gradcheck
+from tracer.explain import chain, check, diagnose
 from tracer.training import scenario as scenario_module
 
 SEQUENCES = "[[[0.5, -0.2], [0.1, 0.4], [0.9, 0.3]], [[-0.3, 0.8], [0.2, -0.5], [0.6, 0.1]], [[0.2, 0.2], [-0.7, 0.1], [0.4, -0.6]]]"
