@@ -25,7 +25,8 @@ LEVELS = {
                      "recalc.libreoffice", "recalc.gnumeric", "recalc.xlsxread"], 0),
     "layers": 1,
     "training": 2,
-    **dict.fromkeys(["notebook", "plots", "diagram"], 2),
+    "notebook": 1,
+    **dict.fromkeys(["plots", "diagram"], 2),
     "explain": 3,
     "workbook": 4,
     "recalc": 5,
@@ -124,7 +125,7 @@ def test_the_levels_read_the_real_imports():
     modules = sources()
     assert "tracer.layers" in imported("tracer.training.engine", *modules["tracer.training.engine"])
     assert "tracer.explain.chain" in imported("tracer.workbook.chainrule", *modules["tracer.workbook.chainrule"])
-    assert "tracer.layers.base" in imported("tracer.layers.dense", *modules["tracer.layers.dense"])
+    assert "tracer.layers.protocol" in imported("tracer.layers.dense", *modules["tracer.layers.dense"])
     assert any(level(name) == 3 for name in imported("tracer.cli", *modules["tracer.cli"]))
 
 

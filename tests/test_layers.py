@@ -258,7 +258,7 @@ def test_layernorm_matches_torch_after_five_steps(optimizer):
     assert trace.b[0][5].tolist() == [0.0, 0.0, 0.0]          # the frozen bias of the Linear
 
 
-# ---------------------------------------------------------------- the ordered sums (layers/base.py)
+# ---------------------------------------------------------------- the ordered sums (layers/sums.py)
 # The engine's sums are a contract with the workbook: Σ_i a_i·W[i,j] left to right, the batch
 # gradient Σ_s in sample order from 0.0 (np.sum's bits). The blocked forms must give the bits of
 # the plain loops on every shape class (a run of one value, one block, many blocks) and at the ends

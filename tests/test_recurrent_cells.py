@@ -1,4 +1,4 @@
-"""The recurrent cells' numpy maths (tracer/layers/rnn.py, lstm.py, gru.py) against independent
+"""The recurrent cells' numpy maths (tracer/layers/recurrent/rnn.py, lstm.py, gru.py) against independent
 numbers: central finite differences of a scalar loss, torch.nn.RNN / LSTM / GRU and torch's own
 cells in float64, a hand-written torch loop for the other activations, plain Python sums written
 in the documented order (bit for bit), and 1.1¹⁰⁰ computed exactly with fractions."""

@@ -1,4 +1,4 @@
-"""The analysis through time of recurrent layers (tracer/explain/through_time.py): `tracer chain` of W, Wh,
+"""The analysis through time of recurrent layers (tracer/layers/recurrent/through_time.py, chain.py): `tracer chain` of W, Wh,
 b, bh as a sum over time steps, `tracer diagnose`'s error through time, `tracer check` with ~k.
 
 Independent numbers: the engine's gradients (themselves held to torch in tests/test_recurrent.py),

@@ -19,7 +19,6 @@ from tracer.maths.symbolic import sympy as sp
 
 from tracer.maths import activations, losses
 from tracer import layers
-from tracer.explain import through_time
 from tracer.errors import InputError, shorten
 from tracer.training.trace import param_name
 from tracer.maths import notation
@@ -148,7 +147,7 @@ class Names:
 
 def explain(trace, parameter, step=0, sample=None, path=None, latex=False, evaluate=False):
     """Build the Chain of `parameter` (e.g. 'W1[0,0]') at `step` for one sample of that step; for a
-    parameter of a recurrent layer (W, Wh, b, bh) a through_time.TimeChain, its sum over time steps
+    parameter of a recurrent layer (W, Wh, b, bh) the kind's explain_through_time, its sum over time steps
     (`evaluate`: with the symbolic expression evaluated by sympy as well)."""
     s = trace.scenario
     widths, L = s.widths, len(s.layers)
@@ -160,17 +159,15 @@ def explain(trace, parameter, step=0, sample=None, path=None, latex=False, evalu
     if sample not in ids:
         raise InputError(f"--sample {sample}: step {step} uses samples {ids}")
     slot = ids.index(sample)
-    if through_time.is_recurrent(s.layers[l - 1]) or getattr(s, "per_time_targets", False):
+    layer = s.layers[l - 1]
+    if layers.of(layer).time_parameter(layer, s) is not None:     # a gradient summed over time steps
         if path is not None:
             raise InputError(f"--path: {parameter.strip()}'s gradient is a sum over time steps (a recurrent network): "
                              "the path view is for networks of dense layers")
-        store = getattr(trace, f"grad_{which}")[l - 1]
-        batch = float(store[(step,) + tuple(index)])
-        if not through_time.is_recurrent(s.layers[l - 1]):
-            return through_time.explain_per_time(trace, which, l, index, step, slot, param_name(s, which, l, index), latex=latex,
-                                                 evaluate=evaluate, update_lines=_update_lines(trace, which, l, index, step, batch))
-        return through_time.explain(trace, which, l, index, step, slot, param_name(s, which, l, index), latex=latex,
-                                    evaluate=evaluate, update_lines=_update_lines(trace, which, l, index, step, batch))
+        batch = float(getattr(trace, f"grad_{which}")[l - 1][(step,) + tuple(index)])
+        return layers.of(layer).explain_through_time(trace, which, l, index, step, slot, param_name(s, which, l, index),
+                                                      latex=latex, evaluate=evaluate,
+                                                      update_lines=_update_lines(trace, which, l, index, step, batch))
     names = Names(latex)
     j = index[-1]
     loss = losses.LOSSES[s.loss]
@@ -351,8 +348,8 @@ def _log_magnitude(values):
 def render(chain, latex=False):
     """The report: symbolic expression, definitions, numbers, product vs engine (in LaTeX: a
     fragment for a document that loads amsmath, ASCII only; build `chain` with latex=True)."""
-    if isinstance(chain, through_time.TimeChain):
-        return through_time.render_latex(chain) if latex else through_time.render(chain)
+    if not isinstance(chain, Chain):      # a sum over time steps (the kind's explain_through_time)
+        return chain.report(latex)
     if latex:
         return _render_latex(chain)
     # order="none" keeps the factors in the chain's order (②, ④, ⑤) instead of sympy's sort

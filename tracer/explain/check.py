@@ -363,23 +363,10 @@ class Local:
         """True when the quantity has a local formula (step-0 parameters are the starting values)."""
         if key.quantity in PARAMETERS and key.step == 0:
             return False
-        if getattr(self.s, "per_time_targets", False) and not (key.layer and self._recurrent(key.layer)):
-            # a dense layer at every time step: its rules per time step are not written here yet (the
-            # numbers are compared); the batch sums, updates and parameters keep theirs
-            if key.time is not None or (key.sample is not None and (key.quantity.startswith("grad_") or key.quantity == "loss")):
-                return False
-        if key.layer and self._recurrent(key.layer) and not self._elman(key.layer):
-            # lstm, gru: the gradient's sums over time and contributions (from the engine's gate δ)
-            return key.quantity.startswith("grad_") or key.quantity.startswith("update_") or key.quantity in PARAMETERS
-        return True
-
-    def _recurrent(self, l):
-        from tracer.explain import through_time
-        return through_time.is_recurrent(self.s.layers[l - 1])
-
-    def _elman(self, l):
-        from tracer.explain import through_time
-        return through_time.elman(self.s.layers[l - 1])
+        if key.layer is None:        # the loss: per sample a sum over time steps with targets per time step
+            return not (getattr(self.s, "per_time_targets", False) and key.sample is not None)
+        layer = self.s.layers[key.layer - 1]
+        return layers.of(layer).check_recomputes(layer, self.s, key.quantity, key.time, key.sample)
 
     def __call__(self, key, get):
         q, l, t, smp = key.quantity, key.layer, key.step, key.sample
@@ -407,8 +394,9 @@ class Local:
             return total / len(per) if s.reduction == "mean" else total
         layer = s.layers[l - 1] if l else None
         kind = layers.of(layer) if l else None
-        if l and self._recurrent(l):
-            return self.through_time(key, get)
+        own = kind.check_value(layer, q, l, key.index, key.time, _Sample(self, t, smp, get)) if l else None
+        if own is not None:
+            return own
         if q == "grad_W":
             return kind.check_grad_W(layer, l, key.index[0], key.index[1], _Sample(self, t, smp, get))
         if q == "grad_b":
@@ -452,97 +440,6 @@ class Local:
             return get(Key("slope", l, (j,), t, smp)) * self.error(l, j, t, smp, get)
         raise ValueError(key)
 
-    def through_time(self, key, get):
-        """The rules of a recurrent layer (tracer/explain/through_time.py), for one sample at training step t:
-          u_k[j]  = Σ_i x_k[i]·W[i,j] + b[j] + Σ_m h_{k−1}[m]·Wh[m,j] + bh[j]   (h₋₁ = 0; left to right)
-          h_k = f(u_k),  slope_k = f'(u_k),  δ_k = slope_k·e_k
-          e_k[j]  = g_k[j] + Σ_m Wh[j,m]·δ_{k+1}[m]   (e_{T−1} = g_{T−1}; g = ∂E/∂h_k from the layer above)
-          grad W~k = x_k[i]·δ_k[j], grad Wh~k = h_{k−1}[i]·δ_k[j], grad b~k = grad bh~k = δ_k[j]
-          grad θ (per sample) = Σ_k grad θ~k, left to right from k = 0;  a = h_{T−1}
-        lstm and gru: the contributions with the engine's gate deltas (their gates have no hand rule here)."""
-        from tracer.explain import through_time
-        q, l, t, smp, k, index = key.quantity, key.layer, key.step, key.sample, key.time, key.index
-        s = self.s
-        layer = s.layers[l - 1]
-        T = s.inputs.shape[1]
-        at = lambda quantity, unit, time: get(Key(quantity, l, (unit,), t, smp, time))  # noqa: E731
-        param = lambda name, index: get(Key(name, l, tuple(index), t, None))  # noqa: E731
-        if q == "a":
-            return at("h", index[0], T - 1)
-        if q.startswith("grad_") and k is None:
-            per = [get(Key(q, l, index, t, smp, time)) for time in range(T)]
-            return sum(per[1:], per[0])
-        if q.startswith("grad_"):
-            which = parameter_of(q)
-            m = index[-1]
-            if through_time.elman(layer):
-                delta = at("delta", m, k)
-            else:
-                slot = self.trace.samples(t).tolist().index(smp)
-                rec = through_time.record(self.trace, l, t, slot)
-                delta = float(rec.values["delta_x" if which in ("W", "b") else "delta_h"][k, m])
-            if which == "W":
-                return self.x(l, index[0], t, smp, k, get) * delta
-            if which == "Wh":
-                return (at("h", index[0], k - 1) if k > 0 else 0.0) * delta
-            return delta
-        j = index[0]
-        act = activations.get(layer.activation)
-        params = layer.activation_params
-        if q == "u":
-            fan_in = s.widths[l - 1]
-            total = self.x(l, 0, t, smp, k, get) * param("W", (0, j))
-            for i in range(1, fan_in):
-                total = total + self.x(l, i, t, smp, k, get) * param("W", (i, j))
-            total = total + param("b", (j,))
-            for m in range(layer.units):
-                total = total + (at("h", m, k - 1) if k > 0 else 0.0) * param("Wh", (m, j))
-            return total + param("bh", (j,))
-        if q == "h":
-            return float(act.forward(np.array([at("u", j, k)]), params)[0])
-        if q == "slope":
-            return float(act.slope(np.array([at("u", j, k)]), np.array([at("h", j, k)]), params)[0])
-        if q == "delta":
-            return at("slope", j, k) * at("e", j, k)
-        if q == "e":
-            above = self.from_above(l, j, t, smp, k, get)
-            if k == T - 1:
-                return above
-            total = at("delta", 0, k + 1) * param("Wh", (j, 0))
-            for m in range(1, layer.units):
-                total = total + at("delta", m, k + 1) * param("Wh", (j, m))
-            return above + total
-        raise ValueError(key)
-
-    def from_above(self, l, j, t, smp, k, get):
-        """g_k[j] = ∂E/∂h_k[j] from the layer above: the dense layer above at the last time step only
-        (its error passed down), or at every time step with targets per time step (Σ_m δ_k[m]·W[j,m]
-        of the dense layer at time k); an rnn above: Σ_m δ_k[m]·W[j,m] of its cell; lstm, gru above:
-        the engine's value."""
-        from tracer.explain import through_time
-        s, T = self.s, self.s.inputs.shape[1]
-        above = s.layers[l] if l < len(s.layers) else None
-        per_time = getattr(s, "per_time_targets", False)
-        if above is None:
-            raise ValueError("a recurrent layer is never the output layer")
-        if not through_time.is_recurrent(above) and not per_time:
-            return self.error(l, j, t, smp, get) if k == T - 1 else 0.0
-        if through_time.is_recurrent(above) and not through_time.elman(above):
-            slot = self.trace.samples(t).tolist().index(smp)
-            return float(through_time.record(self.trace, l, t, slot).values["above"][k, j])
-        units = s.widths[l + 1]
-        W = lambda m: get(Key("W", l + 1, (j, m), t, None))  # noqa: E731
-        total = get(Key("delta", l + 1, (0,), t, smp, k)) * W(0)
-        for m in range(1, units):
-            total = total + get(Key("delta", l + 1, (m,), t, smp, k)) * W(m)
-        return total
-
-    def x(self, l, i, t, smp, k, get):
-        """x_k[i], the input of recurrent layer l at time step k: the data, or h of the layer below."""
-        if l == 1:
-            return float(self.s.inputs[smp, k, i])
-        return get(Key("h", l - 1, (i,), t, smp, k))
-
     def error(self, l, j, t, smp, get):
         """e⁽ˡ⁾ⱼ, the error layer l+1 passes down (its kind's check_error_down)."""
         above = self.s.layers[l]
@@ -555,16 +452,25 @@ class Local:
 
 
 class _Sample:
-    """The accessor a layer kind's check face reads (see layers/base.py): the values of one sample
+    """The accessor a layer kind's check face reads (see layers/protocol.py): the values of one sample
     at one step as `get` supplies them, the layer below's output, and the engine's values of the
     quantities a hand check does not recompute (batch statistics)."""
 
     def __init__(self, local, step, sample, get):
         self.local, self.step, self.sample, self.get = local, step, sample, get
 
-    def __call__(self, quantity, l, index):
-        sample = None if quantity in ("W", "b") else self.sample
-        return self.get(Key(quantity, l, tuple(index), self.step, sample))
+    @property
+    def trace(self):
+        return self.local.trace
+
+    @property
+    def slot(self):
+        """The sample's place in the step's batch."""
+        return self.local.trace.samples(self.step).tolist().index(self.sample)
+
+    def __call__(self, quantity, l, index, time=None):
+        sample = None if quantity in PARAMETERS else self.sample
+        return self.get(Key(quantity, l, tuple(index), self.step, sample, time))
 
     def below(self, l, i):
         return self.local.below(l, i, self.step, self.sample, self.get)
@@ -645,12 +551,12 @@ class _Values:
             return
         done.add((key.step, key.sample, id(self.memo)))
         s = self.trace.scenario
-        elman = [l for l in range(1, len(s.layers) + 1) if self.local._elman(l)]
-        plain = _Values(self.trace, self.written, local=self.local, memo=self.memo)
         T = s.inputs.shape[1]
-        for quantity, order, layers_order in (("h", range(T), elman), ("delta", range(T - 1, -1, -1), elman[::-1])):
-            for l in layers_order:
-                for k in order:
+        recursions = {l: layers.of(layer).check_recursion(layer, T) for l, layer in enumerate(s.layers, start=1)}
+        plain = _Values(self.trace, self.written, local=self.local, memo=self.memo)
+        for quantity, backward in (("h", False), ("delta", True)):
+            for l in sorted(recursions, reverse=backward):
+                for k in recursions[l].get(quantity, ()):
                     for j in range(s.layers[l - 1].units):
                         plain._value(Key(quantity, l, (j,), key.step, key.sample, k))
 
@@ -747,12 +653,12 @@ def _slip(trace, local, written, key, person, tol, engine):
 
 def _time_slip(trace, local, written, key, person, tol, engine):
     """Slips in the error through time e_k = g_k + Σ_m Wh[j,m]·δ_{k+1}[m]: one of its two parts left out."""
-    from tracer.explain import through_time
     T = trace.scenario.inputs.shape[1]
     if key.time == T - 1:
         return None
     slot = trace.samples(key.step).tolist().index(key.sample)
-    above = float(through_time.record(trace, key.layer, key.step, slot).values["above"][key.time, key.index[0]])
+    above = layers.of(trace.scenario.layers[key.layer - 1]).error_from_above(trace, key.layer, key.step, slot, key.time,
+                                                                               key.index[0])
     if _matches(above, person, tol) and not _matches(engine, person, tol):
         return (f"the error arriving from time step {key.time + 1} is left out: e_k = g_k + Σ_m Wh[j,m]·δ_(k+1)[m], with "
                 f"g_k = {above:.6g} from the layer above (a dense layer above reads only the last time step {T - 1}); "
@@ -828,7 +734,7 @@ def _alternatives(trace, key):
 def _substitution(trace, local, written, key, person, tol):
     """Try one factor taken from elsewhere, and the layers above already updated."""
     if key.quantity in ("delta", "grad_W", "grad_b") and key.layer < len(trace.scenario.layers) \
-            and key.step + 1 <= trace.steps and not local._recurrent(key.layer):
+            and key.step + 1 <= trace.steps and not layers.of(trace.scenario.layers[key.layer - 1]).recurrent:
         values = _Values(trace, written, _updated_above(trace, local, key), local=local)
         if _matches(local(key, values), person, tol):
             return ("the parameters were updated one layer at a time: the back-propagation used the already-updated "

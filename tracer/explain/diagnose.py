@@ -24,7 +24,7 @@ import math
 import numpy as np
 
 from tracer.maths import activations, losses, optim
-from tracer.explain import chain as chain_module, through_time
+from tracer.explain import chain as chain_module
 from tracer import layers
 from tracer.training.trace import param_name, weight_name
 
@@ -97,17 +97,9 @@ def layer_flag(norm, finite, thresholds):
 
 def unit_values(trace, name, l, step, n):
     """A per-unit quantity (u, slope, a, h) of layer l at `step` for the step's first n batch slots,
-    (rows, units): one row per sample; on a recurrent layer one row per sample and time step."""
+    (rows, units): one row per sample (the kind's unit_values: a recurrent layer's per sample and time step)."""
     layer = trace.scenario.layers[l - 1]
-    if through_time.is_recurrent(layer):
-        try:
-            return through_time.time_values(trace, name, l)[step, :n].reshape(-1, layer.units)
-        except KeyError:     # lstm, gru: u and slope per gate (u_i, slope_f, ...), every gate's rows
-            gates = through_time.gates_of(layer)
-            return np.concatenate([through_time.time_values(trace, f"{name}_{g}", l)[step, :n].reshape(-1, layer.units)
-                                   for g in gates])
-    values = getattr(trace, name)[l - 1][step, :n]
-    return values.reshape(-1, values.shape[-1])     # a dense layer at every time step (targets per time step)
+    return layers.of(layer).unit_values(layer, trace, name, l, step, n)
 
 
 def gradients_finite(trace, l, step):
@@ -159,7 +151,7 @@ def diagnose(trace):
 class TimeFinding:
     """The error through time of a recurrent layer: at `step` (the first step with a finding, else
     the first step), norms[t] = ‖∂E/∂h_t‖ over the units and the step's samples, and
-    through_time.through_time's verdict: kind ("exploding", "vanishing" or ""), the first time step
+    the kind's error_through_time verdict: kind ("exploding", "vanishing" or ""), the first time step
     (going back from the last) where ‖e_t‖/‖e_{T−1}‖ crosses the threshold, the factor per time step;
     `cell_factors` the scalar Elman cell's Wh·f'(u_t) per time step of the first sample (else None)."""
 
@@ -178,29 +170,26 @@ def through_time_findings(trace):
     """{layer: TimeFinding} for every recurrent layer (the thresholds of [diagnosis]: a ratio
     ‖e_t‖/‖e_{T−1}‖ above `exploding` or below `vanishing`)."""
     s = trace.scenario
-    found = {}
+    found_layers = {}
     for l, layer in enumerate(s.layers, start=1):
-        if not through_time.is_recurrent(layer):
-            continue
         first = None
         for step in range(trace.steps):
-            n = len(trace.samples(step))
-            records = [through_time.record(trace, l, step, slot) for slot in range(n)]
-            norms = through_time.error_norms(records)
-            verdict = through_time.through_time(norms, s.thresholds)
+            found = layers.of(layer).error_through_time(layer, trace, l, step)
+            if found is None:
+                break                # no error through time on this layer
+            verdict = found["verdict"]
             if verdict is None:
                 continue
-            cell = through_time.step_factors(records[0])[:, 0, 0] if through_time.scalar(records[0]) else None
-            state = through_time.error_norms(records, "ec") if "ec" in records[0].values else None
-            finding = TimeFinding(l, step, norms, verdict["kind"], verdict["time"], verdict["factor"], verdict["ratio"], cell, state)
+            finding = TimeFinding(l, step, found["norms"], verdict["kind"], verdict["time"], verdict["factor"],
+                                  verdict["ratio"], found["cell_factors"], found["cell_state"])
             if first is None:
                 first = finding
             if finding.kind:
                 first = finding
                 break
         if first is not None:
-            found[l] = first
-    return found
+            found_layers[l] = first
+    return found_layers
 
 
 def _time_sentence(d, finding):
@@ -282,10 +271,9 @@ def _why(trace, result):
     if "vanishing" in result.first or "exploding" in result.first:
         kind = "vanishing" if "vanishing" in result.first else "exploding"
         step, layer = result.first[kind]
-        if through_time.is_recurrent(trace.scenario.layers[layer - 1]):
-            return _why_through_time(trace, result, kind, step, layer, "Wh")
-        if getattr(trace.scenario, "per_time_targets", False):     # a dense layer at every time step
-            return _why_through_time(trace, result, kind, step, layer, "W")
+        over_time = layers.of(trace.scenario.layers[layer - 1]).time_parameter(trace.scenario.layers[layer - 1], trace.scenario)
+        if over_time is not None:    # the gradient is a sum over time steps
+            return _why_through_time(trace, result, kind, step, layer, over_time)
         grads = np.abs(trace.grad_W[layer - 1][step])
         with np.errstate(invalid="ignore"):
             index = np.unravel_index(np.nanargmax(grads) if kind == "exploding" else 0, grads.shape)
@@ -761,12 +749,7 @@ def _last_slopes(trace, l, step, n):
     """Layer l's slopes f'(u) at `step` (n samples × units): a recurrent layer's at its last time step
     (the hidden state the layer above reads)."""
     layer = trace.scenario.layers[l - 1]
-    if through_time.is_recurrent(layer):
-        try:
-            return through_time.time_values(trace, "slope", l)[step, :n, -1]
-        except KeyError:     # lstm, gru: h_{T−1} is no single activation's output (no one slope)
-            return np.ones((n, layer.units))
-    return trace.slope[l - 1][step, :n]
+    return layers.of(layer).output_slopes(layer, trace, l, step, n)
 
 
 @dataclass
@@ -805,8 +788,8 @@ def find_producer(trace):
         for l in range(1, L + 1):
             layer, act = s.layers[l - 1], activations.get(s.layers[l - 1].activation)
             kind = layers.of(layer)
-            if through_time.is_recurrent(layer):
-                found = through_time.producer(trace, l, step, "forward")
+            if kind.recurrent:        # its values live per time step
+                found = kind.first_nonfinite_through_time(layer, trace, l, step, "forward")
                 if found:
                     return _time_producer(step, ids, found)
                 continue
@@ -847,8 +830,8 @@ def find_producer(trace):
                 return Producer(step, f"∂E/∂y[{k}] (sample {ids[slot]})", trace.output_error[step, slot, k],
                                 f"the {s.loss} derivative", [(f"y[{k}]", float(trace.a[L - 1][step, slot, k]))])
         for l in range(L, 0, -1):
-            if through_time.is_recurrent(s.layers[l - 1]):
-                found = through_time.producer(trace, l, step, "backward")
+            if layers.of(s.layers[l - 1]).recurrent:        # its values live per time step
+                found = layers.of(s.layers[l - 1]).first_nonfinite_through_time(s.layers[l - 1], trace, l, step, "backward")
                 if found:
                     return _time_producer(step, ids, found)
                 continue
@@ -872,8 +855,8 @@ def find_producer(trace):
                     op += " (δ = f'(u)·e), which overflows"
                 return Producer(step, f"δ{l}[{j}] (sample {ids[slot]})", trace.delta[l - 1][step, slot, j], op, operands)
         for l in range(1, L + 1):
-            if through_time.is_recurrent(s.layers[l - 1]):
-                found = through_time.producer(trace, l, step, "gradient")
+            if layers.of(s.layers[l - 1]).recurrent:        # its values live per time step
+                found = layers.of(s.layers[l - 1]).first_nonfinite_through_time(s.layers[l - 1], trace, l, step, "gradient")
                 if found:
                     return _time_producer(step, ids, found)
                 continue

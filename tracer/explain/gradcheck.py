@@ -52,12 +52,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tracer.maths import activations, losses
+from tracer.maths import activations
 from tracer import layers
-from tracer.training.engine import forward_backward, reduce_samples
+from tracer.training.engine import forward_backward, forward_layers, reduce_samples, sample_losses
 from tracer.errors import InputError
-from tracer.maths.ieee import propagate_nonfinite
-from tracer.layers import rnn
 
 BEND_LIMIT = 1e-4     # accepted |D(h/2) − D(h)| / max(|numeric|, floor): O(h⁴) remainder ~1e-8
 HALVINGS = 4          # smallest step h₀/16: its round-off stays ~1e-7 of the floor
@@ -98,13 +96,13 @@ class Report:
 
 def _batch_loss(scenario, weights, biases, x, t, extra=None, sums="in_order"):
     """E of the batch (its sums in the order `sums`, the trace's), and the signs of every u of a
-    piecewise activation (recurrent layers: u at every time step) to detect a kink crossed by a
-    perturbation."""
+    piecewise activation (the kind's pre_activations: a recurrent layer's u at every time step) to
+    detect a kink crossed by a perturbation."""
     result = forward_backward(scenario, weights, biases, x, t, extra, sums)
     signs = []
     for layer, u, record in zip(scenario.layers, result.u, result.records):
         if activations.get(layer.activation).piecewise:
-            signs.append(np.sign(record["u"] if layers.of(layer).recurrent else u))
+            signs.append(np.sign(layers.of(layer).pre_activations(layer, u, record)))
     return float(reduce_samples(result.sample_loss, scenario.reduction)), signs
 
 
@@ -175,60 +173,37 @@ def _numeric_derivatives(evaluate, originals, h, floors):
     return outcome
 
 
-def _forward(scenario, kinds, values, t, start, previous, sequence, sums, u_start=None, keep=None):
-    """The engine's forward pass (engine.forward_backward, forward part, its sums in the order
-    `sums`) from layer `start`, given its input: `previous` rows (a⁽ˡ⁻¹⁾) or the `sequence` below
-    for a recurrent layer. `u_start`: layer start's u already formed (its rows may be K stacked
-    copies of the batch over one `previous`). `keep` (a list) collects (previous, sequence, u) of
-    every layer it runs.
-    Returns the per-sample losses (sample rows of t) and {layer: u} of the piecewise layers (a
-    recurrent layer's u at every time step)."""
-    loss = losses.LOSSES[scenario.loss]
-    per_time = t.ndim == 3
-    pieces, u, a = {}, None, None
-    for l in range(start, len(kinds)):
-        layer, kind, definition = scenario.layers[l], kinds[l], activations.get(scenario.layers[l].activation)
-        if kind.recurrent:
-            record = kind.forward(layer, sequence, *values[l])
-            if keep is not None:
-                keep.append((previous, sequence, None))
-            sequence = kind.output(layer, record)
-            previous = sequence.reshape(-1, sequence.shape[-1]) if per_time else sequence[:, -1]
-            u, a = None, sequence[:, -1]
-            if definition.piecewise:
-                pieces[l] = record["u"]
-            continue
-        u = u_start if l == start and u_start is not None else kind.forward(layer, previous, *values[l], sums=sums)[0]
-        if keep is not None:
-            keep.append((previous, sequence, u))
-        axis = None if definition.elementwise else -1
-        h = propagate_nonfinite(definition.forward(u, layer.activation_params), u, axis=axis)
-        if h.shape[0] != previous.shape[0]:          # K copies of the batch over one input
-            a = kind.combine(layer, h.reshape((-1,) + previous.shape[:1] + h.shape[1:]), previous).reshape(h.shape)
-        else:
-            a = kind.combine(layer, h, previous)
-        previous = a
-        if definition.piecewise:
-            pieces[l] = u
-    rows_t = t.reshape(-1, t.shape[-1]) if per_time else t
-    sample_loss = propagate_nonfinite(loss.value(u, a, rows_t)[:, None], u, a, axis=-1)[:, 0]
-    if per_time:                     # Σ over time, left to right from t = 0
-        sample_loss = rnn.sum_over_time(sample_loss.reshape(t.shape[:2]))
-    return sample_loss, pieces
+def _stack(states):
+    """One LayerPass of K stacked copies of the batch from the K passes `states` of one layer: their
+    outputs, rows and sequences one after another along the sample axis."""
+    def join(arrays):
+        return None if arrays[0] is None else np.concatenate(arrays)
+    first = states[0]
+    up = layers.Signal(join([s.up.rows for s in states]), join([s.up.sequence for s in states]), first.up.per_time)
+    return layers.LayerPass(first.below, up, join([s.a for s in states]), u=join([s.u for s in states]))
 
 
 class _Step:
-    """The unperturbed forward pass of one step, every layer's input and u kept, and the losses of
-    perturbed parameter sets resuming from the perturbed layer (see the module docstring)."""
+    """The unperturbed forward pass of one step (the engine's, every layer's pass kept), and the
+    losses of perturbed parameter sets resuming from the perturbed layer (see the module docstring)."""
 
     def __init__(self, scenario, stored, x, t, sums="in_order"):
         self.scenario, self.t, self.samples, self.sums = scenario, t, x.shape[0], layers.sum_order(sums)
         self.kinds = [layers.of(layer) for layer in scenario.layers]
         self.values = [[stored[name][l] for name in kind.stored_params] for l, kind in enumerate(self.kinds)]
-        self.kept = []
-        sample_loss, pieces = _forward(scenario, self.kinds, self.values, t, 0, x, x, self.sums, keep=self.kept)
-        self.loss = self._reduce(sample_loss)[0]
-        self.signs = {l: np.sign(u).reshape(-1) for l, u in pieces.items()}
+        self.passes = forward_layers(scenario, self.values, layers.Signal(x, x, t.ndim == 3), sums=self.sums,
+                                     slopes=False)
+        self.loss = self._reduce(sample_losses(scenario, self.passes[-1], t))[0]
+        self.signs = {l: np.sign(u).reshape(-1) for l, u in self._pieces(self.passes, 0).items()}
+
+    def _pieces(self, passes, start):
+        """{layer: its pre-activations} of the layers from `start` (`passes`) whose activation has a kink."""
+        found = {}
+        for l, state in enumerate(passes, start):
+            layer = self.scenario.layers[l]
+            if activations.get(layer.activation).piecewise:
+                found[l] = self.kinds[l].pre_activations(layer, state.u, state.record)
+        return found
 
     def _reduce(self, sample_loss):
         """E of each of the K stacked batches: Σ_s (÷ B for `mean`) in sample order, with the bits of
@@ -244,36 +219,33 @@ class _Step:
             crossed |= (np.sign(u).reshape(copies, -1) != self.signs[l]).any(axis=1)
         return crossed
 
-    def _above(self, l, u_stack):
-        """E and kink flags of K perturbed batches whose layer-l u are u_stack (K, rows, units), the
-        layers below unchanged: one pass of K·B rows when no layer above l couples samples, else one
-        pass per batch."""
-        previous, sequence, _ = self.kept[l]
-        copies = u_stack.shape[0]
-        if not any(kind.couples_samples for kind in self.kinds[l + 1:]):
-            t = np.tile(self.t, (copies,) + (1,) * (self.t.ndim - 1))
-            sample_loss, pieces = _forward(self.scenario, self.kinds, self.values, t, l, previous, sequence, self.sums,
-                                           u_start=u_stack.reshape((-1,) + u_stack.shape[2:]))
-            return self._reduce(sample_loss), self._crossed(pieces, copies)
-        results = [self._pass(l, self.values, u) for u in u_stack]
-        return np.array([loss for loss, _ in results]), np.array([crossed for _, crossed in results])
+    def _resume(self, l, state, copies, own):
+        """E and kink flags of `copies` perturbed batches whose layer-l pass is `state` (K stacked
+        copies of the batch), the layers above unperturbed; `own` layer l's pieces (_pieces)."""
+        passes = [state] + forward_layers(self.scenario, self.values, state.up, l + 1, self.sums, slopes=False)
+        t = np.tile(self.t, (copies,) + (1,) * (self.t.ndim - 1))
+        pieces = {**self._pieces(passes[1:], l + 1), **own}
+        return self._reduce(sample_losses(self.scenario, passes[-1], t)), self._crossed(pieces, copies)
 
-    def _pass(self, l, values, u=None):
-        """E and the kink flag of one perturbed batch, resuming at layer l (u: layer l's u, if formed)."""
-        previous, sequence, _ = self.kept[l]
-        sample_loss, pieces = _forward(self.scenario, self.kinds, values, self.t, l, previous, sequence, self.sums,
-                                       u_start=u)
-        return self._reduce(sample_loss)[0], self._crossed(pieces, 1)[0]
+    def _above(self, l, states):
+        """E and kink flags of K perturbed batches whose layer-l passes are `states`: one pass of K·B
+        rows through the layers above when none of them couples samples, else one pass per batch."""
+        owns = [self._pieces([state], l) for state in states]
+        if any(kind.couples_samples for kind in self.kinds[l + 1:]):
+            results = [self._resume(l, state, 1, own) for state, own in zip(states, owns)]
+            return np.array([loss[0] for loss, _ in results]), np.array([crossed[0] for _, crossed in results])
+        own = {k: np.concatenate([o[k].reshape(-1) for o in owns]) for k in owns[0]}
+        return self._resume(l, _stack(states), len(states), own)
 
     def losses(self, l, which, flat, values):
         """E and kink flags with parameter `which` of layer l at flat positions `flat` set to
         `values` (one perturbation each), in stacks of at most STACK_CELLS values."""
-        kind, previous = self.kinds[l], self.kept[l][0]
+        kind, previous = self.kinds[l], self.passes[l].below.rows
         size = max(1, STACK_CELLS // (previous.shape[0] * max(self.scenario.widths[l + 1:]) + previous.shape[-1]))
         loss, crossed = np.empty(len(flat)), np.empty(len(flat), dtype=bool)
         for begin in range(0, len(flat), size):
             part = slice(begin, begin + size)
-            if kind.weighted and not kind.recurrent:
+            if kind.weighted:
                 loss[part], crossed[part] = self._weighted(l, which, flat[part], values[part])
             else:
                 loss[part], crossed[part] = self._each(l, which, flat[part], values[part])
@@ -282,39 +254,37 @@ class _Step:
     def _weighted(self, l, which, flat, values):
         """A weighted layer: θ = W[i,j] or b[j] moves only unit j. Its column of u is recomputed by the
         kind's forward for each perturbation (a layer of K units: unit k is column j_k perturbed)."""
-        kind, (W, b) = self.kinds[l], self.values[l]
-        previous, _, u = self.kept[l]
-        position = kind.stored_params.index(which)
-        if position == 0:
+        kind, layer, (W, b) = self.kinds[l], self.scenario.layers[l], self.values[l]
+        below, u = self.passes[l].below, self.passes[l].u
+        if kind.stored_params.index(which) == 0:
             rows, units = np.unravel_index(flat, W.shape)
             columns, biases = W[:, units].copy(), b[units].copy()
             columns[rows, np.arange(len(flat))] = values
         else:
             units = flat
             columns, biases = W[:, units].copy(), np.array(values, dtype=float)
-        recomputed = kind.forward(self.scenario.layers[l], previous, columns, biases, sums=self.sums)[0]
+        recomputed = kind.forward(layer, below.rows, columns, biases, sums=self.sums)[0]
         u_stack = np.repeat(u[None], len(flat), axis=0)
         u_stack[np.arange(len(flat)), :, units] = recomputed.T
-        return self._above(l, u_stack)
+        if any(above.couples_samples for above in self.kinds[l + 1:]):
+            return self._above(l, [kind.forward_pass(layer, below, self.values[l], self.sums, u=u, slopes=False)
+                                   for u in u_stack])
+        state = kind.forward_pass(layer, below, self.values[l], self.sums, u=u_stack.reshape((-1,) + u.shape[1:]),
+                                  slopes=False)
+        return self._resume(l, state, len(flat), self._pieces([state], l))
 
     def _each(self, l, which, flat, values):
-        """Any kind: the layer's forward for each perturbed parameter set (a recurrent layer: the whole
-        pass from it, one perturbation at a time)."""
+        """Any kind: the layer's forward_pass for each perturbed parameter set, the K passes then
+        stacked through the layers above."""
         kind, layer = self.kinds[l], self.scenario.layers[l]
         position = kind.stored_params.index(which)
-        previous = self.kept[l][0]
-        outcomes, stack = [], []
+        states = []
         for index, value in zip(flat, values):
             own = list(self.values[l])
             own[position] = own[position].copy()
             own[position].flat[index] = value
-            if kind.recurrent:
-                outcomes.append(self._pass(l, self.values[:l] + [own] + self.values[l + 1:]))
-            else:
-                stack.append(kind.forward(layer, previous, *own, sums=self.sums)[0])
-        if kind.recurrent:
-            return np.array([loss for loss, _ in outcomes]), np.array([crossed for _, crossed in outcomes])
-        return self._above(l, np.stack(stack))
+            states.append(kind.forward_pass(layer, self.passes[l].below, own, self.sums, slopes=False))
+        return self._above(l, states)
 
 
 def _targets(trace, stored, chosen):

@@ -10,7 +10,9 @@ torch.nn.BatchNorm1d), then γ, β and the layer's own activation.
 γ starts at 1 and β at 0 (no draw from the seed); the layer keeps the width of the layer below;
 every batch needs 2 samples or more (σ² = 0 for one sample, so x̂ = 0 whatever the input).
 """
-from tracer.layers.base import COMMON, ExcelColumns, Normalisation, Quantity
+from tracer.layers.excel import ExcelColumns
+from tracer.layers.normalisation import Normalisation
+from tracer.layers.quantities import COMMON, Quantity
 
 XHAT = Quantity("xhat", "x̂", "x̂ = (x − μ)/√(σ² + eps), the normalised input", "sample-unit")
 DXHAT = Quantity("dxhat", "dx̂", "dx̂ = δ·γ = ∂E/∂x̂", "sample-unit")
@@ -27,7 +29,7 @@ class BatchNorm(Normalisation):
     couples_samples = True    # μ and σ² run over the batch
     axis = 0                  # the statistics run over the batch (per unit)
 
-    # scenario face and numpy face: Normalisation's (base.py), with axis 0
+    # scenario face and numpy face: Normalisation's (normalisation.py), with axis 0
 
     # ------------------------------------------------------------ records face
 
@@ -35,7 +37,7 @@ class BatchNorm(Normalisation):
         """x̂ and dx̂ per sample and unit, then u, a, slope, delta; μ, σ², m1, m2 per step and unit."""
         return (XHAT, DXHAT) + COMMON + (MEAN, VAR, M1, M2)
 
-    # ------------------------------------------------------------ excel face (l11-workbook)
+    # ------------------------------------------------------------ excel face
 
     def excel_settings(self, layer, l):
         """eps in a Settings cell bn_eps_l."""

@@ -4,7 +4,7 @@
   combine   a⁽ˡ⁾_j = h⁽ˡ⁾_j, or h⁽ˡ⁾_j + a⁽ˡ⁻¹⁾_j with the residual skip (h = f(u))
   error     ∂E/∂a⁽ˡ⁻¹⁾_j = Σ_k W_l[j,k] δ⁽ˡ⁾_k (+ e⁽ˡ⁾_j with the residual skip: the skip passes e on)
   gradients ∂E/∂W_l[i,j] = a⁽ˡ⁻¹⁾_i δ⁽ˡ⁾_j,  ∂E/∂b_l[j] = δ⁽ˡ⁾_j   (per sample)
-The three sums (over i, over k, over the batch) are added in the run's SumOrder (base.py): left to
+The three sums (over i, over k, over the batch) are added in the run's SumOrder (sums.py): left to
 right as a spreadsheet's formula does (in_order), or as numpy matrix products (matmul).
 """
 import numpy as np
@@ -13,7 +13,11 @@ from tracer.maths.symbolic import sympy as sp
 from tracer.maths import initialisers as inits, notation
 from tracer.errors import ScenarioError
 from tracer.maths.procedures import reduce_samples
-from tracer.layers.base import (COMMON, E, H, IN_ORDER, ExcelColumns, Layer, LayerKind, parse_activation, parse_bias, parse_init)
+from tracer.layers.excel import ExcelColumns
+from tracer.layers.parsing import Layer, parse_activation, parse_bias, parse_init
+from tracer.layers.protocol import LayerKind
+from tracer.layers.quantities import COMMON, E, H
+from tracer.layers.sums import IN_ORDER
 
 
 class Dense(LayerKind):
@@ -60,7 +64,7 @@ class Dense(LayerKind):
             units=units, activation=activation, activation_params=activation_params, init=init_name,
             init_params=init_params, weights=weights, bias_init=bias_name, bias_params=bias_params, bias=bias,
             train_bias=v.boolean(raw, "train_bias", key, default=True),
-            residual=self._residual(v, raw, key, fan_in, units, is_output),
+            residual=self._residual(v, raw, key, fan_in, units, is_output), kind=self.name,
         )
 
     def refuse_key(self, v, key, name, kinds_with_it):
@@ -135,7 +139,7 @@ class Dense(LayerKind):
         """The layer's input i: xᵢ on layer 1, a⁽ˡ⁻¹⁾ᵢ above it (∂E/∂W[i,j] = a⁽ˡ⁻¹⁾ᵢ·δⱼ)."""
         return ("x", 0, i) if l == 1 else ("a", l - 1, i)
 
-    # ------------------------------------------------------------ excel face (l11-workbook)
+    # ------------------------------------------------------------ excel face
 
     def excel_forward(self, layer, x):
         """u⁽ˡ⁾_j = Σᵢ a⁽ˡ⁻¹⁾ᵢ·W[i,j] + b[j], left to right, with W and b of the step's Σ row (with the

@@ -11,7 +11,9 @@ torch.nn.LayerNorm(units, elementwise_affine=True)), then γ, β and the layer's
 γ starts at 1 and β at 0 (no draw from the seed); eps defaults to 1e-5; the layer keeps the width
 of the layer below; a batch of one sample is fine (the statistics are the sample's own).
 """
-from tracer.layers.base import COMMON, ExcelColumns, Normalisation, Quantity
+from tracer.layers.excel import ExcelColumns
+from tracer.layers.normalisation import Normalisation
+from tracer.layers.quantities import COMMON, Quantity
 
 MEAN = Quantity("ln_mean", "μ", "μ, the sample's mean over the layer's units", "sample", key="mean")
 VAR = Quantity("ln_var", "σ²", "σ², the sample's biased variance over the layer's units", "sample", key="var")
@@ -27,16 +29,16 @@ class LayerNorm(Normalisation):
     min_batch = 1
     axis = 1                  # the statistics run over the units of each sample
 
-    # scenario face and numpy face: Normalisation's (base.py), with axis 1
+    # scenario face and numpy face: Normalisation's (normalisation.py), with axis 1
 
-    # ------------------------------------------------------------ records face (l11-core)
+    # ------------------------------------------------------------ records face
 
     def records(self, layer):
         """Per sample: μ, σ² (CSV ln_mean, ln_var: one value, row and col empty), x̂ and dx̂ per unit,
         m1, m2 (ln_m1, ln_m2); then u, a, slope, delta."""
         return (MEAN, VAR, XHAT, DXHAT, M1, M2) + COMMON
 
-    # ------------------------------------------------------------ excel face (l11-workbook)
+    # ------------------------------------------------------------ excel face
     # Everything lives in the sample rows (the statistics are the sample's own): μ, σ², m1, m2 one
     # column each for the layer, x̂, u, dx̂ one per unit. Sums over the units read a range of the row:
     # the layer below's outputs are adjacent columns, as are this layer's x̂ and dx̂ (one family each).
@@ -96,7 +98,7 @@ class LayerNorm(Normalisation):
         return (XHAT.name, x.l, j), f"x̂⁽{x.l}⁾{j}"
 
     # ------------------------------------------------------------ chain, check and diagnose faces
-    # Normalisation's (base.py): the statistics σ², m1, m2 are the sample's (records: per "sample"),
+    # Normalisation's (normalisation.py): the statistics σ², m1, m2 are the sample's (records: per "sample"),
     #   chain     ② = x̂ⱼ;  ∂E/∂a⁽ˡ⁻¹⁾ⱼ = (dx̂ⱼ − m1⁽ˡ⁾ − x̂ⱼ·m2⁽ˡ⁾)/√(σ²⁽ˡ⁾ + ε)
     #   check     u = γⱼ·x̂ⱼ + βⱼ and ∂E/∂γⱼ = x̂ⱼ·δⱼ with x̂ and the error down from the engine
     #   diagnose  link diag(|γ|/√(σ² + ε)), σ² averaged over the step's samples

@@ -29,13 +29,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tracer.maths import activations, losses, optim, procedures
+from tracer.maths import losses, optim, procedures
 from tracer import layers
 from tracer.training import records
 from tracer.maths.ieee import propagate_nonfinite
 from tracer.training.records import derives_sample_gradients
-from tracer.layers import back_sum, rnn, weighted_sum  # noqa: F401  (the shared sums, defined with the layer kinds)
+from tracer.layers import back_sum, weighted_sum  # noqa: F401  (the shared sums, defined with the layer kinds)
 from tracer.training.trace import Trace
+from tracer.layers.passes import sum_over_time
 
 
 class Pass(dict):
@@ -45,7 +46,7 @@ class Pass(dict):
     grad_bh: one list per stored parameter name of the scenario, None on layers without it, and None
     on the layers whose per-sample gradients the Trace derives: records.derives_sample_gradients),
     records (the layer kinds' own values {key: array}; a recurrent layer's: its cell's full record,
-    see tracer/layers/rnn.py); output_error (∂E/∂a⁽ᴸ⁾, None for fused losses) and sample_loss. A
+    see tracer/layers/recurrent/); inputs (what each layer read as rows: x, a⁽ˡ⁻¹⁾); output_error (∂E/∂a⁽ᴸ⁾, None for fused losses) and sample_loss. A
     recurrent layer has None for u, h, slope, delta (they are in its record, per time step) and a =
     h_(T−1). Items read as attributes too (result.u)."""
 
@@ -87,93 +88,76 @@ def output_delta(loss, y, t, slope):
     return loss.output_error(y, t), loss.output_delta(y, t, slope)
 
 
+def forward_layers(scenario, values, below, start=0, sums=layers.IN_ORDER, u=None, slopes=True):
+    """The forward pass from layer `start` (from 0) over the Signal `below` (its input): one
+    LayerPass per layer from `start` up, each kind's forward_pass (layers.protocol). `values` per
+    layer the stored parameters in the kind's order; `u`: layer start's u already formed (gradcheck:
+    K stacked copies of the batch over one input); `slopes` False: no f'(u) (a forward for the loss
+    only)."""
+    passes = []
+    for l in range(start, len(scenario.layers)):
+        layer = scenario.layers[l]
+        state = layers.of(layer).forward_pass(layer, below, values[l], sums, u=u if l == start else None, slopes=slopes)
+        passes.append(state)
+        below = state.up
+    return passes
+
+
+def sample_losses(scenario, top, t):
+    """The per-sample losses from the output layer's pass `top` for targets t (B × outputs, or B ×
+    time × outputs: the loss of every (sample, time) row, Σ over time left to right from t = 0)."""
+    loss = losses.LOSSES[scenario.loss]
+    per_time = t.ndim == 3
+    rows_t = t.reshape(-1, t.shape[-1]) if per_time else t
+    sample_loss = propagate_nonfinite(loss.value(top.u, top.a, rows_t)[:, None], top.u, top.a, axis=-1)[:, 0]
+    if per_time:
+        sample_loss = sum_over_time(sample_loss.reshape(t.shape[:2]))
+    return sample_loss
+
+
 def forward_backward(scenario, weights, biases, x, t, extra=None, sums=layers.IN_ORDER):
     """Run one pass over the samples x (B × n_in, or B × time × features for sequences) with targets
     t; return every intermediate. `extra` {name: per layer array or None}: the stored parameters
     beyond W and b (Wh, bh of recurrent layers); `sums` the sum order (a name or layers.SumOrder).
 
-    forward, per layer: u, record = kind.forward; h = f(u); a = kind.combine(h, a⁽ˡ⁻¹⁾)
-      a recurrent layer (first in the net) runs its cell through time on the sequence below:
-      record = kind.forward(sequence, W, b, Wh, bh); its a is the last hidden state h_{T−1}
-    backward: δ⁽ᴸ⁾ from the loss; per layer from the top: kind.backward (its own records),
-    e⁽ˡ⁻¹⁾ = kind.error_down, δ⁽ˡ⁻¹⁾ = f'(u⁽ˡ⁻¹⁾)·e⁽ˡ⁻¹⁾; then per-sample gradients by kind.gradients
-    for the layers that record them (batch_gradients gives the batch's).
-      a recurrent layer receives dE_dh (B, time, U): e⁽ˡ⁾ at the last time step (0 before it) from a
-      dense layer above, or ∂E/∂x of the recurrent layer above at every time step; it
-      backpropagates through time (kind.backward gives the full record) and its gradients are the
-      per-sample sums over time (recorded: recurrent layers do not derive them)."""
-    loss = losses.LOSSES[scenario.loss]
+    forward: forward_layers, each kind's forward_pass (u, h = f(u), a = combine; a recurrent
+      layer runs its cell through time and hands up its hidden states)
+    backward: δ⁽ᴸ⁾ from the loss; per layer from the top, the kind's backward_pass given the error
+      arriving from above (e⁽ˡ⁾, or ∂E/∂h_t through time from a recurrent layer above): δ = f'(u)·e,
+      the kind's backward records, and the error it passes down
+    gradients: the kind's sample_gradients for the layers that record them (the others derive
+      them: batch_gradients gives the batch's). With targets per time step (t B × time × outputs)
+      the layers above the recurrent ones run on every (sample, time) row and give back per-sample
+      arrays (sample, time, unit), their gradients summed over time."""
     sums = layers.sum_order(sums)
     kinds = [layers.of(layer) for layer in scenario.layers]
     params = {"W": weights, "b": biases, **(extra or {})}
     values = [[params[name][l] for name in kind.stored_params] for l, kind in enumerate(kinds)]
-    us, hs, acts, slopes, records = [], [], [], [], []
-    previous = sequence = x
-    per_time = t.ndim == 3           # targets per time step: the dense layers run on every (sample, time) row
-    for layer, kind, p in zip(scenario.layers, kinds, values):
-        if kind.recurrent:
-            record = kind.forward(layer, sequence, *p)
-            sequence = kind.output(layer, record)
-            previous = sequence.reshape(-1, sequence.shape[-1]) if per_time else sequence[:, -1]
-            us.append(None), hs.append(None), acts.append(sequence[:, -1]), slopes.append(None), records.append(record)
-            continue
-        definition = activations.get(layer.activation)
-        axis = None if definition.elementwise else -1
-        u, record = kind.forward(layer, previous, *p, sums=sums)
-        h = propagate_nonfinite(definition.forward(u, layer.activation_params), u, axis=axis)
-        slope = propagate_nonfinite(definition.slope(u, h, layer.activation_params), u, h)
-        a = kind.combine(layer, h, previous)
-        us.append(u), hs.append(h), acts.append(a), slopes.append(slope), records.append(record)
-        previous = a
-    y, u_out = acts[-1], us[-1]
+    per_time = t.ndim == 3
+    passes = forward_layers(scenario, values, layers.Signal(x, x, per_time), sums=sums)
+    top = passes[-1]
+    sample_loss = sample_losses(scenario, top, t)
     rows_t = t.reshape(-1, t.shape[-1]) if per_time else t
-    sample_loss = propagate_nonfinite(loss.value(u_out, y, rows_t)[:, None], u_out, y, axis=-1)[:, 0]
-    if per_time:                     # Σ over time, left to right from t = 0
-        sample_loss = rnn.sum_over_time(sample_loss.reshape(t.shape[:2]))
-    output_error, delta = output_delta(loss, y, rows_t, slopes[-1])
-    last = len(scenario.layers) - 1
-    deltas, errors = [None] * last + [delta], [None] * (last + 1)
-    through_time = None       # dE_dh for a recurrent layer below a recurrent one
-    for index in range(last, -1, -1):
-        layer, kind = scenario.layers[index], kinds[index]
-        if kind.recurrent:
-            if through_time is None and per_time:
-                through_time = errors[index].reshape(kind.output(layer, records[index]).shape)
-            elif through_time is None:
-                through_time = np.zeros_like(kind.output(layer, records[index]))
-                through_time[:, -1] = errors[index]
-            records[index] = kind.backward(layer, records[index], through_time, values[index][0], values[index][2])
-            through_time = kind.error_down(layer, records[index]) if index else None
-            continue
-        kind.backward(layer, records[index], deltas[index], values[index][0])
-        if index:
-            errors[index - 1] = kind.error_down(layer, records[index], deltas[index], values[index][0], errors[index],
-                                                sums=sums)
-            if not kinds[index - 1].recurrent:
-                deltas[index - 1] = slopes[index - 1] * errors[index - 1]
-    inputs = [x] + acts[:-1]
-    if per_time:                     # the first dense layer read every h_t of the last recurrent layer
-        top = max(l for l, kind in enumerate(kinds) if kind.recurrent)
-        sequence = kinds[top].output(scenario.layers[top], records[top])
-        inputs[top + 1] = sequence.reshape(-1, sequence.shape[-1])
+    output_error, top.delta = output_delta(losses.LOSSES[scenario.loss], top.a, rows_t, top.slope)
+    arriving = None
+    for index in range(len(kinds) - 1, -1, -1):
+        arriving = kinds[index].backward_pass(scenario.layers[index], passes[index], arriving, values[index], sums,
+                                              down=index > 0)
+    steps = t.shape[:2] if per_time else None
     grads = {name: [None] * len(kinds) for name in params}
-    for l, (layer, kind, record, below, d) in enumerate(zip(scenario.layers, kinds, records, inputs, deltas)):
+    for l, (layer, kind, state) in enumerate(zip(scenario.layers, kinds, passes)):
         if derives_sample_gradients(scenario, kind):
             continue                 # derived by the Trace when read; batch_gradients sums them blockwise
-        found = kind.gradients(layer, record) if kind.recurrent else kind.gradients(layer, record, below, d)
-        if per_time and not kind.recurrent:     # per (sample, time) row → per sample, Σ over time
-            found = [rnn.sum_over_time(g.reshape(t.shape[:2] + g.shape[1:])) for g in found]
-        for name, g in zip(kind.stored_params, found):
+        for name, g in zip(kind.stored_params, kind.sample_gradients(layer, state, steps)):
             grads[name][l] = g
-    if per_time:                     # the dense layers' rows back to (sample, time, unit)
-        for store in (us, hs, acts, slopes, deltas, errors):
-            for l, kind in enumerate(kinds):
-                if not kind.recurrent and store[l] is not None:
-                    store[l] = store[l].reshape(t.shape[:2] + store[l].shape[1:])
-        if output_error is not None:
-            output_error = output_error.reshape(t.shape)
-    return Pass(u=us, a=acts, slope=slopes, delta=deltas, h=hs, e=errors, output_error=output_error,
-                sample_loss=sample_loss, records=records, **{f"grad_{name}": g for name, g in grads.items()})
+    for layer, kind, state in zip(scenario.layers, kinds, passes):
+        kind.finish_pass(layer, state, steps)
+    if per_time and output_error is not None:
+        output_error = output_error.reshape(t.shape)
+    stores = {name: [getattr(state, name) for state in passes] for name in ("u", "a", "slope", "delta", "h", "e")}
+    return Pass(**stores, output_error=output_error, sample_loss=sample_loss,
+                records=[state.record for state in passes], inputs=[state.below.rows for state in passes],
+                **{f"grad_{name}": g for name, g in grads.items()})
 
 
 reduce_samples = procedures.reduce_samples   # Σ_s, or Σ_s / B for `mean` (with its Excel form there)
@@ -188,7 +172,7 @@ def batch_gradients(scenario, result, x, sums=layers.IN_ORDER):
     per-sample arrays are reduced."""
     sums = layers.sum_order(sums)
     grads = {name: [None] * len(scenario.layers) for name in records.parameter_names(scenario)}
-    for l, (layer, record, below, delta) in enumerate(zip(scenario.layers, result.records, [x] + result.a[:-1],
+    for l, (layer, record, below, delta) in enumerate(zip(scenario.layers, result.records, result.inputs,
                                                           result.delta)):
         kind = layers.of(layer)
         if derives_sample_gradients(scenario, kind):

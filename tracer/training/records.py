@@ -143,7 +143,7 @@ def _time_field(q, l, layer, scenario, shapes):
 def per_time(scenario, kind):
     """True for the (dense) layers after the recurrent ones when the targets are per time step: their
     per-sample quantities are kept per (time, unit), and the loss's ∂E/∂a per (time, output)."""
-    return scenario.per_time_targets and not kind.recurrent
+    return kind.runs_per_time(scenario)
 
 
 def derives_sample_gradients(scenario, kind):

@@ -132,7 +132,7 @@ def unsupported(scenario):
     (their columns unroll through time: the column layout shows them)."""
     for l, layer in enumerate(scenario.layers):
         kind = layers.of(layer)
-        if kind.recurrent or kind.excel_unrolled(layer):
+        if kind.excel_unrolled(layer):
             return (f"layers[{l}].kind", f"the matrix layout does not show recurrent layers ({kind.name}): "
                     "use the column layout (--layout column) with shorter sequences or fewer units")
     return None

@@ -1,7 +1,7 @@
 """The LSTM cell (kind "lstm"), in PyTorch's gate order and equations (torch.nn.LSTM).
 
 Per sample and time step t, with h₋₁ = 0 and c₋₁ = 0 (column blocks of W, Wh, b, bh in the
-order i, f, g, o; see the design note in rnn.py for shapes, names and the order of arithmetic):
+order i, f, g, o; see the design note in cell.py for shapes, names and the order of arithmetic):
     u_k = x_t·W_k + b_k + h_{t−1}·Wh_k + bh_k        one running sum, for each gate k ∈ {i, f, g, o}
     i = σ(u_i),  f = σ(u_f),  g = tanh(u_g),  o = σ(u_o)      slopes σ' = a(1−a), tanh' = 1 − a²
     c_t = f·c_{t−1} + i·g
@@ -14,9 +14,16 @@ Backward through time, given e_t = ∂E/∂h_t in full (see `backward`):
     e_time_t = Σ_m Wh[k,m]·delta_{t+1}[m]   over the 4U columns, left to right
 (products left to right as written: e·tanh_c·slope_o is (e·tanh_c)·slope_o).
 """
+import sys
+
 import numpy as np
 
-from tracer.layers.rnn import (activate, as_float, back_sum, check_shapes, input_sums, parameter_gradients, previous_states, running_sum, split_gates)
+from tracer.layers.excel import ExcelColumns
+from tracer.layers.recurrent.base import Recurrent
+from tracer.layers.recurrent.cell import (activate, as_float, back_sum, check_shapes, input_sums, parameter_gradients,
+                                          previous_states, running_sum, split_gates)
+from tracer.layers.recurrent.excel import RecurrentExcel
+from tracer.maths import activations
 
 GATES = ("i", "f", "g", "o")
 GATE_ACTIVATIONS = {"i": "sigmoid", "f": "sigmoid", "g": "tanh", "o": "sigmoid"}
@@ -74,7 +81,7 @@ def backward(record, dE_dh, W, Wh):
 
       e_{T−1} = dE_dh_{T−1};  e_t = dE_dh_t + e_time_t
     then the deltas and ec of the module docstring, step by step from T−1 down to 0, and the
-    gradients of rnn.parameter_gradients (delta_x = delta_h = [delta_i, delta_f, delta_g, delta_o]).
+    gradients of cell.parameter_gradients (delta_x = delta_h = [delta_i, delta_f, delta_g, delta_o]).
     Returns a new dict: the record and e, e_time, ec, ec_time, delta_i … delta_o, delta_x,
     delta_h, grad_*_time, grad_*, dx.
     """
@@ -105,25 +112,13 @@ def backward(record, dE_dh, W, Wh):
     return dict(record, **out, **parameter_gradients(record, W, delta, delta))
 
 
-# ---- the Excel face (the Trace sheet unrolled through time) --------------------------------------
-
-from tracer.layers.rnn import RecurrentExcel  # noqa: E402
-
-
 class LstmExcel(RecurrentExcel):
     """The LSTM's columns at time t (formulas in the module docstring's order of arithmetic):
     forward u_i u_f u_g u_o, i f g o, their slopes, c_t = f·c_{t−1} + i·g (c₋₁ = 0 written as 0),
     tanh(c_t), tanh'(c_t), h_t = o·tanh(c_t); backward e_time (t < T−1), e_t, ec_time (t < T−1),
     ec_t = e·o·tanh'(c_t) + ec_time, δ_i = ec·g·i', δ_f = ec·c_{t−1}·f', δ_g = ec·i·g', δ_o = e·tanh(c)·o'."""
 
-    excel_gate_names = GATES
-
-    def excel_delta_x(self, x, gate, t, j):
-        return (f"delta_{gate}", x.l, (t, j))
-
     def excel_step_forward(self, layer, x, t):
-        from tracer.layers.base import ExcelColumns
-        from tracer.maths import activations
         l, group = x.l, f"layer {x.l} forward, t = {t}"
         at = lambda name, j: x.ref((name, l, (t, j)))  # noqa: E731
         name = lambda symbol, j: self.excel_timed(x, symbol, l, j, t)  # noqa: E731
@@ -151,7 +146,6 @@ class LstmExcel(RecurrentExcel):
         return columns
 
     def excel_step_backward(self, layer, x, t):
-        from tracer.layers.base import ExcelColumns
         l, T, group = x.l, x.steps, f"layer {x.l} backward, t = {t}"
         at = lambda name, j, s=t: x.ref((name, l, (s, j)))  # noqa: E731
         last = t == T - 1
@@ -172,10 +166,6 @@ class LstmExcel(RecurrentExcel):
                          sample=lambda j: f"{at('e', j)}*{at('tanh_c', j)}*{at('slope_o', j)}", time=t),
         ]
         return columns
-# ---- the layer kind ------------------------------------------------------------------------------
-import sys as _sys  # noqa: E402
-
-from tracer.layers.rnn import Recurrent  # noqa: E402
 
 
 class Lstm(LstmExcel, Recurrent):
@@ -184,4 +174,6 @@ class Lstm(LstmExcel, Recurrent):
     name = "lstm"
     description = "LSTM cell (gates i, f, g, o as torch.nn.LSTM) through time"
     gates = GATES
-    cell = _sys.modules[__name__]
+
+
+Lstm.cell = sys.modules[__name__]

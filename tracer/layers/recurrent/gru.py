@@ -1,7 +1,7 @@
 """The GRU cell (kind "gru"), in PyTorch's gate order and equations (torch.nn.GRU).
 
 Per sample and time step t, with h₋₁ = 0 (column blocks of W, Wh, b, bh in the order r, z, n;
-see the design note in rnn.py for shapes, names and the order of arithmetic):
+see the design note in cell.py for shapes, names and the order of arithmetic):
     u_r = x_t·W_r + b_r + h_{t−1}·Wh_r + bh_r,   r = σ(u_r)       one running sum each
     u_z = x_t·W_z + b_z + h_{t−1}·Wh_z + bh_z,   z = σ(u_z)
     hn  = h_{t−1}·Wh_n + bh_n                                      (torch's W_hn h + b_hn)
@@ -16,9 +16,16 @@ slopes σ' = a(1−a), tanh' = 1 − a². Backward through time, given e_t = ∂
 with delta_x = [delta_r, delta_z, delta_n] (the columns of W, b) and delta_h = [delta_r, delta_z,
 delta_hn] (the columns of Wh, bh); products left to right as written.
 """
+import sys
+
 import numpy as np
 
-from tracer.layers.rnn import (activate, as_float, back_sum, check_shapes, input_sums, parameter_gradients, previous_states, running_sum, split_gates)
+from tracer.layers.excel import ExcelColumns
+from tracer.layers.recurrent.base import Recurrent
+from tracer.layers.recurrent.cell import (activate, as_float, back_sum, check_shapes, input_sums, parameter_gradients,
+                                          previous_states, running_sum, split_gates)
+from tracer.layers.recurrent.excel import RecurrentExcel
+from tracer.maths import activations
 
 GATES = ("r", "z", "n")
 FORWARD_QUANTITIES = (
@@ -72,7 +79,7 @@ def backward(record, dE_dh, W, Wh):
 
       e_{T−1} = dE_dh_{T−1};  e_t = dE_dh_t + e_time_t
     then the deltas of the module docstring, step by step from T−1 down to 0, and the gradients
-    of rnn.parameter_gradients. Returns a new dict: the record and e, e_time, delta_r, delta_z,
+    of cell.parameter_gradients. Returns a new dict: the record and e, e_time, delta_r, delta_z,
     delta_n, delta_hn, delta_x, delta_h, grad_*_time, grad_*, dx.
     """
     W, Wh, dE_dh = as_float(W, Wh, dE_dh)
@@ -98,11 +105,6 @@ def backward(record, dE_dh, W, Wh):
     return dict(record, **out, **parameter_gradients(record, W, delta_x, delta_h))
 
 
-# ---- the Excel face (the Trace sheet unrolled through time) --------------------------------------
-
-from tracer.layers.rnn import RecurrentExcel  # noqa: E402
-
-
 class GruExcel(RecurrentExcel):
     """The GRU's columns at time t (formulas in the module docstring's order of arithmetic):
     forward u_r, r, u_z, z, hn = h_{t−1}·Wh_n + bh_n, u_n = x_t·W_n + b_n + r·hn, n, h_t = (1 − z)·n +
@@ -110,17 +112,7 @@ class GruExcel(RecurrentExcel):
     + e_{t+1}·z_{t+1} (t < T−1), e_t, δ_n = e·(1 − z)·n', δ_z = e·(h_{t−1} − n)·z', δ_r = δ_n·hn·r',
     δ_hn = δ_n·r (what the n columns of Wh and bh see)."""
 
-    excel_gate_names = GATES
-
-    def excel_delta_x(self, x, gate, t, j):
-        return (f"delta_{gate}", x.l, (t, j))
-
-    def excel_delta_h(self, x, gate, t, j):
-        return ("delta_hn" if gate == "n" else f"delta_{gate}", x.l, (t, j))
-
     def excel_step_forward(self, layer, x, t):
-        from tracer.layers.base import ExcelColumns
-        from tracer.maths import activations
         l, group = x.l, f"layer {x.l} forward, t = {t}"
         at = lambda name, j: x.ref((name, l, (t, j)))  # noqa: E731
         name = lambda symbol, j: self.excel_timed(x, symbol, l, j, t)  # noqa: E731
@@ -156,7 +148,6 @@ class GruExcel(RecurrentExcel):
         return f"{through}+{x.ref(('e', x.l, (t + 1, k)))}*{x.ref(('z', x.l, (t + 1, k)))}"
 
     def excel_step_backward(self, layer, x, t):
-        from tracer.layers.base import ExcelColumns
         l, group = x.l, f"layer {x.l} backward, t = {t}"
         at = lambda name, j: x.ref((name, l, (t, j)))  # noqa: E731
         columns = self.excel_error_columns(x, t, lambda j: f"Σₘ Wh{l}[{j},m]·δhₘ(t={t + 1}) + e(t+1)·z(t+1)")
@@ -171,10 +162,6 @@ class GruExcel(RecurrentExcel):
             ExcelColumns(group, "delta_hn", "δ_hn", "δ_hn = ∂E/∂hn = δ_n·r (what the n columns of Wh, bh see)",
                          sample=lambda j: f"{at('delta_n', j)}*{at('r', j)}", time=t),
         ]
-# ---- the layer kind ------------------------------------------------------------------------------
-import sys as _sys  # noqa: E402
-
-from tracer.layers.rnn import Recurrent  # noqa: E402
 
 
 class Gru(GruExcel, Recurrent):
@@ -183,4 +170,10 @@ class Gru(GruExcel, Recurrent):
     name = "gru"
     description = "GRU cell (gates r, z, n as torch.nn.GRU) through time"
     gates = GATES
-    cell = _sys.modules[__name__]
+
+    def delta_key(self, gate, recurrent_side=False):
+        """The n columns of Wh and bh see δ_hn = ∂E/∂hn; every other column its gate's δ."""
+        return "delta_hn" if recurrent_side and gate == "n" else f"delta_{gate}"
+
+
+Gru.cell = sys.modules[__name__]
